@@ -1,0 +1,1 @@
+"""The bus: wire format, topics, MQTT client and broker runtime."""

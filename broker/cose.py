@@ -1,0 +1,173 @@
+"""Deterministic CBOR and untagged COSE_Sign1 with EdDSA (PROTOCOL.md §1).
+
+One signed content has exactly one byte form: decoding re-encodes and compares, so the
+SHA-256 of the bytes is a stable message id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from hashlib import sha256
+
+import cbor2
+from nacl.exceptions import BadSignatureError
+from nacl.bindings import crypto_sign_PUBLICKEYBYTES, crypto_sign_open
+from nacl.signing import SigningKey
+
+from broker.reasons import Reject
+
+PROTECTED = bytes.fromhex("a10127")  # {1: -8}: alg EdDSA
+MAX_MESSAGE = 64 * 1024
+COSE_SIGN1_TAG = 18
+# Sig_structure ["Signature1", protected, h'', payload] up to the payload's own header.
+_SIG_PREFIX = b"\x84\x6aSignature1\x43" + PROTECTED + b"\x40"
+# COSE_Sign1 array head, protected bstr, empty unprotected map: fixed by §1.
+_ENVELOPE_PREFIX = b"\x84\x43" + PROTECTED + b"\xa0"
+
+
+def encode(obj: object) -> bytes:
+    """RFC 8949 §4.2.1 core deterministic encoding."""
+    return cbor2.dumps(obj, canonical=True)
+
+
+def load(data: bytes) -> object:
+    """One CBOR item, or Reject('decode'). Trailing bytes are caught by require_canonical."""
+    try:
+        return cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False, max_depth=16)
+    except Exception as exc:  # the decoder raises many kinds on hostile input
+        raise Reject("decode", f"not CBOR: {exc}") from None
+
+
+def require_canonical(data: bytes, obj: object, schema_checked: bool = False) -> None:
+    """Reject('noncanonical') unless `data` is the deterministic encoding of `obj`.
+
+    `schema_checked` says `obj` is a body map that passed its schema (text keys; ints,
+    strings and lists of byte strings), so only its key order needs looking at.
+    """
+    try:
+        plain = _text_keys_in_order(tuple(obj)) if schema_checked else _plain_is_canonical(obj)
+        again = cbor2.dumps(obj) if plain else encode(obj)
+    except Exception as exc:
+        raise Reject("noncanonical", f"cannot re-encode: {exc}") from None
+    if again != data:
+        raise Reject("noncanonical", "bytes differ from the deterministic encoding")
+
+
+_SCALARS = (int, bytes, str)
+
+
+def _plain_is_canonical(obj: object) -> bool:
+    """True when cbor2's plain encoding of `obj` is already the deterministic one.
+
+    That holds for ints, byte and text strings and lists of them (cbor2 always writes
+    shortest heads and definite lengths), under at most one map whose keys are text in
+    deterministic order. Floats, tags and nested maps take the slower canonical encoder.
+    This is the hot path of every message, measured by bench/wire.py.
+    """
+    if isinstance(obj, dict):
+        if not _text_keys_in_order(tuple(obj)):
+            return False
+        values = obj.values()
+    elif isinstance(obj, list):
+        values = obj
+    else:
+        return type(obj) in _SCALARS
+    for value in values:
+        if type(value) is list:
+            if not all(type(item) in _SCALARS for item in value):
+                return False
+        elif type(value) not in _SCALARS:
+            return False
+    return True
+
+
+@lru_cache(maxsize=1024)
+def _text_keys_in_order(keys: tuple) -> bool:
+    """All keys are text, in RFC 8949 §4.2.1 order (encoded length first, then bytes).
+
+    Cached: each message type has one or two key sets, so this is a lookup in practice.
+    """
+    if not all(type(k) is str for k in keys):
+        return False
+    encoded = [(len(b), b) for b in (k.encode() for k in keys)]
+    return encoded == sorted(encoded)
+
+
+def _bstr_head(length: int) -> bytes:
+    """Deterministic CBOR head of a byte string (major type 2)."""
+    if length < 24:
+        return bytes([0x40 | length])
+    for code, size in ((0x58, 1), (0x59, 2), (0x5A, 4), (0x5B, 8)):
+        if length < 1 << (8 * size):
+            return bytes([code]) + length.to_bytes(size, "big")
+    raise ValueError("byte string too long for CBOR")
+
+
+def _sig_structure(payload: bytes) -> bytes:
+    return _SIG_PREFIX + _bstr_head(len(payload)) + payload
+
+
+def _envelope(payload: bytes, signature: bytes) -> bytes:
+    """The one deterministic byte form of [PROTECTED, {}, payload, signature]."""
+    return _ENVELOPE_PREFIX + _bstr_head(len(payload)) + payload + _bstr_head(len(signature)) + signature
+
+
+def _envelope_len(payload_len: int) -> int:
+    return len(_ENVELOPE_PREFIX) + len(_bstr_head(payload_len)) + payload_len + 2 + 64
+
+
+def message_hash(raw: bytes) -> bytes:
+    """H(m) of §1: the stable identifier of a message."""
+    return sha256(raw).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Sign1:
+    raw: bytes
+    payload: bytes
+    signature: bytes
+
+    @property
+    def hash(self) -> bytes:
+        return message_hash(self.raw)
+
+    def verifies(self, public_key: bytes) -> bool:
+        if len(public_key) != crypto_sign_PUBLICKEYBYTES:
+            return False
+        try:
+            # pynacl's binding under VerifyKey.verify, without its per-call wrapper objects
+            crypto_sign_open(self.signature + _sig_structure(self.payload), public_key)
+        except BadSignatureError:
+            return False
+        return True
+
+
+def sign1(payload: bytes, key: SigningKey) -> bytes:
+    return _envelope(payload, key.sign(_sig_structure(payload)).signature)
+
+
+def parse_sign1(raw: bytes) -> Sign1:
+    """Steps 1-2 of §4 for the envelope: size, CBOR, shape, canonical form."""
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) > MAX_MESSAGE:
+        raise Reject("decode", "over the 64 KiB limit" if isinstance(raw, (bytes, bytearray)) else "not bytes")
+    raw = bytes(raw)
+    obj = load(raw)
+    if isinstance(obj, cbor2.CBORTag):
+        raise Reject("noncanonical" if obj.tag == COSE_SIGN1_TAG else "decode", f"tag {obj.tag}")
+    if not (isinstance(obj, list) and len(obj) == 4):
+        raise Reject("decode", "not a 4-element COSE_Sign1 array")
+    protected, unprotected, payload, signature = obj
+    if not (isinstance(protected, bytes) and isinstance(unprotected, dict)
+            and isinstance(payload, bytes) and isinstance(signature, bytes)):
+        raise Reject("decode", "COSE_Sign1 element of the wrong type")
+    if protected != PROTECTED or unprotected:
+        raise Reject("noncanonical", "headers other than {1: -8} / {}")
+    if len(signature) != 64:
+        raise Reject("decode", "signature is not 64 bytes")
+    # The decoder accepted exactly these four items, so the bytes are the deterministic
+    # form iff the fixed heads match and nothing is longer than shortest heads allow
+    # (a longer head or trailing bytes both show up as extra length).
+    if not raw.startswith(_ENVELOPE_PREFIX) or len(raw) != _envelope_len(len(payload)):
+        raise Reject("noncanonical", "bytes differ from the deterministic encoding")
+    return Sign1(raw, payload, signature)

@@ -1,0 +1,169 @@
+"""RFC 9162 §2.1 Merkle tree hash, inclusion and consistency proofs.
+
+Used for Certificates of Existence (root over one-time keys), block transaction roots and
+CTP-database roots. Pure functions over bytes; no padding of the last node, as the RFC says.
+"""
+
+from __future__ import annotations
+
+from hashlib import sha256
+from typing import Callable, Sequence
+
+EMPTY_ROOT = sha256(b"").digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """Largest power of two smaller than n (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+class MerkleTree:
+    """A tree over fixed leaves that answers root and proof queries in O(log n) hashes.
+
+    `levels[k][j]` is the hash of the perfect subtree of 2**k leaves starting at j * 2**k;
+    every subtree the RFC's recursions ask for is a composition of these.
+    """
+
+    def __init__(self, leaves: Sequence[bytes]):
+        self.size = len(leaves)
+        level = [leaf_hash(d) for d in leaves]
+        self.levels = [level]
+        while len(level) > 1:
+            level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            self.levels.append(level)
+
+    def _subtree(self, lo: int, hi: int) -> bytes:
+        """MTH(D[lo:hi]) for the ranges the RFC 9162 recursions produce."""
+        n = hi - lo
+        if n == 0:
+            return EMPTY_ROOT
+        if n & (n - 1) == 0 and lo % n == 0:
+            return self.levels[n.bit_length() - 1][lo // n]
+        k = _split(n)
+        return node_hash(self._subtree(lo, lo + k), self._subtree(lo + k, hi))
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first `size` leaves (default: all)."""
+        return self._subtree(0, self.size if size is None else size)
+
+    def inclusion_proof(self, index: int) -> list[bytes]:
+        """PATH(m, D[n]) of RFC 9162 §2.1.3.1, leaf-side first."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"leaf {index} not in a tree of {self.size}")
+        path: list[bytes] = []
+        lo, hi = 0, self.size
+        while hi - lo > 1:
+            k = _split(hi - lo)
+            if index < lo + k:
+                path.append(self._subtree(lo + k, hi))
+                hi = lo + k
+            else:
+                path.append(self._subtree(lo, lo + k))
+                lo += k
+        path.reverse()
+        return path
+
+    def consistency_proof(self, old_size: int) -> list[bytes]:
+        """PROOF(m, D[n]) of RFC 9162 §2.1.4.1 for 0 < m <= n."""
+        if not 0 < old_size <= self.size:
+            raise ValueError(f"no consistency proof from {old_size} to {self.size}")
+        return self._subproof(old_size, 0, self.size, True)
+
+    def _subproof(self, m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
+        n = hi - lo
+        if m == n:
+            return [] if complete else [self._subtree(lo, hi)]
+        k = _split(n)
+        if m <= k:
+            return self._subproof(m, lo, lo + k, complete) + [self._subtree(lo + k, hi)]
+        return self._subproof(m - k, lo + k, hi, False) + [self._subtree(lo, lo + k)]
+
+
+def root_of(leaves: Sequence[bytes]) -> bytes:
+    return MerkleTree(leaves).root()
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], root: bytes,
+                     node: Callable[[bytes, bytes], bytes] = node_hash) -> bool:
+    """RFC 9162 §2.1.3.2, given the leaf's data (not its hash).
+
+    `node` may be a memoised node_hash (see NodeMemo): proofs under one root share nodes.
+    """
+    if not 0 <= index < size:
+        return False
+    fn, sn = index, size - 1
+    r = leaf_hash(leaf)
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node(p, r)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
+                       proof: Sequence[bytes]) -> bool:
+    """RFC 9162 §2.1.4.2."""
+    if not 0 < old_size <= new_size:
+        return False
+    if old_size == new_size:
+        return not proof and old_root == new_root
+    if not proof:
+        return False
+    if old_size & (old_size - 1) == 0:
+        proof = [old_root, *proof]
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == old_root and sr == new_root and sn == 0
+
+
+class NodeMemo:
+    """A bounded memo of node_hash: a pure function, so results never depend on its state.
+
+    Every ERC of one key batch proves a leaf under the same root, so after a few proofs
+    almost every inner node is a dictionary hit instead of a SHA-256.
+    """
+
+    def __init__(self, limit: int):
+        self._memo: dict[tuple[bytes, bytes], bytes] = {}
+        self._limit = limit
+
+    def __call__(self, left: bytes, right: bytes) -> bytes:
+        key = (left, right)
+        digest = self._memo.get(key)
+        if digest is None:
+            digest = node_hash(left, right)
+            if len(self._memo) < self._limit:
+                self._memo[key] = digest
+        return digest

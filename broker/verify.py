@@ -1,0 +1,121 @@
+"""Stateless verification of PROTOCOL.md §4, in its normative order, first failure wins.
+
+Pure: the caller passes the clock (`now`, ms) and the trust anchors; nothing here reads a
+file, a socket or the wall clock. Verified CoEs are memoised by their bytes, because every
+ERC from one meter's key batch carries the same CoE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from broker.merkle import NodeMemo, verify_inclusion
+from broker.messages import (Birth, Body, Cancel, Coe, CoeRequest, Ctp, DevCert, Erc, Opened, Reading,
+                             Rejection, Status, open_message)
+from broker.reasons import Reject
+
+MAX_BATCH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedCoe:
+    coe: Coe
+    cert: DevCert
+    nodes: NodeMemo  # inner nodes of this CoE's tree, shared by all its ERCs' proofs
+
+
+class Verifier:
+    """Checks messages against trusted CAs and validator keys."""
+
+    def __init__(self, cas: Iterable[bytes], validators: Iterable[bytes] = (), coe_cache_size: int = 4096):
+        self.cas = frozenset(cas)
+        self.validators = tuple(validators)
+        self._coe_cache: dict[bytes, _VerifiedCoe] = {}
+        self._coe_cache_size = coe_cache_size
+
+    def verify(self, raw: bytes, now: int, expect: str | None = None,
+               device_key: bytes | None = None) -> Opened:
+        """Return the opened message or raise Reject with the §4 reason.
+
+        `device_key` is the key from the sending meter's birth, needed for readings.
+        """
+        opened = open_message(raw, expect)
+        keys = self._signing_keys(opened.body, now, device_key)
+        if not any(opened.envelope.verifies(k) for k in keys):
+            raise Reject("signature", f"{opened.body.typ} not signed by the key it names")
+        return opened
+
+    def _signing_keys(self, body: Body, now: int, device_key: bytes | None) -> tuple[bytes, ...]:
+        """Steps 4-5 for the body's type; returns the keys step 6 may accept."""
+        if isinstance(body, Erc):
+            return (self._erc_key(body, now),)
+        if isinstance(body, DevCert):
+            self._trusted(body, now)
+            return (body.iss,)
+        if isinstance(body, (Birth, CoeRequest, Coe)):
+            cert = self.certificate(body.cert, now)
+            if isinstance(body, Birth) and body.meter != cert.meter:
+                raise Reject("cert", f"birth of {body.meter!r} carries the devcert of {cert.meter!r}")
+            if isinstance(body, Coe):
+                _check_coe(body, now)
+            return (cert.pk,)
+        if isinstance(body, (Ctp, Cancel)):
+            return (body.payer,)
+        if isinstance(body, (Status, Rejection)):
+            return self.validators
+        assert isinstance(body, Reading)
+        return () if device_key is None else (device_key,)
+
+    def certificate(self, raw: bytes, now: int) -> DevCert:
+        """An embedded devcert signed by a trusted CA and valid at `now`; else `cert`."""
+        try:
+            opened = open_message(raw, "devcert")
+        except Reject as exc:
+            raise Reject("cert", f"devcert: {exc}") from None
+        cert = self._trusted(opened.body, now)
+        if not opened.envelope.verifies(cert.iss):
+            raise Reject("cert", "devcert signature does not verify")
+        return cert
+
+    def _trusted(self, cert: DevCert, now: int) -> DevCert:
+        if cert.iss not in self.cas:
+            raise Reject("cert", "devcert issuer is not a trusted CA")
+        if not cert.nbf <= now <= cert.exp:
+            raise Reject("cert", f"devcert of {cert.meter!r} not valid at {now}")
+        return cert
+
+    def _erc_key(self, erc: Erc, now: int) -> bytes:
+        """Steps 4-5 for an ERC: its CoE, the witness devcert, the Merkle proof."""
+        verified = self._coe_cache.get(erc.coe)
+        if verified is None:
+            verified = self._verify_coe(erc.coe, now)
+        else:
+            self._trusted(verified.cert, now)
+        coe = verified.coe
+        _check_coe(coe, now)
+        if not verify_inclusion(erc.pk, erc.idx, coe.size, erc.path, coe.root, verified.nodes):
+            raise Reject("proof", f"pk at {erc.idx} not under the CoE root")
+        return erc.pk
+
+    def _verify_coe(self, raw: bytes, now: int) -> _VerifiedCoe:
+        try:
+            opened = open_message(raw, "coe")
+        except Reject as exc:
+            raise Reject("coe", f"embedded CoE: {exc}") from None
+        coe = opened.body
+        cert = self.certificate(coe.cert, now)
+        if not opened.envelope.verifies(cert.pk):
+            raise Reject("coe", "CoE witness signature does not verify")
+        verified = _VerifiedCoe(coe, cert, NodeMemo(limit=2 * coe.size))
+        if len(self._coe_cache) >= self._coe_cache_size:
+            del self._coe_cache[next(iter(self._coe_cache))]
+        self._coe_cache[raw] = verified
+        return verified
+
+
+def _check_coe(coe: Coe, now: int) -> None:
+    if not 1 <= coe.size <= MAX_BATCH:
+        raise Reject("coe", f"CoE size {coe.size} not in 1..{MAX_BATCH}")
+    if not coe.t <= now <= coe.exp:
+        raise Reject("coe", f"CoE not valid at {now}")

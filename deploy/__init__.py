@@ -1,0 +1,1 @@
+"""Flashing meters and provisioning communities."""

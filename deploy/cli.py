@@ -1,0 +1,68 @@
+"""`spb-deploy`: one subcommand per deployment task.
+
+Each subcommand is a function that adds its parser to the subparsers and sets `run`;
+a new one (e.g. `demo`) lives in its own module and is appended to SUBCOMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Callable
+
+from deploy.demo import add_demo
+from deploy.provision import ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, provision
+
+
+def _within(allowed: range) -> Callable[[str], int]:
+    """An argparse type, so out-of-range counts exit 2 with a usage message."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"{value} is not in {allowed.start}..{allowed.stop - 1}")
+        return value
+    return parse
+
+
+def add_provision(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("provision", help="make or grow a community's keys and devcerts",
+                              description="Create the CA, meters, accounts and validators under DIR; "
+                                          "re-running never overwrites a key.")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--meters", type=_within(METERS), required=True, metavar="N")
+    p.add_argument("--accounts", type=_within(ACCOUNTS), metavar="N", help="default: one per meter")
+    p.add_argument("--validators", type=_within(VALIDATORS), default=1, metavar="N")
+    p.add_argument("--valid-days", type=_within(VALID_DAYS), default=DEFAULT_VALID_DAYS, metavar="D",
+                   help=f"devcert lifetime (default {DEFAULT_VALID_DAYS})")
+    p.set_defaults(run=_run_provision)
+
+
+def _run_provision(args: argparse.Namespace) -> int:
+    community = provision(args.dir, args.meters, args.accounts, args.validators,
+                          now_ms=time.time_ns() // 1_000_000, valid_days=args.valid_days)
+    print(f"community  {community.root}")
+    print(f"meters     {len(community.meters)}")
+    print(f"accounts   {len(community.accounts)}")
+    print(f"validators {len(community.validators)}")
+    print(f"wrote      {community.toml_path}")
+    return 0
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_provision, add_demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="spb-deploy", description="Flash meters and provision communities.")
+    subparsers = parser.add_subparsers(required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""What a meter (or a monitor) knows of the other meters: their births and device keys.
+
+Sans-IO: messages and the clock come in, verified bodies or Reject come out. Births are
+how device keys become known, so a reading can only be checked after its meter's birth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from broker.messages import Birth, Reading, open_message
+from broker.reasons import Reject
+from broker.verify import Verifier
+
+
+@dataclass
+class Peer:
+    meter: str
+    device_pk: bytes
+    boot: int
+    fw: str
+    online: bool = True
+    last_seq: int | None = None
+
+
+@dataclass
+class PeerTable:
+    verifier: Verifier
+    peers: dict[str, Peer] = field(default_factory=dict)
+
+    def on_birth(self, topic_meter: str, raw: bytes, now: int) -> Birth:
+        birth = self.verifier.verify(raw, now, expect="birth").body
+        if birth.meter != topic_meter:
+            raise Reject("cert", f"birth of {birth.meter!r} on the topic of {topic_meter!r}")
+        device_pk = open_message(birth.cert, "devcert").body.pk  # verify() checked the cert
+        self.peers[birth.meter] = Peer(birth.meter, device_pk, birth.boot, birth.fw)
+        return birth
+
+    def on_reading(self, topic_meter: str, raw: bytes, now: int) -> Reading:
+        peer = self.peers.get(topic_meter)
+        reading = self.verifier.verify(raw, now, expect="reading",
+                                       device_key=peer.device_pk if peer else None).body
+        if reading.meter != topic_meter:
+            raise Reject("signature", f"reading names {reading.meter!r} but {topic_meter!r} signed it")
+        peer.last_seq = reading.seq
+        return reading
+
+    def on_state(self, topic_meter: str, payload: bytes) -> None:
+        if topic_meter in self.peers:
+            self.peers[topic_meter].online = payload == b"online"
+
+    def online(self) -> list[str]:
+        return sorted(m for m, p in self.peers.items() if p.online)

@@ -1,0 +1,27 @@
+"""A meter's state dir, as `spb-deploy provision` writes it (DIR/meters/<id>/)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from broker.keys import load_key
+
+
+@dataclass(frozen=True)
+class MeterIdentity:
+    meter: str
+    device_key: SigningKey
+    devcert: bytes
+    ca_pk: bytes
+    root: Path
+
+    @classmethod
+    def load(cls, root: Path) -> "MeterIdentity":
+        info = tomllib.loads((root / "meter.toml").read_text())
+        return cls(meter=info["id"], device_key=load_key(root / "device.key"),
+                   devcert=(root / "devcert.cbor").read_bytes(), ca_pk=bytes.fromhex(info["ca_pk"]),
+                   root=root)

@@ -1,0 +1,1 @@
+"""The ledger: off-chain CTP database, escrow, consensus and the block log."""

@@ -1,0 +1,77 @@
+"""`spb-ledger`: the ledger's command line.
+
+`verify` is the operator's "why was this rejected?" tool: it runs exactly the stateless
+checks a validator runs and prints the §4 reason code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from broker.messages import BODY_TYPES
+from broker.reasons import Reject
+from broker.verify import Verifier
+
+
+def _key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a 32-byte key in hex")
+    return key
+
+
+def _read(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    now = args.now if args.now is not None else time.time_ns() // 1_000_000
+    verifier = Verifier(cas=args.ca, validators=args.validator)
+    try:
+        raw = _read(args.file)
+    except OSError as exc:
+        print(f"spb-ledger: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        opened = verifier.verify(raw, now, expect=args.expect, device_key=args.device)
+    except Reject as exc:
+        print(f"reject {exc.reason}")
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        return 1
+    print(f"ok {opened.body.typ} {opened.hash.hex()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spb-ledger", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    verify = sub.add_parser("verify", help="run the stateless checks of PROTOCOL.md §4 on one message")
+    verify.add_argument("file", help="file holding one raw message, or - for stdin")
+    verify.add_argument("--ca", type=_key, action="append", default=[], metavar="HEX",
+                        help="trusted manufacturer CA public key (repeatable)")
+    verify.add_argument("--validator", type=_key, action="append", default=[], metavar="HEX",
+                        help="ledger validator public key, for status and reject messages (repeatable)")
+    verify.add_argument("--device", type=_key, metavar="HEX", help="device key of the meter, for readings")
+    verify.add_argument("--now", type=int, metavar="MS", help="verifier clock, ms since the epoch (default: now)")
+    verify.add_argument("--expect", choices=sorted(BODY_TYPES), metavar="TYP",
+                        help="reject a body of any other typ as `type`")
+    verify.set_defaults(run=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
