@@ -1,0 +1,41 @@
+# spb-energy: `make demo` runs a community on this machine, `make test` runs every test,
+# `make bench` prints the benchmarks. Each sets up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench venv mosquitto clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo "spb-energy needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version)"; exit 1; }
+	@# Debian ships venv's ensurepip separately (python3-venv); install it when we may.
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+	       && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } \
+	  || { echo "cannot create a venv: run 'sudo apt-get install python3-venv'"; exit 1; }
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+mosquitto:
+	@if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing mosquitto with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	else echo "make test needs Mosquitto: run 'sudo apt-get install mosquitto'"; exit 1; fi
+
+demo: venv
+	$(BIN)/spb-deploy demo
+
+test: venv mosquitto
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python bench/wire.py
+
+clean:
+	rm -rf $(VENV) demo-community .pytest_cache .hypothesis

@@ -1,0 +1,53 @@
+"""spb-broker: run the bus's MQTT broker in the foreground until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+import threading
+
+from broker.runtime import start_broker
+
+DEFAULT_PORT = 1883
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args.command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spb-broker", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run a broker until interrupted")
+    run.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port on 127.0.0.1 (default {DEFAULT_PORT})")
+    run.add_argument("--embedded", action="store_true", help="use the in-process amqtt broker even if mosquitto is installed")
+    run.add_argument("--data-dir", help="config, persistence and log directory (default: a temporary one)")
+    run.set_defaults(command=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    data_dir = contextlib.nullcontext(args.data_dir) if args.data_dir else tempfile.TemporaryDirectory(prefix="spb-broker-")
+    with data_dir as directory:
+        try:
+            broker = start_broker(args.port, directory, embedded=args.embedded)
+        except Exception as error:  # port taken, mosquitto refusing its config, amqtt missing...
+            print(f"spb-broker: cannot start a broker: {error}", file=sys.stderr)
+            return 1
+        with broker:
+            print(f"spb-broker: {broker.kind} listening on {broker.url}", flush=True)
+            stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""BusClient: the one MQTT connection a meter, validator or tool keeps to the bus.
+
+Everything on the bus is QoS 1 (PROTOCOL.md §7), so this thin paho-mqtt 2.x wrapper fixes
+the QoS, keeps the broker-side session across outages, re-subscribes after every
+reconnect, and tells the caller when the broker has taken a message over (PUBACK).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+log = logging.getLogger(__name__)
+
+QOS = 1
+Handler = Callable[[str, bytes, bool], None]
+"""handler(topic, payload, retained) for messages matching a subscription."""
+
+
+class AckTracker:
+    """Pairs each packet id (mid) with its acknowledgement, whichever we learn of first.
+
+    paho returns the mid only when publish()/subscribe() returns, but its network thread
+    may already have handled the PUBACK/SUBACK by then; such an early ack is kept until
+    expect() claims it, so no acknowledgement is lost and none is reported twice.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Callable[[Any], None]] = {}
+        self._early: dict[int, Any] = {}
+
+    def expect(self, mid: int, on_ack: Callable[[Any], None]) -> None:
+        """Call on_ack(result) when mid is acknowledged (at once if it already was)."""
+        with self._lock:
+            early = mid in self._early
+            if early:
+                result = self._early.pop(mid)
+            else:
+                self._waiting[mid] = on_ack
+        if early:
+            on_ack(result)
+
+    def acked(self, mid: int, result: Any = None) -> None:
+        """Record that the broker acknowledged mid; result is handed to its on_ack."""
+        with self._lock:
+            on_ack = self._waiting.pop(mid, None)
+            if on_ack is None:
+                self._early[mid] = result
+        if on_ack is not None:
+            on_ack(result)
+
+
+class _NoSocketNoise(logging.Filter):
+    """Drops paho 2.2's ERROR "Client is not connected. Socket: None" record.
+
+    paho logs it whenever its loop turns without a socket: after every clean close() and
+    after every failed reconnect attempt. Both are normal for us and logged by BusClient
+    itself at a fitting level, so an operator does not see an error for each of them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected. Socket: None")
+
+
+_paho_log = log.getChild("paho")
+_paho_log.addFilter(_NoSocketNoise())
+
+
+def _call_safely(callback: Callable[..., None], *args: Any) -> None:
+    """Run a user callback on paho's network thread, logging what it raises.
+
+    An exception escaping into paho ends its network thread, and with it the connection
+    and every reconnect, so a bug in one handler must not take the whole bus down.
+    """
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("callback %r failed", callback)
+
+
+class BusClient:
+    """One MQTT 3.1.1 connection with QoS 1 everywhere and automatic reconnects.
+
+    `connected` is set once a (re)connection is ready: subscriptions restored and
+    acknowledged, then the `on_connect` hooks run. Handlers and hooks run on paho's
+    network thread; they must not block (in particular not on wait_acked).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        *,
+        will: tuple[str, bytes, bool] | None = None,
+        clean_session: bool = False,
+        keepalive: int = 30,
+        reconnect_min_delay: float = 1.0,
+        reconnect_max_delay: float = 60.0,
+        max_inflight: int = 100,
+    ) -> None:
+        """will is (topic, payload, retain), published with QoS 1 if we vanish without DISCONNECT.
+
+        clean_session=False keeps our session at the broker while we are away, so QoS 1
+        messages for our subscriptions are queued for us rather than lost.
+        """
+        self.host, self.port, self.client_id = host, port, client_id
+        self.keepalive = keepalive
+        self.connected = threading.Event()
+        self.on_connect: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._subscriptions: dict[str, threading.Event] = {}
+        self._session_up = False
+        self._acks = AckTracker()
+        self._unacked: dict[int, tuple[mqtt.MQTTMessageInfo, threading.Event]] = {}
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session, protocol=mqtt.MQTTv311
+        )
+        client.enable_logger(_paho_log)
+        if will is not None:
+            topic, payload, retain = will
+            client.will_set(topic, payload, qos=QOS, retain=retain)
+        client.reconnect_delay_set(min_delay=reconnect_min_delay, max_delay=reconnect_max_delay)
+        # paho's default of 20 unacknowledged messages caps a meter draining a backlog after
+        # an outage at 20 per round trip; a larger window drains it faster. It stays bounded
+        # because every message in flight at a reconnect is sent again (DUP) as a duplicate.
+        client.max_inflight_messages_set(max_inflight)
+        # 0 = no limit: a QoS 1 message published while the broker is unreachable waits in
+        # paho's queue until we reconnect instead of being refused (MQTT_ERR_QUEUE_SIZE).
+        client.max_queued_messages_set(0)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_connect_fail = self._handle_connect_fail
+        client.on_subscribe = self._handle_subscribe
+        client.on_publish = self._handle_publish
+        client.on_message = self._handle_unmatched
+        self._client = client
+
+    def connect(self) -> None:
+        """Start connecting in the background; returns at once and keeps retrying while the broker is down."""
+        self._client.connect_async(self.host, self.port, self.keepalive)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Whether the client is (or, within timeout seconds, becomes) connected and ready."""
+        return self.connected.wait(timeout)
+
+    def close(self) -> None:
+        """Send DISCONNECT, so the broker discards our will, and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected.clear()
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> threading.Event:
+        """Route messages matching topic_filter to handler, now and after every reconnect.
+
+        Returns an Event set once the broker has granted the subscription. Subscribing
+        to the same filter again replaces its handler; a message matching several filters
+        reaches each of their handlers.
+        """
+        granted = threading.Event()
+        self._client.message_callback_add(topic_filter, _dispatcher(handler))
+        with self._lock:
+            self._subscriptions[topic_filter] = granted
+            session_up = self._session_up
+        if session_up:
+            self._send_subscribe({topic_filter: granted})
+        return granted
+
+    def publish(
+        self, topic: str, payload: bytes, retain: bool = False, on_ack: Callable[[int], None] | None = None
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish with QoS 1, queued in paho while we are offline.
+
+        on_ack(mid) runs once the broker acknowledged the message (PUBACK), normally on
+        paho's network thread. Use wait_acked, not info.wait_for_publish(): paho leaves
+        info.rc at MQTT_ERR_NO_CONN for a message queued while offline, and
+        wait_for_publish raises on that even after the message has been delivered.
+        """
+        info = self._client.publish(topic, payload, qos=QOS, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            log.error("paho refused to queue a message for %s (mid %d clash)", topic, info.mid)
+            return info
+        acked = threading.Event()
+        with self._lock:
+            self._unacked[info.mid] = (info, acked)
+
+        def settle(_reason: Any) -> None:
+            with self._lock:
+                self._unacked.pop(info.mid, None)
+            acked.set()
+            if on_ack is not None:
+                _call_safely(on_ack, info.mid)
+
+        self._acks.expect(info.mid, settle)
+        return info
+
+    def wait_acked(self, info: mqtt.MQTTMessageInfo, timeout: float | None = None) -> bool:
+        """Whether the broker acknowledged a message from our publish() within timeout s (None: no limit)."""
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            return False
+        with self._lock:
+            entry = self._unacked.get(info.mid)
+        if entry is None or entry[0] is not info:
+            return True  # settled already; the mid may even have been reused since
+        return entry[1].wait(timeout)
+
+    def _send_subscribe(self, filters: dict[str, threading.Event], then: Callable[[], None] | None = None) -> None:
+        """One SUBSCRIBE for filters; on SUBACK set the Events of the granted ones, then run `then`."""
+        rc, mid = self._client.subscribe([(topic_filter, QOS) for topic_filter in filters])
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.debug("SUBSCRIBE not sent (%s); the next connect restores it", mqtt.error_string(rc))
+            return
+
+        def on_suback(reason_codes: list) -> None:
+            for (topic_filter, granted), reason in zip(filters.items(), reason_codes):
+                if reason.is_failure:
+                    log.error("broker refused subscription %s: %s", topic_filter, reason)
+                else:
+                    granted.set()
+            if then is not None:
+                then()
+
+        self._acks.expect(mid, on_suback)
+
+    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            return
+        log.info("connected to %s:%d as %s (session present: %s)",
+                 self.host, self.port, self.client_id, flags.session_present)
+        with self._lock:
+            self._session_up = True
+            restore = dict(self._subscriptions)
+        if restore:
+            self._send_subscribe(restore, then=self._ready)
+        else:
+            self._ready()
+
+    def _ready(self) -> None:
+        for hook in list(self.on_connect):
+            _call_safely(hook)
+        self.connected.set()
+
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._lock:
+            self._session_up = False
+        self.connected.clear()
+        if reason_code.is_failure:
+            log.warning("lost connection to %s:%d (%s); reconnecting", self.host, self.port, reason_code)
+
+    def _handle_connect_fail(self, client, userdata) -> None:
+        log.info("cannot reach broker %s:%d; retrying", self.host, self.port)
+
+    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._acks.acked(mid, reason_codes)
+
+    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acks.acked(mid, reason_code)
+
+    def _handle_unmatched(self, client, userdata, message) -> None:
+        log.debug("no handler for message on %s", message.topic)
+
+
+def _dispatcher(handler: Handler):
+    """Adapt handler to paho's per-filter on_message callback."""
+
+    def on_message(client, userdata, message: mqtt.MQTTMessage) -> None:
+        _call_safely(handler, message.topic, message.payload, bool(message.retain))
+
+    return on_message

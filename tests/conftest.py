@@ -1,0 +1,36 @@
+"""Shared fixtures: a real Mosquitto per test, on a free port, with its data in tmp_path."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.client import BusClient
+from broker.runtime import Mosquitto, find_mosquitto, free_port
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A running Mosquitto (see broker.runtime.mosquitto_config); stopped after the test."""
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto", pytrace=False)
+    broker = Mosquitto()
+    broker.start(free_port(), tmp_path / "mosquitto")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def make_client():
+    """make_client(port, client_id, **options): a BusClient with test-sized backoff, closed after the test."""
+    clients = []
+
+    def make(port: int, client_id: str, **options) -> BusClient:
+        options.setdefault("reconnect_min_delay", 0.05)
+        options.setdefault("reconnect_max_delay", 0.5)
+        client = BusClient("127.0.0.1", port, client_id, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

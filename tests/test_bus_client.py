@@ -1,0 +1,141 @@
+"""BusClient against a real Mosquitto: QoS 1 acks, wills, reconnects and re-subscription."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from broker import topics
+from broker.client import AckTracker
+from broker.runtime import Mosquitto, free_port
+from tests.helpers import REPO, Inbox, child_env, connected, wait_for
+
+pytestmark = pytest.mark.integration
+
+TEST_TOPIC = f"{topics.ROOT}/test"
+
+
+def test_ack_tracker_pairs_acks_that_arrive_before_the_mid_is_known():
+    tracker, results = AckTracker(), []
+    tracker.acked(7, "early")  # the network thread saw the PUBACK before publish() returned mid 7
+    tracker.expect(7, results.append)
+    tracker.expect(8, results.append)
+    tracker.acked(8, "late")
+    assert results == ["early", "late"]
+
+
+def test_publish_subscribe_round_trip_with_puback(mosquitto, make_client):
+    inbox = Inbox()
+    subscriber = make_client(mosquitto.port, "sub")
+    subscriber.subscribe(f"{TEST_TOPIC}/#", inbox)
+    connected(subscriber)
+    publisher = connected(make_client(mosquitto.port, "pub"))
+
+    acked_mids, acked = [], threading.Event()
+    info = publisher.publish(f"{TEST_TOPIC}/a", b"\x00reading", on_ack=lambda mid: (acked_mids.append(mid), acked.set()))
+
+    assert acked.wait(10)
+    assert acked_mids == [info.mid]
+    assert publisher.wait_acked(info, 0)
+    assert inbox.wait_count(1) == [(f"{TEST_TOPIC}/a", b"\x00reading", False)]
+
+
+def test_subscribe_while_connected_is_granted_then_receives(mosquitto, make_client):
+    inbox = Inbox()
+    subscriber = connected(make_client(mosquitto.port, "sub"))
+    assert subscriber.subscribe(TEST_TOPIC, inbox).wait(10)
+    connected(make_client(mosquitto.port, "pub")).publish(TEST_TOPIC, b"x")
+    assert inbox.wait_count(1) == [(TEST_TOPIC, b"x", False)]
+
+
+# A meter in a child process, so that SIGKILL makes it vanish without a DISCONNECT.
+DYING_METER = """
+import sys
+from broker.client import BusClient
+port, state = int(sys.argv[1]), sys.argv[2]
+client = BusClient("127.0.0.1", port, "m1", will=(state, b"offline", True))
+client.on_connect.append(lambda: client.publish(state, b"online", retain=True))
+client.connect()
+sys.stdin.read()
+"""
+
+
+def test_will_is_delivered_when_a_client_dies(mosquitto, make_client):
+    state = topics.meter("m1", "state")
+    inbox = Inbox()
+    observer = make_client(mosquitto.port, "observer")
+    observer.subscribe(state, inbox)
+    connected(observer)
+
+    with subprocess.Popen(
+        [sys.executable, "-c", DYING_METER, str(mosquitto.port), state],
+        cwd=REPO, stdin=subprocess.PIPE, env=child_env(),
+    ) as meter:
+        inbox.wait_count(1)
+        meter.kill()  # SIGKILL: the kernel closes the socket and no DISCONNECT is sent
+    assert inbox.wait_count(2) == [(state, b"online", False), (state, b"offline", False)]
+
+    late = Inbox()
+    latecomer = make_client(mosquitto.port, "latecomer")
+    latecomer.subscribe(state, late)
+    connected(latecomer)
+    assert late.wait_count(1) == [(state, b"offline", True)]
+
+
+def test_will_is_not_sent_on_close(mosquitto, make_client):
+    state, fence = topics.meter("m1", "state"), f"{TEST_TOPIC}/fence"
+    inbox = Inbox()
+    observer = make_client(mosquitto.port, "observer")
+    observer.subscribe(state, inbox)
+    observer.subscribe(fence, inbox)
+    connected(observer)
+
+    meter = connected(make_client(mosquitto.port, "m1", will=(state, b"offline", True)))
+    assert meter.wait_acked(meter.publish(state, b"online", retain=True), 10)
+    meter.close()
+    # close() returns once DISCONNECT is written, so the broker reads it before this later
+    # publish from another connection: a will, had it been sent, would arrive first.
+    observer.publish(fence, b"fence")
+
+    assert inbox.wait_count(2) == [(state, b"online", False), (fence, b"fence", False)]
+
+
+def test_subscriptions_are_restored_after_a_broker_restart(mosquitto, make_client):
+    inbox, connects = Inbox(), []
+    # A clean session: the broker forgets our subscription when we drop, so only the
+    # client's own re-subscription on reconnect can bring messages back.
+    subscriber = make_client(mosquitto.port, "sub", clean_session=True)
+    subscriber.on_connect.append(lambda: connects.append("up"))
+    subscriber.subscribe(TEST_TOPIC, inbox)
+    connected(subscriber)
+
+    mosquitto.restart()
+    wait_for(lambda: len(connects) == 2, message="the subscriber to reconnect")
+    assert subscriber.wait_connected(10)
+
+    connected(make_client(mosquitto.port, "pub")).publish(TEST_TOPIC, b"after restart")
+    assert inbox.wait_count(1) == [(TEST_TOPIC, b"after restart", False)]
+
+
+def test_client_started_while_broker_is_down_connects_when_it_comes_up(tmp_path, make_client):
+    port = free_port()
+    meter = make_client(port, "m1")
+    acked = threading.Event()
+    meter.connect()
+    # Published while nothing listens: paho queues it and sends it after connecting.
+    queued = meter.publish(topics.meter("m1", "state"), b"online", retain=True, on_ack=lambda mid: acked.set())
+
+    with Mosquitto() as broker:
+        broker.start(port, tmp_path / "late-broker")
+        assert meter.wait_connected(10)
+        assert acked.wait(10)
+        assert meter.wait_acked(queued, 0)
+
+        inbox = Inbox()
+        observer = make_client(port, "observer")
+        observer.subscribe(topics.meter("m1", "state"), inbox)
+        connected(observer)
+        assert inbox.wait_count(1) == [(topics.meter("m1", "state"), b"online", True)]
