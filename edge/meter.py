@@ -40,6 +40,7 @@ class MeterNode:
         self.boot = self.store.next_boot()
         self.totals = self.store.totals()
         self.peers = PeerTable(Verifier(cas=[identity.ca_pk]))
+        self._remember_peers()
         self.bus = BusClient(host, port, client_id=f"meter-{identity.meter}",
                              will=(topics.meter(identity.meter, "state"), topics.OFFLINE, True),
                              reconnect_max_delay=reconnect_max_s)
@@ -69,7 +70,11 @@ class MeterNode:
         return reading
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Say `offline` ourselves: a clean DISCONNECT means the broker drops our will."""
+        """Say `offline` ourselves: a clean DISCONNECT means the broker drops our will.
+
+        The will says the same `offline`, so the rare close that still fires it (see
+        BusClient.close) only repeats the retained state.
+        """
         info = self.bus.publish(topics.meter(self.id.meter, "state"), topics.OFFLINE, retain=True)
         if not self.bus.wait_acked(info, timeout_s):
             log.warning("%s: broker did not acknowledge offline within %.0f s", self.id.meter, timeout_s)
@@ -81,6 +86,14 @@ class MeterNode:
         self.bus.publish(topics.meter(self.id.meter, "state"), topics.ONLINE, retain=True)
         self.bus.publish(topics.meter(self.id.meter, "birth"), birth.sign(self.id.device_key), retain=True)
         log.info("%s online, birth sent", self.id.meter)
+
+    def _remember_peers(self) -> None:
+        """Re-verify the births stored before this boot; a peer whose devcert lapsed is dropped."""
+        for meter, raw in self.store.peer_births():
+            try:
+                self.peers.on_birth(meter, raw, wall_ms())
+            except Reject as exc:
+                log.warning("%s forgets %s: stored birth no longer verifies (%s)", self.id.meter, meter, exc)
 
     def _peer_message(self, topic: str, payload: bytes, handle) -> None:
         parsed = topics.parse_meter_topic(topic)
@@ -94,6 +107,7 @@ class MeterNode:
     def _on_birth(self, topic: str, payload: bytes, retained: bool) -> None:
         def handle(peer: str, raw: bytes) -> None:
             birth = self.peers.on_birth(peer, raw, wall_ms())
+            self.store.save_peer_birth(peer, raw)
             log.info("%s verified birth of %s (fw %s, boot %d)", self.id.meter, peer, birth.fw, birth.boot)
         self._peer_message(topic, payload, handle)
 

@@ -33,7 +33,10 @@ class PeerTable:
         if birth.meter != topic_meter:
             raise Reject("cert", f"birth of {birth.meter!r} on the topic of {topic_meter!r}")
         device_pk = open_message(birth.cert, "devcert").body.pk  # verify() checked the cert
-        self.peers[birth.meter] = Peer(birth.meter, device_pk, birth.boot, birth.fw)
+        known = self.peers.get(birth.meter)
+        # seq never repeats across a meter's reboots, so a new birth keeps what we saw of it
+        last_seq = known.last_seq if known and known.device_pk == device_pk else None
+        self.peers[birth.meter] = Peer(birth.meter, device_pk, birth.boot, birth.fw, last_seq=last_seq)
         return birth
 
     def on_reading(self, topic_meter: str, raw: bytes, now: int) -> Reading:
