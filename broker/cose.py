@@ -113,10 +113,6 @@ def _envelope(payload: bytes, signature: bytes) -> bytes:
     return _ENVELOPE_PREFIX + _bstr_head(len(payload)) + payload + _bstr_head(len(signature)) + signature
 
 
-def _envelope_len(payload_len: int) -> int:
-    return len(_ENVELOPE_PREFIX) + len(_bstr_head(payload_len)) + payload_len + 2 + 64
-
-
 def message_hash(raw: bytes) -> bytes:
     """H(m) of §1: the stable identifier of a message."""
     return sha256(raw).digest()
@@ -165,9 +161,8 @@ def parse_sign1(raw: bytes) -> Sign1:
         raise Reject("noncanonical", "headers other than {1: -8} / {}")
     if len(signature) != 64:
         raise Reject("decode", "signature is not 64 bytes")
-    # The decoder accepted exactly these four items, so the bytes are the deterministic
-    # form iff the fixed heads match and nothing is longer than shortest heads allow
-    # (a longer head or trailing bytes both show up as extra length).
-    if not raw.startswith(_ENVELOPE_PREFIX) or len(raw) != _envelope_len(len(payload)):
+    # Rebuilding the one byte form catches longer heads, trailing bytes and CBOR tricks
+    # such as value-sharing references (tags 28/29) that decode to the same four items.
+    if raw != _envelope(payload, signature):
         raise Reject("noncanonical", "bytes differ from the deterministic encoding")
     return Sign1(raw, payload, signature)

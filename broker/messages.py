@@ -21,6 +21,7 @@ SOURCES = ("solar", "wind", "hydro", "gas", "coal", "any")
 STATES = ("held", "settled", "refunded", "rejected")
 
 Check = Callable[[object], bool]
+_ABSENT = object()  # a key not in the map, unlike a key present with CBOR null
 
 
 def _uint(x: object) -> bool:
@@ -90,10 +91,11 @@ class Body:
         body = object.__new__(cls)
         present = 2  # v and typ, checked by open_message
         for name, check, required, set_slot in cls._schema():
-            value = m.get(name)
-            if value is None:
+            value = m.get(name, _ABSENT)
+            if value is _ABSENT:
                 if required:
                     raise Reject("schema", f"{cls.typ}: missing {name!r}")
+                value = None
             elif not check(value):
                 raise Reject("schema", f"{cls.typ}: {name!r} has the wrong type")
             else:
