@@ -6,8 +6,8 @@ SHA-256 of the bytes is a stable message id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 from hashlib import sha256
 
 import cbor2
@@ -118,8 +118,9 @@ def message_hash(raw: bytes) -> bytes:
     return sha256(raw).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class Sign1:
+class Sign1(NamedTuple):
+    """An untagged COSE_Sign1 in its one byte form (a tuple: built for every message)."""
+
     raw: bytes
     payload: bytes
     signature: bytes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
 from functools import cache
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, NamedTuple
 
 from nacl.signing import SigningKey
 
@@ -227,8 +227,7 @@ BODY_TYPES: dict[str, type[Body]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """A message that passed steps 1-3: well-formed, canonical, of a known type and schema."""
 
     envelope: Sign1

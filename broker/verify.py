@@ -41,10 +41,10 @@ class Verifier:
         `device_key` is the key from the sending meter's birth, needed for readings.
         """
         opened = open_message(raw, expect)
-        keys = self._signing_keys(opened.body, now, device_key)
-        if not any(opened.envelope.verifies(k) for k in keys):
-            raise Reject("signature", f"{opened.body.typ} not signed by the key it names")
-        return opened
+        for key in self._signing_keys(opened.body, now, device_key):
+            if opened.envelope.verifies(key):
+                return opened
+        raise Reject("signature", f"{opened.body.typ} not signed by the key it names")
 
     def _signing_keys(self, body: Body, now: int, device_key: bytes | None) -> tuple[bytes, ...]:
         """Steps 4-5 for the body's type; returns the keys step 6 may accept."""
