@@ -95,13 +95,14 @@ def _text_keys_in_order(keys: tuple) -> bool:
 
 
 def _bstr_head(length: int) -> bytes:
-    """Deterministic CBOR head of a byte string (major type 2)."""
+    """Deterministic CBOR head of a byte string (major type 2), shortest form."""
     if length < 24:
-        return bytes([0x40 | length])
-    for code, size in ((0x58, 1), (0x59, 2), (0x5A, 4), (0x5B, 8)):
-        if length < 1 << (8 * size):
-            return bytes([code]) + length.to_bytes(size, "big")
-    raise ValueError("byte string too long for CBOR")
+        return bytes((0x40 | length,))
+    if length < 0x100:
+        return bytes((0x58, length))
+    if length < 0x10000:
+        return b"\x59" + length.to_bytes(2, "big")
+    return b"\x5a" + length.to_bytes(4, "big")  # parse_sign1 caps messages at 64 KiB
 
 
 def _sig_structure(payload: bytes) -> bytes:
@@ -141,7 +142,11 @@ class Sign1(NamedTuple):
 
 
 def sign1(payload: bytes, key: SigningKey) -> bytes:
-    return _envelope(payload, key.sign(_sig_structure(payload)).signature)
+    """Sign and encode; refuses a message every receiver would reject as over 64 KiB."""
+    raw = _envelope(payload, key.sign(_sig_structure(payload)).signature)
+    if len(raw) > MAX_MESSAGE:
+        raise ValueError(f"a {len(raw)}-byte message is over the {MAX_MESSAGE}-byte limit")
+    return raw
 
 
 def parse_sign1(raw: bytes) -> Sign1:

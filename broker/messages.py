@@ -45,7 +45,7 @@ def _bstr(n: int) -> Check:
 
 
 def _list_of(check: Check) -> Check:
-    return lambda x: type(x) is list and all(check(i) for i in x)
+    return lambda x: type(x) is list and all(map(check, x))
 
 
 def _one_of(values) -> Check:

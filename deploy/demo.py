@@ -39,7 +39,7 @@ class Seen:
     rejects: int = 0
     state: str = "?"
     last: str = ""
-    peer_readings: int = 0  # readings of the other meter that this meter verified itself
+    peer_readings: int = 0  # readings of the other meter that this meter verified itself ("verified peer")
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Monitor:
         elif leaf == "reading":
             r = self.peers.on_reading(meter, payload, now)
             seen.readings += 1
-            seen.last = f"{r.wh_in}/{r.wh_out} Wh, {r.w:+d} W"
+            seen.last = f"{r.wh_in}/{r.wh_out}"
             self.console.print(f"  {meter:6} reading  #{r.seq:<3} {r.wh_in:>4} Wh in {r.wh_out:>4} Wh out "
                                f"{r.w:>+6d} W  signature ✓")
 
@@ -149,7 +149,7 @@ def _relay(proc: subprocess.Popen, meter: str, monitor: Monitor) -> None:
 
 def _summary(console: Console, monitor: Monitor, codes: list[int]) -> int:
     table = Table(title="What the monitor verified")
-    for column in ("meter", "births", "readings", "rejects", "peers' readings it verified", "in/out", "state"):
+    for column in ("meter", "births", "readings", "rejects", "verified peer", "Wh in/out", "state"):
         table.add_column(column)
     ok = all(code == 0 for code in codes)
     for meter, _ in METERS:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.cose import MAX_MESSAGE, encode
+from broker.cose import MAX_MESSAGE, PROTECTED, encode
 from broker.merkle import MerkleTree
-from broker.messages import BODY_TYPES, DevCert, Erc, Rejection, Status, open_message
+from broker.messages import BODY_TYPES, Birth, DevCert, Erc, Rejection, Status, open_message
 from broker.reasons import REASONS, Reject
 from broker.verify import Verifier
 from tests.wire_fixtures import (ALICE, BOB, CA, FIELDS, INVALID, M1, M2, NOW, OTK_PKS, OTKS, ROGUE_CA, SIGNER,
@@ -114,11 +114,19 @@ def test_trailing_bytes_after_a_valid_message(name, tail):
 
 # ---- size limit ----------------------------------------------------------------------------
 
+def _signed_unchecked(body: Birth) -> bytes:
+    """A correctly signed, canonical envelope built without sign1's size guard."""
+    payload = body.encode()
+    signature = M1.sign(encode(["Signature1", PROTECTED, b"", payload])).signature
+    return encode([PROTECTED, {}, payload, signature])
+
+
 def _birth_of_size(size: int) -> bytes:
     """A valid birth padded through `fw` to exactly `size` bytes."""
+    f = FIELDS["birth"]
     fw_len = size - len(birth(fw=""))
     for _ in range(8):
-        raw = birth(fw="x" * fw_len)
+        raw = _signed_unchecked(Birth(meter="m0001", cert=devcert("m0001"), fw="x" * fw_len, boot=f["boot"], t=f["t"]))
         if len(raw) == size:
             return raw
         fw_len += size - len(raw)
@@ -134,6 +142,19 @@ def test_size_limit_is_64_kib():
     over = _birth_of_size(MAX_MESSAGE + 1)
     assert reason(verify, over) == "decode"
     assert reason(open_message, over) == "decode"
+
+
+def test_signing_refuses_a_message_over_the_limit():
+    """A sender never produces what every receiver rejects; the limit itself can be signed."""
+    at_limit = _birth_of_size(MAX_MESSAGE)
+    body = open_message(at_limit).body
+    assert Birth(**_fields_of(body)).sign(M1) == at_limit
+    with pytest.raises(ValueError, match="over the 65536-byte limit"):
+        Birth(**{**_fields_of(body), "fw": body.fw + "x"}).sign(M1)
+
+
+def _fields_of(body: Birth) -> dict:
+    return {k: v for k, v in body.to_map().items() if k not in ("v", "typ")}
 
 
 @pytest.mark.parametrize("raw", [b"\x00" * (MAX_MESSAGE + 1), b"\x84" + b"\xff" * MAX_MESSAGE,
