@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import tomllib
+from pathlib import Path
 
 from broker.messages import BODY_TYPES
 from broker.reasons import Reject
@@ -32,9 +34,26 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+def _community_keys(path: Path) -> tuple[list[bytes], list[bytes]]:
+    """(CA keys, validator keys) from a community.toml written by `spb-deploy provision`."""
+    toml_path = path / "community.toml" if path.is_dir() else path
+    community = tomllib.loads(toml_path.read_text())
+    return ([bytes.fromhex(community["ca"]["pk"])],
+            [bytes.fromhex(v["pk"]) for v in community.get("validators", [])])
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     now = args.now if args.now is not None else time.time_ns() // 1_000_000
-    verifier = Verifier(cas=args.ca, validators=args.validator)
+    cas, validators = list(args.ca), list(args.validator)
+    if args.community is not None:
+        try:
+            more_cas, more_validators = _community_keys(args.community)
+        except (OSError, KeyError, ValueError) as exc:
+            print(f"spb-ledger: cannot read the community at {args.community}: {exc}", file=sys.stderr)
+            return 2
+        cas += more_cas
+        validators += more_validators
+    verifier = Verifier(cas=cas, validators=validators)
     try:
         raw = _read(args.file)
     except OSError as exc:
@@ -60,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trusted manufacturer CA public key (repeatable)")
     verify.add_argument("--validator", type=_key, action="append", default=[], metavar="HEX",
                         help="ledger validator public key, for status and reject messages (repeatable)")
+    verify.add_argument("--community", type=Path, metavar="DIR",
+                        help="also trust the CA and validators listed in DIR/community.toml")
     verify.add_argument("--device", type=_key, metavar="HEX", help="device key of the meter, for readings")
     verify.add_argument("--now", type=int, metavar="MS", help="verifier clock, ms since the epoch (default: now)")
     verify.add_argument("--expect", choices=sorted(BODY_TYPES), metavar="TYP",

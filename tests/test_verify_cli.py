@@ -8,6 +8,7 @@ from hashlib import sha256
 
 import pytest
 
+from deploy.provision import provision
 from ledger.cli import main
 from tests.helpers import REPO, child_env
 from tests.wire_fixtures import CA, INVALID, M1, NOW, TYP, VALID, pk
@@ -119,3 +120,17 @@ def test_process_missing_file_exits_2_with_one_line(tmp_path):
     assert result.stdout == b""
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0]
+
+
+def test_community_dir_supplies_the_trust_anchors(tmp_path, capsys):
+    """`--community DIR` trusts the CA from community.toml: a devcert it issued verifies, and
+    without it the same devcert is `cert`."""
+    now = 1_790_000_000_000
+    provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=now)
+    devcert = tmp_path / "meters" / "m0001" / "devcert.cbor"
+    assert main(["verify", "--now", str(now), str(devcert)]) == 1
+    assert capsys.readouterr().out == "reject cert\n"
+    assert main(["verify", "--community", str(tmp_path), "--now", str(now), str(devcert)]) == 0
+    assert capsys.readouterr().out.startswith("ok devcert ")
+    assert main(["verify", "--community", str(tmp_path / "nowhere"), str(devcert)]) == 2
+    assert "cannot read the community" in capsys.readouterr().err
