@@ -7,6 +7,7 @@ SHA-256 of the bytes is a stable message id.
 from __future__ import annotations
 
 from functools import lru_cache
+from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 from hashlib import sha256
 
@@ -31,12 +32,41 @@ def encode(obj: object) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
+class _RawTags(Mapping):
+    """Every CBOR tag decodes to a plain CBORTag, never to a datetime, bignum or shared value.
+
+    cbor2 interprets a set of tags that differs between its versions; keeping them all raw
+    makes the reason for a tagged value (it re-encodes to itself, then fails the schema)
+    the same for every receiver. Lazy, because cbor2 looks tags up only as it meets them.
+    """
+
+    def __getitem__(self, tag: int) -> Callable[[object, bool], cbor2.CBORTag]:
+        return lambda value, _immutable: cbor2.CBORTag(tag, value)
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_RAW_TAGS = _RawTags()
+
+
 def load(data: bytes) -> object:
-    """One CBOR item, or Reject('decode'). Trailing bytes are caught by require_canonical."""
+    """One CBOR item, or Reject('decode'); the byte comparisons after it catch trailing bytes.
+
+    Refused here: indefinite lengths, maps with duplicate keys (compared as decoded values:
+    all v1 maps have text keys, for which that is byte equality) and nesting over 16 deep.
+    """
     try:
-        return cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False, max_depth=16)
+        return cbor2.loads(data, semantic_decoders=_RAW_TAGS, allow_indefinite=False,
+                           allow_duplicate_keys=False, max_depth=16)
     except Exception as exc:  # the decoder raises many kinds on hostile input
-        raise Reject("decode", f"not CBOR: {exc}") from None
+        raise Reject("decode", f"not CBOR: {type(exc).__name__}") from None
 
 
 def require_canonical(data: bytes, obj: object, schema_checked: bool = False) -> None:
@@ -49,7 +79,7 @@ def require_canonical(data: bytes, obj: object, schema_checked: bool = False) ->
         plain = _text_keys_in_order(tuple(obj)) if schema_checked else _plain_is_canonical(obj)
         again = cbor2.dumps(obj) if plain else encode(obj)
     except Exception as exc:
-        raise Reject("noncanonical", f"cannot re-encode: {exc}") from None
+        raise Reject("noncanonical", f"cannot re-encode: {type(exc).__name__}") from None
     if again != data:
         raise Reject("noncanonical", "bytes differ from the deterministic encoding")
 
@@ -150,25 +180,31 @@ def sign1(payload: bytes, key: SigningKey) -> bytes:
 
 
 def parse_sign1(raw: bytes) -> Sign1:
-    """Steps 1-2 of §4 for the envelope: size, CBOR, shape, canonical form."""
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) > MAX_MESSAGE:
-        raise Reject("decode", "over the 64 KiB limit" if isinstance(raw, (bytes, bytearray)) else "not bytes")
+    """Steps 1-2 of §4 for the envelope: every `decode` check, then every `noncanonical` one."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise Reject("decode", "not bytes")
+    if len(raw) > MAX_MESSAGE:
+        raise Reject("decode", "over the 64 KiB limit")
     raw = bytes(raw)
     obj = load(raw)
-    if isinstance(obj, cbor2.CBORTag):
-        raise Reject("noncanonical" if obj.tag == COSE_SIGN1_TAG else "decode", f"tag {obj.tag}")
+    tagged = isinstance(obj, cbor2.CBORTag)
+    if tagged:
+        if obj.tag != COSE_SIGN1_TAG:
+            raise Reject("decode", f"tag {obj.tag} around the message")
+        obj = obj.value
     if not (isinstance(obj, list) and len(obj) == 4):
         raise Reject("decode", "not a 4-element COSE_Sign1 array")
     protected, unprotected, payload, signature = obj
-    if not (isinstance(protected, bytes) and isinstance(unprotected, dict)
-            and isinstance(payload, bytes) and isinstance(signature, bytes)):
+    if not (type(protected) is bytes and type(unprotected) is dict
+            and type(payload) is bytes and type(signature) is bytes):
         raise Reject("decode", "COSE_Sign1 element of the wrong type")
-    if protected != PROTECTED or unprotected:
-        raise Reject("noncanonical", "headers other than {1: -8} / {}")
     if len(signature) != 64:
         raise Reject("decode", "signature is not 64 bytes")
-    # Rebuilding the one byte form catches longer heads, trailing bytes and CBOR tricks
-    # such as value-sharing references (tags 28/29) that decode to the same four items.
+    if tagged:
+        raise Reject("noncanonical", "tag 18: v1 messages are untagged")
+    if protected != PROTECTED or unprotected:
+        raise Reject("noncanonical", "headers other than {1: -8} / {}")
+    # Rebuilding the one byte form catches longer heads and trailing bytes.
     if raw != _envelope(payload, signature):
         raise Reject("noncanonical", "bytes differ from the deterministic encoding")
     return Sign1(raw, payload, signature)

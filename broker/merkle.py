@@ -52,7 +52,11 @@ class MerkleTree:
 
     def root(self, size: int | None = None) -> bytes:
         """MTH of the first `size` leaves (default: all)."""
-        return self._subtree(0, self.size if size is None else size)
+        if size is None:
+            size = self.size
+        if not 0 <= size <= self.size:
+            raise ValueError(f"no root of {size} leaves in a tree of {self.size}")
+        return self._subtree(0, size)
 
     def inclusion_proof(self, index: int) -> list[bytes]:
         """PATH(m, D[n]) of RFC 9162 §2.1.3.1, leaf-side first."""
@@ -85,10 +89,6 @@ class MerkleTree:
         if m <= k:
             return self._subproof(m, lo, lo + k, complete) + [self._subtree(lo + k, hi)]
         return self._subproof(m - k, lo + k, hi, False) + [self._subtree(lo, lo + k)]
-
-
-def root_of(leaves: Sequence[bytes]) -> bytes:
-    return MerkleTree(leaves).root()
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], root: bytes,

@@ -24,6 +24,19 @@ Check = Callable[[object], bool]
 _ABSENT = object()  # a key not in the map, unlike a key present with CBOR null
 
 
+def shown(value: object) -> str:
+    """A short, safe description of a hostile value for a reject's detail.
+
+    Never repr() what a sender chose: a 5000-digit integer makes repr() raise, and a
+    reject must never turn into another exception.
+    """
+    if type(value) in (str, bytes) and len(value) <= 32:
+        return repr(value)
+    if type(value) is int and -(1 << 64) <= value < 1 << 64:
+        return str(value)
+    return f"<{type(value).__name__}>"
+
+
 def _uint(x: object) -> bool:
     return type(x) is int and 0 <= x < 1 << 64
 
@@ -76,6 +89,11 @@ class Body:
         return m
 
     def encode(self) -> bytes:
+        """The body's deterministic CBOR; refuses a body that every receiver would reject."""
+        for name, check, required, _ in self._schema():
+            value = getattr(self, name)
+            if (value is not None or required) and not check(value):
+                raise ValueError(f"{self.typ}: {name}={shown(value)} does not fit the v{VERSION} schema")
         return encode(self.to_map())
 
     def sign(self, key: SigningKey) -> bytes:
@@ -103,7 +121,7 @@ class Body:
             set_slot(body, value)
         if len(m) != present:
             unknown = set(m) - {name for name, *_ in cls._schema()} - {"v", "typ"}
-            raise Reject("schema", f"{cls.typ}: unknown keys {sorted(map(str, unknown))}")
+            raise Reject("schema", f"{cls.typ}: unknown keys {', '.join(sorted(map(shown, unknown)))}")
         return body
 
     @classmethod
@@ -260,9 +278,9 @@ def _typed_body(m: object, expect: str | None) -> Body:
         raise Reject("type", "body is not a map, so it has no v/typ")
     v, typ = m.get("v"), m.get("typ")
     if type(v) is not int or v != VERSION:
-        raise Reject("type", f"v is {v!r}, not {VERSION}")
+        raise Reject("type", f"v is {shown(v)}, not {VERSION}")
     if type(typ) is not str or typ not in BODY_TYPES:
-        raise Reject("type", f"unknown typ {typ!r}")
+        raise Reject("type", f"unknown typ {shown(typ)}")
     if expect is not None and typ != expect:
         raise Reject("type", f"typ {typ!r} where {expect!r} was expected")
     return BODY_TYPES[typ].from_map(m)

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from broker.merkle import NodeMemo, verify_inclusion
 from broker.messages import (Birth, Body, Cancel, Coe, CoeRequest, Ctp, DevCert, Erc, Opened, Reading,
-                             Rejection, Status, open_message)
+                             Rejection, Status, open_message, shown)
 from broker.reasons import Reject
 
 MAX_BATCH = 1024
@@ -56,7 +56,7 @@ class Verifier:
         if isinstance(body, (Birth, CoeRequest, Coe)):
             cert = self.certificate(body.cert, now)
             if isinstance(body, Birth) and body.meter != cert.meter:
-                raise Reject("cert", f"birth of {body.meter!r} carries the devcert of {cert.meter!r}")
+                raise Reject("cert", f"birth of {shown(body.meter)} carries the devcert of {shown(cert.meter)}")
             if isinstance(body, Coe):
                 _check_coe(body, now)
             return (cert.pk,)
@@ -82,7 +82,7 @@ class Verifier:
         if cert.iss not in self.cas:
             raise Reject("cert", "devcert issuer is not a trusted CA")
         if not cert.nbf <= now <= cert.exp:
-            raise Reject("cert", f"devcert of {cert.meter!r} not valid at {now}")
+            raise Reject("cert", f"devcert of {shown(cert.meter)} not valid at {now}")
         return cert
 
     def _erc_key(self, erc: Erc, now: int) -> bytes:

@@ -1,18 +1,21 @@
 """`spb-deploy`: one subcommand per deployment task.
 
-Each subcommand is a function that adds its parser to the subparsers and sets `run`;
-a new one (e.g. `demo`) lives in its own module and is appended to SUBCOMMANDS.
+Each subcommand is a function that adds its parser to the subparsers and sets `run`, and
+optionally `expected`: the exceptions `main` reports as one line and exit 1 instead of a
+traceback. A new one (e.g. `demo`) lives in its own module and is appended to SUBCOMMANDS.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from broker.clock import wall_ms
 from pathlib import Path
 from typing import Callable
 
+from broker.keys import KeyFileError
 from deploy.demo import add_demo
-from deploy.provision import ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, provision
+from deploy.provision import ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, ProvisionError, provision
 
 
 def _within(allowed: range) -> Callable[[str], int]:
@@ -38,12 +41,16 @@ def add_provision(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--validators", type=_within(VALIDATORS), default=1, metavar="N")
     p.add_argument("--valid-days", type=_within(VALID_DAYS), default=DEFAULT_VALID_DAYS, metavar="D",
                    help=f"devcert lifetime (default {DEFAULT_VALID_DAYS})")
-    p.set_defaults(run=_run_provision)
+    p.add_argument("--new-ca", action="store_true",
+                   help="if ca/ca.key is missing, make a new CA and reissue every devcert "
+                        "(every flashed meter must be reflashed); ignored while ca/ca.key exists")
+    # A bad dir, a malformed key file, a community in a state to fix by hand: the operator's to fix.
+    p.set_defaults(run=_run_provision, expected=(OSError, KeyFileError, ProvisionError))
 
 
 def _run_provision(args: argparse.Namespace) -> int:
     community = provision(args.dir, args.meters, args.accounts, args.validators,
-                          now_ms=time.time_ns() // 1_000_000, valid_days=args.valid_days)
+                          now_ms=wall_ms(), valid_days=args.valid_days, new_ca=args.new_ca)
     print(f"community  {community.root}")
     print(f"meters     {len(community.meters)}")
     print(f"accounts   {len(community.accounts)}")
@@ -57,11 +64,23 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_pro
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spb-deploy", description="Flash meters and provision communities.")
+    parser.set_defaults(expected=())
     subparsers = parser.add_subparsers(required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except args.expected as exc:
+        print(f"spb-deploy: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: Exception) -> str:
+    """OSError's str starts with "[Errno N]"; the file and the reason read better."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from rich.table import Table
 
 from broker import topics
 from broker.client import BusClient
+from broker.clock import wall_ms
 from broker.reasons import Reject
 from broker.runtime import free_port, start_broker
 from broker.verify import Verifier
 from deploy.provision import provision
-from edge.meter import wall_ms
 from edge.peers import PeerTable
 
 # (meter id, simulated power in W): a household importing and one exporting solar.
@@ -37,14 +37,18 @@ class Seen:
     births: int = 0
     readings: int = 0
     rejects: int = 0
-    state: str = "?"
+    state: str = "?"  # the live state; a previous run's retained one does not count
     last: str = ""
     peer_readings: int = 0  # readings of the other meter that this meter verified itself ("verified peer")
 
 
 @dataclass
 class Monitor:
-    """Verifies and prints what the meters publish (a read-only bus client)."""
+    """Verifies and prints what the meters publish (a read-only bus client).
+
+    Retained births still teach it device keys, but only live messages count towards the
+    verdict: a rerun must not pass on what the previous run left on the broker.
+    """
 
     console: Console
     peers: PeerTable
@@ -60,25 +64,27 @@ class Monitor:
         with self.lock:
             seen = self.seen.setdefault(meter, Seen())
             try:
-                self._show(seen, meter, leaf, payload)
+                self._show(seen, meter, leaf, payload, retained)
             except Reject as exc:
                 seen.rejects += 1
                 self.console.print(f"[red]✗ {meter:6} {leaf:8} rejected: {exc.reason}[/] {exc.detail}")
 
-    def _show(self, seen: Seen, meter: str, leaf: str, payload: bytes) -> None:
+    def _show(self, seen: Seen, meter: str, leaf: str, payload: bytes, retained: bool) -> None:
         now = wall_ms()
+        note = " [dim](retained, from before)[/]" if retained else ""
         if leaf == "state":
             self.peers.on_state(meter, payload)
-            seen.state = payload.decode(errors="replace")
             colour = "green" if payload == topics.ONLINE else "yellow"
-            self.console.print(f"[{colour}]● {meter:6} state    {seen.state}[/]")
+            self.console.print(f"[{colour}]● {meter:6} state    {payload.decode(errors='replace')}[/]{note}")
+            if not retained and (payload == topics.ONLINE or seen.state == "online"):
+                seen.state = payload.decode(errors="replace")
             if all(self.seen.get(m, Seen()).state == "offline" for m, _ in METERS):
                 self.all_offline.set()
         elif leaf == "birth":
             birth = self.peers.on_birth(meter, payload, now)
-            seen.births += 1
+            seen.births += not retained
             self.console.print(f"[cyan]★ {meter:6} birth    fw {birth.fw}, boot {birth.boot}; "
-                               f"devcert from the community CA ✓ signature ✓[/]")
+                               f"devcert from the community CA ✓ signature ✓[/]{note}")
         elif leaf == "reading":
             r = self.peers.on_reading(meter, payload, now)
             seen.readings += 1
@@ -99,33 +105,52 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     console = Console(highlight=False)
     community = provision(args.dir, meters=len(METERS), accounts=None, validators=1, now_ms=wall_ms())
     port = args.port or free_port()
     broker = start_broker(port, args.dir / "broker", embedded=args.embedded)
-    console.print(f"[bold]community[/] {community.root} ({len(community.meters)} meters)   "
-                  f"[bold]broker[/] {broker.kind} on {broker.url}")
-    monitor = Monitor(console, PeerTable(Verifier(cas=[bytes.fromhex(community.ca_pk)])))
-    watcher = BusClient("127.0.0.1", port, client_id="demo-monitor", clean_session=True)
-    watcher.subscribe(topics.METERS_ALL, monitor.on_message)
-    watcher.connect()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    try:
+        console.print(f"[bold]community[/] {community.root} ({len(community.meters)} meters)   "
+                      f"[bold]broker[/] {broker.kind} on {broker.url}")
+        monitor = Monitor(console, PeerTable(Verifier(cas=[bytes.fromhex(community.ca_pk)])))
+        watcher = BusClient("127.0.0.1", port, client_id="demo-monitor", clean_session=True)
+        watcher.subscribe(topics.METERS_ALL, monitor.on_message)
+        watcher.connect()
+        try:
+            if not watcher.wait_connected(timeout=10):  # subscribed before any meter speaks
+                console.print("[bold red]demo failed[/]: the monitor could not subscribe")
+                return 1
+            codes = _run_meters(args, community.root, port, monitor, stop)
+            monitor.all_offline.wait(timeout=10)
+        finally:
+            watcher.close()
+    finally:
+        broker.stop()
+    return _summary(console, monitor, codes)
+
+
+def _run_meters(args, root: Path, port: int, monitor: Monitor, stop: threading.Event) -> list[int]:
+    """Run the meters for args.seconds (or until SIGINT/SIGTERM); their exit codes."""
     meters = []
     try:
-        meters = [_start_meter(args, community.root, meter, watts, port, monitor) for meter, watts in METERS]
+        for meter, watts in METERS:
+            meters.append(_start_meter(args, root, meter, watts, port, monitor))
         stop.wait(args.seconds)
     finally:
         for proc, _ in meters:
             proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(timeout=15) for proc, _ in meters]
-        for _, reader in meters:
+        codes = []
+        for proc, reader in meters:
+            try:
+                codes.append(proc.wait(timeout=15))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
             reader.join(timeout=5)
-        monitor.all_offline.wait(timeout=10)
-        watcher.close()
-        broker.stop()
-    return _summary(console, monitor, codes)
+    return codes
 
 
 def _start_meter(args, root: Path, meter: str, watts: int, port: int, monitor: Monitor):

@@ -2,11 +2,13 @@
 
 Additive and idempotent so an operator can re-run it to grow a community: keys are never
 overwritten (broker.keys), nothing on disk is removed, a devcert is reissued only when it no
-longer matches the CA or device key, and the TOML summaries are rewritten from the keys on disk.
+longer matches the CA or device key or has expired, and the TOML summaries are rewritten from
+the keys on disk.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -15,12 +17,15 @@ from pathlib import Path
 import tomli_w
 from nacl.signing import SigningKey
 
-from broker.keys import public_hex, write_new_key
+from broker.keys import fsync_dir, public_hex, write_new_key
 from broker.messages import DevCert, open_message
 from broker.reasons import Reject
 
 DAY_MS = 86_400_000
 DEFAULT_VALID_DAYS = 3650
+# A new devcert is valid from this long before provisioning, so peers whose clocks lag the
+# provisioning machine's by up to an hour still accept the new meter's birth.
+CLOCK_SKEW_MS = 3_600_000
 # Allowed values, shared with the CLI; ids have four digits.
 METERS = range(1, 10_000)
 ACCOUNTS = range(0, 10_000)
@@ -38,6 +43,10 @@ _METER_HEADER = """\
 # Public keys only; written by `spb-deploy provision`.
 
 """
+
+
+class ProvisionError(Exception):
+    """The community on disk is in a state provisioning must not fix on its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,26 +95,36 @@ def account_id(i: int) -> str:
 
 
 def provision(root: Path, meters: int, accounts: int | None, validators: int, now_ms: int,
-              valid_days: int = DEFAULT_VALID_DAYS) -> Community:
+              valid_days: int = DEFAULT_VALID_DAYS, new_ca: bool = False) -> Community:
     """Make sure the CA, `meters` meters, `accounts` accounts and `validators` validators exist.
 
     `accounts` defaults to one household per meter. Members from earlier runs beyond the
-    counts are kept and described too. New devcerts are valid from `now_ms` for `valid_days`.
+    counts are kept and described too. New devcerts are valid from `now_ms - CLOCK_SKEW_MS`
+    to `now_ms + valid_days`. A missing CA key is replaced only with `new_ca` once devcerts
+    exist, since meters flashed with the old CA would no longer trust the new meters.
     """
     accounts = meters if accounts is None else accounts
     for name, value, allowed in (("meters", meters, METERS), ("accounts", accounts, ACCOUNTS),
                                  ("validators", validators, VALIDATORS), ("valid_days", valid_days, VALID_DAYS)):
         if value not in allowed:
             raise ValueError(f"{name} must be in {allowed.start}..{allowed.stop - 1}, not {value}")
-    root.mkdir(parents=True, exist_ok=True)
-    ca = write_new_key(_secret_dir(root / "ca") / "ca.key")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # only raised for a non-directory
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(root)) from None
+    ca_key = root / "ca" / "ca.key"
+    if not new_ca and not ca_key.exists() and any(root.glob("meters/m[0-9][0-9][0-9][0-9]/devcert.cbor")):
+        raise ProvisionError(f"{ca_key} is missing but meters have devcerts from it: restore it, "
+                             "or pass --new-ca to make a new CA and reissue every devcert "
+                             "(every meter must then be reflashed)")
+    ca = write_new_key(_secret_dir(ca_key.parent) / ca_key.name)
     n_meters = max([meters, *_on_disk(root / "meters", "m[0-9][0-9][0-9][0-9]", "device.key")])
     n_accounts = max([accounts, *_on_disk(root / "meters", "m[0-9][0-9][0-9][0-9]", "account.key"),
                       *_on_disk(root / "accounts", "a[0-9][0-9][0-9][0-9]", "account.key")])
     n_validators = max([validators, *(i + 1 for i in _on_disk(root / "validators", "v[0-9]*", "validator.key"))])
 
-    validity = (now_ms, now_ms + valid_days * DAY_MS)
-    meter_list = [_meter(root, i, ca, i <= n_accounts, validity) for i in range(1, n_meters + 1)]
+    validity = (now_ms - CLOCK_SKEW_MS, now_ms + valid_days * DAY_MS)
+    meter_list = [_meter(root, i, ca, i <= n_accounts, now_ms, validity) for i in range(1, n_meters + 1)]
     account_list = [Account(account_id(i), m.account_pk, m.id) for i, m in enumerate(meter_list, 1) if m.account_pk]
     account_list += [_loose_account(root, i) for i in range(n_meters + 1, n_accounts + 1)]
     validator_list = [_validator(root, i) for i in range(n_validators)]
@@ -115,7 +134,8 @@ def provision(root: Path, meters: int, accounts: int | None, validators: int, no
     return community
 
 
-def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, validity: tuple[int, int]) -> Meter:
+def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, now_ms: int,
+           validity: tuple[int, int]) -> Meter:
     """One meter's state dir, self-contained so it can be flashed later."""
     mid = meter_id(i)
     home = _secret_dir(_secret_dir(root / "meters") / mid)
@@ -124,21 +144,24 @@ def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, validity: tupl
     if has_account:
         _adopt_loose_account(root, i, home / "account.key")
         account_pk = public_hex(write_new_key(home / "account.key"))
-    cert = _devcert(home / "devcert.cbor", mid, device, ca, validity)
+    cert = _devcert(home / "devcert.cbor", mid, device, ca, now_ms, validity)
     meter = {"id": mid, "ca_pk": public_hex(ca), "device_pk": public_hex(device), "account_pk": account_pk}
     _write_public(home / "meter.toml", _METER_HEADER.format(id=mid) + tomli_w.dumps(_without_none(meter)))
     return Meter(mid, public_hex(device), account_pk, cert.nbf, cert.exp)
 
 
-def _devcert(path: Path, mid: str, device: SigningKey, ca: SigningKey, validity: tuple[int, int]) -> DevCert:
-    """The devcert on disk if the current CA issued it for this device, else a new one."""
+def _devcert(path: Path, mid: str, device: SigningKey, ca: SigningKey, now_ms: int,
+             validity: tuple[int, int]) -> DevCert:
+    """The devcert on disk if the current CA issued it for this device and it has not expired,
+    else a new one."""
     device_pk, ca_pk = bytes(device.verify_key), bytes(ca.verify_key)
     try:
         opened = open_message(path.read_bytes(), "devcert")
     except (FileNotFoundError, Reject):
         opened = None
     kept = opened.body if opened else None
-    if kept and (kept.meter, kept.pk, kept.iss) == (mid, device_pk, ca_pk) and opened.envelope.verifies(ca_pk):
+    if (kept and (kept.meter, kept.pk, kept.iss) == (mid, device_pk, ca_pk) and now_ms <= kept.exp
+            and opened.envelope.verifies(ca_pk)):
         return kept
     cert = DevCert(meter=mid, pk=device_pk, iss=ca_pk, nbf=validity[0], exp=validity[1])
     _write_public(path, cert.sign(ca))
@@ -146,16 +169,26 @@ def _devcert(path: Path, mid: str, device: SigningKey, ca: SigningKey, validity:
 
 
 def _adopt_loose_account(root: Path, i: int, home: Path) -> None:
-    """An account made before its meter existed moves into the meter's dir, keeping its key."""
+    """An account made before its meter existed moves into the meter's dir, keeping its key.
+
+    Link, then unlink: a crash in between leaves one key under two names, which the next run
+    recognises and finishes moving.
+    """
     loose = root / "accounts" / account_id(i) / "account.key"
     if not loose.exists():
         return
     try:
         os.link(loose, home)  # unlike rename, never replaces an existing key
     except FileExistsError:
-        raise FileExistsError(f"{loose} and {home} both hold account {account_id(i)}; remove one") from None
+        if not os.path.samefile(loose, home):
+            raise ProvisionError(f"{loose} and {home} both hold account {account_id(i)}; remove one") from None
+    fsync_dir(home.parent)  # the new name is durable before the old one goes
     loose.unlink()
-    loose.parent.rmdir()
+    try:
+        loose.parent.rmdir()
+    except OSError as exc:  # someone's other files are in it: leave them
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
 
 
 def _loose_account(root: Path, i: int) -> Account:

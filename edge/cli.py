@@ -20,9 +20,37 @@ def host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+MAX_W = 1_000_000  # far above any household connection; keeps simulated readings sane
+
+
+def watts(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of watts") from None
+    if abs(value) > MAX_W:
+        raise argparse.ArgumentTypeError(f"{value} W is beyond ±{MAX_W} W")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    identity = MeterIdentity.load(args.state_dir)
+    try:
+        identity = MeterIdentity.load(args.state_dir)
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"spb-meter: {args.state_dir} is not a meter state dir from `spb-deploy provision`: {exc}",
+              file=sys.stderr)
+        return 1
     host, port = args.broker
     node = MeterNode(identity, host, port, power=lambda: args.fake_w, reading_s=args.reading_s)
     stop = threading.Event()
@@ -39,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, required=True, metavar="DIR",
                      help="the meter's dir from `spb-deploy provision` (DIR/meters/<id>)")
     run.add_argument("--broker", type=host_port, required=True, metavar="HOST:PORT")
-    run.add_argument("--fake-w", type=int, required=True, metavar="W",
+    run.add_argument("--fake-w", type=watts, required=True, metavar="W",
                      help="simulated constant power in W (+import, -export); the ADC comes with the meter issue")
-    run.add_argument("--reading-s", type=float, default=10.0, metavar="S", help="seconds between readings")
+    run.add_argument("--reading-s", type=positive_seconds, default=10.0, metavar="S", help="seconds between readings")
     run.set_defaults(run=cmd_run)
     return parser
 

@@ -12,6 +12,7 @@ import time
 from typing import Callable
 
 from broker import topics
+from broker.clock import wall_ms
 from broker.client import BusClient
 from broker.messages import Birth, Reading
 from broker.reasons import Reject
@@ -22,10 +23,6 @@ from edge.state_dir import MeterIdentity
 from edge.store import MeterStore
 
 log = logging.getLogger("spb.meter")
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class MeterNode:

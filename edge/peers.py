@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from broker.messages import Birth, Reading, open_message
+from broker.messages import Birth, Reading, open_message, shown
 from broker.reasons import Reject
 from broker.verify import Verifier
 
@@ -31,7 +31,7 @@ class PeerTable:
     def on_birth(self, topic_meter: str, raw: bytes, now: int) -> Birth:
         birth = self.verifier.verify(raw, now, expect="birth").body
         if birth.meter != topic_meter:
-            raise Reject("cert", f"birth of {birth.meter!r} on the topic of {topic_meter!r}")
+            raise Reject("cert", f"birth of {shown(birth.meter)} on the topic of {topic_meter!r}")
         device_pk = open_message(birth.cert, "devcert").body.pk  # verify() checked the cert
         known = self.peers.get(birth.meter)
         # seq never repeats across a meter's reboots, so a new birth keeps what we saw of it
@@ -44,7 +44,10 @@ class PeerTable:
         reading = self.verifier.verify(raw, now, expect="reading",
                                        device_key=peer.device_pk if peer else None).body
         if reading.meter != topic_meter:
-            raise Reject("signature", f"reading names {reading.meter!r} but {topic_meter!r} signed it")
+            raise Reject("signature", f"reading names {shown(reading.meter)} but {topic_meter!r} signed it")
+        if peer.last_seq is not None and reading.seq <= peer.last_seq:
+            # seq never repeats (§4), so an old one is a replay or a QoS 1 redelivery
+            raise Reject("replay", f"seq {reading.seq} of {topic_meter!r} is not above {peer.last_seq}")
         peer.last_seq = reading.seq
         return reading
 
@@ -53,4 +56,5 @@ class PeerTable:
             self.peers[topic_meter].online = payload == b"online"
 
     def online(self) -> list[str]:
+        """Peers whose last state was `online`: the candidates for a CoE witness."""
         return sorted(m for m, p in self.peers.items() if p.online)

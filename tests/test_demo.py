@@ -15,16 +15,21 @@ pytestmark = pytest.mark.integration
 METERS = {"m0001": "m0002", "m0002": "m0001"}  # each meter and the peer it must verify
 
 
-@pytest.mark.parametrize("broker_args", [[], ["--embedded"]], ids=["mosquitto", "embedded-amqtt"])
-def test_demo_runs_a_community_and_exits_0(tmp_path, broker_args):
-    """Both meters come online, publish births and readings, verify each other, and go offline cleanly."""
-    community = tmp_path / "demo"
+def run_demo(community, *broker_args) -> tuple[subprocess.CompletedProcess, str]:
+    """One bounded demo run; (result, a report to show when an assertion fails)."""
     result = subprocess.run(
         [sys.executable, "-m", "deploy.cli", "demo", "--dir", str(community), "--seconds", "3",
          "--reading-s", "0.5", *broker_args],
         cwd=REPO, env={**child_env(), "COLUMNS": "200"}, capture_output=True, text=True, timeout=60)
+    return result, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+@pytest.mark.parametrize("broker_args", [[], ["--embedded"]], ids=["mosquitto", "embedded-amqtt"])
+def test_demo_runs_a_community_and_exits_0(tmp_path, broker_args):
+    """Both meters come online, publish births and readings, verify each other, and go offline cleanly."""
+    community = tmp_path / "demo"
+    result, report = run_demo(community, *broker_args)
     out = result.stdout
-    report = f"exit {result.returncode}\nstdout:\n{out}\nstderr:\n{result.stderr}"
 
     assert result.returncode == 0, report
     assert "demo ok" in out, report
@@ -38,3 +43,19 @@ def test_demo_runs_a_community_and_exits_0(tmp_path, broker_args):
         assert re.search(rf"{meter} verified reading #\d+ of {peer}", out), report
         assert re.search(rf"● {meter}\s+state\s+online", out), report
         assert re.search(rf"● {meter}\s+state\s+offline", out), report
+
+
+def test_a_rerun_judges_itself_only_on_live_messages(tmp_path):
+    """The broker keeps the first run's retained births and `offline` states; the second run
+    shows them as such, passes on its own live births (boot 2), and keys and seqs carry on."""
+    community = tmp_path / "demo"
+    first, report = run_demo(community)
+    assert first.returncode == 0, report
+    second, report = run_demo(community)
+    assert second.returncode == 0 and "demo ok" in second.stdout, report
+    assert "(retained, from before)" in second.stdout, report
+    for meter in METERS:
+        assert re.search(rf"★ {meter}\s+birth\s+fw \S+, boot 2;", second.stdout), report
+        first_seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", first.stdout, re.M)]
+        second_seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", second.stdout, re.M)]
+        assert min(second_seqs) > max(first_seqs), report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.messages import Birth, Reading
+from broker.messages import Birth, Reading, open_message
 from broker.verify import Verifier
 from deploy.provision import provision
 from edge import FIRMWARE_VERSION
@@ -111,8 +111,11 @@ def test_birth_not_signed_by_its_devcerts_key_is_rejected_as_signature(table, me
 
 
 def test_birth_outside_devcert_validity_is_rejected_as_cert(table, meters):
-    """Before the devcert's nbf the birth is `cert`."""
-    assert reason(table.on_birth, "m0001", birth(meters["m0001"]), NOW - 1) == "cert"
+    """Before the devcert's nbf, or after its exp, the birth is `cert`."""
+    cert = open_message(meters["m0001"].devcert).body
+    assert reason(table.on_birth, "m0001", birth(meters["m0001"]), cert.nbf - 1) == "cert"
+    assert reason(table.on_birth, "m0001", birth(meters["m0001"]), cert.exp + 1) == "cert"
+    assert table.on_birth("m0001", birth(meters["m0001"]), cert.nbf).meter == "m0001"
 
 
 def test_message_of_the_wrong_type_is_rejected_as_type(table, meters):
@@ -154,3 +157,14 @@ def test_a_new_birth_of_the_same_device_keeps_the_last_seq(table, meters):
     table.on_reading("m0001", reading(m1, seq=9), LATER)
     table.on_birth("m0001", birth(m1, boot=2), LATER)
     assert (table.peers["m0001"].boot, table.peers["m0001"].last_seq) == (2, 9)
+
+
+def test_an_old_or_repeated_seq_is_a_replay_and_changes_nothing(table, meters):
+    """seq never repeats (§4): a replayed or redelivered reading is refused, last_seq stays."""
+    m1 = meters["m0001"]
+    table.on_birth("m0001", birth(m1), LATER)
+    table.on_reading("m0001", reading(m1, seq=5), LATER)
+    for old in (5, 4):
+        assert reason(table.on_reading, "m0001", reading(m1, seq=old), LATER) == "replay"
+    assert table.peers["m0001"].last_seq == 5
+    assert table.on_reading("m0001", reading(m1, seq=6), LATER).seq == 6

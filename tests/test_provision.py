@@ -1,4 +1,4 @@
-"""spb-deploy provision: layout, modes, devcerts, community.toml, idempotent growth, CLI."""
+"""spb-deploy provision: layout, modes, devcerts, community.toml, idempotent growth, crash recovery, CLI."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.keys import load_key, public_hex
+from broker.keys import load_key, public_hex, write_new_key
 from broker.messages import DevCert
 from broker.reasons import Reject
 from broker.verify import Verifier
+from deploy import cli
 from deploy.cli import main
-from deploy.provision import DAY_MS, provision
+from deploy.provision import CLOCK_SKEW_MS, DAY_MS, ProvisionError, provision
 
 NOW = 1_750_000_000_000
 REPO = Path(__file__).resolve().parents[1]
@@ -74,9 +75,19 @@ def test_devcerts_verify_and_name_their_meter(tmp_path):
         cert = verifier.certificate(raw, NOW)
         assert cert.meter == meter.id
         assert cert.pk == bytes(load_key(home / "device.key").verify_key)
-        assert (cert.nbf, cert.exp) == (NOW, NOW + 30 * DAY_MS)
+        assert (cert.nbf, cert.exp) == (NOW - CLOCK_SKEW_MS, NOW + 30 * DAY_MS)
         with pytest.raises(Reject):
             verifier.certificate(raw, NOW + 30 * DAY_MS + 1)
+
+
+def test_new_devcert_is_valid_for_a_peer_whose_clock_lags_by_the_allowance(tmp_path):
+    """A peer up to CLOCK_SKEW_MS behind the provisioning machine accepts the new meter's birth."""
+    provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=NOW, valid_days=30)
+    verifier = Verifier(cas=[bytes(load_key(tmp_path / "ca" / "ca.key").verify_key)])
+    raw = (tmp_path / "meters/m0001/devcert.cbor").read_bytes()
+    assert verifier.certificate(raw, NOW - CLOCK_SKEW_MS).meter == "m0001"
+    with pytest.raises(Reject):
+        verifier.certificate(raw, NOW - CLOCK_SKEW_MS - 1)
 
 
 def test_community_toml_matches_keys_on_disk(tmp_path):
@@ -89,7 +100,7 @@ def test_community_toml_matches_keys_on_disk(tmp_path):
         home = tmp_path / "meters" / m["id"]
         assert m["device_pk"] == _pk(home / "device.key")
         assert m["account_pk"] == _pk(home / "account.key")
-        assert (m["devcert_nbf"], m["devcert_exp"]) == (NOW, NOW + 10 * DAY_MS)
+        assert (m["devcert_nbf"], m["devcert_exp"]) == (NOW - CLOCK_SKEW_MS, NOW + 10 * DAY_MS)
         assert _toml(home / "meter.toml") == {"id": m["id"], "ca_pk": doc["ca"]["pk"],
                                               "device_pk": m["device_pk"], "account_pk": m["account_pk"]}
     assert doc["accounts"] == [
@@ -118,7 +129,8 @@ def test_growing_keeps_earlier_meters(tmp_path):
     assert {k: after[k] for k in before} == before
     assert set(after) - set(before) == {"meters/m0003/device.key", "meters/m0003/account.key",
                                         "meters/m0003/devcert.cbor"}
-    assert [(m.id, m.devcert_nbf) for m in community.meters] == [("m0001", NOW), ("m0002", NOW), ("m0003", NOW + 5)]
+    nbf = NOW - CLOCK_SKEW_MS
+    assert [(m.id, m.devcert_nbf) for m in community.meters] == [("m0001", nbf), ("m0002", nbf), ("m0003", nbf + 5)]
 
 
 def test_smaller_counts_remove_nothing(tmp_path):
@@ -154,25 +166,96 @@ def test_new_meter_adopts_its_earlier_account(tmp_path):
     assert [(a.id, a.meter) for a in community.accounts] == [("a0001", "m0001"), ("a0002", "m0002")]
 
 
-def test_devcert_reissued_for_a_new_ca_or_a_bad_file(tmp_path):
+def test_devcert_reissued_for_a_bad_file(tmp_path):
     provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW, valid_days=10)
-    device_keys = {p: p.read_bytes() for p in tmp_path.glob("meters/*/device.key")}
     (tmp_path / "meters/m0002/devcert.cbor").write_bytes(b"garbage")
     kept = (tmp_path / "meters/m0001/devcert.cbor").read_bytes()
     provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW + 1, valid_days=10)
     assert (tmp_path / "meters/m0001/devcert.cbor").read_bytes() == kept
     ca_pk = bytes(load_key(tmp_path / "ca" / "ca.key").verify_key)
-    assert Verifier([ca_pk]).certificate((tmp_path / "meters/m0002/devcert.cbor").read_bytes(), NOW + 1).nbf == NOW + 1
+    cert = Verifier([ca_pk]).certificate((tmp_path / "meters/m0002/devcert.cbor").read_bytes(), NOW + 1)
+    assert cert.nbf == NOW + 1 - CLOCK_SKEW_MS
 
+
+def test_missing_ca_key_is_refused_while_devcerts_exist(tmp_path):
+    """Flashed meters keep the old CA: a silent new one would split the community."""
+    provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW, valid_days=10)
     (tmp_path / "ca" / "ca.key").unlink()
-    community = provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW + 2, valid_days=10)
+    before = _files(tmp_path)
+    with pytest.raises(ProvisionError, match="ca.key is missing.*--new-ca"):
+        provision(tmp_path, meters=3, accounts=None, validators=1, now_ms=NOW + 1, valid_days=10)
+    assert _files(tmp_path) == before
+
+
+def test_new_ca_reissues_every_devcert(tmp_path):
+    provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW, valid_days=10)
+    ca_pk = bytes(load_key(tmp_path / "ca" / "ca.key").verify_key)
+    device_keys = {p: p.read_bytes() for p in tmp_path.glob("meters/*/device.key")}
+    (tmp_path / "ca" / "ca.key").unlink()
+    community = provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW + 2, valid_days=10,
+                          new_ca=True)
     new_ca = bytes(load_key(tmp_path / "ca" / "ca.key").verify_key)
     assert new_ca != ca_pk and community.ca_pk == new_ca.hex()
     for meter in community.meters:
         cert = Verifier([new_ca]).certificate((tmp_path / "meters" / meter.id / "devcert.cbor").read_bytes(), NOW + 2)
-        assert cert.nbf == meter.devcert_nbf == NOW + 2
+        assert cert.nbf == meter.devcert_nbf == NOW + 2 - CLOCK_SKEW_MS
         assert _toml(tmp_path / "meters" / meter.id / "meter.toml")["ca_pk"] == new_ca.hex()
     assert {p: p.read_bytes() for p in tmp_path.glob("meters/*/device.key")} == device_keys
+
+
+def test_new_ca_flag_keeps_an_existing_ca(tmp_path):
+    """--new-ca only permits replacing a missing CA key; keys are never overwritten."""
+    provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=NOW, valid_days=10)
+    before = _files(tmp_path)
+    provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=NOW, valid_days=10, new_ca=True)
+    assert _files(tmp_path) == before
+
+
+def test_expired_devcert_is_reissued(tmp_path):
+    """Kept up to and including its exp, so re-runs stay byte-identical; renewed after."""
+    provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=NOW, valid_days=10)
+    cert_path = tmp_path / "meters/m0001/devcert.cbor"
+    kept = cert_path.read_bytes()
+    exp = NOW + 10 * DAY_MS
+    provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=exp, valid_days=10)
+    assert cert_path.read_bytes() == kept
+    community = provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=exp + 1, valid_days=10)
+    ca_pk = bytes(load_key(tmp_path / "ca" / "ca.key").verify_key)
+    cert = Verifier([ca_pk]).certificate(cert_path.read_bytes(), exp + 1)
+    assert (cert.nbf, cert.exp) == (exp + 1 - CLOCK_SKEW_MS, exp + 1 + 10 * DAY_MS)
+    assert community.meters[0].devcert_exp == cert.exp
+
+
+def test_interrupted_adoption_is_finished(tmp_path):
+    """A crash between adoption's link and unlink leaves one key under both names."""
+    provision(tmp_path, meters=1, accounts=2, validators=1, now_ms=NOW, valid_days=10)
+    loose = tmp_path / "accounts/a0002/account.key"
+    seed = loose.read_bytes()
+    (tmp_path / "meters/m0002").mkdir(mode=0o700)
+    os.link(loose, tmp_path / "meters/m0002/account.key")
+    community = provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW, valid_days=10)
+    assert (tmp_path / "meters/m0002/account.key").read_bytes() == seed
+    assert not (tmp_path / "accounts/a0002").exists()
+    assert [(a.id, a.meter) for a in community.accounts] == [("a0001", "m0001"), ("a0002", "m0002")]
+
+
+def test_two_different_keys_for_one_account_are_refused(tmp_path):
+    provision(tmp_path, meters=1, accounts=2, validators=1, now_ms=NOW, valid_days=10)
+    other = tmp_path / "meters/m0002/account.key"
+    write_new_key(other)
+    before = _files(tmp_path)
+    with pytest.raises(ProvisionError, match="both hold account a0002"):
+        provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW, valid_days=10)
+    assert {k: v for k, v in _files(tmp_path).items() if k in before} == before
+
+
+def test_adoption_leaves_a_loose_dir_holding_other_files(tmp_path):
+    provision(tmp_path, meters=1, accounts=2, validators=1, now_ms=NOW, valid_days=10)
+    seed = (tmp_path / "accounts/a0002/account.key").read_bytes()
+    (tmp_path / "accounts/a0002/notes.txt").write_text("flat 2\n")
+    provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW, valid_days=10)
+    assert (tmp_path / "meters/m0002/account.key").read_bytes() == seed
+    assert sorted(p.name for p in (tmp_path / "accounts/a0002").iterdir()) == ["notes.txt"]
 
 
 def test_devcert_not_signed_by_the_ca_is_reissued(tmp_path):
@@ -183,7 +266,7 @@ def test_devcert_not_signed_by_the_ca_is_reissued(tmp_path):
     (tmp_path / "meters/m0001/devcert.cbor").write_bytes(forged)
     provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=NOW + 1, valid_days=10)
     raw = (tmp_path / "meters/m0001/devcert.cbor").read_bytes()
-    assert raw != forged and Verifier([ca_pk]).certificate(raw, NOW + 1).nbf == NOW + 1
+    assert raw != forged and Verifier([ca_pk]).certificate(raw, NOW + 1).nbf == NOW + 1 - CLOCK_SKEW_MS
 
 
 def test_invalid_counts_raise_before_touching_disk(tmp_path):
@@ -225,3 +308,63 @@ def test_bad_args_exit_2(tmp_path, capsys, args):
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def _one_error_line(capsys) -> str:
+    """The CLI's stderr, checked to be the single `spb-deploy: ` line operators get instead of a traceback."""
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spb-deploy: "), captured.err
+    return lines[0]
+
+
+def test_cli_refuses_a_regular_file_as_dir(tmp_path, capsys):
+    target = tmp_path / "c"
+    target.write_text("not a dir\n")
+    assert main(["provision", str(target), "--meters", "1"]) == 1
+    assert _one_error_line(capsys) == f"spb-deploy: {target}: Not a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any dir")
+def test_cli_reports_an_unwritable_dir(tmp_path, capsys):
+    target = tmp_path / "c"
+    target.mkdir(mode=0o500)
+    assert main(["provision", str(target), "--meters", "1"]) == 1
+    assert "Permission denied" in _one_error_line(capsys)
+
+
+def test_cli_reports_oserrors_in_one_line(tmp_path, capsys, monkeypatch):
+    """Any OSError, e.g. EACCES (which root, running the suite, never gets from a real dir)."""
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "c"))
+    monkeypatch.setattr(cli, "provision", denied)
+    assert main(["provision", str(tmp_path / "c"), "--meters", "1"]) == 1
+    assert _one_error_line(capsys) == f"spb-deploy: {tmp_path / 'c'}: Permission denied"
+
+
+def test_cli_reports_a_malformed_key_file(tmp_path, capsys):
+    """E.g. the empty key a crash left behind before keys were written via a temp file."""
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "ca.key").write_text("")
+    assert main(["provision", str(tmp_path), "--meters", "1"]) == 1
+    assert str(tmp_path / "ca" / "ca.key") in _one_error_line(capsys)
+    assert (tmp_path / "ca" / "ca.key").read_text() == ""
+
+
+def test_cli_missing_ca_needs_new_ca(tmp_path, capsys):
+    assert main(["provision", str(tmp_path), "--meters", "1"]) == 0
+    (tmp_path / "ca" / "ca.key").unlink()
+    capsys.readouterr()
+    assert main(["provision", str(tmp_path), "--meters", "1"]) == 1
+    assert "--new-ca" in _one_error_line(capsys)
+    assert main(["provision", str(tmp_path), "--meters", "1", "--new-ca"]) == 0
+    assert (tmp_path / "ca" / "ca.key").is_file()
+
+
+def test_cli_lets_programming_errors_raise(tmp_path, monkeypatch):
+    """Only the expected errors become one line; a bug keeps its traceback."""
+    def broken(*args, **kwargs):
+        raise KeyError("bug")
+    monkeypatch.setattr(cli, "provision", broken)
+    with pytest.raises(KeyError):
+        main(["provision", str(tmp_path / "c"), "--meters", "1"])

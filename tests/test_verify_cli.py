@@ -134,3 +134,16 @@ def test_community_dir_supplies_the_trust_anchors(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("ok devcert ")
     assert main(["verify", "--community", str(tmp_path / "nowhere"), str(devcert)]) == 2
     assert "cannot read the community" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ca_line", ['pk = "x"', "pk = 1", 'pk = "00"'], ids=["not-hex", "not-text", "short"])
+def test_a_malformed_community_file_is_a_one_line_error(tmp_path, capsys, ca_line):
+    (tmp_path / "community.toml").write_text(f"[ca]\n{ca_line}\n")
+    assert main(["verify", "--community", str(tmp_path), "-"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_an_endless_input_is_read_only_up_to_the_limit(tmp_path, capsys):
+    """verify reads one byte over 64 KiB and rejects: `decode`, never hanging on /dev/zero."""
+    assert main(["verify", "/dev/zero"]) == 1
+    assert capsys.readouterr().out == "reject decode\n"
