@@ -1,4 +1,4 @@
-"""spb-broker: run the bus's MQTT broker in the foreground until SIGINT or SIGTERM."""
+"""spb-broker: run the bus's MQTT broker in the foreground until SIGINT or SIGTERM; exit 1 if the broker dies first."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import threading
 from broker.runtime import start_broker
 
 DEFAULT_PORT = 1883
+WATCH_INTERVAL = 0.5
+"""Seconds between checks that the broker is still running."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +47,10 @@ def _run(args: argparse.Namespace) -> int:
             return 1
         with broker:
             print(f"spb-broker: {broker.kind} listening on {broker.url}", flush=True)
-            stop.wait()
+            while not stop.wait(WATCH_INTERVAL):
+                if not broker.running():
+                    print(f"spb-broker: {broker.kind} exited unexpectedly ({broker.exit_report()})", file=sys.stderr)
+                    return 1
     return 0
 
 

@@ -7,6 +7,7 @@ reconnect, and tells the caller when the broker has taken a message over (PUBACK
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -28,6 +29,10 @@ class AckTracker:
     paho returns the mid only when publish()/subscribe() returns, but its network thread
     may already have handled the PUBACK/SUBACK by then; such an early ack is kept until
     expect() claims it, so no acknowledgement is lost and none is reported twice.
+
+    Use one tracker per kind of packet: PUBLISH and SUBSCRIBE draw their mids from one
+    counter that wraps after 65535, so a PUBACK can carry the mid of a SUBSCRIBE whose
+    SUBACK never came, and must not be handed to that SUBSCRIBE's on_ack.
     """
 
     def __init__(self) -> None:
@@ -73,7 +78,7 @@ _paho_log.addFilter(_NoSocketNoise())
 
 
 def _call_safely(callback: Callable[..., None], *args: Any) -> None:
-    """Run a user callback on paho's network thread, logging what it raises.
+    """Run a callback on paho's network thread, logging what it raises.
 
     An exception escaping into paho ends its network thread, and with it the connection
     and every reconnect, so a bug in one handler must not take the whole bus down.
@@ -82,6 +87,11 @@ def _call_safely(callback: Callable[..., None], *args: Any) -> None:
         callback(*args)
     except Exception:
         log.exception("callback %r failed", callback)
+
+
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """callback as a paho callback: whatever it raises is logged (see _call_safely), not re-raised by paho."""
+    return functools.partial(_call_safely, callback)
 
 
 class BusClient:
@@ -117,7 +127,12 @@ class BusClient:
         self._lock = threading.Lock()
         self._subscriptions: dict[str, threading.Event] = {}
         self._session_up = False
-        self._acks = AckTracker()
+        # paho sends an unacknowledged message again with the same mid after a reconnect,
+        # so a publish keeps waiting for its PUBACK across connections...
+        self._pubacks = AckTracker()
+        # ...while a SUBACK not received is lost with its connection: _handle_disconnect
+        # starts a new tracker, and the next connect's re-subscribe expects new SUBACKs.
+        self._subacks = AckTracker()
         self._unacked: dict[int, tuple[mqtt.MQTTMessageInfo, threading.Event]] = {}
 
         client = mqtt.Client(
@@ -135,12 +150,12 @@ class BusClient:
         # 0 = no limit: a QoS 1 message published while the broker is unreachable waits in
         # paho's queue until we reconnect instead of being refused (MQTT_ERR_QUEUE_SIZE).
         client.max_queued_messages_set(0)
-        client.on_connect = self._handle_connect
-        client.on_disconnect = self._handle_disconnect
-        client.on_connect_fail = self._handle_connect_fail
-        client.on_subscribe = self._handle_subscribe
-        client.on_publish = self._handle_publish
-        client.on_message = self._handle_unmatched
+        client.on_connect = _guarded(self._handle_connect)
+        client.on_disconnect = _guarded(self._handle_disconnect)
+        client.on_connect_fail = _guarded(self._handle_connect_fail)
+        client.on_subscribe = _guarded(self._handle_subscribe)
+        client.on_publish = _guarded(self._handle_publish)
+        client.on_message = _guarded(self._handle_unmatched)
         self._client = client
 
     def connect(self) -> None:
@@ -205,7 +220,7 @@ class BusClient:
             if on_ack is not None:
                 _call_safely(on_ack, info.mid)
 
-        self._acks.expect(info.mid, settle)
+        self._pubacks.expect(info.mid, settle)
         return info
 
     def wait_acked(self, info: mqtt.MQTTMessageInfo, timeout: float | None = None) -> bool:
@@ -219,7 +234,12 @@ class BusClient:
         return entry[1].wait(timeout)
 
     def _send_subscribe(self, filters: dict[str, threading.Event], then: Callable[[], None] | None = None) -> None:
-        """One SUBSCRIBE for filters; on SUBACK set the Events of the granted ones, then run `then`."""
+        """One SUBSCRIBE for filters; on SUBACK set the Events of the granted ones, then run `then`.
+
+        The tracker is taken before sending: should the connection drop before expect(),
+        the expectation lands in that connection's discarded tracker, not in the next one.
+        """
+        subacks = self._subacks
         rc, mid = self._client.subscribe([(topic_filter, QOS) for topic_filter in filters])
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.debug("SUBSCRIBE not sent (%s); the next connect restores it", mqtt.error_string(rc))
@@ -234,7 +254,7 @@ class BusClient:
             if then is not None:
                 then()
 
-        self._acks.expect(mid, on_suback)
+        subacks.expect(mid, on_suback)
 
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -258,6 +278,7 @@ class BusClient:
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:
             self._session_up = False
+        self._subacks = AckTracker()
         self.connected.clear()
         if reason_code.is_failure:
             log.warning("lost connection to %s:%d (%s); reconnecting", self.host, self.port, reason_code)
@@ -266,10 +287,10 @@ class BusClient:
         log.info("cannot reach broker %s:%d; retrying", self.host, self.port)
 
     def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        self._acks.acked(mid, reason_codes)
+        self._subacks.acked(mid, reason_codes)
 
     def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._acks.acked(mid, reason_code)
+        self._pubacks.acked(mid, reason_code)
 
     def _handle_unmatched(self, client, userdata, message) -> None:
         log.debug("no handler for message on %s", message.topic)

@@ -1,13 +1,14 @@
 """Running a broker for the bus: a Mosquitto subprocess, or amqtt in-process as a fallback.
 
-Both kinds share one small interface (start, stop, restart, url, context manager) so the
-CLI and the tests pick one with `start_broker` and never care which they got.
+Both kinds share one small interface (start, stop, restart, running, url, context manager)
+so the CLI and the tests pick one with `start_broker` and never care which they got.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import logging
 import os
 import pwd
@@ -69,7 +70,9 @@ max_queued_bytes 0
 # 20 (the default) caps a client draining its backlog at 20 messages per round trip.
 max_inflight_messages 100
 
-log_dest stdout
+# Written line by line, unlike stdout, which is block-buffered when not a terminal: a
+# crash would lose the last lines, the ones that tell what went on just before it.
+log_dest file {Path(data_dir).resolve() / LOG_NAME}
 log_type error
 log_type warning
 log_type notice
@@ -97,6 +100,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> None:
         """Stop listening and release everything; a no-op when not running."""
+
+    @abc.abstractmethod
+    def running(self) -> bool:
+        """Whether the broker is up: started, not stopped, and not died on its own since."""
+
+    @abc.abstractmethod
+    def exit_report(self) -> str:
+        """What is known, in one line, about why a broker that died on its own exited."""
 
     def restart(self) -> None:
         """Stop and start again on the same port and data dir, as a rebooted broker would."""
@@ -142,8 +153,9 @@ class Mosquitto(Broker):
         self.port, self.data_dir = port, Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(mosquitto_config(port, self.data_dir, self.host))
-        # A file, not a pipe: nobody reads a pipe while the broker runs, and a full pipe
-        # would block mosquitto's logging and with it the broker.
+        # Until it has read log_dest mosquitto reports to stderr (config errors, say), so
+        # that goes to the log file too. A file, not a pipe: nobody reads a pipe while the
+        # broker runs, and a full pipe would block mosquitto and with it the broker.
         with self.log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
                 [self.executable, "-c", str(self.config_path)],
@@ -172,6 +184,16 @@ class Mosquitto(Broker):
             log.warning("mosquitto (pid %d) ignored SIGTERM for %s s; killing it", process.pid, STOP_TIMEOUT)
             process.kill()
             process.wait()
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def exit_report(self) -> str:
+        returncode = self._process.returncode
+        status = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
+        with self.log_path.open(errors="replace") as log_file:
+            last_lines = collections.deque(log_file, maxlen=1)  # the log grows with every client connect
+        return f"{status}; last log line: {last_lines[0].rstrip()}" if last_lines else f"{status}; nothing logged"
 
     def _log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -224,11 +246,18 @@ class EmbeddedBroker(Broker):
         if self._loop is None:
             return
         try:
-            if self._broker is not None:
+            # A loop that died cannot run the shutdown; waiting for it would only time out.
+            if self._broker is not None and self.running():
                 self._run(_shut_down(self._broker), STOP_TIMEOUT)
         finally:
             self._broker = None
             self._stop_loop()
+
+    def running(self) -> bool:
+        return self._loop is not None and self._thread.is_alive()
+
+    def exit_report(self) -> str:
+        return "its event loop thread ended"
 
     def _run(self, coroutine, timeout: float):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import select
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from broker import topics
-from broker.runtime import free_port, mosquitto_config
-from tests.helpers import REPO, Inbox, child_env, connected
+from broker.runtime import LOG_NAME, EmbeddedBroker, free_port, mosquitto_config
+from tests.helpers import REPO, Inbox, child_env, connected, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +36,7 @@ def test_generated_config_is_what_mosquitto_runs(mosquitto):
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
         "max_inflight_messages 100",
-        "log_dest stdout",
+        f"log_dest file {mosquitto.data_dir.resolve() / LOG_NAME}",
     ):
         assert line in lines
     # The reason for the limit sits in the comment block right above it.
@@ -77,23 +80,54 @@ def test_burst_for_an_offline_persistent_subscriber_is_delivered_completely(mosq
     assert sorted(int(payload) for payload in inbox.payloads()) == list(range(BURST))
 
 
+def test_embedded_broker_whose_loop_died_is_not_running_and_stops_at_once(tmp_path):
+    """spb-broker polls running() to notice a dead broker, and stops it on its way out."""
+    broker = EmbeddedBroker()
+    broker.start(free_port(), tmp_path)
+    assert broker.running()
+    # Nothing public ends the loop; only a bug (an exception escaping run_forever) would.
+    broker._loop.call_soon_threadsafe(broker._loop.stop)
+    wait_for(lambda: not broker.running(), message="the broker's loop thread to end")
+
+    broker.stop()  # would wait STOP_TIMEOUT s for a shutdown the dead loop never runs, then raise
+
+    assert not broker.running()
+
+
 def read_line(stream, timeout: float = 15) -> str:
     readable, _, _ = select.select([stream], [], [], timeout)
     assert readable, f"no output within {timeout} s"
     return stream.readline()
 
 
+def cli_command(port: int, data_dir: Path, embedded: bool) -> list[str]:
+    command = [sys.executable, "-m", "broker.cli", "run", "--port", str(port), "--data-dir", str(data_dir)]
+    return command + (["--embedded"] if embedded else [])
+
+
+@contextlib.contextmanager
+def cli_broker(port: int, data_dir: Path, embedded: bool = False):
+    """`spb-broker run` as a child process with text pipes for stdout and stderr, killed if still running at the end."""
+    with subprocess.Popen(
+        cli_command(port, data_dir, embedded), cwd=REPO, env=child_env(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as cli:
+        try:
+            yield cli
+        finally:
+            cli.kill()
+
+
+def children(pid: int) -> list[int]:
+    """The process ids of pid's children, from Linux's /proc/PID/task/TID/children."""
+    return [int(child) for tasks in Path(f"/proc/{pid}/task").glob("*/children") for child in tasks.read_text().split()]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("embedded", [False, True], ids=["mosquitto", "embedded"])
 def test_cli_runs_a_broker_until_signalled(embedded, signum, tmp_path, make_client):
     port = free_port()
-    command = [sys.executable, "-m", "broker.cli", "run", "--port", str(port), "--data-dir", str(tmp_path)]
-    cli = subprocess.Popen(
-        command + (["--embedded"] if embedded else []),
-        cwd=REPO, env=child_env(),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with cli_broker(port, tmp_path, embedded) as cli:
         kind = "embedded" if embedded else "mosquitto"
         assert read_line(cli.stdout) == f"spb-broker: {kind} listening on mqtt://127.0.0.1:{port}\n"
 
@@ -107,22 +141,35 @@ def test_cli_runs_a_broker_until_signalled(embedded, signum, tmp_path, make_clie
         cli.send_signal(signum)
         assert cli.wait(15) == 0, cli.stderr.read()
         assert cli.stdout.read() == ""
-    finally:
-        cli.kill()
-        cli.wait()
-        cli.stdout.close()
-        cli.stderr.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_cli_exits_when_mosquitto_dies(tmp_path, make_client):
+    """Otherwise spb-broker would go on claiming to serve the bus with nothing listening."""
+    port = free_port()
+    with cli_broker(port, tmp_path) as cli:
+        assert read_line(cli.stdout) == f"spb-broker: mosquitto listening on mqtt://127.0.0.1:{port}\n"
+        connected(make_client(port, "bystander"))  # mosquitto logs it: the last line before the kill
+        (mosquitto_pid,) = children(cli.pid)
+
+        os.kill(mosquitto_pid, signal.SIGKILL)
+
+        assert cli.wait(5) == 1
+        stderr = cli.stderr.read()
+    assert re.fullmatch(
+        r"spb-broker: mosquitto exited unexpectedly \(killed by SIGKILL; "
+        r"last log line: \d+: New client connected from \S+ as bystander \(.*\)\.\)\n",
+        stderr,
+    ), stderr
 
 
 @pytest.mark.parametrize("embedded", [False, True], ids=["mosquitto", "embedded"])
 def test_cli_fails_cleanly_when_the_port_is_taken(embedded, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as squatter:
         port = squatter.getsockname()[1]
-        command = [sys.executable, "-m", "broker.cli", "run", "--port", str(port), "--data-dir", str(tmp_path)]
         result = subprocess.run(
-            command + (["--embedded"] if embedded else []),
+            cli_command(port, tmp_path, embedded),
             cwd=REPO, env=child_env(),
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
         )
