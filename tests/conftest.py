@@ -6,6 +6,7 @@ import pytest
 
 from broker.client import BusClient
 from broker.runtime import Mosquitto, find_mosquitto, free_port
+from tests.helpers import Inbox, connected
 
 
 @pytest.fixture
@@ -34,3 +35,18 @@ def make_client():
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def read_retained(make_client):
+    """read_retained(port, topic, client_id): what a newly subscribed client receives first on
+    topic, as (topic, payload, retained): the broker's retained message, if it kept one."""
+
+    def read(port: int, topic: str, client_id: str = "latecomer") -> tuple[str, bytes, bool]:
+        inbox = Inbox()
+        client = make_client(port, client_id)
+        client.subscribe(topic, inbox)
+        connected(client)
+        return inbox.wait_count(1)[0]
+
+    return read
