@@ -6,10 +6,10 @@ SHA-256 of the bytes is a stable message id.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from collections.abc import Callable, Iterator, Mapping
-from typing import NamedTuple
+from functools import lru_cache
 from hashlib import sha256
+from typing import NamedTuple
 
 import cbor2
 from nacl.exceptions import BadSignatureError

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from broker.clock import wall_ms
 from pathlib import Path
 from typing import Callable
 
+from broker.clock import wall_ms
 from broker.keys import KeyFileError
 from deploy.demo import add_demo
 from deploy.provision import ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, ProvisionError, provision

@@ -74,10 +74,11 @@ class Monitor:
         note = " [dim](retained, from before)[/]" if retained else ""
         if leaf == "state":
             self.peers.on_state(meter, payload)
+            state = payload.decode(errors="replace")
             colour = "green" if payload == topics.ONLINE else "yellow"
-            self.console.print(f"[{colour}]● {meter:6} state    {payload.decode(errors='replace')}[/]{note}")
+            self.console.print(f"[{colour}]● {meter:6} state    {state}[/]{note}")
             if not retained and (payload == topics.ONLINE or seen.state == "online"):
-                seen.state = payload.decode(errors="replace")
+                seen.state = state
             if all(self.seen.get(m, Seen()).state == "offline" for m, _ in METERS):
                 self.all_offline.set()
         elif leaf == "birth":

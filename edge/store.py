@@ -59,9 +59,14 @@ class MeterStore:
             return self._get("seq")
 
     def save_peer_birth(self, meter: str, birth: bytes) -> None:
-        """Remember a peer's latest verified birth (its device key, boot, firmware)."""
+        """Remember a peer's latest verified birth (its device key, boot, firmware).
+
+        Every reconnect redelivers the same retained births; an unchanged one writes nothing,
+        so reconnects do not wear the SD card with synchronous commits.
+        """
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO peer_births VALUES (?, ?)", (meter, birth))
+            self._db.execute("INSERT INTO peer_births VALUES (?, ?) ON CONFLICT (meter) DO UPDATE "
+                             "SET birth = excluded.birth WHERE birth != excluded.birth", (meter, birth))
 
     def peer_births(self) -> list[tuple[str, bytes]]:
         with self._lock:

@@ -160,3 +160,15 @@ def test_peer_births_survive_a_reboot_and_the_latest_wins(open_store):
     store.save_peer_birth("m0002", b"second")
     store.close()
     assert open_store().peer_births() == [("m0002", b"second"), ("m0003", b"other")]
+
+
+def test_an_unchanged_peer_birth_writes_nothing(open_store):
+    """Retained births come again on every reconnect; only a changed one is a write."""
+    store = open_store()
+    store.save_peer_birth("m0002", b"birth")
+    changes = store._db.total_changes
+    store.save_peer_birth("m0002", b"birth")
+    assert store._db.total_changes == changes
+    store.save_peer_birth("m0002", b"reborn")
+    assert store._db.total_changes == changes + 1
+    assert store.peer_births() == [("m0002", b"reborn")]
