@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 QOS = 1
 Handler = Callable[[str, bytes, bool], None]
 """handler(topic, payload, retained) for messages matching a subscription."""
+DeferredHandler = Callable[[str, bytes, bool, Callable[[], None]], None]
+"""handler(topic, payload, retained, ack): the message is acknowledged (PUBACK) only by ack()."""
 
 
 class AckTracker:
@@ -114,11 +116,15 @@ class BusClient:
         reconnect_min_delay: float = 1.0,
         reconnect_max_delay: float = 60.0,
         max_inflight: int = 100,
+        manual_ack: bool = False,
     ) -> None:
         """will is (topic, payload, retain), published with QoS 1 if we vanish without DISCONNECT.
 
         clean_session=False keeps our session at the broker while we are away, so QoS 1
         messages for our subscriptions are queued for us rather than lost.
+
+        manual_ack=True lets subscribe_deferred handlers acknowledge a message only once it
+        is safe on disk: until then the broker keeps it and resends it after a reconnect.
         """
         self.host, self.port, self.client_id = host, port, client_id
         self.keepalive = keepalive
@@ -134,9 +140,12 @@ class BusClient:
         # starts a new tracker, and the next connect's re-subscribe expects new SUBACKs.
         self._subacks = AckTracker()
         self._unacked: dict[int, tuple[mqtt.MQTTMessageInfo, threading.Event]] = {}
+        self._manual_ack = manual_ack
+        self._generation = 0  # connections so far: an ack belongs to the one that delivered
 
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session, protocol=mqtt.MQTTv311
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session, protocol=mqtt.MQTTv311,
+            manual_ack=manual_ack,
         )
         client.enable_logger(_paho_log)
         if will is not None:
@@ -186,8 +195,38 @@ class BusClient:
         to the same filter again replaces its handler; a message matching several filters
         reaches each of their handlers.
         """
+        if self._manual_ack:
+            def acking(topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
+                try:
+                    handler(topic, payload, retained)
+                finally:
+                    ack()
+            return self.subscribe_deferred(topic_filter, acking)
+        return self._subscribe(topic_filter, _dispatcher(handler))
+
+    def subscribe_deferred(self, topic_filter: str, handler: DeferredHandler) -> threading.Event:
+        """Like subscribe, for a manual_ack client: the handler acknowledges each message itself.
+
+        The ack()s of one connection must be called in the order the messages arrived (MQTT
+        3.1.1 §4.6); an ack() after a reconnect does nothing, since the broker sends that
+        message again on the new connection.
+        """
+        if not self._manual_ack:
+            raise ValueError("subscribe_deferred needs BusClient(manual_ack=True)")
+
+        def on_message(client, userdata, message: mqtt.MQTTMessage) -> None:
+            ack = functools.partial(self._ack, self._generation, message.mid)
+            _call_safely(handler, message.topic, message.payload, bool(message.retain), ack)
+
+        return self._subscribe(topic_filter, on_message)
+
+    def _ack(self, generation: int, mid: int) -> None:
+        if generation == self._generation:
+            self._client.ack(mid, QOS)
+
+    def _subscribe(self, topic_filter: str, on_message: Callable[..., None]) -> threading.Event:
         granted = threading.Event()
-        self._client.message_callback_add(topic_filter, _dispatcher(handler))
+        self._client.message_callback_add(topic_filter, on_message)
         with self._lock:
             self._subscriptions[topic_filter] = granted
             session_up = self._session_up
@@ -264,6 +303,7 @@ class BusClient:
                  self.host, self.port, self.client_id, flags.session_present)
         with self._lock:
             self._session_up = True
+            self._generation += 1
             restore = dict(self._subscriptions)
         if restore:
             self._send_subscribe(restore, then=self._ready)

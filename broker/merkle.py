@@ -32,13 +32,54 @@ class MerkleTree:
     every subtree the RFC's recursions ask for is a composition of these.
     """
 
-    def __init__(self, leaves: Sequence[bytes]):
+    def __init__(self, leaves: Sequence[bytes] = ()):
         self.size = len(leaves)
         level = [leaf_hash(d) for d in leaves]
         self.levels = [level]
         while len(level) > 1:
             level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
             self.levels.append(level)
+
+    def append(self, data: bytes) -> int:
+        """Add a leaf at the end in O(log n) hashes; returns its index.
+
+        The ledger's CTP database grows by one leaf per new CTP and must not rehash
+        every CTP ever held to compute each block's root.
+        """
+        index = self.size
+        self.size += 1
+        self._set(index, leaf_hash(data))
+        return index
+
+    def update(self, index: int, data: bytes) -> None:
+        """Replace leaf `index` in O(log n) hashes (a CTP record changed state)."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"leaf {index} not in a tree of {self.size}")
+        self._set(index, leaf_hash(data))
+
+    def truncate(self, size: int) -> None:
+        """Keep the first `size` leaves (a block that was built but not committed)."""
+        if not 0 <= size <= self.size:
+            raise ValueError(f"cannot truncate a tree of {self.size} to {size}")
+        self.size = size
+        self.levels = [level[: size >> k] for k, level in enumerate(self.levels)]
+
+    def _set(self, index: int, digest: bytes) -> None:
+        """Store a leaf hash and recompute the complete perfect subtrees above it."""
+        j = index
+        for k in range(len(self.levels) + 1):
+            if k == len(self.levels):
+                self.levels.append([])
+            level = self.levels[k]
+            if j == len(level):
+                level.append(digest)
+            else:
+                level[j] = digest
+            sibling = j ^ 1
+            if sibling >= len(level):
+                return  # the subtree one level up is not complete yet
+            digest = node_hash(level[sibling], digest) if j & 1 else node_hash(digest, level[sibling])
+            j >>= 1
 
     def _subtree(self, lo: int, hi: int) -> bytes:
         """MTH(D[lo:hi]) for the ranges the RFC 9162 recursions produce."""

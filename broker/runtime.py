@@ -67,8 +67,11 @@ user {pwd.getpwuid(os.geteuid()).pw_name}
 # million; max_queued_bytes 0 sets no byte limit on top.
 max_queued_messages 1000000
 max_queued_bytes 0
-# 20 (the default) caps a client draining its backlog at 20 messages per round trip.
-max_inflight_messages 100
+# 20 (the default) caps a client draining its backlog at 20 messages per round trip, and
+# the ledger acknowledges a transaction only once the block deciding it is on disk, so
+# every message of one block is in flight at once: allow 10000 (a ledger takes up to 10000
+# messages per block; more wait their turn in the broker's queue).
+max_inflight_messages 10000
 
 # Written line by line, unlike stdout, which is block-buffered when not a terminal: a
 # crash would lose the last lines, the ones that tell what went on just before it.

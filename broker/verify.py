@@ -67,6 +67,11 @@ class Verifier:
         assert isinstance(body, Reading)
         return () if device_key is None else (device_key,)
 
+    def coe_of(self, erc: Erc) -> Coe:
+        """The CoE inside an ERC that `verify` accepted (from the cache, normally)."""
+        verified = self._coe_cache.get(erc.coe)
+        return verified.coe if verified is not None else open_message(erc.coe, "coe").body
+
     def certificate(self, raw: bytes, now: int) -> DevCert:
         """An embedded devcert signed by a trusted CA and valid at `now`; else `cert`."""
         try:

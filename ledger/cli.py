@@ -1,21 +1,35 @@
 """`spb-ledger`: the ledger's command line.
 
-`verify` is the operator's "why was this rejected?" tool: it runs exactly the stateless
-checks a validator runs and prints the §4 reason code.
+`init` writes a genesis, `run` is a validator on the bus, `balance`, `show`, `audit` and
+`proof` read a validator's database (also while it runs), `check-proof` needs only the
+genesis. `verify` is the operator's "why was this rejected?" tool: it runs exactly the
+stateless checks a validator runs and prints the §4 reason code.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
 import sys
 import tomllib
 from pathlib import Path
 
 from broker.clock import wall_ms
 from broker.cose import MAX_MESSAGE
-from broker.messages import BODY_TYPES
+from broker.keys import KeyFileError, public_hex, write_new_key
+from broker.messages import BODY_TYPES, open_message
 from broker.reasons import Reject
 from broker.verify import Verifier
+from ledger.audit import AuditFailure, audit
+from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, Genesis, GenesisError, read_genesis, write_genesis
+from ledger.proof import ProofError, check_proof, make_proof
+from ledger.store import LedgerStore, StoreError
+from ledger.validator import ValidatorIdentity, validator_dir
+
+# What a command reports as one line and exit 1 instead of a traceback.
+EXPECTED = (OSError, KeyFileError, GenesisError, StoreError, ProofError)
 
 
 def hex_key(text: object) -> bytes:
@@ -80,9 +94,159 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _account_arg(text: str) -> tuple[bytes, int]:
+    key, sep, units = text.partition("=")
+    try:
+        if not sep or not units.isdecimal() or int(units) > MAX_UNITS:
+            raise ValueError(f"{text[:80]!r} is not HEX=UNITS with units in 0..{MAX_UNITS}")
+        return hex_key(key), int(units)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ctp_id_arg(text: str) -> bytes:
+    try:
+        ctp_id = bytes.fromhex(text)
+    except ValueError:
+        ctp_id = b""
+    if len(ctp_id) != 16:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a 16-byte CTP id in hex")
+    return ctp_id
+
+
+def _broker_arg(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdecimal() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    accounts = dict(args.account)
+    if len(accounts) != len(args.account):
+        raise GenesisError("an account is listed twice")
+    keys = [write_new_key(validator_dir(args.dir, i) / "validator.key") for i in range(args.validators)]
+    for i in range(args.validators):  # secrets: only the owner reads them
+        validator_dir(args.dir, i).chmod(0o700)
+        validator_dir(args.dir, i).parent.chmod(0o700)
+    genesis = Genesis.build(args.ca, accounts, [bytes(k.verify_key) for k in keys], args.block_ms)
+    written = write_genesis(args.dir, genesis)
+    print(f"genesis    {genesis.hash.hex()} ({'written' if written else 'unchanged'})")
+    print(f"accounts   {len(genesis.accounts)}, {genesis.total} units")
+    for i, key in enumerate(keys):
+        print(f"validator  {i} {public_hex(key)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ledger.service import LedgerService  # paho and the bus only for the one command that needs them
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    service = LedgerService(ValidatorIdentity.load(args.dir, args.validator), *args.broker)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: service.stop())
+    service.run()
+    return 0
+
+
+def _open_store(args: argparse.Namespace) -> LedgerStore:
+    identity = ValidatorIdentity.load(args.dir, args.validator, with_key=False)
+    return LedgerStore(identity.db_path, identity.genesis, readonly=True)
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    found = _open_store(args).account(args.account)
+    if found is None:
+        print(f"spb-ledger: {args.account.hex()} is not an account of this ledger", file=sys.stderr)
+        return 1
+    print(f"balance {found[0]} held {found[1]}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    row = store.ctp_row(args.ctp)
+    if row is not None:
+        raw, digest, state, height, by = row
+        ctp = open_message(raw, "ctp").body
+        print(f"state {state}\nheight {height}")
+        print(f"payer {ctp.payer.hex()}\npayee {ctp.payee.hex()}\namount {ctp.amount}\nwh {ctp.wh}\nexp {ctp.exp}")
+        print(f"ctp-message {digest.hex()}")
+        if state != "held":
+            print(f"by {by.hex() if by else 'expiry'}")
+        return 0
+    rejected = store.rejection(args.ctp)
+    if rejected is None:
+        print(f"spb-ledger: no CTP {args.ctp.hex()} on this ledger", file=sys.stderr)
+        return 1
+    reason, msg, t = rejected
+    print(f"state rejected\nreason {reason}\nmessage {msg.hex()}\nt {t}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    try:
+        report = audit(_open_store(args))
+    except AuditFailure as exc:
+        print(f"audit failed at height {exc.height}: {exc.what}")
+        return 1
+    print(f"audit ok: height {report.height}, {report.trades} trades, {report.ctps} CTPs")
+    return 0
+
+
+def cmd_proof(args: argparse.Namespace) -> int:
+    print(json.dumps(make_proof(_open_store(args), args.ctp), indent=1))
+    return 0
+
+
+def cmd_check_proof(args: argparse.Namespace) -> int:
+    genesis = read_genesis(args.genesis) if args.genesis.is_dir() else Genesis.decode(args.genesis.read_bytes())
+    try:
+        doc = json.loads(sys.stdin.read() if args.file == "-" else Path(args.file).read_text())
+    except json.JSONDecodeError as exc:
+        raise ProofError(f"not a JSON proof: {exc}") from None
+    header, ctp = check_proof(doc, genesis.validators)
+    print(f"proof ok: CTP {ctp.id.hex()} ({ctp.amount} units for {ctp.wh} Wh) settled in block {header.height}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spb-ledger", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="write a genesis and validator keys")
+    init.add_argument("dir", type=Path, metavar="DIR")
+    init.add_argument("--ca", type=_key_arg, action="append", required=True, metavar="HEX",
+                      help="trusted manufacturer CA public key (repeatable)")
+    init.add_argument("--account", type=_account_arg, action="append", default=[], metavar="HEX=UNITS",
+                      help="household account key and opening balance (repeatable)")
+    init.add_argument("--validators", type=int, choices=range(1, 101), default=1, metavar="N")
+    init.add_argument("--block-ms", type=int, default=DEFAULT_BLOCK_MS, metavar="MS",
+                      help=f"shortest time between blocks (default {DEFAULT_BLOCK_MS})")
+    init.set_defaults(run=cmd_init)
+
+    run = sub.add_parser("run", help="be the ledger on the bus")
+    run.add_argument("dir", type=Path, metavar="DIR")
+    run.add_argument("--broker", type=_broker_arg, required=True, metavar="HOST:PORT")
+    run.add_argument("--validator", type=int, default=0, metavar="I")
+    run.set_defaults(run=cmd_run)
+
+    for name, help_text, arg, arg_type in (
+            ("balance", "print `balance <units> held <units>` of an account", "account", _key_arg),
+            ("show", "state, block height and reason of a CTP", "ctp", _ctp_id_arg),
+            ("proof", "JSON inclusion proof of a settled CTP, checkable offline", "ctp", _ctp_id_arg),
+            ("audit", "replay every block and check hashes, roots, signatures and invariants", None, None)):
+        query = sub.add_parser(name, help=help_text)
+        query.add_argument("dir", type=Path, metavar="DIR")
+        if arg is not None:
+            query.add_argument(arg, type=arg_type, metavar="HEX")
+        query.add_argument("--validator", type=int, default=0, metavar="I", help="whose database (default 0)")
+        query.set_defaults(run=globals()[f"cmd_{name}"])
+
+    check = sub.add_parser("check-proof", help="check a proof from `spb-ledger proof` offline")
+    check.add_argument("file", help="the proof, or - for stdin")
+    check.add_argument("--genesis", type=Path, required=True, metavar="PATH",
+                       help="the ledger dir or its genesis.cbor")
+    check.set_defaults(run=cmd_check_proof)
     verify = sub.add_parser("verify", help="run the stateless checks of PROTOCOL.md §4 on one message")
     verify.add_argument("file", help="file holding one raw message, or - for stdin")
     verify.add_argument("--ca", type=_key_arg, action="append", default=[], metavar="HEX",
@@ -101,7 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except EXPECTED as exc:
+        where = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else exc
+        print(f"spb-ledger: {where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def test_generated_config_is_what_mosquitto_runs(mosquitto):
         f"persistence_location {mosquitto.data_dir.resolve()}",
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
-        "max_inflight_messages 100",
+        "max_inflight_messages 10000",
         f"log_dest file {mosquitto.data_dir.resolve() / LOG_NAME}",
     ):
         assert line in lines

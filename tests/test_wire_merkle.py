@@ -210,3 +210,36 @@ def test_consistency_refuses_m_above_n_and_m_zero(n):
         assert not verify_consistency(n + 1, n, ROOTS[n + 1], ROOTS[n], proof)
     assert not verify_consistency(0, n, EMPTY_ROOT, ROOTS[n], [])
     assert not verify_consistency(0, n, EMPTY_ROOT, ROOTS[n], [ROOTS[n]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 300), st.lists(st.integers(0, 10**6), max_size=40))
+def test_growing_tree_matches_a_tree_built_at_once(seed, size, updates):
+    """append/update (the ledger's CTP database) give the same root and proofs as
+    building the tree from the final leaves."""
+    leaves = random_leaves(seed, size)
+    grown = MerkleTree()
+    for i, leaf in enumerate(leaves):
+        assert grown.append(leaf) == i
+        assert grown.root() == MerkleTree(leaves[: i + 1]).root()
+    rng = random.Random(seed)
+    for u in updates:
+        if not leaves:
+            break
+        i = u % len(leaves)
+        leaves[i] = rng.randbytes(12)
+        grown.update(i, leaves[i])
+    built = MerkleTree(leaves)
+    assert grown.root() == built.root()
+    assert all(grown.inclusion_proof(i) == built.inclusion_proof(i) for i in range(len(leaves)))
+    keep = rng.randint(0, len(leaves))
+    grown.truncate(keep)
+    assert grown.root() == MerkleTree(leaves[:keep]).root()
+    grown.append(b"after")
+    assert grown.root() == MerkleTree([*leaves[:keep], b"after"]).root()
+
+
+def test_update_outside_the_tree_is_refused():
+    tree = MerkleTree([b"a"])
+    with pytest.raises(IndexError):
+        tree.update(1, b"b")

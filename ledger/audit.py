@@ -1,0 +1,111 @@
+"""`spb-ledger audit`: replay a validator's block log from the genesis and check everything.
+
+Each block is rebuilt from its stored inputs by the same Draft a validator uses, at the
+block's own time, so the audit re-verifies every signature (the settled CTPs and the ERCs
+whose hashes are on chain) and recomputes every root. Then the invariants of PROTOCOL.md §5
+are checked, and finally the replayed state must equal the stored tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.messages import open_message
+from broker.reasons import Reject
+from broker.topics import TX_TYPES
+from broker.verify import Verifier
+from ledger.block import Block, parse_trade, quorum
+from ledger.draft import Draft
+from ledger.state import HELD, LedgerState
+from ledger.store import LedgerStore
+
+_TX_TYPES = frozenset(TX_TYPES.values())
+
+
+class AuditFailure(Exception):
+    def __init__(self, height: int, what: str):
+        super().__init__(f"height {height}: {what}")
+        self.height = height
+        self.what = what
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    height: int
+    trades: int
+    ctps: int
+
+
+def audit(store: LedgerStore) -> AuditReport:
+    """Raise AuditFailure naming the first bad height, else report what was checked."""
+    genesis = store.genesis
+    state = LedgerState(genesis)
+    verifier = Verifier(cas=genesis.cas, validators=genesis.validators)
+    settled: set[bytes] = set()
+    trades = 0
+    with store.snapshot():
+        for block in store.blocks():
+            _replay(state, verifier, block, settled)
+            trades += len(block.trades)
+        _compare_tables(state, store)
+    return AuditReport(state.height, trades, len(state.ctps))
+
+
+def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: set[bytes]) -> None:
+    h = block.header
+    fail = lambda what: AuditFailure(h.height, what)  # noqa: E731
+    if h.height != state.height + 1:
+        raise fail(f"follows height {state.height}")
+    if h.prev != state.tip:
+        raise fail("previous hash does not match the block before it")
+    if h.t <= state.t:
+        raise fail("block time does not increase")
+    if block.valid_seals(state.genesis.validators) < quorum(len(state.genesis.validators)):
+        raise fail("not sealed by a quorum of the genesis validators")
+    draft = Draft(state, verifier, h.t)
+    for i, raw in enumerate(block.inputs):
+        try:
+            typ = open_message(raw).body.typ
+        except Reject as exc:
+            raise fail(f"input {i} is not a message: {exc}") from None
+        reason = draft.add(typ, raw) if typ in _TX_TYPES else "type"
+        if reason is not None:
+            raise fail(f"input {i} ({typ}) is rejected on replay: {reason}")
+    rebuilt = draft.finish()
+    if rebuilt is None:
+        raise fail("the block changes nothing")
+    for name in ("inputs", "txs", "ctps"):
+        if getattr(rebuilt.header, name) != getattr(h, name):
+            raise fail(f"{name} root differs from the replay")
+    if rebuilt.trades != block.trades:
+        raise fail("trades differ from the replay")
+    for trade in block.trades:
+        ctp_id = open_message(parse_trade(trade)[0], "ctp").body.id
+        if ctp_id in settled:
+            raise fail(f"CTP {ctp_id.hex()} settles twice")
+        settled.add(ctp_id)
+    state.commit(draft)
+    if state.total() != state.genesis.total:
+        raise fail(f"balances + holds are {state.total()}, the genesis total is {state.genesis.total}")
+    if any(units < 0 for units in (*state.balances.values(), *state.held.values())):
+        raise fail("a balance or hold is negative")
+
+
+def _compare_tables(state: LedgerState, store: LedgerStore) -> None:
+    held: dict[bytes, int] = dict.fromkeys(state.balances, 0)
+    keys: set[bytes] = set()
+    for record in state.ctps.values():
+        if record.state == HELD:
+            held[record.ctp.payer] += record.ctp.amount
+        if record.erc_pk is not None:
+            if record.erc_pk in keys:
+                raise AuditFailure(record.height, "a one-time key confirmed two CTPs")
+            keys.add(record.erc_pk)
+    if held != state.held:
+        raise AuditFailure(state.height, "holds differ from the held CTPs")
+    replayed = {pk: (state.balances[pk], state.held[pk]) for pk in state.balances}
+    if replayed != store.accounts():
+        raise AuditFailure(state.height, "stored balances differ from the replay")
+    records = {r.ctp.id: (r.index, r.hash, r.state, r.height, r.by, r.erc_pk) for r in state.ctps.values()}
+    if records != store.records():
+        raise AuditFailure(state.height, "stored CTP database differs from the replay")

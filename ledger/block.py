@@ -1,0 +1,130 @@
+"""Blocks: the hash-chained log the ledger writes, and the part of it that is the chain.
+
+A block has a header (height, previous hash, time, three RFC 9162 roots), the settled
+trades (PROTOCOL.md §5: only a settled CTP's bytes and its ERC's hash go on chain), the
+validators' seals over the header, and, off chain, the inputs it applied (the CTPs, ERCs
+and cancels that changed the off-chain CTP database), which every validator keeps to
+replay and audit. Format: docs/decisions/0002-ledger-v1.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from hashlib import sha256
+
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey
+
+from broker.cose import encode, load
+from broker.merkle import MerkleTree
+from broker.reasons import Reject
+
+
+class BlockError(ValueError):
+    """Bytes that are not a block of this format."""
+
+
+def trade_bytes(ctp_raw: bytes, erc_hash: bytes) -> bytes:
+    """One on-chain transaction: [ctp message bytes, SHA-256 of the ERC that settled it]."""
+    return encode([ctp_raw, erc_hash])
+
+
+def parse_trade(raw: bytes) -> tuple[bytes, bytes]:
+    try:
+        ctp_raw, erc_hash = load(raw)
+        if type(ctp_raw) is not bytes or type(erc_hash) is not bytes or len(erc_hash) != 32:
+            raise ValueError
+    except (Reject, TypeError, ValueError):
+        raise BlockError("a trade is [ctp bytes, 32-byte ERC hash]") from None
+    return ctp_raw, erc_hash
+
+
+def merkle_root(hashes: list[bytes]) -> bytes:
+    """RFC 9162 root whose leaves are the given 32-byte hashes."""
+    return MerkleTree(hashes).root()
+
+
+def quorum(n_validators: int) -> int:
+    """Seals that make a block final (PROTOCOL.md §6): ceil(2n/3)."""
+    return -(-2 * n_validators // 3)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    height: int
+    prev: bytes  # hash of the previous header; the genesis hash for height 1
+    t: int  # block time, ms: the clock every check of this block uses
+    txs: bytes  # RFC 9162 root over the hashes of this block's trades
+    ctps: bytes  # RFC 9162 root of the CTP database after this block
+    inputs: bytes  # RFC 9162 root over the hashes of the applied input messages
+
+    def encode(self) -> bytes:
+        return encode({"v": 1, "typ": "header", "h": self.height, "prev": self.prev, "t": self.t,
+                       "txs": self.txs, "ctps": self.ctps, "inputs": self.inputs})
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(self.encode()).digest()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Header":
+        try:
+            m = load(raw)
+            header = cls(m["h"], m["prev"], m["t"], m["txs"], m["ctps"], m["inputs"])
+            ok = m["v"] == 1 and m["typ"] == "header" and len(m) == 8
+        except (Reject, KeyError, TypeError, AttributeError):
+            ok = False
+        if not ok or header.encode() != raw:
+            raise BlockError("not a v1 block header in its deterministic encoding")
+        return header
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    header: Header
+    trades: tuple[bytes, ...]  # trade_bytes(...) in the order they settled
+    seals: tuple[tuple[int, bytes], ...]  # (validator index, Ed25519 signature over the header bytes)
+    inputs: tuple[bytes, ...] = ()  # off chain: the applied messages, in order
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    def chain_bytes(self) -> bytes:
+        """What goes on chain and on spb/v1/ledger/blocks: everything but the inputs."""
+        return encode({"v": 1, "typ": "block", "header": self.header.encode(), "trades": list(self.trades),
+                       "seals": [[i, sig] for i, sig in self.seals]})
+
+    @classmethod
+    def from_chain_bytes(cls, raw: bytes, inputs: tuple[bytes, ...] = ()) -> "Block":
+        try:
+            m = load(raw)
+            header = Header.decode(m["header"])
+            trades = tuple(m["trades"])
+            seals = tuple((i, sig) for i, sig in m["seals"])
+            ok = m["v"] == 1 and m["typ"] == "block" and len(m) == 5
+        except (Reject, KeyError, TypeError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise BlockError("not a v1 block")
+        block = cls(header, trades, seals, inputs)
+        if block.chain_bytes() != raw:
+            raise BlockError("block is not in its deterministic encoding")
+        return block
+
+    def sealed(self, index: int, key: SigningKey) -> "Block":
+        seal = (index, key.sign(self.header.encode()).signature)
+        return Block(self.header, self.trades, tuple(sorted({*self.seals, seal})), self.inputs)
+
+    def valid_seals(self, validators: tuple[bytes, ...]) -> int:
+        """How many distinct genesis validators sealed this header."""
+        header, good = self.header.encode(), set()
+        for index, sig in self.seals:
+            if type(index) is int and 0 <= index < len(validators) and type(sig) is bytes and len(sig) == 64:
+                try:
+                    crypto_sign_open(sig + header, validators[index])
+                except BadSignatureError:
+                    continue
+                good.add(index)
+        return len(good)

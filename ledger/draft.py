@@ -1,0 +1,197 @@
+"""Building one block: PROTOCOL.md §4's stateful checks and §5's life cycle, as a pure function.
+
+A Draft sits on a committed LedgerState and collects what a block would change, without
+changing the state: (state, messages, block time) -> (block, signed outputs). The block time
+is the clock for every check, stateless or stateful, so replaying a block from the log
+(audit, another validator) reaches the same verdicts. The order of the checks per message
+type is in docs/decisions/0002-ledger-v1.md.
+"""
+
+from __future__ import annotations
+
+from hashlib import sha256
+from typing import NamedTuple
+
+from nacl.signing import SigningKey
+
+from broker import topics
+from broker.cose import message_hash
+from broker.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Status, open_message
+from broker.reasons import Reject
+from broker.verify import Verifier
+from ledger.block import Block, Header, merkle_root, trade_bytes
+from ledger.state import HELD, REFUNDED, SETTLED, CtpRecord, LedgerState
+
+
+class Output(NamedTuple):
+    """A message for the bus: a status (retained) or a reject."""
+
+    topic: str
+    body: Body
+    retain: bool
+
+
+class Draft:
+    """The next block on top of `base`, at block time `t`."""
+
+    def __init__(self, base: LedgerState, verifier: Verifier, t: int):
+        if t <= base.t:
+            raise ValueError(f"block time {t} is not after the tip's {base.t}")
+        self.base, self.verifier, self.t = base, verifier, t
+        self.height = base.height + 1
+        self.balances: dict[bytes, int] = {}
+        self.held: dict[bytes, int] = {}
+        self.ctps: dict[bytes, CtpRecord] = {}  # new or changed records
+        self.used_keys: dict[bytes, bytes] = {}
+        self.inputs: list[bytes] = []  # applied messages, in order
+        self.trades: list[bytes] = []
+        self.outputs: list[Output] = []
+        self.ctp_rejects: dict[bytes, tuple[str, bytes]] = {}  # unknown CTP id -> (reason, msg hash)
+        self.block: Block | None = None
+        self._new = 0  # records appended to the tree by this draft
+
+    # -- reads through the draft to the committed state --
+
+    def record(self, ctp_id: bytes) -> CtpRecord | None:
+        record = self.ctps.get(ctp_id)
+        return record if record is not None else self.base.record(ctp_id)
+
+    def balance(self, pk: bytes) -> int:
+        return self.balances.get(pk, self.base.balances.get(pk, 0))
+
+    def holding(self, pk: bytes) -> int:
+        return self.held.get(pk, self.base.held.get(pk, 0))
+
+    def key_used(self, pk: bytes) -> bool:
+        return pk in self.used_keys or pk in self.base.used_keys
+
+    # -- inputs --
+
+    def add(self, typ: str, raw: bytes) -> str | None:
+        """Check and apply one message from spb/v1/tx/{typ}; returns the reject reason or None."""
+        try:
+            opened = self.verifier.verify(raw, self.t, expect=typ)
+            {"ctp": self._ctp, "erc": self._erc, "cancel": self._cancel}[typ](opened)
+        except Reject as exc:
+            self._reject(raw, typ, exc.reason)
+            return exc.reason
+        self.inputs.append(raw)
+        return None
+
+    def _ctp(self, opened: Opened) -> None:
+        ctp: Ctp = opened.body
+        record = self.record(ctp.id)
+        if record is not None and record.hash == opened.hash:
+            raise Reject("duplicate", "this CTP was applied before")
+        for role, pk in (("payer", ctp.payer), ("payee", ctp.payee)):
+            if pk not in self.base.balances:
+                raise Reject("unknown-account", f"{role} is not an account of this ledger")
+        if record is not None:
+            raise Reject("duplicate", "another CTP already has this id")
+        if ctp.exp < self.t:
+            raise Reject("expired", f"CTP expired at {ctp.exp}, block time {self.t}")
+        if self.balance(ctp.payer) < ctp.amount:
+            raise Reject("insufficient-funds", f"{ctp.amount} asked, {self.balance(ctp.payer)} free")
+        self._move(ctp.payer, -ctp.amount, +ctp.amount)
+        index = len(self.base.by_index) + self._new
+        self._new += 1
+        self._put(CtpRecord(ctp, opened.raw, opened.hash, index, HELD, self.height, opened.hash))
+
+    def _erc(self, opened: Opened) -> None:
+        erc: Erc = opened.body
+        record = self._known(erc.ctp)
+        if record.state == SETTLED and record.by == opened.hash:
+            raise Reject("duplicate", "this ERC settled the CTP already")
+        if record.state != HELD:
+            raise Reject("not-held", f"CTP is {record.state}")
+        if self.key_used(erc.pk):
+            raise Reject("replay", "this one-time key confirmed another CTP")
+        if self.verifier.coe_of(erc).root != record.ctp.meter:
+            raise Reject("meter-mismatch", "the ERC's CoE root is not the meter the CTP names")
+        if erc.wh < record.ctp.wh:
+            raise Reject("energy-short", f"{erc.wh} Wh received, {record.ctp.wh} Wh paid for")
+        if self.t > record.ctp.exp:
+            raise Reject("expired", f"CTP expired at {record.ctp.exp}, block time {self.t}")
+        ctp = record.ctp
+        self._move(ctp.payer, 0, -ctp.amount)
+        self._move(ctp.payee, +ctp.amount, 0)
+        self.used_keys[erc.pk] = ctp.id
+        self.trades.append(trade_bytes(record.raw, opened.hash))
+        self._put(record.moved(SETTLED, self.height, opened.hash, erc.pk))
+
+    def _cancel(self, opened: Opened) -> None:
+        cancel: Cancel = opened.body
+        record = self._known(cancel.ctp)
+        if record.by == opened.hash:
+            raise Reject("duplicate", "this cancel refunded the CTP already")
+        if cancel.payer != record.ctp.payer:
+            raise Reject("not-payer", "only the CTP's payer may cancel it")
+        if record.state != HELD:
+            raise Reject("not-held", f"CTP is {record.state}")
+        if self.t <= record.ctp.exp:
+            raise Reject("too-early", f"CTP holds until {record.ctp.exp}, block time {self.t}")
+        self._refund(record, opened.hash)
+
+    def _known(self, ctp_id: bytes) -> CtpRecord:
+        record = self.record(ctp_id)
+        if record is None:
+            raise Reject("unknown-ctp", f"no CTP {ctp_id.hex()}")
+        return record
+
+    def _refund(self, record: CtpRecord, by: bytes) -> None:
+        self._move(record.ctp.payer, +record.ctp.amount, -record.ctp.amount)
+        self._put(record.moved(REFUNDED, self.height, by))
+
+    def _move(self, pk: bytes, balance: int, held: int) -> None:
+        self.balances[pk] = self.balance(pk) + balance
+        self.held[pk] = self.holding(pk) + held
+
+    def _put(self, record: CtpRecord) -> None:
+        """Record a change and announce it: only an applied message changes a status (§7)."""
+        self.ctps[record.ctp.id] = record
+        status = Status(ctp=record.ctp.id, state=record.state, t=self.t, h=self.height, msg=record.by or None)
+        self.outputs.append(Output(topics.status(record.ctp.id), status, True))
+
+    def _reject(self, raw: bytes, typ: str, reason: str) -> None:
+        """Every rejection goes to spb/v1/rejects; a CTP whose id no one holds also gets a
+        `rejected` status, which never overwrites the status of someone else's CTP (§7)."""
+        msg = message_hash(raw)
+        self.outputs.append(Output(topics.REJECTS, Rejection(msg=msg, reason=reason, t=self.t), False))
+        if typ != "ctp":
+            return
+        try:
+            ctp_id = open_message(raw, "ctp").body.id
+        except Reject:
+            return  # no readable id to report on
+        if self.record(ctp_id) is None:
+            self.ctp_rejects[ctp_id] = (reason, msg)
+            status = Status(ctp=ctp_id, state="rejected", t=self.t, reason=reason, msg=msg)
+            self.outputs.append(Output(topics.status(ctp_id), status, True))
+
+    # -- the block --
+
+    def finish(self) -> Block | None:
+        """Refund what expired by the block time, then build the block (unsealed).
+
+        None when nothing changed: rejected messages alone make no block.
+        """
+        for record in self.base.expiring(self.t):
+            if self.record(record.ctp.id).state == HELD:
+                self._refund(record, b"")
+        if not self.ctps:
+            return None
+        tree = self.base.tree
+        for record in sorted(self.ctps.values(), key=lambda r: r.index):
+            if record.index < tree.size:
+                tree.update(record.index, record.leaf())
+            else:
+                tree.append(record.leaf())
+        header = Header(self.height, self.base.tip, self.t,
+                        txs=merkle_root([sha256(trade).digest() for trade in self.trades]),
+                        ctps=tree.root(), inputs=merkle_root([message_hash(raw) for raw in self.inputs]))
+        self.block = Block(header, tuple(self.trades), (), tuple(self.inputs))
+        return self.block
+
+    def signed_outputs(self, key: SigningKey) -> list[tuple[str, bytes, bool]]:
+        """(topic, payload, retain) for each status and reject, signed by this validator."""
+        return [(out.topic, out.body.sign(key), out.retain) for out in self.outputs]

@@ -1,0 +1,59 @@
+"""Inclusion proofs of settled trades, checkable offline with only the genesis.
+
+`spb-ledger proof` writes a JSON document: the block header, its seals, the trade (the
+CTP's bytes and its ERC's hash) and the RFC 9162 audit path from the trade to the header's
+`txs` root. `check` needs nothing but the validator keys: the seals make the header final,
+the path puts the trade under it, the payer's signature makes the CTP genuine.
+"""
+
+from __future__ import annotations
+
+from hashlib import sha256
+
+from broker.merkle import MerkleTree, verify_inclusion
+from broker.messages import Ctp, open_message
+from broker.reasons import Reject
+from ledger.block import Block, BlockError, Header, parse_trade, quorum
+from ledger.store import LedgerStore
+
+
+class ProofError(Exception):
+    """A proof that does not check, or a trade that is not on chain."""
+
+
+def make_proof(store: LedgerStore, ctp_id: bytes) -> dict:
+    with store.snapshot():
+        where = store.trade_at(ctp_id)
+        if where is None:
+            raise ProofError(f"CTP {ctp_id.hex()} has not settled on this chain")
+        height, index = where
+        block = store.block(height)
+    tree = MerkleTree([sha256(trade).digest() for trade in block.trades])
+    return {"ctp": ctp_id.hex(), "height": height, "header": block.header.encode().hex(),
+            "seals": [[i, sig.hex()] for i, sig in block.seals], "trade": block.trades[index].hex(),
+            "index": index, "size": tree.size, "path": [p.hex() for p in tree.inclusion_proof(index)]}
+
+
+def check_proof(doc: dict, validators: tuple[bytes, ...]) -> tuple[Header, Ctp]:
+    """The header and CTP a proof vouches for; ProofError if any part fails."""
+    try:
+        header = Header.decode(bytes.fromhex(doc["header"]))
+        seals = tuple((i, bytes.fromhex(sig)) for i, sig in doc["seals"])
+        trade = bytes.fromhex(doc["trade"])
+        ctp_raw, _erc_hash = parse_trade(trade)
+        opened = open_message(ctp_raw, "ctp")
+        path = [bytes.fromhex(p) for p in doc["path"]]
+        index, size = doc["index"], doc["size"]
+    except (BlockError, Reject, KeyError, TypeError, ValueError) as exc:
+        raise ProofError(f"malformed proof: {exc}") from None
+    ctp: Ctp = opened.body
+    if doc.get("ctp") != ctp.id.hex() or doc.get("height") != header.height:
+        raise ProofError("the proof's ctp or height does not match its contents")
+    if Block(header, (), seals).valid_seals(validators) < quorum(len(validators)):
+        raise ProofError("the header is not sealed by a quorum of the validators")
+    if not (type(index) is int and type(size) is int
+            and verify_inclusion(sha256(trade).digest(), index, size, path, header.txs)):
+        raise ProofError("the trade is not under the header's txs root")
+    if not opened.envelope.verifies(ctp.payer):
+        raise ProofError("the CTP is not signed by its payer")
+    return header, ctp

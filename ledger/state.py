@@ -1,0 +1,135 @@
+"""The ledger's state: balances, holds, the off-chain CTP database and its Merkle tree.
+
+Pure data. It changes only in `commit(draft)`, with a block built by ledger.draft, so a
+block that consensus does not commit can be thrown away (`discard`) and every replica
+that commits the same blocks holds the same state.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Iterable
+
+from broker.cose import encode
+from broker.merkle import MerkleTree
+from broker.messages import Ctp
+from ledger.genesis import Genesis
+
+if TYPE_CHECKING:
+    from ledger.draft import Draft
+
+HELD, SETTLED, REFUNDED = "held", "settled", "refunded"
+
+
+@dataclass(frozen=True, slots=True)
+class CtpRecord:
+    """One CTP in the off-chain database (PROTOCOL.md §5)."""
+
+    ctp: Ctp
+    raw: bytes  # the payer's signed message
+    hash: bytes  # H(raw)
+    index: int  # its leaf in the CTP-database tree: CTPs in the order they were first held
+    state: str
+    height: int  # block of the last change
+    by: bytes  # hash of the message that caused the last change; b"" for a refund at expiry
+    erc_pk: bytes | None = None  # one-time key of the ERC that settled it
+
+    def leaf(self) -> bytes:
+        """The leaf data: what replicas agree on about this CTP."""
+        return encode([self.ctp.id, self.hash, self.state, self.height, self.by])
+
+    def moved(self, state: str, height: int, by: bytes, erc_pk: bytes | None = None) -> "CtpRecord":
+        return replace(self, state=state, height=height, by=by, erc_pk=erc_pk)
+
+
+class LedgerState:
+    """Everything a validator knows after its last committed block."""
+
+    def __init__(self, genesis: Genesis):
+        self.genesis = genesis
+        self.height = 0
+        self.tip = genesis.hash  # hash of the last header (the genesis hash before block 1)
+        self.t = 0  # time of the last block
+        self.balances: dict[bytes, int] = dict(genesis.accounts)
+        self.held: dict[bytes, int] = dict.fromkeys(self.balances, 0)  # per payer
+        self.ctps: dict[bytes, CtpRecord] = {}
+        self.by_index: list[bytes] = []  # CTP id of each tree leaf
+        self.used_keys: dict[bytes, bytes] = {}  # one-time ERC key -> the CTP it settled
+        self.tree = MerkleTree()
+        self._expiry: list[tuple[int, bytes]] = []  # (exp, id) of CTPs that were held; lazily cleaned
+
+    @classmethod
+    def restore(cls, genesis: Genesis, height: int, tip: bytes, t: int,
+                accounts: Iterable[tuple[bytes, int, int]], records: Iterable[CtpRecord]) -> "LedgerState":
+        """A state from its stored tables (ledger.store); `records` in index order."""
+        state = cls(genesis)
+        state.height, state.tip, state.t = height, tip, t
+        for pk, balance, held in accounts:
+            state.balances[pk], state.held[pk] = balance, held
+        for record in records:
+            if record.index != len(state.by_index):
+                raise ValueError(f"CTP records out of order at leaf {record.index}")
+            state._put(record)
+        return state
+
+    def record(self, ctp_id: bytes) -> CtpRecord | None:
+        return self.ctps.get(ctp_id)
+
+    def root(self) -> bytes:
+        return self.tree.root()
+
+    def next_expiry(self) -> int | None:
+        """The earliest `exp` of a CTP that may still be held: a block is due after it."""
+        while self._expiry and self.ctps[self._expiry[0][1]].state != HELD:
+            heapq.heappop(self._expiry)
+        return self._expiry[0][0] if self._expiry else None
+
+    def expiring(self, t: int) -> list[CtpRecord]:
+        """Held CTPs whose expiry has passed at block time t, in (exp, id) order. Read-only."""
+        found, stack = [], [0] if self._expiry else []
+        while stack:  # walk the heap without popping: only entries below t and their parents
+            i = stack.pop()
+            exp, ctp_id = self._expiry[i]
+            if exp < t:
+                if self.ctps[ctp_id].state == HELD:
+                    found.append((exp, ctp_id))
+                stack += [c for c in (2 * i + 1, 2 * i + 2) if c < len(self._expiry)]
+        return [self.ctps[ctp_id] for _, ctp_id in sorted(found)]
+
+    def total(self) -> int:
+        """Balances + holds: equal to the genesis total after every block (§5)."""
+        return sum(self.balances.values()) + sum(self.held.values())
+
+    def commit(self, draft: "Draft") -> None:
+        """Make a finished draft's block the new tip. Its tree changes are already in self.tree."""
+        block = draft.block
+        assert block is not None and draft.base is self and block.header.prev == self.tip
+        self.balances.update(draft.balances)
+        self.held.update(draft.held)
+        for record in sorted(draft.ctps.values(), key=lambda r: r.index):
+            self._put(record, in_tree=True)
+        self.used_keys.update(draft.used_keys)
+        self.height, self.tip, self.t = block.header.height, block.hash, block.header.t
+
+    def discard(self, draft: "Draft") -> None:
+        """Forget a finished draft that will not be committed: undo its tree changes."""
+        self.tree.truncate(len(self.by_index))
+        for ctp_id in draft.ctps:
+            record = self.ctps.get(ctp_id)
+            if record is not None:
+                self.tree.update(record.index, record.leaf())
+
+    def _put(self, record: CtpRecord, in_tree: bool = False) -> None:
+        ctp_id = record.ctp.id
+        if record.index == len(self.by_index):
+            self.by_index.append(ctp_id)
+            if not in_tree:
+                self.tree.append(record.leaf())
+            if record.state == HELD:
+                heapq.heappush(self._expiry, (record.ctp.exp, ctp_id))
+        elif not in_tree:
+            self.tree.update(record.index, record.leaf())
+        self.ctps[ctp_id] = record
+        if record.erc_pk is not None:
+            self.used_keys[record.erc_pk] = ctp_id

@@ -1,0 +1,193 @@
+"""SQLite for one validator: the block log, the state tables and the outbox.
+
+A block, the state it leads to, and the statuses it announces are written in one
+transaction (WAL, synchronous=FULL): after `kill -9` the database holds either all of a
+block or none of it, and whatever was announced is still in the outbox until the broker
+acknowledged it. The tables mirror LedgerState so a restart does not replay the chain;
+`spb-ledger audit` replays it and compares.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from broker import topics
+from broker.cose import encode, load
+from broker.messages import open_message
+from ledger.block import Block
+from ledger.draft import Draft
+from ledger.genesis import Genesis
+from ledger.state import CtpRecord, LedgerState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks(height INTEGER PRIMARY KEY, hash BLOB NOT NULL, t INTEGER NOT NULL,
+                                  chain BLOB NOT NULL, inputs BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts(pk BLOB PRIMARY KEY, balance INTEGER NOT NULL, held INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ctps(id BLOB PRIMARY KEY, leaf INTEGER NOT NULL UNIQUE, raw BLOB NOT NULL,
+                                hash BLOB NOT NULL, state TEXT NOT NULL, height INTEGER NOT NULL,
+                                by BLOB NOT NULL, erc_pk BLOB UNIQUE);
+CREATE TABLE IF NOT EXISTS trades(ctp BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected(id BLOB PRIMARY KEY, reason TEXT NOT NULL, msg BLOB NOT NULL,
+                                    t INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                                  payload BLOB NOT NULL, retain INTEGER NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """The database does not belong to this genesis, or is not a ledger database."""
+
+
+class Outgoing(NamedTuple):
+    seq: int
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class LedgerStore:
+    def __init__(self, path: Path, genesis: Genesis, readonly: bool = False):
+        self.path = Path(path)
+        self.genesis = genesis
+        if readonly and not self.path.exists():
+            raise StoreError(f"{self.path} does not exist: has this validator run yet?")
+        # Queries open it read-write too but write nothing: a read-only open of a WAL
+        # database fails when no writer left its -shm file behind.
+        if not readonly:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # One user at a time, but not always one thread: a service is built on one thread
+        # and run on another.
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if not readonly:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+            self._adopt(genesis)
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'genesis'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a ledger database: {exc}") from None
+        if row is None or row[0] != genesis.hash:
+            raise StoreError(f"{self.path} belongs to another genesis")
+
+    def _adopt(self, genesis: Genesis) -> None:
+        with self._transaction():
+            if self.db.execute("SELECT 1 FROM meta WHERE key = 'genesis'").fetchone() is None:
+                self.db.execute("INSERT INTO meta VALUES ('genesis', ?)", (genesis.hash,))
+                self.db.executemany("INSERT INTO accounts VALUES (?, ?, 0)", genesis.accounts)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- the state --
+
+    def load(self) -> LedgerState:
+        tip = self.db.execute("SELECT height, hash, t FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+        height, tip_hash, t = tip if tip else (0, self.genesis.hash, 0)
+        accounts = self.db.execute("SELECT pk, balance, held FROM accounts")
+        rows = self.db.execute("SELECT raw, hash, leaf, state, height, by, erc_pk FROM ctps ORDER BY leaf")
+        records = (CtpRecord(open_message(raw, "ctp").body, raw, h, leaf, state, ht, by, erc_pk)
+                   for raw, h, leaf, state, ht, by, erc_pk in rows)
+        return LedgerState.restore(self.genesis, height, tip_hash, t, accounts, records)
+
+    def commit(self, draft: Draft, block: Block | None, outputs: list[tuple[str, bytes, bool]],
+               delivered: list[int]) -> list[Outgoing]:
+        """Write a draft's block (sealed) and outputs, forget the outbox rows in `delivered`;
+        returns the new outbox rows to publish, the block last."""
+        if block is not None:
+            outputs = [*outputs, (topics.LEDGER_BLOCKS, block.chain_bytes(), False)]
+        with self._transaction():
+            self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in delivered))
+            if block is not None:
+                self._write_block(draft, block)
+            self.db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
+                                ((i, reason, msg, draft.t) for i, (reason, msg) in draft.ctp_rejects.items()))
+            queued = []
+            for topic, payload, retain in outputs:
+                seq = self.db.execute("INSERT INTO outbox(topic, payload, retain) VALUES (?, ?, ?)",
+                                      (topic, payload, retain)).lastrowid
+                queued.append(Outgoing(seq, topic, payload, retain))
+        return queued
+
+    def _write_block(self, draft: Draft, block: Block) -> None:
+        h = block.header
+        self.db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
+                        (h.height, block.hash, h.t, block.chain_bytes(), encode(list(block.inputs))))
+        self.db.executemany("UPDATE accounts SET balance = ?, held = ? WHERE pk = ?",
+                            ((draft.balance(pk), draft.holding(pk), pk) for pk in {*draft.balances, *draft.held}))
+        self.db.executemany("INSERT OR REPLACE INTO ctps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            ((r.ctp.id, r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk)
+                             for r in draft.ctps.values()))
+        self.db.executemany("INSERT INTO trades VALUES (?, ?, ?)",
+                            ((load(trade)[0], h.height, i) for i, trade in enumerate(block.trades)))
+
+    def forget(self, delivered: list[int]) -> None:
+        """Drop outbox rows the broker acknowledged (when no block is coming to carry it)."""
+        if delivered:
+            with self._transaction():
+                self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in delivered))
+
+    def outbox(self) -> list[Outgoing]:
+        """Everything announced but not yet acknowledged by the broker, in order."""
+        return [Outgoing(seq, topic, payload, bool(retain)) for seq, topic, payload, retain in
+                self.db.execute("SELECT seq, topic, payload, retain FROM outbox ORDER BY seq")]
+
+    # -- queries --
+
+    def height(self) -> int:
+        return self.db.execute("SELECT coalesce(max(height), 0) FROM blocks").fetchone()[0]
+
+    def account(self, pk: bytes) -> tuple[int, int] | None:
+        return self.db.execute("SELECT balance, held FROM accounts WHERE pk = ?", (pk,)).fetchone()
+
+    def ctp_row(self, ctp_id: bytes) -> tuple | None:
+        """(raw, hash, state, height, by) of a CTP in the database."""
+        return self.db.execute("SELECT raw, hash, state, height, by FROM ctps WHERE id = ?", (ctp_id,)).fetchone()
+
+    def rejection(self, ctp_id: bytes) -> tuple[str, bytes, int] | None:
+        """(reason, message hash, time) of the last rejected CTP with this id that no one holds."""
+        return self.db.execute("SELECT reason, msg, t FROM rejected WHERE id = ?", (ctp_id,)).fetchone()
+
+    def trade_at(self, ctp_id: bytes) -> tuple[int, int] | None:
+        """(height, index among the block's trades) of a settled CTP."""
+        return self.db.execute("SELECT height, idx FROM trades WHERE ctp = ?", (ctp_id,)).fetchone()
+
+    def block(self, height: int) -> Block | None:
+        row = self.db.execute("SELECT chain, inputs FROM blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else Block.from_chain_bytes(row[0], tuple(load(row[1])))
+
+    def blocks(self) -> Iterator[Block]:
+        for chain, inputs in self.db.execute("SELECT chain, inputs FROM blocks ORDER BY height"):
+            yield Block.from_chain_bytes(chain, tuple(load(inputs)))
+
+    def records(self) -> dict[bytes, tuple]:
+        """Every CTP row, for audit's comparison with a replay."""
+        return {row[0]: row[1:] for row in
+                self.db.execute("SELECT id, leaf, hash, state, height, by, erc_pk FROM ctps")}
+
+    def accounts(self) -> dict[bytes, tuple[int, int]]:
+        return {pk: (b, h) for pk, b, h in self.db.execute("SELECT pk, balance, held FROM accounts")}
+
+    def _transaction(self):
+        return _Transaction(self.db, "BEGIN IMMEDIATE")
+
+    def snapshot(self):
+        """A read transaction: queries inside it see one committed state, however many blocks
+        a running ledger writes meanwhile (WAL)."""
+        return _Transaction(self.db, "BEGIN")
+
+
+class _Transaction:
+    """BEGIN ... COMMIT, or ROLLBACK if the body raised."""
+
+    def __init__(self, db: sqlite3.Connection, begin: str):
+        self.db, self.begin = db, begin
+
+    def __enter__(self) -> None:
+        self.db.execute(self.begin)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
