@@ -15,7 +15,9 @@ from typing import Callable
 from broker.clock import wall_ms
 from broker.keys import KeyFileError
 from deploy.demo import add_demo
-from deploy.provision import ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, ProvisionError, provision
+from deploy.provision import (ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, ProvisionError,
+                              community_genesis, provision)
+from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, GenesisError, write_genesis
 
 
 def _within(allowed: range) -> Callable[[str], int]:
@@ -44,8 +46,13 @@ def add_provision(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--new-ca", action="store_true",
                    help="if ca/ca.key is missing, make a new CA and reissue every devcert "
                         "(every flashed meter must be reflashed); ignored while ca/ca.key exists")
+    p.add_argument("--genesis-units", type=_within(range(0, MAX_UNITS + 1)), metavar="UNITS",
+                   help="also write DIR/genesis.cbor for `spb-ledger run DIR`: every account opens with "
+                        "UNITS; written once, refused if a different genesis is there")
+    p.add_argument("--block-ms", type=_within(range(1, 3_600_001)), default=DEFAULT_BLOCK_MS, metavar="MS",
+                   help=f"the genesis' shortest time between blocks (default {DEFAULT_BLOCK_MS})")
     # A bad dir, a malformed key file, a community in a state to fix by hand: the operator's to fix.
-    p.set_defaults(run=_run_provision, expected=(OSError, KeyFileError, ProvisionError))
+    p.set_defaults(run=_run_provision, expected=(OSError, KeyFileError, ProvisionError, GenesisError))
 
 
 def _run_provision(args: argparse.Namespace) -> int:
@@ -56,6 +63,10 @@ def _run_provision(args: argparse.Namespace) -> int:
     print(f"accounts   {len(community.accounts)}")
     print(f"validators {len(community.validators)}")
     print(f"wrote      {community.toml_path}")
+    if args.genesis_units is not None:
+        genesis = community_genesis(community, args.genesis_units, args.block_ms)
+        written = write_genesis(args.dir, genesis)
+        print(f"genesis    {genesis.hash.hex()} ({'written' if written else 'unchanged'})")
     return 0
 
 

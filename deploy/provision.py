@@ -20,6 +20,7 @@ from nacl.signing import SigningKey
 from broker.keys import fsync_dir, public_hex, write_new_key
 from broker.messages import DevCert, open_message
 from broker.reasons import Reject
+from ledger.genesis import Genesis
 
 DAY_MS = 86_400_000
 DEFAULT_VALID_DAYS = 3650
@@ -132,6 +133,17 @@ def provision(root: Path, meters: int, accounts: int | None, validators: int, no
     community = Community(root, public_hex(ca), tuple(meter_list), tuple(account_list), tuple(validator_list))
     _write_public(community.toml_path, _community_toml(community))
     return community
+
+
+def community_genesis(community: Community, units: int, block_ms: int) -> Genesis:
+    """The ledger genesis of a community: its CA, every account with `units`, its validators.
+
+    Written beside community.toml, it makes the community dir a ledger dir as well
+    (validators/vI/validator.key is where `spb-ledger run` looks for validator I's key).
+    """
+    return Genesis.build([bytes.fromhex(community.ca_pk)],
+                         {bytes.fromhex(a.pk): units for a in community.accounts},
+                         [bytes.fromhex(v.pk) for v in community.validators], block_ms)
 
 
 def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, now_ms: int,

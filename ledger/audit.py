@@ -41,17 +41,15 @@ def audit(store: LedgerStore) -> AuditReport:
     genesis = store.genesis
     state = LedgerState(genesis)
     verifier = Verifier(cas=genesis.cas, validators=genesis.validators)
-    settled: set[bytes] = set()
-    trades = 0
+    settled: dict[bytes, tuple[int, int]] = {}  # CTP id -> (height, index among the block's trades)
     with store.snapshot():
         for block in store.blocks():
             _replay(state, verifier, block, settled)
-            trades += len(block.trades)
-        _compare_tables(state, store)
-    return AuditReport(state.height, trades, len(state.ctps))
+        _compare_tables(state, store, settled)
+    return AuditReport(state.height, len(settled), len(state.ctps))
 
 
-def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: set[bytes]) -> None:
+def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: dict[bytes, tuple[int, int]]) -> None:
     h = block.header
     fail = lambda what: AuditFailure(h.height, what)  # noqa: E731
     if h.height != state.height + 1:
@@ -79,11 +77,11 @@ def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: set[b
             raise fail(f"{name} root differs from the replay")
     if rebuilt.trades != block.trades:
         raise fail("trades differ from the replay")
-    for trade in block.trades:
+    for i, trade in enumerate(block.trades):
         ctp_id = open_message(parse_trade(trade)[0], "ctp").body.id
         if ctp_id in settled:
             raise fail(f"CTP {ctp_id.hex()} settles twice")
-        settled.add(ctp_id)
+        settled[ctp_id] = (h.height, i)
     state.commit(draft)
     if state.total() != state.genesis.total:
         raise fail(f"balances + holds are {state.total()}, the genesis total is {state.genesis.total}")
@@ -91,7 +89,7 @@ def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: set[b
         raise fail("a balance or hold is negative")
 
 
-def _compare_tables(state: LedgerState, store: LedgerStore) -> None:
+def _compare_tables(state: LedgerState, store: LedgerStore, settled: dict[bytes, tuple[int, int]]) -> None:
     held: dict[bytes, int] = dict.fromkeys(state.balances, 0)
     keys: set[bytes] = set()
     for record in state.ctps.values():
@@ -109,3 +107,5 @@ def _compare_tables(state: LedgerState, store: LedgerStore) -> None:
     records = {r.ctp.id: (r.index, r.hash, r.state, r.height, r.by, r.erc_pk) for r in state.ctps.values()}
     if records != store.records():
         raise AuditFailure(state.height, "stored CTP database differs from the replay")
+    if settled != store.trades():
+        raise AuditFailure(state.height, "stored trade index (used by proofs) differs from the chain")

@@ -45,6 +45,7 @@ class Draft:
         self.used_keys: dict[bytes, bytes] = {}
         self.inputs: list[bytes] = []  # applied messages, in order
         self.trades: list[bytes] = []
+        self.settled: list[bytes] = []  # the CTP id of each trade
         self.outputs: list[Output] = []
         self.ctp_rejects: dict[bytes, tuple[str, bytes]] = {}  # unknown CTP id -> (reason, msg hash)
         self.block: Block | None = None
@@ -117,6 +118,7 @@ class Draft:
         self._move(ctp.payee, +ctp.amount, 0)
         self.used_keys[erc.pk] = ctp.id
         self.trades.append(trade_bytes(record.raw, opened.hash))
+        self.settled.append(ctp.id)
         self._put(record.moved(SETTLED, self.height, opened.hash, erc.pk))
 
     def _cancel(self, opened: Opened) -> None:

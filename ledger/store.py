@@ -122,7 +122,7 @@ class LedgerStore:
                             ((r.ctp.id, r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk)
                              for r in draft.ctps.values()))
         self.db.executemany("INSERT INTO trades VALUES (?, ?, ?)",
-                            ((load(trade)[0], h.height, i) for i, trade in enumerate(block.trades)))
+                            ((ctp_id, h.height, i) for i, ctp_id in enumerate(draft.settled)))
 
     def forget(self, delivered: list[int]) -> None:
         """Drop outbox rows the broker acknowledged (when no block is coming to carry it)."""
@@ -167,6 +167,9 @@ class LedgerStore:
         """Every CTP row, for audit's comparison with a replay."""
         return {row[0]: row[1:] for row in
                 self.db.execute("SELECT id, leaf, hash, state, height, by, erc_pk FROM ctps")}
+
+    def trades(self) -> dict[bytes, tuple[int, int]]:
+        return {ctp_id: (height, idx) for ctp_id, height, idx in self.db.execute("SELECT ctp, height, idx FROM trades")}
 
     def accounts(self) -> dict[bytes, tuple[int, int]]:
         return {pk: (b, h) for pk, b, h in self.db.execute("SELECT pk, balance, held FROM accounts")}

@@ -61,3 +61,33 @@ def wait_reject(inbox: Inbox, msg_hash: bytes, timeout: float = 10) -> Rejection
     def found():
         return next((r for r in rejections(inbox) if r.msg == msg_hash), None)
     return wait_for(found, timeout, lambda: f"a reject of {msg_hash.hex()[:16]}; saw {[(r.msg.hex()[:8], r.reason) for r in rejections(inbox)]}")
+
+
+class Chain:
+    """A validator's database built block by block in-process, as the service builds it."""
+
+    def __init__(self, root: Path, community: SimCommunity, balance: int = 1_000):
+        from broker.verify import Verifier
+        from ledger.store import LedgerStore
+        from ledger.validator import ValidatorIdentity
+
+        ledger_dir(root, community, balance)
+        self.identity = ValidatorIdentity.load(root, 0)
+        self.store = LedgerStore(self.identity.db_path, self.identity.genesis)
+        self.state = self.store.load()
+        self.verifier = Verifier(self.identity.genesis.cas, self.identity.genesis.validators)
+
+    def block(self, t: int, *messages: tuple[str, bytes]) -> list[str | None]:
+        """Decide `messages` ((typ, raw) pairs) in one block at time t; their reject reasons."""
+        from ledger.draft import Draft
+
+        draft = Draft(self.state, self.verifier, t)
+        reasons = [draft.add(typ, raw) for typ, raw in messages]
+        block = draft.finish()
+        key = self.identity.key
+        if block is not None:
+            block = block.sealed(0, key)
+        self.store.commit(draft, block, draft.signed_outputs(key), [])
+        if block is not None:
+            self.state.commit(draft)
+        return reasons
