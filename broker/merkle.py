@@ -33,29 +33,54 @@ class MerkleTree:
     """
 
     def __init__(self, leaves: Sequence[bytes] = ()):
-        self.size = len(leaves)
-        level = [leaf_hash(d) for d in leaves]
-        self.levels = [level]
-        while len(level) > 1:
-            level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-            self.levels.append(level)
+        self.size = 0
+        self.levels: list[list[bytes]] = [[]]
+        self.set_leaves(dict(enumerate(leaves)))
 
     def append(self, data: bytes) -> int:
-        """Add a leaf at the end in O(log n) hashes; returns its index.
-
-        The ledger's CTP database grows by one leaf per new CTP and must not rehash
-        every CTP ever held to compute each block's root.
-        """
+        """Add a leaf at the end in O(log n) hashes; returns its index."""
         index = self.size
-        self.size += 1
-        self._set(index, leaf_hash(data))
+        self.set_leaves({index: data})
         return index
 
     def update(self, index: int, data: bytes) -> None:
-        """Replace leaf `index` in O(log n) hashes (a CTP record changed state)."""
+        """Replace leaf `index` in O(log n) hashes."""
         if not 0 <= index < self.size:
             raise IndexError(f"leaf {index} not in a tree of {self.size}")
-        self._set(index, leaf_hash(data))
+        self.set_leaves({index: data})
+
+    def set_leaves(self, leaves: dict[int, bytes]) -> None:
+        """Replace and append leaves at once, hashing each changed inner node once.
+
+        The ledger's CTP database changes many leaves per block and grows by one leaf per
+        new CTP; it must not rehash every CTP ever held to compute each block's root.
+        Indices from `size` on are appended and must follow on without a gap.
+        """
+        new_size = max(self.size, max(leaves, default=-1) + 1)
+        if min(leaves, default=0) < 0 or not set(range(self.size, new_size)) <= leaves.keys():
+            raise IndexError(f"leaves must be existing or follow on from {self.size}")
+        self.size = new_size
+        dirty = sorted(leaves)
+        level = self.levels[0]
+        for i in dirty:
+            digest = leaf_hash(leaves[i])
+            if i < len(level):
+                level[i] = digest
+            else:
+                level.append(digest)
+        k = 0
+        while dirty:  # recompute each complete parent of a changed node, level by level
+            if k + 1 == len(self.levels):
+                self.levels.append([])
+            level, above = self.levels[k], self.levels[k + 1]
+            dirty = sorted({j >> 1 for j in dirty if (j | 1) < len(level)})
+            for p in dirty:
+                digest = node_hash(level[2 * p], level[2 * p + 1])
+                if p < len(above):
+                    above[p] = digest
+                else:
+                    above.append(digest)
+            k += 1
 
     def truncate(self, size: int) -> None:
         """Keep the first `size` leaves (a block that was built but not committed)."""
@@ -63,23 +88,6 @@ class MerkleTree:
             raise ValueError(f"cannot truncate a tree of {self.size} to {size}")
         self.size = size
         self.levels = [level[: size >> k] for k, level in enumerate(self.levels)]
-
-    def _set(self, index: int, digest: bytes) -> None:
-        """Store a leaf hash and recompute the complete perfect subtrees above it."""
-        j = index
-        for k in range(len(self.levels) + 1):
-            if k == len(self.levels):
-                self.levels.append([])
-            level = self.levels[k]
-            if j == len(level):
-                level.append(digest)
-            else:
-                level[j] = digest
-            sibling = j ^ 1
-            if sibling >= len(level):
-                return  # the subtree one level up is not complete yet
-            digest = node_hash(level[sibling], digest) if j & 1 else node_hash(digest, level[sibling])
-            j >>= 1
 
     def _subtree(self, lo: int, hi: int) -> bytes:
         """MTH(D[lo:hi]) for the ranges the RFC 9162 recursions produce."""

@@ -182,12 +182,8 @@ class Draft:
                 self._refund(record, b"")
         if not self.ctps:
             return None
-        tree = self.base.tree
-        for record in sorted(self.ctps.values(), key=lambda r: r.index):
-            if record.index < tree.size:
-                tree.update(record.index, record.leaf())
-            else:
-                tree.append(record.leaf())
+        tree = self.base.tree  # changed in place; LedgerState.discard undoes it
+        tree.set_leaves({record.index: record.leaf() for record in self.ctps.values()})
         header = Header(self.height, self.base.tip, self.t,
                         txs=merkle_root([sha256(trade).digest() for trade in self.trades]),
                         ctps=tree.root(), inputs=merkle_root([message_hash(raw) for raw in self.inputs]))

@@ -67,9 +67,11 @@ class LedgerState:
         state.height, state.tip, state.t = height, tip, t
         for pk, balance, held in accounts:
             state.balances[pk], state.held[pk] = balance, held
+        records = list(records)
+        if [r.index for r in records] != list(range(len(records))):
+            raise ValueError("CTP records are not leaves 0..n-1 in order")
+        state.tree = MerkleTree([r.leaf() for r in records])
         for record in records:
-            if record.index != len(state.by_index):
-                raise ValueError(f"CTP records out of order at leaf {record.index}")
             state._put(record)
         return state
 
@@ -108,28 +110,22 @@ class LedgerState:
         self.balances.update(draft.balances)
         self.held.update(draft.held)
         for record in sorted(draft.ctps.values(), key=lambda r: r.index):
-            self._put(record, in_tree=True)
+            self._put(record)
         self.used_keys.update(draft.used_keys)
         self.height, self.tip, self.t = block.header.height, block.hash, block.header.t
 
     def discard(self, draft: "Draft") -> None:
         """Forget a finished draft that will not be committed: undo its tree changes."""
         self.tree.truncate(len(self.by_index))
-        for ctp_id in draft.ctps:
-            record = self.ctps.get(ctp_id)
-            if record is not None:
-                self.tree.update(record.index, record.leaf())
+        self.tree.set_leaves({self.ctps[i].index: self.ctps[i].leaf() for i in draft.ctps if i in self.ctps})
 
-    def _put(self, record: CtpRecord, in_tree: bool = False) -> None:
+    def _put(self, record: CtpRecord) -> None:
+        """Take a record whose leaf is already in self.tree."""
         ctp_id = record.ctp.id
         if record.index == len(self.by_index):
             self.by_index.append(ctp_id)
-            if not in_tree:
-                self.tree.append(record.leaf())
             if record.state == HELD:
                 heapq.heappush(self._expiry, (record.ctp.exp, ctp_id))
-        elif not in_tree:
-            self.tree.update(record.index, record.leaf())
         self.ctps[ctp_id] = record
         if record.erc_pk is not None:
             self.used_keys[record.erc_pk] = ctp_id

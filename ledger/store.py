@@ -105,11 +105,11 @@ class LedgerStore:
                 self._write_block(draft, block)
             self.db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
                                 ((i, reason, msg, draft.t) for i, (reason, msg) in draft.ctp_rejects.items()))
-            queued = []
-            for topic, payload, retain in outputs:
-                seq = self.db.execute("INSERT INTO outbox(topic, payload, retain) VALUES (?, ?, ?)",
-                                      (topic, payload, retain)).lastrowid
-                queued.append(Outgoing(seq, topic, payload, retain))
+            # Numbered after the highest seq ever used (AUTOINCREMENT's counter), never reused.
+            row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            first = (row[0] if row else 0) + 1
+            queued = [Outgoing(seq, *out) for seq, out in enumerate(outputs, first)]
+            self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?)", queued)
         return queued
 
     def _write_block(self, draft: Draft, block: Block) -> None:
