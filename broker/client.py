@@ -215,7 +215,9 @@ class BusClient:
             raise ValueError("subscribe_deferred needs BusClient(manual_ack=True)")
 
         def on_message(client, userdata, message: mqtt.MQTTMessage) -> None:
-            ack = functools.partial(self._ack, self._generation, message.mid)
+            # A QoS 0 message (anyone may publish one) has no PUBACK: acking its mid 0 is a
+            # protocol error that makes the broker drop us.
+            ack = functools.partial(self._ack, self._generation, message.mid) if message.qos else _no_ack
             _call_safely(handler, message.topic, message.payload, bool(message.retain), ack)
 
         return self._subscribe(topic_filter, on_message)
@@ -334,6 +336,10 @@ class BusClient:
 
     def _handle_unmatched(self, client, userdata, message) -> None:
         log.debug("no handler for message on %s", message.topic)
+
+
+def _no_ack() -> None:
+    pass
 
 
 def _dispatcher(handler: Handler):

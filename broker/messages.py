@@ -83,18 +83,20 @@ class Body:
     typ: ClassVar[str]
 
     def to_map(self) -> dict:
-        m = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-        m["v"] = VERSION
-        m["typ"] = self.typ
+        m = {"v": VERSION, "typ": self.typ}
+        for name, *_ in self._schema():
+            value = getattr(self, name)
+            if value is not None:
+                m[name] = value
         return m
 
     def encode(self) -> bytes:
         """The body's deterministic CBOR; refuses a body that every receiver would reject."""
+        m = self.to_map()
         for name, check, required, _ in self._schema():
-            value = getattr(self, name)
-            if (value is not None or required) and not check(value):
-                raise ValueError(f"{self.typ}: {name}={shown(value)} does not fit the v{VERSION} schema")
-        return encode(self.to_map())
+            if (name in m or required) and not check(m.get(name)):
+                raise ValueError(f"{self.typ}: {name}={shown(m.get(name))} does not fit the v{VERSION} schema")
+        return encode(m)
 
     def sign(self, key: SigningKey) -> bytes:
         """The whole signed message, ready for the bus."""

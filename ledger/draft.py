@@ -16,7 +16,7 @@ from nacl.signing import SigningKey
 
 from broker import topics
 from broker.cose import message_hash
-from broker.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Status, open_message
+from broker.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Status
 from broker.reasons import Reject
 from broker.verify import Verifier
 from ledger.block import Block, Header, merkle_root, trade_bytes
@@ -44,6 +44,7 @@ class Draft:
         self.ctps: dict[bytes, CtpRecord] = {}  # new or changed records
         self.used_keys: dict[bytes, bytes] = {}
         self.inputs: list[bytes] = []  # applied messages, in order
+        self.input_hashes: list[bytes] = []
         self.trades: list[bytes] = []
         self.settled: list[bytes] = []  # the CTP id of each trade
         self.outputs: list[Output] = []
@@ -70,19 +71,23 @@ class Draft:
 
     def add(self, typ: str, raw: bytes) -> str | None:
         """Check and apply one message from spb/v1/tx/{typ}; returns the reject reason or None."""
+        digest = message_hash(raw)
+        opened = None
         try:
             opened = self.verifier.verify(raw, self.t, expect=typ)
-            {"ctp": self._ctp, "erc": self._erc, "cancel": self._cancel}[typ](opened)
+            {"ctp": self._ctp, "erc": self._erc, "cancel": self._cancel}[typ](opened, digest)
         except Reject as exc:
-            self._reject(raw, typ, exc.reason)
+            signed_ctp = opened.body if opened is not None and typ == "ctp" else None
+            self._reject(digest, exc.reason, signed_ctp)
             return exc.reason
         self.inputs.append(raw)
+        self.input_hashes.append(digest)
         return None
 
-    def _ctp(self, opened: Opened) -> None:
+    def _ctp(self, opened: Opened, digest: bytes) -> None:
         ctp: Ctp = opened.body
         record = self.record(ctp.id)
-        if record is not None and record.hash == opened.hash:
+        if record is not None and record.hash == digest:
             raise Reject("duplicate", "this CTP was applied before")
         for role, pk in (("payer", ctp.payer), ("payee", ctp.payee)):
             if pk not in self.base.balances:
@@ -96,12 +101,12 @@ class Draft:
         self._move(ctp.payer, -ctp.amount, +ctp.amount)
         index = len(self.base.by_index) + self._new
         self._new += 1
-        self._put(CtpRecord(ctp, opened.raw, opened.hash, index, HELD, self.height, opened.hash))
+        self._put(CtpRecord(ctp, opened.raw, digest, index, HELD, self.height, digest))
 
-    def _erc(self, opened: Opened) -> None:
+    def _erc(self, opened: Opened, digest: bytes) -> None:
         erc: Erc = opened.body
         record = self._known(erc.ctp)
-        if record.state == SETTLED and record.by == opened.hash:
+        if record.state == SETTLED and record.by == digest:
             raise Reject("duplicate", "this ERC settled the CTP already")
         if record.state != HELD:
             raise Reject("not-held", f"CTP is {record.state}")
@@ -117,14 +122,14 @@ class Draft:
         self._move(ctp.payer, 0, -ctp.amount)
         self._move(ctp.payee, +ctp.amount, 0)
         self.used_keys[erc.pk] = ctp.id
-        self.trades.append(trade_bytes(record.raw, opened.hash))
+        self.trades.append(trade_bytes(record.raw, digest))
         self.settled.append(ctp.id)
-        self._put(record.moved(SETTLED, self.height, opened.hash, erc.pk))
+        self._put(record.moved(SETTLED, self.height, digest, erc.pk))
 
-    def _cancel(self, opened: Opened) -> None:
+    def _cancel(self, opened: Opened, digest: bytes) -> None:
         cancel: Cancel = opened.body
         record = self._known(cancel.ctp)
-        if record.by == opened.hash:
+        if record.by == digest:
             raise Reject("duplicate", "this cancel refunded the CTP already")
         if cancel.payer != record.ctp.payer:
             raise Reject("not-payer", "only the CTP's payer may cancel it")
@@ -132,7 +137,7 @@ class Draft:
             raise Reject("not-held", f"CTP is {record.state}")
         if self.t <= record.ctp.exp:
             raise Reject("too-early", f"CTP holds until {record.ctp.exp}, block time {self.t}")
-        self._refund(record, opened.hash)
+        self._refund(record, digest)
 
     def _known(self, ctp_id: bytes) -> CtpRecord:
         record = self.record(ctp_id)
@@ -154,18 +159,13 @@ class Draft:
         status = Status(ctp=record.ctp.id, state=record.state, t=self.t, h=self.height, msg=record.by or None)
         self.outputs.append(Output(topics.status(record.ctp.id), status, True))
 
-    def _reject(self, raw: bytes, typ: str, reason: str) -> None:
-        """Every rejection goes to spb/v1/rejects; a CTP whose id no one holds also gets a
-        `rejected` status, which never overwrites the status of someone else's CTP (§7)."""
-        msg = message_hash(raw)
+    def _reject(self, msg: bytes, reason: str, signed_ctp: Ctp | None) -> None:
+        """Every rejection goes to spb/v1/rejects. A CTP its payer signed whose id no one
+        holds also gets a `rejected` status; a forged one does not, so no one can write on
+        a CTP's topic without its payer's key, and no rejection touches a held id (§7)."""
         self.outputs.append(Output(topics.REJECTS, Rejection(msg=msg, reason=reason, t=self.t), False))
-        if typ != "ctp":
-            return
-        try:
-            ctp_id = open_message(raw, "ctp").body.id
-        except Reject:
-            return  # no readable id to report on
-        if self.record(ctp_id) is None:
+        if signed_ctp is not None and self.record(signed_ctp.id) is None:
+            ctp_id = signed_ctp.id
             self.ctp_rejects[ctp_id] = (reason, msg)
             status = Status(ctp=ctp_id, state="rejected", t=self.t, reason=reason, msg=msg)
             self.outputs.append(Output(topics.status(ctp_id), status, True))
@@ -186,7 +186,7 @@ class Draft:
         tree.set_leaves({record.index: record.leaf() for record in self.ctps.values()})
         header = Header(self.height, self.base.tip, self.t,
                         txs=merkle_root([sha256(trade).digest() for trade in self.trades]),
-                        ctps=tree.root(), inputs=merkle_root([message_hash(raw) for raw in self.inputs]))
+                        ctps=tree.root(), inputs=merkle_root(self.input_hashes))
         self.block = Block(header, tuple(self.trades), (), tuple(self.inputs))
         return self.block
 

@@ -74,8 +74,8 @@ class LedgerService:
             if pause > 0:
                 self._stopping.wait(pause)
             elif self._inbox or self._expiry_due():
+                last_block = time.monotonic()  # the interval runs from block start to block start
                 self.step()
-                last_block = time.monotonic()
             else:
                 self._wake.clear()
                 self._forget_delivered()

@@ -98,11 +98,12 @@ class LedgerStore:
         """Write a draft's block (sealed) and outputs, forget the outbox rows in `delivered`;
         returns the new outbox rows to publish, the block last."""
         if block is not None:
-            outputs = [*outputs, (topics.LEDGER_BLOCKS, block.chain_bytes(), False)]
+            chain = block.chain_bytes()
+            outputs = [*outputs, (topics.LEDGER_BLOCKS, chain, False)]
         with self._transaction():
             self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in delivered))
             if block is not None:
-                self._write_block(draft, block)
+                self._write_block(draft, block, chain)
             self.db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
                                 ((i, reason, msg, draft.t) for i, (reason, msg) in draft.ctp_rejects.items()))
             # Numbered after the highest seq ever used (AUTOINCREMENT's counter), never reused.
@@ -112,15 +113,19 @@ class LedgerStore:
             self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?)", queued)
         return queued
 
-    def _write_block(self, draft: Draft, block: Block) -> None:
+    def _write_block(self, draft: Draft, block: Block, chain: bytes) -> None:
         h = block.header
         self.db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                        (h.height, block.hash, h.t, block.chain_bytes(), encode(list(block.inputs))))
+                        (h.height, block.hash, h.t, chain, encode(list(block.inputs))))
         self.db.executemany("UPDATE accounts SET balance = ?, held = ? WHERE pk = ?",
                             ((draft.balance(pk), draft.holding(pk), pk) for pk in {*draft.balances, *draft.held}))
-        self.db.executemany("INSERT OR REPLACE INTO ctps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        known = len(draft.base.by_index)  # records below this leaf exist: only their state changed
+        self.db.executemany("INSERT INTO ctps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             ((r.ctp.id, r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk)
-                             for r in draft.ctps.values()))
+                             for r in draft.ctps.values() if r.index >= known))
+        self.db.executemany("UPDATE ctps SET state = ?, height = ?, by = ?, erc_pk = ? WHERE id = ?",
+                            ((r.state, r.height, r.by, r.erc_pk, r.ctp.id)
+                             for r in draft.ctps.values() if r.index < known))
         self.db.executemany("INSERT INTO trades VALUES (?, ?, ?)",
                             ((ctp_id, h.height, i) for i, ctp_id in enumerate(draft.settled)))
 

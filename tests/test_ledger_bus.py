@@ -10,13 +10,14 @@ signature on every status and reject it hands to a test.
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import replace
 from hashlib import sha256
 from typing import Callable, NamedTuple
 
+import paho.mqtt.client as mqtt
 import pytest
 from nacl.signing import SigningKey
+from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import topics
 from broker.cose import encode, message_hash
@@ -32,31 +33,21 @@ from tests.ledger_helpers import NOW, RunningLedger, ledger_dir
 from tests.wire_fixtures import canonical_items, flip_bit, raw_map, sign_map, sign_payload
 
 BALANCE = 1_000
-EXP = NOW + 600_000  # far enough that an idle ledger sleeps its full minute before looking again
+EXP = NOW + 600_000
 ROGUE_CA = SigningKey(sha256(b"test_ledger_bus: a CA nobody trusts").digest())
 STRANGER = SigningKey(sha256(b"test_ledger_bus: not an account").digest())
 
 
 class Clock:
-    """The ledger's one clock, moved only by the test.
-
-    It also notes the height at which the service last went idle: the service reads the
-    clock in `_until_expiry` just before it blocks waiting for a message, and reads no time
-    again until a message wakes it. Moving the clock past an expiry then and sending one
-    message puts that message and the expiry into one block: the only way to have an ERC or
-    a cancel decided after a CTP's expiry but before its refund at expiry.
-    """
+    """The ledger's one clock, moved only by the test. While it stands still, each block's
+    time is the tip's + 1 ms, so a CTP with exp = NOW held in the first block is past its
+    expiry in the next block, and only a message can make that block: how a test puts an
+    ERC or a cancel into the first block after an expiry, ahead of the refund at expiry."""
 
     def __init__(self, now: int):
         self.now = now
-        self.idle_height = -1
-        self.idle_count = 0
 
     def __call__(self) -> int:
-        caller = sys._getframe(1)
-        if caller.f_code.co_name == "_until_expiry":
-            self.idle_height = caller.f_locals["self"].state.height
-            self.idle_count += 1
         return self.now
 
 
@@ -102,20 +93,21 @@ class Bus:
 
     def barrier(self) -> None:
         """Return once everything the ledger published for earlier messages has arrived: the
-        ledger publishes in order on one connection, and this is a later message's reject."""
+        ledger publishes in order on one connection, and this is a later message's reject.
+        (The barrier's own block time is tip + 1, so it may refund what expired by then.)"""
         junk = b"\xff barrier %d" % next(self._barriers)
         assert self.wait_reject(self.send(topics.TX_CTP, junk)).reason == "decode"
 
     def hold(self, payer: int = 0, payee: int = 1, amount: int = 40, wh: int = 5, exp: int = EXP) -> bytes:
         ctp = self.community.ctp(payer, payee, amount=amount, wh=wh, exp=exp)
         self.send(topics.TX_CTP, ctp)
-        self.wait_status(ctp_id(ctp), "held")
+        self.wait_block(self.wait_status(ctp_id(ctp), "held").h)
         return ctp
 
     def settle(self, ctp: bytes) -> bytes:
         erc = self.community.erc(ctp)
         self.send(topics.TX_ERC, erc)
-        self.wait_status(ctp_id(ctp), "settled")
+        self.wait_block(self.wait_status(ctp_id(ctp), "settled").h)
         return erc
 
     # -- what the ledger published --
@@ -141,9 +133,15 @@ class Bus:
     def blocks(self, since: int = 0) -> list[Block]:
         return [Block.from_chain_bytes(p) for t, p, _ in self.inbox.messages[since:] if t == topics.LEDGER_BLOCKS]
 
+    def wait_block(self, height: int) -> Block:
+        """Block `height` from the bus: it is published after the statuses of its step."""
+        return wait_for(lambda: next((b for b in self.blocks() if b.header.height == height), None), 10,
+                        lambda: f"block {height}; saw {[b.header.height for b in self.blocks()]}")
+
     def wait_reject(self, msg: bytes) -> Rejection:
         return wait_for(lambda: next(iter(self.rejects(msg)), None), 10,
-                        lambda: f"a reject of {msg.hex()[:16]}; saw {[(r.msg.hex()[:8], r.reason) for r in self.rejects()]}")
+                        lambda: f"a reject of {msg.hex()[:16]}; saw "
+                                f"{[(r.msg.hex()[:8], r.reason) for r in self.rejects()]}")
 
     def wait_status(self, ctp: bytes, state: str) -> Status:
         return wait_for(lambda: next((s for s in self.statuses(ctp) if s.state == state), None), 10,
@@ -155,10 +153,6 @@ class Bus:
         assert retained and topic == topics.status(ctp)
         self.verifier.verify(payload, self.clock.now, expect="status")
         return payload
-
-    def wait_idle(self, height: int) -> None:
-        """Wait until the service, having committed `height`, blocks waiting for messages."""
-        wait_for(lambda: self.clock.idle_height >= height, 10, f"the ledger to go idle at height {height}")
 
 
 @pytest.fixture
@@ -191,7 +185,8 @@ def forge_coe(bus: Bus, *, ca: SigningKey | None = None, cert_exp: int = NOW + Y
     ca = ca or bus.community.ca
     batch, witness = bus.community.households[0].batch, bus.community.households[1]
     cert = DevCert(meter=witness.meter_id, pk=pk(witness.device), iss=pk(ca), nbf=NOW - YEAR_MS, exp=cert_exp).sign(ca)
-    return Coe(root=batch.root, size=len(batch.keys), t=NOW - YEAR_MS, exp=exp, cert=cert).sign(signer or witness.device)
+    coe = Coe(root=batch.root, size=len(batch.keys), t=NOW - YEAR_MS, exp=exp, cert=cert)
+    return coe.sign(signer or witness.device)
 
 
 def account(bus: Bus, i: int) -> SigningKey:
@@ -318,9 +313,10 @@ def _(bus):
 
 @case("signature", "ctp-signed-by-the-payee")
 def _(bus):
-    """A forged CTP whose id no one holds: the forger gets a `rejected` status on that id."""
+    """A forged CTP whose id no one holds: a reject only, since a status on that id would be
+    the forger writing on the real payer's topic (decision 0002)."""
     good = open_message(bus.community.ctp(0, 1, amount=10, wh=1, exp=EXP), "ctp").body
-    return Case(topics.TX_CTP, good.sign(account(bus, 1)), REJECTED, good.id)
+    return Case(topics.TX_CTP, good.sign(account(bus, 1)), NONE, good.id)
 
 
 @case("signature", "ctp-forged-with-a-held-id")
@@ -453,6 +449,14 @@ def _(bus):
     return Case(topics.TX_CTP, ctp, REJECTED, ctp_id(ctp))
 
 
+def test_forged_erc_and_coe_settle_when_nothing_is_replaced(bus):
+    """The control for the cert/coe/proof/signature cases: each differs from a valid ERC in
+    the one part it replaces."""
+    ctp = bus.hold()
+    bus.send(topics.TX_ERC, forge_erc(bus, ctp, coe=forge_coe(bus)))
+    assert bus.wait_status(ctp_id(ctp), "settled").h == 2
+
+
 def test_the_cases_cover_every_reason_code():
     """A reason code added to §4 needs a case here."""
     assert {reason for _, reason, _ in CASES} == REASONS
@@ -495,18 +499,12 @@ def test_an_applied_message_changes_the_retained_status(bus):
     assert (bus.state.balances[payer], bus.state.held[payer], bus.state.balances[payee]) == (960, 0, 1040)
 
 
-def test_refund_at_expiry_comes_from_block_time_and_names_no_message(bus):
-    """No refund while block time <= exp, however often the ledger looks; at exp + 1 one
-    block refunds it, and the status has no `msg` (no message caused it)."""
-    exp = NOW + 10  # the idle ledger looks again every ~10 ms of real time
+def test_refund_at_expiry_needs_no_message(bus):
+    """Once the clock passes exp the idle ledger makes a block by itself that refunds the CTP,
+    at that block time, with no `msg` (no message caused it)."""
+    exp = NOW + 10
     ctp = bus.hold(exp=exp)
     held = bus.wait_status(ctp_id(ctp), "held")
-    for now in (NOW, exp):  # at exp itself the CTP still holds
-        bus.clock.now = now
-        looked = bus.clock.idle_count
-        wait_for(lambda: bus.clock.idle_count >= looked + 3, message="the ledger to look at the clock again")
-        bus.barrier()
-        assert [s.state for s in bus.statuses(ctp_id(ctp))] == ["held"]
     bus.clock.now = exp + 1
     refunded = bus.wait_status(ctp_id(ctp), "refunded")
     assert (refunded.msg, refunded.h, refunded.t) == (None, held.h + 1, exp + 1)
@@ -518,14 +516,13 @@ def test_refund_at_expiry_comes_from_block_time_and_names_no_message(bus):
 def test_erc_after_expiry_is_rejected_expired_in_the_block_that_refunds(bus):
     """An ERC decided at a block time past exp: `expired`, never settled, and the same block
     refunds the payer (refunded, no msg)."""
-    ctp = bus.hold(exp=EXP)
+    ctp = bus.hold(exp=NOW)  # held in block 1 at t = NOW; block 2 is at NOW + 1
     held = bus.wait_status(ctp_id(ctp), "held")
-    bus.wait_idle(held.h)
-    bus.clock.now = EXP + 1
     msg = bus.send(topics.TX_ERC, bus.community.erc(ctp))
     assert bus.wait_reject(msg).reason == "expired"
     refunded = bus.wait_status(ctp_id(ctp), "refunded")
-    assert (refunded.msg, refunded.h, refunded.t) == (None, held.h + 1, EXP + 1)
+    assert (refunded.msg, refunded.h, refunded.t) == (None, held.h + 1, NOW + 1)
+    bus.barrier()
     assert [s.state for s in bus.statuses(ctp_id(ctp))] == ["held", "refunded"]
     payer, payee = pk(account(bus, 0)), pk(account(bus, 1))
     assert (bus.state.balances[payer], bus.state.held[payer], bus.state.balances[payee]) == (BALANCE, 0, BALANCE)
@@ -534,14 +531,12 @@ def test_erc_after_expiry_is_rejected_expired_in_the_block_that_refunds(bus):
 def test_cancel_after_expiry_refunds_naming_the_cancel_and_a_resend_is_a_duplicate(bus):
     """A cancel in the first block past exp refunds with msg = H(cancel); the same cancel
     again is `duplicate` and leaves the retained status as it was."""
-    ctp = bus.hold(exp=EXP)
+    ctp = bus.hold(exp=NOW)
     held = bus.wait_status(ctp_id(ctp), "held")
-    bus.wait_idle(held.h)
-    bus.clock.now = EXP + 1
-    cancel = bus.community.cancel(ctp, t=EXP + 1)
+    cancel = bus.community.cancel(ctp, t=NOW + 1)
     msg = bus.send(topics.TX_CANCEL, cancel)
     refunded = bus.wait_status(ctp_id(ctp), "refunded")
-    assert (refunded.msg, refunded.h) == (msg, held.h + 1)
+    assert (refunded.msg, refunded.h, refunded.t) == (msg, held.h + 1, NOW + 1)
     retained = bus.retained(ctp_id(ctp))
     assert open_message(retained, "status").body == refunded
     mark = bus.mark()
@@ -552,6 +547,24 @@ def test_cancel_after_expiry_refunds_naming_the_cancel_and_a_resend_is_a_duplica
     assert bus.rejects(msg) == bus.rejects(msg, since=mark), "the applied cancel itself was rejected"
     payer = pk(account(bus, 0))
     assert (bus.state.balances[payer], bus.state.held[payer]) == (BALANCE, 0)
+
+
+def test_exp_itself_is_still_in_time(bus):
+    """At block time == exp a CTP is accepted, an ERC settles, a cancel is too early and no
+    refund happens; one ms later the CTP is refundable (PROTOCOL.md §5: "exp passed")."""
+    first = bus.hold(exp=NOW + 1)  # block 1, t = NOW
+    bus.settle(first)  # block 2, t = NOW + 1 = exp
+    second = bus.hold(exp=NOW + 3)  # block 3, t = NOW + 2
+    early = bus.send(topics.TX_CANCEL, bus.community.cancel(second, t=NOW + 3))
+    assert bus.wait_reject(early).reason == "too-early"  # decided at t = NOW + 3 = exp, no block
+    third = bus.hold(payer=1, exp=NOW + 3)  # block 4, t = NOW + 3 = exp: accepted, second not refunded
+    # hold() saw block 4, published after all its statuses. (No barrier: any message, even a
+    # rejected one, would be decided at tip + 1 = NOW + 4 and refund both.)
+    assert [s.state for s in bus.statuses(ctp_id(second))] == ["held"]
+    late = bus.send(topics.TX_CANCEL, bus.community.cancel(second, t=NOW + 4))  # block 5, t = NOW + 4
+    assert bus.wait_status(ctp_id(second), "refunded").msg == late
+    assert bus.wait_status(ctp_id(third), "refunded").msg is None
+    assert bus.state.height == 5
 
 
 def _applied_once(bus: Bus, ctp: bytes) -> None:
@@ -579,13 +592,33 @@ def test_the_same_ctp_delivered_twice_is_applied_once_and_a_later_resend_is_a_du
 
 
 def test_copies_queued_while_the_ledger_was_away_are_applied_once(bus):
-    """Both copies wait in the ledger's broker session and arrive together on reconnect."""
+    """Both copies wait in the ledger's broker session and arrive back to back on reconnect."""
     bus.ledger.stop()
     ctp = bus.community.ctp(0, 1, amount=40, wh=5, exp=EXP)
     for _ in range(2):
         assert bus.sender.wait_acked(bus.sender.publish(topics.TX_CTP, ctp), 10)
     bus.ledger = bus.start_ledger()
     _applied_once(bus, ctp)
+
+
+def test_a_qos0_message_on_a_tx_topic_does_not_knock_the_ledger_off_the_bus(bus):
+    """§7 asks senders for QoS 1, but the ledger must survive one that does not: a PUBACK for
+    a QoS 0 delivery (mid 0) is a protocol error, for which Mosquitto drops the ledger and
+    publishes its will."""
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="qos0-sender")
+    sender.connect("127.0.0.1", bus.port)
+    sender.loop_start()
+    try:
+        mark = bus.mark()
+        ctp = bus.community.ctp(0, 1, amount=40, wh=5, exp=EXP)
+        sender.publish(topics.TX_CTP, ctp, qos=0).wait_for_publish(10)
+        bus.wait_status(ctp_id(ctp), "held")
+        bus.barrier()
+        states = [p for t, p, _ in bus.inbox.messages[mark:] if t == topics.LEDGER_STATE]
+        assert topics.OFFLINE not in states, f"the ledger went offline: {states}"
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
 
 
 def test_statuses_and_rejects_are_signed_by_the_validator(bus):
@@ -595,7 +628,8 @@ def test_statuses_and_rejects_are_signed_by_the_validator(bus):
     bus.send(topics.TX_ERC, bus.community.erc(ctp, wh=1))  # energy-short
     bus.settle(ctp)
     bus.barrier()
-    published = [(t, p) for t, p, _ in bus.inbox.messages if t == topics.REJECTS or t.startswith(f"{topics.ROOT}/status/")]
+    published = [(t, p) for t, p, _ in bus.inbox.messages
+                 if t == topics.REJECTS or t.startswith(f"{topics.ROOT}/status/")]
     typs = [topics.expected_type(t) for t, _ in published]
     assert typs.count("status") == 3 and typs.count("reject") == 3
     other = Verifier(cas=[pk(bus.community.ca)], validators=[pk(bus.community.validator_keys[1])])
@@ -615,7 +649,7 @@ def test_every_published_block_decodes_and_chains_from_genesis(bus):
     erc = bus.settle(first)
     second = bus.hold(exp=NOW + 10)
     bus.clock.now = NOW + 11
-    bus.wait_status(ctp_id(second), "refunded")
+    bus.wait_status(ctp_id(second), "refunded")  # block 4, made by the clock alone
     bus.hold(payer=1, payee=2)
     wait_for(lambda: len(bus.blocks()) == 5, message=lambda: f"5 blocks; got {len(bus.blocks())}")
     blocks = bus.blocks()

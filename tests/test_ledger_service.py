@@ -6,7 +6,7 @@ from broker import topics
 from broker.clock import wall_ms
 from broker.messages import open_message
 from deploy.simulate import SimCommunity
-from tests.helpers import Inbox, connected
+from tests.helpers import Inbox, connected, wait_for
 from tests.ledger_helpers import RunningLedger, ledger_dir, wait_status
 
 
@@ -17,8 +17,10 @@ def test_a_trade_is_held_then_settled_and_the_status_stays_retained(tmp_path, mo
     inbox = Inbox()
     watcher = make_client(mosquitto.port, "watcher")
     watcher.subscribe(topics.STATUS_ALL, inbox)
+    watcher.subscribe(topics.LEDGER_STATE, inbox)
     connected(watcher)
     ledger = RunningLedger(root, mosquitto.port)
+    wait_for(lambda: (topics.LEDGER_STATE, b"online 0", False) in inbox.messages, 10, "the ledger subscribed")
     household = connected(make_client(mosquitto.port, "household"))
     ctp = community.ctp(0, 1, amount=40, wh=5, exp=now + 600_000)
     ctp_id = open_message(ctp, "ctp").body.id
