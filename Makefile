@@ -34,8 +34,10 @@ demo: venv
 test: venv mosquitto
 	$(BIN)/python -m pytest -q
 
-bench: venv
+bench: venv mosquitto
 	$(BIN)/python bench/wire.py
+	$(BIN)/python bench/spb_paper.py
+	$(BIN)/python bench/saturation.py
 
 clean:
 	rm -rf $(VENV) demo-community .pytest_cache .hypothesis

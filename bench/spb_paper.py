@@ -39,8 +39,7 @@ from broker.runtime import Mosquitto, free_port
 from broker.verify import Verifier
 from deploy.simulate import SimCommunity, pk
 from ledger.block import Block, Header, merkle_root
-from ledger.genesis import DEFAULT_BLOCK_MS, write_genesis
-from ledger.validator import validator_dir
+from ledger.genesis import DEFAULT_BLOCK_MS
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -59,7 +58,8 @@ def wait(event: threading.Event, timeout: float, what: str, ledger: "LedgerProce
     while not event.wait(0.05):
         ledger.check_alive()
         if time.monotonic() > deadline:
-            raise Bench(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise Bench(f"timed out after {timeout:.0f} s waiting for {what}; the ledger's log ends:\n"
+                        f"{ledger.log_tail()}")
 
 
 def cpu_ticks(pid: int) -> dict[int, int]:
@@ -101,11 +101,7 @@ class LedgerProcess:
 
     def start(self) -> None:
         self.broker.start(free_port(), self.dir / "mosquitto")
-        write_genesis(self.root, self.community.genesis(BALANCE, block_ms=self.block_ms))
-        home = validator_dir(self.root, 0)
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "validator.key").write_text(bytes(self.community.validator_keys[0]).hex() + "\n")
-        (home / "validator.key").chmod(0o600)
+        self.community.ledger_dir(self.root, BALANCE, self.block_ms)
         command = [sys.executable, "-m", "ledger.cli", "run", str(self.root), "--broker", f"{HOST}:{self.broker.port}"]
         if self.profile:
             command[1:3] = ["-m", "cProfile", "-o", str(Path(self.profile).resolve()), "-m", "ledger.cli"]
@@ -381,9 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:28}{seconds / 60:>8.1f} min{kb(nbytes):>13}{nbytes / 100:>10,.0f} B")
     print(f"{'target':28}{'< 2 s':>12}{'':>13}{'<= 400 B':>12}")
     print(f"(*) not run: 3 on-chain transactions per trade (escrow deploy = full CTP, payment = full ERC,\n"
-          f"    payout = validator-signed transfer) in this run's blocks; {r['baseline_tx_bytes'] / n:,.0f} B of them per trade")
+          f"    payout = validator-signed transfer) in this run's blocks; "
+          f"{r['baseline_tx_bytes'] / n:,.0f} B of them per trade")
     print(f"blocks {r['blocks']}: trades {r['trade_bytes'] / n:,.0f} B/trade, headers and seals "
-          f"{(r['chain_bytes'] - r['trade_bytes']) / n:,.0f} B/trade; baseline/SPB chain {base_per_trade / per_trade:.2f}x")
+          f"{(r['chain_bytes'] - r['trade_bytes']) / n:,.0f} B/trade; "
+          f"baseline/SPB chain {base_per_trade / per_trade:.2f}x")
     print(f"blocks arrived at {r['timeline']}")
     print(f"per-trade latency, CTP publish to settled: median {r['latency_p50'] * 1000:.0f} ms, "
           f"max {r['latency_max'] * 1000:.0f} ms")
@@ -392,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     note = "" if n == 100 else f"  (the targets are for 100 trades; this run had {n})"
     print(f"{f'target time < {TARGET_S:g} s':28}{met(r['elapsed'] < TARGET_S):>12}  ({r['elapsed']:.2f} s){note}")
-    print(f"{f'target chain <= {TARGET_BYTES} B/trade':28}{met(per_trade <= TARGET_BYTES):>12}  ({per_trade:.0f} B){note}")
+    print(f"{f'target chain <= {TARGET_BYTES} B/trade':28}{met(per_trade <= TARGET_BYTES):>12}"
+          f"  ({per_trade:.0f} B){note}")
     return 0
 
 

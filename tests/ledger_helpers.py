@@ -9,9 +9,8 @@ from pathlib import Path
 from broker import topics
 from broker.messages import Rejection, Status, open_message
 from deploy.simulate import SimCommunity
-from ledger.genesis import write_genesis
 from ledger.service import LedgerService
-from ledger.validator import ValidatorIdentity, validator_dir
+from ledger.validator import ValidatorIdentity
 from tests.helpers import Inbox, wait_for
 
 NOW = 1_800_000_000_000  # a fixed clock for pure tests: 2027-01-15
@@ -19,12 +18,7 @@ NOW = 1_800_000_000_000  # a fixed clock for pure tests: 2027-01-15
 
 def ledger_dir(root: Path, community: SimCommunity, balance: int = 1_000, block_ms: int = 50) -> Path:
     """A ledger dir (genesis + validator 0's key) whose accounts are the community's households."""
-    write_genesis(root, community.genesis(balance, block_ms=block_ms))
-    home = validator_dir(root, 0)
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "validator.key").write_text(bytes(community.validator_keys[0]).hex() + "\n")
-    (home / "validator.key").chmod(0o600)
-    return root
+    return community.ledger_dir(root, balance, block_ms)
 
 
 class RunningLedger:
@@ -67,27 +61,14 @@ class Chain:
     """A validator's database built block by block in-process, as the service builds it."""
 
     def __init__(self, root: Path, community: SimCommunity, balance: int = 1_000):
-        from broker.verify import Verifier
-        from ledger.store import LedgerStore
-        from ledger.validator import ValidatorIdentity
+        from ledger.node import LedgerNode
 
         ledger_dir(root, community, balance)
-        self.identity = ValidatorIdentity.load(root, 0)
-        self.store = LedgerStore(self.identity.db_path, self.identity.genesis)
-        self.state = self.store.load()
-        self.verifier = Verifier(self.identity.genesis.cas, self.identity.genesis.validators)
+        self.node = LedgerNode(ValidatorIdentity.load(root, 0))
+        self.identity, self.store, self.state, self.verifier = (
+            self.node.identity, self.node.store, self.node.state, self.node.verifier)
 
     def block(self, t: int, *messages: tuple[str, bytes]) -> list[str | None]:
         """Decide `messages` ((typ, raw) pairs) in one block at time t; their reject reasons."""
-        from ledger.draft import Draft
-
-        draft = Draft(self.state, self.verifier, t)
-        reasons = [draft.add(typ, raw) for typ, raw in messages]
-        block = draft.finish()
-        key = self.identity.key
-        if block is not None:
-            block = block.sealed(0, key)
-        self.store.commit(draft, block, draft.signed_outputs(key), [])
-        if block is not None:
-            self.state.commit(draft)
-        return reasons
+        assert t > self.state.t, "a test block must be later than the last"
+        return self.node.decide(list(messages), t).reasons

@@ -17,3 +17,39 @@ def test_wire_bench_prints_rates_and_a_ratio_against_raw_verify():
     assert len(rates) == 3 and all(int(r) > 0 for r in rates.values()), result.stdout
     ratio = float(re.search(r"^ratio verify/raw\s+([\d.]+)", result.stdout, re.M).group(1))
     assert abs(ratio - int(rates["ERC decode+verify"]) / int(rates["raw Ed25519 verify"])) < 0.01
+
+
+def run_bench(*argv: str) -> str:
+    result = subprocess.run([sys.executable, *argv], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_spb_paper_bench_prints_time_and_chain_bytes_beside_the_paper_and_the_targets():
+    out = run_bench("bench/spb_paper.py", "--trades", "10", "--households", "3")
+    ours = re.search(r"^SPB flow, this run\s+([\d.]+) s\s+([\d,]+) B\s+([\d,]+) B$", out, re.M)
+    baseline = re.search(r"^baseline, modelled \(\*\)\s+n/a\s+([\d,]+) B\s+([\d,]+) B$", out, re.M)
+    assert ours and baseline, out
+    chain, per_trade = (int(ours.group(i).replace(",", "")) for i in (2, 3))
+    assert abs(chain / 10 - per_trade) <= 1
+    # three signed transactions per trade instead of one: the baseline can only be bigger
+    assert int(baseline.group(1).replace(",", "")) > chain
+    for line in (r"SPB, Dorri et al\.\s+16\.6 min\s+520\.0 KB", r"baseline, Dorri et al\.\s+32\.0 min\s+860\.0 KB",
+                 r"target\s+< 2 s\s+<= 400 B", r"validator database: same chain bytes as the bus; audit ok: "
+                 r"height \d+, 10 trades, 10 CTPs", r"target time < 2 s\s+(met|NOT met)",
+                 r"target chain <= 400 B/trade\s+(met|NOT met)"):
+        assert re.search(f"^{line}", out, re.M), (line, out)
+
+
+def test_saturation_bench_prints_settled_rates_and_ratios_against_the_verify_bound():
+    out = run_bench("bench/saturation.py", "--trades", "100", "--block", "25", "--e2e-trades", "100",
+                    "--rounds", "1", "--e2e-rounds", "1", "--seconds", "0.05")
+    raw = int(re.search(r"^raw Ed25519 verify \(CTP/ERC length\)\s+(\d+) /s$", out, re.M).group(1))
+    bound = int(re.search(r"^bound \(2 verifies per trade\)\s+(\d+) trades/s$", out, re.M).group(1))
+    assert abs(bound - raw / 2) <= 1, out
+    for name in ("core: node \\+ presign thread", "end to end over Mosquitto"):
+        found = re.search(f"^{name}\\s+(\\d+) trades/s\\s+ratio ([\\d.]+)\\s+\\(target >= 0.4\\)$", out, re.M)
+        assert found, (name, out)
+        assert int(found.group(1)) > 0 and abs(float(found.group(2)) - int(found.group(1)) / bound) < 0.01
+    assert re.search(r"^core: \d+ us per settled trade \(100 trades, 25 per block\)", out, re.M), out

@@ -83,7 +83,7 @@ class Bus:
 
     @property
     def state(self):
-        return self.ledger.service.state
+        return self.ledger.service.node.state
 
     # -- sending --
 

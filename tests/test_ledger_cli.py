@@ -14,7 +14,7 @@ from broker.cose import encode, load
 from broker.keys import public_hex
 from broker.messages import open_message
 from deploy.cli import main as deploy_main
-from deploy.simulate import SimCommunity, pk
+from deploy.simulate import SimCommunity
 from ledger.cli import main
 from ledger.genesis import read_genesis
 from tests.helpers import REPO, child_env

@@ -1,0 +1,54 @@
+"""One validator without a bus: its state, database and verifier, deciding batches of
+transactions into blocks. LedgerService puts it on MQTT; benchmarks and tests drive it
+directly."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from broker.cose import message_hash
+from broker.verify import Verifier
+from ledger.block import Block
+from ledger.draft import Draft
+from ledger.store import LedgerStore, Outgoing
+from ledger.validator import ValidatorIdentity
+
+
+class Decided(NamedTuple):
+    block: Block | None  # None when nothing changed
+    queued: list[Outgoing]  # the new outbox rows, to publish in order
+    reasons: list[str | None]  # per message of the batch: its reject reason, or None
+
+
+class LedgerNode:
+    def __init__(self, identity: ValidatorIdentity):
+        genesis = identity.genesis
+        self.identity = identity
+        self.store = LedgerStore(identity.db_path, genesis)
+        self.state = self.store.load()
+        self.verifier = Verifier(cas=genesis.cas, validators=genesis.validators)
+
+    def decide(self, batch: list[tuple[str, bytes]], now: int, delivered: list[int] = ()) -> Decided:
+        """One block at time max(now, tip + 1) from (typ, message bytes) pairs, written to disk
+        with its outbox; `delivered` are outbox rows the broker acknowledged since.
+
+        A message that is in the batch twice is a redelivery: decided once, silently.
+        """
+        draft = Draft(self.state, self.verifier, max(now, self.state.t + 1))
+        seen: set[bytes] = set()
+        reasons = []
+        for typ, raw in batch:
+            digest = message_hash(raw)
+            reasons.append(draft.add(typ, raw) if digest not in seen else None)
+            seen.add(digest)
+        block = draft.finish()
+        key = self.identity.key
+        if block is not None:
+            block = block.sealed(self.identity.index, key)
+        queued = self.store.commit(draft, block, draft.signed_outputs(key), list(delivered))
+        if block is not None:
+            self.state.commit(draft)
+        return Decided(block, queued, reasons)
+
+    def close(self) -> None:
+        self.store.close()
