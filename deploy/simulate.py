@@ -8,12 +8,14 @@ never written anywhere: nothing here is for a real deployment.
 
 from __future__ import annotations
 
+import os
 from hashlib import sha256
 
 from nacl.signing import SigningKey
 
 from pathlib import Path
 
+from broker.keys import load_key
 from broker.merkle import MerkleTree
 from broker.messages import Cancel, Coe, Ctp, DevCert, Erc, open_message
 from ledger.genesis import Genesis, write_genesis
@@ -50,15 +52,12 @@ class KeyBatch:
 
 
 class Household:
-    def __init__(self, community: "SimCommunity", index: int):
-        seed = community.seed
-        self.index = index
-        self.meter_id = f"m{index + 1:04d}"
-        self.account = _key(seed, "account", index)
-        self.device = _key(seed, "device", index)
-        self.devcert = DevCert(meter=self.meter_id, pk=pk(self.device), iss=pk(community.ca),
-                               nbf=community.now - YEAR_MS, exp=community.now + YEAR_MS).sign(community.ca)
-        self.community = community
+    """An account and the meter that confirms what it buys."""
+
+    def __init__(self, community: "SimCommunity", index: int, meter_id: str, account: SigningKey,
+                 device: SigningKey, devcert: bytes):
+        self.community, self.index, self.meter_id = community, index, meter_id
+        self.account, self.device, self.devcert = account, device, devcert
         self.batches: list[KeyBatch] = []
 
     @property
@@ -75,12 +74,34 @@ class SimCommunity:
     def __init__(self, households: int, now: int, seed: bytes = b"spb-energy simulation"):
         if households < 2:
             raise ValueError("a community needs two households: a CoE is signed by another meter")
-        self.seed, self.now = seed, now
-        self.ca = _key(seed, "ca")
-        self.validator_keys = [_key(seed, "validator", i) for i in range(4)]
-        self.households = [Household(self, i) for i in range(households)]
+        self._start(seed, now, _key(seed, "ca"), [_key(seed, "validator", i) for i in range(4)])
+        self.households = [self._household(i) for i in range(households)]
+
+    @classmethod
+    def from_dir(cls, root: Path, now: int) -> "SimCommunity":
+        """The households of a community `spb-deploy provision` made (meters with an account),
+        trading with their own keys; their one-time keys are made here, as a meter would."""
+        community = cls.__new__(cls)
+        validators = sorted(root.glob("validators/v*/validator.key"), key=lambda p: int(p.parent.name[1:]))
+        community._start(os.urandom(32), now, None, [load_key(p) for p in validators])
+        homes = sorted(p.parent for p in root.glob("meters/m[0-9][0-9][0-9][0-9]/account.key"))
+        if len(homes) < 2:
+            raise ValueError(f"{root} has {len(homes)} meters with an account; trading needs two")
+        community.households = [Household(community, i, home.name, load_key(home / "account.key"),
+                                          load_key(home / "device.key"), (home / "devcert.cbor").read_bytes())
+                                for i, home in enumerate(homes)]
+        return community
+
+    def _start(self, seed: bytes, now: int, ca: SigningKey | None, validator_keys: list[SigningKey]) -> None:
+        self.seed, self.now, self.ca, self.validator_keys = seed, now, ca, validator_keys
         self._ctps = 0
         self._reserved: dict[bytes, tuple[KeyBatch, int]] = {}  # CTP id -> the key its ERC will use
+
+    def _household(self, i: int) -> Household:
+        meter_id, device = f"m{i + 1:04d}", _key(self.seed, "device", i)
+        devcert = DevCert(meter=meter_id, pk=pk(device), iss=pk(self.ca),
+                          nbf=self.now - YEAR_MS, exp=self.now + YEAR_MS).sign(self.ca)
+        return Household(self, i, meter_id, _key(self.seed, "account", i), device, devcert)
 
     def genesis(self, balance: int, validators: int = 1, block_ms: int = 200) -> Genesis:
         accounts = {pk(h.account): balance for h in self.households}

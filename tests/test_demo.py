@@ -36,6 +36,10 @@ def test_demo_runs_a_community_and_exits_0(tmp_path, broker_args):
     assert ("broker embedded" if broker_args else "broker mosquitto") in out, report
     assert "rejected" not in out, report
     assert (community / "community.toml").is_file()
+    # The households traded through the ledger: one trade settled, one promise expired.
+    assert re.search(r"ledger: 1 trade settled, 1 expired promise refunded, \d+ blocks, 0 rejects, "
+                     r"state\s+offline \d+; audit ok", out), report
+    assert re.search(r"◆ ledger\s+status\s+CTP \w+… settled in block #\d+\s+validator signature ✓", out), report
     for meter, peer in METERS.items():
         assert re.search(rf"★ {meter}\s+birth\s+fw \S+, boot 1;", out), report
         seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", out, re.M)]
