@@ -14,7 +14,7 @@ from broker.messages import open_message
 from broker.reasons import Reject
 from broker.topics import TX_TYPES
 from broker.verify import Verifier
-from ledger.block import Block, parse_trade, quorum
+from ledger.block import Block, BlockError, parse_trade, quorum
 from ledger.draft import Draft
 from ledger.state import HELD, LedgerState
 from ledger.store import LedgerStore
@@ -43,7 +43,17 @@ def audit(store: LedgerStore) -> AuditReport:
     verifier = Verifier(cas=genesis.cas, validators=genesis.validators)
     settled: dict[bytes, tuple[int, int]] = {}  # CTP id -> (height, index among the block's trades)
     with store.snapshot():
-        for block in store.blocks():
+        blocks = store.blocks()
+        while True:
+            try:
+                row = next(blocks, None)
+            except (BlockError, Reject) as exc:  # a row that does not even decode
+                raise AuditFailure(state.height + 1, f"stored block does not decode: {exc}") from None
+            if row is None:
+                break
+            columns, block = row
+            if columns != (block.header.height, block.hash, block.header.t):
+                raise AuditFailure(block.header.height, "the block row's height, hash or time differ from its header")
             _replay(state, verifier, block, settled)
         _compare_tables(state, store, settled)
     return AuditReport(state.height, len(settled), len(state.ctps))
@@ -104,7 +114,7 @@ def _compare_tables(state: LedgerState, store: LedgerStore, settled: dict[bytes,
     replayed = {pk: (state.balances[pk], state.held[pk]) for pk in state.balances}
     if replayed != store.accounts():
         raise AuditFailure(state.height, "stored balances differ from the replay")
-    records = {r.ctp.id: (r.index, r.hash, r.state, r.height, r.by, r.erc_pk) for r in state.ctps.values()}
+    records = {r.ctp.id: (r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk) for r in state.ctps.values()}
     if records != store.records():
         raise AuditFailure(state.height, "stored CTP database differs from the replay")
     if settled != store.trades():

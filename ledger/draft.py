@@ -49,6 +49,7 @@ class Draft:
         self.settled: list[bytes] = []  # the CTP id of each trade
         self.outputs: list[Output] = []
         self.ctp_rejects: dict[bytes, tuple[str, bytes]] = {}  # unknown CTP id -> (reason, msg hash)
+        self.refused: dict[bytes, int] = {}  # hash -> exp of payer-signed CTPs rejected here
         self.block: Block | None = None
         self._new = 0  # records appended to the tree by this draft
 
@@ -96,6 +97,8 @@ class Draft:
             raise Reject("duplicate", "another CTP already has this id")
         if ctp.exp < self.t:
             raise Reject("expired", f"CTP expired at {ctp.exp}, block time {self.t}")
+        if digest in self.refused or digest in self.base.refused:
+            raise Reject("duplicate", "this CTP was rejected before: a rejection is final")
         if self.balance(ctp.payer) < ctp.amount:
             raise Reject("insufficient-funds", f"{ctp.amount} asked, {self.balance(ctp.payer)} free")
         self._move(ctp.payer, -ctp.amount, +ctp.amount)
@@ -160,11 +163,19 @@ class Draft:
         self.outputs.append(Output(topics.status(record.ctp.id), status, True))
 
     def _reject(self, msg: bytes, reason: str, signed_ctp: Ctp | None) -> None:
-        """Every rejection goes to spb/v1/rejects. A CTP its payer signed whose id no one
-        holds also gets a `rejected` status; a forged one does not, so no one can write on
-        a CTP's topic without its payer's key, and no rejection touches a held id (§7)."""
+        """Every rejection goes to spb/v1/rejects.
+
+        A CTP that an account of this ledger signed, rejected for a stateful reason, is
+        remembered until its expiry (a copy the broker redelivers later must not hold money
+        the payer was told is free) and, if no CTP holds its id, gets a retained `rejected`
+        status. Forged CTPs and strangers' CTPs get neither, so no one without an account
+        key writes on a CTP's topic (§7) or fills the broker with retained statuses.
+        """
         self.outputs.append(Output(topics.REJECTS, Rejection(msg=msg, reason=reason, t=self.t), False))
-        if signed_ctp is not None and self.record(signed_ctp.id) is None:
+        if signed_ctp is None or reason == "duplicate" or signed_ctp.payer not in self.base.balances:
+            return
+        self.refused[msg] = signed_ctp.exp
+        if self.record(signed_ctp.id) is None:
             ctp_id = signed_ctp.id
             self.ctp_rejects[ctp_id] = (reason, msg)
             status = Status(ctp=ctp_id, state="rejected", t=self.t, reason=reason, msg=msg)

@@ -32,22 +32,22 @@ class LedgerNode:
         """One block at time max(now, tip + 1) from (typ, message bytes) pairs, written to disk
         with its outbox; `delivered` are outbox rows the broker acknowledged since.
 
-        A message that is in the batch twice is a redelivery: decided once, silently.
+        A message that is in the batch twice on one topic is a redelivery: decided once,
+        silently.
         """
         draft = Draft(self.state, self.verifier, max(now, self.state.t + 1))
-        seen: set[bytes] = set()
+        seen: set[tuple[str, bytes]] = set()
         reasons = []
         for typ, raw in batch:
-            digest = message_hash(raw)
-            reasons.append(draft.add(typ, raw) if digest not in seen else None)
-            seen.add(digest)
+            delivery = (typ, message_hash(raw))  # the same bytes on another topic are another message
+            reasons.append(draft.add(typ, raw) if delivery not in seen else None)
+            seen.add(delivery)
         block = draft.finish()
         key = self.identity.key
         if block is not None:
             block = block.sealed(self.identity.index, key)
         queued = self.store.commit(draft, block, draft.signed_outputs(key), list(delivered))
-        if block is not None:
-            self.state.commit(draft)
+        self.state.commit(draft)
         return Decided(block, queued, reasons)
 
     def close(self) -> None:

@@ -58,13 +58,18 @@ class LedgerState:
         self.used_keys: dict[bytes, bytes] = {}  # one-time ERC key -> the CTP it settled
         self.tree = MerkleTree()
         self._expiry: list[tuple[int, bytes]] = []  # (exp, id) of CTPs that were held; lazily cleaned
+        # Hashes of rejected payer-signed CTPs -> their exp: a copy is `duplicate` until then.
+        # This validator's own memory, not consensus state: no block input was rejected.
+        self.refused: dict[bytes, int] = {}
 
     @classmethod
     def restore(cls, genesis: Genesis, height: int, tip: bytes, t: int,
-                accounts: Iterable[tuple[bytes, int, int]], records: Iterable[CtpRecord]) -> "LedgerState":
+                accounts: Iterable[tuple[bytes, int, int]], records: Iterable[CtpRecord],
+                refused: dict[bytes, int]) -> "LedgerState":
         """A state from its stored tables (ledger.store); `records` in index order."""
         state = cls(genesis)
         state.height, state.tip, state.t = height, tip, t
+        state.refused = dict(refused)
         for pk, balance, held in accounts:
             state.balances[pk], state.held[pk] = balance, held
         records = list(records)
@@ -104,15 +109,23 @@ class LedgerState:
         return sum(self.balances.values()) + sum(self.held.values())
 
     def commit(self, draft: "Draft") -> None:
-        """Make a finished draft's block the new tip. Its tree changes are already in self.tree."""
+        """Take what a finished draft decided: its rejections, and its block (if it made one)
+        as the new tip, whose tree changes are already in self.tree."""
+        assert draft.base is self
+        self.refused.update(draft.refused)
+        for digest in [d for d, exp in self.refused.items() if exp < draft.t]:
+            del self.refused[digest]  # expired: a copy would be rejected `expired` anyway
         block = draft.block
-        assert block is not None and draft.base is self and block.header.prev == self.tip
+        if block is None:
+            return
+        assert block.header.prev == self.tip
         self.balances.update(draft.balances)
         self.held.update(draft.held)
         for record in sorted(draft.ctps.values(), key=lambda r: r.index):
             self._put(record)
         self.used_keys.update(draft.used_keys)
         self.height, self.tip, self.t = block.header.height, block.hash, block.header.t
+        self.next_expiry()  # drop settled and refunded CTPs from the heap's top
 
     def discard(self, draft: "Draft") -> None:
         """Forget a finished draft that will not be committed: undo its tree changes."""

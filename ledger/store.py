@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from broker import topics
-from broker.cose import encode, load
+from broker.cose import encode, load, message_hash
 from broker.messages import open_message
 from ledger.block import Block
 from ledger.draft import Draft
@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS ctps(id BLOB PRIMARY KEY, leaf INTEGER NOT NULL UNIQU
 CREATE TABLE IF NOT EXISTS trades(ctp BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected(id BLOB PRIMARY KEY, reason TEXT NOT NULL, msg BLOB NOT NULL,
                                     t INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS refused(hash BLOB PRIMARY KEY, exp INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
                                   payload BLOB NOT NULL, retain INTEGER NOT NULL);
 """
@@ -89,9 +90,17 @@ class LedgerStore:
         height, tip_hash, t = tip if tip else (0, self.genesis.hash, 0)
         accounts = self.db.execute("SELECT pk, balance, held FROM accounts")
         rows = self.db.execute("SELECT raw, hash, leaf, state, height, by, erc_pk FROM ctps ORDER BY leaf")
-        records = (CtpRecord(open_message(raw, "ctp").body, raw, h, leaf, state, ht, by, erc_pk)
+        records = (CtpRecord(self._ctp(raw, h), raw, h, leaf, state, ht, by, erc_pk)
                    for raw, h, leaf, state, ht, by, erc_pk in rows)
-        return LedgerState.restore(self.genesis, height, tip_hash, t, accounts, records)
+        refused = dict(self.db.execute("SELECT hash, exp FROM refused"))
+        return LedgerState.restore(self.genesis, height, tip_hash, t, accounts, records, refused)
+
+    @staticmethod
+    def _ctp(raw: bytes, digest: bytes):
+        """A stored CTP, refusing one whose bytes are not those the chain committed to."""
+        if message_hash(raw) != digest:
+            raise StoreError(f"CTP row {digest.hex()} was altered: run `spb-ledger audit`")
+        return open_message(raw, "ctp").body
 
     def commit(self, draft: Draft, block: Block | None, outputs: list[tuple[str, bytes, bool]],
                delivered: list[int]) -> list[Outgoing]:
@@ -106,6 +115,8 @@ class LedgerStore:
                 self._write_block(draft, block, chain)
             self.db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
                                 ((i, reason, msg, draft.t) for i, (reason, msg) in draft.ctp_rejects.items()))
+            self.db.executemany("INSERT OR REPLACE INTO refused VALUES (?, ?)", draft.refused.items())
+            self.db.execute("DELETE FROM refused WHERE exp < ?", (draft.t,))
             # Numbered after the highest seq ever used (AUTOINCREMENT's counter), never reused.
             row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
             first = (row[0] if row else 0) + 1
@@ -164,14 +175,16 @@ class LedgerStore:
         row = self.db.execute("SELECT chain, inputs FROM blocks WHERE height = ?", (height,)).fetchone()
         return None if row is None else Block.from_chain_bytes(row[0], tuple(load(row[1])))
 
-    def blocks(self) -> Iterator[Block]:
-        for chain, inputs in self.db.execute("SELECT chain, inputs FROM blocks ORDER BY height"):
-            yield Block.from_chain_bytes(chain, tuple(load(inputs)))
+    def blocks(self) -> Iterator[tuple[tuple[int, bytes, int], Block]]:
+        """Every block in height order, with its row's own (height, hash, t) columns."""
+        for height, digest, t, chain, inputs in self.db.execute(
+                "SELECT height, hash, t, chain, inputs FROM blocks ORDER BY height"):
+            yield (height, digest, t), Block.from_chain_bytes(chain, tuple(load(inputs)))
 
     def records(self) -> dict[bytes, tuple]:
         """Every CTP row, for audit's comparison with a replay."""
         return {row[0]: row[1:] for row in
-                self.db.execute("SELECT id, leaf, hash, state, height, by, erc_pk FROM ctps")}
+                self.db.execute("SELECT id, leaf, raw, hash, state, height, by, erc_pk FROM ctps")}
 
     def trades(self) -> dict[bytes, tuple[int, int]]:
         return {ctp_id: (height, idx) for ctp_id, height, idx in self.db.execute("SELECT ctp, height, idx FROM trades")}

@@ -446,7 +446,9 @@ def _(bus):
 def _(bus):
     ctp = Ctp(id=sha256(b"from a stranger").digest()[:16], payer=pk(STRANGER), payee=pk(account(bus, 1)), amount=10,
               wh=1, exp=EXP, meter=bus.community.households[0].batch.root, t=NOW).sign(STRANGER)
-    return Case(topics.TX_CTP, ctp, REJECTED, ctp_id(ctp))
+    # No status: anyone can make a key, and a stranger must not fill the broker with
+    # retained statuses or write on an id before its payer uses it (decision 0002).
+    return Case(topics.TX_CTP, ctp, NONE, ctp_id(ctp))
 
 
 def test_forged_erc_and_coe_settle_when_nothing_is_replaced(bus):
@@ -664,6 +666,6 @@ def test_every_published_block_decodes_and_chains_from_genesis(bus):
     bus.ledger.stop()
     store = LedgerStore(ValidatorIdentity.load(bus.root, 0, with_key=False).db_path, bus.genesis, readonly=True)
     try:
-        assert [b.hash for b in store.blocks()] == [b.hash for b in blocks]
+        assert [b.hash for _, b in store.blocks()] == [b.hash for b in blocks]
     finally:
         store.close()

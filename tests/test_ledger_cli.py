@@ -17,6 +17,7 @@ from deploy.cli import main as deploy_main
 from deploy.simulate import SimCommunity
 from ledger.cli import main
 from ledger.genesis import read_genesis
+from ledger.store import LedgerStore, StoreError
 from tests.helpers import REPO, child_env
 from tests.ledger_helpers import NOW, Chain
 
@@ -141,13 +142,25 @@ def retrade(chain) -> bytes:
     ("UPDATE blocks SET inputs = ? WHERE height = 2", (encode([]),), 2, "changes nothing"),
     ("DELETE FROM blocks WHERE height = 2", (), 3, "follows height 1"),
     ("UPDATE trades SET idx = 1", (), 3, "stored trade index"),
+    ("UPDATE ctps SET raw = ? WHERE leaf = 1", ("other-ctp",), 3, "stored CTP database differs"),
+    ("UPDATE blocks SET t = t + 36000000 WHERE height = 3", (), 3, "height, hash or time differ"),
+    ("UPDATE blocks SET chain = x'00' WHERE height = 2", (), 2, "does not decode"),
 ])
 def test_audit_names_the_first_bad_height(chain, capsys, sql, params, height, what):
-    params = tuple(retrade(chain) if p == "retrade" else p for p in params)
+    params = tuple(retrade(chain) if p == "retrade" else chain.first if p == "other-ctp" else p for p in params)
     tamper(chain, sql, *params)
     code, out, _ = run(capsys, "audit", chain.identity.root)
     assert code == 1
     assert out.startswith(f"audit failed at height {height}: ") and what in out
+
+
+def test_a_restart_refuses_a_ctp_row_whose_bytes_were_altered(chain):
+    """The store loads CTPs from their rows: bytes that no longer hash to the committed
+    hash must not become what an ERC settles."""
+    tamper(chain, "UPDATE ctps SET raw = ? WHERE leaf = 1", chain.first)
+    identity = chain.identity
+    with pytest.raises(StoreError, match="altered"):
+        LedgerStore(identity.db_path, identity.genesis).load()
 
 
 def test_audit_rejects_a_block_not_sealed_by_the_validator(chain, capsys):
