@@ -129,6 +129,9 @@ class BusClient:
         self.host, self.port, self.client_id = host, port, client_id
         self.keepalive = keepalive
         self.connected = threading.Event()
+        # Whether the broker still had our session at the last connect: False after a broker
+        # lost its state (or on our first connect), when it also lost what we had retained.
+        self.session_present = False
         self.on_connect: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._subscriptions: dict[str, threading.Event] = {}
@@ -303,6 +306,7 @@ class BusClient:
             return
         log.info("connected to %s:%d as %s (session present: %s)",
                  self.host, self.port, self.client_id, flags.session_present)
+        self.session_present = bool(flags.session_present)  # read by on_connect hooks
         with self._lock:
             self._session_up = True
             self._generation += 1

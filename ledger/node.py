@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from broker import topics
 from broker.cose import message_hash
+from broker.messages import Status
 from broker.verify import Verifier
 from ledger.block import Block
 from ledger.draft import Draft
@@ -49,6 +51,20 @@ class LedgerNode:
         queued = self.store.commit(draft, block, draft.signed_outputs(key), list(delivered))
         self.state.commit(draft)
         return Decided(block, queued, reasons)
+
+    def current_statuses(self) -> list[tuple[str, bytes]]:
+        """(topic, payload) of the retained status of every CTP, as it was first published:
+        the same body (block time and height of the last change) signs to the same bytes."""
+        times = self.store.block_times()
+        rejected = self.store.rejections()
+        out = [(topics.status(ctp_id), Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg)
+                .sign(self.identity.key)) for ctp_id, (reason, msg, t) in rejected.items()
+               if ctp_id not in self.state.ctps]
+        for record in self.state.ctps.values():
+            status = Status(ctp=record.ctp.id, state=record.state, t=times[record.height], h=record.height,
+                            msg=record.by or None)
+            out.append((topics.status(record.ctp.id), status.sign(self.identity.key)))
+        return out
 
     def close(self) -> None:
         self.store.close()

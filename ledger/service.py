@@ -47,6 +47,9 @@ class LedgerService:
         self._inbox: deque[Delivery] = deque()
         self._wake = threading.Event()  # something arrived, or stop() was called
         self._stopping = threading.Event()
+        # Set when the broker had forgotten our session, so also the statuses it retained
+        # (say it crashed before saving them): the main loop publishes them again.
+        self._restore_statuses = threading.Event()
         # Signatures are checked as messages arrive, beside the block being built (see
         # Verifier.presign); the block's own verify finds them done. None stops the thread.
         self._presign: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -54,7 +57,7 @@ class LedgerService:
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
         self.bus = BusClient(host, port, f"ledger-v{identity.index}", manual_ack=True,
                              will=(topics.LEDGER_STATE, topics.OFFLINE, True), max_inflight=0)
-        self.bus.on_connect.append(self._announce)
+        self.bus.on_connect.append(self._on_connect)
         for topic, typ in topics.TX_TYPES.items():
             self.bus.subscribe_deferred(topic, self._receiver(typ))
 
@@ -72,6 +75,12 @@ class LedgerService:
         self.bus.connect()
         last_block = 0.0
         while not self._stopping.is_set():
+            if self._restore_statuses.is_set():
+                self._restore_statuses.clear()
+                statuses = self.node.current_statuses()
+                log.info("the broker lost our session: publishing %d statuses again", len(statuses))
+                for topic, payload in statuses:
+                    self.bus.publish(topic, payload, retain=True)
             pause = last_block + self.block_ms / 1000 - time.monotonic()
             if pause > 0:
                 self._stopping.wait(pause)
@@ -121,6 +130,12 @@ class LedgerService:
 
     def _announce(self) -> None:
         self.bus.publish(topics.LEDGER_STATE, f"online {self.node.state.height}".encode(), retain=True)
+
+    def _on_connect(self) -> None:
+        if not self.bus.session_present and self.node.state.ctps:
+            self._restore_statuses.set()  # the main loop owns the database
+            self._wake.set()
+        self._announce()
 
     def _publish(self, rows: list[Outgoing]) -> None:
         for row in rows:

@@ -186,6 +186,13 @@ class LedgerStore:
         return {row[0]: row[1:] for row in
                 self.db.execute("SELECT id, leaf, raw, hash, state, height, by, erc_pk FROM ctps")}
 
+    def block_times(self) -> dict[int, int]:
+        return dict(self.db.execute("SELECT height, t FROM blocks"))
+
+    def rejections(self) -> dict[bytes, tuple[str, bytes, int]]:
+        """CTP id -> (reason, message hash, time) of every `rejected` status published."""
+        return {i: (reason, msg, t) for i, reason, msg, t in self.db.execute("SELECT id, reason, msg, t FROM rejected")}
+
     def trades(self) -> dict[bytes, tuple[int, int]]:
         return {ctp_id: (height, idx) for ctp_id, height, idx in self.db.execute("SELECT ctp, height, idx FROM trades")}
 

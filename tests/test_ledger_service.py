@@ -34,3 +34,39 @@ def test_a_trade_is_held_then_settled_and_the_status_stays_retained(tmp_path, mo
     assert retained and open_message(payload, "status").body.state == "settled"
     _, payload, retained = read_retained(mosquitto.port, topics.LEDGER_STATE, "state-reader")
     assert payload == f"offline {settled.h}".encode()
+
+
+def test_after_a_broker_crash_the_ledger_publishes_its_statuses_again(tmp_path, mosquitto, make_client, read_retained):
+    """Mosquitto saves retained messages every 60 s: a crash can lose statuses the ledger saw
+    acknowledged. A broker without our session has lost them, so they are published again,
+    byte for byte (same body, deterministic Ed25519)."""
+    now = wall_ms()
+    community = SimCommunity(3, now)
+    root = ledger_dir(tmp_path / "ledger", community, balance=20)
+    inbox = Inbox()
+    watcher = make_client(mosquitto.port, "watcher")
+    for topic in (topics.STATUS_ALL, topics.LEDGER_STATE):
+        watcher.subscribe(topic, inbox)
+    connected(watcher)
+    ledger = RunningLedger(root, mosquitto.port)
+    wait_for(lambda: (topics.LEDGER_STATE, b"online 0", False) in inbox.messages, 10, "the ledger subscribed")
+    household = connected(make_client(mosquitto.port, "household"))
+    settled, greedy = community.ctp(0, 1, amount=5, wh=1, exp=now + 600_000), community.ctp(1, 2, amount=50, wh=1, exp=now + 600_000)
+    household.publish(topics.TX_CTP, settled)
+    household.publish(topics.TX_CTP, greedy)
+    wait_status(inbox, open_message(settled, "ctp").body.id, "held")
+    household.publish(topics.TX_ERC, community.erc(settled))
+    wait_status(inbox, open_message(settled, "ctp").body.id, "settled")
+    wait_status(inbox, open_message(greedy, "ctp").body.id, "rejected")
+    before = {t: p for t, p, _ in inbox.messages if t != topics.LEDGER_STATE}  # the last status per CTP
+    for topic, payload in before.items():  # the broker has them all...
+        assert read_retained(mosquitto.port, topic, f"early-{topic[-6:]}")[1:] == (payload, True)
+
+    mosquitto._process.kill()  # kill -9: nothing saved since the broker started
+    mosquitto._process.wait()
+    mosquitto._process = None
+    mosquitto.start(mosquitto.port, mosquitto.data_dir)
+    wait_for(lambda: ledger.service.bus.connected.is_set(), 20, "the ledger reconnected")
+    for topic, payload in before.items():  # ...and has them again after losing them
+        assert read_retained(mosquitto.port, topic, f"late-{topic[-6:]}")[1:] == (payload, True)
+    ledger.stop()
