@@ -20,27 +20,41 @@ class KeyFileError(ValueError):
 def write_new_key(path: Path) -> SigningKey:
     """Create a key at `path` unless one is there; return the key on disk either way.
 
-    The seed is written and fsynced in a 0600 temp file first, then hard-linked into place:
-    link never overwrites, so a concurrent run that loses the race reads the winner's complete
-    file, and a crash leaves either no key or a whole one (plus, at worst, an ignored
-    `.NAME.*` temp file).
+    Linked into place (write_file, replace=False): a concurrent run that loses the race
+    reads the winner's complete file, and a crash leaves either no key or a whole one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates 0600
+    if not write_file(path, (bytes(key).hex() + "\n").encode(), 0o600, replace=False):
+        return load_key(path)
+    return key
+
+
+def write_file(path: Path, data: bytes, mode: int, replace: bool) -> bool:
+    """Write `data` durably and atomically: fsynced in a temp file beside `path`, then moved in.
+
+    replace=True renames over whatever is there (readers see the old or the new file);
+    replace=False hard-links, which never overwrites: False if `path` already existed. A
+    crash leaves at worst an ignored `.NAME.*` temp file.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(bytes(key).hex() + "\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return load_key(path)
+        os.chmod(tmp, mode)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
     finally:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
     fsync_dir(path.parent)
-    return key
+    return True
 
 
 def load_key(path: Path) -> SigningKey:

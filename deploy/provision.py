@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import tomli_w
 from nacl.signing import SigningKey
 
-from broker.keys import fsync_dir, public_hex, write_new_key
+from broker.keys import fsync_dir, public_hex, write_file, write_new_key
 from broker.messages import DevCert, open_message
 from broker.reasons import Reject
 from ledger.genesis import Genesis
@@ -245,15 +244,4 @@ def _secret_dir(path: Path) -> Path:
 
 def _write_public(path: Path, data: str | bytes) -> None:
     """Write a non-secret file 0644 atomically: readers and crashes see the old or the new file."""
-    data = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file(path, data.encode() if isinstance(data, str) else data, 0o644, replace=True)

@@ -7,14 +7,12 @@ its SHA-256 names the chain: block 1's `prev` is the genesis hash.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 
 from broker.cose import encode, load
-from broker.keys import fsync_dir
+from broker.keys import write_file
 from broker.reasons import Reject
 
 GENESIS_FILE = "genesis.cbor"
@@ -102,15 +100,6 @@ def write_genesis(root: Path, genesis: Genesis) -> bool:
             return False
         raise GenesisError(f"{path} already holds a different genesis; a chain's genesis never changes")
     root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{GENESIS_FILE}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.link(tmp, path)  # never replaces a genesis a concurrent run wrote first
-    finally:
-        os.unlink(tmp)
-    fsync_dir(root)
+    if not write_file(path, raw, 0o644, replace=False):  # a concurrent run wrote one first
+        return write_genesis(root, genesis)
     return True
