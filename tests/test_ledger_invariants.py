@@ -2,15 +2,13 @@
 SQLite block log, audit and replay. No broker.
 
 Hypothesis plays a community's traffic over simulated time: blocks whose times strictly
-increase, each with a batch of valid, invalid, duplicated, reordered, late and corrupted
-CTPs, ERCs and cancels. A dict-based oracle predicts every verdict and the state after
-every block; the §5 invariants are also checked on the live state without the oracle.
-At the end the block log is audited, reloaded and replayed, and must give the same state.
+increase, each with a batch of valid, invalid, duplicated, reordered, late and damaged
+CTPs, ERCs and cancels. A dict-based oracle predicts every verdict, announcement and the
+state after every block; the §5 invariants are also checked on the live state alone. At
+the end the block log must audit, reload and replay to the same state.
 
-Where several stateful checks fail at once the reason is the first in ledger/draft.py's
-order (ctp: duplicate, unknown-account, duplicate id, expired, insufficient-funds; erc:
-unknown-ctp, duplicate, not-held, replay, meter-mismatch, energy-short, expired; cancel:
-unknown-ctp, duplicate, not-payer, not-held, too-early); the oracle follows that order.
+§4 leaves the order of the stateful checks open; where several fail at once the oracle
+expects the first in the order of docs/decisions/0002-ledger-v1.md.
 """
 
 from __future__ import annotations
@@ -20,13 +18,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from hypothesis import event, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from broker import topics
 from broker.cose import message_hash
 from broker.messages import Ctp, Erc, Rejection, Status, open_message
-from broker.reasons import STATELESS, Reject
+from broker.reasons import STATELESS
 from broker.verify import Verifier
 from deploy.simulate import SimCommunity, pk
 from ledger.audit import AuditReport, audit
@@ -125,8 +123,9 @@ class Traffic:
     """Turns Hypothesis's abstract operations into signed messages, remembering them all so
     later operations can answer, reuse, resend (late, reordered, duplicated) or damage them."""
 
-    def __init__(self, c: SimCommunity):
+    def __init__(self, c: SimCommunity, used_keys: dict[bytes, bytes]):
         self.c = c
+        self.used_keys = used_keys  # the oracle's: aim key reuse at keys that did confirm
         self.ctps: list[bytes] = []  # every CTP made, sent or held back
         self.ercs: list[bytes] = []  # every well-formed ERC made
         self.made: list[Msg] = []  # everything made, sent or not: `resend` picks from these
@@ -156,7 +155,11 @@ class Traffic:
             return [self._keep(Msg("erc", raw))]
         if kind == "reuse" and self.ctps and self.ercs:
             _, ref, key_ref = op
-            raw = erc_with_key(c, pick(self.ctps, ref), pick(self.ercs, key_ref))
+            # a key that confirmed a CTP if there is one, aimed at another CTP its meter could confirm
+            keys = [x for x in self.ercs if body(x, "erc").pk in self.used_keys] or self.ercs
+            key_erc: Erc = body(pick(keys, key_ref), "erc")
+            targets = [x for x in self.ctps if body(x).meter == coe_root(key_erc) and ctp_id(x) != key_erc.ctp]
+            raw = erc_with_key(c, pick(targets or self.ctps, ref), pick(keys, key_ref))
             self.ercs.append(raw)
             return [self._keep(Msg("erc", raw))]
         if kind == "cancel" and self.ctps:
@@ -199,6 +202,7 @@ class Oracle:
         self.block_trades: list[bytes] = []
         self.changed: set[bytes] = set()
         self.expired: list[Rec] = []  # refunded at expiry in this block
+        self.refused: dict[bytes, int] = {}  # hash -> exp of payer-signed CTPs rejected (final until exp)
 
     def add(self, msg: Msg, t: int) -> str | None:
         """The expected reason (ANY_STATELESS for a bit flip), applying the message if None."""
@@ -209,7 +213,16 @@ class Oracle:
         if reason is None:
             self.applied.append(msg)
             self.block_inputs.append(msg.raw)
+        elif self.announces(msg, reason):
+            self.refused[opened.hash] = opened.body.exp
         return reason
+
+    def announces(self, msg: Msg, reason: str) -> bool:
+        """Whether a rejected message is a CTP an account signed, rejected for a stateful
+        reason other than `duplicate`: one the ledger remembers until its exp and, if no
+        one holds its id, announces as `rejected` (decision 0002)."""
+        return (msg.typ == "ctp" and reason not in STATELESS and reason != "duplicate"
+                and body(msg.raw, "ctp").payer in self.balances)
 
     def _ctp(self, ctp: Ctp, h: bytes, raw: bytes, t: int) -> str | None:
         rec = self.ctps.get(ctp.id)
@@ -221,6 +234,8 @@ class Oracle:
             return "duplicate"
         if ctp.exp < t:
             return "expired"
+        if h in self.refused:  # a rejection is final (until the CTP's exp)
+            return "duplicate"
         if self.balances[ctp.payer] < ctp.amount:
             return "insufficient-funds"
         self.balances[ctp.payer] -= ctp.amount
@@ -283,6 +298,10 @@ class Oracle:
         made = bool(self.changed)
         self.height += made
         return made
+
+    def forget_refused(self, t: int) -> None:
+        """After each draft, block or not: a refused CTP past its exp would be `expired` anyway."""
+        self.refused = {h: exp for h, exp in self.refused.items() if exp >= t}
 
     def start_block(self) -> None:
         self.block_inputs, self.block_trades, self.changed, self.expired = [], [], set(), []
@@ -357,18 +376,11 @@ def check_against_oracle(state: LedgerState, oracle: Oracle) -> None:
                (rec.ctp, rec.raw, rec.hash, rec.index, rec.state, rec.height, rec.by, rec.erc_pk), cid.hex()
 
 
-def readable_id(msg: Msg) -> bytes | None:
-    """The id of a CTP whose body passes the schema (signature or not), else None."""
-    try:
-        return open_message(msg.raw, "ctp").body.id if msg.typ == "ctp" else None
-    except Reject:
-        return None
-
-
-def check_message_outputs(draft: Draft, new: list, msg: Msg, reason: str | None, t: int) -> None:
+def check_message_outputs(draft: Draft, new: list, msg: Msg, reason: str | None, t: int, announced: bool) -> None:
     """What one add announces (§7, decision 0002): an applied message one retained status
-    naming it; a rejected one a reject, plus a `rejected` status only for a readable CTP id
-    that no one holds (never someone else's CTP)."""
+    naming it; a rejected one a reject, plus a `rejected` status only for a CTP an account
+    signed (`announced`) whose id no one holds: a forger, a stranger, or a CTP under
+    someone else's id never writes on that id's topic."""
     bodies = [o.body for o in new]
     for o in new:
         assert (o.topic, o.retain) == ((topics.REJECTS, False) if isinstance(o.body, Rejection)
@@ -380,7 +392,7 @@ def check_message_outputs(draft: Draft, new: list, msg: Msg, reason: str | None,
         assert r.by == msg.hash and r.height == draft.height
         return
     assert bodies[0] == Rejection(msg=msg.hash, reason=reason, t=t)
-    cid = readable_id(msg)
+    cid = ctp_id(msg.raw) if announced else None
     if cid is not None and draft.record(cid) is None:
         assert bodies[1:] == [Status(ctp=cid, state="rejected", t=t, reason=reason, msg=msg.hash)]
         assert draft.ctp_rejects[cid] == (reason, msg.hash)
@@ -400,7 +412,7 @@ def check_refund_outputs(draft: Draft, new: list, expired: list, t: int) -> None
 who = st.integers(0, 3 * N).map(lambda i: N if i == 3 * N else i % N)  # the stranger 1 time in 10
 ref = st.integers(0, 2) | st.integers(0, 1000)  # index from the newest of what was made so far, modulo its length
 exp_off = st.integers(-2, 6) | st.integers(0, 400)  # ms after the block time the CTP is made in
-ctp_op = st.tuples(st.just("ctp"), who, who, st.integers(0, 300), st.integers(0, 20), exp_off,
+ctp_op = st.tuples(st.just("ctp"), who, who, st.integers(0, 300) | st.integers(200, 600), st.integers(0, 20), exp_off,
                    st.integers(0, 5).map(bool), st.none() | st.none() | st.none() | ref)
 op = st.one_of(
     ctp_op, ctp_op,
@@ -410,13 +422,27 @@ op = st.one_of(
     st.tuples(st.just("resend"), ref),
     st.tuples(st.just("corrupt"), ref, st.sampled_from(CORRUPTIONS), st.integers(0, 10**6)),
 )
-dt = st.integers(1, 4) | st.integers(1, 200)
-plan_st = st.lists(st.tuples(dt, st.lists(op, max_size=8), st.booleans()), min_size=1, max_size=8)
+# ms to the next block, or "exp" / "exp+1": exactly at / just after the next expiry of a held CTP
+dt = st.integers(1, 4) | st.integers(1, 200) | st.sampled_from(["exp", "exp+1"])
+# "discard": build the block once and throw it away first; "restart": reopen the store after it
+mode = st.sampled_from([None, None, "discard", "restart"])
+plan_st = st.lists(st.tuples(dt, st.lists(op, max_size=8), mode), min_size=1, max_size=8)
+
+
+def next_time(t: int, step: int | str, oracle: Oracle) -> int:
+    """The next block time: t + step ms, or right at / after the next expiry (the edges)."""
+    if isinstance(step, int):
+        return t + step
+    exps = [r.ctp.exp for r in oracle.ctps.values() if r.state == HELD and r.ctp.exp >= t]
+    if step == "exp":
+        return min((e for e in exps if e > t), default=t + 1)
+    return min(exps, default=t) + 1
 
 
 def run_plan(plan: list) -> None:
     c, genesis = community_and_genesis()
-    traffic, oracle = Traffic(c), Oracle(genesis)
+    oracle = Oracle(genesis)
+    traffic = Traffic(c, oracle.used)
     state, verifier, key = LedgerState(genesis), Verifier(genesis.cas, genesis.validators), c.validator_keys[0]
     settled_ever: set[bytes] = set()
     by_hash: dict[bytes, Msg] = {}
@@ -426,12 +452,12 @@ def run_plan(plan: list) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = LedgerStore(Path(tmp) / "ledger.db", genesis)
         try:
-            for step, ops, discard_first in plan:
-                t += step
+            for step, ops, mode in plan:
+                t = next_time(t, step, oracle)
                 msgs = [m for o in ops for m in traffic.make(o, t)]
                 by_hash.update((m.hash, m) for m in msgs)
                 before = state_view(state)
-                if discard_first:  # a block built but not committed leaves no trace
+                if mode == "discard":  # a block built but not committed leaves no trace
                     d0 = Draft(state, verifier, t)
                     reasons0 = [d0.add(m.typ, m.raw) for m in msgs]
                     block0 = d0.finish()
@@ -445,7 +471,8 @@ def run_plan(plan: list) -> None:
                     seen, n_out = draft_view(draft), len(draft.outputs)
                     reason = draft.add(m.typ, m.raw)
                     reasons.append(reason)
-                    check_message_outputs(draft, draft.outputs[n_out:], m, reason, t)
+                    check_message_outputs(draft, draft.outputs[n_out:], m, reason, t,
+                                          reason is not None and m.stateless is None and oracle.announces(m, reason))
                     event(f"{m.typ}: {reason or 'applied'}")
                     if expected == ANY_STATELESS:
                         assert reason in STATELESS, (m, reason)
@@ -459,23 +486,32 @@ def run_plan(plan: list) -> None:
                 check_refund_outputs(draft, draft.outputs[n_out:], oracle.expired, t)
                 after = state_view(state)
                 assert after[:3] == before[:3] and after[5:] == before[5:]  # finish moved only the shared tree
-                if discard_first:
+                if mode == "discard":
                     assert reasons0 == reasons and (block0 and block0.header) == (block and block.header)
                 sealed = block.sealed(0, key) if block is not None else None
                 store.commit(draft, sealed, draft.signed_outputs(key), [])
-                if block is None:
-                    continue
-                assert block.inputs == tuple(oracle.block_inputs)
-                assert block.trades == tuple(oracle.block_trades)
-                assert block.header.prev == before[1] and block.header.height == before[0] + 1
-                state.commit(draft)
-                times[state.height] = t
-                trades.update((ctp_id(parse_trade(x)[0]), (state.height, i)) for i, x in enumerate(block.trades))
-                for r in state.ctps.values():
-                    if r.height == state.height and r.state == REFUNDED:
-                        event("refund at expiry" if r.by == b"" else "refund by cancel")
-                check_invariants(state, block, settled_ever, by_hash, times, verifier)
-                check_against_oracle(state, oracle)
+                for cid, (reason, msg_hash) in draft.ctp_rejects.items():  # what `spb-ledger show` reports
+                    assert store.rejection(cid) == (reason, msg_hash, t)
+                state.commit(draft)  # a draft's rejections are kept even when it made no block
+                oracle.forget_refused(t)
+                assert state.refused == oracle.refused
+                if block is not None:
+                    assert block.inputs == tuple(oracle.block_inputs)
+                    assert block.trades == tuple(oracle.block_trades)
+                    assert block.header.prev == before[1] and block.header.height == before[0] + 1
+                    times[state.height] = t
+                    trades.update((ctp_id(parse_trade(x)[0]), (state.height, i)) for i, x in enumerate(block.trades))
+                    for r in state.ctps.values():
+                        if r.height == state.height and r.state == REFUNDED:
+                            event("refund at expiry" if r.by == b"" else "refund by cancel")
+                    check_invariants(state, block, settled_ever, by_hash, times, verifier)
+                    check_against_oracle(state, oracle)
+                if mode == "restart":  # a restarted validator goes on from its tables, not the chain
+                    store.close()
+                    store = LedgerStore(Path(tmp) / "ledger.db", genesis)
+                    loaded = store.load()
+                    assert state_view(loaded) == state_view(state) and loaded.refused == state.refused
+                    state = loaded
             check_end(state, oracle, store, verifier, trades)
         finally:
             store.close()
@@ -491,29 +527,36 @@ def check_end(state: LedgerState, oracle: Oracle, store: LedgerStore, verifier: 
     # the log audits, reloads and replays to the live state; proofs find every trade
     assert audit(store) == AuditReport(state.height, len(trades), len(state.ctps))
     assert store.trades() == trades
-    assert state_view(store.load()) == state_view(state)
+    loaded = store.load()
+    assert state_view(loaded) == state_view(state) and loaded.refused == state.refused
     fresh = LedgerState(state.genesis)
     replayer = Verifier(state.genesis.cas, state.genesis.validators)
-    for stored in store.blocks():
+    for _, stored in store.blocks():
         d = Draft(fresh, replayer, stored.header.t)
         assert [d.add(body(raw).typ, raw) for raw in stored.inputs] == [None] * len(stored.inputs)
         rebuilt = d.finish()
         assert rebuilt is not None and rebuilt.header == stored.header and rebuilt.trades == stored.trades
         fresh.commit(d)
-    assert state_view(fresh) == state_view(state)
+    assert state_view(fresh) == state_view(state)  # refused CTPs are local memory, not chain state
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan_st)
-@example([  # the expiry edges: exp = NOW + 3; ERC at exp settles one CTP, the other refunds at exp + 1
-    (1, [("ctp", 0, 1, 100, 5, 2, True, None), ("ctp", 1, 2, 50, 5, 2, True, None)], False),
-    (2, [("erc", 0, 0, None), ("cancel", 1, None)], False),  # t = exp: settles; cancel is too-early
-    (1, [("erc", 1, 0, None), ("cancel", 1, None), ("resend", 2)], True),  # exp + 1: expired, cancel refunds
-    (1, [("resend", 0), ("resend", 2), ("reuse", 1, 0), ("corrupt", 0, "proof", 0)], False),
+@example([  # the expiry edges. x1, x2 expire at +3, x3 at +301 (refs count from the newest)
+    (1, [("ctp", 0, 1, 100, 5, 2, True, None), ("ctp", 1, 2, 50, 5, 2, True, None),
+         ("ctp", 0, 2, 10, 5, 300, True, None)], None),
+    (2, [("erc", 2, 0, None), ("cancel", 1, None)], None),  # t = exp: x1 settles, x2's cancel too-early
+    (1, [("erc", 1, 0, None), ("cancel", 1, 2), ("resend", 3)], "discard"),  # exp + 1: expired, not-payer,
+    # duplicate, then x2 refunds at expiry; the block is built and discarded once first
+    (1, [("reuse", 0, 1), ("corrupt", 0, "proof", 0), ("cancel", 0, None)], "restart"),  # x1's key on x3:
+    # replay; a bad proof; too-early; then a restart, which must still refund x3 when it expires
+    ("exp+1", [("erc", 0, 0, None)], None),  # x3: expired, refunded at expiry
 ])
-@example([  # reordered and late: ERC before its CTP, the CTP held back, then delivered
-    (1, [("ctp", 0, 1, 10, 0, 300, False, None), ("erc", 0, 0, None)], False),
-    (5, [("resend", 0), ("resend", 1), ("resend", 1), ("cancel", 0, 1)], False),
+@example([  # reordered and late: an ERC before its CTP, the CTP held back, both delivered later
+    (1, [("ctp", 0, 1, 10, 0, 300, False, None), ("erc", 0, 0, None)], None),  # unknown-ctp
+    (5, [("resend", 1), ("resend", 0), ("resend", 0), ("cancel", 0, 1)], None),  # held, settled,
+    # duplicate, not-payer
+    ("exp", [("resend", 2), ("ctp", 1, 0, 5, 0, 10, True, 0)], None),  # duplicate; id taken: duplicate
 ])
 def test_ledger_invariants_hold_for_any_traffic(plan):
     """Any mix of good, bad, repeated, reordered, late and damaged messages over any block
@@ -541,8 +584,7 @@ class Ledger:
         self.last = self.draft.finish()
         sealed = self.last.sealed(0, self.key) if self.last is not None else None
         self.store.commit(self.draft, sealed, self.draft.signed_outputs(self.key), [])
-        if self.last is not None:
-            self.state.commit(self.draft)
+        self.state.commit(self.draft)
         return reasons
 
     def record(self, raw: bytes):
@@ -554,7 +596,8 @@ class Ledger:
 
     def audited(self) -> None:
         audit(self.store)
-        assert state_view(self.store.load()) == state_view(self.state)
+        loaded = self.store.load()
+        assert state_view(loaded) == state_view(self.state) and loaded.refused == self.state.refused
 
 
 @pytest.fixture
@@ -704,4 +747,46 @@ def test_store_finds_the_trade_of_a_settled_ctp(ledger):
     assert ledger.store.trade_at(ctp_id(y)) is None
     ledger.block(NOW + 2, [("erc", c.erc(y))])
     assert ledger.store.trade_at(ctp_id(y)) == (3, 0)
+    ledger.audited()
+
+
+def test_only_a_payer_signed_ctp_gets_a_rejected_status(ledger):
+    """A forged CTP (bad signature) under an unheld id gets a reject but no status, so no one
+    can write on the topic of a CTP its payer is about to send; a payer-signed one rejected
+    for a stateful reason gets a retained `rejected` status, and its later valid CTP wins."""
+    c = ledger.c
+    poor = c.ctp(0, 1, 5000, 5, NOW + 50)
+    forged = flip_bit(poor, 8 * len(poor) - 1)
+    assert ledger.block(NOW, [("ctp", forged), ("ctp", poor)]) == ["signature", "insufficient-funds"]
+    statuses = [o.body for o in ledger.draft.outputs if isinstance(o.body, Status)]
+    assert statuses == [Status(ctp=ctp_id(poor), state="rejected", t=NOW, reason="insufficient-funds",
+                               msg=message_hash(poor))]
+    assert ledger.store.rejection(ctp_id(poor)) == ("insufficient-funds", message_hash(poor), NOW)
+    stranger = c.ctp(N, 0, 1, 5, NOW + 50)  # signed, but by no account of this ledger
+    assert ledger.block(NOW + 1, [("ctp", stranger)]) == ["unknown-account"]
+    assert [o.body for o in ledger.draft.outputs if isinstance(o.body, Status)] == []
+    fine = c.ctp(0, 1, 10, 5, NOW + 50, ctp_id=ctp_id(poor))
+    assert ledger.block(NOW + 2, [("ctp", fine), ("ctp", poor)]) == [None, "duplicate"]
+    assert [o.body.state for o in ledger.draft.outputs if isinstance(o.body, Status)] == [HELD]
+
+
+def test_a_rejected_ctp_stays_rejected_until_it_expires(ledger):
+    """A redelivered copy of a CTP the payer was told failed must not hold money later,
+    even once the funds are there: `duplicate` (decision 0002); the memory of it survives
+    a restart and is dropped once a draft's time passes its exp."""
+    c = ledger.c
+    x, y = c.ctp(0, 1, 900, 5, NOW + 50), c.ctp(0, 2, 200, 5, NOW + 50)
+    z = c.ctp(1, 0, 500, 5, NOW + 1000)
+    assert ledger.block(NOW, [("ctp", x), ("ctp", y), ("ctp", z)]) == [None, "insufficient-funds", None]
+    assert ledger.block(NOW + 1, [("erc", c.erc(z))]) == [None]
+    assert ledger.account(0) == (600, 900)  # y would fit now
+    assert ledger.block(NOW + 2, [("ctp", y)]) == ["duplicate"] and ledger.last is None
+    assert ledger.account(0) == (600, 900)
+    ledger.store.close()
+    ledger.store = LedgerStore(ledger.store.path, ledger.genesis)
+    ledger.state = ledger.store.load()
+    assert ledger.block(NOW + 3, [("ctp", y)]) == ["duplicate"]
+    ledger.block(NOW + 51, [])  # x refunds at expiry; y is forgotten
+    assert message_hash(y) not in ledger.state.refused
+    assert ledger.block(NOW + 52, [("ctp", y)]) == ["expired"]
     ledger.audited()
