@@ -135,11 +135,10 @@ class LedgerProcess:
         return "\n".join(text[-lines:])
 
     def cpu(self) -> dict[str, int]:
-        """CPU clock ticks so far: the ledger's main thread, its other (paho) threads, mosquitto."""
+        """CPU clock ticks so far: the ledger (all its threads: blocks, presign, paho), mosquitto, us."""
         ledger = cpu_ticks(self.process.pid) if self.process else {}
         broker_process = getattr(self.broker, "_process", None)
-        return {"ledger main": ledger.get(self.process.pid, 0) if self.process else 0,
-                "ledger paho": sum(t for tid, t in ledger.items() if tid != self.process.pid),
+        return {"ledger": sum(ledger.values()),
                 "mosquitto": sum(cpu_ticks(broker_process.pid).values()) if broker_process else 0,
                 "bench client": sum(cpu_ticks(os.getpid()).values())}
 
