@@ -42,6 +42,9 @@ def find_mosquitto() -> str | None:
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
 
+AUTOSAVE_S = 60  # how often Mosquitto saves its sessions and retained messages
+
+
 def mosquitto_config(port: int, data_dir: str | Path, host: str = DEFAULT_HOST) -> str:
     """mosquitto.conf (Mosquitto 2.0) for the bus: one plain MQTT listener, persistent queues.
 
@@ -56,8 +59,9 @@ allow_anonymous true
 # Queued QoS 1 messages and persistent sessions survive a broker restart.
 persistence true
 persistence_location {Path(data_dir).resolve()}
-# Save every 60 s rather than the default 30 min, so a crash loses at most a minute.
-autosave_interval 60
+# Save every {AUTOSAVE_S} s rather than the default 30 min, so a crash loses at most that much
+# (the ledger publishes statuses of the last 2 x {AUTOSAVE_S} s again on every connect).
+autosave_interval {AUTOSAVE_S}
 # As root mosquitto switches to user "mosquitto", which cannot write persistence_location;
 # this names the user we already run as (the option does nothing for non-root users).
 user {pwd.getpwuid(os.geteuid()).pw_name}

@@ -38,8 +38,9 @@ class Verifier:
         self.validators = tuple(validators)
         self._coe_cache: dict[bytes, _VerifiedCoe] = {}
         self._coe_cache_size = coe_cache_size
-        # (key, message) pairs whose signature presign() found good; OrderedDict because
-        # its pop and popitem are single steps when presign runs on another thread.
+        # (key, message hash) pairs whose signature presign() found good: at most
+        # presigned_size small entries, whatever the messages' size. OrderedDict because its
+        # pop and popitem are single steps when presign runs on another thread.
         self._presigned: OrderedDict[tuple[bytes, bytes], bool] = OrderedDict()
         self._presigned_size = presigned_size
 
@@ -54,13 +55,14 @@ class Verifier:
         try:
             envelope = parse_sign1(raw)
             body = load(envelope.payload)
-            key = body.get(TX_SIGNER.get(body.get("typ")))
-        except (Reject, AttributeError, TypeError):  # not a map, or an unhashable typ
+            typ = body.get("typ") if type(body) is dict else None
+            key = body.get(TX_SIGNER[typ]) if type(typ) is str and typ in TX_SIGNER else None
+            if type(key) is bytes and envelope.verifies(key):
+                self._presigned[(key, envelope.hash)] = True
+        except Exception:  # best effort on hostile bytes: verify() gives the real answer
             return
-        if type(key) is bytes and envelope.verifies(key):
-            self._presigned[(key, raw)] = True
-            if len(self._presigned) > self._presigned_size:
-                self._presigned.popitem(last=False)
+        if len(self._presigned) > self._presigned_size:
+            self._presigned.popitem(last=False)
 
     def verify(self, raw: bytes, now: int, expect: str | None = None,
                device_key: bytes | None = None) -> Opened:
@@ -70,7 +72,7 @@ class Verifier:
         """
         opened = open_message(raw, expect)
         for key in self._signing_keys(opened.body, now, device_key):
-            if self._presigned.pop((key, raw), False) or opened.envelope.verifies(key):
+            if (self._presigned and self._presigned.pop((key, opened.hash), False)) or opened.envelope.verifies(key):
                 return opened
         raise Reject("signature", f"{opened.body.typ} not signed by the key it names")
 

@@ -115,9 +115,13 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    stop = threading.Event()
+    stop, trades = threading.Event(), Trades()
+
+    def interrupted(*_) -> None:
+        stop.set()
+        trades.done.set()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, interrupted)
     console = Console(highlight=False)
     community = provision(args.dir, meters=len(METERS), accounts=None, validators=1, now_ms=wall_ms())
     write_genesis(args.dir, community_genesis(community, OPENING_UNITS, block_ms=200))
@@ -138,7 +142,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if not watcher.wait_connected(timeout=10):  # subscribed before any meter speaks
                 console.print("[bold red]demo failed[/]: the monitor could not subscribe")
                 return 1
-            codes, trades = _run_community(args, community.root, port, monitor, watch, stop)
+            codes = _run_community(args, community.root, port, monitor, watch, stop, trades)
             monitor.all_offline.wait(timeout=10)
         finally:
             watcher.close()
@@ -148,10 +152,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_community(args, root: Path, port: int, monitor: Monitor, watch: LedgerWatch,
-                   stop: threading.Event) -> tuple[list[int], Trades]:
+                   stop: threading.Event, trades: Trades) -> list[int]:
     """Run meters and ledger for args.seconds and until the trades are done (or SIGINT/SIGTERM);
     their exit codes, meters first."""
-    procs, trades = [], Trades()
+    procs = []
     households = BusClient("127.0.0.1", port, client_id="demo-households")
     try:
         for meter, watts in METERS:
@@ -163,7 +167,7 @@ def _run_community(args, root: Path, port: int, monitor: Monitor, watch: LedgerW
         threading.Thread(target=trade, args=(SimCommunity.from_dir(root, wall_ms()), households, watch,
                                              monitor.console, 30, trades), daemon=True).start()
         if not stop.wait(args.seconds):
-            trades.done.wait(60)
+            trades.done.wait(60)  # SIGINT/SIGTERM set it too
     finally:
         households.close()
         for proc, _ in procs:
@@ -176,7 +180,7 @@ def _run_community(args, root: Path, port: int, monitor: Monitor, watch: LedgerW
                 proc.kill()
                 codes.append(proc.wait())
             reader.join(timeout=5)
-    return codes, trades
+    return codes
 
 
 def _start(module_args: list[str], name: str, monitor: Monitor):

@@ -21,7 +21,7 @@ from broker.messages import open_message
 from broker.reasons import Reject
 from broker.verify import Verifier
 from deploy.simulate import SimCommunity
-from ledger.block import Block
+from ledger.block import Block, BlockError
 
 BUYER, SELLER = 0, 1  # m0001 imports, m0002 exports (deploy.demo.METERS)
 EXPIRING_MS = 1_500
@@ -55,10 +55,15 @@ class LedgerWatch:
             self.ledger = payload.decode(errors="replace")
             self.console.print(f"[magenta]◆ ledger   state    {self.ledger}[/]")
         elif topic == topics.LEDGER_BLOCKS:
-            block = Block.from_chain_bytes(payload)
+            try:
+                block = Block.from_chain_bytes(payload)
+            except BlockError as exc:
+                raise Reject("decode", f"not a block: {exc}") from None
+            if not block.valid_seals(self.verifier.validators):
+                raise Reject("signature", f"block #{block.header.height} is not sealed by a validator")
             self.blocks += 1
             self.console.print(f"[magenta]◆ ledger   block    #{block.header.height}: {len(block.trades)} trade(s), "
-                               f"{len(payload)} B on chain, sealed ✓{'' if block.valid_seals(self.verifier.validators) else ' ✗'}[/]")
+                               f"{len(payload)} B on chain, sealed ✓[/]")
         elif topic == topics.REJECTS:
             rejection = self.verifier.verify(payload, wall_ms(), expect="reject").body
             self.rejects += 1

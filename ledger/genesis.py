@@ -95,11 +95,9 @@ def write_genesis(root: Path, genesis: Genesis) -> bool:
     """
     path = root / GENESIS_FILE
     raw = genesis.encode()
-    if path.exists():
-        if path.read_bytes() == raw:
-            return False
-        raise GenesisError(f"{path} already holds a different genesis; a chain's genesis never changes")
     root.mkdir(parents=True, exist_ok=True)
-    if not write_file(path, raw, 0o644, replace=False):  # a concurrent run wrote one first
-        return write_genesis(root, genesis)
-    return True
+    if write_file(path, raw, 0o644, replace=False):
+        return True
+    if path.read_bytes() == raw:  # an earlier or concurrent run wrote the same genesis
+        return False
+    raise GenesisError(f"{path} already holds a different genesis; a chain's genesis never changes")

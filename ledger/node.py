@@ -52,18 +52,20 @@ class LedgerNode:
         self.state.commit(draft)
         return Decided(block, queued, reasons)
 
-    def current_statuses(self) -> list[tuple[str, bytes]]:
-        """(topic, payload) of the retained status of every CTP, as it was first published:
-        the same body (block time and height of the last change) signs to the same bytes."""
+    def current_statuses(self, since: int = 0) -> list[tuple[str, bytes]]:
+        """(topic, payload) of the retained status of every CTP whose status changed at block
+        time `since` or later, as it was first published: the same body (time and height of
+        the last change) signs to the same bytes."""
         times = self.store.block_times()
-        rejected = self.store.rejections()
-        out = [(topics.status(ctp_id), Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg)
-                .sign(self.identity.key)) for ctp_id, (reason, msg, t) in rejected.items()
-               if ctp_id not in self.state.ctps]
+        key = self.identity.key
+        out = [(topics.status(ctp_id), Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg).sign(key))
+               for ctp_id, (reason, msg, t) in self.store.rejections().items()
+               if t >= since and ctp_id not in self.state.ctps]
         for record in self.state.ctps.values():
-            status = Status(ctp=record.ctp.id, state=record.state, t=times[record.height], h=record.height,
-                            msg=record.by or None)
-            out.append((topics.status(record.ctp.id), status.sign(self.identity.key)))
+            if times[record.height] >= since:
+                status = Status(ctp=record.ctp.id, state=record.state, t=times[record.height], h=record.height,
+                                msg=record.by or None)
+                out.append((topics.status(record.ctp.id), status.sign(key)))
         return out
 
     def close(self) -> None:

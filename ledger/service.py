@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 
 from broker import topics
 from broker.client import BusClient
+from broker.runtime import AUTOSAVE_S
 from broker.clock import wall_ms
 from ledger.block import quorum
 from ledger.genesis import GenesisError
@@ -25,6 +26,7 @@ from ledger.store import Outgoing
 from ledger.validator import ValidatorIdentity
 
 log = logging.getLogger("spb.ledger")
+PRESIGN_QUEUE = 100_000
 
 
 class Delivery(NamedTuple):
@@ -47,12 +49,13 @@ class LedgerService:
         self._inbox: deque[Delivery] = deque()
         self._wake = threading.Event()  # something arrived, or stop() was called
         self._stopping = threading.Event()
-        # Set when the broker had forgotten our session, so also the statuses it retained
-        # (say it crashed before saving them): the main loop publishes them again.
-        self._restore_statuses = threading.Event()
+        # session_present of each (re)connect, for the main loop, which owns the database
+        # and announces in order with its blocks.
+        self._connects: deque[bool] = deque()
         # Signatures are checked as messages arrive, beside the block being built (see
-        # Verifier.presign); the block's own verify finds them done. None stops the thread.
-        self._presign: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        # Verifier.presign); the block's own verify finds them done. Best effort: a full
+        # queue skips presigning. None stops the thread.
+        self._presign: queue.Queue[bytes | None] = queue.Queue(maxsize=PRESIGN_QUEUE)
         self._presigner = threading.Thread(target=self._presign_loop, name="presign", daemon=True)
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
         self.bus = BusClient(host, port, f"ledger-v{identity.index}", manual_ack=True,
@@ -75,28 +78,26 @@ class LedgerService:
         self.bus.connect()
         last_block = 0.0
         while not self._stopping.is_set():
-            if self._restore_statuses.is_set():
-                self._restore_statuses.clear()
-                statuses = self.node.current_statuses()
-                log.info("the broker lost our session: publishing %d statuses again", len(statuses))
-                for topic, payload in statuses:
-                    self.bus.publish(topic, payload, retain=True)
+            while self._connects:
+                self._reconnected(self._connects.popleft())
             pause = last_block + self.block_ms / 1000 - time.monotonic()
             if pause > 0:
                 self._stopping.wait(pause)
-            elif self._inbox or self._expiry_due():
+            elif self._inbox or self._expiry_due() or self._connects:
                 last_block = time.monotonic()  # the interval runs from block start to block start
                 self.step()
             else:
                 self._wake.clear()
                 self._forget_delivered()
-                if not self._inbox and not self._stopping.is_set():
+                if not (self._inbox or self._connects or self._stopping.is_set()):
                     self._wake.wait(self._until_expiry())
         self.shutdown()
 
     def step(self) -> None:
         """Decide everything received so far in one block."""
         batch = [self._inbox.popleft() for _ in range(len(self._inbox))]
+        if not batch and not self._expiry_due():
+            return  # woken by a connect only
         block, queued, _ = self.node.decide([(d.typ, d.raw) for d in batch], self.clock(), self._take_delivered())
         if block is not None:
             log.info("block %d at %d: %d inputs, %d trades", block.header.height, block.header.t,
@@ -120,21 +121,42 @@ class LedgerService:
     def _receiver(self, typ: str):
         def receive(topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
             self._inbox.append(Delivery(typ, payload, ack))
-            self._presign.put(payload)
+            try:
+                self._presign.put_nowait(payload)
+            except queue.Full:
+                pass
             self._wake.set()
         return receive
 
     def _presign_loop(self) -> None:
         while (raw := self._presign.get()) is not None:
-            self.node.verifier.presign(raw)
+            if not self._stopping.is_set():
+                try:
+                    self.node.verifier.presign(raw)
+                except Exception:  # never lose the thread: the block verifies everything anyway
+                    log.exception("presign failed")
 
     def _announce(self) -> None:
         self.bus.publish(topics.LEDGER_STATE, f"online {self.node.state.height}".encode(), retain=True)
 
     def _on_connect(self) -> None:
-        if not self.bus.session_present and self.node.state.ctps:
-            self._restore_statuses.set()  # the main loop owns the database
-            self._wake.set()
+        self._connects.append(self.bus.session_present)
+        self._wake.set()
+
+    def _reconnected(self, session_present: bool) -> None:
+        """Say `online`, and publish statuses the broker may have lost again.
+
+        A broker without our session has lost everything it retained: all of them. One that
+        kept our session may still have crashed and reloaded its last save (Mosquitto saves
+        every autosave_interval): those changed since then, with a margin.
+        """
+        since = self.clock() - 2 * AUTOSAVE_S * 1000 if session_present else 0
+        statuses = self.node.current_statuses(since)
+        if statuses:
+            log.info("publishing %d statuses again (broker session %s)", len(statuses),
+                     "kept" if session_present else "lost")
+        for topic, payload in statuses:
+            self.bus.publish(topic, payload, retain=True)
         self._announce()
 
     def _publish(self, rows: list[Outgoing]) -> None:

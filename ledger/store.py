@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS trades(ctp BLOB PRIMARY KEY, height INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS rejected(id BLOB PRIMARY KEY, reason TEXT NOT NULL, msg BLOB NOT NULL,
                                     t INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS refused(hash BLOB PRIMARY KEY, exp INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS refused_by_exp ON refused(exp);
 CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
                                   payload BLOB NOT NULL, retain INTEGER NOT NULL);
 """

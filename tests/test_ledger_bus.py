@@ -572,7 +572,9 @@ def test_exp_itself_is_still_in_time(bus):
 def _applied_once(bus: Bus, ctp: bytes) -> None:
     bus.wait_status(ctp_id(ctp), "held")
     bus.barrier()
-    assert [s.state for s in bus.statuses(ctp_id(ctp))] == ["held"]
+    # One status; a reconnect may publish it again, byte for byte (decision 0002).
+    seen = set(bus.statuses(ctp_id(ctp)))
+    assert len(seen) == 1 and seen.pop().state == "held"
     assert {r.reason for r in bus.rejects(message_hash(ctp))} <= {"duplicate"}
     payer, payee = pk(account(bus, 0)), pk(account(bus, 1))
     assert (bus.state.balances[payer], bus.state.held[payer], bus.state.balances[payee]) == (BALANCE - 40, 40, BALANCE)

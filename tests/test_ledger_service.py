@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+
+import pytest
+
 from broker import topics
 from broker.clock import wall_ms
 from broker.messages import open_message
@@ -36,10 +40,13 @@ def test_a_trade_is_held_then_settled_and_the_status_stays_retained(tmp_path, mo
     assert payload == f"offline {settled.h}".encode()
 
 
-def test_after_a_broker_crash_the_ledger_publishes_its_statuses_again(tmp_path, mosquitto, make_client, read_retained):
-    """Mosquitto saves retained messages every 60 s: a crash can lose statuses the ledger saw
-    acknowledged. A broker without our session has lost them, so they are published again,
-    byte for byte (same body, deterministic Ed25519)."""
+@pytest.mark.parametrize("saved", [False, True], ids=["before-any-save", "after-a-save"])
+def test_after_a_broker_crash_the_ledger_publishes_its_statuses_again(tmp_path, mosquitto, make_client,
+                                                                     read_retained, saved):
+    """Mosquitto saves sessions and retained messages every 60 s: a crash loses statuses the
+    ledger saw acknowledged since. Whether the broker comes back without the ledger's session
+    (no save yet) or with it (its last save), they are published again, byte for byte (same
+    body, deterministic Ed25519)."""
     now = wall_ms()
     community = SimCommunity(3, now)
     root = ledger_dir(tmp_path / "ledger", community, balance=20)
@@ -50,6 +57,9 @@ def test_after_a_broker_crash_the_ledger_publishes_its_statuses_again(tmp_path, 
     connected(watcher)
     ledger = RunningLedger(root, mosquitto.port)
     wait_for(lambda: (topics.LEDGER_STATE, b"online 0", False) in inbox.messages, 10, "the ledger subscribed")
+    if saved:  # SIGUSR1: Mosquitto saves now, with the ledger's session and no status yet
+        mosquitto._process.send_signal(signal.SIGUSR1)
+        wait_for(lambda: any(mosquitto.data_dir.glob("*.db")), 10, "the broker's save")
     household = connected(make_client(mosquitto.port, "household"))
     settled, greedy = community.ctp(0, 1, amount=5, wh=1, exp=now + 600_000), community.ctp(1, 2, amount=50, wh=1, exp=now + 600_000)
     household.publish(topics.TX_CTP, settled)
