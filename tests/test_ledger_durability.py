@@ -9,6 +9,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import pytest
+
 from broker import topics
 from broker.clock import wall_ms
 from broker.messages import open_message
@@ -96,12 +98,27 @@ def online_since(load: Load, start: int) -> bool:
     return any(t == topics.LEDGER_STATE and p.startswith(b"online") for t, p, _ in load.inbox.messages[start:])
 
 
-def start_ledger(root, port) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ledger.cli", "run", str(root), "--broker", f"127.0.0.1:{port}"],
-                            env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+@pytest.fixture
+def start_ledger():
+    """start_ledger(root, port): `spb-ledger run` as a process; any still running are killed
+    after the test, whatever happened in it."""
+    processes = []
+
+    def start(root, port) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-m", "ledger.cli", "run", str(root), "--broker",
+                                    f"127.0.0.1:{port}"], env=child_env(), cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
-def test_kill_9_mid_load_loses_nothing_and_applies_nothing_twice(tmp_path, mosquitto, make_client):
+def test_kill_9_mid_load_loses_nothing_and_applies_nothing_twice(tmp_path, mosquitto, make_client, start_ledger):
     load = make_load(tmp_path, mosquitto.port, make_client)
     ledger = start_ledger(load.root, mosquitto.port)
     # Its first connect makes the ledger's persistent session: from then on the broker keeps

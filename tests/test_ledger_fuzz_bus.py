@@ -74,7 +74,12 @@ def test_a_fuzzed_run_over_the_bus_audits_clean(tmp_path, mosquitto, make_client
         wait_for(lambda: any(s.state == "refunded" and s.msg is None for s in statuses(inbox)), 30, "an expiry refund")
     finally:
         ledger.terminate()
-        assert ledger.wait(20) == 0, ledger.stderr.read().decode()[-2000:]
+        try:
+            code = ledger.wait(20)
+        except subprocess.TimeoutExpired:
+            ledger.kill()
+            raise
+    assert code == 0, ledger.stderr.read().decode()[-2000:]
 
     audit = subprocess.run([sys.executable, "-m", "ledger.cli", "audit", str(root)], capture_output=True,
                            text=True, env=child_env(), cwd=REPO, timeout=120)
