@@ -27,6 +27,7 @@ from ledger.validator import ValidatorIdentity
 
 log = logging.getLogger("spb.ledger")
 PRESIGN_QUEUE = 100_000
+RESTORE = "restore-statuses"  # store flag: a full status restore is not yet acknowledged
 
 
 class Delivery(NamedTuple):
@@ -52,6 +53,8 @@ class LedgerService:
         # session_present of each (re)connect, for the main loop, which owns the database
         # and announces in order with its blocks.
         self._connects: deque[bool] = deque()
+        self._restored = threading.Event()  # the broker acknowledged a full status restore
+        self._restore_round = 0
         # Signatures are checked as messages arrive, beside the block being built (see
         # Verifier.presign); the block's own verify finds them done. Best effort: a full
         # queue skips presigning. None stops the thread.
@@ -80,6 +83,9 @@ class LedgerService:
         while not self._stopping.is_set():
             while self._connects:
                 self._reconnected(self._connects.popleft())
+            if self._restored.is_set():
+                self._restored.clear()
+                self.node.store.set_flag(RESTORE, False)
             pause = last_block + self.block_ms / 1000 - time.monotonic()
             if pause > 0:
                 self._stopping.wait(pause)
@@ -89,7 +95,7 @@ class LedgerService:
             else:
                 self._wake.clear()
                 self._forget_delivered()
-                if not (self._inbox or self._connects or self._stopping.is_set()):
+                if not (self._inbox or self._connects or self._restored.is_set() or self._stopping.is_set()):
                     self._wake.wait(self._until_expiry())
         self.shutdown()
 
@@ -146,17 +152,31 @@ class LedgerService:
     def _reconnected(self, session_present: bool) -> None:
         """Say `online`, and publish statuses the broker may have lost again.
 
-        A broker without our session has lost everything it retained: all of them. One that
-        kept our session may still have crashed and reloaded its last save (Mosquitto saves
-        every autosave_interval): those changed since then, with a margin.
+        A broker without our session has lost everything it retained: all of them, and a
+        durable flag says so until the broker acknowledged the last one, so a ledger that
+        dies meanwhile starts over. One that kept our session may still have crashed and
+        reloaded its last save (Mosquitto saves every autosave_interval): those changed
+        since then, with a margin.
         """
-        since = self.clock() - 2 * AUTOSAVE_S * 1000 if session_present else 0
-        statuses = self.node.current_statuses(since)
+        store = self.node.store
+        full = not session_present or store.flag(RESTORE)
+        if full:
+            store.set_flag(RESTORE, True)
+        statuses = self.node.current_statuses(0 if full else self.clock() - 2 * AUTOSAVE_S * 1000)
         if statuses:
-            log.info("publishing %d statuses again (broker session %s)", len(statuses),
-                     "kept" if session_present else "lost")
+            log.info("publishing %d statuses again (%s)", len(statuses), "all" if full else "recent")
+        self._restore_round += 1
+        remaining, round_ = [len(statuses)], self._restore_round
+
+        def acked(_mid: int) -> None:  # on the network thread, the only one that counts down
+            remaining[0] -= 1
+            if remaining[0] == 0 and round_ == self._restore_round:
+                self._restored.set()
+                self._wake.set()
         for topic, payload in statuses:
-            self.bus.publish(topic, payload, retain=True)
+            self.bus.publish(topic, payload, retain=True, on_ack=acked if full else None)
+        if full and not statuses:
+            store.set_flag(RESTORE, False)
         self._announce()
 
     def _publish(self, rows: list[Outgoing]) -> None:

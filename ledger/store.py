@@ -84,6 +84,17 @@ class LedgerStore:
     def close(self) -> None:
         self.db.close()
 
+    def flag(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM meta WHERE key = ?", (f"flag:{name}",)).fetchone() is not None
+
+    def set_flag(self, name: str, on: bool) -> None:
+        """A durable yes/no the service keeps across crashes (a pending status restore)."""
+        with self._transaction():
+            if on:
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, 1)", (f"flag:{name}",))
+            else:
+                self.db.execute("DELETE FROM meta WHERE key = ?", (f"flag:{name}",))
+
     # -- the state --
 
     def load(self) -> LedgerState:

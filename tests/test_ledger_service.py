@@ -10,23 +10,34 @@ from broker import topics
 from broker.clock import wall_ms
 from broker.messages import open_message
 from deploy.simulate import SimCommunity
+from ledger.store import LedgerStore
+from ledger.validator import ValidatorIdentity
 from tests.helpers import Inbox, connected, wait_for
 from tests.ledger_helpers import RunningLedger, ledger_dir, wait_status
 
 
+class Setup:
+    """A community, its ledger dir, a watcher of statuses and ledger state, and the ledger
+    running and subscribed."""
+
+    def __init__(self, tmp_path, port: int, make_client, households: int = 3, balance: int = 1_000):
+        self.now = wall_ms()
+        self.community = SimCommunity(households, self.now)
+        self.root = ledger_dir(tmp_path / "ledger", self.community, balance=balance)
+        self.inbox = Inbox()
+        watcher = make_client(port, "watcher")
+        for topic in (topics.STATUS_ALL, topics.LEDGER_STATE):
+            watcher.subscribe(topic, self.inbox)
+        connected(watcher)
+        self.ledger = RunningLedger(self.root, port)
+        wait_for(lambda: (topics.LEDGER_STATE, b"online 0", False) in self.inbox.messages, 10, "the ledger subscribed")
+        self.household = connected(make_client(port, "household"))
+
+
 def test_a_trade_is_held_then_settled_and_the_status_stays_retained(tmp_path, mosquitto, make_client, read_retained):
-    now = wall_ms()
-    community = SimCommunity(3, now)
-    root = ledger_dir(tmp_path / "ledger", community)
-    inbox = Inbox()
-    watcher = make_client(mosquitto.port, "watcher")
-    watcher.subscribe(topics.STATUS_ALL, inbox)
-    watcher.subscribe(topics.LEDGER_STATE, inbox)
-    connected(watcher)
-    ledger = RunningLedger(root, mosquitto.port)
-    wait_for(lambda: (topics.LEDGER_STATE, b"online 0", False) in inbox.messages, 10, "the ledger subscribed")
-    household = connected(make_client(mosquitto.port, "household"))
-    ctp = community.ctp(0, 1, amount=40, wh=5, exp=now + 600_000)
+    setup = Setup(tmp_path, mosquitto.port, make_client)
+    community, inbox, ledger, household = setup.community, setup.inbox, setup.ledger, setup.household
+    ctp = community.ctp(0, 1, amount=40, wh=5, exp=setup.now + 600_000)
     ctp_id = open_message(ctp, "ctp").body.id
     household.publish(topics.TX_CTP, ctp)
     held = wait_status(inbox, ctp_id, "held")
@@ -47,20 +58,11 @@ def test_after_a_broker_crash_the_ledger_publishes_its_statuses_again(tmp_path, 
     ledger saw acknowledged since. Whether the broker comes back without the ledger's session
     (no save yet) or with it (its last save), they are published again, byte for byte (same
     body, deterministic Ed25519)."""
-    now = wall_ms()
-    community = SimCommunity(3, now)
-    root = ledger_dir(tmp_path / "ledger", community, balance=20)
-    inbox = Inbox()
-    watcher = make_client(mosquitto.port, "watcher")
-    for topic in (topics.STATUS_ALL, topics.LEDGER_STATE):
-        watcher.subscribe(topic, inbox)
-    connected(watcher)
-    ledger = RunningLedger(root, mosquitto.port)
-    wait_for(lambda: (topics.LEDGER_STATE, b"online 0", False) in inbox.messages, 10, "the ledger subscribed")
+    setup = Setup(tmp_path, mosquitto.port, make_client, balance=20)
+    community, inbox, ledger, household, now = setup.community, setup.inbox, setup.ledger, setup.household, setup.now
     if saved:  # SIGUSR1: Mosquitto saves now, with the ledger's session and no status yet
         mosquitto._process.send_signal(signal.SIGUSR1)
         wait_for(lambda: any(mosquitto.data_dir.glob("*.db")), 10, "the broker's save")
-    household = connected(make_client(mosquitto.port, "household"))
     settled, greedy = community.ctp(0, 1, amount=5, wh=1, exp=now + 600_000), community.ctp(1, 2, amount=50, wh=1, exp=now + 600_000)
     household.publish(topics.TX_CTP, settled)
     household.publish(topics.TX_CTP, greedy)
@@ -80,3 +82,42 @@ def test_after_a_broker_crash_the_ledger_publishes_its_statuses_again(tmp_path, 
     for topic, payload in before.items():  # ...and has them again after losing them
         assert read_retained(mosquitto.port, topic, f"late-{topic[-6:]}")[1:] == (payload, True)
     ledger.stop()
+
+
+def test_a_full_status_restore_cut_short_by_a_crash_is_done_again(tmp_path, mosquitto, make_client, read_retained):
+    """The ledger died while publishing every status again to a broker that had lost them:
+    the durable flag makes the next start publish all of them again, even though the broker
+    now has the ledger's session and the statuses are older than the recent window."""
+    setup = Setup(tmp_path, mosquitto.port, make_client, households=2)
+    community, inbox, ledger, root = setup.community, setup.inbox, setup.ledger, setup.root
+    ctp = community.ctp(0, 1, amount=5, wh=1, exp=setup.now + 3_600_000)
+    setup.household.publish(topics.TX_CTP, ctp)
+    held = wait_status(inbox, open_message(ctp, "ctp").body.id, "held")
+    ledger.stop()
+    topic = topics.status(held.ctp)
+    _, payload, _ = read_retained(mosquitto.port, topic, "before")
+    eraser = connected(make_client(mosquitto.port, "eraser"))
+    assert eraser.wait_acked(eraser.publish(topic, b"", retain=True), 10)  # the broker forgets it
+
+    def on_topic() -> int:
+        return sum(t == topic and p != b"" for t, p, _ in inbox.messages)  # not the eraser's
+
+    def run_once(until=lambda: True) -> None:
+        """Start, wait for its `online` (published after any statuses) and `until`, stop."""
+        mark = len(inbox.messages)
+        run = RunningLedger(root, mosquitto.port, clock=lambda: wall_ms() + 10 * 60_000)
+        wait_for(lambda: any(t == topics.LEDGER_STATE and p.startswith(b"online")
+                             for t, p, _ in inbox.messages[mark:]), 10, "the ledger online")
+        wait_for(until, 10, "the restore acknowledged")
+        run.stop()
+
+    seen = on_topic()
+    run_once()  # ten minutes later: the status is older than the recent window, so not sent again
+    assert on_topic() == seen
+    identity = ValidatorIdentity.load(root, 0)
+    store = LedgerStore(identity.db_path, identity.genesis)
+    store.set_flag("restore-statuses", True)  # as a crash in the middle of a full restore leaves it
+    store.close()
+    reader = LedgerStore(identity.db_path, identity.genesis, readonly=True)
+    run_once(until=lambda: not reader.flag("restore-statuses"))  # cleared once the broker has them all
+    assert read_retained(mosquitto.port, topic, "after")[1:] == (payload, True)
