@@ -8,6 +8,7 @@ block or none of it, nothing is applied twice. The one clock is read here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -27,6 +28,7 @@ from ledger.validator import ValidatorIdentity
 
 log = logging.getLogger("spb.ledger")
 PRESIGN_QUEUE = 100_000
+WINDOW = 20_000  # unacknowledged publishes at most
 RESTORE = "restore-statuses"  # store flag: a full status restore is not yet acknowledged
 
 
@@ -61,6 +63,11 @@ class LedgerService:
         self._presign: queue.Queue[bytes | None] = queue.Queue(maxsize=PRESIGN_QUEUE)
         self._presigner = threading.Thread(target=self._presign_loop, name="presign", daemon=True)
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
+        # Publishes wait here until fewer than WINDOW are unacknowledged: paho numbers them
+        # with 16-bit ids and refuses more (an outbox or status restore can be far larger).
+        self._outgoing: deque[tuple[str, bytes, bool, Callable[[int], None] | None]] = deque()
+        self._unacked = 0
+        self._unacked_lock = threading.Lock()
         self.bus = BusClient(host, port, f"ledger-v{identity.index}", manual_ack=True,
                              will=(topics.LEDGER_STATE, topics.OFFLINE, True), max_inflight=0)
         self.bus.on_connect.append(self._on_connect)
@@ -83,6 +90,7 @@ class LedgerService:
         while not self._stopping.is_set():
             while self._connects:
                 self._reconnected(self._connects.popleft())
+            self._pump()
             if self._restored.is_set():
                 self._restored.clear()
                 self.node.store.set_flag(RESTORE, False)
@@ -95,7 +103,8 @@ class LedgerService:
             else:
                 self._wake.clear()
                 self._forget_delivered()
-                if not (self._inbox or self._connects or self._restored.is_set() or self._stopping.is_set()):
+                if not (self._inbox or self._connects or self._restored.is_set() or self._stopping.is_set()
+                        or self._can_pump()):
                     self._wake.wait(self._until_expiry())
         self.shutdown()
 
@@ -143,7 +152,31 @@ class LedgerService:
                     log.exception("presign failed")
 
     def _announce(self) -> None:
-        self.bus.publish(topics.LEDGER_STATE, f"online {self.node.state.height}".encode(), retain=True)
+        self._send(topics.LEDGER_STATE, f"online {self.node.state.height}".encode(), True)
+
+    def _send(self, topic: str, payload: bytes, retain: bool, on_ack: Callable[[int], None] | None = None) -> None:
+        """Queue a publish, in order after everything queued before it."""
+        self._outgoing.append((topic, payload, retain, on_ack))
+        self._pump()
+
+    def _can_pump(self) -> bool:
+        return bool(self._outgoing) and self._unacked < WINDOW
+
+    def _pump(self) -> None:
+        """Hand queued publishes to paho while fewer than WINDOW are unacknowledged."""
+        while self._can_pump():
+            topic, payload, retain, on_ack = self._outgoing.popleft()
+            with self._unacked_lock:
+                self._unacked += 1
+            self.bus.publish(topic, payload, retain=retain, on_ack=functools.partial(self._acked, on_ack))
+
+    def _acked(self, on_ack: Callable[[int], None] | None, mid: int) -> None:
+        with self._unacked_lock:
+            self._unacked -= 1
+        if on_ack is not None:
+            on_ack(mid)
+        if self._outgoing:  # the main loop has more to hand over now
+            self._wake.set()
 
     def _on_connect(self) -> None:
         self._connects.append(self.bus.session_present)
@@ -174,15 +207,14 @@ class LedgerService:
                 self._restored.set()
                 self._wake.set()
         for topic, payload in statuses:
-            self.bus.publish(topic, payload, retain=True, on_ack=acked if full else None)
+            self._send(topic, payload, True, acked if full else None)
         if full and not statuses:
             store.set_flag(RESTORE, False)
         self._announce()
 
     def _publish(self, rows: list[Outgoing]) -> None:
         for row in rows:
-            self.bus.publish(row.topic, row.payload, retain=row.retain,
-                             on_ack=lambda _mid, seq=row.seq: self._delivered.append(seq))
+            self._send(row.topic, row.payload, row.retain, lambda _mid, seq=row.seq: self._delivered.append(seq))
 
     def _take_delivered(self) -> list[int]:
         return [self._delivered.popleft() for _ in range(len(self._delivered))]

@@ -121,3 +121,25 @@ def test_a_full_status_restore_cut_short_by_a_crash_is_done_again(tmp_path, mosq
     reader = LedgerStore(identity.db_path, identity.genesis, readonly=True)
     run_once(until=lambda: not reader.flag("restore-statuses"))  # cleared once the broker has them all
     assert read_retained(mosquitto.port, topic, "after")[1:] == (payload, True)
+
+
+def test_publishes_are_paced_by_the_window_and_all_arrive(tmp_path, mosquitto, make_client, monkeypatch):
+    """paho refuses more than 65535 unacknowledged publishes, and an outbox or a full status
+    restore can be larger: the service hands over at most WINDOW at a time (3 here)."""
+    monkeypatch.setattr("ledger.service.WINDOW", 3)
+    setup = Setup(tmp_path, mosquitto.port, make_client, households=2, balance=10_000)
+    service = setup.ledger.service
+    in_flight = []  # unacknowledged publishes, counting this one, at each hand-over to paho
+    publish = service.bus.publish
+
+    def recording(*args, **kwargs):
+        in_flight.append(service._unacked)
+        return publish(*args, **kwargs)
+    monkeypatch.setattr(service.bus, "publish", recording)
+    ctps = [setup.community.ctp(0, 1, amount=1, wh=1, exp=setup.now + 600_000) for _ in range(40)]
+    for ctp in ctps:
+        setup.household.publish(topics.TX_CTP, ctp)
+    for ctp in ctps:
+        wait_status(setup.inbox, open_message(ctp, "ctp").body.id, "held")
+    setup.ledger.stop()
+    assert len(in_flight) > 40 and max(in_flight) == 3
