@@ -8,7 +8,7 @@ bound with one validator.
 - core: what LedgerService does per block, in this process and without MQTT (LedgerNode):
   a Draft verifies and applies the messages, the block is sealed, the statuses are signed,
   and LedgerStore commits block, state and outbox to a real SQLite file (WAL,
-  synchronous=FULL); signatures are pre-checked on a second thread as messages arrive.
+  synchronous=FULL).
   Each block holds `--block` new CTPs and the ERCs of the previous block's CTPs.
 - end to end: a real Mosquitto and `spb-ledger run` (subprocess); this process publishes a
   batch of pre-signed CTPs at once and the ERC of each CTP as soon as its `held` status
@@ -66,40 +66,24 @@ class RawVerify:
 
 
 class Core:
-    """A validator without a bus (LedgerNode, as LedgerService drives it), block after block.
-
-    As in the service, each message's signature is checked on a second thread when it
-    arrives (Verifier.presign), which here is while the block before it is decided.
-    """
+    """A validator without a bus (LedgerNode, as LedgerService drives it), block after block."""
 
     def __init__(self, community: SimCommunity, root: Path):
         self.node = LedgerNode(ValidatorIdentity.load(community.ledger_dir(root, BALANCE), 0))
         self.delivered: list[int] = []  # outbox rows the broker would have acknowledged
-        self.seconds = 0.0
 
-    def run(self, trades: list[tuple[bytes, bytes]], block: int, presign: bool = True) -> float:
+    def run(self, trades: list[tuple[bytes, bytes]], block: int) -> float:
         """Settled trades/s: block k holds the CTPs of chunk k and the ERCs of chunk k-1."""
         chunks = [trades[i:i + block] for i in range(0, len(trades), block)]
-        batches = [[("ctp", ctp) for ctp, _ in chunks[k]] if k < len(chunks) else [] for k in range(len(chunks) + 1)]
-        for k in range(1, len(batches)):
-            batches[k] += [("erc", erc) for _, erc in chunks[k - 1]]
-        ahead = batches if presign else [[] for _ in batches]  # else every signature on the deciding thread
         start = time.perf_counter()
-        self._presign(ahead[0])
-        for k, batch in enumerate(batches):
-            arriving = threading.Thread(target=self._presign, args=(ahead[k + 1] if k + 1 < len(ahead) else [],))
-            arriving.start()
+        for k in range(len(chunks) + 1):
+            batch = [("ctp", ctp) for ctp, _ in chunks[k]] if k < len(chunks) else []
+            batch += [("erc", erc) for _, erc in chunks[k - 1]] if k > 0 else []
             decided = self.node.decide(batch, wall_ms(), self.delivered)
-            arriving.join()
             if any(decided.reasons):
                 raise Bench(f"rejected while deciding: {set(decided.reasons) - {None}}")
             self.delivered = [row.seq for row in decided.queued]  # acknowledged before the next block
-        self.seconds = time.perf_counter() - start
-        return len(trades) / self.seconds
-
-    def _presign(self, batch: list[tuple[str, bytes]]) -> None:
-        for _, raw in batch:
-            self.node.verifier.presign(raw)
+        return len(trades) / (time.perf_counter() - start)
 
     def close(self) -> None:
         self.node.close()
@@ -181,16 +165,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         core_community = SimCommunity(args.households, wall_ms(), seed=b"saturation core")
-        core_rounds = [make_trades(core_community, args.trades) for _ in range(2 * args.rounds)]
+        core_rounds = [make_trades(core_community, args.trades) for _ in range(args.rounds)]
         raw = RawVerify(*core_rounds[0][0])
-        core_best = {True: 0.0, False: 0.0}  # with and without the presign thread
+        core_best = 0.0
         with tempfile.TemporaryDirectory(prefix="spb-bench-core-") as tmp:
             core = Core(core_community, Path(tmp) / "ledger")
             try:
-                for i, trades in enumerate(core_rounds):  # interleaved with the bound, as bench/wire.py does
+                for trades in core_rounds:  # interleaved with the bound, as bench/wire.py does
                     raw.measure(args.seconds)
-                    presign = i % 2 == 0
-                    core_best[presign] = max(core_best[presign], core.run(trades, args.block, presign))
+                    core_best = max(core_best, core.run(trades, args.block))
             finally:
                 core.close()
         if not args.skip_e2e:
@@ -206,13 +189,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} (core) and {args.e2e_rounds} (end to end)")
     print(f"{'raw Ed25519 verify (CTP/ERC length)':40}{raw.best:10.0f} /s")
     print(f"{'bound (2 verifies per trade)':40}{bound:10.0f} trades/s")
-    for presign, label in ((True, "core: node + presign thread"), (False, "core: node, one thread")):
-        print(f"{label:40}{core_best[presign]:10.0f} trades/s   ratio {core_best[presign] / bound:.2f}"
-              f"  (target >= {TARGET})")
+    print(f"{'core: LedgerNode, no MQTT':40}{core_best:10.0f} trades/s   ratio {core_best / bound:.2f}"
+          f"  (target >= {TARGET})")
     if not args.skip_e2e:
         print(f"{'end to end over Mosquitto':40}{e2e_best:10.0f} trades/s   ratio {e2e_best / bound:.2f}"
               f"  (target >= {TARGET})")
-    print(f"core: {1e6 / core_best[True]:.0f} us per settled trade ({args.trades} trades, {args.block} per block); "
+    print(f"core: {1e6 / core_best:.0f} us per settled trade ({args.trades} trades, {args.block} per block); "
           f"profile it with `python -m cProfile -s cumtime bench/saturation.py --skip-e2e`")
     if not args.skip_e2e:
         print(f"end to end, {args.e2e_trades} trades per round, block_ms {args.block_ms}: {e2e_cpu}")

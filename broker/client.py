@@ -142,7 +142,7 @@ class BusClient:
         # ...while a SUBACK not received is lost with its connection: _handle_disconnect
         # starts a new tracker, and the next connect's re-subscribe expects new SUBACKs.
         self._subacks = AckTracker()
-        self._unacked: dict[int, tuple[mqtt.MQTTMessageInfo, threading.Event]] = {}
+        self._unacked: dict[int, _Pending] = {}
         self._manual_ack = manual_ack
         self._generation = 0  # connections so far: an ack belongs to the one that delivered
 
@@ -253,18 +253,10 @@ class BusClient:
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             log.error("paho refused to queue a message for %s (mid %d clash)", topic, info.mid)
             return info
-        acked = threading.Event()
+        pending = _Pending(self, info, on_ack)
         with self._lock:
-            self._unacked[info.mid] = (info, acked)
-
-        def settle(_reason: Any) -> None:
-            with self._lock:
-                self._unacked.pop(info.mid, None)
-            acked.set()
-            if on_ack is not None:
-                _call_safely(on_ack, info.mid)
-
-        self._pubacks.expect(info.mid, settle)
+            self._unacked[info.mid] = pending
+        self._pubacks.expect(info.mid, pending.settle)
         return info
 
     def wait_acked(self, info: mqtt.MQTTMessageInfo, timeout: float | None = None) -> bool:
@@ -272,10 +264,13 @@ class BusClient:
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             return False
         with self._lock:
-            entry = self._unacked.get(info.mid)
-        if entry is None or entry[0] is not info:
-            return True  # settled already; the mid may even have been reused since
-        return entry[1].wait(timeout)
+            pending = self._unacked.get(info.mid)
+            if pending is None or pending.info is not info:
+                return True  # settled already; the mid may even have been reused since
+            if pending.acked is None:  # made only when someone waits: publish is on the ledger's hot path
+                pending.acked = threading.Event()
+            acked = pending.acked
+        return acked.wait(timeout)
 
     def _send_subscribe(self, filters: dict[str, threading.Event], then: Callable[[], None] | None = None) -> None:
         """One SUBSCRIBE for filters; on SUBACK set the Events of the granted ones, then run `then`.
@@ -340,6 +335,25 @@ class BusClient:
 
     def _handle_unmatched(self, client, userdata, message) -> None:
         log.debug("no handler for message on %s", message.topic)
+
+
+class _Pending:
+    """A published message until its PUBACK."""
+
+    __slots__ = ("bus", "info", "on_ack", "acked")
+
+    def __init__(self, bus: "BusClient", info: mqtt.MQTTMessageInfo, on_ack: Callable[[int], None] | None):
+        self.bus, self.info, self.on_ack = bus, info, on_ack
+        self.acked: threading.Event | None = None
+
+    def settle(self, _reason: Any) -> None:
+        with self.bus._lock:
+            self.bus._unacked.pop(self.info.mid, None)
+            acked = self.acked
+        if acked is not None:
+            acked.set()
+        if self.on_ack is not None:
+            _call_safely(self.on_ack, self.info.mid)
 
 
 def _no_ack() -> None:

@@ -7,19 +7,15 @@ ERC from one meter's key batch carries the same CoE.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
 
-from broker.cose import load, parse_sign1
 from broker.merkle import NodeMemo, verify_inclusion
 from broker.messages import (Birth, Body, Cancel, Coe, CoeRequest, Ctp, DevCert, Erc, Opened, Reading,
                              Rejection, Status, open_message, shown)
 from broker.reasons import Reject
 
 MAX_BATCH = 1024
-# The body key naming the signer of each transaction (§4 step 6).
-TX_SIGNER = {"ctp": "payer", "cancel": "payer", "erc": "pk"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,37 +28,11 @@ class _VerifiedCoe:
 class Verifier:
     """Checks messages against trusted CAs and validator keys."""
 
-    def __init__(self, cas: Iterable[bytes], validators: Iterable[bytes] = (), coe_cache_size: int = 4096,
-                 presigned_size: int = 100_000):
+    def __init__(self, cas: Iterable[bytes], validators: Iterable[bytes] = (), coe_cache_size: int = 4096):
         self.cas = frozenset(cas)
         self.validators = tuple(validators)
         self._coe_cache: dict[bytes, _VerifiedCoe] = {}
         self._coe_cache_size = coe_cache_size
-        # (key, message hash) pairs whose signature presign() found good: at most
-        # presigned_size small entries, whatever the messages' size. OrderedDict because its
-        # pop and popitem are single steps when presign runs on another thread.
-        self._presigned: OrderedDict[tuple[bytes, bytes], bool] = OrderedDict()
-        self._presigned_size = presigned_size
-
-    def presign(self, raw: bytes) -> None:
-        """Check a transaction's Ed25519 signature ahead of verify(), which then finds it done.
-
-        For an adapter's worker thread: libsodium runs without the GIL, so checking
-        signatures as messages arrive overlaps the block being built. Only the signature is
-        looked at, and only a good one is remembered, for the exact bytes and key: verify()
-        still runs every check in §4's order and answers exactly as it would without this.
-        """
-        try:
-            envelope = parse_sign1(raw)
-            body = load(envelope.payload)
-            typ = body.get("typ") if type(body) is dict else None
-            key = body.get(TX_SIGNER[typ]) if type(typ) is str and typ in TX_SIGNER else None
-            if type(key) is bytes and envelope.verifies(key):
-                self._presigned[(key, envelope.hash)] = True
-        except Exception:  # best effort on hostile bytes: verify() gives the real answer
-            return
-        if len(self._presigned) > self._presigned_size:
-            self._presigned.popitem(last=False)
 
     def verify(self, raw: bytes, now: int, expect: str | None = None,
                device_key: bytes | None = None) -> Opened:
@@ -72,7 +42,7 @@ class Verifier:
         """
         opened = open_message(raw, expect)
         for key in self._signing_keys(opened.body, now, device_key):
-            if (self._presigned and self._presigned.pop((key, opened.hash), False)) or opened.envelope.verifies(key):
+            if opened.envelope.verifies(key):
                 return opened
         raise Reject("signature", f"{opened.body.typ} not signed by the key it names")
 
@@ -91,7 +61,7 @@ class Verifier:
                 _check_coe(body, now)
             return (cert.pk,)
         if isinstance(body, (Ctp, Cancel)):
-            return (getattr(body, TX_SIGNER[body.typ]),)
+            return (body.payer,)
         if isinstance(body, (Status, Rejection)):
             return self.validators
         assert isinstance(body, Reading)

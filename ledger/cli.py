@@ -140,33 +140,24 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The service runs on a thread; this one only waits for SIGTERM/SIGINT.
+    """The service runs on this thread; another waits for SIGTERM/SIGINT with sigwait.
 
     A Python signal handler runs on the main thread between bytecodes, so one that set an
-    Event the main thread was itself inside would deadlock; sigwait has no such handler.
-    The signals are blocked before any thread starts, so every thread inherits that.
+    Event the main thread was itself inside would deadlock; sigwait needs no handler. The
+    signals are blocked before any thread starts, so every thread inherits that.
     """
     from ledger.service import LedgerService  # paho and the bus only for the one command that needs them
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     service = LedgerService(ValidatorIdentity.load(args.dir, args.validator), *args.broker)
-    failed: list[BaseException] = []
 
-    def run() -> None:
-        try:
-            service.run()
-        except BaseException as exc:  # reported below, on the main thread
-            failed.append(exc)
+    def wait_for_signal() -> None:
+        signal.sigwait(stop_signals)
+        service.stop()
 
-    worker = threading.Thread(target=run, name="ledger")
-    worker.start()
-    while worker.is_alive() and signal.sigtimedwait(stop_signals, 1.0) is None:
-        pass
-    service.stop()
-    worker.join()
-    if failed:
-        raise failed[0]
+    threading.Thread(target=wait_for_signal, name="signals", daemon=True).start()
+    service.run()
     return 0
 
 

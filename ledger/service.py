@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -27,7 +26,6 @@ from ledger.store import Outgoing
 from ledger.validator import ValidatorIdentity
 
 log = logging.getLogger("spb.ledger")
-PRESIGN_QUEUE = 100_000
 WINDOW = 20_000  # unacknowledged publishes at most
 RESTORE = "restore-statuses"  # store flag: a full status restore is not yet acknowledged
 
@@ -57,11 +55,6 @@ class LedgerService:
         self._connects: deque[bool] = deque()
         self._restored = threading.Event()  # the broker acknowledged a full status restore
         self._restore_round = 0
-        # Signatures are checked as messages arrive, beside the block being built (see
-        # Verifier.presign); the block's own verify finds them done. Best effort: a full
-        # queue skips presigning. None stops the thread.
-        self._presign: queue.Queue[bytes | None] = queue.Queue(maxsize=PRESIGN_QUEUE)
-        self._presigner = threading.Thread(target=self._presign_loop, name="presign", daemon=True)
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
         # Publishes wait here until fewer than WINDOW are unacknowledged: paho numbers them
         # with 16-bit ids and refuses more (an outbox or status restore can be far larger).
@@ -84,7 +77,6 @@ class LedgerService:
         log.info("validator %d at height %d, %d CTPs, %d messages to re-announce", self.identity.index,
                  self.node.state.height, len(self.node.state.ctps), len(self.node.store.outbox()))
         self._publish(self.node.store.outbox())  # what a crash left unacknowledged, first and in order
-        self._presigner.start()
         self.bus.connect()
         last_block = 0.0
         while not self._stopping.is_set():
@@ -128,28 +120,14 @@ class LedgerService:
         if not self.bus.wait_acked(info, timeout_s):
             log.warning("broker did not acknowledge offline within %.0f s", timeout_s)
         self.bus.close()
-        self._presign.put(None)
-        self._presigner.join()
         self._forget_delivered()
         self.node.close()
 
     def _receiver(self, typ: str):
         def receive(topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
             self._inbox.append(Delivery(typ, payload, ack))
-            try:
-                self._presign.put_nowait(payload)
-            except queue.Full:
-                pass
             self._wake.set()
         return receive
-
-    def _presign_loop(self) -> None:
-        while (raw := self._presign.get()) is not None:
-            if not self._stopping.is_set():
-                try:
-                    self.node.verifier.presign(raw)
-                except Exception:  # never lose the thread: the block verifies everything anyway
-                    log.exception("presign failed")
 
     def _announce(self) -> None:
         self._send(topics.LEDGER_STATE, f"online {self.node.state.height}".encode(), True)

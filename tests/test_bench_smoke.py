@@ -48,7 +48,7 @@ def test_saturation_bench_prints_settled_rates_and_ratios_against_the_verify_bou
     raw = int(re.search(r"^raw Ed25519 verify \(CTP/ERC length\)\s+(\d+) /s$", out, re.M).group(1))
     bound = int(re.search(r"^bound \(2 verifies per trade\)\s+(\d+) trades/s$", out, re.M).group(1))
     assert abs(bound - raw / 2) <= 1, out
-    for name in ("core: node \\+ presign thread", "core: node, one thread", "end to end over Mosquitto"):
+    for name in ("core: LedgerNode, no MQTT", "end to end over Mosquitto"):
         found = re.search(f"^{name}\\s+(\\d+) trades/s\\s+ratio ([\\d.]+)\\s+\\(target >= 0.4\\)$", out, re.M)
         assert found, (name, out)
         assert int(found.group(1)) > 0 and abs(float(found.group(2)) - int(found.group(1)) / bound) < 0.01
