@@ -77,8 +77,11 @@ def test_after_a_broker_crash_the_ledger_publishes_its_statuses_again(tmp_path, 
     mosquitto._process.kill()  # kill -9: nothing saved since the broker started
     mosquitto._process.wait()
     mosquitto._process = None
+    mark = len(inbox.messages)
     mosquitto.start(mosquitto.port, mosquitto.data_dir)
-    wait_for(lambda: ledger.service.bus.connected.is_set(), 20, "the ledger reconnected")
+    # The ledger says `online` after publishing the statuses again, on the same connection.
+    wait_for(lambda: any(t == topics.LEDGER_STATE and p.startswith(b"online") and not retained
+                         for t, p, retained in inbox.messages[mark:]), 20, "the ledger online again")
     for topic, payload in before.items():  # ...and has them again after losing them
         assert read_retained(mosquitto.port, topic, f"late-{topic[-6:]}")[1:] == (payload, True)
     ledger.stop()
