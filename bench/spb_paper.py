@@ -35,7 +35,7 @@ from broker.clock import wall_ms
 from broker.cose import encode, sign1
 from broker.messages import open_message
 from broker.reasons import Reject
-from broker.runtime import Mosquitto, free_port
+from broker.runtime import Mosquitto, free_port, wait_or_kill
 from broker.verify import Verifier
 from deploy.simulate import SimCommunity, pk
 from ledger.block import Block, Header, merkle_root
@@ -148,12 +148,8 @@ class LedgerProcess:
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise Bench(f"the ledger ignored SIGTERM for {timeout} s") from None
+        if not wait_or_kill(process, timeout):
+            raise Bench(f"the ledger ignored SIGTERM for {timeout} s")
 
     def close(self) -> None:
         for client in self.clients:

@@ -57,6 +57,13 @@ def write_file(path: Path, data: bytes, mode: int, replace: bool) -> bool:
     return True
 
 
+def secret_dir(path: Path) -> Path:
+    """A dir holding seeds: 0700, tightened even if an earlier hand made it looser."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 def load_key(path: Path) -> SigningKey:
     try:
         seed = bytes.fromhex(Path(path).read_text().strip())

@@ -185,12 +185,8 @@ class Mosquitto(Broker):
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            log.warning("mosquitto (pid %d) ignored SIGTERM for %s s; killing it", process.pid, STOP_TIMEOUT)
-            process.kill()
-            process.wait()
+        if not wait_or_kill(process, STOP_TIMEOUT):
+            log.warning("mosquitto (pid %d) ignored SIGTERM for %s s; killed it", process.pid, STOP_TIMEOUT)
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -204,6 +200,17 @@ class Mosquitto(Broker):
 
     def _log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def wait_or_kill(process: subprocess.Popen, timeout: float) -> bool:
+    """Wait for a process we asked to stop; SIGKILL it after `timeout` s. Whether it stopped itself."""
+    try:
+        process.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
 
 
 def _accepts_connections(host: str, port: int) -> bool:

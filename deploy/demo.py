@@ -25,7 +25,7 @@ from broker import topics
 from broker.client import BusClient
 from broker.clock import wall_ms
 from broker.reasons import Reject
-from broker.runtime import free_port, start_broker
+from broker.runtime import free_port, start_broker, wait_or_kill
 from broker.verify import Verifier
 from deploy.market import LedgerWatch, Trades, trade
 from deploy.provision import community_genesis, provision
@@ -174,11 +174,8 @@ def _run_community(args, root: Path, port: int, monitor: Monitor, watch: LedgerW
             proc.send_signal(signal.SIGTERM)
         codes = []
         for proc, reader in procs:
-            try:
-                codes.append(proc.wait(timeout=15))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes.append(proc.wait())
+            wait_or_kill(proc, 15)
+            codes.append(proc.returncode)
             reader.join(timeout=5)
     return codes
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import tomli_w
 from nacl.signing import SigningKey
 
-from broker.keys import fsync_dir, public_hex, write_file, write_new_key
+from broker.keys import fsync_dir, public_hex, secret_dir, write_file, write_new_key
 from broker.messages import DevCert, open_message
 from broker.reasons import Reject
 from ledger.genesis import Genesis
+from ledger.validator import secret_validator_dir
 
 DAY_MS = 86_400_000
 DEFAULT_VALID_DAYS = 3650
@@ -117,7 +118,7 @@ def provision(root: Path, meters: int, accounts: int | None, validators: int, no
         raise ProvisionError(f"{ca_key} is missing but meters have devcerts from it: restore it, "
                              "or pass --new-ca to make a new CA and reissue every devcert "
                              "(every meter must then be reflashed)")
-    ca = write_new_key(_secret_dir(ca_key.parent) / ca_key.name)
+    ca = write_new_key(secret_dir(ca_key.parent) / ca_key.name)
     n_meters = max([meters, *_on_disk(root / "meters", "m[0-9][0-9][0-9][0-9]", "device.key")])
     n_accounts = max([accounts, *_on_disk(root / "meters", "m[0-9][0-9][0-9][0-9]", "account.key"),
                       *_on_disk(root / "accounts", "a[0-9][0-9][0-9][0-9]", "account.key")])
@@ -149,7 +150,7 @@ def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, now_ms: int,
            validity: tuple[int, int]) -> Meter:
     """One meter's state dir, self-contained so it can be flashed later."""
     mid = meter_id(i)
-    home = _secret_dir(_secret_dir(root / "meters") / mid)
+    home = secret_dir(secret_dir(root / "meters") / mid)
     device = write_new_key(home / "device.key")
     account_pk = None
     if has_account:
@@ -204,12 +205,12 @@ def _adopt_loose_account(root: Path, i: int, home: Path) -> None:
 
 def _loose_account(root: Path, i: int) -> Account:
     """An account with no meter of its own, e.g. a buyer without solar panels."""
-    key = write_new_key(_secret_dir(_secret_dir(root / "accounts") / account_id(i)) / "account.key")
+    key = write_new_key(secret_dir(secret_dir(root / "accounts") / account_id(i)) / "account.key")
     return Account(account_id(i), public_hex(key), None)
 
 
 def _validator(root: Path, i: int) -> Validator:
-    key = write_new_key(_secret_dir(_secret_dir(root / "validators") / f"v{i}") / "validator.key")
+    key = write_new_key(secret_validator_dir(root, i) / "validator.key")
     return Validator(i, public_hex(key))
 
 
@@ -233,13 +234,6 @@ def _community_toml(c: Community) -> str:
 def _without_none(d: dict) -> dict:
     """TOML has no null: an absent key means "none"."""
     return {k: v for k, v in d.items() if v is not None}
-
-
-def _secret_dir(path: Path) -> Path:
-    """A dir holding seeds: 0700, tightened even if an earlier hand made it looser."""
-    path.mkdir(mode=0o700, exist_ok=True)
-    path.chmod(0o700)
-    return path
 
 
 def _write_public(path: Path, data: str | bytes) -> None:

@@ -15,11 +15,11 @@ from nacl.signing import SigningKey
 
 from pathlib import Path
 
-from broker.keys import load_key
+from broker.keys import load_key, write_file
 from broker.merkle import MerkleTree
 from broker.messages import Cancel, Coe, Ctp, DevCert, Erc, open_message
 from ledger.genesis import Genesis, write_genesis
-from ledger.validator import validator_dir
+from ledger.validator import secret_validator_dir
 
 YEAR_MS = 365 * 86_400_000
 BATCH = 64  # PROTOCOL.md §3's default batch of one-time keys
@@ -110,10 +110,8 @@ class SimCommunity:
     def ledger_dir(self, root: Path, balance: int, block_ms: int = 200) -> Path:
         """A ledger dir for `spb-ledger run`: this community's genesis and validator 0's key."""
         write_genesis(root, self.genesis(balance, block_ms=block_ms))
-        key_file = validator_dir(root, 0) / "validator.key"
-        key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key_file.write_text(bytes(self.validator_keys[0]).hex() + "\n")
-        key_file.chmod(0o600)
+        key = (bytes(self.validator_keys[0]).hex() + "\n").encode()
+        write_file(secret_validator_dir(root, 0) / "validator.key", key, 0o600, replace=True)
         return root
 
     def new_batch(self, household: Household, number: int) -> KeyBatch:

@@ -30,6 +30,11 @@ def trade_bytes(ctp_raw: bytes, erc_hash: bytes) -> bytes:
     return encode([ctp_raw, erc_hash])
 
 
+def trade_hash(trade: bytes) -> bytes:
+    """A trade's leaf data under the header's `txs` root."""
+    return sha256(trade).digest()
+
+
 def parse_trade(raw: bytes) -> tuple[bytes, bytes]:
     try:
         ctp_raw, erc_hash = load(raw)

@@ -27,7 +27,7 @@ from ledger.audit import AuditFailure, audit
 from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, Genesis, GenesisError, read_genesis, write_genesis
 from ledger.proof import ProofError, check_proof, make_proof
 from ledger.store import LedgerStore, StoreError
-from ledger.validator import ValidatorIdentity, validator_dir
+from ledger.validator import ValidatorIdentity, secret_validator_dir
 
 # What a command reports as one line and exit 1 instead of a traceback.
 EXPECTED = (OSError, KeyFileError, GenesisError, StoreError, ProofError)
@@ -126,10 +126,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     accounts = dict(args.account)
     if len(accounts) != len(args.account):
         raise GenesisError("an account is listed twice")
-    keys = [write_new_key(validator_dir(args.dir, i) / "validator.key") for i in range(args.validators)]
-    for i in range(args.validators):  # secrets: only the owner reads them
-        validator_dir(args.dir, i).chmod(0o700)
-        validator_dir(args.dir, i).parent.chmod(0o700)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    keys = [write_new_key(secret_validator_dir(args.dir, i) / "validator.key") for i in range(args.validators)]
     genesis = Genesis.build(args.ca, accounts, [bytes(k.verify_key) for k in keys], args.block_ms)
     written = write_genesis(args.dir, genesis)
     print(f"genesis    {genesis.hash.hex()} ({'written' if written else 'unchanged'})")

@@ -9,7 +9,6 @@ type is in docs/decisions/0002-ledger-v1.md.
 
 from __future__ import annotations
 
-from hashlib import sha256
 from typing import NamedTuple
 
 from nacl.signing import SigningKey
@@ -19,7 +18,7 @@ from broker.cose import message_hash
 from broker.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Status
 from broker.reasons import Reject
 from broker.verify import Verifier
-from ledger.block import Block, Header, merkle_root, trade_bytes
+from ledger.block import Block, Header, merkle_root, trade_bytes, trade_hash
 from ledger.state import HELD, REFUNDED, SETTLED, CtpRecord, LedgerState
 
 
@@ -102,7 +101,7 @@ class Draft:
         if self.balance(ctp.payer) < ctp.amount:
             raise Reject("insufficient-funds", f"{ctp.amount} asked, {self.balance(ctp.payer)} free")
         self._move(ctp.payer, -ctp.amount, +ctp.amount)
-        index = len(self.base.by_index) + self._new
+        index = len(self.base.ctps) + self._new
         self._new += 1
         self._put(CtpRecord(ctp, opened.raw, digest, index, HELD, self.height, digest))
 
@@ -196,7 +195,7 @@ class Draft:
         tree = self.base.tree  # changed in place; LedgerState.discard undoes it
         tree.set_leaves({record.index: record.leaf() for record in self.ctps.values()})
         header = Header(self.height, self.base.tip, self.t,
-                        txs=merkle_root([sha256(trade).digest() for trade in self.trades]),
+                        txs=merkle_root([trade_hash(trade) for trade in self.trades]),
                         ctps=tree.root(), inputs=merkle_root(self.input_hashes))
         self.block = Block(header, tuple(self.trades), (), tuple(self.inputs))
         return self.block

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from broker import topics
-from broker.cose import message_hash
 from broker.messages import Status
 from broker.verify import Verifier
 from ledger.block import Block
@@ -38,11 +37,10 @@ class LedgerNode:
         silently.
         """
         draft = Draft(self.state, self.verifier, max(now, self.state.t + 1))
-        seen: set[tuple[str, bytes]] = set()
+        seen: set[tuple[str, bytes]] = set()  # the same bytes on another topic are another message
         reasons = []
-        for typ, raw in batch:
-            delivery = (typ, message_hash(raw))  # the same bytes on another topic are another message
-            reasons.append(draft.add(typ, raw) if delivery not in seen else None)
+        for delivery in batch:
+            reasons.append(draft.add(*delivery) if delivery not in seen else None)
             seen.add(delivery)
         block = draft.finish()
         key = self.identity.key

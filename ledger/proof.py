@@ -8,12 +8,10 @@ the path puts the trade under it, the payer's signature makes the CTP genuine.
 
 from __future__ import annotations
 
-from hashlib import sha256
-
 from broker.merkle import MerkleTree, verify_inclusion
 from broker.messages import Ctp, open_message
 from broker.reasons import Reject
-from ledger.block import Block, BlockError, Header, parse_trade, quorum
+from ledger.block import Block, BlockError, Header, parse_trade, quorum, trade_hash
 from ledger.store import LedgerStore
 
 
@@ -28,7 +26,7 @@ def make_proof(store: LedgerStore, ctp_id: bytes) -> dict:
             raise ProofError(f"CTP {ctp_id.hex()} has not settled on this chain")
         height, index = where
         block = store.block(height)
-    tree = MerkleTree([sha256(trade).digest() for trade in block.trades])
+    tree = MerkleTree([trade_hash(trade) for trade in block.trades])
     return {"ctp": ctp_id.hex(), "height": height, "header": block.header.encode().hex(),
             "seals": [[i, sig.hex()] for i, sig in block.seals], "trade": block.trades[index].hex(),
             "index": index, "size": tree.size, "path": [p.hex() for p in tree.inclusion_proof(index)]}
@@ -52,7 +50,7 @@ def check_proof(doc: dict, validators: tuple[bytes, ...]) -> tuple[Header, Ctp]:
     if Block(header, (), seals).valid_seals(validators) < quorum(len(validators)):
         raise ProofError("the header is not sealed by a quorum of the validators")
     if not (type(index) is int and type(size) is int
-            and verify_inclusion(sha256(trade).digest(), index, size, path, header.txs)):
+            and verify_inclusion(trade_hash(trade), index, size, path, header.txs)):
         raise ProofError("the trade is not under the header's txs root")
     if not opened.envelope.verifies(ctp.payer):
         raise ProofError("the CTP is not signed by its payer")

@@ -89,7 +89,7 @@ class LedgerService:
             pause = last_block + self.block_ms / 1000 - time.monotonic()
             if pause > 0:
                 self._stopping.wait(pause)
-            elif self._inbox or self._expiry_due() or self._connects:
+            elif self._inbox or self._expiry_due():
                 last_block = time.monotonic()  # the interval runs from block start to block start
                 self.step()
             else:
@@ -103,8 +103,6 @@ class LedgerService:
     def step(self) -> None:
         """Decide everything received so far in one block."""
         batch = [self._inbox.popleft() for _ in range(len(self._inbox))]
-        if not batch and not self._expiry_due():
-            return  # woken by a connect only
         block, queued, _ = self.node.decide([(d.typ, d.raw) for d in batch], self.clock(), self._take_delivered())
         if block is not None:
             log.info("block %d at %d: %d inputs, %d trades", block.header.height, block.header.t,

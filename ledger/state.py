@@ -53,8 +53,7 @@ class LedgerState:
         self.t = 0  # time of the last block
         self.balances: dict[bytes, int] = dict(genesis.accounts)
         self.held: dict[bytes, int] = dict.fromkeys(self.balances, 0)  # per payer
-        self.ctps: dict[bytes, CtpRecord] = {}
-        self.by_index: list[bytes] = []  # CTP id of each tree leaf
+        self.ctps: dict[bytes, CtpRecord] = {}  # every CTP ever held; record.index is its leaf
         self.used_keys: dict[bytes, bytes] = {}  # one-time ERC key -> the CTP it settled
         self.tree = MerkleTree()
         self._expiry: list[tuple[int, bytes]] = []  # (exp, id) of CTPs that were held; lazily cleaned
@@ -121,24 +120,21 @@ class LedgerState:
         assert block.header.prev == self.tip
         self.balances.update(draft.balances)
         self.held.update(draft.held)
-        for record in sorted(draft.ctps.values(), key=lambda r: r.index):
+        for record in draft.ctps.values():
             self._put(record)
-        self.used_keys.update(draft.used_keys)
         self.height, self.tip, self.t = block.header.height, block.hash, block.header.t
         self.next_expiry()  # drop settled and refunded CTPs from the heap's top
 
     def discard(self, draft: "Draft") -> None:
         """Forget a finished draft that will not be committed: undo its tree changes."""
-        self.tree.truncate(len(self.by_index))
+        self.tree.truncate(len(self.ctps))
         self.tree.set_leaves({self.ctps[i].index: self.ctps[i].leaf() for i in draft.ctps if i in self.ctps})
 
     def _put(self, record: CtpRecord) -> None:
         """Take a record whose leaf is already in self.tree."""
         ctp_id = record.ctp.id
-        if record.index == len(self.by_index):
-            self.by_index.append(ctp_id)
-            if record.state == HELD:
-                heapq.heappush(self._expiry, (record.ctp.exp, ctp_id))
+        if ctp_id not in self.ctps and record.state == HELD:
+            heapq.heappush(self._expiry, (record.ctp.exp, ctp_id))
         self.ctps[ctp_id] = record
         if record.erc_pk is not None:
             self.used_keys[record.erc_pk] = ctp_id

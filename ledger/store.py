@@ -122,7 +122,7 @@ class LedgerStore:
             chain = block.chain_bytes()
             outputs = [*outputs, (topics.LEDGER_BLOCKS, chain, False)]
         with self._transaction():
-            self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in delivered))
+            self._delete_outbox(delivered)
             if block is not None:
                 self._write_block(draft, block, chain)
             self.db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
@@ -142,7 +142,7 @@ class LedgerStore:
                         (h.height, block.hash, h.t, chain, encode(list(block.inputs))))
         self.db.executemany("UPDATE accounts SET balance = ?, held = ? WHERE pk = ?",
                             ((draft.balance(pk), draft.holding(pk), pk) for pk in {*draft.balances, *draft.held}))
-        known = len(draft.base.by_index)  # records below this leaf exist: only their state changed
+        known = len(draft.base.ctps)  # records below this leaf exist: only their state changed
         self.db.executemany("INSERT INTO ctps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             ((r.ctp.id, r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk)
                              for r in draft.ctps.values() if r.index >= known))
@@ -156,7 +156,10 @@ class LedgerStore:
         """Drop outbox rows the broker acknowledged (when no block is coming to carry it)."""
         if delivered:
             with self._transaction():
-                self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in delivered))
+                self._delete_outbox(delivered)
+
+    def _delete_outbox(self, delivered: list[int]) -> None:
+        self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in delivered))
 
     def outbox(self) -> list[Outgoing]:
         """Everything announced but not yet acknowledged by the broker, in order."""
@@ -164,9 +167,6 @@ class LedgerStore:
                 self.db.execute("SELECT seq, topic, payload, retain FROM outbox ORDER BY seq")]
 
     # -- queries --
-
-    def height(self) -> int:
-        return self.db.execute("SELECT coalesce(max(height), 0) FROM blocks").fetchone()[0]
 
     def account(self, pk: bytes) -> tuple[int, int] | None:
         return self.db.execute("SELECT balance, held FROM accounts WHERE pk = ?", (pk,)).fetchone()

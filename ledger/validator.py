@@ -12,12 +12,19 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from broker.keys import load_key
+from broker.keys import load_key, secret_dir
 from ledger.genesis import Genesis, GenesisError, read_genesis
 
 
 def validator_dir(root: Path, index: int) -> Path:
     return root / "validators" / f"v{index}"
+
+
+def secret_validator_dir(root: Path, index: int) -> Path:
+    """validator_dir, made or tightened 0700 with DIR/validators: it holds a seed."""
+    home = validator_dir(root, index)
+    secret_dir(home.parent)
+    return secret_dir(home)
 
 
 @dataclass(frozen=True, slots=True)

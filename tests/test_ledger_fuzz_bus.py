@@ -10,6 +10,7 @@ import sys
 from broker import topics
 from broker.clock import wall_ms
 from broker.cose import message_hash
+from broker.runtime import wait_or_kill
 from deploy.simulate import SimCommunity
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
@@ -74,12 +75,8 @@ def test_a_fuzzed_run_over_the_bus_audits_clean(tmp_path, mosquitto, make_client
         wait_for(lambda: any(s.state == "refunded" and s.msg is None for s in statuses(inbox)), 30, "an expiry refund")
     finally:
         ledger.terminate()
-        try:
-            code = ledger.wait(20)
-        except subprocess.TimeoutExpired:
-            ledger.kill()
-            raise
-    assert code == 0, ledger.stderr.read().decode()[-2000:]
+        wait_or_kill(ledger, 20)
+    assert ledger.returncode == 0, ledger.stderr.read().decode()[-2000:]
 
     audit = subprocess.run([sys.executable, "-m", "ledger.cli", "audit", str(root)], capture_output=True,
                            text=True, env=child_env(), cwd=REPO, timeout=120)
