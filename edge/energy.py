@@ -26,10 +26,14 @@ class Totals:
     def wh_out(self) -> int:
         return self.wms_out // WMS_PER_WH
 
-    def add(self, watts: int, dt_ms: int) -> "Totals":
-        """Energy after `dt_ms` at `watts` (+import, -export)."""
+    def add(self, w_in: int, w_out: int, dt_ms: int) -> Totals:
+        """Energy after `dt_ms` of importing `w_in` and exporting `w_out`.
+
+        The meter measures each direction on its own channel, so both flows are given and
+        both are magnitudes; a negative one is a sign error upstream, not an export.
+        """
+        if w_in < 0 or w_out < 0:
+            raise ValueError(f"power in each direction is never negative: {w_in} W in, {w_out} W out")
         if dt_ms < 0:
             raise ValueError("time runs forwards")
-        if watts >= 0:
-            return Totals(self.wms_in + watts * dt_ms, self.wms_out)
-        return Totals(self.wms_in, self.wms_out - watts * dt_ms)
+        return Totals(self.wms_in + w_in * dt_ms, self.wms_out + w_out * dt_ms)

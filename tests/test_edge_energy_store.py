@@ -11,40 +11,45 @@ from edge.store import MeterStore
 # ---- Totals ------------------------------------------------------------------------------
 
 def test_one_wh_is_exactly_3_600_000_wms():
-    """1500 W for 2400 ms is 3,600,000 W·ms, which is exactly 1 Wh, counted as import."""
-    t = Totals().add(1500, 2400)
+    """1500 W imported for 2400 ms is 3,600,000 W·ms, which is exactly 1 Wh."""
+    t = Totals().add(1500, 0, 2400)
     assert (t.wms_in, t.wms_out) == (3_600_000, 0)
     assert (t.wh_in, t.wh_out) == (1, 0)
     assert WMS_PER_WH == 3_600_000
 
 
 def test_export_goes_to_its_own_counter():
-    """Negative power adds its magnitude to the export counter and leaves import alone."""
-    t = Totals().add(1500, 2400).add(-2000, 1800)
+    """Exported power adds to the export counter and leaves import alone."""
+    t = Totals().add(1500, 0, 2400).add(0, 2000, 1800)
     assert (t.wms_in, t.wms_out) == (3_600_000, 3_600_000)
     assert (t.wh_in, t.wh_out) == (1, 1)
 
 
+def test_both_directions_in_one_interval():
+    """The two channels are independent: import and export in the same interval both count."""
+    assert Totals(1, 2).add(3, 5, 7) == Totals(1 + 21, 2 + 35)
+
+
 def test_wh_are_whole_and_never_rounded_up():
     """One W·ms short of a Wh is 0 Wh; the last W·ms makes it 1 (floor, never invented energy)."""
-    almost = Totals().add(1, WMS_PER_WH - 1)
+    almost = Totals().add(1, 0, WMS_PER_WH - 1)
     assert almost.wh_in == 0
-    assert almost.add(1, 1).wh_in == 1
-    assert Totals().add(-1, WMS_PER_WH - 1).wh_out == 0
+    assert almost.add(1, 0, 1).wh_in == 1
+    assert Totals().add(0, 1, WMS_PER_WH - 1).wh_out == 0
 
 
 def test_many_small_steps_equal_one_big_step_exactly():
     """Integration in integers loses nothing: 1000 steps of 7 W·1 ms equal 7 W for 1000 ms."""
     stepped = Totals()
     for _ in range(1000):
-        stepped = stepped.add(7, 1).add(-3, 1)
-    assert stepped == Totals().add(7, 1000).add(-3, 1000) == Totals(7000, 3000)
+        stepped = stepped.add(7, 3, 1)
+    assert stepped == Totals().add(7, 3, 1000) == Totals(7000, 3000)
 
 
 def test_large_values_stay_exact():
     """No float anywhere: a 10 MW flow for ten years is still exact to the W·ms."""
     ten_years_ms = 10 * 365 * 86_400_000
-    t = Totals().add(10_000_000, ten_years_ms).add(1, 1)
+    t = Totals().add(10_000_000, 0, ten_years_ms).add(1, 0, 1)
     assert t.wms_in == 10_000_000 * ten_years_ms + 1
     assert t.wh_in == (10_000_000 * ten_years_ms + 1) // WMS_PER_WH
 
@@ -52,15 +57,14 @@ def test_large_values_stay_exact():
 def test_zero_power_or_zero_time_adds_nothing():
     """0 W or 0 ms leaves both counters where they were."""
     start = Totals(5, 6)
-    assert start.add(0, 1000) == start
-    assert start.add(1500, 0) == start
-    assert start.add(-1500, 0) == start
+    assert start.add(0, 0, 1000) == start
+    assert start.add(1500, 1500, 0) == start
 
 
 def test_add_returns_new_totals_and_leaves_the_old_one():
     """Totals is a value: add() never changes the instance it was called on."""
     start = Totals()
-    after = start.add(1500, 2400)
+    after = start.add(1500, 0, 2400)
     assert start == Totals(0, 0)
     assert after is not start
 
@@ -68,9 +72,16 @@ def test_add_returns_new_totals_and_leaves_the_old_one():
 def test_negative_dt_raises():
     """Time only runs forwards: a negative interval is refused, whatever the power."""
     with pytest.raises(ValueError):
-        Totals().add(1500, -1)
+        Totals().add(1500, 0, -1)
     with pytest.raises(ValueError):
-        Totals().add(-1500, -1)
+        Totals().add(0, 1500, -1)
+
+
+@pytest.mark.parametrize("w_in, w_out", [(-1, 0), (0, -1), (-5, -5)])
+def test_negative_power_raises(w_in, w_out):
+    """Each channel is a magnitude: a negative one is a bug upstream, never silently an export."""
+    with pytest.raises(ValueError):
+        Totals().add(w_in, w_out, 1000)
 
 
 # ---- MeterStore --------------------------------------------------------------------------
@@ -114,20 +125,20 @@ def test_reading_seqs_increase_and_continue_after_reboot(open_store):
     totals = Totals()
     seqs = []
     for _ in range(3):
-        totals = totals.add(1500, 2400)
+        totals = totals.add(1500, 0, 2400)
         seqs.append(store.commit_reading(totals))
     assert seqs == [1, 2, 3]
     store.close()
 
     rebooted = open_store()
     rebooted.next_boot()
-    assert [rebooted.commit_reading(totals), rebooted.commit_reading(totals.add(-10, 10))] == [4, 5]
+    assert [rebooted.commit_reading(totals), rebooted.commit_reading(totals.add(0, 10, 10))] == [4, 5]
 
 
 def test_totals_persist_across_reopen(open_store):
     """The totals of the last committed reading are what a rebooted meter starts from."""
     store = open_store()
-    totals = Totals().add(1500, 2400).add(-2000, 9000)
+    totals = Totals().add(1500, 0, 2400).add(0, 2000, 9000)
     store.commit_reading(totals)
     store.close()
     assert open_store().totals() == totals == Totals(3_600_000, 18_000_000)
