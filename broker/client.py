@@ -225,6 +225,16 @@ class BusClient:
 
         return self._subscribe(topic_filter, on_message)
 
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop routing topic_filter, now and after reconnects (e.g. a settled trade's status)."""
+        with self._lock:
+            known = self._subscriptions.pop(topic_filter, None) is not None
+            session_up = self._session_up
+        self._client.message_callback_remove(topic_filter)
+        if known and session_up:
+            self._client.unsubscribe(topic_filter)  # if the connection drops first, the broker's
+            # session keeps the filter; its messages then reach no handler and are only logged
+
     def _ack(self, generation: int, mid: int) -> None:
         if generation == self._generation:
             self._client.ack(mid, QOS)

@@ -125,10 +125,11 @@ def provision(root: Path, meters: int, accounts: int | None, validators: int, no
     n_validators = max([validators, *(i + 1 for i in _on_disk(root / "validators", "v[0-9]*", "validator.key"))])
 
     validity = (now_ms - CLOCK_SKEW_MS, now_ms + valid_days * DAY_MS)
-    meter_list = [_meter(root, i, ca, i <= n_accounts, now_ms, validity) for i in range(1, n_meters + 1)]
+    validator_list = [_validator(root, i) for i in range(n_validators)]
+    meter_list = [_meter(root, i, ca, i <= n_accounts, now_ms, validity, validator_list)
+                  for i in range(1, n_meters + 1)]
     account_list = [Account(account_id(i), m.account_pk, m.id) for i, m in enumerate(meter_list, 1) if m.account_pk]
     account_list += [_loose_account(root, i) for i in range(n_meters + 1, n_accounts + 1)]
-    validator_list = [_validator(root, i) for i in range(n_validators)]
 
     community = Community(root, public_hex(ca), tuple(meter_list), tuple(account_list), tuple(validator_list))
     _write_public(community.toml_path, _community_toml(community))
@@ -147,8 +148,9 @@ def community_genesis(community: Community, units: int, block_ms: int) -> Genesi
 
 
 def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, now_ms: int,
-           validity: tuple[int, int]) -> Meter:
-    """One meter's state dir, self-contained so it can be flashed later."""
+           validity: tuple[int, int], validators: list[Validator]) -> Meter:
+    """One meter's state dir, self-contained so it can be flashed later: its keys, and the
+    CA and validator keys it checks births, CoEs and ledger statuses against."""
     mid = meter_id(i)
     home = secret_dir(secret_dir(root / "meters") / mid)
     device = write_new_key(home / "device.key")
@@ -157,7 +159,8 @@ def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, now_ms: int,
         _adopt_loose_account(root, i, home / "account.key")
         account_pk = public_hex(write_new_key(home / "account.key"))
     cert = _devcert(home / "devcert.cbor", mid, device, ca, now_ms, validity)
-    meter = {"id": mid, "ca_pk": public_hex(ca), "device_pk": public_hex(device), "account_pk": account_pk}
+    meter = {"id": mid, "ca_pk": public_hex(ca), "device_pk": public_hex(device), "account_pk": account_pk,
+             "validators": [v.pk for v in validators]}
     _write_public(home / "meter.toml", _METER_HEADER.format(id=mid) + tomli_w.dumps(_without_none(meter)))
     return Meter(mid, public_hex(device), account_pk, cert.nbf, cert.exp)
 

@@ -1,4 +1,9 @@
-"""`spb-meter`: the meter firmware's command line."""
+"""`spb-meter`: run a household meter, and trade from its state dir.
+
+`run` is the firmware. `ctp`, `erc` and `status` work on the same state dir while it runs
+(SQLite in WAL mode): they write into its store and outbox, and the running meter sends
+what they queued, so a command never needs the network and nothing it signs is lost.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,14 @@ import sys
 import threading
 from pathlib import Path
 
-from edge.meter import MeterNode
+from broker.clock import wall_ms
+from broker.messages import SOURCES
+from edge import tx
+from edge.config import MeterConfig
+from edge.energy import WMS_PER_WH
+from edge.sampling import PowerProfile
 from edge.state_dir import MeterIdentity
+from edge.store import MeterStore
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -30,29 +41,72 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def whole(text: str) -> int:
+    """A non-negative whole number (Wh, units): the wire has no fractions (§1)."""
+    if not text.isdecimal():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def hex_bytes(size: int):
+    def parse(text: str) -> bytes:
+        try:
+            value = bytes.fromhex(text)
+        except ValueError:
+            value = b""
+        if len(value) != size:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {size} bytes in hex ({2 * size} hex digits)")
+        return value
+    return parse
+
+
 MAX_W = 1_000_000  # far above any household connection; keeps simulated readings sane
 
 
-def watts(text: str) -> int:
+def profile(text: str) -> PowerProfile:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of watts") from None
-    if abs(value) > MAX_W:
-        raise argparse.ArgumentTypeError(f"{value} W is beyond ±{MAX_W} W")
-    return value
+        parsed = PowerProfile.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if any(abs(w) > MAX_W for _, w in parsed.steps):
+        raise argparse.ArgumentTypeError(f"{text!r} goes beyond ±{MAX_W} W")
+    return parsed
+
+
+class CliError(Exception):
+    """Reported as one line on stderr and exit status 1."""
+
+
+def _identity(state_dir: Path) -> MeterIdentity:
+    try:
+        return MeterIdentity.load(state_dir)
+    except (OSError, KeyError, ValueError) as exc:
+        raise CliError(f"{state_dir} is not a meter state dir from `spb-deploy provision`: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge.display_drivers import Painter, SessionLed, open_display
+    from edge.sensing import open_sensing
+
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    identity = _identity(args.state_dir)
     try:
-        identity = MeterIdentity.load(args.state_dir)
-    except (OSError, KeyError, ValueError) as exc:
-        print(f"spb-meter: {args.state_dir} is not a meter state dir from `spb-deploy provision`: {exc}",
-              file=sys.stderr)
+        config = MeterConfig.load(args.state_dir, reading_s=args.reading_s, sample_hz=args.sample_hz,
+                                  display=args.display, resend_s=args.resend_s)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"spb-meter: {exc}", file=sys.stderr)
         return 1
+    adc = args.adc or ("fake" if args.fake is not None else "mcp3008")
+    try:
+        sense = open_sensing(adc, config, args.fake)
+    except Exception as exc:  # no SPI, no gpiozero pin factory: say so in one line
+        print(f"spb-meter: cannot open the {adc} ADC: {exc}"
+              f"{' (off a Raspberry Pi, try --adc fake --fake-w W)' * (adc != 'fake')}", file=sys.stderr)
+        return 1
+    from edge.meter import MeterNode
     host, port = args.broker
-    node = MeterNode(identity, host, port, power=lambda: args.fake_w, reading_s=args.reading_s)
+    painter = Painter(open_display(config.display, args.display_out))
+    node = MeterNode(identity, config, host, port, sense, painter=painter, led=SessionLed(config.led_pin))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -60,23 +114,114 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ctp(args: argparse.Namespace) -> int:
+    identity = _identity(args.dir)
+    now = wall_ms()
+    store = MeterStore(args.dir / "meter.db")
+    try:
+        row = tx.new_ctp(store, identity.account_key(), args.payee, args.amount, args.wh,
+                         now + int(args.expiry * 1000), now, args.src)
+    except (tx.TradeError, OSError) as exc:
+        print(f"spb-meter: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(row.id.hex())
+    return 0
+
+
+def cmd_erc(args: argparse.Namespace) -> int:
+    _identity(args.dir)
+    store = MeterStore(args.dir / "meter.db")
+    try:
+        row = tx.confirm(store, args.ctp_id, args.wh, wall_ms())
+    except tx.TradeError as exc:
+        print(f"spb-meter: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"ERC for CTP {row.id.hex()} ({args.wh} Wh) queued; key #{row.idx} of batch #{row.batch}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    identity = _identity(args.dir)
+    store = MeterStore(args.dir / "meter.db")
+    try:
+        totals, now = store.totals(), wall_ms()
+        print(f"meter    {identity.meter}: {totals.wh_in} Wh imported, {totals.wh_out} Wh exported")
+        dropped = ", ".join(f"{n} {why}" for why, n in store.dropped().items()) or "none"
+        print(f"outbox   {store.outbox_size()} message(s) waiting for the broker; dropped: {dropped}")
+        for b in store.batches():
+            coe = f"CoE valid until {_when(b.coe_exp, now)}" if b.coe else "waiting for a CoE"
+            print(f"keys     batch #{b.id}: {b.size - b.next_idx} of {b.size} one-time keys free, {coe}")
+        for r in store.trades():
+            reason = f" ({r.reason})" if r.reason else ""
+            print(f"trade    {r.id.hex()}  {r.state}{reason}  {r.delivered_wms // WMS_PER_WH}/{r.wh} Wh  "
+                  f"expires {_when(r.exp, now)}{'  ERC sent' if r.erc else ''}{'  cancel sent' if r.cancel else ''}")
+    finally:
+        store.close()
+    return 0
+
+
+def _when(t: int, now: int) -> str:
+    delta = (t - now) // 1000
+    return f"in {delta} s" if delta >= 0 else f"{-delta} s ago"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spb-meter", description="Run a household meter.")
+    parser = argparse.ArgumentParser(prog="spb-meter", description="Run a household meter, and trade from it.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sample, sign and publish until SIGINT/SIGTERM")
     run.add_argument("--state-dir", type=Path, required=True, metavar="DIR",
                      help="the meter's dir from `spb-deploy provision` (DIR/meters/<id>)")
     run.add_argument("--broker", type=host_port, required=True, metavar="HOST:PORT")
-    run.add_argument("--fake-w", type=watts, required=True, metavar="W",
-                     help="simulated constant power in W (+import, -export); the ADC comes with the meter issue")
-    run.add_argument("--reading-s", type=positive_seconds, default=10.0, metavar="S", help="seconds between readings")
+    run.add_argument("--adc", choices=("mcp3008", "fake"),
+                     help="mcp3008 (a Pi's SPI; the default) or fake (an emulated MCP3008 driven by --fake-w/--fake-profile)")
+    fake = run.add_mutually_exclusive_group()
+    fake.add_argument("--fake-w", dest="fake", type=profile, metavar="W",
+                      help="with --adc fake: constant power in W (+import, -export)")
+    fake.add_argument("--fake-profile", dest="fake", type=profile, metavar="S:W,...",
+                      help="with --adc fake: power in W from second S on, e.g. 0:3600,30:0")
+    run.add_argument("--display", choices=("sensehat", "emu", "terminal", "none"),
+                     help="the LED matrix driver (default: config.toml's, else none)")
+    run.add_argument("--display-out", type=Path, metavar="FILE",
+                     help="with --display terminal: keep the latest frame in FILE instead of drawing on stdout")
+    run.add_argument("--reading-s", type=positive_seconds, metavar="S", help="seconds between readings (default 10)")
+    run.add_argument("--sample-hz", type=positive_seconds, metavar="HZ", help="samples per second (default 10)")
+    run.add_argument("--resend-s", type=positive_seconds, metavar="S",
+                     help="send an unanswered CTP, ERC or cancel again after S seconds (default 30)")
     run.set_defaults(run=cmd_run)
+
+    ctp = sub.add_parser("ctp", help="promise to pay for energy (SPB's `CTP tx_addr tx_amount tx_energy`)")
+    ctp.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    ctp.add_argument("payee", type=hex_bytes(32), metavar="PAYEE_HEX", help="the seller's account public key")
+    ctp.add_argument("amount", type=whole, metavar="AMOUNT", help="units to pay")
+    ctp.add_argument("wh", type=whole, metavar="WH", help="Wh to receive")
+    ctp.add_argument("--expiry", type=positive_seconds, default=3600.0, metavar="S",
+                     help="seconds until the promise lapses and the money returns (default 3600)")
+    ctp.add_argument("--src", choices=sorted(SOURCES), help="the energy source asked for")
+    ctp.set_defaults(run=cmd_ctp)
+
+    erc = sub.add_parser("erc", help="confirm energy received by hand (SPB's `ERC CTP_ID energy_amount`)")
+    erc.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    erc.add_argument("ctp_id", type=hex_bytes(16), metavar="CTP_ID")
+    erc.add_argument("wh", type=whole, metavar="WH", help="Wh received")
+    erc.set_defaults(run=cmd_erc)
+
+    status = sub.add_parser("status", help="the meter's energy, keys, outbox and trades")
+    status.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    status.set_defaults(run=cmd_status)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except CliError as exc:
+        print(f"spb-meter: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

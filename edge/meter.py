@@ -1,12 +1,18 @@
-"""A meter on the bus: birth on every connect, online/offline state, signed readings, peers.
+"""A meter on the bus: sampling, readings, trades, CoEs, peers, the display.
 
-The adapter around the pure parts (energy.Totals, peers.PeerTable, the message classes):
-it owns the clock, the SQLite store and the MQTT connection.
+The adapter around the pure parts (sampling.Integrator, trades, keyring, coe, peers): it
+owns the clocks, the SQLite store, the MQTT connection and the outputs. One loop thread
+samples at config.sample_hz and does everything that writes energy or signs with a
+one-time key; paho's thread verifies what arrives and records it; the display draws on
+a thread of its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import random
 import threading
 import time
 from typing import Callable
@@ -14,75 +20,276 @@ from typing import Callable
 from broker import topics
 from broker.clock import wall_ms
 from broker.client import BusClient
-from broker.messages import Birth, Reading
+from broker.messages import Birth, Reading, open_message
 from broker.reasons import Reject
 from broker.verify import Verifier
-from edge import FIRMWARE_VERSION
+from edge import FIRMWARE_VERSION, coe, keyring, trades, tx
+from edge.config import MeterConfig
+from edge.display import View, is_night
+from edge.energy import WMS_PER_WH
+from edge.outbox import OutboxPump
 from edge.peers import PeerTable
+from edge.sampling import Integrator
 from edge.state_dir import MeterIdentity
-from edge.store import MeterStore
+from edge.store import COE, MeterStore, TradeRow
 
 log = logging.getLogger("spb.meter")
+HOUSEKEEPING_MS = 1000  # trades, key ring and subscriptions are looked after once a second
+RESULT_MS = 10_000  # how long the display shows a trade's outcome
+Sense = Callable[[int], tuple[int, int]]
+"""sense(ms since start) -> (W imported, W exported) now."""
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 class MeterNode:
-    """One meter. `power` returns the instantaneous power in W (+import, -export)."""
-
-    def __init__(self, identity: MeterIdentity, host: str, port: int, power: Callable[[], int],
-                 reading_s: float = 10.0, reconnect_max_s: float = 30.0):
-        self.id = identity
-        self.power = power
-        self.reading_s = reading_s
-        self.store = MeterStore(identity.root / "meter.db")
+    def __init__(self, identity: MeterIdentity, config: MeterConfig, host: str, port: int, sense: Sense,
+                 painter=None, led=None, reconnect_max_s: float = 30.0):
+        self.id, self.config, self.sense = identity, config, sense
+        self.painter, self.led = painter, led
+        self.store = MeterStore(identity.root / "meter.db", outbox_max=config.outbox_max)
         self.boot = self.store.next_boot()
-        self.totals = self.store.totals()
+        self.integrator = Integrator(self.store.totals(), max_gap_ms=max(2000, int(2000 / config.sample_hz)))
+        verifier = Verifier(cas=[identity.ca_pk], validators=identity.validators)
+        self.verifier = verifier
         self.peers = PeerTable(Verifier(cas=[identity.ca_pk]))
+        self.witness = coe.Witness(identity.meter, identity.devcert, identity.device_key, verifier,
+                                   valid_ms=config.coe_days * coe.DAY_MS, per_hour=config.coe_per_hour)
+        self.power_w = 0
+        self.progress: dict[bytes, int] = {}  # open trade -> W·ms delivered (ahead of the store)
+        self.rows: list[TradeRow] = []  # open trades and recent outcomes, from the store
+        self._watched: set[str] = set()  # status topics subscribed to
+        self._ours: dict[bytes, tuple[bytes, str]] = {}  # hash of our tx message -> (CTP id, kind)
+        self._asked = (None, 0)  # (batch id, wall ms) of the last CoE request
+        self._dirty = threading.Event()  # paho's thread changed the store: reload and pump
         self._remember_peers()
         self.bus = BusClient(host, port, client_id=f"meter-{identity.meter}",
                              will=(topics.meter(identity.meter, "state"), topics.OFFLINE, True),
                              reconnect_max_delay=reconnect_max_s)
+        self.pump = OutboxPump(self.store, self.bus)
         self.bus.on_connect.append(self._announce)
-        self.bus.subscribe(topics.every_meter("birth"), self._on_birth)
-        self.bus.subscribe(topics.every_meter("reading"), self._on_reading)
-        self.bus.subscribe(topics.every_meter("state"), self._on_state)
+        handlers = {topics.every_meter("birth"): self._on_birth, topics.every_meter("reading"): self._on_reading,
+                    topics.every_meter("state"): self._on_state, topics.REJECTS: self._on_reject,
+                    topics.meter(identity.meter, "coe/req"): self._on_coe_request,
+                    topics.meter(identity.meter, "coe/resp"): self._on_coe}
+        for topic_filter, handler in handlers.items():
+            self.bus.subscribe(topic_filter, handler)
+
+    # ---- the loop ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Publish a reading every reading_s until `stop` is set, then go offline cleanly."""
-        log.info("%s boot %d, %d Wh in, %d Wh out so far", self.id.meter, self.boot,
-                 self.totals.wh_in, self.totals.wh_out)
+        """Sample, publish and trade until `stop` is set, then go offline cleanly."""
+        totals = self.integrator.totals
+        log.info("%s boot %d, %d Wh in, %d Wh out so far", self.id.meter, self.boot, totals.wh_in, totals.wh_out)
         self.bus.connect()
-        last = time.monotonic_ns() // 1_000_000
-        while not stop.wait(self.reading_s):
-            now = time.monotonic_ns() // 1_000_000
-            self.publish_reading(self.power(), now - last)
-            last = now
+        period_ms = 1000 / self.config.sample_hz
+        reading_ms = int(self.config.reading_s * 1000)
+        start = monotonic_ms()
+        next_sample, next_reading, next_house = float(start), start + reading_ms, start
+        while not stop.is_set():
+            now = monotonic_ms()
+            reached = self.sample(now - start, now)
+            if now >= next_reading:
+                self.publish_reading()
+                next_reading = max(next_reading + reading_ms, now - reading_ms)  # no burst after a stall
+            if reached or now >= next_house or self._dirty.is_set():
+                self.housekeeping(wall_ms())
+                next_house = now + HOUSEKEEPING_MS
+            self.pump.kick()
+            self._show(wall_ms())
+            next_sample += period_ms
+            if next_sample < now:  # fell behind (a slow SD card, a suspended VM): skip, don't catch up
+                next_sample = now + period_ms
+            stop.wait(max(0.0, next_sample - monotonic_ms()) / 1000)
         self.shutdown()
 
-    def publish_reading(self, watts: int, dt_ms: int) -> Reading:
-        self.totals = self.totals.add(watts, dt_ms)
-        seq = self.store.commit_reading(self.totals)
-        reading = Reading(meter=self.id.meter, seq=seq, t=wall_ms(), wh_in=self.totals.wh_in,
-                          wh_out=self.totals.wh_out, w=watts)
-        self.bus.publish(topics.meter(self.id.meter, "reading"), reading.sign(self.id.device_key))
-        return reading
+    def sample(self, elapsed_ms: int, now_mono: int) -> bool:
+        """Integrate one sample; True if a held trade just received all its energy."""
+        w_in, w_out = self.sense(elapsed_ms)
+        self.power_w = w_in - w_out
+        before = self.integrator.totals.wms_in
+        self.integrator.sample(w_in, w_out, now_mono)
+        imported = self.integrator.totals.wms_in - before
+        if not imported:
+            return False
+        waiting = [r for r in self.rows if r.state == "held" and r.erc is None]
+        trades.allocate(waiting, self.progress, imported)
+        return any(self.progress.get(r.id, 0) >= r.wh * WMS_PER_WH for r in waiting)
+
+    def publish_reading(self) -> int:
+        """Commit the totals, trade progress and a signed reading (into the outbox) at once."""
+        totals = self.integrator.totals
+
+        def sign(seq: int) -> tuple[str, bytes]:
+            reading = Reading(meter=self.id.meter, seq=seq, t=wall_ms(), wh_in=totals.wh_in,
+                              wh_out=totals.wh_out, w=self.power_w)
+            return topics.meter(self.id.meter, "reading"), reading.sign(self.id.device_key)
+        return self.store.commit_reading(totals, sign, self.progress)
+
+    def housekeeping(self, now: int) -> None:
+        """Trades: ERCs, cancels, resends, status subscriptions. Key ring: the next batch and its CoE."""
+        self._dirty.clear()
+        self.rows = self.store.trades(changed_since=now - RESULT_MS)
+        for row in self.rows:
+            if row.state in trades.OPEN:
+                self._step(row, now)
+        self._watch()
+        self._keep_keys(now)
+        if self.led is not None:
+            self.led.set(any(r.state in trades.OPEN for r in self.rows))
+
+    def _step(self, row: TradeRow, now: int) -> None:
+        delivered = self.progress.setdefault(row.id, row.delivered_wms)
+        step = trades.next_step(row, delivered, now, int(self.config.resend_s * 1000))
+        try:
+            if step == trades.ERC:
+                tx.confirm(self.store, row.id, delivered // WMS_PER_WH, now, delivered)
+                log.info("%s confirms %d Wh for CTP %s: ERC", self.id.meter, delivered // WMS_PER_WH, row.id.hex())
+            elif step == trades.CANCEL:
+                tx.cancel(self.store, self.id.account_key(), row.id, now)
+                log.info("%s cancels CTP %s: expired unconfirmed", self.id.meter, row.id.hex())
+            elif step is not None:
+                tx.resend(self.store, row.id, step, now)
+                log.info("%s sends %s of CTP %s again", self.id.meter, step.rsplit("/", 1)[-1], row.id.hex())
+        except (tx.TradeError, OSError) as exc:  # e.g. `spb-meter erc` confirmed it meanwhile
+            log.warning("%s: CTP %s: %s", self.id.meter, row.id.hex(), exc)
+
+    def _watch(self) -> None:
+        """Subscribe to the status of every open trade, and drop finished ones."""
+        rows = self.rows
+        wanted = {topics.status(r.id) for r in rows if r.state in trades.OPEN}
+        for topic in wanted - self._watched:
+            self.bus.subscribe(topic, self._on_status)
+        for topic in self._watched - wanted:
+            self.bus.unsubscribe(topic)
+        self._watched = wanted
+        self._ours = {hashlib.sha256(raw).digest(): (r.id, kind) for r in rows if r.state in trades.OPEN
+                      for kind, raw in (("ctp", r.ctp), ("erc", r.erc), ("cancel", r.cancel)) if raw}
+
+    def _keep_keys(self, now: int) -> None:
+        batches = self.store.batches()
+        if keyring.wants_new_batch(batches, now):
+            batch = self.store.add_batch(keyring.Batch.new(os.urandom(32 * self.config.batch_size), now))
+            log.info("%s made key batch #%d (%d one-time keys)", self.id.meter, batch.id, batch.size)
+            batches.append(batch)
+        waiting = keyring.waiting(batches)
+        asked_id, asked_at = self._asked
+        if waiting is None or (asked_id == waiting.id and now - asked_at < self.config.resend_s * 1000):
+            return
+        online = self.peers.online()
+        if not online:
+            return
+        witness = random.choice(online)  # §4: a randomly chosen online meter
+        raw = coe.request(waiting, self.id.devcert, self.id.device_key, os.urandom(16), now)
+        self.store.enqueue(topics.meter(witness, "coe/req"), raw, COE)
+        self._asked = (waiting.id, now)
+        log.info("%s asks %s for a CoE of batch #%d", self.id.meter, witness, waiting.id)
+
+    def _show(self, now: int) -> None:
+        if self.painter is None:
+            return
+        hour = time.localtime(now // 1000).tm_hour
+        self.painter.show(self.view(now), is_night(hour, self.config.night_start, self.config.night_end))
+
+    def view(self, now: int) -> View:
+        """What the household sees: a fresh outcome, else the oldest held trade, else idle."""
+        online = self.bus.connected.is_set()
+        outcomes = [r for r in self.rows if r.state not in trades.OPEN and now - r.changed < RESULT_MS]
+        if outcomes:
+            last = max(outcomes, key=lambda r: r.changed)
+            return View(online=online, phase=last.state, reason=last.reason, power_w=self.power_w)
+        held = [r for r in self.rows if r.state == "held"]
+        if held:
+            r = held[0]
+            delivered = self.progress.get(r.id, r.delivered_wms) // WMS_PER_WH
+            return View(online=online, phase="held", delivered_wh=delivered, promised_wh=r.wh, power_w=self.power_w)
+        return View(online=online, phase="idle", power_w=self.power_w)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Say `offline` ourselves: a clean DISCONNECT means the broker drops our will.
 
         The will says the same `offline`, so the rare close that still fires it (see
-        BusClient.close) only repeats the retained state.
+        BusClient.close) only repeats the retained state. What the broker has not
+        acknowledged stays in the outbox for the next start.
         """
+        self.publish_reading()  # the energy since the last reading is not lost by a clean stop
+        self.pump.kick()
         info = self.bus.publish(topics.meter(self.id.meter, "state"), topics.OFFLINE, retain=True)
         if not self.bus.wait_acked(info, timeout_s):
             log.warning("%s: broker did not acknowledge offline within %.0f s", self.id.meter, timeout_s)
+        self.pump.forget_acked()  # PUBACKs come in order (MQTT 3.1.1 §4.6): all before `offline` are in
         self.bus.close()
+        for device in (self.painter, self.led):
+            if device is not None:
+                device.close()
         self.store.close()
+
+    # ---- paho's thread -------------------------------------------------------------------
 
     def _announce(self) -> None:
         birth = Birth(meter=self.id.meter, cert=self.id.devcert, fw=FIRMWARE_VERSION, boot=self.boot, t=wall_ms())
         self.bus.publish(topics.meter(self.id.meter, "state"), topics.ONLINE, retain=True)
         self.bus.publish(topics.meter(self.id.meter, "birth"), birth.sign(self.id.device_key), retain=True)
         log.info("%s online, birth sent", self.id.meter)
+
+    def _on_status(self, topic: str, payload: bytes, retained: bool) -> None:
+        now = wall_ms()
+        try:
+            status = self.verifier.verify(payload, now, expect="status").body
+        except Reject as exc:
+            log.warning("%s rejected a status on %s: %s", self.id.meter, topic, exc)
+            return
+        if topic != topics.status(status.ctp):
+            log.warning("%s: a status of CTP %s on %s", self.id.meter, status.ctp.hex(), topic)
+            return
+        row = self.store.update_trade(
+            status.ctp, lambda r: trades.on_status(r, status, hashlib.sha256(r.ctp).digest(), now))
+        if row is not None:
+            log.info("%s: CTP %s %s%s", self.id.meter, row.id.hex(), row.state, f" ({row.reason})" * bool(row.reason))
+            self._dirty.set()
+
+    def _on_reject(self, topic: str, payload: bytes, retained: bool) -> None:
+        ours = self._ours
+        try:
+            if open_message(payload, "reject").body.msg not in ours:
+                return  # someone else's: not worth a signature check
+            rejection = self.verifier.verify(payload, wall_ms(), expect="reject").body
+        except Reject as exc:
+            log.warning("%s rejected a reject: %s", self.id.meter, exc)
+            return
+        ctp_id, kind = ours[rejection.msg]
+        row = self.store.update_trade(ctp_id, lambda r: trades.on_reject(r, kind, rejection.reason, wall_ms()))
+        log.info("%s: the ledger rejected the %s of CTP %s: %s", self.id.meter, kind, ctp_id.hex(), rejection.reason)
+        if row is not None:
+            self._dirty.set()
+
+    def _on_coe_request(self, topic: str, payload: bytes, retained: bool) -> None:
+        now = wall_ms()
+        try:
+            own_roots = {b.root for b in self.store.batches()}
+            requester, raw = self.witness.answer(payload, own_roots, now)
+        except (Reject, coe.Refused) as exc:
+            log.warning("%s refused a CoE request: %s", self.id.meter, exc)
+            return
+        self.store.enqueue(topics.meter(requester, "coe/resp"), raw, COE)
+        self._dirty.set()
+        log.info("%s witnessed a key batch of %s", self.id.meter, requester)
+
+    def _on_coe(self, topic: str, payload: bytes, retained: bool) -> None:
+        now = wall_ms()
+        waiting = keyring.waiting(self.store.batches())
+        if waiting is None:
+            return  # an answer to a request another witness answered first
+        try:
+            got = coe.accept(self.verifier, payload, waiting, self.id.meter, now)
+        except (Reject, coe.Refused) as exc:
+            log.warning("%s refused a CoE: %s", self.id.meter, exc)
+            return
+        if self.store.set_coe(waiting.id, payload, got.t, got.exp):
+            self._dirty.set()
+            log.info("%s got the CoE of key batch #%d", self.id.meter, waiting.id)
 
     def _remember_peers(self) -> None:
         """Re-verify the births stored before this boot; a peer whose devcert lapsed is dropped."""

@@ -17,6 +17,7 @@ class MeterIdentity:
     device_key: SigningKey
     devcert: bytes
     ca_pk: bytes
+    validators: tuple[bytes, ...]  # whose signed statuses and rejects the meter believes
     root: Path
 
     @classmethod
@@ -24,4 +25,12 @@ class MeterIdentity:
         info = tomllib.loads((root / "meter.toml").read_text())
         return cls(meter=info["id"], device_key=load_key(root / "device.key"),
                    devcert=(root / "devcert.cbor").read_bytes(), ca_pk=bytes.fromhex(info["ca_pk"]),
-                   root=root)
+                   validators=tuple(bytes.fromhex(v) for v in info.get("validators", ())), root=root)
+
+    def account_key(self) -> SigningKey:
+        """The household's account key, which signs CTPs and cancels; only households that
+        pay have one (provision --accounts)."""
+        path = self.root / "account.key"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: this meter's household has no account to pay from")
+        return load_key(path)

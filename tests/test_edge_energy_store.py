@@ -86,6 +86,11 @@ def test_negative_power_raises(w_in, w_out):
 
 # ---- MeterStore --------------------------------------------------------------------------
 
+def commit(store: MeterStore, totals: Totals) -> int:
+    """commit_reading with a stand-in for the signed reading; its seq."""
+    return store.commit_reading(totals, lambda seq: ("spb/v1/meters/m0001/reading", b"reading %d" % seq), {})
+
+
 @pytest.fixture
 def open_store(tmp_path):
     """open_store(): a MeterStore on the same meter.db each time (a reopen simulates a reboot)."""
@@ -107,7 +112,7 @@ def test_fresh_store_starts_at_zero(open_store):
     store = open_store()
     assert store.totals() == Totals(0, 0)
     assert store.next_boot() == 1
-    assert store.commit_reading(Totals(0, 0)) == 1
+    assert commit(store, Totals(0, 0)) == 1
 
 
 def test_boot_counter_counts_every_start_across_reopen(open_store):
@@ -126,20 +131,20 @@ def test_reading_seqs_increase_and_continue_after_reboot(open_store):
     seqs = []
     for _ in range(3):
         totals = totals.add(1500, 0, 2400)
-        seqs.append(store.commit_reading(totals))
+        seqs.append(commit(store, totals))
     assert seqs == [1, 2, 3]
     store.close()
 
     rebooted = open_store()
     rebooted.next_boot()
-    assert [rebooted.commit_reading(totals), rebooted.commit_reading(totals.add(0, 10, 10))] == [4, 5]
+    assert [commit(rebooted, totals), commit(rebooted, totals.add(0, 10, 10))] == [4, 5]
 
 
 def test_totals_persist_across_reopen(open_store):
     """The totals of the last committed reading are what a rebooted meter starts from."""
     store = open_store()
     totals = Totals().add(1500, 0, 2400).add(0, 2000, 9000)
-    store.commit_reading(totals)
+    commit(store, totals)
     store.close()
     assert open_store().totals() == totals == Totals(3_600_000, 18_000_000)
 
@@ -147,20 +152,29 @@ def test_totals_persist_across_reopen(open_store):
 def test_committed_reading_is_visible_to_another_connection_at_once(open_store):
     """commit_reading returns only after the transaction is committed (another reader sees it)."""
     writer, reader = open_store(), open_store()
-    writer.commit_reading(Totals(10, 20))
+    commit(writer, Totals(10, 20))
     assert reader.totals() == Totals(10, 20)
-    assert reader.commit_reading(Totals(10, 20)) == 2
+    assert commit(reader, Totals(10, 20)) == 2
 
 
 @pytest.mark.parametrize("smaller", [Totals(99, 200), Totals(100, 199), Totals(0, 0)])
 def test_decreasing_totals_raise_without_consuming_a_seq(open_store, smaller):
     """Energy never goes backwards: a smaller total raises ValueError, and neither seq nor totals move."""
     store = open_store()
-    assert store.commit_reading(Totals(100, 200)) == 1
+    assert commit(store, Totals(100, 200)) == 1
     with pytest.raises(ValueError):
-        store.commit_reading(smaller)
+        commit(store, smaller)
     assert store.totals() == Totals(100, 200)
-    assert store.commit_reading(Totals(100, 200)) == 2  # equal totals are fine: no energy flowed
+    assert commit(store, Totals(100, 200)) == 2  # equal totals are fine: no energy flowed
+
+
+def test_each_committed_reading_is_in_the_outbox_in_seq_order(open_store):
+    """The reading a seq was used for is queued in the same transaction, so no seq goes unsent."""
+    store = open_store()
+    for i in range(3):
+        commit(store, Totals(i, 0))
+    assert [(row.topic, row.payload) for row in store.outbox_after(0, 10)] == \
+        [("spb/v1/meters/m0001/reading", b"reading %d" % seq) for seq in (1, 2, 3)]
 
 
 def test_peer_births_survive_a_reboot_and_the_latest_wins(open_store):

@@ -16,6 +16,7 @@ from broker.messages import Birth, Reading
 from broker.reasons import Reject
 from broker.verify import Verifier
 from deploy.provision import provision
+from edge.config import MeterConfig
 from edge.meter import MeterNode, wall_ms
 from edge.peers import PeerTable
 from edge.state_dir import MeterIdentity
@@ -94,8 +95,9 @@ def start_meter(mosquitto, community):
     running: list[Running] = []
 
     def start(meter: str) -> Running:
-        node = MeterNode(community[meter], "127.0.0.1", mosquitto.port, power=lambda: POWER[meter],
-                         reading_s=READING_S, reconnect_max_s=0.5)
+        w = POWER[meter]
+        node = MeterNode(community[meter], MeterConfig(reading_s=READING_S), "127.0.0.1", mosquitto.port,
+                         sense=lambda _elapsed: (max(w, 0), max(-w, 0)), reconnect_max_s=0.5)
         running.append(Running(node))
         return running[-1]
 
@@ -162,7 +164,7 @@ def test_restart_increments_boot_and_never_reuses_a_seq(mosquitto, make_client, 
 
     second = start_meter("m0001")
     assert second.node.boot == first.node.boot + 1 == 2
-    assert second.node.totals == first.node.totals and first.node.totals.wms_in > 0
+    assert second.node.integrator.totals == first.node.integrator.totals and first.node.integrator.totals.wms_in > 0
     wait_for(lambda: len(observer.readings["m0001"]) >= len(before) + 2, message=lambda: observer)
 
     assert observer.rejects == []

@@ -1,0 +1,83 @@
+"""What a buying meter does with its trades: pure decisions on edge.store.TradeRow values.
+
+A trade is the household's CTP and what follows: the ledger holds the money (`held`),
+the meter counts the energy imported from then on and confirms it with an ERC once the
+promised Wh arrived, and it cancels a promise that expired unconfirmed. Statuses are
+only believed when they name our own CTP (`msg`), so someone else's CTP that took our id
+cannot move our trade. States never go backwards, whatever order messages arrive in.
+"""
+
+from __future__ import annotations
+
+from broker import topics
+from broker.messages import Status
+from edge.energy import WMS_PER_WH
+from edge.store import TradeRow
+
+OPEN = ("sent", "held")
+FINAL = ("settled", "refunded")
+_RANK = {"sent": 0, "rejected": 1, "held": 2, "settled": 3, "refunded": 3}
+
+ERC, CANCEL = "erc", "cancel"  # steps that need a new signature
+
+
+def on_status(row: TradeRow, status: Status, ctp_hash: bytes, now: int) -> TradeRow | None:
+    """The trade after a verified status about its id, or None if it changes nothing."""
+    if status.state in ("held", "rejected") and status.msg != ctp_hash:
+        return None  # about another CTP with our id (the ledger then rejects ours too)
+    if _RANK[status.state] <= _RANK[row.state]:
+        return None
+    return row._replace(state=status.state, reason=status.reason or "", changed=now)
+
+
+def on_reject(row: TradeRow, kind: str, reason: str, now: int) -> TradeRow | None:
+    """The trade after the ledger rejected its `kind` message ("ctp", "erc", "cancel").
+
+    `duplicate` means it was applied before: the status says what came of it. A rejected
+    ERC or cancel keeps the trade as it is (the reason is shown); it is sent again later
+    if still useful, say a cancel that was `too-early` by the ledger's clock.
+    """
+    if reason == "duplicate":
+        return None
+    if kind == "ctp":
+        return row._replace(state="rejected", reason=reason, changed=now) if row.state == "sent" else None
+    return row._replace(reason=f"{kind} {reason}") if row.state in OPEN else None
+
+
+def allocate(rows: list[TradeRow], progress: dict[bytes, int], wms: int) -> None:
+    """Give newly imported energy to the held trades still waiting for it, oldest first,
+    so two trades never count the same Wh. Updates `progress` (CTP id -> W·ms) in place."""
+    for row in rows:
+        if wms <= 0:
+            return
+        if row.state != "held" or row.erc is not None:
+            continue
+        have = progress.get(row.id, row.delivered_wms)
+        take = min(wms, row.wh * WMS_PER_WH - have)
+        if take > 0:
+            progress[row.id] = have + take
+            wms -= take
+
+
+def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int) -> str | None:
+    """What the trade needs now: ERC or CANCEL (a new signature), a topic to send its last
+    message on again, or None.
+
+    An ERC goes once the promised Wh arrived before expiry. After expiry plus resend_ms
+    (the ledger refunds at expiry by itself; this is for when it did not) comes a cancel.
+    A message still unanswered after resend_ms is sent again: the broker may have lost it.
+    """
+    stale = now - row.sent >= resend_ms
+    if row.state == "sent":
+        return topics.TX_CTP if stale and now <= row.exp else None
+    if row.state != "held":
+        return None
+    if row.erc is None and delivered_wms >= row.wh * WMS_PER_WH and now <= row.exp:
+        return ERC
+    if now > row.exp + resend_ms and row.cancel is None:
+        return CANCEL
+    if not stale:
+        return None
+    if row.cancel is not None:
+        return topics.TX_CANCEL
+    return topics.TX_ERC if row.erc is not None and now <= row.exp else None
