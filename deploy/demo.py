@@ -1,11 +1,13 @@
-"""`spb-deploy demo`: a community on one machine, for a bounded time.
+"""`spb-deploy demo`: a whole community on one machine.
 
-Provisions two meters with a ledger genesis, starts a broker, both meters (one importing,
-one exporting) and the ledger as real processes, trades between the two households
-(deploy.market), and watches the bus like an operator's monitor would: every birth,
-reading, status and block is verified and shown decoded. Exits 0 only if both meters were
-seen online, verified each other's readings and went offline cleanly, one trade settled
-and one expired promise was refunded, and the ledger's chain passes its audit.
+Provisions three meters (a producer and two consumers) with a ledger genesis, starts a
+broker, the ledger and the three meters as real processes with emulated MCP3008s, and has
+the consumers buy the producer's energy with `spb-meter ctp` (deploy.market). Each meter's
+Sense HAT is drawn in the terminal, with a live line of balances from the ledger. The bus
+is watched like an operator's monitor would: every birth, reading, status and block is
+verified. Exits 0 only if every trade ended as planned (one is more than can be delivered
+before it expires, so it is refunded), the meters verified each other and went offline
+cleanly, and the ledger's chain passes its audit.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
+from rich.columns import Columns
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from broker import topics
 from broker.client import BusClient
@@ -27,17 +33,17 @@ from broker.clock import wall_ms
 from broker.reasons import Reject
 from broker.runtime import free_port, start_broker, wait_or_kill
 from broker.verify import Verifier
-from deploy.market import LedgerWatch, Trades, trade
-from deploy.provision import community_genesis, provision
-from deploy.simulate import SimCommunity
+from deploy.market import LedgerWatch, Outcome, orders, trade
+from deploy.provision import Community, community_genesis, provision
 from edge.peers import PeerTable
 from ledger.audit import AuditFailure, audit
 from ledger.genesis import write_genesis
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 
-# (meter id, simulated power in W): a household importing and one exporting solar.
-METERS = (("m0001", 1500), ("m0002", -2000))
+# (meter id, role, emulated power profile in W: + import, - export). 3600 W is 1 Wh a second.
+METERS = (("m0001", "producer", "-4000"), ("m0002", "consumer", "3600"), ("m0003", "consumer", "3600"))
+WH_PER_S = 1
 OPENING_UNITS = 1_000  # each household's balance in the genesis
 
 
@@ -48,7 +54,7 @@ class Seen:
     rejects: int = 0
     state: str = "?"  # the live state; a previous run's retained one does not count
     last: str = ""
-    peer_readings: int = 0  # readings of the other meter that this meter verified itself ("verified peer")
+    peer_readings: int = 0  # readings of other meters that this meter verified itself ("verified peer")
 
 
 @dataclass
@@ -67,8 +73,8 @@ class Monitor:
 
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         parsed = topics.parse_meter_topic(topic)
-        if parsed is None:
-            return
+        if parsed is None or parsed[1] not in ("state", "birth", "reading"):
+            return  # coe/req and coe/resp are between meters
         meter, leaf = parsed
         with self.lock:
             seen = self.seen.setdefault(meter, Seen())
@@ -88,14 +94,14 @@ class Monitor:
             self.console.print(f"[{colour}]● {meter:6} state    {state}[/]{note}")
             if not retained and (payload == topics.ONLINE or seen.state == "online"):
                 seen.state = state
-            if all(self.seen.get(m, Seen()).state == "offline" for m, _ in METERS):
+            if all(self.seen.get(m, Seen()).state == "offline" for m, _, _ in METERS):
                 self.all_offline.set()
         elif leaf == "birth":
             birth = self.peers.on_birth(meter, payload, now)
             seen.births += not retained
             self.console.print(f"[cyan]★ {meter:6} birth    fw {birth.fw}, boot {birth.boot}; "
                                f"devcert from the community CA ✓ signature ✓[/]{note}")
-        elif leaf == "reading":
+        else:
             r = self.peers.on_reading(meter, payload, now)
             seen.readings += 1
             seen.last = f"{r.wh_in}/{r.wh_out}"
@@ -104,29 +110,29 @@ class Monitor:
 
 
 def add_demo(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="run a small community on this machine for a while",
+    p = subparsers.add_parser("demo", help="run a small trading community on this machine",
                               description=__doc__.splitlines()[0])
     p.add_argument("--dir", type=Path, default=Path("demo-community"), help="community dir (default ./demo-community)")
-    p.add_argument("--seconds", type=float, default=20.0, help="how long the meters run (default 20)")
+    p.add_argument("--seconds", type=float, default=120.0,
+                   help="the longest the community runs; it stops earlier once every trade ended (default 120)")
+    p.add_argument("--trades", type=int, default=3, help="how many trades (default 3; the last is refunded)")
     p.add_argument("--port", type=int, default=0, help="broker port on 127.0.0.1 (default: a free one)")
     p.add_argument("--reading-s", type=float, default=2.0, help="seconds between readings (default 2)")
+    p.add_argument("--headless", action="store_true", help="no live Sense HAT panel: just the log and the verdict")
     p.add_argument("--embedded", action="store_true", help="use the embedded broker even if mosquitto is installed")
     p.set_defaults(run=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    stop, trades = threading.Event(), Trades()
-
-    def interrupted(*_) -> None:
-        stop.set()
-        trades.done.set()
+    stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, interrupted)
+        signal.signal(sig, lambda *_: stop.set())
     console = Console(highlight=False)
     community = provision(args.dir, meters=len(METERS), accounts=None, validators=1, now_ms=wall_ms())
     write_genesis(args.dir, community_genesis(community, OPENING_UNITS, block_ms=200))
     port = args.port or free_port()
     broker = start_broker(port, args.dir / "broker", embedded=args.embedded)
+    outcomes: list[Outcome] = []
     try:
         console.print(f"[bold]community[/] {community.root} ({len(community.meters)} meters)   "
                       f"[bold]broker[/] {broker.kind} on {broker.url}")
@@ -142,34 +148,34 @@ def run_demo(args: argparse.Namespace) -> int:
             if not watcher.wait_connected(timeout=10):  # subscribed before any meter speaks
                 console.print("[bold red]demo failed[/]: the monitor could not subscribe")
                 return 1
-            codes = _run_community(args, community.root, port, monitor, watch, stop, trades)
+            codes = _run_community(args, community, port, monitor, watch, stop, outcomes)
             monitor.all_offline.wait(timeout=10)
         finally:
             watcher.close()
     finally:
         broker.stop()
-    return _summary(console, monitor, watch, codes, trades, _audit(args.dir))
+    return _summary(console, monitor, watch, codes, outcomes, args.trades, _audit(args.dir))
 
 
-def _run_community(args, root: Path, port: int, monitor: Monitor, watch: LedgerWatch,
-                   stop: threading.Event, trades: Trades) -> list[int]:
-    """Run meters and ledger for args.seconds and until the trades are done (or SIGINT/SIGTERM);
+def _run_community(args, community: Community, port: int, monitor: Monitor, watch: LedgerWatch,
+                   stop: threading.Event, outcomes: list[Outcome]) -> list[int]:
+    """Run meters and ledger until the trades ended, args.seconds passed, or SIGINT/SIGTERM;
     their exit codes, meters first."""
-    procs = []
-    households = BusClient("127.0.0.1", port, client_id="demo-households")
+    root, procs = community.root, []
     try:
-        for meter, watts in METERS:
-            procs.append(_start(["edge.cli", "run", "--state-dir", str(root / "meters" / meter), "--broker",
-                                 f"127.0.0.1:{port}", "--fake-w", str(watts), "--reading-s", str(args.reading_s)],
-                                meter, monitor))
+        for meter, _, profile in METERS:
+            procs.append(_start(["edge.cli", "run", "--state-dir", str(root / "meters" / meter),
+                                 "--broker", f"127.0.0.1:{port}", "--adc", "fake", f"--fake-profile={profile}",
+                                 "--reading-s", str(args.reading_s), "--resend-s", "5", "--display", "terminal",
+                                 "--display-out", str(_frame_file(root, meter))], meter, monitor))
         procs.append(_start(["ledger.cli", "run", str(root), "--broker", f"127.0.0.1:{port}"], "ledger", monitor))
-        households.connect()
-        threading.Thread(target=trade, args=(SimCommunity.from_dir(root, wall_ms()), households, watch,
-                                             monitor.console, 30, trades), daemon=True).start()
-        if not stop.wait(args.seconds):
-            trades.done.wait(60)  # SIGINT/SIGTERM set it too
+        producer = next(m for m in community.meters if m.id == METERS[0][0])
+        plan = orders(args.trades, tuple(m for m, role, _ in METERS if role == "consumer"), WH_PER_S)
+        traded = threading.Event()
+        threading.Thread(target=trade, args=(root, plan, producer.account_pk, watch, monitor.console, 60,
+                                             outcomes, traded), daemon=True).start()
+        _watch_until(args, community, traded, stop)
     finally:
-        households.close()
         for proc, _ in procs:
             proc.send_signal(signal.SIGTERM)
         codes = []
@@ -178,6 +184,51 @@ def _run_community(args, root: Path, port: int, monitor: Monitor, watch: LedgerW
             codes.append(proc.returncode)
             reader.join(timeout=5)
     return codes
+
+
+def _watch_until(args, community: Community, traded: threading.Event, stop: threading.Event) -> None:
+    """Wait for the trades (and 3 s more, so their outcome shows), showing the meters' displays live."""
+    def wait() -> None:
+        if traded.wait(args.seconds) and not stop.is_set():
+            stop.wait(3)
+    if args.headless:
+        wait()
+        return
+    with Live(get_renderable=lambda: _panel(community), refresh_per_second=4, transient=False):
+        wait()
+
+
+def _frame_file(root: Path, meter: str) -> Path:
+    return root / "meters" / meter / "display.ans"
+
+
+def _panel(community: Community):
+    """Each meter's Sense HAT as its terminal driver last drew it, and every household's balance."""
+    hats = []
+    for meter, role, _ in METERS:
+        try:
+            frame = Text.from_ansi(_frame_file(community.root, meter).read_text())
+        except OSError:
+            frame = Text("(starting)")
+        hats.append(Panel(frame, title=f"{meter} {role}", expand=False))
+    return Group(Columns(hats), Text(_balances(community), style="bold"))
+
+
+def _balances(community: Community) -> str:
+    try:
+        identity = ValidatorIdentity.load(community.root, 0, with_key=False)
+        store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
+    except Exception:  # not written yet: the ledger is starting
+        return "balances: (ledger starting)"
+    try:
+        accounts = store.accounts()
+    finally:
+        store.close()
+    parts = []
+    for m in community.meters:
+        balance, held = accounts.get(bytes.fromhex(m.account_pk), (0, 0))
+        parts.append(f"{m.id} {balance}" + (f" (+{held} held)" if held else ""))
+    return "balances: " + "   ".join(parts)
 
 
 def _start(module_args: list[str], name: str, monitor: Monitor):
@@ -200,29 +251,38 @@ def _audit(root: Path) -> str:
     return f"ok, height {report.height}, {report.trades} trades"
 
 
-def _relay(proc: subprocess.Popen, meter: str, monitor: Monitor) -> None:
-    """Show the meter's own log, dimmed, and count the peer readings it verified."""
+def _relay(proc: subprocess.Popen, name: str, monitor: Monitor) -> None:
+    """Show a process's own log, dimmed, and count the peer readings each meter verified."""
     for line in proc.stdout:
         with monitor.lock:
             if " verified reading " in line:
-                monitor.seen.setdefault(meter, Seen()).peer_readings += 1
-            monitor.console.print(f"[dim]    {line.rstrip()}[/]")
+                monitor.seen.setdefault(name, Seen()).peer_readings += 1
+            monitor.console.print(Text("    " + line.rstrip(), style="dim"))
 
 
-def _summary(console: Console, monitor: Monitor, watch: LedgerWatch, codes: list[int], trades: Trades,
-             audited: str) -> int:
+def _summary(console: Console, monitor: Monitor, watch: LedgerWatch, codes: list[int], outcomes: list[Outcome],
+             planned_trades: int, audited: str) -> int:
     table = Table(title="What the monitor verified")
     for column in ("meter", "births", "readings", "rejects", "verified peer", "Wh in/out", "state"):
         table.add_column(column)
     ok = all(code == 0 for code in codes)
-    for meter, _ in METERS:
+    for meter, _, _ in METERS:
         s = monitor.seen.get(meter, Seen())
         table.add_row(meter, str(s.births), str(s.readings), str(s.rejects), str(s.peer_readings), s.last, s.state)
         ok = ok and s.births >= 1 and s.readings >= 2 and s.peer_readings >= 1 and not s.rejects and s.state == "offline"
     console.print(table)
-    console.print(f"ledger: {trades.settled} trade settled, {trades.refunded} expired promise refunded, "
-                  f"{watch.blocks} blocks, {watch.rejects} rejects, state {watch.ledger}; audit {audited}")
-    ok = (ok and trades.settled == 1 and trades.refunded == 1 and not watch.rejects
-          and watch.ledger.startswith("offline") and audited.startswith("ok"))
+    trades = Table(title="Trades")
+    for column in ("CTP", "buyer", "units", "Wh", "expected", "ended"):
+        trades.add_column(column)
+    for o in outcomes:
+        trades.add_row(o.ctp[:12] + "…", o.order.buyer, str(o.order.amount), str(o.order.wh), o.order.expect,
+                       f"[green]{o.state}[/]" if o.ok else f"[red]{o.state}[/]")
+    console.print(trades)
+    settled = sum(o.state == "settled" for o in outcomes)
+    refunded = sum(o.state == "refunded" for o in outcomes)
+    console.print(f"ledger: {settled} settled, {refunded} refunded, {watch.blocks} blocks, {watch.rejects} rejects, "
+                  f"state {watch.ledger}; audit {audited}")
+    planned = len(outcomes) == planned_trades and all(o.ok for o in outcomes)
+    ok = ok and planned and watch.ledger.startswith("offline") and audited.startswith("ok")
     console.print("[bold green]demo ok[/]" if ok else f"[bold red]demo failed[/] (exit codes {codes})")
     return 0 if ok else 1

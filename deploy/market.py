@@ -1,30 +1,30 @@
-"""The demo's trading: the two households trade through the ledger with their own keys.
+"""The demo's trading: households buy the producer's energy with `spb-meter ctp`, as a person would.
 
-Until the meter firmware makes CTPs and ERCs itself (next issue), this does it on the
-households' behalf with the keys `spb-deploy provision` wrote: the buyer pays for energy
-(CTP), its meter confirms receipt with a one-time key vouched for by the other meter (ERC),
-and a second promise is left to expire so the ledger refunds it. LedgerWatch shows what
-the ledger publishes, every status checked against the validators of the genesis.
+Each buyer's running meter does the rest on its own: it sends the CTP, counts the energy
+imported once the ledger holds the money, confirms it with an ERC signed by a one-time
+key, or cancels when the promise lapses. One trade asks for more energy than can arrive
+before it expires, so the ledger refunds it. LedgerWatch shows what the ledger publishes,
+every status checked against the validators of the genesis.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console
 
 from broker import topics
-from broker.client import BusClient
 from broker.clock import wall_ms
-from broker.messages import open_message
 from broker.reasons import Reject
 from broker.verify import Verifier
-from deploy.simulate import SimCommunity
 from ledger.block import Block, BlockError
 
-BUYER, SELLER = 0, 1  # m0001 imports, m0002 exports (deploy.demo.METERS)
-EXPIRING_MS = 1_500
+FINAL = ("settled", "refunded", "rejected")
 
 
 @dataclass
@@ -74,42 +74,77 @@ class LedgerWatch:
             self.console.print(f"[magenta]◆ ledger   status   CTP {status.ctp.hex()[:12]}… {status.state}"
                                f"{f' in block #{status.h}' if status.h else ''}  validator signature ✓[/]")
 
-    def wait_state(self, ctp_id: bytes, state: str, timeout: float) -> bool:
+    def wait_final(self, ctp_id: bytes, timeout: float) -> str | None:
         with self.changed:
-            return self.changed.wait_for(lambda: self.states.get(ctp_id) == state, timeout)
+            self.changed.wait_for(lambda: self.states.get(ctp_id) in FINAL, timeout)
+            return self.states.get(ctp_id)
 
     def wait_online(self, timeout: float) -> bool:
         with self.changed:
             return self.changed.wait_for(lambda: self.ledger.startswith("online"), timeout)
 
 
+@dataclass(frozen=True)
+class Order:
+    buyer: str  # meter id
+    amount: int
+    wh: int
+    expiry_s: int
+    expect: str  # settled, or refunded for the one that cannot be delivered in time
+
+
+def orders(n: int, buyers: tuple[str, ...], wh_per_s: int) -> list[Order]:
+    """n trades, buyers taking turns; with two or more, the last asks for 20× what can arrive."""
+    plan = [Order(buyers[i % len(buyers)], 3 * (i + 10), 10, 120, "settled") for i in range(n)]
+    if n >= 2:
+        plan[-1] = Order(plan[-1].buyer, 5, 20 * 15 * wh_per_s, 15, "refunded")
+    return plan
+
+
 @dataclass
-class Trades:
-    settled: int = 0
-    refunded: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
+class Outcome:
+    order: Order
+    ctp: str = ""
+    state: str = "not placed"
+
+    @property
+    def ok(self) -> bool:
+        return self.state == self.order.expect
 
 
-def trade(community: SimCommunity, bus: BusClient, watch: LedgerWatch, console: Console, timeout: float,
-          result: Trades) -> None:
-    """One trade that settles and one promise that expires; sets result.done either way."""
+def place(root: Path, order: Order, payee_hex: str, console: Console, timeout: float) -> str:
+    """`spb-meter ctp` on the buyer's state dir; retried while its meter has no CoE yet."""
+    args = [sys.executable, "-m", "edge.cli", "ctp", str(root / "meters" / order.buyer), payee_hex,
+            str(order.amount), str(order.wh), "--expiry", str(order.expiry_s)]
+    console.print(f"[blue]$ spb-meter ctp meters/{order.buyer} <producer> {order.amount} {order.wh} "
+                  f"--expiry {order.expiry_s}[/]")
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode == 0:
+            return done.stdout.strip()
+        if time.monotonic() > deadline:
+            raise RuntimeError(done.stderr.strip())
+        time.sleep(0.5)  # the meter is still fetching its first CoE (a command, not a test, waiting)
+
+
+def trade(root: Path, plan: list[Order], payee_hex: str, watch: LedgerWatch, console: Console,
+          timeout: float, outcomes: list[Outcome], done: threading.Event) -> None:
+    """Place every order, then wait for each to end; sets `done` either way."""
     try:
         if not watch.wait_online(timeout):
             console.print("[red]the ledger did not come online[/]")
             return
-        now = wall_ms()
-        paid = community.ctp(BUYER, SELLER, amount=30, wh=10, exp=now + 60_000)
-        lapsed = community.ctp(BUYER, SELLER, amount=5, wh=2, exp=now + EXPIRING_MS)
-        for ctp, what in ((paid, "30 units for 10 Wh"), (lapsed, f"5 units for 2 Wh, expiring in {EXPIRING_MS} ms")):
-            console.print(f"[blue]$ {community.households[BUYER].meter_id} pays "
-                          f"{community.households[SELLER].meter_id} {what}: CTP[/]")
-            bus.publish(topics.TX_CTP, ctp)
-        paid_id, lapsed_id = (open_message(c, "ctp").body.id for c in (paid, lapsed))
-        if watch.wait_state(paid_id, "held", timeout):
-            console.print(f"[blue]$ {community.households[BUYER].meter_id}'s meter confirms the 10 Wh "
-                          f"with one-time key #0 of a batch its peer vouched for: ERC[/]")
-            bus.publish(topics.TX_ERC, community.erc(paid))
-            result.settled += watch.wait_state(paid_id, "settled", timeout)
-        result.refunded += watch.wait_state(lapsed_id, "refunded", timeout)
+        for order in plan:
+            outcome = Outcome(order)
+            outcomes.append(outcome)
+            outcome.ctp = place(root, order, payee_hex, console, timeout)
+            outcome.state = "placed"
+            console.print(f"[blue]  CTP {outcome.ctp[:12]}… by {order.buyer}: {order.amount} units for "
+                          f"{order.wh} Wh within {order.expiry_s} s[/]")
+        for outcome in outcomes:
+            outcome.state = watch.wait_final(bytes.fromhex(outcome.ctp), timeout + outcome.order.expiry_s) or "open"
+    except RuntimeError as exc:
+        console.print(f"[red]could not place a trade: {exc}[/]")
     finally:
-        result.done.set()
+        done.set()

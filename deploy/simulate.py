@@ -8,14 +8,12 @@ never written anywhere: nothing here is for a real deployment.
 
 from __future__ import annotations
 
-import os
 from hashlib import sha256
+from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from pathlib import Path
-
-from broker.keys import load_key, write_file
+from broker.keys import write_file
 from broker.merkle import MerkleTree
 from broker.messages import Cancel, Coe, Ctp, DevCert, Erc, open_message
 from ledger.genesis import Genesis, write_genesis
@@ -76,21 +74,6 @@ class SimCommunity:
             raise ValueError("a community needs two households: a CoE is signed by another meter")
         self._start(seed, now, _key(seed, "ca"), [_key(seed, "validator", i) for i in range(4)])
         self.households = [self._household(i) for i in range(households)]
-
-    @classmethod
-    def from_dir(cls, root: Path, now: int) -> "SimCommunity":
-        """The households of a community `spb-deploy provision` made (meters with an account),
-        trading with their own keys; their one-time keys are made here, as a meter would."""
-        community = cls.__new__(cls)
-        validators = sorted(root.glob("validators/v*/validator.key"), key=lambda p: int(p.parent.name[1:]))
-        community._start(os.urandom(32), now, None, [load_key(p) for p in validators])
-        homes = sorted(p.parent for p in root.glob("meters/m[0-9][0-9][0-9][0-9]/account.key"))
-        if len(homes) < 2:
-            raise ValueError(f"{root} has {len(homes)} meters with an account; trading needs two")
-        community.households = [Household(community, i, home.name, load_key(home / "account.key"),
-                                          load_key(home / "device.key"), (home / "devcert.cbor").read_bytes())
-                                for i, home in enumerate(homes)]
-        return community
 
     def _start(self, seed: bytes, now: int, ca: SigningKey | None, validator_keys: list[SigningKey]) -> None:
         self.seed, self.now, self.ca, self.validator_keys = seed, now, ca, validator_keys

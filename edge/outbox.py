@@ -7,7 +7,9 @@ messages again after a reconnect, in order; after a restart the whole outbox is 
 again from its first row, so a message can arrive twice but is never lost. Receivers
 dedupe: readings by seq, the ledger by message hash.
 
-One thread (the meter's loop) calls `kick`. PUBACKs arrive on paho's thread, which holds
+Rows go to paho only while connected, i.e. after this connection's birth was published:
+a peer seeing a reading before any birth of ours could not verify it. One thread (the
+meter's loop) calls `kick`. PUBACKs arrive on paho's thread, which holds
 paho's message lock while it reports them, so they are only queued here: taking a lock of
 ours there could deadlock against a publish made under it.
 """
@@ -32,6 +34,8 @@ class OutboxPump:
     def kick(self) -> None:
         """Forget what the broker acknowledged, then hand paho the next rows, up to the window."""
         self.forget_acked()
+        if not self.bus.connected.is_set():
+            return  # not before this connection's birth: a reading must not reach anyone before it
         room = self.window - len(self._in_flight)
         for row in self.store.outbox_after(self._cursor, room) if room > 0 else ():
             self._cursor = row.seq

@@ -1,4 +1,4 @@
-"""`spb-deploy demo`: a two-meter community on this machine, end to end, with either broker."""
+"""`spb-deploy demo`: a three-meter community trading on this machine, end to end, with either broker."""
 
 from __future__ import annotations
 
@@ -12,23 +12,25 @@ from tests.helpers import REPO, child_env
 
 pytestmark = pytest.mark.integration
 
-METERS = {"m0001": "m0002", "m0002": "m0001"}  # each meter and the peer it must verify
+METERS = ("m0001", "m0002", "m0003")
 
 
-def run_demo(community, *broker_args) -> tuple[subprocess.CompletedProcess, str]:
-    """One bounded demo run; (result, a report to show when an assertion fails)."""
+def run_demo(community, *args: str, trades: int = 2) -> tuple[subprocess.CompletedProcess, str]:
+    """One bounded headless demo run; (result, a report to show when an assertion fails)."""
     result = subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "demo", "--dir", str(community), "--seconds", "3",
-         "--reading-s", "0.5", *broker_args],
-        cwd=REPO, env={**child_env(), "COLUMNS": "200"}, capture_output=True, text=True, timeout=60)
+        [sys.executable, "-m", "deploy.cli", "demo", "--headless", "--dir", str(community), "--seconds", "90",
+         "--trades", str(trades), "--reading-s", "0.5", *args],
+        cwd=REPO, env={**child_env(), "COLUMNS": "200"}, capture_output=True, text=True, timeout=180)
     return result, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
-@pytest.mark.parametrize("broker_args", [[], ["--embedded"]], ids=["mosquitto", "embedded-amqtt"])
-def test_demo_runs_a_community_and_exits_0(tmp_path, broker_args):
-    """Both meters come online, publish births and readings, verify each other, and go offline cleanly."""
+@pytest.mark.parametrize("broker_args, trades", [([], 3), (["--embedded"], 2)], ids=["mosquitto", "embedded-amqtt"])
+def test_demo_trades_as_planned_and_exits_0(tmp_path, broker_args, trades):
+    """The meters come online, verify each other, fetch CoEs from each other, and the consumers'
+    trades end as planned: all settled by the meters' own ERCs but the last, which asks for
+    more than can arrive before it expires and is refunded. The chain passes its audit."""
     community = tmp_path / "demo"
-    result, report = run_demo(community, *broker_args)
+    result, report = run_demo(community, *broker_args, trades=trades)
     out = result.stdout
 
     assert result.returncode == 0, report
@@ -36,17 +38,21 @@ def test_demo_runs_a_community_and_exits_0(tmp_path, broker_args):
     assert ("broker embedded" if broker_args else "broker mosquitto") in out, report
     assert "rejected" not in out, report
     assert (community / "community.toml").is_file()
-    # The households traded through the ledger: one trade settled, one promise expired.
-    assert re.search(r"ledger: 1 trade settled, 1 expired promise refunded, \d+ blocks, 0 rejects, "
-                     r"state\s+offline \d+; audit ok", out), report
+    assert re.search(rf"ledger: {trades - 1} settled, 1 refunded, \d+ blocks, 0 rejects, "
+                     rf"state\s+offline \d+; audit ok", out), report
+    ended = re.findall(r"│ \w+… │ (m000\d) │ \d+\s+│ \d+\s+│ (\w+)\s+│ (\w+)\s+│", out)
+    assert len(ended) == trades and all(expected == got for _, expected, got in ended), report
     assert re.search(r"◆ ledger\s+status\s+CTP \w+… settled in block #\d+\s+validator signature ✓", out), report
-    for meter, peer in METERS.items():
+    assert re.search(r"m000[23] confirms \d+ Wh for CTP \w+: ERC", out), report
+    for meter in METERS:
         assert re.search(rf"★ {meter}\s+birth\s+fw \S+, boot 1;", out), report
         seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", out, re.M)]
         assert len(seqs) >= 2 and seqs == sorted(set(seqs)), report
-        assert re.search(rf"{meter} verified reading #\d+ of {peer}", out), report
+        assert re.search(rf"{meter} verified reading #\d+ of m000[123]", out), report
+        assert re.search(rf"{meter} got the CoE of key batch #1", out), report
         assert re.search(rf"● {meter}\s+state\s+online", out), report
         assert re.search(rf"● {meter}\s+state\s+offline", out), report
+        assert "█" in (community / "meters" / meter / "display.ans").read_text(), "the terminal Sense HAT drew"
 
 
 def test_a_rerun_judges_itself_only_on_live_messages(tmp_path):
