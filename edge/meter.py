@@ -132,6 +132,7 @@ class MeterNode:
         """Trades: ERCs, cancels, resends, status subscriptions. Key ring: the next batch and its CoE."""
         self._dirty.clear()
         self.rows = self.store.trades(changed_since=now - RESULT_MS)
+        self.progress = {r.id: self.progress.get(r.id, r.delivered_wms) for r in self.rows if r.state in trades.OPEN}
         for row in self.rows:
             if row.state in trades.OPEN:
                 self._step(row, now)
@@ -141,7 +142,7 @@ class MeterNode:
             self.led.set(any(r.state in trades.OPEN for r in self.rows))
 
     def _step(self, row: TradeRow, now: int) -> None:
-        delivered = self.progress.setdefault(row.id, row.delivered_wms)
+        delivered = self.progress[row.id]
         step = trades.next_step(row, delivered, now, int(self.config.resend_s * 1000))
         try:
             if step == trades.ERC:

@@ -66,10 +66,12 @@ def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int) -> st
     An ERC goes once the promised Wh arrived before expiry. After expiry plus resend_ms
     (the ledger refunds at expiry by itself; this is for when it did not) comes a cancel.
     A message still unanswered after resend_ms is sent again: the broker may have lost it.
+    An unanswered CTP is sent again even after its expiry, because only an answer ends the
+    trade: the ledger holds it (if it got it in time) or rejects it as `expired`.
     """
     stale = now - row.sent >= resend_ms
     if row.state == "sent":
-        return topics.TX_CTP if stale and now <= row.exp else None
+        return topics.TX_CTP if stale else None  # after exp too: the ledger's `expired` ends it
     if row.state != "held":
         return None
     if row.erc is None and delivered_wms >= row.wh * WMS_PER_WH and now <= row.exp:
