@@ -38,6 +38,7 @@ bench: venv mosquitto
 	$(BIN)/python bench/wire.py
 	$(BIN)/python bench/spb_paper.py
 	$(BIN)/python bench/saturation.py
+	$(BIN)/python bench/meter.py
 
 clean:
 	rm -rf $(VENV) demo-community .pytest_cache .hypothesis

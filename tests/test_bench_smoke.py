@@ -53,3 +53,17 @@ def test_saturation_bench_prints_settled_rates_and_ratios_against_the_verify_bou
         assert found, (name, out)
         assert int(found.group(1)) > 0 and abs(float(found.group(2)) - int(found.group(1)) / bound) < 0.01
     assert re.search(r"^core: \d+ us per settled trade \(100 trades, 25 per block\)", out, re.M), out
+
+
+def test_meter_bench_prints_cpu_per_hour_and_peak_rss_against_the_budget():
+    out = run_bench("bench/meter.py", "--seconds", "2", "--warmup", "1")
+    assert re.search(r"^start-up CPU \(until online\)\s+[\d.]+ s\s+a bare python importing the same modules: "
+                     r"[\d.]+ s$", out, re.M), out
+    steady = re.search(r"^steady CPU\s+([\d.]+) s/h\s+([\d.]+)% of one core$", out, re.M)
+    rss = re.search(r"^peak RSS \(VmHWM\)\s+([\d.]+) MB\s+the bare python: [\d.]+ MB$", out, re.M)
+    assert steady and rss, out
+    assert re.search(r"^  fake ADC alone \(in this process\)\s+[\d.]+ s/h\s+\d+ us per sample", out, re.M), out
+    cpu_ratio = float(re.search(r"^cpu ([\d.]+) of budget  \(< 72 CPU s per hour", out, re.M).group(1))
+    rss_ratio = float(re.search(r"^rss ([\d.]+) of budget  \(< 60 MB", out, re.M).group(1))
+    assert abs(cpu_ratio - float(steady.group(1)) / 72) < 0.01 and abs(rss_ratio - float(rss.group(1)) / 60) < 0.01
+    assert float(rss.group(1)) > 0
