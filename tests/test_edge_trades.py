@@ -242,13 +242,16 @@ def test_allocate_hands_out_exactly_what_was_imported_up_to_the_need(specs, wms)
 FULL = 5 * WMS_PER_WH  # a 5 Wh trade's energy
 
 
-def test_sent_ctp_is_resent_when_stale_and_not_expired():
-    """An unanswered CTP goes again after resend_ms, until its expiry; not before."""
+def test_sent_ctp_is_resent_when_stale_even_after_expiry():
+    """An unanswered CTP goes again after resend_ms, not before; after its expiry too, since
+    only the ledger's answer (held, or `expired`) ends the trade (decision 0003)."""
     r = row("sent", sent=NOW)
     assert next_step(r, 0, NOW + RESEND - 1, RESEND) is None
     assert next_step(r, 0, NOW + RESEND, RESEND) == topics.TX_CTP
-    assert next_step(row("sent", sent=NOW, exp=NOW + RESEND), 0, NOW + RESEND, RESEND) == topics.TX_CTP
-    assert next_step(row("sent", sent=NOW, exp=NOW + RESEND - 1), 0, NOW + RESEND, RESEND) is None
+    expired = row("sent", sent=NOW, exp=NOW + 1)
+    assert next_step(expired, 0, NOW + RESEND - 1, RESEND) is None
+    assert next_step(expired, 0, NOW + RESEND, RESEND) == topics.TX_CTP
+    assert next_step(expired, FULL, NOW + 100 * RESEND, RESEND) == topics.TX_CTP  # never an ERC or cancel
 
 
 def test_erc_exactly_when_the_promised_wh_arrived_before_expiry():
