@@ -40,6 +40,10 @@ class FakeMCP3008(MockSPIDevice):
     def on_start(self) -> None:
         super().on_start()
         self._state = "idle"
+        # gpiozero's mock pins log every change in `states` and never forget: ~13 kB a sample,
+        # hundreds of MB a day at 10 Hz. Nobody reads the history, so each transaction drops it.
+        for pin in (self.clock_pin, self.mosi_pin, self.miso_pin, self.select_pin):
+            pin.clear_states()
 
     def on_bit(self) -> None:
         if self._state == "idle":

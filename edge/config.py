@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG_NAME = "config.toml"
+_TYPES = {"int": int, "float": (int, float), "str": str, "int | None": (int, type(None))}
+_WORDS = {"int": "a whole number", "float": "a number", "str": "text", "int | None": "a whole number or \"none\""}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,14 @@ class MeterConfig:
         return config
 
     def check(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, _TYPES[f.type]):
+                raise ValueError(f"{f.name} must be {_WORDS[f.type]}, not {value!r}")
+        if self.led_pin is not None and not 0 <= self.led_pin <= 27:
+            raise ValueError("led_pin must be a GPIO number 0..27, or \"none\"")
+        if not (0 <= self.night_start <= 23 and 0 <= self.night_end <= 23):
+            raise ValueError("night_start and night_end are hours 0..23")
         if not 0 < self.sample_hz <= 1000 or not 0 < self.reading_s:
             raise ValueError("sample_hz must be in (0, 1000] and reading_s positive")
         if not {self.import_channel, self.export_channel} <= set(range(8)) or self.import_channel == self.export_channel:

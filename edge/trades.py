@@ -3,11 +3,13 @@
 A trade is the household's CTP and what follows: the ledger holds the money (`held`),
 the meter counts the energy imported from then on and confirms it with an ERC once the
 promised Wh arrived, and it cancels a promise that expired unconfirmed. Statuses are
-only believed when they name our own CTP (`msg`), so someone else's CTP that took our id
-cannot move our trade. States never go backwards, whatever order messages arrive in.
+only believed when they name our own messages (`msg`), so someone else's CTP that took
+our id cannot move our trade. States never go backwards, whatever order messages arrive in.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from broker import topics
 from broker.messages import Status
@@ -22,12 +24,26 @@ ERC, CANCEL = "erc", "cancel"  # steps that need a new signature
 
 
 def on_status(row: TradeRow, status: Status, ctp_hash: bytes, now: int) -> TradeRow | None:
-    """The trade after a verified status about its id, or None if it changes nothing."""
-    if status.state in ("held", "rejected") and status.msg != ctp_hash:
-        return None  # about another CTP with our id (the ledger then rejects ours too)
+    """The trade after a verified status about its id, or None if it changes nothing.
+
+    A status is ours when its `msg` is our message: the CTP for held and rejected, our ERC
+    for settled, our cancel (or none, at expiry) for refunded. A held or settled status
+    naming another message means another CTP took our id first: the ledger can never hold
+    ours (it answers it `duplicate`), so a trade still waiting ends as rejected.
+    """
+    mine = {"held": ctp_hash, "rejected": ctp_hash, "settled": _hash(row.erc),
+            "refunded": None if status.msg is None else _hash(row.cancel)}[status.state]
+    if status.msg != mine:
+        if row.state == "sent" and status.state in ("held", "settled"):
+            return row._replace(state="rejected", reason="duplicate", changed=now)
+        return None
     if _RANK[status.state] <= _RANK[row.state]:
         return None
     return row._replace(state=status.state, reason=status.reason or "", changed=now)
+
+
+def _hash(raw: bytes | None) -> bytes | None:
+    return None if raw is None else hashlib.sha256(raw).digest()
 
 
 def on_reject(row: TradeRow, kind: str, reason: str, now: int) -> TradeRow | None:

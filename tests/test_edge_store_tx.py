@@ -422,11 +422,18 @@ def test_config_malformed_toml_is_refused(tmp_path):
         MeterConfig.load(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MeterConfig.check does not check types: batch_size = 64.5 "
-                   "(a TOML float) passes 1 <= 64.5 <= 1024 and loads; the meter then crashes making its "
-                   "first batch (os.urandom(32 * 64.5): TypeError). Same for outbox_max/coe_days/... floats")
-def test_config_non_integer_batch_size_is_refused(tmp_path):
-    """batch_size counts keys: a fractional value must be refused at load."""
-    (tmp_path / "config.toml").write_text("batch_size = 64.5\n")
-    with pytest.raises((TypeError, ValueError)):
+@pytest.mark.parametrize("text", ["batch_size = 64.5", "outbox_max = 1e5", "coe_days = true", "display = 3",
+                                  "led_pin = 40", "led_pin = 1.5", "night_start = 24", "sample_hz = \"10\""])
+def test_config_values_of_the_wrong_type_or_range_are_refused(tmp_path, text):
+    """Counts are whole numbers (batch_size = 64.5 would crash the meter making its first batch),
+    pins and hours in range, text where text goes: refused at load, with the setting's name."""
+    (tmp_path / "config.toml").write_text(text + "\n")
+    with pytest.raises(ValueError, match=text.split(" ")[0]):
         MeterConfig.load(tmp_path)
+
+
+def test_config_led_pin_none_and_float_rates_load(tmp_path):
+    """\"none\" turns the LED off; whole numbers are fine where a number of seconds goes."""
+    (tmp_path / "config.toml").write_text('led_pin = "none"\nreading_s = 5\nsample_hz = 2.5\n')
+    config = MeterConfig.load(tmp_path)
+    assert (config.led_pin, config.reading_s, config.sample_hz) == (None, 5, 2.5)

@@ -46,10 +46,16 @@ def test_held_is_believed_when_it_names_our_ctp():
 
 
 @pytest.mark.parametrize("msg", [OTHER_HASH, None])
-def test_held_naming_another_ctp_or_none_is_ignored(msg):
-    """A held status about another CTP that took our id (or naming no message) changes nothing:
-    our money is not held by it."""
-    assert on_status(row("sent"), status("held", msg), CTP_HASH, LATER) is None
+def test_held_naming_another_ctp_ends_a_waiting_trade_as_duplicate(msg):
+    """A held status about another CTP that took our id (or naming no message) does not hold
+    our money: the ledger can never hold ours now, so our waiting trade ends as rejected."""
+    new = on_status(row("sent"), status("held", msg), CTP_HASH, LATER)
+    assert (new.state, new.reason, new.changed) == ("rejected", "duplicate", LATER)
+
+
+def test_held_naming_another_ctp_leaves_a_held_trade_alone():
+    """Once our own CTP is held, a status naming another message is not about it."""
+    assert on_status(row("held"), status("held", OTHER_HASH), CTP_HASH, LATER) is None
 
 
 @pytest.mark.parametrize("msg", [OTHER_HASH, None])
@@ -104,14 +110,20 @@ def test_a_sent_trade_whose_held_was_missed_still_settles():
     assert new.state == "settled"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: on_status believes a settled status for a trade that never "
-                   "signed an ERC: settled/refunded statuses are not checked against our messages, so another "
-                   "CTP that took our id (our copy got a `duplicate` reject, which on_reject ignores) moves our "
-                   "sent trade to settled when it settles")
 def test_settled_of_another_ctp_with_our_id_does_not_settle_our_trade():
-    """The module promises that someone else's CTP with our id cannot move our trade. A trade
-    that never signed an ERC cannot have been settled: its one-time key is only in our store."""
-    assert on_status(row("sent", erc=None), status("settled", sha256(b"their erc").digest()), CTP_HASH, LATER) is None
+    """Someone else's CTP with our id cannot move our trade to settled: a trade that never
+    signed an ERC cannot have been settled (its one-time key is only in our store). It ends
+    as rejected, since the ledger will never hold ours."""
+    new = on_status(row("sent", erc=None), status("settled", sha256(b"their erc").digest()), CTP_HASH, LATER)
+    assert (new.state, new.reason) == ("rejected", "duplicate")
+
+
+def test_refunded_by_a_cancel_we_did_not_sign_is_not_ours():
+    """A refund caused by a cancel is ours only if we signed that cancel."""
+    assert on_status(row("held", cancel=b"our cancel"), status("refunded", OTHER_HASH), CTP_HASH, LATER) is None
+    new = on_status(row("held", cancel=b"our cancel"), status("refunded", sha256(b"our cancel").digest()),
+                    CTP_HASH, LATER)
+    assert new.state == "refunded"
 
 
 # ---- on_reject ---------------------------------------------------------------------------
