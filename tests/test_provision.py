@@ -102,7 +102,8 @@ def test_community_toml_matches_keys_on_disk(tmp_path):
         assert m["account_pk"] == _pk(home / "account.key")
         assert (m["devcert_nbf"], m["devcert_exp"]) == (NOW - CLOCK_SKEW_MS, NOW + 10 * DAY_MS)
         assert _toml(home / "meter.toml") == {"id": m["id"], "ca_pk": doc["ca"]["pk"],
-                                              "device_pk": m["device_pk"], "account_pk": m["account_pk"]}
+                                              "device_pk": m["device_pk"], "account_pk": m["account_pk"],
+                                              "validators": [v["pk"] for v in doc["validators"]]}
     assert doc["accounts"] == [
         {"id": "a0001", "pk": _pk(tmp_path / "meters/m0001/account.key"), "meter": "m0001"},
         {"id": "a0002", "pk": _pk(tmp_path / "meters/m0002/account.key"), "meter": "m0002"},
