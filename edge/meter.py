@@ -35,7 +35,6 @@ from edge.store import COE, MeterStore, TradeRow
 
 log = logging.getLogger("spb.meter")
 HOUSEKEEPING_MS = 1000  # trades, key ring and subscriptions are looked after once a second
-RESULT_MS = 10_000  # how long the display shows a trade's outcome
 Sense = Callable[[int], tuple[int, int]]
 """sense(ms since start) -> (W imported, W exported) now."""
 
@@ -131,7 +130,7 @@ class MeterNode:
     def housekeeping(self, now: int) -> None:
         """Trades: ERCs, cancels, resends, status subscriptions. Key ring: the next batch and its CoE."""
         self._dirty.clear()
-        self.rows = self.store.trades(changed_since=now - RESULT_MS)
+        self.rows = self.store.trades(changed_since=now - trades.RESULT_MS)
         self.progress = {r.id: self.progress.get(r.id, r.delivered_wms) for r in self.rows if r.state in trades.OPEN}
         for row in self.rows:
             if row.state in trades.OPEN:
@@ -195,18 +194,7 @@ class MeterNode:
         self.painter.show(self.view(now), is_night(hour, self.config.night_start, self.config.night_end))
 
     def view(self, now: int) -> View:
-        """What the household sees: a fresh outcome, else the oldest held trade, else idle."""
-        online = self.bus.connected.is_set()
-        outcomes = [r for r in self.rows if r.state not in trades.OPEN and now - r.changed < RESULT_MS]
-        if outcomes:
-            last = max(outcomes, key=lambda r: r.changed)
-            return View(online=online, phase=last.state, reason=last.reason, power_w=self.power_w)
-        held = [r for r in self.rows if r.state == "held"]
-        if held:
-            r = held[0]
-            delivered = self.progress.get(r.id, r.delivered_wms) // WMS_PER_WH
-            return View(online=online, phase="held", delivered_wh=delivered, promised_wh=r.wh, power_w=self.power_w)
-        return View(online=online, phase="idle", power_w=self.power_w)
+        return trades.view(self.rows, self.progress, now, self.bus.connected.is_set(), self.power_w)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Say `offline` ourselves: a clean DISCONNECT means the broker drops our will.

@@ -13,10 +13,12 @@ import hashlib
 
 from broker import topics
 from broker.messages import Status
+from edge.display import View
 from edge.energy import WMS_PER_WH
 from edge.store import TradeRow
 
 OPEN = ("sent", "held")
+RESULT_MS = 10_000  # how long the display shows a trade's outcome
 FINAL = ("settled", "refunded")
 _RANK = {"sent": 0, "rejected": 1, "held": 2, "settled": 3, "refunded": 3}
 
@@ -99,3 +101,18 @@ def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int) -> st
     if row.cancel is not None:
         return topics.TX_CANCEL
     return topics.TX_ERC if row.erc is not None and now <= row.exp else None
+
+
+def view(rows: list[TradeRow], progress: dict[bytes, int], now: int, online: bool, power_w: int) -> View:
+    """What the household sees: an outcome of the last RESULT_MS, else the oldest held
+    trade's progress, else idle with the power flowing now."""
+    outcomes = [r for r in rows if r.state not in OPEN and now - r.changed < RESULT_MS]
+    if outcomes:
+        last = max(outcomes, key=lambda r: r.changed)
+        return View(online=online, phase=last.state, reason=last.reason, power_w=power_w)
+    held = [r for r in rows if r.state == "held"]
+    if held:
+        r = held[0]
+        delivered = progress.get(r.id, r.delivered_wms) // WMS_PER_WH
+        return View(online=online, phase="held", delivered_wh=delivered, promised_wh=r.wh, power_w=power_w)
+    return View(online=online, phase="idle", power_w=power_w)

@@ -13,7 +13,9 @@ from broker import topics
 from broker.messages import Status
 from edge.energy import WMS_PER_WH
 from edge.store import TradeRow
-from edge.trades import CANCEL, ERC, allocate, next_step, on_reject, on_status
+from edge.display import render
+from edge.display_drivers import RecordingDisplay
+from edge.trades import CANCEL, ERC, RESULT_MS, allocate, next_step, on_reject, on_status, view
 
 NOW = 1_800_000_000_000
 EXP = NOW + 3_600_000
@@ -318,3 +320,31 @@ def test_nothing_for_final_or_rejected_trades(state, now):
 def test_nothing_for_a_held_trade_waiting_for_energy():
     """A held trade short of energy, before expiry, needs nothing (the CTP was answered)."""
     assert next_step(row("held", sent=NOW - 100 * RESEND), FULL - 1, NOW, RESEND) is None
+
+
+# ---- view: what the Sense HAT shows --------------------------------------------------------
+
+def test_view_shows_a_fresh_outcome_then_the_oldest_held_trade_then_idle():
+    """The household sees an outcome for RESULT_MS (the latest if several), otherwise the
+    progress of the oldest held trade, otherwise idle with the power flowing now."""
+    older = row("held", id=b"a" * 16, wh=10, delivered_wms=4 * WMS_PER_WH)
+    newer = row("held", id=b"b" * 16, wh=10)
+    settled = row("settled", id=b"c" * 16, changed=NOW)
+    rejected = row("rejected", id=b"d" * 16, reason="insufficient-funds", changed=NOW + 1)
+    progress = {older.id: 5 * WMS_PER_WH}
+
+    shown = view([older, newer, settled, rejected], progress, NOW + 100, True, 1500)
+    assert (shown.phase, shown.reason) == ("rejected", "insufficient-funds")
+    shown = view([older, newer, settled], progress, NOW + 100, True, 1500)
+    assert shown.phase == "settled"
+    shown = view([older, newer, settled], progress, NOW + RESULT_MS, False, 1500)
+    assert (shown.phase, shown.delivered_wh, shown.promised_wh, shown.online) == ("held", 5, 10, False)
+    assert view([], {}, NOW, True, -800).phase == "idle"
+
+    # The frames a Sense HAT stand-in is given for these views: half the bar lit, then all green.
+    hat = RecordingDisplay()
+    for v in (view([older], progress, NOW, True, 0), view([settled], {}, NOW + 100, True, 0)):
+        hat.show(render(v, NOW), False)
+    (bar, _), (green, _) = hat.shown
+    assert sum(p != (0, 0, 0) for p in bar) == 32
+    assert len(set(green)) == 1 and green[0][1] > 0 == green[0][0]
