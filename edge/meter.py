@@ -132,17 +132,20 @@ class MeterNode:
         self._dirty.clear()
         self.rows = self.store.trades(changed_since=now - trades.RESULT_MS)
         self.progress = {r.id: self.progress.get(r.id, r.delivered_wms) for r in self.rows if r.state in trades.OPEN}
-        for row in self.rows:
-            if row.state in trades.OPEN:
-                self._step(row, now)
+        acted = [self._step(row, now) for row in self.rows if row.state in trades.OPEN]  # every one, no short cut
+        if any(acted):
+            self.rows = self.store.trades(changed_since=now - trades.RESULT_MS)  # with what the steps signed
         self._watch()
         self._keep_keys(now)
         if self.led is not None:
             self.led.set(any(r.state in trades.OPEN for r in self.rows))
 
-    def _step(self, row: TradeRow, now: int) -> None:
+    def _step(self, row: TradeRow, now: int) -> bool:
+        """Take the trade's next step, if it has one; whether it did."""
         delivered = self.progress[row.id]
         step = trades.next_step(row, delivered, now, int(self.config.resend_s * 1000))
+        if step is None:
+            return False
         try:
             if step == trades.ERC:
                 tx.confirm(self.store, row.id, delivered // WMS_PER_WH, now, delivered)
@@ -150,11 +153,12 @@ class MeterNode:
             elif step == trades.CANCEL:
                 tx.cancel(self.store, self.id.account_key(), row.id, now)
                 log.info("%s cancels CTP %s: expired unconfirmed", self.id.meter, row.id.hex())
-            elif step is not None:
+            else:
                 tx.resend(self.store, row.id, step, now)
                 log.info("%s sends %s of CTP %s again", self.id.meter, step.rsplit("/", 1)[-1], row.id.hex())
         except (tx.TradeError, OSError) as exc:  # e.g. `spb-meter erc` confirmed it meanwhile
             log.warning("%s: CTP %s: %s", self.id.meter, row.id.hex(), exc)
+        return True
 
     def _watch(self) -> None:
         """Subscribe to the status of every open trade, and drop finished ones."""
