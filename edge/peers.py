@@ -19,7 +19,7 @@ class Peer:
     device_pk: bytes
     boot: int
     fw: str
-    online: bool = True
+    online: bool = False  # only a retained or live `online` state says so; a birth alone does not
     last_seq: int | None = None
 
 
@@ -27,6 +27,9 @@ class Peer:
 class PeerTable:
     verifier: Verifier
     peers: dict[str, Peer] = field(default_factory=dict)
+    # Last state of every meter id, births known or not: a retained state may arrive before
+    # the retained birth, since they come on different subscriptions.
+    states: dict[str, bool] = field(default_factory=dict)
 
     def on_birth(self, topic_meter: str, raw: bytes, now: int) -> Birth:
         birth = self.verifier.verify(raw, now, expect="birth").body
@@ -36,7 +39,8 @@ class PeerTable:
         known = self.peers.get(birth.meter)
         # seq never repeats across a meter's reboots, so a new birth keeps what we saw of it
         last_seq = known.last_seq if known and known.device_pk == device_pk else None
-        self.peers[birth.meter] = Peer(birth.meter, device_pk, birth.boot, birth.fw, last_seq=last_seq)
+        self.peers[birth.meter] = Peer(birth.meter, device_pk, birth.boot, birth.fw,
+                                       online=self.states.get(birth.meter, False), last_seq=last_seq)
         return birth
 
     def on_reading(self, topic_meter: str, raw: bytes, now: int) -> Reading:
@@ -52,8 +56,9 @@ class PeerTable:
         return reading
 
     def on_state(self, topic_meter: str, payload: bytes) -> None:
+        self.states[topic_meter] = payload == b"online"
         if topic_meter in self.peers:
-            self.peers[topic_meter].online = payload == b"online"
+            self.peers[topic_meter].online = self.states[topic_meter]
 
     def online(self) -> list[str]:
         """Peers whose last state was `online`: the candidates for a CoE witness."""

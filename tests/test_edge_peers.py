@@ -135,9 +135,14 @@ def test_rebirth_updates_the_boot(table, meters):
 
 
 def test_state_online_offline_is_reflected_in_online(table, meters):
-    """on_state flips a known peer offline and back; unknown meters are ignored."""
+    """A birth alone does not make a peer online (a retained birth outlives the meter); only
+    its state does, whichever of the two arrives first; on_state flips it offline and back."""
     table.on_birth("m0001", birth(meters["m0001"]), LATER)
+    assert table.online() == [] and table.peers["m0001"].online is False
+    table.on_state("m0002", b"online")  # the retained state before the retained birth
     table.on_birth("m0002", birth(meters["m0002"]), LATER)
+    assert table.online() == ["m0002"]
+    table.on_state("m0001", b"online")
     assert table.online() == ["m0001", "m0002"]
     table.on_state("m0001", b"offline")
     assert table.online() == ["m0002"]

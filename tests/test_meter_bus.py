@@ -217,8 +217,7 @@ def test_restarted_meter_verifies_readings_queued_while_it_was_away(mosquitto, c
     last_seq = observer.seqs("m0002")[-1]
 
     restarted = start_meter("m0001")
-    # The retained state `offline` comes last (after the retained birth): by then all is delivered.
-    wait_for(lambda: (p := restarted.node.peers.peers.get("m0002")) and not p.online,
-             message=lambda: f"m0001 to learn m0002's birth and state: {restarted.node.peers.peers}")
+    wait_for(lambda: (p := restarted.node.peers.peers.get("m0002")) and p.last_seq == last_seq,
+             message=lambda: f"m0001 to verify m0002's readings up to #{last_seq}: {restarted.node.peers.peers}")
     assert meter_rejections(caplog) == []
-    assert restarted.node.peers.peers["m0002"].last_seq == last_seq
+    assert restarted.node.peers.peers["m0002"].online is False
