@@ -299,7 +299,10 @@ class MeterNode:
         try:
             handle(parsed[0], payload)
         except Reject as exc:
-            log.warning("%s rejected %s: %s", self.id.meter, topic, exc)
+            if exc.reason == "replay":  # normally a peer's outbox resending after a crash: harmless
+                log.info("%s ignored an old message on %s: %s", self.id.meter, topic, exc)
+            else:
+                log.warning("%s rejected %s: %s", self.id.meter, topic, exc)
 
     def _on_birth(self, topic: str, payload: bytes, retained: bool) -> None:
         def handle(peer: str, raw: bytes) -> None:

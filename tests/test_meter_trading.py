@@ -3,8 +3,7 @@
 CoEs exchanged between meters (in-process MeterNodes), a consumer's `spb-meter run` killed
 with SIGKILL in the middle of a trade with a real `spb-ledger run`, and a meter that keeps
 metering through a 60 s broker outage. Conditions are waited for with wait_for; the only
-fixed wait is the outage itself. One strict xfail shows a bug: a meter takes a peer for
-online from its retained birth alone and asks that offline meter for a CoE.
+fixed wait is the outage itself.
 """
 
 from __future__ import annotations
@@ -298,10 +297,6 @@ def test_a_batch_three_quarters_reserved_brings_the_next_batch_and_its_coe(tmp_p
     assert all(open_message(buyer.store.trade(i).ctp, "ctp").body.meter == first.root for i in ctp_ids)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: edge/peers.py Peer.online defaults to True, so a peer is 'online' "
-                   "from its retained birth (or a birth remembered from an earlier boot) alone, before or "
-                   "regardless of its retained state `offline`; MeterNode._keep_keys then asks that offline "
-                   "meter for a CoE and waits resend_s before asking anyone else")
 def test_a_meter_never_asks_a_peer_whose_state_is_offline_for_a_coe(tmp_path, start_node, bus):
     """PROTOCOL.md §4: a CoE is asked of a randomly chosen *online* meter. A peer that ran
     once and went offline (retained birth, retained state `offline`) is no candidate: not
