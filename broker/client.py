@@ -135,6 +135,7 @@ class BusClient:
         self.on_connect: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._subscriptions: dict[str, threading.Event] = {}
+        self._unsubscribing: set[str] = set()  # dropped filters the broker's session may still have
         self._session_up = False
         # paho sends an unacknowledged message again with the same mid after a reconnect,
         # so a publish keeps waiting for its PUBACK across connections...
@@ -226,14 +227,26 @@ class BusClient:
         return self._subscribe(topic_filter, on_message)
 
     def unsubscribe(self, topic_filter: str) -> None:
-        """Stop routing topic_filter, now and after reconnects (e.g. a settled trade's status)."""
+        """Stop routing topic_filter, now and after reconnects (e.g. a settled trade's status).
+
+        While disconnected the UNSUBSCRIBE waits for the next connect: the broker keeps our
+        session, filters included, and would go on queueing for a filter we dropped.
+        """
         with self._lock:
-            known = self._subscriptions.pop(topic_filter, None) is not None
+            if self._subscriptions.pop(topic_filter, None) is None:
+                return
+            self._unsubscribing.add(topic_filter)
             session_up = self._session_up
         self._client.message_callback_remove(topic_filter)
-        if known and session_up:
-            self._client.unsubscribe(topic_filter)  # if the connection drops first, the broker's
-            # session keeps the filter; its messages then reach no handler and are only logged
+        if session_up:
+            self._send_unsubscribe()
+
+    def _send_unsubscribe(self) -> None:
+        with self._lock:
+            filters, self._unsubscribing = list(self._unsubscribing), set()
+        if filters and self._client.unsubscribe(filters)[0] != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            with self._lock:
+                self._unsubscribing.update(filters)  # not sent: the next connect sends it
 
     def _ack(self, generation: int, mid: int) -> None:
         if generation == self._generation:
@@ -316,6 +329,7 @@ class BusClient:
             self._session_up = True
             self._generation += 1
             restore = dict(self._subscriptions)
+        self._send_unsubscribe()
         if restore:
             self._send_subscribe(restore, then=self._ready)
         else:

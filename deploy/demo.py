@@ -115,12 +115,19 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dir", type=Path, default=Path("demo-community"), help="community dir (default ./demo-community)")
     p.add_argument("--seconds", type=float, default=120.0,
                    help="the longest the community runs; it stops earlier once every trade ended (default 120)")
-    p.add_argument("--trades", type=int, default=3, help="how many trades (default 3; the last is refunded)")
+    p.add_argument("--trades", type=_at_least_two, default=3, metavar="N",
+                   help="how many trades, at least 2 (default 3; the last cannot be delivered in time: refunded)")
     p.add_argument("--port", type=int, default=0, help="broker port on 127.0.0.1 (default: a free one)")
     p.add_argument("--reading-s", type=float, default=2.0, help="seconds between readings (default 2)")
     p.add_argument("--headless", action="store_true", help="no live Sense HAT panel: just the log and the verdict")
     p.add_argument("--embedded", action="store_true", help="use the embedded broker even if mosquitto is installed")
     p.set_defaults(run=run_demo)
+
+
+def _at_least_two(text: str) -> int:
+    if not text.isdecimal() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 2")
+    return int(text)
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -94,11 +94,9 @@ class Order:
 
 
 def orders(n: int, buyers: tuple[str, ...], wh_per_s: int) -> list[Order]:
-    """n trades, buyers taking turns; with two or more, the last asks for 20× what can arrive."""
-    plan = [Order(buyers[i % len(buyers)], 3 * (i + 10), 10, 120, "settled") for i in range(n)]
-    if n >= 2:
-        plan[-1] = Order(plan[-1].buyer, 5, 20 * 15 * wh_per_s, 15, "refunded")
-    return plan
+    """n trades, buyers taking turns; the last asks for 20× what can arrive before it expires."""
+    plan = [Order(buyers[i % len(buyers)], 3 * (i + 10), 10, 120, "settled") for i in range(n - 1)]
+    return plan + [Order(buyers[(n - 1) % len(buyers)], 5, 20 * 15 * wh_per_s, 15, "refunded")]
 
 
 @dataclass

@@ -72,13 +72,11 @@ class SimCommunity:
     def __init__(self, households: int, now: int, seed: bytes = b"spb-energy simulation"):
         if households < 2:
             raise ValueError("a community needs two households: a CoE is signed by another meter")
-        self._start(seed, now, _key(seed, "ca"), [_key(seed, "validator", i) for i in range(4)])
-        self.households = [self._household(i) for i in range(households)]
-
-    def _start(self, seed: bytes, now: int, ca: SigningKey | None, validator_keys: list[SigningKey]) -> None:
-        self.seed, self.now, self.ca, self.validator_keys = seed, now, ca, validator_keys
+        self.seed, self.now, self.ca = seed, now, _key(seed, "ca")
+        self.validator_keys = [_key(seed, "validator", i) for i in range(4)]
         self._ctps = 0
         self._reserved: dict[bytes, tuple[KeyBatch, int]] = {}  # CTP id -> the key its ERC will use
+        self.households = [self._household(i) for i in range(households)]
 
     def _household(self, i: int) -> Household:
         meter_id, device = f"m{i + 1:04d}", _key(self.seed, "device", i)

@@ -8,6 +8,7 @@ what they queued, so a command never needs the network and nothing it signs is l
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ from broker.clock import wall_ms
 from broker.messages import SOURCES
 from edge import tx
 from edge.config import MeterConfig
+from edge.display_drivers import DISPLAYS
 from edge.energy import WMS_PER_WH
 from edge.sampling import PowerProfile
 from edge.state_dir import MeterIdentity
@@ -84,6 +86,18 @@ def _identity(state_dir: Path) -> MeterIdentity:
         raise CliError(f"{state_dir} is not a meter state dir from `spb-deploy provision`: {exc}") from None
 
 
+def lock_state_dir(state_dir: Path):
+    """An exclusive lock on DIR/run.lock: two meters on one state dir would fight over its
+    client id, seqs and keys. The kernel drops it when the process dies, even by SIGKILL."""
+    lock = open(state_dir / "run.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise
+    return lock
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.display_drivers import Painter, SessionLed, open_display
     from edge.sensing import open_sensing
@@ -104,6 +118,11 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{' (off a Raspberry Pi, try --adc fake --fake-w W)' * (adc != 'fake')}", file=sys.stderr)
         return 1
     from edge.meter import MeterNode
+    try:
+        lock = lock_state_dir(args.state_dir)  # held until the process exits
+    except BlockingIOError:
+        print(f"spb-meter: another `spb-meter run` is using {args.state_dir}", file=sys.stderr)
+        return 1
     host, port = args.broker
     painter = Painter(open_display(config.display, args.display_out))
     node = MeterNode(identity, config, host, port, sense, painter=painter, led=SessionLed(config.led_pin))
@@ -111,6 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node.run(stop)
+    lock.close()
     return 0
 
 
@@ -134,7 +154,7 @@ def cmd_erc(args: argparse.Namespace) -> int:
     _identity(args.dir)
     store = MeterStore(args.dir / "meter.db")
     try:
-        row = tx.confirm(store, args.ctp_id, args.wh, wall_ms())
+        row = tx.confirm(store, args.ctp_id, args.wh, wall_ms(), force=args.force)
     except tx.TradeError as exc:
         print(f"spb-meter: {exc}", file=sys.stderr)
         return 1
@@ -183,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --adc fake: constant power in W (+import, -export)")
     fake.add_argument("--fake-profile", dest="fake", type=profile, metavar="S:W,...",
                       help="with --adc fake: power in W from second S on, e.g. 0:3600,30:0")
-    run.add_argument("--display", choices=("sensehat", "emu", "terminal", "none"),
+    run.add_argument("--display", choices=DISPLAYS,
                      help="the LED matrix driver (default: config.toml's, else none)")
     run.add_argument("--display-out", type=Path, metavar="FILE",
                      help="with --display terminal: keep the latest frame in FILE instead of drawing on stdout")
@@ -207,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     erc.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
     erc.add_argument("ctp_id", type=hex_bytes(16), metavar="CTP_ID")
     erc.add_argument("wh", type=whole, metavar="WH", help="Wh received")
+    erc.add_argument("--force", action="store_true",
+                     help="sign even if WH is below the promise or the trade expired (the ledger will refuse it)")
     erc.set_defaults(run=cmd_erc)
 
     status = sub.add_parser("status", help="the meter's energy, keys, outbox and trades")

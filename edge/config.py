@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.display_drivers import DISPLAYS
+
 CONFIG_NAME = "config.toml"
 _TYPES = {"int": int, "float": (int, float), "str": str, "int | None": (int, type(None))}
 _WORDS = {"int": "a whole number", "float": "a number", "str": "text", "int | None": "a whole number or \"none\""}
@@ -72,5 +74,5 @@ class MeterConfig:
             raise ValueError("batch_size must be in 1..1024 (PROTOCOL.md §3)")
         if self.coe_days < 1 or self.coe_per_hour < 1 or self.outbox_max < 1 or self.resend_s <= 0:
             raise ValueError("coe_days, coe_per_hour, outbox_max and resend_s must be positive")
-        if self.display not in ("sensehat", "emu", "terminal", "none"):
-            raise ValueError(f"display {self.display!r} is not sensehat, emu, terminal or none")
+        if self.display not in DISPLAYS:
+            raise ValueError(f"display {self.display!r} is not one of {', '.join(DISPLAYS)}")

@@ -69,18 +69,12 @@ def choose(batches: list[Batch], now: int, until: int) -> Batch:
                 "the running meter is fetching the next one")
 
 
-def wants_new_batch(batches: list[Batch], now: int) -> bool:
+def wants_new_batch(newest: Batch | None, now: int) -> bool:
     """Whether to make the next batch: none yet, or the newest has a CoE and 75% of its
     keys are reserved or 75% of its CoE's lifetime has passed. A newest batch still
     waiting for its CoE is being fetched already."""
-    if not batches:
+    if newest is None:
         return True
-    newest = batches[-1]
     if newest.coe is None:
         return False
     return 4 * newest.next_idx >= 3 * newest.size or 4 * (newest.coe_exp - now) <= newest.coe_exp - newest.coe_t
-
-
-def waiting(batches: list[Batch]) -> Batch | None:
-    """The newest batch, if it still waits for a CoE."""
-    return batches[-1] if batches and batches[-1].coe is None else None

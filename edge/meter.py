@@ -15,7 +15,6 @@ import os
 import random
 import threading
 import time
-from typing import Callable
 
 from broker import topics
 from broker.clock import wall_ms
@@ -29,14 +28,13 @@ from edge.display import View, is_night
 from edge.energy import WMS_PER_WH
 from edge.outbox import OutboxPump
 from edge.peers import PeerTable
-from edge.sampling import Integrator
+from edge.sampling import Integrator, Sense
 from edge.state_dir import MeterIdentity
 from edge.store import COE, MeterStore, TradeRow
 
 log = logging.getLogger("spb.meter")
 HOUSEKEEPING_MS = 1000  # trades, key ring and subscriptions are looked after once a second
-Sense = Callable[[int], tuple[int, int]]
-"""sense(ms since start) -> (W imported, W exported) now."""
+ERROR_BACKOFF_S = 5
 
 
 def monotonic_ms() -> int:
@@ -87,17 +85,26 @@ class MeterNode:
         reading_ms = int(self.config.reading_s * 1000)
         start = monotonic_ms()
         next_sample, next_reading, next_house = float(start), start + reading_ms, start
+        version = self.store.data_version()
         while not stop.is_set():
             now = monotonic_ms()
-            reached = self.sample(now - start, now)
-            if now >= next_reading:
-                self.publish_reading()
-                next_reading = max(next_reading + reading_ms, now - reading_ms)  # no burst after a stall
-            if reached or now >= next_house or self._dirty.is_set():
-                self.housekeeping(wall_ms())
-                next_house = now + HOUSEKEEPING_MS
-            self.pump.kick()
-            self._show(wall_ms())
+            try:
+                reached = self.sample(now - start, now)
+                if now >= next_reading:
+                    self.publish_reading()
+                    next_reading += reading_ms
+                    if next_reading <= now:  # fell behind: the next one a period from now, no burst
+                        next_reading = now + reading_ms
+                changed, version = version, self.store.data_version()  # `spb-meter ctp|erc` wrote
+                if reached or now >= next_house or self._dirty.is_set() or changed != version:
+                    self.housekeeping(wall_ms())  # before kick: what they queued is watched first
+                    next_house = now + HOUSEKEEPING_MS
+                self.pump.kick()
+                self._show(wall_ms())
+            except Exception:  # an SPI glitch, a locked or full disk: log, back off, go on
+                log.exception("%s: the meter loop failed; retrying in %d s", self.id.meter, ERROR_BACKOFF_S)
+                if stop.wait(ERROR_BACKOFF_S):
+                    break
             next_sample += period_ms
             if next_sample < now:  # fell behind (a slow SD card, a suspended VM): skip, don't catch up
                 next_sample = now + period_ms
@@ -111,11 +118,7 @@ class MeterNode:
         before = self.integrator.totals.wms_in
         self.integrator.sample(w_in, w_out, now_mono)
         imported = self.integrator.totals.wms_in - before
-        if not imported:
-            return False
-        waiting = [r for r in self.rows if r.state == "held" and r.erc is None]
-        trades.allocate(waiting, self.progress, imported)
-        return any(self.progress.get(r.id, 0) >= r.wh * WMS_PER_WH for r in waiting)
+        return bool(imported and trades.allocate(self.rows, self.progress, imported, wall_ms()))
 
     def publish_reading(self) -> int:
         """Commit the totals, trade progress and a signed reading (into the outbox) at once."""
@@ -146,8 +149,12 @@ class MeterNode:
         step = trades.next_step(row, delivered, now, int(self.config.resend_s * 1000))
         if step is None:
             return False
+        if step not in (trades.ERC, trades.CANCEL) and (
+                not self.bus.connected.is_set() or self.store.queued(row.message(step))):
+            return False  # the last copy has not even left: more would only pile up in the outbox
         try:
             if step == trades.ERC:
+                self.publish_reading()  # the totals the ERC's energy is part of are durable first
                 tx.confirm(self.store, row.id, delivered // WMS_PER_WH, now, delivered)
                 log.info("%s confirms %d Wh for CTP %s: ERC", self.id.meter, delivered // WMS_PER_WH, row.id.hex())
             elif step == trades.CANCEL:
@@ -173,17 +180,16 @@ class MeterNode:
                       for kind, raw in (("ctp", r.ctp), ("erc", r.erc), ("cancel", r.cancel)) if raw}
 
     def _keep_keys(self, now: int) -> None:
-        batches = self.store.batches()
-        if keyring.wants_new_batch(batches, now):
-            batch = self.store.add_batch(keyring.Batch.new(os.urandom(32 * self.config.batch_size), now))
-            log.info("%s made key batch #%d (%d one-time keys)", self.id.meter, batch.id, batch.size)
-            batches.append(batch)
-        waiting = keyring.waiting(batches)
+        newest = self.store.newest_batch()
+        if keyring.wants_new_batch(newest, now):
+            newest = self.store.add_batch(keyring.Batch.new(os.urandom(32 * self.config.batch_size), now))
+            log.info("%s made key batch #%d (%d one-time keys)", self.id.meter, newest.id, newest.size)
+        waiting = newest if newest.coe is None else None
         asked_id, asked_at = self._asked
         if waiting is None or (asked_id == waiting.id and now - asked_at < self.config.resend_s * 1000):
             return
         online = self.peers.online()
-        if not online:
+        if not online or not self.bus.connected.is_set():  # a request queued offline would be stale
             return
         witness = random.choice(online)  # §4: a randomly chosen online meter
         raw = coe.request(waiting, self.id.devcert, self.id.device_key, os.urandom(16), now)
@@ -261,8 +267,7 @@ class MeterNode:
     def _on_coe_request(self, topic: str, payload: bytes, retained: bool) -> None:
         now = wall_ms()
         try:
-            own_roots = {b.root for b in self.store.batches()}
-            requester, raw = self.witness.answer(payload, own_roots, now)
+            requester, raw = self.witness.answer(payload, self.store.roots(), now)
         except (Reject, coe.Refused) as exc:
             log.warning("%s refused a CoE request: %s", self.id.meter, exc)
             return
@@ -272,8 +277,8 @@ class MeterNode:
 
     def _on_coe(self, topic: str, payload: bytes, retained: bool) -> None:
         now = wall_ms()
-        waiting = keyring.waiting(self.store.batches())
-        if waiting is None:
+        waiting = self.store.newest_batch()
+        if waiting is None or waiting.coe is not None:
             return  # an answer to a request another witness answered first
         try:
             got = coe.accept(self.verifier, payload, waiting, self.id.meter, now)

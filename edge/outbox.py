@@ -8,7 +8,9 @@ again from its first row, so a message can arrive twice but is never lost. Recei
 dedupe: readings by seq, the ledger by message hash.
 
 Rows go to paho only while connected, i.e. after this connection's birth was published:
-a peer seeing a reading before any birth of ours could not verify it. One thread (the
+a peer seeing a reading before any birth of ours could not verify it. (What paho still
+holds from before a disconnect it sends again at the reconnect, before the new birth;
+peers know our key from the earlier birth by then.) One thread (the
 meter's loop) calls `kick`. PUBACKs arrive on paho's thread, which holds
 paho's message lock while it reports them, so they are only queued here: taking a lock of
 ours there could deadlock against a publish made under it.

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
+from typing import Callable
 
 from edge.energy import Totals
+
+Sense = Callable[[int], tuple[int, int]]
+"""sense(ms since start) -> (W imported, W exported) now: what the meter loop samples."""
 
 
 @dataclass(frozen=True, slots=True)

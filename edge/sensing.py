@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from edge.adc import open_adc
 from edge.config import MeterConfig
-from edge.meter import Sense
-from edge.sampling import Calibration, PowerProfile
+from edge.sampling import Calibration, PowerProfile, Sense
 
 
 def open_sensing(kind: str, config: MeterConfig, profile: PowerProfile | None) -> Sense:

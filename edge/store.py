@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS trades (id BLOB PRIMARY KEY, ctp BLOB NOT NULL, batch
                                    delivered_wms INTEGER NOT NULL DEFAULT 0, erc BLOB, cancel BLOB,
                                    sent INTEGER NOT NULL, created INTEGER NOT NULL, changed INTEGER NOT NULL,
                                    UNIQUE (batch, idx));
+CREATE INDEX IF NOT EXISTS trades_open ON trades (state) WHERE state IN ('sent', 'held');
+CREATE INDEX IF NOT EXISTS trades_changed ON trades (changed);
 """
 
 READING, TX, COE = "reading", "tx", "coe"  # outbox kinds; only readings may be dropped when full
@@ -68,6 +70,10 @@ class TradeRow(NamedTuple):
     created: int
     changed: int  # when its state last changed (the display shows fresh outcomes)
 
+    def message(self, topic: str) -> bytes:
+        """The trade's message that goes on `topic` (tx/ctp, tx/erc or tx/cancel)."""
+        return {topics.TX_CTP: self.ctp, topics.TX_ERC: self.erc, topics.TX_CANCEL: self.cancel}[topic]
+
 
 _TRADE_COLUMNS = ", ".join(TradeRow._fields)
 _BATCH_COLUMNS = "id, root, seeds, next_idx, made, coe, coe_t, coe_exp"
@@ -92,10 +98,11 @@ class MeterStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # also when COMMIT itself failed (disk full, I/O error)
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _get(self, name: str) -> int:
         return self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
@@ -157,6 +164,16 @@ class MeterStore:
         with self.transaction() as db:
             db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in seqs))
 
+    def queued(self, payload: bytes) -> bool:
+        """Whether a copy of `payload` still waits in the outbox (the broker has not taken it)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM outbox WHERE payload = ?", (payload,)).fetchone() is not None
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (`spb-meter ctp|erc`) committed to the file."""
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def outbox_size(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
@@ -180,6 +197,15 @@ class MeterStore:
             cur = self._db.execute("UPDATE batches SET coe = ?, coe_t = ?, coe_exp = ? WHERE id = ? AND coe IS NULL",
                                    (coe, t, exp, batch_id))
             return cur.rowcount == 1
+
+    def newest_batch(self) -> Batch | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches ORDER BY id DESC LIMIT 1").fetchone()
+        return Batch(*row) if row else None
+
+    def roots(self) -> set[bytes]:
+        with self._lock:
+            return {root for (root,) in self._db.execute("SELECT root FROM batches")}
 
     def batches(self) -> list[Batch]:
         with self._lock:
@@ -235,7 +261,7 @@ class MeterStore:
             self._db.execute(f"UPDATE trades SET {', '.join(f'{f} = ?' for f in TradeRow._fields[1:])} WHERE id = ?",
                              (*new[1:], ctp_id))
             if queue_topic is not None:
-                self._enqueue(queue_topic, _message_of(new, queue_topic), TX)
+                self._enqueue(queue_topic, new.message(queue_topic), TX)
             return new
 
     # ---- peers ---------------------------------------------------------------------------
@@ -257,7 +283,3 @@ class MeterStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _message_of(row: TradeRow, topic: str) -> bytes:
-    return {topics.TX_CTP: row.ctp, topics.TX_ERC: row.erc, topics.TX_CANCEL: row.cancel}[topic]

@@ -31,10 +31,15 @@ def on_status(row: TradeRow, status: Status, ctp_hash: bytes, now: int) -> Trade
     A status is ours when its `msg` is our message: the CTP for held and rejected, our ERC
     for settled, our cancel (or none, at expiry) for refunded. A held or settled status
     naming another message means another CTP took our id first: the ledger can never hold
-    ours (it answers it `duplicate`), so a trade still waiting ends as rejected.
+    ours (it answers it `duplicate`), so a trade still waiting ends as rejected. Once our
+    CTP was held, though, the id's end is ours.
     """
     mine = {"held": ctp_hash, "rejected": ctp_hash, "settled": _hash(row.erc),
             "refunded": None if status.msg is None else _hash(row.cancel)}[status.state]
+    if status.msg != mine and row.state == "held" and status.state in FINAL:
+        # The ledger held our CTP under this id, so its end is ours, whoever caused it (say
+        # a copy of this meter's store signing too): shown, never left hanging.
+        return row._replace(state=status.state, reason="by a message this meter did not sign", changed=now)
     if status.msg != mine:
         if row.state == "sent" and status.state in ("held", "settled"):
             return row._replace(state="rejected", reason="duplicate", changed=now)
@@ -62,19 +67,25 @@ def on_reject(row: TradeRow, kind: str, reason: str, now: int) -> TradeRow | Non
     return row._replace(reason=f"{kind} {reason}") if row.state in OPEN else None
 
 
-def allocate(rows: list[TradeRow], progress: dict[bytes, int], wms: int) -> None:
+def allocate(rows: list[TradeRow], progress: dict[bytes, int], wms: int, now: int) -> list[TradeRow]:
     """Give newly imported energy to the held trades still waiting for it, oldest first,
-    so two trades never count the same Wh. Updates `progress` (CTP id -> W·ms) in place."""
+    so two trades never count the same Wh; an expired one can no longer be confirmed and
+    gets none. Updates `progress` (CTP id -> W·ms) in place; returns the trades that now
+    have all their energy."""
+    complete = []
     for row in rows:
         if wms <= 0:
-            return
-        if row.state != "held" or row.erc is not None:
+            break
+        if row.state != "held" or row.erc is not None or now > row.exp:
             continue
         have = progress.get(row.id, row.delivered_wms)
         take = min(wms, row.wh * WMS_PER_WH - have)
         if take > 0:
             progress[row.id] = have + take
             wms -= take
+            if progress[row.id] == row.wh * WMS_PER_WH:
+                complete.append(row)
+    return complete
 
 
 def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int) -> str | None:

@@ -37,13 +37,22 @@ def new_ctp(store: MeterStore, account: SigningKey, payee: bytes, amount: int, w
         raise TradeError(str(exc)) from None
 
 
-def confirm(store: MeterStore, ctp_id: bytes, wh: int, now: int, delivered_wms: int | None = None) -> TradeRow:
-    """Sign the trade's ERC for `wh` received with its reserved one-time key, and queue it."""
+def confirm(store: MeterStore, ctp_id: bytes, wh: int, now: int, delivered_wms: int | None = None,
+            force: bool = False) -> TradeRow:
+    """Sign the trade's ERC for `wh` received with its reserved one-time key, and queue it.
+
+    The key signs one ERC only, so one the ledger is sure to refuse (fewer Wh than promised,
+    after expiry) is refused here unless `force`d: it would leave the trade unconfirmable."""
     def make(row: TradeRow) -> TradeRow:
         if row.erc is not None:
             raise TradeError("this trade's ERC was signed already; its one-time key signs nothing else")
         if row.state in ("settled", "refunded", "rejected"):
             raise TradeError(f"the trade is {row.state}")
+        if not force and wh < row.wh:
+            raise TradeError(f"{wh} Wh is less than the {row.wh} Wh promised: the ledger would refuse it "
+                             "(energy-short) and the trade's one key would be spent (--force to sign anyway)")
+        if not force and now > row.exp:
+            raise TradeError("the trade has expired: the ledger would refuse its ERC (--force to sign anyway)")
         batch = store.batch(row.batch)
         key = batch.key(row.idx)
         erc = Erc(ctp=row.id, wh=wh, t=now, pk=bytes(key.verify_key), idx=row.idx, path=batch.proof(row.idx),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -283,3 +284,25 @@ def test_client_started_while_broker_is_down_connects_when_it_comes_up(tmp_path,
         observer.subscribe(topics.meter("m1", "state"), inbox)
         connected(observer)
         assert inbox.wait_count(1) == [(topics.meter("m1", "state"), b"online", True)]
+
+
+def test_an_unsubscribe_made_offline_reaches_the_broker_at_the_next_connect(mosquitto, make_client, caplog):
+    """A filter dropped while the broker is down (a meter's settled trade) is unsubscribed at
+    the reconnect, so the broker's kept session stops queueing its messages for us."""
+    caplog.set_level(logging.DEBUG, logger="broker.client")
+    inbox = Inbox()
+    client = make_client(mosquitto.port, "dropper")
+    client.subscribe(TEST_TOPIC, inbox)
+    client.subscribe(TEST_TOPIC + "/still", inbox)
+    connected(client)
+    mosquitto.stop()
+    wait_for(lambda: not client.connected.is_set(), message="the client to notice the broker is gone")
+    client.unsubscribe(TEST_TOPIC)
+    mosquitto.start(mosquitto.port, mosquitto.data_dir)
+    connected(client)
+    publisher = connected(make_client(mosquitto.port, "pub"))
+    publisher.publish(TEST_TOPIC, b"dropped")
+    publisher.publish(TEST_TOPIC + "/still", b"kept")
+    assert inbox.wait_count(1) == [(TEST_TOPIC + "/still", b"kept", False)]
+    assert not [r for r in caplog.records if r.getMessage() == f"no handler for message on {TEST_TOPIC}"], \
+        "the broker still delivered the dropped filter"

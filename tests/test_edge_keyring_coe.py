@@ -15,7 +15,7 @@ from broker.reasons import Reject
 from broker.verify import Verifier
 from edge import coe
 from edge.coe import DAY_MS, HOUR_MS, Refused, Witness, accept, request
-from edge.keyring import SEED, Batch, NoKey, choose, wants_new_batch, waiting
+from edge.keyring import SEED, Batch, NoKey, choose, wants_new_batch
 from tests.wire_fixtures import reason
 
 NOW = 1_800_000_000_000
@@ -153,43 +153,35 @@ def test_no_key_with_coes_that_cannot_serve_says_none_valid(batches):
     assert "has a CoE yet" not in str(info.value)
 
 
-# ---- wants_new_batch / waiting ------------------------------------------------------------
+# ---- wants_new_batch ------------------------------------------------------------------
 
 def test_first_batch_is_wanted():
     """A meter with no batch makes one."""
-    assert wants_new_batch([], NOW)
+    assert wants_new_batch(None, NOW)
 
 
 @pytest.mark.parametrize("size, below, at", [(64, 47, 48), (4, 2, 3), (8, 5, 6), (1, 0, 1)])
 def test_new_batch_at_exactly_75_percent_of_keys(size, below, at):
     """The next batch is made once 75% of the newest batch's keys are reserved, not one key before."""
     fresh = dict(coe_t=NOW - HOUR_MS, coe_exp=NOW + 30 * DAY_MS, size=size)
-    assert not wants_new_batch([ring(1, next_idx=below, **fresh)], NOW)
-    assert wants_new_batch([ring(1, next_idx=at, **fresh)], NOW)
+    assert not wants_new_batch(ring(1, next_idx=below, **fresh), NOW)
+    assert wants_new_batch(ring(1, next_idx=at, **fresh), NOW)
 
 
 def test_new_batch_at_exactly_75_percent_of_coe_lifetime():
     """The next batch is made once 75% of the newest CoE's lifetime has passed, not a ms before."""
     t, life = NOW - HOUR_MS, 4_000_000
     newest = ring(1, coe_t=t, coe_exp=t + life)
-    assert not wants_new_batch([newest], t + 3 * life // 4 - 1)
-    assert wants_new_batch([newest], t + 3 * life // 4)
-    assert wants_new_batch([newest], t + life + 1)
+    assert not wants_new_batch(newest, t + 3 * life // 4 - 1)
+    assert wants_new_batch(newest, t + 3 * life // 4)
+    assert wants_new_batch(newest, t + life + 1)
 
 
 def test_no_new_batch_while_the_newest_waits_for_its_coe():
     """A newest batch without CoE is already being fetched: no second one, even when every
     older batch is used up or expired."""
-    assert not wants_new_batch([ring(1, next_idx=SIZE, coe_exp=NOW - 1), ring(2, coe=False)], NOW)
-    assert not wants_new_batch([ring(1, coe=False)], NOW + YEAR_MS)
-
-
-def test_waiting_is_the_newest_batch_without_coe():
-    """waiting() names the batch to ask a CoE for: the newest, only if it has none."""
-    assert waiting([]) is None
-    assert waiting([ring(1), ring(2)]) is None
-    assert waiting([ring(1), ring(2, coe=False)]).id == 2
-    assert waiting([ring(1, coe=False), ring(2)]) is None
+    assert not wants_new_batch(ring(2, coe=False), NOW)
+    assert not wants_new_batch(ring(1, coe=False), NOW + YEAR_MS)
 
 
 # ---- request / answer / accept ---------------------------------------------------------

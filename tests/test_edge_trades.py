@@ -120,12 +120,16 @@ def test_settled_of_another_ctp_with_our_id_does_not_settle_our_trade():
     assert (new.state, new.reason) == ("rejected", "duplicate")
 
 
-def test_refunded_by_a_cancel_we_did_not_sign_is_not_ours():
-    """A refund caused by a cancel is ours only if we signed that cancel."""
-    assert on_status(row("held", cancel=b"our cancel"), status("refunded", OTHER_HASH), CTP_HASH, LATER) is None
-    new = on_status(row("held", cancel=b"our cancel"), status("refunded", sha256(b"our cancel").digest()),
-                    CTP_HASH, LATER)
-    assert new.state == "refunded"
+def test_a_held_trade_ends_whoever_ended_it_and_says_so():
+    """Once our CTP was held, the id's end is ours even when the status names a message this
+    meter did not sign (a copy of its store signing too): shown, never left hanging."""
+    ours = on_status(row("held", cancel=b"our cancel"), status("refunded", sha256(b"our cancel").digest()),
+                     CTP_HASH, LATER)
+    assert (ours.state, ours.reason) == ("refunded", "")
+    theirs = on_status(row("held", cancel=b"our cancel"), status("refunded", OTHER_HASH), CTP_HASH, LATER)
+    assert (theirs.state, theirs.reason) == ("refunded", "by a message this meter did not sign")
+    settled = on_status(row("held", erc=None), status("settled", OTHER_HASH), CTP_HASH, LATER)
+    assert (settled.state, settled.reason) == ("settled", "by a message this meter did not sign")
 
 
 # ---- on_reject ---------------------------------------------------------------------------
@@ -177,7 +181,7 @@ def test_allocate_fills_the_oldest_trade_first():
     """1.5 Wh imported for two 1 Wh trades: the older gets its full 1 Wh, the newer 0.5 Wh."""
     a, b = held(1, 1), held(2, 1)
     progress: dict[bytes, int] = {}
-    allocate([a, b], progress, 3 * WMS_PER_WH // 2)
+    allocate([a, b], progress, 3 * WMS_PER_WH // 2, NOW)
     assert progress == {a.id: WMS_PER_WH, b.id: WMS_PER_WH // 2}
 
 
@@ -185,7 +189,7 @@ def test_allocate_continues_from_stored_progress_and_stops_at_need():
     """A trade's progress starts from what the store recorded; it never gets more than it needs."""
     a = held(1, 2, delivered_wms=WMS_PER_WH + 10)
     progress: dict[bytes, int] = {}
-    allocate([a], progress, 5 * WMS_PER_WH)
+    allocate([a], progress, 5 * WMS_PER_WH, NOW)
     assert progress == {a.id: 2 * WMS_PER_WH}
 
 
@@ -193,7 +197,7 @@ def test_allocate_prefers_the_in_memory_progress():
     """progress (ahead of the store) wins over the row's stored delivered_wms."""
     a = held(1, 2, delivered_wms=0)
     progress = {a.id: WMS_PER_WH}
-    allocate([a], progress, WMS_PER_WH // 2)
+    allocate([a], progress, WMS_PER_WH // 2, NOW)
     assert progress == {a.id: 3 * WMS_PER_WH // 2}
 
 
@@ -201,13 +205,24 @@ def test_allocate_skips_trades_with_an_erc_and_trades_not_held():
     """A confirmed trade (ERC signed) and trades not held get nothing; the energy goes on."""
     done, sent, final, open_ = held(1, 1, erc=b"e"), row("sent", id=b"s" * 16), row("settled", id=b"f" * 16), held(4, 1)
     progress: dict[bytes, int] = {}
-    allocate([done, sent, final, open_], progress, WMS_PER_WH // 3)
+    allocate([done, sent, final, open_], progress, WMS_PER_WH // 3, NOW)
     assert progress == {open_.id: WMS_PER_WH // 3}
+
+
+def test_allocate_gives_an_expired_trade_nothing_and_reports_the_complete_ones():
+    """An expired trade can no longer be confirmed: the energy goes to the next one, so a
+    newer trade is not starved while the refund of an old one is on its way. allocate
+    returns the trades that just got all their energy."""
+    late, live, other = held(1, 1, exp=NOW - 1), held(2, 1), held(3, 5)
+    progress: dict[bytes, int] = {}
+    assert allocate([late, live, other], progress, 2 * WMS_PER_WH, NOW) == [live]
+    assert progress == {live.id: WMS_PER_WH, other.id: WMS_PER_WH}
+    assert allocate([late, live, other], progress, WMS_PER_WH, NOW) == []
 
 
 def test_allocate_of_nothing_changes_nothing():
     progress: dict[bytes, int] = {}
-    allocate([held(1, 1)], progress, 0)
+    allocate([held(1, 1)], progress, 0, NOW)
     assert progress == {}
 
 
@@ -230,7 +245,7 @@ def test_allocate_hands_out_exactly_what_was_imported_up_to_the_need(specs, wms)
         if ahead is not None:
             progress[r.id] = ahead
     before = dict(progress)
-    allocate(rows, progress, wms)
+    allocate(rows, progress, wms, NOW)
 
     def have(r, p):
         return p.get(r.id, r.delivered_wms)

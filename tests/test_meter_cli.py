@@ -60,13 +60,16 @@ def test_ctp_without_a_coe_says_why_and_exits_1(tmp_path, capsys):
 
 
 def test_ctp_then_erc_once_then_status(tmp_path, capsys):
-    """ctp prints the new CTP id and queues it; erc signs its ERC once (a second is refused:
-    the one-time key signs nothing else); status lists the trade, keys and outbox."""
+    """ctp prints the new CTP id and queues it; erc refuses fewer Wh than promised (the ledger
+    would refuse that ERC and the trade's one key would be spent), then signs its ERC once (a
+    second is refused: the one-time key signs nothing else); status lists the trade, keys and outbox."""
     state_dir, payee = _community_with_a_coe(tmp_path)
     assert main(["ctp", str(state_dir), payee, "30", "10", "--expiry", "60"]) == 0
     ctp_id = capsys.readouterr().out.strip()
     assert len(bytes.fromhex(ctp_id)) == 16
 
+    assert main(["erc", str(state_dir), ctp_id, "9"]) == 1  # short of the promise: the key would be wasted
+    assert "less than the 10 Wh promised" in capsys.readouterr().err
     assert main(["erc", str(state_dir), ctp_id, "12"]) == 0
     assert "key #0 of batch #1" in capsys.readouterr().out
     assert main(["erc", str(state_dir), ctp_id, "12"]) == 1
@@ -95,3 +98,16 @@ def test_trade_commands_refuse_malformed_arguments_with_exit_2(args):
     with pytest.raises(SystemExit) as exited:
         main(args)
     assert exited.value.code == 2
+
+
+def test_erc_force_signs_what_the_ledger_will_refuse(tmp_path, capsys):
+    """--force is the household's way to confirm less than promised anyway, knowingly."""
+    state_dir, payee = _community_with_a_coe(tmp_path)
+    assert main(["ctp", str(state_dir), payee, "30", "10"]) == 0
+    ctp_id = capsys.readouterr().out.strip()
+    assert main(["erc", str(state_dir), ctp_id, "3", "--force"]) == 0
+    store = MeterStore(state_dir / "meter.db")
+    try:
+        assert open_message(store.trades()[0].erc, "erc").body.wh == 3
+    finally:
+        store.close()
