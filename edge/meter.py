@@ -214,6 +214,9 @@ class MeterNode:
         acknowledged stays in the outbox for the next start.
         """
         self.publish_reading()  # the energy since the last reading is not lost by a clean stop
+        if self.integrator.unsampled_ms:
+            log.warning("%s: %d s of stalls in sampling were not integrated", self.id.meter,
+                        self.integrator.unsampled_ms // 1000)
         self.pump.kick()
         info = self.bus.publish(topics.meter(self.id.meter, "state"), topics.OFFLINE, retain=True)
         if not self.bus.wait_acked(info, timeout_s):
