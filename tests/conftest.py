@@ -6,7 +6,9 @@ import pytest
 
 from broker.client import BusClient
 from broker.runtime import Mosquitto, find_mosquitto, free_port
+from edge.meter import MeterNode
 from tests.helpers import Inbox, connected
+from tests.meter_helpers import RunningMeter
 
 
 @pytest.fixture
@@ -50,3 +52,20 @@ def read_retained(make_client):
         return inbox.wait_count(1)[0]
 
     return read
+
+
+@pytest.fixture
+def run_meter(mosquitto):
+    """run_meter(identity, config, sense): a MeterNode on the test's Mosquitto, running on a
+    thread (its RunningMeter: .node, .stop()); stopped at the end of the test."""
+    running: list[RunningMeter] = []
+
+    def start(identity, config, sense) -> RunningMeter:
+        node = MeterNode(identity, config, "127.0.0.1", mosquitto.port, sense=sense, reconnect_max_s=0.5)
+        running.append(RunningMeter(node))
+        return running[-1]
+
+    yield start
+    for r in running:
+        if r.thread.is_alive():
+            r.stop()

@@ -5,22 +5,22 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pytest
 
 from broker import topics
+from broker.clock import wall_ms
 from broker.messages import Birth, Reading
 from broker.reasons import Reject
 from broker.verify import Verifier
 from deploy.provision import provision
 from edge.config import MeterConfig
-from edge.meter import MeterNode, wall_ms
 from edge.peers import PeerTable
 from edge.state_dir import MeterIdentity
-from tests.helpers import REPO, Inbox, child_env, connected, wait_for
+from tests.helpers import REPO, child_env, connected, wait_for
+from tests.meter_helpers import RunningMeter
 
 pytestmark = pytest.mark.integration
 
@@ -74,46 +74,13 @@ def observe(mosquitto, make_client, community):
     return make
 
 
-class Running:
-    """A MeterNode's run() in a thread, with the Event that stops it."""
-
-    def __init__(self, node: MeterNode) -> None:
-        self.node = node
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=node.run, args=(self.stop_event,), name=node.id.meter, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(15)
-        assert not self.thread.is_alive(), f"{self.node.id.meter} did not stop"
-
-
 @pytest.fixture
-def start_meter(mosquitto, community):
-    """start_meter(id): a MeterNode on its state dir, running; stopped at the end of the test."""
-    running: list[Running] = []
-
-    def start(meter: str) -> Running:
+def start_meter(community, run_meter):
+    """start_meter(id): a MeterNode on its state dir, running with its POWER; stopped at the end of the test."""
+    def start(meter: str) -> RunningMeter:
         w = POWER[meter]
-        node = MeterNode(community[meter], MeterConfig(reading_s=READING_S), "127.0.0.1", mosquitto.port,
-                         sense=lambda _elapsed: (max(w, 0), max(-w, 0)), reconnect_max_s=0.5)
-        running.append(Running(node))
-        return running[-1]
-
-    yield start
-    for r in running:
-        if r.thread.is_alive():
-            r.stop()
-
-
-def retained(make_client, port: int, topic: str, name: str) -> tuple[str, bytes, bool]:
-    """What a fresh subscriber gets on `topic` at once: the retained message."""
-    inbox = Inbox()
-    client = make_client(port, name, clean_session=True)
-    client.subscribe(topic, inbox)
-    connected(client)
-    return inbox.wait_count(1)[0]
+        return run_meter(community[meter], MeterConfig(reading_s=READING_S), lambda _elapsed: (max(w, 0), max(-w, 0)))
+    return start
 
 
 def meter_rejections(caplog) -> list[str]:
@@ -121,7 +88,8 @@ def meter_rejections(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "spb.meter" and " rejected " in r.getMessage()]
 
 
-def test_meters_verify_each_others_birth_and_readings(mosquitto, make_client, community, observe, start_meter, caplog):
+def test_meters_verify_each_others_birth_and_readings(mosquitto, read_retained, community, observe, start_meter,
+                                                     caplog):
     """Each meter learns the other's device key from its birth and verifies its readings; state is retained."""
     observer = observe()
     m1, m2 = start_meter("m0001"), start_meter("m0002")
@@ -140,7 +108,7 @@ def test_meters_verify_each_others_birth_and_readings(mosquitto, make_client, co
         assert [b.boot for b in observer.births[meter]] == [1]
         assert observer.seqs(meter)[:2] == [1, 2]
         assert all(r.w == POWER[meter] for r in observer.readings[meter])
-        assert retained(make_client, mosquitto.port, topics.meter(meter, "state"), f"late-{meter}") == \
+        assert read_retained(mosquitto.port, topics.meter(meter, "state"), f"late-{meter}") == \
             (topics.meter(meter, "state"), b"online", True)
 
     m2.stop()
@@ -148,11 +116,11 @@ def test_meters_verify_each_others_birth_and_readings(mosquitto, make_client, co
     assert m1.node.peers.peers["m0002"].online is False
     m1.stop()
     for meter in POWER:
-        assert retained(make_client, mosquitto.port, topics.meter(meter, "state"), f"after-{meter}") == \
+        assert read_retained(mosquitto.port, topics.meter(meter, "state"), f"after-{meter}") == \
             (topics.meter(meter, "state"), b"offline", True)
 
 
-def test_restart_increments_boot_and_never_reuses_a_seq(mosquitto, make_client, community, observe, start_meter):
+def test_restart_increments_boot_and_never_reuses_a_seq(mosquitto, read_retained, community, observe, start_meter):
     """A meter restarted on the same state dir has the next boot, keeps its totals, and continues its seqs."""
     observer = observe()
     first = start_meter("m0001")
@@ -173,12 +141,12 @@ def test_restart_increments_boot_and_never_reuses_a_seq(mosquitto, make_client, 
     assert after == sorted(set(after))
     assert [b.boot for b in observer.births["m0001"]] == [1, 2]
 
-    topic, raw, was_retained = retained(make_client, mosquitto.port, topics.meter("m0001", "birth"), "late")
+    topic, raw, was_retained = read_retained(mosquitto.port, topics.meter("m0001", "birth"), "late")
     assert was_retained
     assert observe("late-verifier").peers.on_birth("m0001", raw, wall_ms()).boot == 2
 
 
-def test_killed_meter_process_goes_offline_by_its_will(mosquitto, make_client, community, observe, tmp_path):
+def test_killed_meter_process_goes_offline_by_its_will(mosquitto, read_retained, community, observe, tmp_path):
     """`spb-meter run` killed without DISCONNECT: the broker publishes its will, retained `offline`."""
     observer = observe()
     log_path = tmp_path / "meter.log"
@@ -200,7 +168,7 @@ def test_killed_meter_process_goes_offline_by_its_will(mosquitto, make_client, c
 
     wait_for(lambda: observer.states["m0001"][-1:] == [b"offline"], message=lambda: observer.states)
     assert observer.rejects == []
-    assert retained(make_client, mosquitto.port, topics.meter("m0001", "state"), "late") == \
+    assert read_retained(mosquitto.port, topics.meter("m0001", "state"), "late") == \
         (topics.meter("m0001", "state"), b"offline", True)
 
 

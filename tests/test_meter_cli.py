@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
+from contextlib import closing
 
 import pytest
 
 from broker.clock import wall_ms
 from broker.messages import open_message
-from broker.verify import Verifier
 from deploy.provision import provision
-from edge import coe
 from edge.cli import main
-from edge.keyring import Batch
 from edge.state_dir import MeterIdentity
 from edge.store import MeterStore
+from tests.meter_helpers import add_witnessed_batch
 
 
 @pytest.mark.parametrize("extra", [["--reading-s", "0"], ["--reading-s", "-1"], ["--reading-s", "nan"],
@@ -41,13 +39,8 @@ def _community_with_a_coe(tmp_path):
     now = wall_ms()
     community = provision(tmp_path / "c", meters=2, accounts=None, validators=1, now_ms=now)
     m1, m2 = (MeterIdentity.load(community.root / "meters" / m) for m in ("m0001", "m0002"))
-    witness = coe.Witness("m0002", m2.devcert, m2.device_key, Verifier(cas=[m2.ca_pk]), valid_ms=86_400_000, per_hour=12)
-    store = MeterStore(m1.root / "meter.db")
-    batch = store.add_batch(Batch.new(os.urandom(32 * 4), now))
-    _, raw = witness.answer(coe.request(batch, m1.devcert, m1.device_key, os.urandom(16), now), set(), now)
-    accepted = coe.accept(Verifier(cas=[m1.ca_pk]), raw, batch, "m0001", now)
-    store.set_coe(batch.id, raw, accepted.t, accepted.exp)
-    store.close()
+    with closing(MeterStore(m1.root / "meter.db")) as store:
+        add_witnessed_batch(store, m1, m2, now)
     return m1.root, community.meters[1].account_pk
 
 

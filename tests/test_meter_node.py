@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from broker import topics
 from broker.clock import wall_ms
-from broker.verify import Verifier
 from deploy.provision import provision
-from edge import coe, tx
+from edge import tx
 from edge.cli import lock_state_dir
 from edge.config import MeterConfig
 from edge.energy import WMS_PER_WH
-from edge.keyring import Batch
 from edge.meter import MeterNode
 from edge.state_dir import MeterIdentity
 from edge.store import MeterStore
+from tests.meter_helpers import add_witnessed_batch
 
 
 @pytest.fixture
@@ -28,11 +25,7 @@ def node(tmp_path):
     community = provision(tmp_path / "c", meters=2, accounts=None, validators=1, now_ms=now)
     m1, m2 = (MeterIdentity.load(community.root / "meters" / m) for m in ("m0001", "m0002"))
     store = MeterStore(m1.root / "meter.db")
-    batch = store.add_batch(Batch.new(os.urandom(32 * 4), now))
-    witness = coe.Witness("m0002", m2.devcert, m2.device_key, Verifier(cas=[m2.ca_pk]), 86_400_000, 12)
-    _, raw = witness.answer(coe.request(batch, m1.devcert, m1.device_key, os.urandom(16), now), set(), now)
-    got = coe.accept(Verifier(cas=[m1.ca_pk]), raw, batch, "m0001", now)
-    store.set_coe(batch.id, raw, got.t, got.exp)
+    add_witnessed_batch(store, m1, m2, now)
     tx.new_ctp(store, m1.account_key(), bytes.fromhex(community.meters[1].account_pk), 30, 2, now + 600_000, now)
     store.close()
     meter = MeterNode(m1, MeterConfig(resend_s=1), "127.0.0.1", 9, sense=lambda _elapsed: (0, 0))

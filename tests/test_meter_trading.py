@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -29,13 +28,13 @@ from deploy.provision import Community, community_genesis, provision
 from edge.config import CONFIG_NAME, MeterConfig
 from edge.energy import WMS_PER_WH
 from edge.keyring import Batch
-from edge.meter import MeterNode
 from edge.state_dir import MeterIdentity
 from edge.store import MeterStore, TradeRow
 from ledger.genesis import write_genesis
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from tests.helpers import REPO, Inbox, child_env, connected, wait_for
+from tests.meter_helpers import RunningMeter
 
 pytestmark = pytest.mark.integration
 
@@ -142,37 +141,13 @@ def meter_run(state_dir: Path, port: int, *options: str) -> list[str]:
             *options]
 
 
-class Running:
-    """A MeterNode's run() on a thread, with the Event that stops it."""
-
-    def __init__(self, node: MeterNode) -> None:
-        self.node = node
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=node.run, args=(self.stop_event,), name=node.id.meter, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(15)
-        assert not self.thread.is_alive(), f"{self.node.id.meter} did not stop"
-
-
 @pytest.fixture
-def start_node(mosquitto):
+def start_node(run_meter):
     """start_node(state_dir, config): an in-process MeterNode importing a steady 500 W, running
-    (its Running: .node, .stop()); stopped at the end of the test."""
-    running: list[Running] = []
-
-    def start(state_dir: Path, config: MeterConfig) -> Running:
-        node = MeterNode(MeterIdentity.load(state_dir), config, "127.0.0.1", mosquitto.port,
-                         sense=lambda _elapsed: (500, 0), reconnect_max_s=0.5)
-        running.append(Running(node))
-        return running[-1]
-
-    yield start
-    for r in running:
-        if r.thread.is_alive():
-            r.stop()
+    (its RunningMeter: .node, .stop()); stopped at the end of the test."""
+    def start(state_dir: Path, config: MeterConfig) -> RunningMeter:
+        return run_meter(MeterIdentity.load(state_dir), config, lambda _elapsed: (500, 0))
+    return start
 
 
 @pytest.fixture
