@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+from broker.args import hex_bytes, host_port
 from broker.clock import wall_ms
 from broker.messages import SOURCES
 from edge import tx
@@ -24,13 +25,6 @@ from edge.energy import WMS_PER_WH
 from edge.sampling import PowerProfile
 from edge.state_dir import MeterIdentity
 from edge.store import MeterStore
-
-
-def host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
 
 
 def positive_seconds(text: str) -> float:
@@ -48,18 +42,6 @@ def whole(text: str) -> int:
     if not text.isdecimal():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(text)
-
-
-def hex_bytes(size: int):
-    def parse(text: str) -> bytes:
-        try:
-            value = bytes.fromhex(text)
-        except ValueError:
-            value = b""
-        if len(value) != size:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {size} bytes in hex ({2 * size} hex digits)")
-        return value
-    return parse
 
 
 MAX_W = 1_000_000  # far above any household connection; keeps simulated readings sane
@@ -215,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ctp = sub.add_parser("ctp", help="promise to pay for energy (SPB's `CTP tx_addr tx_amount tx_energy`)")
     ctp.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
-    ctp.add_argument("payee", type=hex_bytes(32), metavar="PAYEE_HEX", help="the seller's account public key")
+    ctp.add_argument("payee", type=hex_bytes(32, "32-byte account key"), metavar="PAYEE_HEX", help="the seller's account public key")
     ctp.add_argument("amount", type=whole, metavar="AMOUNT", help="units to pay")
     ctp.add_argument("wh", type=whole, metavar="WH", help="Wh to receive")
     ctp.add_argument("--expiry", type=positive_seconds, default=3600.0, metavar="S",
@@ -225,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     erc = sub.add_parser("erc", help="confirm energy received by hand (SPB's `ERC CTP_ID energy_amount`)")
     erc.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
-    erc.add_argument("ctp_id", type=hex_bytes(16), metavar="CTP_ID")
+    erc.add_argument("ctp_id", type=hex_bytes(16, "16-byte CTP id"), metavar="CTP_ID")
     erc.add_argument("wh", type=whole, metavar="WH", help="Wh received")
     erc.add_argument("--force", action="store_true",
                      help="sign even if WH is below the promise or the trade expired (the ledger will refuse it)")

@@ -17,6 +17,7 @@ import threading
 import tomllib
 from pathlib import Path
 
+from broker.args import hex_bytes, host_port, parse_hex
 from broker.clock import wall_ms
 from broker.cose import MAX_MESSAGE
 from broker.keys import KeyFileError, public_hex, write_new_key
@@ -35,20 +36,10 @@ EXPECTED = (OSError, KeyFileError, GenesisError, StoreError, ProofError)
 
 def hex_key(text: object) -> bytes:
     """A 32-byte Ed25519 public key from hex; ValueError for anything else."""
-    try:
-        key = bytes.fromhex(text)
-    except (TypeError, ValueError):
-        key = b""
-    if len(key) != 32:
-        raise ValueError(f"{str(text)[:80]!r} is not a 32-byte key in hex")
-    return key
+    return parse_hex(text, 32, "32-byte key")
 
 
-def _key_arg(text: str) -> bytes:
-    try:
-        return hex_key(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+_key_arg = hex_bytes(32, "32-byte key")
 
 
 def _read(path: str) -> bytes:
@@ -105,21 +96,7 @@ def _account_arg(text: str) -> tuple[bytes, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _ctp_id_arg(text: str) -> bytes:
-    try:
-        ctp_id = bytes.fromhex(text)
-    except ValueError:
-        ctp_id = b""
-    if len(ctp_id) != 16:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a 16-byte CTP id in hex")
-    return ctp_id
-
-
-def _broker_arg(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdecimal() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
+_ctp_id_arg = hex_bytes(16, "16-byte CTP id")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -237,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="be the ledger on the bus")
     run.add_argument("dir", type=Path, metavar="DIR")
-    run.add_argument("--broker", type=_broker_arg, required=True, metavar="HOST:PORT")
+    run.add_argument("--broker", type=host_port, required=True, metavar="HOST:PORT")
     run.add_argument("--validator", type=int, default=0, metavar="I")
     run.set_defaults(run=cmd_run)
 

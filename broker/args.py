@@ -1,0 +1,39 @@
+"""Command-line argument types shared by spb-meter and spb-ledger.
+
+argparse calls each with the text; a bad value raises ArgumentTypeError, which argparse
+reports as a usage error (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT of a broker."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def parse_hex(text: object, size: int, what: str) -> bytes:
+    """`size` bytes from hex; ValueError naming `what` for anything else."""
+    try:
+        value = bytes.fromhex(text)
+    except (TypeError, ValueError):
+        value = b""
+    if len(value) != size:
+        raise ValueError(f"{str(text)[:80]!r} is not a {what} in hex")
+    return value
+
+
+def hex_bytes(size: int, what: str) -> Callable[[str], bytes]:
+    """An argument type for `size` bytes in hex, e.g. hex_bytes(16, "16-byte CTP id")."""
+    def parse(text: str) -> bytes:
+        try:
+            return parse_hex(text, size, what)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
