@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 from broker.args import hex_bytes, host_port
@@ -20,7 +21,8 @@ from broker.clock import wall_ms
 from broker.messages import SOURCES
 from edge import tx
 from edge.config import MeterConfig
-from edge.display_drivers import DISPLAYS
+from edge.display_drivers import DISPLAYS, Painter, SessionLed, open_display
+from edge.meter import MeterNode
 from edge.energy import WMS_PER_WH
 from edge.sampling import PowerProfile
 from edge.state_dir import MeterIdentity
@@ -81,30 +83,25 @@ def lock_state_dir(state_dir: Path):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.display_drivers import Painter, SessionLed, open_display
-    from edge.sensing import open_sensing
+    from edge.sensing import open_sensing  # gpiozero: only the firmware needs it, not ctp/erc/status
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     identity = _identity(args.state_dir)
     try:
         config = MeterConfig.load(args.state_dir, reading_s=args.reading_s, sample_hz=args.sample_hz,
                                   display=args.display, resend_s=args.resend_s)
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"spb-meter: {exc}", file=sys.stderr)
-        return 1
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
     adc = args.adc or ("fake" if args.fake is not None else "mcp3008")
     try:
         sense = open_sensing(adc, config, args.fake)
     except Exception as exc:  # no SPI, no gpiozero pin factory: say so in one line
-        print(f"spb-meter: cannot open the {adc} ADC: {exc}"
-              f"{' (off a Raspberry Pi, try --adc fake --fake-w W)' * (adc != 'fake')}", file=sys.stderr)
-        return 1
-    from edge.meter import MeterNode
+        raise CliError(f"cannot open the {adc} ADC: {exc}"
+                       f"{' (off a Raspberry Pi, try --adc fake --fake-w W)' * (adc != 'fake')}") from None
     try:
         lock = lock_state_dir(args.state_dir)  # held until the process exits
     except BlockingIOError:
-        print(f"spb-meter: another `spb-meter run` is using {args.state_dir}", file=sys.stderr)
-        return 1
+        raise CliError(f"another `spb-meter run` is using {args.state_dir}") from None
     host, port = args.broker
     painter = Painter(open_display(config.display, args.display_out))
     node = MeterNode(identity, config, host, port, sense, painter=painter, led=SessionLed(config.led_pin))
@@ -119,37 +116,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_ctp(args: argparse.Namespace) -> int:
     identity = _identity(args.dir)
     now = wall_ms()
-    store = MeterStore(args.dir / "meter.db")
-    try:
+    with closing(MeterStore(identity.db_path)) as store:
         row = tx.new_ctp(store, identity.account_key(), args.payee, args.amount, args.wh,
                          now + int(args.expiry * 1000), now, args.src)
-    except (tx.TradeError, OSError) as exc:
-        print(f"spb-meter: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
     print(row.id.hex())
     return 0
 
 
 def cmd_erc(args: argparse.Namespace) -> int:
-    _identity(args.dir)
-    store = MeterStore(args.dir / "meter.db")
-    try:
+    with closing(MeterStore(_identity(args.dir).db_path)) as store:
         row = tx.confirm(store, args.ctp_id, args.wh, wall_ms(), force=args.force)
-    except tx.TradeError as exc:
-        print(f"spb-meter: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
     print(f"ERC for CTP {row.id.hex()} ({args.wh} Wh) queued; key #{row.idx} of batch #{row.batch}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     identity = _identity(args.dir)
-    store = MeterStore(args.dir / "meter.db")
-    try:
+    with closing(MeterStore(identity.db_path)) as store:
         totals, now = store.totals(), wall_ms()
         print(f"meter    {identity.meter}: {totals.wh_in} Wh imported, {totals.wh_out} Wh exported")
         dropped = ", ".join(f"{n} {why}" for why, n in store.dropped().items()) or "none"
@@ -161,8 +144,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             reason = f" ({r.reason})" if r.reason else ""
             print(f"trade    {r.id.hex()}  {r.state}{reason}  {r.delivered_wms // WMS_PER_WH}/{r.wh} Wh  "
                   f"expires {_when(r.exp, now)}{'  ERC sent' if r.erc else ''}{'  cancel sent' if r.cancel else ''}")
-    finally:
-        store.close()
     return 0
 
 
@@ -223,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except CliError as exc:
+    except (CliError, tx.TradeError, OSError) as exc:  # the household's to fix: one line, no traceback
         print(f"spb-meter: {exc}", file=sys.stderr)
         return 1
 

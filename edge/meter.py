@@ -46,7 +46,7 @@ class MeterNode:
                  painter=None, led=None, reconnect_max_s: float = 30.0):
         self.id, self.config, self.sense = identity, config, sense
         self.painter, self.led = painter, led
-        self.store = MeterStore(identity.root / "meter.db", outbox_max=config.outbox_max)
+        self.store = MeterStore(identity.db_path, outbox_max=config.outbox_max)
         self.boot = self.store.next_boot()
         self.integrator = Integrator(self.store.totals(), max_gap_ms=max(2000, int(2000 / config.sample_hz)))
         verifier = Verifier(cas=[identity.ca_pk], validators=identity.validators)

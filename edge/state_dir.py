@@ -29,6 +29,11 @@ class MeterIdentity:
                    devcert=(root / "devcert.cbor").read_bytes(), ca_pk=bytes.fromhex(info["ca_pk"]),
                    validators=tuple(bytes.fromhex(v) for v in info["validators"]), root=root)
 
+    @property
+    def db_path(self) -> Path:
+        """The meter's store (edge.store), shared by `spb-meter run` and its trade commands."""
+        return self.root / "meter.db"
+
     def account_key(self) -> SigningKey:
         """The household's account key, which signs CTPs and cancels; only households that
         pay have one (provision --accounts)."""
