@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import NamedTuple
+
+BROKER_HELP = ("the broker: mqtts://HOST:PORT for TLS with the state dir's certificate "
+               "(mqtt.crt, mqtt.key, ca.crt), or HOST:PORT for plain MQTT (development)")
 
 
-def host_port(text: str) -> tuple[str, int]:
-    """HOST:PORT of a broker."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
+class BrokerUrl(NamedTuple):
+    host: str
+    port: int
+    tls: bool
+
+
+def broker_url(text: str) -> BrokerUrl:
+    """mqtts://HOST:PORT, mqtt://HOST:PORT or HOST:PORT (plain) of a broker."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "mqtt", text
+    host, sep, port = rest.rpartition(":")
+    if scheme not in ("mqtt", "mqtts") or not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not mqtts://HOST:PORT or HOST:PORT")
+    return BrokerUrl(host.strip("[]"), int(port), scheme == "mqtts")
 
 
 def parse_hex(text: object, size: int, what: str) -> bytes:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -96,6 +98,22 @@ def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
     return functools.partial(_call_safely, callback)
 
 
+class TlsFiles(NamedTuple):
+    """A client's certificate and key and the broker CA's certificate (deploy.bus's layout)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def in_dir(cls, home: Path) -> "TlsFiles":
+        files = cls(home / "ca.crt", home / "mqtt.crt", home / "mqtt.key")
+        missing = [str(path) for path in files if not path.exists()]
+        if missing:
+            raise FileNotFoundError(f"no TLS files {', '.join(missing)}: re-run `spb-deploy provision`")
+        return files
+
+
 class BusClient:
     """One MQTT 3.1.1 connection with QoS 1 everywhere and automatic reconnects.
 
@@ -117,6 +135,7 @@ class BusClient:
         reconnect_max_delay: float = 60.0,
         max_inflight: int = 100,
         manual_ack: bool = False,
+        tls: TlsFiles | None = None,
     ) -> None:
         """will is (topic, payload, retain), published with QoS 1 if we vanish without DISCONNECT.
 
@@ -125,6 +144,8 @@ class BusClient:
 
         manual_ack=True lets subscribe_deferred handlers acknowledge a message only once it
         is safe on disk: until then the broker keeps it and resends it after a reconnect.
+
+        tls: mutual TLS with these files; the broker's certificate must name `host`.
         """
         self.host, self.port, self.client_id = host, port, client_id
         self.keepalive = keepalive
@@ -152,6 +173,9 @@ class BusClient:
             manual_ack=manual_ack,
         )
         client.enable_logger(_paho_log)
+        if tls is not None:
+            client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key),
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
         if will is not None:
             topic, payload, retain = will
             client.will_set(topic, payload, qos=QOS, retain=retain)

@@ -14,6 +14,7 @@ from typing import Callable
 
 from broker.clock import wall_ms
 from broker.keys import KeyFileError
+from deploy.access import add_bridge_command, add_revoke
 from deploy.demo import add_demo
 from deploy.provision import (ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, ProvisionError,
                               community_genesis, provision)
@@ -49,15 +50,22 @@ def add_provision(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--genesis-units", type=_within(range(0, MAX_UNITS + 1)), metavar="UNITS",
                    help="also write DIR/genesis.cbor for `spb-ledger run DIR`: every account opens with "
                         "UNITS; written once, refused if a different genesis is there")
+    p.add_argument("--monitor", action="append", default=[], metavar="NAME",
+                   help="a read-only monitoring user with a certificate in DIR/monitoring/NAME (repeat; "
+                        "the first run makes `monitor`)")
+    p.add_argument("--broker-host", action="append", default=[], metavar="NAME",
+                   help="a name or address meters reach the main broker by, for its certificate (repeat; "
+                        "replaces the stored list; default localhost and loopback)")
     p.add_argument("--block-ms", type=_within(range(1, 3_600_001)), default=DEFAULT_BLOCK_MS, metavar="MS",
                    help=f"the genesis' shortest time between blocks (default {DEFAULT_BLOCK_MS})")
     # A bad dir, a malformed key file, a community in a state to fix by hand: the operator's to fix.
-    p.set_defaults(run=_run_provision, expected=(OSError, KeyFileError, ProvisionError, GenesisError))
+    p.set_defaults(run=_run_provision, expected=(OSError, KeyFileError, ProvisionError, GenesisError, ValueError))
 
 
 def _run_provision(args: argparse.Namespace) -> int:
     community = provision(args.dir, args.meters, args.accounts, args.validators,
-                          now_ms=wall_ms(), valid_days=args.valid_days, new_ca=args.new_ca)
+                          now_ms=wall_ms(), valid_days=args.valid_days, new_ca=args.new_ca,
+                          monitors=tuple(args.monitor), broker_hosts=tuple(args.broker_host))
     print(f"community  {community.root}")
     print(f"meters     {len(community.meters)}")
     print(f"accounts   {len(community.accounts)}")
@@ -70,7 +78,8 @@ def _run_provision(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_provision, add_demo)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_provision, add_revoke, add_bridge_command, add_demo)
 
 
 def main(argv: list[str] | None = None) -> int:

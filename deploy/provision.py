@@ -19,6 +19,7 @@ from nacl.signing import SigningKey
 from broker.keys import fsync_dir, public_hex, secret_dir, write_file, write_new_key
 from broker.messages import DevCert, open_message
 from broker.reasons import Reject
+from deploy.bus import ensure_bus
 from ledger.genesis import Genesis
 from ledger.validator import secret_validator_dir
 
@@ -96,13 +97,17 @@ def account_id(i: int) -> str:
 
 
 def provision(root: Path, meters: int, accounts: int | None, validators: int, now_ms: int,
-              valid_days: int = DEFAULT_VALID_DAYS, new_ca: bool = False) -> Community:
+              valid_days: int = DEFAULT_VALID_DAYS, new_ca: bool = False, monitors: tuple[str, ...] = (),
+              broker_hosts: tuple[str, ...] = ()) -> Community:
     """Make sure the CA, `meters` meters, `accounts` accounts and `validators` validators exist.
 
     `accounts` defaults to one household per meter. Members from earlier runs beyond the
     counts are kept and described too. New devcerts are valid from `now_ms - CLOCK_SKEW_MS`
     to `now_ms + valid_days`. A missing CA key is replaced only with `new_ca` once devcerts
     exist, since meters flashed with the old CA would no longer trust the new meters.
+
+    The bus's certificates and broker configs follow (deploy.bus): `monitors` names
+    read-only monitoring users to add, `broker_hosts` the names the main broker is reached by.
     """
     accounts = meters if accounts is None else accounts
     for name, value, allowed in (("meters", meters, METERS), ("accounts", accounts, ACCOUNTS),
@@ -133,6 +138,8 @@ def provision(root: Path, meters: int, accounts: int | None, validators: int, no
 
     community = Community(root, public_hex(ca), tuple(meter_list), tuple(account_list), tuple(validator_list))
     _write_public(community.toml_path, _community_toml(community))
+    ensure_bus(root, [m.id for m in meter_list], [v.index for v in validator_list], now_ms, valid_days,
+               monitors, broker_hosts)
     return community
 
 

@@ -16,7 +16,8 @@ import threading
 from contextlib import closing
 from pathlib import Path
 
-from broker.args import hex_bytes, host_port
+from broker.args import BROKER_HELP, broker_url, hex_bytes
+from broker.client import TlsFiles
 from broker.clock import wall_ms
 from broker.messages import SOURCES
 from edge import tx
@@ -102,9 +103,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         lock = lock_state_dir(args.state_dir)  # held until the process exits
     except BlockingIOError:
         raise CliError(f"another `spb-meter run` is using {args.state_dir}") from None
-    host, port = args.broker
+    host, port, tls = args.broker
     painter = Painter(open_display(config.display, args.display_out))
-    node = MeterNode(identity, config, host, port, sense, painter=painter, led=SessionLed(config.led_pin))
+    node = MeterNode(identity, config, host, port, sense, painter=painter, led=SessionLed(config.led_pin),
+                     tls=TlsFiles.in_dir(args.state_dir) if tls else None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -158,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="sample, sign and publish until SIGINT/SIGTERM")
     run.add_argument("--state-dir", type=Path, required=True, metavar="DIR",
                      help="the meter's dir from `spb-deploy provision` (DIR/meters/<id>)")
-    run.add_argument("--broker", type=host_port, required=True, metavar="HOST:PORT")
+    run.add_argument("--broker", type=broker_url, required=True, metavar="URL", help=BROKER_HELP)
     run.add_argument("--adc", choices=("mcp3008", "fake"),
                      help="mcp3008 (a Pi's SPI; the default) or fake (an emulated MCP3008 driven by --fake-w/--fake-profile)")
     fake = run.add_mutually_exclusive_group()

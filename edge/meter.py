@@ -18,7 +18,7 @@ import time
 
 from broker import topics
 from broker.clock import wall_ms
-from broker.client import BusClient
+from broker.client import BusClient, TlsFiles
 from broker.messages import Birth, Reading, open_message
 from broker.reasons import Reject
 from broker.verify import Verifier
@@ -43,7 +43,7 @@ def monotonic_ms() -> int:
 
 class MeterNode:
     def __init__(self, identity: MeterIdentity, config: MeterConfig, host: str, port: int, sense: Sense,
-                 painter=None, led=None, reconnect_max_s: float = 30.0):
+                 painter=None, led=None, reconnect_max_s: float = 30.0, tls: TlsFiles | None = None):
         self.id, self.config, self.sense = identity, config, sense
         self.painter, self.led = painter, led
         self.store = MeterStore(identity.db_path, outbox_max=config.outbox_max)
@@ -64,7 +64,7 @@ class MeterNode:
         self._remember_peers()
         self.bus = BusClient(host, port, client_id=f"meter-{identity.meter}",
                              will=(topics.meter(identity.meter, "state"), topics.OFFLINE, True),
-                             reconnect_max_delay=reconnect_max_s)
+                             reconnect_max_delay=reconnect_max_s, tls=tls)
         self.pump = OutboxPump(self.store, self.bus)
         self.bus.on_connect.append(self._announce)
         handlers = {topics.every_meter("birth"): self._on_birth, topics.every_meter("reading"): self._on_reading,

@@ -17,7 +17,7 @@ import threading
 import tomllib
 from pathlib import Path
 
-from broker.args import hex_bytes, host_port, parse_hex
+from broker.args import BROKER_HELP, broker_url, hex_bytes, parse_hex
 from broker.clock import wall_ms
 from broker.cose import MAX_MESSAGE
 from broker.keys import KeyFileError, public_hex, write_new_key
@@ -125,7 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    service = LedgerService(ValidatorIdentity.load(args.dir, args.validator), *args.broker)
+    from broker.client import TlsFiles
+    host, port, tls = args.broker
+    identity = ValidatorIdentity.load(args.dir, args.validator)
+    service = LedgerService(identity, host, port, tls=TlsFiles.in_dir(identity.home) if tls else None)
 
     def wait_for_signal() -> None:
         signal.sigwait(stop_signals)
@@ -214,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="be the ledger on the bus")
     run.add_argument("dir", type=Path, metavar="DIR")
-    run.add_argument("--broker", type=host_port, required=True, metavar="HOST:PORT")
+    run.add_argument("--broker", type=broker_url, required=True, metavar="URL",
+                     help=BROKER_HELP.replace("state dir", "validator's dir (DIR/validators/vI)"))
     run.add_argument("--validator", type=int, default=0, metavar="I")
     run.set_defaults(run=cmd_run)
 

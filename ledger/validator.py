@@ -35,8 +35,13 @@ class ValidatorIdentity:
     key: SigningKey | None  # None when only reading (queries and audits need no secret)
 
     @property
+    def home(self) -> Path:
+        """DIR/validators/vI: its key, database and bus certificate."""
+        return validator_dir(self.root, self.index)
+
+    @property
     def db_path(self) -> Path:
-        return validator_dir(self.root, self.index) / "ledger.db"
+        return self.home / "ledger.db"
 
     @classmethod
     def load(cls, root: Path, index: int, with_key: bool = True) -> "ValidatorIdentity":

@@ -32,7 +32,7 @@ def test_generated_config_is_what_mosquitto_runs(mosquitto):
         f"listener {mosquitto.port} 127.0.0.1",
         "allow_anonymous true",
         "persistence true",
-        f"persistence_location {mosquitto.data_dir.resolve()}",
+        f"persistence_location {mosquitto.data_dir.resolve()}/",
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
         "max_inflight_messages 10000",

@@ -46,15 +46,20 @@ def _toml(path: Path) -> dict:
 
 def test_layout_and_modes(tmp_path):
     provision(tmp_path, meters=2, accounts=None, validators=2, now_ms=NOW, valid_days=10)
+    tls = ("mqtt.crt", "mqtt.key", "ca.crt")  # the bus's client certificate (deploy.bus)
     assert sorted(_files(tmp_path)) == sorted([
-        "ca/ca.key", "community.toml",
+        "ca/ca.key", "ca/mqtt-ca.key", "community.toml",
         *(f"meters/{m}/{f}" for m in ("m0001", "m0002")
-          for f in ("device.key", "devcert.cbor", "account.key", "meter.toml")),
-        "validators/v0/validator.key", "validators/v1/validator.key",
+          for f in ("device.key", "devcert.cbor", "account.key", "meter.toml", *tls)),
+        *(f"validators/{v}/{f}" for v in ("v0", "v1") for f in ("validator.key", *tls)),
+        *(f"{who}/{f}" for who in ("monitoring/monitor", "operator") for f in tls),
+        *(f"broker/{f}" for f in ("ca.crt", "server.crt", "server.key", "crl.pem", "acl", "acl-local",
+                                  "broker.toml", "mosquitto.conf")),
     ])
     for name in _files(tmp_path):
         assert _mode(tmp_path / name) == (0o600 if name.endswith(".key") else 0o644), name
-    for d in ("ca", "meters", "meters/m0001", "meters/m0002", "validators", "validators/v0", "validators/v1"):
+    for d in ("ca", "meters", "meters/m0001", "meters/m0002", "validators", "validators/v0", "validators/v1",
+              "monitoring", "monitoring/monitor", "operator", "broker"):
         assert _mode(tmp_path / d) == 0o700, d
 
 
@@ -129,7 +134,7 @@ def test_growing_keeps_earlier_meters(tmp_path):
     after = _secrets(_files(tmp_path))
     assert {k: after[k] for k in before} == before
     assert set(after) - set(before) == {"meters/m0003/device.key", "meters/m0003/account.key",
-                                        "meters/m0003/devcert.cbor"}
+                                        "meters/m0003/devcert.cbor", "meters/m0003/mqtt.key"}
     nbf = NOW - CLOCK_SKEW_MS
     assert [(m.id, m.devcert_nbf) for m in community.meters] == [("m0001", nbf), ("m0002", nbf), ("m0003", nbf + 5)]
 

@@ -1,0 +1,114 @@
+"""`spb-deploy revoke` and `spb-deploy bridge`: changing who may use the bus after provisioning."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from pathlib import Path
+
+from broker import secure, topics
+from broker.args import broker_url
+from broker.clock import wall_ms
+from broker.keys import KeyFileError, load_key, write_file
+from broker.messages import Revoke, open_message
+from deploy.bus import OPERATOR, add_bridge, broker_dir, read_revoked, refresh_bus, revoke
+from deploy.provision import DEFAULT_VALID_DAYS
+
+REVOCATIONS = "revocations"
+PUBACK_TIMEOUT_S = 30
+
+
+def revoke_meter(root: Path, meter_id: str, now_ms: int) -> tuple[bytes, list[Path]]:
+    """Revoke a meter everywhere it can be: CRL and ACL of every broker dir, a CA-signed
+    `revoke` message for the ledger (kept in DIR/revocations/, so running this again sends
+    the very same bytes), and a SIGHUP to each broker of DIR that is running.
+
+    Returns the message and the broker dirs whose Mosquitto re-read its CRL and ACL.
+    """
+    entry = revoke(root, meter_id, now_ms)
+    refresh_bus(root, now_ms, DEFAULT_VALID_DAYS)
+    path = root / REVOCATIONS / f"{meter_id}.cbor"
+    if not path.exists():
+        ca = load_key(root / "ca" / "ca.key")
+        cert = open_message((root / "meters" / meter_id / "devcert.cbor").read_bytes(), "devcert").body
+        message = Revoke(meter=meter_id, pk=cert.pk, iss=bytes(ca.verify_key), t=entry.t).sign(ca)
+        path.parent.mkdir(exist_ok=True)
+        write_file(path, message, 0o644, replace=False)
+    homes = [broker_dir(root), *sorted(p.parent for p in root.glob(f"brokers/*/{secure.SETTINGS_NAME}"))]
+    return path.read_bytes(), [home for home in homes if _reload(home / "data" / secure.PID_NAME)]
+
+
+def _reload(pid_file: Path) -> bool:
+    """SIGHUP the Mosquitto whose pid `pid_file` holds, if it is running; whether it was."""
+    try:
+        pid = int(pid_file.read_text())
+        if Path(f"/proc/{pid}/comm").read_text().strip() != "mosquitto":
+            return False  # a stale pid file: the number now belongs to someone else
+        os.kill(pid, signal.SIGHUP)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    return True
+
+
+def publish_revocation(root: Path, message: bytes, url) -> None:
+    """Send the revocation to the ledger over the bus as the operator, and wait for the PUBACK."""
+    from broker.client import BusClient, TlsFiles  # paho only for the command that needs it
+    tls = TlsFiles.in_dir(root / OPERATOR) if url.tls else None
+    client = BusClient(url.host, url.port, OPERATOR, clean_session=True, tls=tls)
+    client.connect()
+    try:
+        info = client.publish(topics.TX_REVOKE, message)
+        if not client.wait_acked(info, PUBACK_TIMEOUT_S):
+            raise OSError(f"the broker at {url.host}:{url.port} did not take the revocation "
+                          f"within {PUBACK_TIMEOUT_S} s; run this again to resend it")
+    finally:
+        client.close()
+
+
+def add_revoke(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("revoke", help="refuse a meter on the bus and its CoEs at the ledger",
+                              description="Add METER_ID to DIR/revoked.toml, rewrite the CRL and ACLs, "
+                                          "signal running brokers of DIR, and sign a revocation for the ledger.")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("meter", metavar="METER_ID")
+    p.add_argument("--broker", type=broker_url, metavar="URL",
+                   help="also send the revocation to the ledger through this broker: mqtts://HOST:PORT "
+                        "as DIR/operator, or HOST:PORT for plain MQTT (development)")
+    p.set_defaults(run=_run_revoke, expected=(OSError, KeyFileError, ValueError))
+
+
+def _run_revoke(args: argparse.Namespace) -> int:
+    message, reloaded = revoke_meter(args.dir, args.meter, wall_ms())
+    entry = read_revoked(args.dir)[args.meter]
+    print(f"revoked    {args.meter} at {entry.t} (certificate serials {', '.join(entry.serials) or 'none'})")
+    print(f"brokers    {', '.join(str(h) for h in reloaded) or 'none running here'} re-read the CRL and ACL")
+    print(f"ledger     {args.dir / REVOCATIONS / (args.meter + '.cbor')}")
+    if args.broker:
+        publish_revocation(args.dir, message, args.broker)
+        print(f"sent       to {topics.TX_REVOKE} on {args.broker.host}:{args.broker.port}")
+    return 0
+
+
+def add_bridge_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bridge", help="add a second broker bridged to the main one",
+                              description="Write DIR/brokers/NAME: a Mosquitto config with the community's "
+                                          "ACL that bridges the whole topic tree to the main broker over TLS.")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the main broker's TLS listener")
+    p.add_argument("--tls-port", type=int, default=secure.TLS_PORT, metavar="PORT",
+                   help=f"this broker's own TLS port (default {secure.TLS_PORT})")
+    p.add_argument("--host", action="append", default=[], metavar="NAME",
+                   help="a name or address meters reach this broker by (repeat; default localhost and loopback)")
+    p.set_defaults(run=_run_bridge, expected=(OSError, KeyFileError, ValueError))
+
+
+def _run_bridge(args: argparse.Namespace) -> int:
+    broker_url(args.to)  # the same HOST:PORT check as everywhere, before anything is written
+    add_bridge(args.dir, args.name, args.to, args.tls_port, tuple(args.host))
+    refresh_bus(args.dir, wall_ms(), DEFAULT_VALID_DAYS)
+    print(f"broker     {broker_dir(args.dir, args.name)} bridged to {args.to}")
+    print(f"run        spb-broker run --config-dir {broker_dir(args.dir, args.name)}, and restart the main broker "
+          "(its ACL now admits the bridge)")
+    return 0
