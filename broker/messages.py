@@ -242,8 +242,19 @@ class Reading(Body):
     w: int = _req(_int)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Revoke(Body):
+    """The CA withdraws a device key: no CoE it witnessed from `t` on counts (decision 0004)."""
+
+    typ: ClassVar[str] = "revoke"
+    meter: str = _req(_text)
+    pk: bytes = _req(_BSTR32)
+    iss: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
+
+
 BODY_TYPES: dict[str, type[Body]] = {
-    cls.typ: cls for cls in (DevCert, CoeRequest, Coe, Ctp, Erc, Cancel, Birth, Status, Rejection, Reading)
+    cls.typ: cls for cls in (DevCert, CoeRequest, Coe, Ctp, Erc, Cancel, Birth, Status, Rejection, Reading, Revoke)
 }
 
 

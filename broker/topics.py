@@ -6,6 +6,7 @@ ROOT = "spb/v1"
 TX_CTP = f"{ROOT}/tx/ctp"
 TX_ERC = f"{ROOT}/tx/erc"
 TX_CANCEL = f"{ROOT}/tx/cancel"
+TX_REVOKE = f"{ROOT}/tx/revoke"  # an extension of v1: docs/decisions/0004-revocation.md
 TX_ALL = f"{ROOT}/tx/+"
 REJECTS = f"{ROOT}/rejects"
 LEDGER_STATE = f"{ROOT}/ledger/state"
@@ -18,7 +19,7 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 
 # Which body typ each transaction topic carries (a receiver checks typ against it, §1).
-TX_TYPES = {TX_CTP: "ctp", TX_ERC: "erc", TX_CANCEL: "cancel"}
+TX_TYPES = {TX_CTP: "ctp", TX_ERC: "erc", TX_CANCEL: "cancel", TX_REVOKE: "revoke"}
 METER_TYPES = {"birth": "birth", "reading": "reading", "coe/req": "coereq", "coe/resp": "coe"}
 
 

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from broker.merkle import NodeMemo, verify_inclusion
 from broker.messages import (Birth, Body, Cancel, Coe, CoeRequest, Ctp, DevCert, Erc, Opened, Reading,
-                             Rejection, Status, open_message, shown)
+                             Rejection, Revoke, Status, open_message, shown)
 from broker.reasons import Reject
 
 MAX_BATCH = 1024
@@ -64,13 +64,23 @@ class Verifier:
             return (body.payer,)
         if isinstance(body, (Status, Rejection)):
             return self.validators
+        if isinstance(body, Revoke):
+            return (self._ca(body.iss, "revoke"),)
         assert isinstance(body, Reading)
         return () if device_key is None else (device_key,)
 
     def coe_of(self, erc: Erc) -> Coe:
         """The CoE inside an ERC that `verify` accepted (from the cache, normally)."""
+        return self.coe_and_witness(erc)[0]
+
+    def coe_and_witness(self, erc: Erc) -> tuple[Coe, DevCert]:
+        """The CoE inside an ERC that `verify` accepted and its witness's devcert: the ERC
+        names no witness, and the ledger checks revocations against it."""
         verified = self._coe_cache.get(erc.coe)
-        return verified.coe if verified is not None else open_message(erc.coe, "coe").body
+        if verified is not None:
+            return verified.coe, verified.cert
+        coe = open_message(erc.coe, "coe").body
+        return coe, open_message(coe.cert, "devcert").body
 
     def certificate(self, raw: bytes, now: int) -> DevCert:
         """An embedded devcert signed by a trusted CA and valid at `now`; else `cert`."""
@@ -83,9 +93,13 @@ class Verifier:
             raise Reject("cert", "devcert signature does not verify")
         return cert
 
+    def _ca(self, iss: bytes, typ: str) -> bytes:
+        if iss not in self.cas:
+            raise Reject("cert", f"{typ} issuer is not a trusted CA")
+        return iss
+
     def _trusted(self, cert: DevCert, now: int) -> DevCert:
-        if cert.iss not in self.cas:
-            raise Reject("cert", "devcert issuer is not a trusted CA")
+        self._ca(cert.iss, "devcert")
         if not cert.nbf <= now <= cert.exp:
             raise Reject("cert", f"devcert of {shown(cert.meter)} not valid at {now}")
         return cert

@@ -4,7 +4,7 @@ A Draft sits on a committed LedgerState and collects what a block would change, 
 changing the state: (state, messages, block time) -> (block, signed outputs). The block time
 is the clock for every check, stateless or stateful, so replaying a block from the log
 (audit, another validator) reaches the same verdicts. The order of the checks per message
-type is in docs/decisions/0002-ledger-v1.md.
+type is in docs/decisions/0002-ledger-v1.md, with revocations in 0004-revocation.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from nacl.signing import SigningKey
 
 from broker import topics
 from broker.cose import message_hash
-from broker.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Status
+from broker.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Revoke, Status, shown
 from broker.reasons import Reject
 from broker.verify import Verifier
 from ledger.block import Block, Header, merkle_root, trade_bytes, trade_hash
@@ -42,6 +42,7 @@ class Draft:
         self.held: dict[bytes, int] = {}
         self.ctps: dict[bytes, CtpRecord] = {}  # new or changed records
         self.used_keys: dict[bytes, bytes] = {}
+        self.revoked: dict[bytes, int] = {}  # device keys revoked by this draft -> revocation time
         self.inputs: list[bytes] = []  # applied messages, in order
         self.input_hashes: list[bytes] = []
         self.trades: list[bytes] = []
@@ -67,6 +68,9 @@ class Draft:
     def key_used(self, pk: bytes) -> bool:
         return pk in self.used_keys or pk in self.base.used_keys
 
+    def revoked_at(self, pk: bytes) -> int | None:
+        return self.revoked.get(pk, self.base.revoked.get(pk))
+
     # -- inputs --
 
     def add(self, typ: str, raw: bytes) -> str | None:
@@ -75,7 +79,7 @@ class Draft:
         opened = None
         try:
             opened = self.verifier.verify(raw, self.t, expect=typ)
-            {"ctp": self._ctp, "erc": self._erc, "cancel": self._cancel}[typ](opened, digest)
+            {"ctp": self._ctp, "erc": self._erc, "cancel": self._cancel, "revoke": self._revoke}[typ](opened, digest)
         except Reject as exc:
             signed_ctp = opened.body if opened is not None and typ == "ctp" else None
             self._reject(digest, exc.reason, signed_ctp)
@@ -107,6 +111,10 @@ class Draft:
 
     def _erc(self, opened: Opened, digest: bytes) -> None:
         erc: Erc = opened.body
+        coe, witness = self.verifier.coe_and_witness(erc)
+        revoked = self.revoked_at(witness.pk)
+        if revoked is not None and coe.t >= revoked:
+            raise Reject("cert", f"witness {shown(witness.meter)} revoked at {revoked}, CoE issued at {coe.t}")
         record = self._known(erc.ctp)
         if record.state == SETTLED and record.by == digest:
             raise Reject("duplicate", "this ERC settled the CTP already")
@@ -114,7 +122,7 @@ class Draft:
             raise Reject("not-held", f"CTP is {record.state}")
         if self.key_used(erc.pk):
             raise Reject("replay", "this one-time key confirmed another CTP")
-        if self.verifier.coe_of(erc).root != record.ctp.meter:
+        if coe.root != record.ctp.meter:
             raise Reject("meter-mismatch", "the ERC's CoE root is not the meter the CTP names")
         if erc.wh < record.ctp.wh:
             raise Reject("energy-short", f"{erc.wh} Wh received, {record.ctp.wh} Wh paid for")
@@ -140,6 +148,12 @@ class Draft:
         if self.t <= record.ctp.exp:
             raise Reject("too-early", f"CTP holds until {record.ctp.exp}, block time {self.t}")
         self._refund(record, digest)
+
+    def _revoke(self, opened: Opened, digest: bytes) -> None:
+        revoke: Revoke = opened.body
+        if self.revoked_at(revoke.pk) is not None:
+            raise Reject("duplicate", "this device key is revoked already")
+        self.revoked[revoke.pk] = revoke.t
 
     def _known(self, ctp_id: bytes) -> CtpRecord:
         record = self.record(ctp_id)
@@ -185,12 +199,12 @@ class Draft:
     def finish(self) -> Block | None:
         """Refund what expired by the block time, then build the block (unsealed).
 
-        None when nothing changed: rejected messages alone make no block.
+        None when nothing changed: rejected messages alone make no block, a revocation does.
         """
         for record in self.base.expiring(self.t):
             if self.record(record.ctp.id).state == HELD:
                 self._refund(record, b"")
-        if not self.ctps:
+        if not (self.ctps or self.revoked):
             return None
         tree = self.base.tree  # changed in place; LedgerState.discard undoes it
         tree.set_leaves({record.index: record.leaf() for record in self.ctps.values()})

@@ -1,4 +1,5 @@
-"""The ledger's state: balances, holds, the off-chain CTP database and its Merkle tree.
+"""The ledger's state: balances, holds, the off-chain CTP database and its Merkle tree,
+and the revoked device keys.
 
 Pure data. It changes only in `commit(draft)`, with a block built by ledger.draft, so a
 block that consensus does not commit can be thrown away (`discard`) and every replica
@@ -55,6 +56,7 @@ class LedgerState:
         self.held: dict[bytes, int] = dict.fromkeys(self.balances, 0)  # per payer
         self.ctps: dict[bytes, CtpRecord] = {}  # every CTP ever held; record.index is its leaf
         self.used_keys: dict[bytes, bytes] = {}  # one-time ERC key -> the CTP it settled
+        self.revoked: dict[bytes, int] = {}  # device key -> revocation time (decision 0004)
         self.tree = MerkleTree()
         self._expiry: list[tuple[int, bytes]] = []  # (exp, id) of CTPs that were held; lazily cleaned
         # Hashes of rejected payer-signed CTPs -> their exp: a copy is `duplicate` until then.
@@ -64,11 +66,11 @@ class LedgerState:
     @classmethod
     def restore(cls, genesis: Genesis, height: int, tip: bytes, t: int,
                 accounts: Iterable[tuple[bytes, int, int]], records: Iterable[CtpRecord],
-                refused: dict[bytes, int]) -> "LedgerState":
+                refused: dict[bytes, int], revoked: dict[bytes, int]) -> "LedgerState":
         """A state from its stored tables (ledger.store); `records` in index order."""
         state = cls(genesis)
         state.height, state.tip, state.t = height, tip, t
-        state.refused = dict(refused)
+        state.refused, state.revoked = dict(refused), dict(revoked)
         for pk, balance, held in accounts:
             state.balances[pk], state.held[pk] = balance, held
         records = list(records)
@@ -120,6 +122,7 @@ class LedgerState:
         assert block.header.prev == self.tip
         self.balances.update(draft.balances)
         self.held.update(draft.held)
+        self.revoked.update(draft.revoked)
         for record in draft.ctps.values():
             self._put(record)
         self.height, self.tip, self.t = block.header.height, block.hash, block.header.t

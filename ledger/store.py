@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS accounts(pk BLOB PRIMARY KEY, balance INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS ctps(id BLOB PRIMARY KEY, leaf INTEGER NOT NULL UNIQUE, raw BLOB NOT NULL,
                                 hash BLOB NOT NULL, state TEXT NOT NULL, height INTEGER NOT NULL,
                                 by BLOB NOT NULL, erc_pk BLOB UNIQUE);
+CREATE TABLE IF NOT EXISTS revoked(pk BLOB PRIMARY KEY, t INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS trades(ctp BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected(id BLOB PRIMARY KEY, reason TEXT NOT NULL, msg BLOB NOT NULL,
                                     t INTEGER NOT NULL);
@@ -105,7 +106,7 @@ class LedgerStore:
         records = (CtpRecord(self._ctp(raw, h), raw, h, leaf, state, ht, by, erc_pk)
                    for raw, h, leaf, state, ht, by, erc_pk in rows)
         refused = dict(self.db.execute("SELECT hash, exp FROM refused"))
-        return LedgerState.restore(self.genesis, height, tip_hash, t, accounts, records, refused)
+        return LedgerState.restore(self.genesis, height, tip_hash, t, accounts, records, refused, self.revocations())
 
     @staticmethod
     def _ctp(raw: bytes, digest: bytes):
@@ -149,6 +150,7 @@ class LedgerStore:
         self.db.executemany("UPDATE ctps SET state = ?, height = ?, by = ?, erc_pk = ? WHERE id = ?",
                             ((r.state, r.height, r.by, r.erc_pk, r.ctp.id)
                              for r in draft.ctps.values() if r.index < known))
+        self.db.executemany("INSERT INTO revoked VALUES (?, ?)", draft.revoked.items())
         self.db.executemany("INSERT INTO trades VALUES (?, ?, ?)",
                             ((ctp_id, h.height, i) for i, ctp_id in enumerate(draft.settled)))
 
@@ -207,6 +209,10 @@ class LedgerStore:
 
     def trades(self) -> dict[bytes, tuple[int, int]]:
         return {ctp_id: (height, idx) for ctp_id, height, idx in self.db.execute("SELECT ctp, height, idx FROM trades")}
+
+    def revocations(self) -> dict[bytes, int]:
+        """Revoked device key -> revocation time."""
+        return dict(self.db.execute("SELECT pk, t FROM revoked"))
 
     def accounts(self) -> dict[bytes, tuple[int, int]]:
         return {pk: (b, h) for pk, b, h in self.db.execute("SELECT pk, balance, held FROM accounts")}
