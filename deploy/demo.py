@@ -31,7 +31,8 @@ from broker import topics
 from broker.client import BusClient
 from broker.clock import wall_ms
 from broker.reasons import Reject
-from broker.runtime import free_port, start_broker, wait_or_kill
+from broker.runtime import Broker, find_mosquitto, free_port, start_broker, wait_or_kill
+from broker.secure import start_secure
 from broker.verify import Verifier
 from deploy.market import LedgerWatch, Outcome, orders, trade
 from deploy.provision import Community, community_genesis, provision
@@ -117,10 +118,13 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
                    help="the longest the community runs; it stops earlier once every trade ended (default 120)")
     p.add_argument("--trades", type=_at_least_two, default=3, metavar="N",
                    help="how many trades, at least 2 (default 3; the last cannot be delivered in time: refunded)")
-    p.add_argument("--port", type=int, default=0, help="broker port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--port", type=int, default=0,
+                   help="the broker's plain port on 127.0.0.1, where anonymous clients may only read; the community "
+                        "itself talks over TLS on another free port (default: a free one)")
     p.add_argument("--reading-s", type=float, default=2.0, help="seconds between readings (default 2)")
     p.add_argument("--headless", action="store_true", help="no live Sense HAT panel: just the log and the verdict")
-    p.add_argument("--embedded", action="store_true", help="use the embedded broker even if mosquitto is installed")
+    p.add_argument("--embedded", action="store_true",
+                   help="use the embedded broker (plain MQTT, no TLS or ACL) even if mosquitto is installed")
     p.set_defaults(run=run_demo)
 
 
@@ -138,11 +142,11 @@ def run_demo(args: argparse.Namespace) -> int:
     community = provision(args.dir, meters=len(METERS), accounts=None, validators=1, now_ms=wall_ms())
     write_genesis(args.dir, community_genesis(community, OPENING_UNITS, block_ms=200))
     port = args.port or free_port()
-    broker = start_broker(port, args.dir / "broker", embedded=args.embedded)
+    broker, url = _start_broker(community.root, port, args.embedded)
     outcomes: list[Outcome] = []
     try:
         console.print(f"[bold]community[/] {community.root} ({len(community.meters)} meters)   "
-                      f"[bold]broker[/] {broker.kind} on {broker.url}")
+                      f"[bold]broker[/] {broker.kind} on {url}, read-only for anyone on mqtt://127.0.0.1:{port}")
         ca, validators = [bytes.fromhex(community.ca_pk)], [bytes.fromhex(v.pk) for v in community.validators]
         monitor = Monitor(console, PeerTable(Verifier(cas=ca)))
         watch = LedgerWatch(console, Verifier(cas=ca, validators=validators))
@@ -155,7 +159,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if not watcher.wait_connected(timeout=10):  # subscribed before any meter speaks
                 console.print("[bold red]demo failed[/]: the monitor could not subscribe")
                 return 1
-            codes = _run_community(args, community, port, monitor, watch, stop, outcomes)
+            codes = _run_community(args, community, url, monitor, watch, stop, outcomes)
             monitor.all_offline.wait(timeout=10)
         finally:
             watcher.close()
@@ -164,7 +168,20 @@ def run_demo(args: argparse.Namespace) -> int:
     return _summary(console, monitor, watch, codes, outcomes, args.trades, _audit(args.dir))
 
 
-def _run_community(args, community: Community, port: int, monitor: Monitor, watch: LedgerWatch,
+def _start_broker(root: Path, port: int, embedded: bool) -> tuple[Broker, str]:
+    """Mosquitto with the community's TLS config and ACL, plain `port` a read-only loopback
+    listener; with `embedded` (or no Mosquitto) the embedded broker, open and plain on `port`.
+
+    Returns the broker and the URL meters and the ledger connect to.
+    """
+    if embedded or find_mosquitto() is None:
+        broker = start_broker(port, root / "broker" / "data", embedded=True)
+        return broker, f"127.0.0.1:{port}"
+    broker = start_secure(root / "broker", free_port(), local_port=port)
+    return broker, broker.url
+
+
+def _run_community(args, community: Community, url: str, monitor: Monitor, watch: LedgerWatch,
                    stop: threading.Event, outcomes: list[Outcome]) -> list[int]:
     """Run meters and ledger until the trades ended, args.seconds passed, or SIGINT/SIGTERM;
     their exit codes, meters first."""
@@ -172,10 +189,10 @@ def _run_community(args, community: Community, port: int, monitor: Monitor, watc
     try:
         for meter, _, profile in METERS:
             procs.append(_start(["edge.cli", "run", "--state-dir", str(root / "meters" / meter),
-                                 "--broker", f"127.0.0.1:{port}", "--adc", "fake", f"--fake-profile={profile}",
+                                 "--broker", url, "--adc", "fake", f"--fake-profile={profile}",
                                  "--reading-s", str(args.reading_s), "--resend-s", "5", "--display", "terminal",
                                  "--display-out", str(_frame_file(root, meter))], meter, monitor))
-        procs.append(_start(["ledger.cli", "run", str(root), "--broker", f"127.0.0.1:{port}"], "ledger", monitor))
+        procs.append(_start(["ledger.cli", "run", str(root), "--broker", url], "ledger", monitor))
         producer = next(m for m in community.meters if m.id == METERS[0][0])
         plan = orders(args.trades, tuple(m for m, role, _ in METERS if role == "consumer"), WH_PER_S)
         traded = threading.Event()

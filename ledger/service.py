@@ -16,7 +16,7 @@ from collections import deque
 from typing import Callable, NamedTuple
 
 from broker import topics
-from broker.client import BusClient
+from broker.client import BusClient, TlsFiles
 from broker.runtime import AUTOSAVE_S
 from broker.clock import wall_ms
 from ledger.block import quorum
@@ -39,7 +39,8 @@ class Delivery(NamedTuple):
 class LedgerService:
     """One validator that is the whole ledger: a block is final when it is written."""
 
-    def __init__(self, identity: ValidatorIdentity, host: str, port: int, clock: Callable[[], int] = wall_ms):
+    def __init__(self, identity: ValidatorIdentity, host: str, port: int, clock: Callable[[], int] = wall_ms,
+                 tls: TlsFiles | None = None):
         genesis = identity.genesis
         if quorum(len(genesis.validators)) > 1:
             raise GenesisError(f"this genesis has {len(genesis.validators)} validators, which need BFT "
@@ -62,7 +63,7 @@ class LedgerService:
         self._unacked = 0
         self._unacked_lock = threading.Lock()
         self.bus = BusClient(host, port, f"ledger-v{identity.index}", manual_ack=True,
-                             will=(topics.LEDGER_STATE, topics.OFFLINE, True), max_inflight=0)
+                             will=(topics.LEDGER_STATE, topics.OFFLINE, True), max_inflight=0, tls=tls)
         self.bus.on_connect.append(self._on_connect)
         for topic, typ in topics.TX_TYPES.items():
             self.bus.subscribe_deferred(topic, self._receiver(typ))

@@ -34,7 +34,7 @@ from ledger.genesis import write_genesis
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from tests.helpers import REPO, Inbox, child_env, connected, wait_for
-from tests.meter_helpers import RunningMeter
+from tests.meter_helpers import Procs, RunningMeter, in_store, spb_meter
 
 pytestmark = pytest.mark.integration
 
@@ -57,25 +57,10 @@ def meter_dir(community: Community, meter: str) -> Path:
     return community.root / "meters" / meter
 
 
-def in_store(state_dir: Path, read):
-    """read(MeterStore) on a meter's database, opened for this one read (the meter may be running)."""
-    store = MeterStore(state_dir / "meter.db")
-    try:
-        return read(store)
-    finally:
-        store.close()
-
-
 def counter(state_dir: Path, name: str) -> int:
     """A meter's durable counter ('seq', 'boot', ...), read straight from its SQLite file."""
     with closing(sqlite3.connect(state_dir / "meter.db", timeout=30)) as db:
         return db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
-
-
-def spb_meter(*args: object) -> subprocess.CompletedProcess:
-    """`spb-meter ARGS` as a separate process (it writes into the running meter's SQLite file)."""
-    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], cwd=REPO, env=child_env(),
-                          capture_output=True, text=True, timeout=60)
 
 
 def waiting_in_outbox(state_dir: Path) -> tuple[int, str]:
@@ -98,34 +83,6 @@ def witness_of(batch: Batch, ca_pk: bytes, me: str) -> str:
     witness = open_message(coe.cert, "devcert").body.meter
     assert witness != me, f"{me} vouched for its own batch #{batch.id}"
     return witness
-
-
-class Procs:
-    """The child processes of one test, each logging to its own file; killed at teardown."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, name: str, *module_args: object) -> subprocess.Popen:
-        """`python -m MODULE_ARGS`; a restart under the same name appends to the same log."""
-        with (self.log_dir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", *map(str, module_args)], cwd=REPO, env=child_env(),
-                                    stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def logs(self) -> str:
-        """The end of every log, for a failure message."""
-        return "".join(f"\n----- {path.name} -----\n{path.read_text(errors='replace')[-4000:]}"
-                       for path in sorted(self.log_dir.glob("*.log")))
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
 
 
 @pytest.fixture
