@@ -16,6 +16,7 @@ from broker.clock import wall_ms
 from broker.keys import KeyFileError
 from deploy.access import add_bridge_command, add_revoke
 from deploy.demo import add_demo
+from deploy.flash import add_flash_meter
 from deploy.provision import (ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, ProvisionError,
                               community_genesis, provision)
 from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, GenesisError, write_genesis
@@ -79,7 +80,7 @@ def _run_provision(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    add_provision, add_revoke, add_bridge_command, add_demo)
+    add_provision, add_revoke, add_bridge_command, add_demo, add_flash_meter)
 
 
 def main(argv: list[str] | None = None) -> int:
