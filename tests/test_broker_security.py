@@ -18,12 +18,15 @@ import pytest
 from broker import secure
 from broker.client import TlsFiles
 from broker.clock import wall_ms
+from broker.messages import open_message
 from broker.runtime import find_mosquitto, free_port
 from deploy.access import REVOCATIONS
 from deploy.cli import main as deploy_main
 from deploy.pki import Authority
-from deploy.provision import provision
+from deploy.provision import community_genesis, provision
+from ledger.genesis import write_genesis
 from tests.helpers import Inbox, connected, wait_for
+from tests.ledger_helpers import RunningLedger
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +36,10 @@ FORGED = b"forged"
 
 @pytest.fixture
 def community(tmp_path) -> Path:
+    """A provisioned community that is also a ledger dir (genesis, validator v0)."""
     root = tmp_path / "community"
-    provision(root, meters=3, accounts=None, validators=1, now_ms=wall_ms())
+    write_genesis(root, community_genesis(provision(root, meters=3, accounts=None, validators=1, now_ms=wall_ms()),
+                                          1_000, block_ms=50))
     return root
 
 
@@ -169,7 +174,10 @@ def test_local_listener_is_read_only_for_anonymous_clients(broker, bus, make_cli
 
 
 def test_revoked_meter_is_refused_and_its_revocation_reaches_the_ledger(broker, community, bus, capsys):
-    watcher = bus("validators/v0", ("spb/v1/#",))
+    """The ledger (validator v0's certificate) takes the revocation into a block; a monitor
+    watches, since a second connection with v0's CN would take over the ledger's session."""
+    ledger = RunningLedger(community, broker.port, tls=TlsFiles.in_dir(community / "validators/v0"))
+    watcher = bus("monitoring/monitor", ("spb/v1/#",))
     revoked = bus("meters/m0003")
     publish_all(revoked, ["spb/v1/meters/m0003/state"], b"before")
     wait_for(lambda: b"before" in watcher.inbox.payloads())
@@ -179,6 +187,9 @@ def test_revoked_meter_is_refused_and_its_revocation_reaches_the_ledger(broker, 
     assert "re-read the CRL and ACL" in capsys.readouterr().out
     message = (community / REVOCATIONS / "m0003.cbor").read_bytes()
     wait_for(lambda: ("spb/v1/tx/revoke", message) in [(t, p) for t, p, _ in watcher.inbox.messages])
+    revoked_pk = open_message(message, "revoke").body.pk
+    wait_for(lambda: revoked_pk in ledger.service.node.state.revoked, message="the revocation in a ledger block")
+    ledger.stop()
 
     # New connections with its certificate fail the handshake once Mosquitto has re-read the CRL
     # (the client sees an alert or just EOF, depending on timing)...
