@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,13 @@ def connected(client: BusClient, timeout: float = 10) -> BusClient:
     client.connect()
     assert client.wait_connected(timeout), f"{client.client_id} did not connect within {timeout} s"
     return client
+
+
+def read_line(stream, timeout: float = 15) -> str:
+    """The next line a child process writes to a text pipe, failing if none comes within timeout s."""
+    readable, _, _ = select.select([stream], [], [], timeout)
+    assert readable, f"no output within {timeout} s"
+    return stream.readline()
 
 
 def wait_for(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from broker import topics
 from broker.runtime import LOG_NAME, EmbeddedBroker, free_port, mosquitto_config
-from tests.helpers import REPO, Inbox, child_env, connected, wait_for
+from tests.helpers import REPO, Inbox, child_env, connected, read_line, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,12 +87,6 @@ def test_embedded_broker_whose_loop_died_is_not_running_and_stops_at_once(tmp_pa
     broker.stop()  # would wait STOP_TIMEOUT s for a shutdown the dead loop never runs, then raise
 
     assert not broker.running()
-
-
-def read_line(stream, timeout: float = 15) -> str:
-    readable, _, _ = select.select([stream], [], [], timeout)
-    assert readable, f"no output within {timeout} s"
-    return stream.readline()
 
 
 def cli_command(port: int, data_dir: Path, embedded: bool) -> list[str]:

@@ -9,8 +9,11 @@ connection or later, and proves that the watcher got the sentinel and nothing fo
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,7 @@ from deploy.cli import main as deploy_main
 from deploy.pki import Authority
 from deploy.provision import community_genesis, provision
 from ledger.genesis import write_genesis
-from tests.helpers import Inbox, connected, wait_for
+from tests.helpers import REPO, Inbox, child_env, connected, read_line, wait_for
 from tests.ledger_helpers import RunningLedger
 
 pytestmark = pytest.mark.integration
@@ -206,3 +209,31 @@ def test_revoked_meter_is_refused_and_its_revocation_reaches_the_ledger(broker, 
     before = {p: p.read_bytes() for p in community.rglob("*") if p.is_file() and "data" not in p.parts}
     assert deploy_main(["revoke", str(community), "m0003"]) == 0
     assert {p: p.read_bytes() for p in community.rglob("*") if p.is_file() and "data" not in p.parts} == before
+
+
+def test_spb_broker_runs_a_provisioned_broker_dir_until_signalled(community, make_client):
+    port, local_port = free_port(), free_port()
+    command = [sys.executable, "-m", "broker.cli", "run", "--config-dir", str(community / "broker"),
+               "--port", str(port), "--local-port", str(local_port)]
+    with subprocess.Popen(command, cwd=REPO, env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as cli:
+        try:
+            assert read_line(cli.stdout) == f"spb-broker: mosquitto listening on mqtts://127.0.0.1:{port}\n"
+            files = TlsFiles.in_dir(community / "meters/m0001")
+            assert handshake(port, files.ca, files.cert, files.key) == CONNACK_OK
+            connected(make_client(local_port, "anonymous"))  # the read-only loopback listener is there too
+            assert (community / "broker/data" / secure.PID_NAME).exists()  # where spb-deploy revoke looks
+            cli.send_signal(signal.SIGTERM)
+            assert cli.wait(15) == 0, cli.stderr.read()
+        finally:
+            cli.kill()
+    refused = subprocess.run([*command, "--embedded"], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                             timeout=30)
+    assert refused.returncode == 2 and "--embedded cannot do TLS" in refused.stderr
+
+
+def test_revoking_an_unknown_meter_changes_nothing(community, capsys):
+    before = {p: p.read_bytes() for p in community.rglob("*") if p.is_file()}
+    assert deploy_main(["revoke", str(community), "m0042"]) == 1
+    assert "m0042: no such meter" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in community.rglob("*") if p.is_file()} == before
