@@ -19,6 +19,7 @@ from deploy.demo import add_demo
 from deploy.flash import add_flash_meter
 from deploy.provision import (ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, ProvisionError,
                               community_genesis, provision)
+from deploy.server import add_server
 from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, GenesisError, write_genesis
 
 
@@ -80,7 +81,7 @@ def _run_provision(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    add_provision, add_revoke, add_bridge_command, add_demo, add_flash_meter)
+    add_provision, add_revoke, add_bridge_command, add_demo, add_flash_meter, add_server)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ wheel with a first-boot install, and a hardened spb-meter.service.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
 import re
 import struct
@@ -27,8 +26,6 @@ INSTALL = Install(prefix="/opt/spb-meter", extras="pi", apt=("python3-venv", "py
 # The groups owning /dev/gpiochip*, /dev/spidev*, /dev/i2c-*, the Sense HAT's /dev/fb* and its joystick.
 DEVICE_GROUPS = ("gpio", "spi", "i2c", "video", "input")
 INTERFACES = ("spi", "i2c_arm")  # the MCP3008 is on SPI; the Sense HAT's sensors on I2C
-# What `spb-meter run` makes in its state dir (store, lock, display frames, lgpio pipes): not flashed.
-RUNTIME = ("meter.db*", "*.lock", "display.*", ".*")
 METER_ID = re.compile(r"m\d{4}")
 
 
@@ -122,9 +119,7 @@ def flash_meter(state: Path, boot: Path, root: Path, broker: BrokerUrl, wheel: P
     account = tree.system_user(USER, STATE, DEVICE_GROUPS)
     owner = (account.uid, account.gid)
     tree.dir(STATE, 0o700, owner)
-    for path in sorted(state.iterdir()):
-        if path.is_file() and not path.is_symlink() and not any(fnmatch.fnmatch(path.name, p) for p in RUNTIME):
-            tree.file(f"{STATE}/{path.name}", path.read_bytes(), 0o600 if path.suffix == ".key" else 0o644, owner)
+    tree.copy_files(state, STATE, owner)
     INSTALL.write(tree, wheel)
     tree.unit("spb-meter.service", meter_unit(meter, broker, account.groups), enable=("spb-meter.service",))
     tree.file("/etc/systemd/journald.conf.d/spb-meter.conf", journald_limits("the meter", "64M", "1month").encode())

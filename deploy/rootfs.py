@@ -26,6 +26,9 @@ ROOT = (0, 0)
 # Debian's system id range, taken from the top like `useradd --system` does.
 SYSTEM_IDS = range(999, 99, -1)
 UNIT_DIR = "/etc/systemd/system"
+# What running services make beside their keys (stores, locks, pids, logs, the meter's display
+# frames, hidden temp and lgpio pipe files): never copied onto a target.
+RUNTIME = ("*.db", "*.db-*", "*.lock", "*.pid", "*.log", "display.*", ".*")
 # What every spb-energy service may not do; each unit adds where it may write and what it needs.
 HARDENING = """\
 NoNewPrivileges=yes
@@ -125,6 +128,16 @@ class RootTree:
             os.replace(tmp, path)
         self._note(name, not same)
 
+    def copy_files(self, src: Path, dest: str, owner: tuple[int, int], public_owner: tuple[int, int] | None = None,
+                   skip: tuple[str, ...] = ()) -> None:
+        """Every regular file directly in `src` but RUNTIME and `skip` ones into dir `dest`:
+        keys (*.key) 0600 and `owner`'s, the rest 0644 and `public_owner`'s (default `owner`)."""
+        for path in sorted(src.iterdir()):
+            if path.is_file() and not path.is_symlink() and not any(fnmatch.fnmatch(path.name, p) for p in RUNTIME + skip):
+                secret = path.suffix == ".key"
+                self.file(f"{dest}/{path.name}", path.read_bytes(), 0o600 if secret else 0o644,
+                          owner if secret or public_owner is None else public_owner)
+
     def unit(self, name: str, text: str, enable: tuple[str, ...] = ()) -> None:
         """A unit in /etc/systemd/system, enabled for multi-user.target under each name in
         `enable` (the unit's own name, or instances of a template)."""
@@ -145,13 +158,14 @@ class RootTree:
             if uid is None:
                 raise RootfsError(f"{self.root} has no free system uid for {name}")
             gid = int(known[name][2]) if name in known else uid
-        self._add_row("/etc/group", name, [name, "x", str(gid), ""])
-        self._add_row("/etc/gshadow", name, [name, "!", "", ""])
+        group_tables = ("/etc/group", "/etc/gshadow") if self.path("/etc/gshadow").exists() else ("/etc/group",)
+        for table, fields in zip(group_tables, ([name, "x", str(gid), ""], [name, "!", "", ""])):
+            self._add_row(table, name, fields)
         self._add_row("/etc/passwd", name, [name, "x", str(uid), str(gid), "spb-energy", home, "/usr/sbin/nologin"])
         self._add_row("/etc/shadow", name, [name, "!", "", "", "", "", "", "", ""])
         present = tuple(g for g in groups if g in known)
         for group in present:
-            for table in ("/etc/group", "/etc/gshadow"):
+            for table in group_tables:
                 self._add_member(table, group, name)
         return Account(name, uid, gid, present)
 
@@ -160,15 +174,11 @@ class RootTree:
         return "\n".join([head, *(f"  {name}" for name in self.changed)])
 
     def _add_row(self, table: str, name: str, fields: list[str]) -> None:
-        """Append a row to a colon-separated table (gshadow only if the image has one)."""
-        if table == "/etc/gshadow" and not self.path(table).exists():
-            return
+        """Append a row to a colon-separated table unless it has one for `name`."""
         self.edit(table, lambda data: data if name in _rows(data) else _appended(data, ":".join(fields)))
 
     def _add_member(self, table: str, group: str, user: str) -> None:
-        if table == "/etc/gshadow" and not self.path(table).exists():
-            return
-
+        """`user` in the member list (4th field) of `group` in etc/group or etc/gshadow."""
         def change(data: bytes) -> bytes:
             lines = data.decode().splitlines(keepends=True)
             for i, line in enumerate(lines):

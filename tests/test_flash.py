@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import main
-from deploy.flash import RUNTIME, enable_interfaces, mounted_image
+from deploy.flash import enable_interfaces, mounted_image
 from deploy.provision import provision
-from deploy.rootfs import RootfsError, RootTree, build_wheel
+from deploy.rootfs import RUNTIME, RootfsError, RootTree, build_wheel
 
 NOW = 1_750_000_000_000
 # Raspberry Pi OS Bookworm's config.txt as pi-gen writes it (stage1/00-boot-files).
@@ -111,7 +111,7 @@ def make_card(base: Path) -> tuple[Path, Path]:
 
 def verify_units(root: Path, units: list[str], scratch: Path) -> Path:
     """systemd-analyze verify on a copy of `root` with this machine's system units (targets)
-    and a stub for each ExecStart program a first boot installs; returns the copy. verify
+    and a stub for each program its units run (a first boot installs them); returns the copy. verify
     exits 0 on unknown keys and bad values, so its output must be empty too."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
@@ -120,7 +120,7 @@ def verify_units(root: Path, units: list[str], scratch: Path) -> Path:
     shutil.copytree("/usr/lib/systemd/system", vroot / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
     for unit in units:
         text = (vroot / "etc/systemd/system" / re.sub(r"@[^.]*\.", "@.", unit)).read_text()
-        for program in re.findall(r"^ExecStart=(\S+)", text, re.M):
+        for program in re.findall(r"^Exec\w+=(\S+)", text, re.M):
             stub = vroot / program.lstrip("/")
             if not stub.exists():
                 stub.parent.mkdir(parents=True, exist_ok=True)
@@ -139,15 +139,18 @@ def exposure(vroot: Path, unit: str) -> float:
     return float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)[1])
 
 
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory) -> Path:
-    """The project's wheel, built once per session (test_server_setup imports this fixture;
-    the shared dir keeps a second module from building it again)."""
+def session_wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built once per test session however many modules ask for it."""
     out = tmp_path_factory.getbasetemp() / "wheel"
     if not out.exists():
         out.mkdir()
         build_wheel(out)
     return next(out.glob("*.whl"))
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    return session_wheel(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
