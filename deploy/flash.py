@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from broker.args import BrokerUrl, broker_url
+from broker.secure import METER_CN
 from deploy.rootfs import HARDENING, Install, RootfsError, RootTree, build_wheel, journald_limits
 
 USER = "spb-meter"
@@ -26,7 +27,6 @@ INSTALL = Install(prefix="/opt/spb-meter", extras="pi", apt=("python3-venv", "py
 # The groups owning /dev/gpiochip*, /dev/spidev*, /dev/i2c-*, the Sense HAT's /dev/fb* and its joystick.
 DEVICE_GROUPS = ("gpio", "spi", "i2c", "video", "input")
 INTERFACES = ("spi", "i2c_arm")  # the MCP3008 is on SPI; the Sense HAT's sensors on I2C
-METER_ID = re.compile(r"m\d{4}")
 
 
 def enable_interfaces(config: bytes, params: tuple[str, ...] = INTERFACES) -> bytes:
@@ -181,7 +181,7 @@ def tls_broker(text: str) -> BrokerUrl:
 
 
 def meter_id_arg(text: str) -> str:
-    if not METER_ID.fullmatch(text):
+    if not METER_CN.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a meter id like m0001")
     return text
 
