@@ -9,6 +9,7 @@ from broker.runtime import Mosquitto, find_mosquitto, free_port
 from edge.meter import MeterNode
 from tests.helpers import Inbox, connected
 from tests.meter_helpers import RunningMeter
+from tests.rootfs_helpers import session_wheel
 
 
 @pytest.fixture
@@ -69,3 +70,9 @@ def run_meter(mosquitto):
     for r in running:
         if r.thread.is_alive():
             r.stop()
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+    """This project's wheel (flash-meter and server tests), built once per session."""
+    return session_wheel(tmp_path_factory)

@@ -17,7 +17,7 @@ from broker.runtime import free_port
 from deploy.cli import main
 from deploy.provision import community_genesis, provision
 from ledger.genesis import write_genesis
-from tests.test_flash import exposure, session_wheel, tree, verify_units
+from tests.rootfs_helpers import exposure, tree, verify_units
 
 NOW = 1_750_000_000_000
 PASSWD = """\
@@ -56,11 +56,6 @@ def make_community(base: Path, hosts: tuple[str, ...] = ()) -> Path:
     write_genesis(community, community_genesis(provided, 10_000, 200))
     (community / "validators/v0/ledger.db").write_bytes(b"runtime")  # a validator that ran here
     return community
-
-
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory) -> Path:
-    return session_wheel(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
