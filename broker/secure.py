@@ -25,8 +25,8 @@ CA_CERT, SERVER_CERT, SERVER_KEY, CRL = "ca.crt", "server.crt", "server.key", "c
 BRIDGE_CERT, BRIDGE_KEY = "bridge.crt", "bridge.key"
 PID_NAME = "mosquitto.pid"
 
-# Usernames are certificate CNs that the ACL spells by kind; one pattern each, so a
-# monitoring user can never be named like a meter or a validator.
+# Usernames are certificate CNs that the ACL spells by kind (deploy.bus refuses a name of
+# one kind that has the shape of another's).
 METER_CN = re.compile(r"m\d{4}")
 VALIDATOR_CN = re.compile(r"v\d{1,4}")
 NAME_CN = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -43,7 +43,10 @@ pattern read spb/v1/meters/%u/coe/#
 # witness answers on the requester's topic (§7); the CoE inside is signed, so a forged one is
 # only refused by the requester, and a meter still reads only its own answers.
 _METER_SHARED = """\
-topic write spb/v1/tx/#
+topic write spb/v1/tx/ctp
+topic write spb/v1/tx/erc
+topic write spb/v1/tx/cancel
+topic write spb/v1/tx/revoke
 topic write spb/v1/meters/+/coe/req
 topic write spb/v1/meters/+/coe/resp
 topic read spb/v1/meters/+/state
@@ -155,6 +158,8 @@ acl_file {config_dir / ACL_NAME}
     if settings.local_port is not None:
         parts.append(f"""
 # Development and local monitoring: plain MQTT on loopback, read-only for anonymous clients.
+# Client ids are global across listeners, so a local process could take over a certificate
+# holder's session from here: a development convenience, not for a production broker.
 listener {settings.local_port} 127.0.0.1
 allow_anonymous true
 acl_file {config_dir / LOCAL_ACL_NAME}

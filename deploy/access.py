@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
+import threading
 from pathlib import Path
 
 from broker import secure, topics
@@ -16,7 +18,7 @@ from deploy.bus import OPERATOR, add_bridge, broker_dir, read_revoked, refresh_b
 from deploy.provision import DEFAULT_VALID_DAYS
 
 REVOCATIONS = "revocations"
-PUBACK_TIMEOUT_S = 30
+TIMEOUT_S = 30
 
 
 def revoke_meter(root: Path, meter_id: str, now_ms: int) -> tuple[bytes, list[Path]]:
@@ -48,20 +50,32 @@ def _reload(pid_file: Path) -> bool:
         os.kill(pid, signal.SIGHUP)
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return False
+    except PermissionError:  # the broker runs as another user: the revocation must still go on
+        print(f"spb-deploy: not allowed to signal the broker of {pid_file}; reload it yourself "
+              "(systemctl reload spb-broker)", file=sys.stderr)
+        return False
     return True
 
 
 def publish_revocation(root: Path, message: bytes, url) -> None:
-    """Send the revocation to the ledger over the bus as the operator, and wait for the PUBACK."""
+    """Send the revocation to the ledger over the bus as the operator.
+
+    Done once the broker passed it on: the operator reads its own message back. A PUBACK
+    proves nothing, since Mosquitto acknowledges a publish its ACL denied.
+    """
     from broker.client import BusClient, TlsFiles  # paho only for the command that needs it
     tls = TlsFiles.in_dir(root / OPERATOR) if url.tls else None
+    echoed = threading.Event()
     client = BusClient(url.host, url.port, OPERATOR, clean_session=True, tls=tls)
+    client.subscribe(topics.TX_REVOKE, lambda _topic, payload, _retained: payload == message and echoed.set())
     client.connect()
     try:
-        info = client.publish(topics.TX_REVOKE, message)
-        if not client.wait_acked(info, PUBACK_TIMEOUT_S):
-            raise OSError(f"the broker at {url.host}:{url.port} did not take the revocation "
-                          f"within {PUBACK_TIMEOUT_S} s; run this again to resend it")
+        if not client.wait_connected(TIMEOUT_S):
+            raise OSError(f"cannot connect to {url.host}:{url.port} as {OPERATOR} within {TIMEOUT_S} s")
+        client.publish(topics.TX_REVOKE, message)
+        if not echoed.wait(TIMEOUT_S):
+            raise OSError(f"the broker at {url.host}:{url.port} did not pass the revocation on within {TIMEOUT_S} s: "
+                          "is it the community's TLS listener? Run this again to resend it")
     finally:
         client.close()
 

@@ -53,9 +53,10 @@ def ensure_bus(root: Path, meters: list[str], validators: list[int], now_ms: int
     monitor_names = sorted(set(monitors) | {p.name for p in (root / "monitoring").glob("*") if p.is_dir()}
                            or {DEFAULT_MONITOR})
     for name in monitor_names:
-        if not secure.NAME_CN.fullmatch(name) or name == OPERATOR or name.startswith("bridge-"):
+        if (not secure.NAME_CN.fullmatch(name) or name == OPERATOR or name.startswith("bridge-")
+                or secure.METER_CN.fullmatch(name) or secure.VALIDATOR_CN.fullmatch(name)):
             raise ValueError(f"monitoring user {name!r}: use lower-case letters, digits and '-', "
-                             "not 'operator' nor 'bridge-...'")
+                             "and no name shaped like a meter (m0001), a validator (v0), 'operator' or 'bridge-...'")
     clients = {mid: root / "meters" / mid for mid in meters if mid not in revoked}
     clients |= {f"v{i}": root / "validators" / f"v{i}" for i in validators}
     clients |= {name: secret_dir(secret_dir(root / "monitoring") / name) for name in monitor_names}

@@ -23,6 +23,7 @@ from broker.client import TlsFiles
 from broker.clock import wall_ms
 from broker.messages import open_message
 from broker.runtime import find_mosquitto, free_port
+from deploy import access
 from deploy.access import REVOCATIONS
 from deploy.cli import main as deploy_main
 from deploy.pki import Authority
@@ -176,15 +177,16 @@ def test_local_listener_is_read_only_for_anonymous_clients(broker, bus, make_cli
     assert wait_for(lambda: anonymous.inbox.payloads()) == [b"sentinel"]
 
 
-def test_revoked_meter_is_refused_and_its_revocation_reaches_the_ledger(broker, community, bus, capsys):
+def test_revoked_meter_is_refused_and_its_revocation_reaches_the_ledger(broker, community, bus, capsys, monkeypatch):
     """The ledger (validator v0's certificate) takes the revocation into a block; a monitor
     watches, since a second connection with v0's CN would take over the ledger's session."""
     ledger = RunningLedger(community, broker.port, tls=TlsFiles.in_dir(community / "validators/v0"))
     watcher = bus("monitoring/monitor", ("spb/v1/#",))
+    # The control first: a second connection with m0003's CN would take over the session below.
+    assert _handshake_as(broker, community, "meters/m0003") == CONNACK_OK
     revoked = bus("meters/m0003")
     publish_all(revoked, ["spb/v1/meters/m0003/state"], b"before")
     wait_for(lambda: b"before" in watcher.inbox.payloads())
-    assert _handshake_as(broker, community, "meters/m0003") == CONNACK_OK
 
     assert deploy_main(["revoke", str(community), "m0003", "--broker", f"mqtts://127.0.0.1:{broker.port}"]) == 0
     assert "re-read the CRL and ACL" in capsys.readouterr().out
@@ -194,6 +196,10 @@ def test_revoked_meter_is_refused_and_its_revocation_reaches_the_ledger(broker, 
     wait_for(lambda: revoked_pk in ledger.service.node.state.revoked, message="the revocation in a ledger block")
     ledger.stop()
 
+    # Sent to the read-only listener, the revocation is acknowledged but never passed on: an error.
+    monkeypatch.setattr(access, "TIMEOUT_S", 2)
+    assert deploy_main(["revoke", str(community), "m0003", "--broker", f"127.0.0.1:{broker.local_port}"]) == 1
+    assert "did not pass the revocation on" in capsys.readouterr().err
     # New connections with its certificate fail the handshake once Mosquitto has re-read the CRL
     # (the client sees an alert or just EOF, depending on timing)...
     refusal = wait_for(lambda: (r := _handshake_as(broker, community, "meters/m0003")) != CONNACK_OK and r)
@@ -237,3 +243,9 @@ def test_revoking_an_unknown_meter_changes_nothing(community, capsys):
     assert deploy_main(["revoke", str(community), "m0042"]) == 1
     assert "m0042: no such meter" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in community.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("name", ["v0", "m0005", "operator", "bridge-x", "Monitor"])
+def test_a_monitoring_user_cannot_be_named_like_another_kind(tmp_path, name):
+    with pytest.raises(ValueError, match="monitoring user"):
+        provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=wall_ms(), monitors=(name,))
