@@ -113,7 +113,7 @@ def test_a_meter_speaks_only_for_itself(bus):
     a = bus("meters/m0001")
     forged = [f"spb/v1/meters/m0002/{leaf}" for leaf in ("state", "birth", "reading")]
     forged += [f"spb/v1/status/{'ab' * 16}", "spb/v1/rejects", "spb/v1/ledger/state", "spb/v1/ledger/blocks",
-               "spb/v1/consensus/prepare", "spb/v1/meters/m0001/coe/other", "spb/v1/other"]
+               "spb/v1/consensus/prepare", "spb/v1/meters/m0001/coe/other", "spb/v1/other", "spb/v1/tx/other"]
     publish_all(a, forged)
     allowed = ["spb/v1/meters/m0001/reading", "spb/v1/tx/ctp", "spb/v1/meters/m0002/coe/req",
                "spb/v1/meters/m0002/coe/resp"]
