@@ -20,15 +20,33 @@ class BrokerUrl(NamedTuple):
     tls: bool
 
 
+def tcp_port(text: str) -> int:
+    """A TCP port, 1..65535."""
+    if not text.isdecimal() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
+    return int(text)
+
+
 def broker_url(text: str) -> BrokerUrl:
     """mqtts://HOST:PORT, mqtt://HOST:PORT or HOST:PORT (plain) of a broker."""
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "mqtt", text
     host, sep, port = rest.rpartition(":")
-    if scheme not in ("mqtt", "mqtts") or not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not mqtts://HOST:PORT or HOST:PORT")
-    return BrokerUrl(host.strip("[]"), int(port), scheme == "mqtts")
+    try:
+        if scheme not in ("mqtt", "mqtts") or not sep or not host:
+            raise argparse.ArgumentTypeError(text)
+        return BrokerUrl(host.strip("[]"), tcp_port(port), scheme == "mqtts")
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not mqtts://HOST:PORT or HOST:PORT") from None
+
+
+def tls_broker(text: str) -> BrokerUrl:
+    """HOST:PORT or mqtts://HOST:PORT of a broker's TLS listener (mqtt:// is refused)."""
+    url = broker_url(text)
+    if "://" in text and not url.tls:
+        raise argparse.ArgumentTypeError(f"{text!r}: this needs a TLS listener; give HOST:PORT or mqtts://HOST:PORT")
+    return url
 
 
 def parse_hex(text: object, size: int, what: str) -> bytes:

@@ -57,6 +57,19 @@ def write_file(path: Path, data: bytes, mode: int, replace: bool) -> bool:
     return True
 
 
+def write_public(path: Path, data: str | bytes) -> bool:
+    """write_file for a non-secret file (0644, replacing), skipped when the same bytes are
+    already there with that mode, so re-running provisioning leaves the tree as it was.
+    Whether it wrote."""
+    data = data.encode() if isinstance(data, str) else data
+    try:
+        if path.read_bytes() == data and (path.stat().st_mode & 0o777) == 0o644:
+            return False
+    except FileNotFoundError:
+        pass
+    return write_file(path, data, 0o644, replace=True)
+
+
 def secret_dir(path: Path) -> Path:
     """A dir holding seeds: 0700, tightened even if an earlier hand made it looser."""
     path.mkdir(mode=0o700, exist_ok=True)

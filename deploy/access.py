@@ -10,23 +10,24 @@ import threading
 from pathlib import Path
 
 from broker import secure, topics
-from broker.args import broker_url
+from broker.args import broker_url, tcp_port, tls_broker
 from broker.clock import wall_ms
 from broker.keys import KeyFileError, load_key, write_file
 from broker.messages import Revoke, open_message
-from deploy.bus import OPERATOR, add_bridge, broker_dir, read_revoked, refresh_bus, revoke
+from deploy.bus import OPERATOR, Revoked, add_bridge, bridged_dirs, broker_dir, meter_id_arg, refresh_bus, revoke
 from deploy.provision import DEFAULT_VALID_DAYS
 
 REVOCATIONS = "revocations"
 TIMEOUT_S = 30
 
 
-def revoke_meter(root: Path, meter_id: str, now_ms: int) -> tuple[bytes, list[Path]]:
+def revoke_meter(root: Path, meter_id: str, now_ms: int) -> tuple[Revoked, bytes, list[Path]]:
     """Revoke a meter everywhere it can be: CRL and ACL of every broker dir, a CA-signed
     `revoke` message for the ledger (kept in DIR/revocations/, so running this again sends
     the very same bytes), and a SIGHUP to each broker of DIR that is running.
 
-    Returns the message and the broker dirs whose Mosquitto re-read its CRL and ACL.
+    Returns the revocation, the message, and the broker dirs whose Mosquitto re-read its
+    CRL and ACL.
     """
     entry = revoke(root, meter_id, now_ms)
     refresh_bus(root, now_ms, DEFAULT_VALID_DAYS)
@@ -37,8 +38,8 @@ def revoke_meter(root: Path, meter_id: str, now_ms: int) -> tuple[bytes, list[Pa
         message = Revoke(meter=meter_id, pk=cert.pk, iss=bytes(ca.verify_key), t=entry.t).sign(ca)
         path.parent.mkdir(exist_ok=True)
         write_file(path, message, 0o644, replace=False)
-    homes = [broker_dir(root), *sorted(p.parent for p in root.glob(f"brokers/*/{secure.SETTINGS_NAME}"))]
-    return path.read_bytes(), [home for home in homes if _reload(home / "data" / secure.PID_NAME)]
+    homes = [broker_dir(root), *bridged_dirs(root)]
+    return entry, path.read_bytes(), [home for home in homes if _reload(home / "data" / secure.PID_NAME)]
 
 
 def _reload(pid_file: Path) -> bool:
@@ -85,7 +86,7 @@ def add_revoke(subparsers: argparse._SubParsersAction) -> None:
                               description="Add METER_ID to DIR/revoked.toml, rewrite the CRL and ACLs, "
                                           "signal running brokers of DIR, and sign a revocation for the ledger.")
     p.add_argument("dir", type=Path, metavar="DIR")
-    p.add_argument("meter", metavar="METER_ID")
+    p.add_argument("meter", type=meter_id_arg, metavar="METER_ID")
     p.add_argument("--broker", type=broker_url, metavar="URL",
                    help="also send the revocation to the ledger through this broker: mqtts://HOST:PORT "
                         "as DIR/operator, or HOST:PORT for plain MQTT (development)")
@@ -93,8 +94,7 @@ def add_revoke(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_revoke(args: argparse.Namespace) -> int:
-    message, reloaded = revoke_meter(args.dir, args.meter, wall_ms())
-    entry = read_revoked(args.dir)[args.meter]
+    entry, message, reloaded = revoke_meter(args.dir, args.meter, wall_ms())
     print(f"revoked    {args.meter} at {entry.t} (certificate serials {', '.join(entry.serials) or 'none'})")
     print(f"brokers    {', '.join(str(h) for h in reloaded) or 'none running here'} re-read the CRL and ACL")
     print(f"ledger     {args.dir / REVOCATIONS / (args.meter + '.cbor')}")
@@ -110,8 +110,8 @@ def add_bridge_command(subparsers: argparse._SubParsersAction) -> None:
                                           "ACL that bridges the whole topic tree to the main broker over TLS.")
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the main broker's TLS listener")
-    p.add_argument("--tls-port", type=int, default=secure.TLS_PORT, metavar="PORT",
+    p.add_argument("--to", type=tls_broker, required=True, metavar="HOST:PORT", help="the main broker's TLS listener")
+    p.add_argument("--tls-port", type=tcp_port, default=secure.TLS_PORT, metavar="PORT",
                    help=f"this broker's own TLS port (default {secure.TLS_PORT})")
     p.add_argument("--host", action="append", default=[], metavar="NAME",
                    help="a name or address meters reach this broker by (repeat; default localhost and loopback)")
@@ -119,10 +119,10 @@ def add_bridge_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_bridge(args: argparse.Namespace) -> int:
-    broker_url(args.to)  # the same HOST:PORT check as everywhere, before anything is written
-    add_bridge(args.dir, args.name, args.to, args.tls_port, tuple(args.host))
+    to = f"{args.to.host}:{args.to.port}"
+    add_bridge(args.dir, args.name, to, args.tls_port, tuple(args.host))
     refresh_bus(args.dir, wall_ms(), DEFAULT_VALID_DAYS)
-    print(f"broker     {broker_dir(args.dir, args.name)} bridged to {args.to}")
+    print(f"broker     {broker_dir(args.dir, args.name)} bridged to {to}")
     print(f"run        spb-broker run --config-dir {broker_dir(args.dir, args.name)}, and restart the main broker "
           "(its ACL now admits the bridge)")
     return 0

@@ -15,6 +15,7 @@ and configs always describe the community as it is. Layout:
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import tomllib
 from dataclasses import asdict, dataclass, replace
@@ -23,7 +24,7 @@ from pathlib import Path
 import tomli_w
 
 from broker import secure
-from broker.keys import secret_dir, write_file
+from broker.keys import secret_dir, write_public
 from deploy.pki import Authority, cert_serial
 
 CLIENT_CERT, CLIENT_KEY = "mqtt.crt", "mqtt.key"
@@ -42,6 +43,18 @@ class Revoked:
 
 def broker_dir(root: Path, name: str = "main") -> Path:
     return root / "broker" if name == "main" else root / "brokers" / name
+
+
+def bridged_dirs(root: Path) -> list[Path]:
+    """The dirs of every broker `spb-deploy bridge` added, by name."""
+    return sorted(p.parent for p in (root / "brokers").glob(f"*/{secure.SETTINGS_NAME}"))
+
+
+def meter_id_arg(text: str) -> str:
+    """An argparse type: a meter id, shaped like the CNs the ACL knows as meters."""
+    if not secure.METER_CN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a meter id like m0001")
+    return text
 
 
 def ensure_bus(root: Path, meters: list[str], validators: list[int], now_ms: int, valid_days: int,
@@ -110,8 +123,8 @@ def revoke(root: Path, meter_id: str, now_ms: int) -> Revoked:
     entry = Revoked(meter_id, now_ms, (f"{serial:x}",) if serial is not None else ())
     revoked[meter_id] = entry
     rows = [asdict(r) for r in sorted(revoked.values(), key=lambda r: r.id)]
-    write_file(root / REVOKED_NAME, ("# Meters refused by the brokers and the ledger (spb-deploy revoke).\n"
-                                     + tomli_w.dumps({"revoked": rows})).encode(), 0o644, replace=True)
+    write_public(root / REVOKED_NAME, "# Meters refused by the brokers and the ledger (spb-deploy revoke).\n"
+                 + tomli_w.dumps({"revoked": rows}))
     return entry
 
 
@@ -123,7 +136,7 @@ def read_revoked(root: Path) -> dict[str, Revoked]:
 
 def _client(ca: Authority, home: Path, cn: str, now: dt.datetime, days: int) -> None:
     ca.ensure_leaf(home / CLIENT_CERT, home / CLIENT_KEY, cn, now, days)
-    _copy_public(ca, home / secure.CA_CERT)
+    write_public(home / secure.CA_CERT, ca.cert_pem)
 
 
 def _broker_settings(root: Path, hosts: tuple[str, ...]) -> list[secure.BrokerSettings]:
@@ -132,35 +145,26 @@ def _broker_settings(root: Path, hosts: tuple[str, ...]) -> list[secure.BrokerSe
     if hosts or not main.hosts:
         main = replace(main, hosts=hosts or DEFAULT_HOSTS)
     _write_settings(broker_dir(root), main)
-    bridged = [secure.BrokerSettings.load(p.parent) for p in sorted((root / "brokers").glob(f"*/{secure.SETTINGS_NAME}"))]
-    return [main, *bridged]
+    return [main, *(secure.BrokerSettings.load(home) for home in bridged_dirs(root))]
 
 
 def _broker(ca: Authority, home: Path, settings: secure.BrokerSettings, ids: secure.Identities,
             serials: dict[int, dt.datetime], now: dt.datetime, days: int) -> None:
     secret_dir(home)
-    _copy_public(ca, home / secure.CA_CERT)
+    write_public(home / secure.CA_CERT, ca.cert_pem)
     ca.ensure_leaf(home / secure.SERVER_CERT, home / secure.SERVER_KEY, settings.hosts[0], now, days, settings.hosts)
     if settings.bridge_to:
         ca.ensure_leaf(home / secure.BRIDGE_CERT, home / secure.BRIDGE_KEY, f"bridge-{settings.name}", now, days)
     ca.write_crl(home / secure.CRL, serials, now)
     for name, text in ((secure.ACL_NAME, secure.acl(ids)), (secure.LOCAL_ACL_NAME, secure.local_acl()),
                        (secure.CONF_NAME, secure.mosquitto_conf(settings, home, home / "data"))):
-        _write_text(home / name, text)
+        write_public(home / name, text)
 
 
 def _write_settings(home: Path, settings: secure.BrokerSettings) -> None:
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items() if v is not None}
-    _write_text(home / secure.SETTINGS_NAME, "# This broker's settings; spb-deploy provision keeps them.\n"
-                + tomli_w.dumps(values))
+    write_public(home / secure.SETTINGS_NAME, "# This broker's settings; spb-deploy provision keeps them.\n"
+                 + tomli_w.dumps(values))
 
 
-def _copy_public(ca: Authority, path: Path) -> None:
-    _write_text(path, ca.cert_pem)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Rewrite a public file only when it changes, so a re-run leaves the tree as it was."""
-    if not path.exists() or path.read_text() != text:
-        write_file(path, text.encode(), 0o644, replace=True)
 

@@ -17,8 +17,8 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
-from broker.args import BrokerUrl, broker_url
-from broker.secure import METER_CN
+from broker.args import BrokerUrl, tls_broker
+from deploy.bus import meter_id_arg
 from deploy.rootfs import HARDENING, Install, RootfsError, RootTree, build_wheel, journald_limits
 
 USER = "spb-meter"
@@ -170,20 +170,6 @@ def _run(command: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RootfsError(f"{' '.join(command)}: {done.stderr.strip()}")
-
-
-def tls_broker(text: str) -> BrokerUrl:
-    """HOST:PORT or mqtts://HOST:PORT: meters reach the broker over TLS only."""
-    url = broker_url(text)
-    if "://" in text and not url.tls:
-        raise argparse.ArgumentTypeError(f"{text!r}: a meter connects with TLS; give HOST:PORT or mqtts://HOST:PORT")
-    return url
-
-
-def meter_id_arg(text: str) -> str:
-    if not METER_CN.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a meter id like m0001")
-    return text
 
 
 def add_flash_meter(subparsers: argparse._SubParsersAction) -> None:

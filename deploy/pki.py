@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker.keys import write_file
+from broker.keys import write_file, write_public
 
 CA_DAYS = 36_500  # the CA outlives every certificate it signs; meters are not re-flashed for it
 RENEW_DAYS = 30
@@ -92,7 +92,7 @@ class Authority:
                 x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
         if not self._crl_lists(path, set(serials)):
             crl = builder.sign(self.key, hashes.SHA256())
-            write_file(path, crl.public_bytes(serialization.Encoding.PEM), 0o644, replace=True)
+            write_public(path, crl.public_bytes(serialization.Encoding.PEM))
 
     def _crl_lists(self, path: Path, serials: set[int]) -> bool:
         """Whether the CRL at `path` is ours and lists exactly `serials` (then it is kept)."""
@@ -149,7 +149,7 @@ def _load_cert(path: Path) -> x509.Certificate | None:
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_file(path, cert.public_bytes(serialization.Encoding.PEM), 0o644, replace=True)
+    write_public(path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _general_name(host: str) -> x509.GeneralName:

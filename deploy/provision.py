@@ -16,7 +16,7 @@ from pathlib import Path
 import tomli_w
 from nacl.signing import SigningKey
 
-from broker.keys import fsync_dir, public_hex, secret_dir, write_file, write_new_key
+from broker.keys import fsync_dir, public_hex, secret_dir, write_new_key, write_public
 from broker.messages import DevCert, open_message
 from broker.reasons import Reject
 from deploy.bus import ensure_bus
@@ -137,7 +137,7 @@ def provision(root: Path, meters: int, accounts: int | None, validators: int, no
     account_list += [_loose_account(root, i) for i in range(n_meters + 1, n_accounts + 1)]
 
     community = Community(root, public_hex(ca), tuple(meter_list), tuple(account_list), tuple(validator_list))
-    _write_public(community.toml_path, _community_toml(community))
+    write_public(community.toml_path, _community_toml(community))
     ensure_bus(root, [m.id for m in meter_list], [v.index for v in validator_list], now_ms, valid_days,
                monitors, broker_hosts)
     return community
@@ -168,7 +168,7 @@ def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, now_ms: int,
     cert = _devcert(home / "devcert.cbor", mid, device, ca, now_ms, validity)
     meter = {"id": mid, "ca_pk": public_hex(ca), "device_pk": public_hex(device), "account_pk": account_pk,
              "validators": [v.pk for v in validators]}
-    _write_public(home / "meter.toml", _METER_HEADER.format(id=mid) + tomli_w.dumps(_without_none(meter)))
+    write_public(home / "meter.toml", _METER_HEADER.format(id=mid) + tomli_w.dumps(_without_none(meter)))
     return Meter(mid, public_hex(device), account_pk, cert.nbf, cert.exp)
 
 
@@ -186,7 +186,7 @@ def _devcert(path: Path, mid: str, device: SigningKey, ca: SigningKey, now_ms: i
             and opened.envelope.verifies(ca_pk)):
         return kept
     cert = DevCert(meter=mid, pk=device_pk, iss=ca_pk, nbf=validity[0], exp=validity[1])
-    _write_public(path, cert.sign(ca))
+    write_public(path, cert.sign(ca))
     return cert
 
 
@@ -244,8 +244,3 @@ def _community_toml(c: Community) -> str:
 def _without_none(d: dict) -> dict:
     """TOML has no null: an absent key means "none"."""
     return {k: v for k, v in d.items() if v is not None}
-
-
-def _write_public(path: Path, data: str | bytes) -> None:
-    """Write a non-secret file 0644 atomically: readers and crashes see the old or the new file."""
-    write_file(path, data.encode() if isinstance(data, str) else data, 0o644, replace=True)

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from broker import secure
+from broker.args import tcp_port
 from deploy.bus import broker_dir
 from deploy.rootfs import HARDENING, Install, RootfsError, RootTree, build_wheel, journald_limits
 from ledger.genesis import GENESIS_FILE
@@ -147,19 +148,13 @@ def setup_server(community: Path, root: Path, wheel: Path, port: int | None = No
     return tree
 
 
-def port_arg(text: str) -> int:
-    if not text.isdecimal() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
-    return int(text)
-
-
 def add_server(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("server", help="make a Debian host the community's broker and ledger",
                               description="Write community DIR's broker, ledger validators, users and units "
                                           "into the root tree PATH (e.g. /); re-running changes nothing.")
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("--root", type=Path, required=True, metavar="PATH")
-    p.add_argument("--broker-port", type=port_arg, metavar="PORT",
+    p.add_argument("--broker-port", type=tcp_port, metavar="PORT",
                    help="the TLS listener's port (default: DIR/broker/broker.toml's, 8883)")
     p.add_argument("--wheel", type=Path, metavar="FILE", help="this project's wheel (default: build one)")
     p.set_defaults(run=_run_server, expected=(OSError, RootfsError))
