@@ -108,6 +108,7 @@ class Broker(abc.ABC):
         self.host = host
         self.port: int | None = None
         self.data_dir: Path | None = None
+        self.local_port: int | None = None  # a read-only plain listener beside port (broker.secure)
 
     @property
     def url(self) -> str:

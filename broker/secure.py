@@ -194,6 +194,6 @@ def start_secure(config_dir: Path, port: int | None = None, local_port: int | No
         raise FileNotFoundError(f"{config_dir} lacks {', '.join(missing)}: run `spb-deploy provision` on the community")
     broker = Mosquitto(render=lambda tls_port, data: mosquitto_conf(settings, config_dir, data, tls_port))
     broker.scheme = "mqtts"
-    broker.local_port = settings.local_port  # the plain read-only listener, if any
+    broker.local_port = settings.local_port
     broker.start(settings.tls_port if port is None else port, data_dir or config_dir / "data")
     return broker
