@@ -18,8 +18,23 @@ from broker.cose import message_hash
 from broker.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Revoke, Status, shown
 from broker.reasons import Reject
 from broker.verify import Verifier
-from ledger.block import Block, Header, merkle_root, trade_bytes, trade_hash
+from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
 from ledger.state import HELD, REFUNDED, SETTLED, CtpRecord, LedgerState
+
+
+TX_KINDS = frozenset(topics.TX_TYPES.values())
+
+
+def replay(base: LedgerState, verifier: Verifier, t: int, inputs: tuple[Input, ...]) -> Draft:
+    """Decide a block's inputs again at its time t, as its proposer did, and finish it:
+    how a validator checks a proposal and how an audit checks the log."""
+    draft = Draft(base, verifier, t)
+    for i, (typ, raw) in enumerate(inputs):
+        if typ not in TX_KINDS:
+            raise BlockError(f"input {i} came on no transaction topic ({typ!r})")
+        draft.add(typ, raw)
+    draft.finish()
+    return draft
 
 
 class Output(NamedTuple):
@@ -43,8 +58,9 @@ class Draft:
         self.ctps: dict[bytes, CtpRecord] = {}  # new or changed records
         self.used_keys: dict[bytes, bytes] = {}
         self.revoked: dict[bytes, int] = {}  # device keys revoked by this draft -> revocation time
-        self.inputs: list[bytes] = []  # applied messages, in order
-        self.input_hashes: list[bytes] = []
+        self.inputs: list[Input] = []  # decided messages, applied or rejected, in order
+        self.reasons: list[str | None] = []  # per input: its reject reason, or None
+        self.known = len(base.ctps)  # records below this leaf exist before the draft
         self.trades: list[bytes] = []
         self.settled: list[bytes] = []  # the CTP id of each trade
         self.outputs: list[Output] = []
@@ -74,19 +90,21 @@ class Draft:
     # -- inputs --
 
     def add(self, typ: str, raw: bytes) -> str | None:
-        """Check and apply one message from spb/v1/tx/{typ}; returns the reject reason or None."""
+        """Decide one message from spb/v1/tx/{typ} as the block's next input; returns the
+        reject reason or None. Rejected messages are inputs too, so every validator
+        replaying the block reaches (and announces) the same rejections."""
         digest = message_hash(raw)
-        opened = None
+        opened = reason = None
         try:
             opened = self.verifier.verify(raw, self.t, expect=typ)
             {"ctp": self._ctp, "erc": self._erc, "cancel": self._cancel, "revoke": self._revoke}[typ](opened, digest)
         except Reject as exc:
             signed_ctp = opened.body if opened is not None and typ == "ctp" else None
             self._reject(digest, exc.reason, signed_ctp)
-            return exc.reason
-        self.inputs.append(raw)
-        self.input_hashes.append(digest)
-        return None
+            reason = exc.reason
+        self.inputs.append((typ, raw))
+        self.reasons.append(reason)
+        return reason
 
     def _ctp(self, opened: Opened, digest: bytes) -> None:
         ctp: Ctp = opened.body
@@ -105,7 +123,7 @@ class Draft:
         if self.balance(ctp.payer) < ctp.amount:
             raise Reject("insufficient-funds", f"{ctp.amount} asked, {self.balance(ctp.payer)} free")
         self._move(ctp.payer, -ctp.amount, +ctp.amount)
-        index = len(self.base.ctps) + self._new
+        index = self.known + self._new
         self._new += 1
         self._put(CtpRecord(ctp, opened.raw, digest, index, HELD, self.height, digest))
 
@@ -199,18 +217,18 @@ class Draft:
     def finish(self) -> Block | None:
         """Refund what expired by the block time, then build the block (unsealed).
 
-        None when nothing changed: rejected messages alone make no block, a revocation does.
+        None when nothing was decided and nothing expired.
         """
         for record in self.base.expiring(self.t):
             if self.record(record.ctp.id).state == HELD:
                 self._refund(record, b"")
-        if not (self.ctps or self.revoked):
+        if not (self.inputs or self.ctps):
             return None
         tree = self.base.tree  # changed in place; LedgerState.discard undoes it
         tree.set_leaves({record.index: record.leaf() for record in self.ctps.values()})
         header = Header(self.height, self.base.tip, self.t,
                         txs=merkle_root([trade_hash(trade) for trade in self.trades]),
-                        ctps=tree.root(), inputs=merkle_root(self.input_hashes))
+                        ctps=tree.root(), inputs=merkle_root([input_hash(*i) for i in self.inputs]))
         self.block = Block(header, tuple(self.trades), (), tuple(self.inputs))
         return self.block
 

@@ -60,7 +60,7 @@ class LedgerState:
         self.tree = MerkleTree()
         self._expiry: list[tuple[int, bytes]] = []  # (exp, id) of CTPs that were held; lazily cleaned
         # Hashes of rejected payer-signed CTPs -> their exp: a copy is `duplicate` until then.
-        # This validator's own memory, not consensus state: no block input was rejected.
+        # Consensus state: rejected messages are block inputs too (decision 0006).
         self.refused: dict[bytes, int] = {}
 
     @classmethod

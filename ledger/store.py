@@ -13,10 +13,9 @@ import sqlite3
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-from broker import topics
-from broker.cose import encode, load, message_hash
+from broker.cose import message_hash
 from broker.messages import open_message
-from ledger.block import Block
+from ledger.block import BLOCK_V, Block, decode_inputs, encode_inputs
 from ledger.draft import Draft
 from ledger.genesis import Genesis
 from ledger.state import CtpRecord, LedgerState
@@ -36,7 +35,8 @@ CREATE TABLE IF NOT EXISTS rejected(id BLOB PRIMARY KEY, reason TEXT NOT NULL, m
 CREATE TABLE IF NOT EXISTS refused(hash BLOB PRIMARY KEY, exp INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS refused_by_exp ON refused(exp);
 CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
-                                  payload BLOB NOT NULL, retain INTEGER NOT NULL);
+                                  payload BLOB NOT NULL, retain INTEGER NOT NULL,
+                                  height INTEGER NOT NULL, rank INTEGER NOT NULL);
 """
 
 
@@ -49,6 +49,8 @@ class Outgoing(NamedTuple):
     topic: str
     payload: bytes
     retain: bool
+    height: int = 0  # the block that announced it (0: not a block's output)
+    rank: int = 0  # 0: publish now; k > 0: a stand-in, published only if block `height` does not appear
 
 
 class LedgerStore:
@@ -75,15 +77,28 @@ class LedgerStore:
             raise StoreError(f"{self.path} is not a ledger database: {exc}") from None
         if row is None or row[0] != genesis.hash:
             raise StoreError(f"{self.path} belongs to another genesis")
+        if self.value("format") != BLOCK_V:
+            raise StoreError(f"{self.path} was written by an older ledger (block format {self.value('format') or 1}, "
+                             f"this one writes {BLOCK_V}): start a new ledger dir")
 
     def _adopt(self, genesis: Genesis) -> None:
         with self._transaction():
             if self.db.execute("SELECT 1 FROM meta WHERE key = 'genesis'").fetchone() is None:
                 self.db.execute("INSERT INTO meta VALUES ('genesis', ?)", (genesis.hash,))
+                self.db.execute("INSERT INTO meta VALUES ('format', ?)", (BLOCK_V,))
                 self.db.executemany("INSERT INTO accounts VALUES (?, ?, 0)", genesis.accounts)
 
     def close(self) -> None:
         self.db.close()
+
+    def value(self, key: str):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_value(self, key: str, value: bytes) -> None:
+        """A durable value, such as the validator's consensus votes (written before they are sent)."""
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def flag(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM meta WHERE key = ?", (f"flag:{name}",)).fetchone() is not None
@@ -115,17 +130,13 @@ class LedgerStore:
             raise StoreError(f"CTP row {digest.hex()} was altered: run `spb-ledger audit`")
         return open_message(raw, "ctp").body
 
-    def commit(self, draft: Draft, block: Block | None, outputs: list[tuple[str, bytes, bool]],
-               delivered: list[int]) -> list[Outgoing]:
-        """Write a draft's block (sealed) and outputs, forget the outbox rows in `delivered`;
-        returns the new outbox rows to publish, the block last."""
-        if block is not None:
-            chain = block.chain_bytes()
-            outputs = [*outputs, (topics.LEDGER_BLOCKS, chain, False)]
+    def commit(self, draft: Draft, block: Block, outputs: list[tuple[str, bytes, bool]], rank: int = 0,
+               delivered: list[int] = ()) -> list[Outgoing]:
+        """Write a sealed block, the state it leads to and its outputs (at `rank`, see
+        Outgoing), and forget the outbox rows in `delivered`; returns the new outbox rows."""
         with self._transaction():
             self._delete_outbox(delivered)
-            if block is not None:
-                self._write_block(draft, block, chain)
+            self._write_block(draft, block, block.chain_bytes())
             self.db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
                                 ((i, reason, msg, draft.t) for i, (reason, msg) in draft.ctp_rejects.items()))
             self.db.executemany("INSERT OR REPLACE INTO refused VALUES (?, ?)", draft.refused.items())
@@ -133,17 +144,17 @@ class LedgerStore:
             # Numbered after the highest seq ever used (AUTOINCREMENT's counter), never reused.
             row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
             first = (row[0] if row else 0) + 1
-            queued = [Outgoing(seq, *out) for seq, out in enumerate(outputs, first)]
-            self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?)", queued)
+            queued = [Outgoing(seq, *out, block.header.height, rank) for seq, out in enumerate(outputs, first)]
+            self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?)", queued)
         return queued
 
     def _write_block(self, draft: Draft, block: Block, chain: bytes) -> None:
         h = block.header
         self.db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                        (h.height, block.hash, h.t, chain, encode(list(block.inputs))))
+                        (h.height, block.hash, h.t, chain, encode_inputs(block.inputs)))
         self.db.executemany("UPDATE accounts SET balance = ?, held = ? WHERE pk = ?",
                             ((draft.balance(pk), draft.holding(pk), pk) for pk in {*draft.balances, *draft.held}))
-        known = len(draft.base.ctps)  # records below this leaf exist: only their state changed
+        known = draft.known  # records below this leaf existed: only their state changed
         self.db.executemany("INSERT INTO ctps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             ((r.ctp.id, r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk)
                              for r in draft.ctps.values() if r.index >= known))
@@ -165,8 +176,13 @@ class LedgerStore:
 
     def outbox(self) -> list[Outgoing]:
         """Everything announced but not yet acknowledged by the broker, in order."""
-        return [Outgoing(seq, topic, payload, bool(retain)) for seq, topic, payload, retain in
-                self.db.execute("SELECT seq, topic, payload, retain FROM outbox ORDER BY seq")]
+        return [Outgoing(seq, topic, payload, bool(retain), height, rank) for seq, topic, payload, retain, height, rank
+                in self.db.execute("SELECT seq, topic, payload, retain, height, rank FROM outbox ORDER BY seq")]
+
+    def drop_standby(self, height: int) -> None:
+        """Forget stand-in outputs (rank > 0) of blocks up to `height`: their publisher announced them."""
+        with self._transaction():
+            self.db.execute("DELETE FROM outbox WHERE rank > 0 AND height <= ?", (height,))
 
     # -- queries --
 
@@ -187,13 +203,13 @@ class LedgerStore:
 
     def block(self, height: int) -> Block | None:
         row = self.db.execute("SELECT chain, inputs FROM blocks WHERE height = ?", (height,)).fetchone()
-        return None if row is None else Block.from_chain_bytes(row[0], tuple(load(row[1])))
+        return None if row is None else Block.from_chain_bytes(row[0], decode_inputs(row[1]))
 
     def blocks(self) -> Iterator[tuple[tuple[int, bytes, int], Block]]:
         """Every block in height order, with its row's own (height, hash, t) columns."""
         for height, digest, t, chain, inputs in self.db.execute(
                 "SELECT height, hash, t, chain, inputs FROM blocks ORDER BY height"):
-            yield (height, digest, t), Block.from_chain_bytes(chain, tuple(load(inputs)))
+            yield (height, digest, t), Block.from_chain_bytes(chain, decode_inputs(inputs))
 
     def records(self) -> dict[bytes, tuple]:
         """Every CTP row, for audit's comparison with a replay."""

@@ -1,0 +1,519 @@
+"""One validator's consensus, sans-IO: QBFT rounds over the ledger's blocks (docs/CONSENSUS.md).
+
+A Replica is a pure function of (its state, a message or a tick, the time given): `submit`
+takes a transaction from the bus, `receive` a consensus message from a peer, `tick` lets
+timers fire, and each returns the actions for its adapter to carry out in order: persist
+the votes, send messages, write a decided block and acknowledge its inputs. No socket,
+thread, file or clock in here: ledger.service puts it on MQTT and SQLite, ledger.sim runs
+four of them in a simulated network from a seed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from nacl.signing import SigningKey
+
+from broker.cose import encode, load, message_hash
+from broker.reasons import Reject
+from broker.verify import Verifier
+from ledger import consensus as c
+from ledger.block import Block, BlockError, Header, Input, decode_inputs, encode_inputs, quorum, seal, seal_valid
+from ledger.draft import Draft, replay
+from ledger.state import LedgerState
+
+MAX_BACKOFF = 5  # round timeouts double up to round_ms * 32
+Key = tuple[str, bytes]  # (typ, message hash): what a transaction is, whoever forwarded it
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Consensus timing, ms. Not consensus state: validators may differ in these."""
+
+    block_ms: int = 200  # shortest time from one proposal to the next (the genesis' block_ms)
+    round_ms: int = 1000  # round 0's timeout after the block interval; round r waits round_ms * 2^r
+    max_skew_ms: int = 5000  # a fresh proposal's time may be this far ahead of ours
+    forward_ms: int = 2000  # a transaction pending this long is sent to the other validators
+    sync_ms: int = 500  # at most one catch-up request (and one answer per peer) this often
+    recent_ms: int = 120_000  # a decided transaction arriving again this soon is a broker copy
+    max_inputs: int = 4000  # per block
+    sync_blocks: int = 64  # per answer to a catch-up request
+
+
+class Send(NamedTuple):
+    payload: bytes
+    to: int | None = None  # None: every validator
+
+
+class Persist(NamedTuple):
+    votes: bytes  # write before the sends that follow it
+
+
+class Decided(NamedTuple):
+    block: Block  # sealed by a quorum
+    draft: Draft  # what it changed, already committed to the replica's state
+    proposer: int | None  # whose proposal it was; None for a block caught up from a peer
+
+
+class Ack(NamedTuple):
+    keys: list[Key]  # transactions decided (or already decided): acknowledge them
+
+
+Action = Send | Persist | Decided | Ack
+
+
+@dataclass
+class _Candidate:
+    header: Header
+    inputs: tuple[Input, ...]
+    raw: bytes  # c.block_bytes(...)
+
+
+class Replica:
+    def __init__(self, state: LedgerState, verifier: Verifier, index: int, key: SigningKey,
+                 chain: Callable[[int], Block | None], timing: Timing = Timing(), votes: bytes | None = None,
+                 now: int = 0):
+        self.state, self.verifier, self.index, self.key, self.chain = state, verifier, index, key, chain
+        self.timing = timing
+        self.validators = state.genesis.validators
+        self.n = len(self.validators)
+        self.q = quorum(self.n)
+        self.f = (self.n - 1) // 3
+        self.pool: OrderedDict[Key, list] = OrderedDict()  # key -> [typ, raw, next forward time]
+        self.next_forward: int | None = None  # the earliest forward time in the pool
+        self.recent: OrderedDict[Key, int] = OrderedDict()  # decided key -> when
+        self.future: list[c.Signed] = []  # messages for the next heights, kept for when we get there
+        self.last_proposal = -timing.block_ms  # when the last proposal was made or seen
+        self.sync_asked = -timing.sync_ms
+        self.sync_answered: dict[int, int] = {}
+        self.tail: dict[int, Block] = {}  # the last blocks decided, by height
+        self.out: list[Action] = []
+        self._height(now)
+        if votes:
+            self._restore(load(votes), now)
+        self._send(c.make(key, index, c.SYNC, self.h), None)  # a restarted validator asks what it missed
+
+    # -- the height's state --
+
+    def _height(self, now: int) -> None:
+        self.h = self.state.height + 1
+        self.round = 0
+        self.timer: int | None = None
+        self.accepted: tuple[int, bytes] | None = None  # (round, digest) we sent a PREPARE for
+        self.prepared: tuple[int, bytes, list[bytes]] | None = None  # (round, digest, its PREPAREs)
+        self.committed_in: set[int] = set()
+        self.proposed_in: set[int] = set()
+        self.candidates: dict[bytes, _Candidate] = {}
+        self.live: tuple[bytes, Draft] | None = None  # the replayed candidate whose tree changes are applied
+        self.prepares: dict[tuple[int, bytes], dict[int, bytes]] = {}
+        self.commits: dict[tuple[int, bytes], dict[int, bytes]] = {}  # seals
+        self.rcs: dict[int, dict[int, c.Signed]] = {}
+        self.behind_since: int | None = None  # when a message for the next height arrived
+
+    def votes(self) -> bytes:
+        """What must survive a crash so this validator never contradicts itself."""
+        accepted, prepared = self.accepted, self.prepared
+        block = self.candidates[prepared[1]].raw if prepared else b""
+        return encode({"h": self.h, "r": self.round, "acc": list(accepted) if accepted else [],
+                       "prep": [prepared[0], prepared[1], block, prepared[2]] if prepared else []})
+
+    def _restore(self, v: dict, now: int) -> None:
+        if v["h"] != self.h:
+            return  # about a height decided since
+        self.round, self.accepted = v["r"], tuple(v["acc"]) or None
+        if v["prep"]:
+            pr, d, block, cert = v["prep"]
+            self.candidates[d] = _Candidate(*c.parse_block(block), block)
+            self.prepared = (pr, d, cert)
+        self.timer = now + self._timeout(self.round)
+
+    # -- inputs --
+
+    def submit(self, typ: str, raw: bytes, now: int) -> list[Action]:
+        """A transaction from spb/v1/tx/{typ}."""
+        key = (typ, message_hash(raw))
+        if key in self.recent:
+            self.out.append(Ack([key]))
+        else:
+            self._pool(typ, raw, key, now)
+        return self._progress(now)
+
+    def _pool(self, typ: str, raw: bytes, key: Key, now: int) -> None:
+        if key not in self.pool:
+            self.pool[key] = [typ, raw, now + self.timing.forward_ms]
+            if self.next_forward is None:
+                self.next_forward = now + self.timing.forward_ms
+
+    def receive(self, payload: bytes, now: int) -> list[Action]:
+        """A message from spb/v1/consensus/...; malformed or forged ones change nothing."""
+        try:
+            message = c.open_signed(payload, self.validators)
+        except c.ConsensusError:
+            return self._progress(now)
+        self._handle(message, now)
+        return self._progress(now)
+
+    def tick(self, now: int) -> list[Action]:
+        return self._progress(now)
+
+    def deadline(self, now: int) -> int | None:
+        """When `tick` has something to do, if nothing arrives first."""
+        times = [t for t in (self.timer, self._propose_at(now)) if t is not None]
+        if self.next_forward is not None:
+            times.append(self.next_forward)
+        if self.behind_since is not None:
+            times.append(self.behind_since + self.timing.sync_ms)
+        exp = self.state.next_expiry()
+        if exp is not None and self.timer is None:
+            times.append(max(exp + 1, self.state.t + 1))
+        return min(times) if times else None
+
+    # -- the rounds --
+
+    def _progress(self, now: int) -> list[Action]:
+        if self.timer is not None and now >= self.timer:
+            self._round_change(self.round + 1, now)
+        if self.timer is None and self._work(now):
+            self.timer = max(now, self.last_proposal + self.timing.block_ms) + self._timeout(0)
+        at = self._propose_at(now)
+        if at is not None and now >= at:
+            self._propose(now)
+        if self.next_forward is not None and now >= self.next_forward:
+            self._forward(now)
+        if self.behind_since is not None and now >= self.behind_since + self.timing.sync_ms:
+            self.behind_since = now
+            self._ask_sync(now)
+        out, self.out = self.out, []
+        return out
+
+    def _work(self, now: int) -> bool:
+        exp = self.state.next_expiry()
+        return bool(self.pool) or (exp is not None and max(now, self.state.t + 1) > exp)
+
+    def _timeout(self, r: int) -> int:
+        return self.timing.round_ms << min(r, MAX_BACKOFF)
+
+    def proposer(self, h: int, r: int) -> int:
+        return (h + r) % self.n
+
+    def _propose_at(self, now: int) -> int | None:
+        r = self.round
+        if self.proposer(self.h, r) != self.index or r in self.proposed_in:
+            return None
+        if r == 0:
+            return max(now, self.last_proposal + self.timing.block_ms) if self._work(now) else None
+        rcs = self.rcs.get(r, {})
+        if len(rcs) < self.q or not (self._work(now) or any(m.pr >= 0 for m in rcs.values())):
+            return None
+        return now
+
+    def _propose(self, now: int) -> None:
+        r = self.round
+        justification = {}
+        if r > 0:
+            rcs = sorted(self.rcs[r].values(), key=lambda m: m.pr, reverse=True)[:self.q]
+            justification["rcs"] = [m.signed for m in rcs]
+            best = rcs[0]
+            if best.pr >= 0:  # a block may have been committed in an earlier round: propose it again
+                candidate = self.candidates[best.d]
+                justification["prepares"] = best.attachments["prepares"]
+                self._accept_proposal(r, best.d, candidate, now, justification)
+                return
+        self._live_draft(None)
+        draft = Draft(self.state, self.verifier, max(now, self.state.t + 1))
+        for typ, raw, _ in list(self.pool.values())[:self.timing.max_inputs]:
+            draft.add(typ, raw)
+        if draft.finish() is None:
+            return  # nothing to decide yet (an expiry not passed at t)
+        block = draft.block
+        candidate = _Candidate(block.header, block.inputs, c.block_bytes(block.header, block.inputs))
+        self.candidates[block.hash] = candidate
+        self.live = (block.hash, draft)
+        self._accept_proposal(r, block.hash, candidate, now, justification)
+
+    def _accept_proposal(self, r: int, d: bytes, candidate: _Candidate, now: int, justification: dict) -> None:
+        self.proposed_in.add(r)
+        self._broadcast(c.make(self.key, self.index, c.PROPOSAL, self.h, r, d, block=candidate.raw,
+                               **justification), now)
+
+    def _round_change(self, r: int, now: int) -> None:
+        """Leave for round r: tell everyone, with what we prepared so a committed block survives."""
+        self.round, self.timer = r, now + self._timeout(r)
+        self.out.append(Persist(self.votes()))
+        attachments = {}
+        pr, d = -1, b""
+        if self.prepared:
+            pr, d, cert = self.prepared
+            attachments = {"block": self.candidates[d].raw, "prepares": cert}
+        self._broadcast(c.make(self.key, self.index, c.ROUND_CHANGE, self.h, r, d, pr=pr, **attachments), now)
+
+    def _broadcast(self, message: c.Signed, now: int) -> None:
+        self._send(message, None)
+        self._handle(message, now)
+
+    def _send(self, message: c.Signed, to: int | None) -> None:
+        self.out.append(Send(c.wire(message), to))
+
+    # -- messages --
+
+    def _handle(self, m: c.Signed, now: int) -> None:
+        if m.kind in (c.TXS, c.SYNC, c.BLOCKS):
+            {c.TXS: self._on_txs, c.SYNC: self._on_sync, c.BLOCKS: self._on_blocks}[m.kind](m, now)
+            return
+        if m.h > self.h:
+            if m.h > self.h + 1:
+                self._ask_sync(now)  # missed a whole height
+            elif self.behind_since is None:
+                self.behind_since = now  # ask if we are still here after sync_ms
+            if m.h <= self.h + 2 and len(self.future) < 64 * self.n:
+                self.future.append(m)
+            return
+        if m.h < self.h:
+            if m.kind == c.ROUND_CHANGE:
+                self._answer_sync(m.sender, m.h, now)  # timing out on a height we decided: it is behind
+            return
+        if self.timer is None:
+            self.timer = now + self.timing.block_ms + self._timeout(self.round)  # someone has work
+        {c.PROPOSAL: self._on_proposal, c.PREPARE: self._on_prepare, c.COMMIT: self._on_commit,
+         c.ROUND_CHANGE: self._on_round_change}[m.kind](m, now)
+
+    def _on_proposal(self, m: c.Signed, now: int) -> None:
+        if m.sender != self.proposer(m.h, m.r):
+            return
+        try:
+            header, inputs = c.parse_block(m.attachments.get("block"))
+        except c.ConsensusError:
+            return
+        if header.hash != m.d or len(inputs) > self.timing.max_inputs:
+            return
+        if m.d not in self.candidates:
+            self.candidates[m.d] = _Candidate(header, inputs, m.attachments["block"])
+            self._check_decided(now)  # its commits may have come first
+            if m.h != self.h:
+                return
+        if m.r < self.round:
+            return
+        reproposed = False
+        if m.r > 0:
+            reproposed = self._justified(m)
+            if reproposed is None:
+                return
+        if m.r > self.round:
+            self._enter(m.r, now)
+        if self.accepted is not None and self.accepted[0] == m.r:
+            return  # one proposal per round
+        if not reproposed and header.t > now + self.timing.max_skew_ms:
+            return  # a block time from the future would expire CTPs early
+        if self._live_draft(m.d) is None:
+            return
+        self.accepted = (m.r, m.d)
+        self.last_proposal = now
+        self.out.append(Persist(self.votes()))
+        self._broadcast(c.make(self.key, self.index, c.PREPARE, self.h, m.r, m.d), now)
+        self._check_decided(now)
+
+    def _justified(self, m: c.Signed) -> bool | None:
+        """For a proposal in round r > 0: a quorum of round changes to r, and if any of them
+        prepared, the block of the highest one with a quorum of PREPAREs. True when the
+        proposal is such a prepared block, False when it may be any block, None if unjustified."""
+        rcs = {x.sender: x for x in c.signed_list(m.attachments.get("rcs"), self.validators, self.n)
+               if x.kind == c.ROUND_CHANGE and x.h == m.h and x.r == m.r}
+        if len(rcs) < self.q:
+            return None
+        best = max(rcs.values(), key=lambda x: x.pr)
+        if best.pr < 0:
+            return False
+        if best.d != m.d or not self._prepare_certificate(m.attachments.get("prepares"), m.h, best.pr, m.d):
+            return None
+        return True
+
+    def _prepare_certificate(self, raw: object, h: int, r: int, d: bytes) -> bool:
+        try:
+            prepares = c.signed_list(raw, self.validators, self.n)
+        except c.ConsensusError:
+            return False
+        return len({p.sender for p in prepares if (p.kind, p.h, p.r, p.d) == (c.PREPARE, h, r, d)}) >= self.q
+
+    def _live_draft(self, d: bytes | None) -> Draft | None:
+        """The replay of candidate d, made the live one (None: drop the live one). None if
+        the block is not valid on our state."""
+        if self.live is not None:
+            if self.live[0] == d:
+                return self.live[1]
+            self.state.discard(self.live[1])
+            self.live = None
+        if d is None:
+            return None
+        candidate = self.candidates[d]
+        header = candidate.header
+        if header.height != self.h or header.prev != self.state.tip or header.t <= self.state.t:
+            return None
+        try:
+            draft = replay(self.state, self.verifier, header.t, candidate.inputs)
+        except (BlockError, Reject, ValueError):
+            return None
+        if draft.block is None or draft.block.header != header:
+            if draft.block is not None:
+                self.state.discard(draft)
+            return None
+        self.live = (d, draft)
+        return draft
+
+    def _on_prepare(self, m: c.Signed, now: int) -> None:
+        self.prepares.setdefault((m.r, m.d), {})[m.sender] = m.signed
+        self._check_prepared(now)
+
+    def _check_prepared(self, now: int) -> None:
+        if self.accepted is None:
+            return
+        r, d = self.accepted
+        votes = self.prepares.get((r, d), {})
+        if r != self.round or r in self.committed_in or len(votes) < self.q:
+            return  # a round we left: our round change said we had not prepared in it
+        self.committed_in.add(r)
+        self.prepared = (r, d, list(votes.values())[:self.n])
+        self.out.append(Persist(self.votes()))
+        commit_seal = seal(self.candidates[d].header.encode(), self.key)
+        self._broadcast(c.make(self.key, self.index, c.COMMIT, self.h, r, d, seal=commit_seal), now)
+
+    def _on_commit(self, m: c.Signed, now: int) -> None:
+        self.commits.setdefault((m.r, m.d), {})[m.sender] = m.seal
+        self._check_decided(now)
+
+    def _check_decided(self, now: int) -> None:
+        for (r, d), seals in self.commits.items():
+            candidate = self.candidates.get(d)
+            if candidate is None or len(seals) < self.q:
+                continue
+            header = candidate.header.encode()
+            good = {(i, s) for i, s in seals.items() if seal_valid(header, i, s, self.validators)}
+            for i, s in set(seals.items()) - good:
+                del seals[i]  # a forged seal: that validator's real one may still come
+            if len(good) >= self.q:
+                self._decide(d, good, self.proposer(self.h, r), now)
+                return
+
+    def _decide(self, d: bytes, seals: set, proposer: int | None, now: int) -> None:
+        draft = self._live_draft(d)
+        if draft is None:
+            return  # sealed by a quorum yet not valid here: more than f are faulty; stay put
+        self.live = None
+        self.state.commit(draft)
+        block = draft.block.with_seals(seals)
+        keys = [(typ, message_hash(raw)) for typ, raw in block.inputs]
+        for key in keys:
+            self.pool.pop(key, None)
+            self.recent[key] = now
+        if not self.pool:
+            self.next_forward = None
+        while self.recent and next(iter(self.recent.values())) < now - self.timing.recent_ms:
+            self.recent.popitem(last=False)
+        self.out += [Decided(block, draft, proposer), Ack(keys)]
+        self.tail[block.header.height] = block  # until the adapter has written it
+        self.tail.pop(block.header.height - self.timing.sync_blocks, None)
+        self._height(now)
+        future, self.future = self.future, []
+        for m in future:
+            self._handle(m, now)
+
+    def _enter(self, r: int, now: int) -> None:
+        self.round, self.timer = r, now + self._timeout(r)
+
+    def _on_round_change(self, m: c.Signed, now: int) -> None:
+        if m.r == 0 or not self._valid_round_change(m):
+            return
+        self.rcs.setdefault(m.r, {})[m.sender] = m
+        if m.pr >= 0:
+            self.candidates.setdefault(m.d, _Candidate(*c.parse_block(m.attachments["block"]), m.attachments["block"]))
+        # f+1 validators are past our round: one of them is honest, so follow them
+        highest: dict[int, int] = {}
+        for r, by in self.rcs.items():
+            for sender in by:
+                highest[sender] = max(highest.get(sender, 0), r)
+        ahead = sorted((r for r in highest.values() if r > self.round), reverse=True)
+        if len(ahead) > self.f:
+            self._round_change(ahead[self.f], now)
+
+    def _valid_round_change(self, m: c.Signed) -> bool:
+        if m.pr < 0:
+            return m.d == b""
+        try:
+            header, _ = c.parse_block(m.attachments.get("block"))
+        except c.ConsensusError:
+            return False
+        return header.hash == m.d and self._prepare_certificate(m.attachments.get("prepares"), m.h, m.pr, m.d)
+
+    # -- transactions between validators, and catching up --
+
+    def _forward(self, now: int) -> None:
+        """Send transactions that waited forward_ms to everyone: the next proposer may lack them."""
+        due = [entry for entry in self.pool.values() if entry[2] <= now][:512]
+        for entry in due:
+            entry[2] = now + self.timing.forward_ms
+        self.next_forward = min((entry[2] for entry in self.pool.values()), default=None)
+        if not due:
+            return
+        raw = encode_inputs(tuple((typ, msg) for typ, msg, _ in due))
+        self._send(c.make(self.key, self.index, c.TXS, self.h, d=c.digest(raw), txs=raw), None)
+
+    def _on_txs(self, m: c.Signed, now: int) -> None:
+        raw = m.attachments.get("txs")
+        if m.sender == self.index or type(raw) is not bytes or c.digest(raw) != m.d:
+            return
+        try:
+            txs = decode_inputs(raw)
+        except BlockError:
+            return
+        for typ, msg in txs[:4096]:
+            key = (typ, message_hash(msg))
+            if key not in self.recent:
+                self._pool(typ, msg, key, now)
+
+    def _ask_sync(self, now: int) -> None:
+        if now - self.sync_asked >= self.timing.sync_ms:
+            self.sync_asked = now
+            self._send(c.make(self.key, self.index, c.SYNC, self.h), None)
+
+    def _on_sync(self, m: c.Signed, now: int) -> None:
+        if m.sender != self.index:
+            self._answer_sync(m.sender, m.h, now)
+
+    def _answer_sync(self, peer: int, h: int, now: int) -> None:
+        if h > self.state.height or now - self.sync_answered.get(peer, -self.timing.sync_ms) < self.timing.sync_ms:
+            return
+        self.sync_answered[peer] = now
+        blocks = []
+        for height in range(h, min(self.state.height, h + self.timing.sync_blocks - 1) + 1):
+            block = self.tail.get(height) or self.chain(height)
+            blocks.append([block.chain_bytes(), encode_inputs(block.inputs)])
+        raw = encode(blocks)
+        self._send(c.make(self.key, self.index, c.BLOCKS, h, d=c.digest(raw), blocks=raw), peer)
+
+    def _on_blocks(self, m: c.Signed, now: int) -> None:
+        """Blocks from a peer: each must follow our tip, carry a quorum of valid seals and
+        replay to its own header; the sender is not trusted for any of it."""
+        raw = m.attachments.get("blocks")
+        if type(raw) is not bytes or c.digest(raw) != m.d:
+            return
+        try:
+            items = c.load_list(raw, "blocks")
+        except c.ConsensusError:
+            return
+        for item in items[:self.timing.sync_blocks]:
+            try:
+                chain, inputs = item
+                block = Block.from_chain_bytes(chain, decode_inputs(inputs))
+            except (BlockError, TypeError, ValueError):
+                return
+            if block.header.height < self.h:
+                continue
+            if block.header.height > self.h or block.valid_seals(self.validators) < self.q:
+                return
+            self.candidates[block.hash] = _Candidate(block.header, block.inputs,
+                                                     c.block_bytes(block.header, block.inputs))
+            before = self.h
+            self._decide(block.hash, set(block.seals), None, now)
+            if self.h == before:
+                return

@@ -1,0 +1,355 @@
+"""Deterministic simulation of the validators' consensus: `python -m ledger.sim --seed N`.
+
+Four ledger.replica.Replica cores run in one simulated network driven by a seeded random
+generator: transactions reach each validator after random delays, consensus messages are
+delayed, dropped, duplicated and reordered, validators crash and restart from what they
+persisted, the network splits into partitions, clocks are skewed, and one validator is
+Byzantine: Twins (two instances with one key, each talking to some of the others), forged
+or replayed seals and messages, or silence. After every step the honest validators must
+agree on every height they both committed, keep balances + holds constant and settle no
+CTP twice; once the faults stop, every submitted transaction must be decided everywhere.
+The same seed replays the same run exactly: nothing here reads a clock or the OS' randomness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from broker.cose import encode, load, message_hash
+from broker.messages import open_message
+from broker.verify import Verifier
+from deploy.simulate import SimCommunity
+from ledger import consensus as c
+from ledger.block import Block, parse_trade
+from ledger.draft import replay
+from ledger.genesis import Genesis
+from ledger.replica import Decided, Persist, Replica, Send, Timing
+from ledger.state import LedgerState
+
+NOW = 1_800_000_000_000
+N = 4
+BYZANTINE = ("none", "twins", "forge", "silent")
+TIMING = Timing(block_ms=200, round_ms=1000, forward_ms=2000, sync_ms=500)
+
+
+class Violation(AssertionError):
+    """A safety or liveness property failed: the message names the seed's step."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    genesis: Genesis
+    keys: tuple  # validator signing keys
+    txs: tuple[tuple[str, bytes], ...]
+
+
+@lru_cache(maxsize=1)
+def workload() -> Workload:
+    """The same signed traffic for every seed (signing is the slow part): trades that
+    settle, one that expires, one cancelled, one short of funds, duplicates, junk."""
+    sim = SimCommunity(5, NOW, seed=b"spb-energy consensus simulation")
+    txs: list[tuple[str, bytes]] = []
+    for i in range(6):
+        ctp = sim.ctp(i % 5, (i + 1) % 5, 10 + i, 100 + i, exp=NOW + 25_000)
+        txs += [("ctp", ctp), ("erc", sim.erc(ctp))]
+    expiring = sim.ctp(1, 3, 40, 50, exp=NOW + 3_000)
+    cancelled = sim.ctp(2, 4, 30, 60, exp=NOW + 2_000)
+    poor = sim.ctp(3, 0, 5_000, 10, exp=NOW + 25_000)
+    twice = txs[0][1]
+    txs += [("ctp", expiring), ("ctp", cancelled), ("cancel", sim.cancel(cancelled, t=NOW + 2_500)),
+            ("ctp", poor), ("erc", sim.erc(twice, by=2)), ("erc", twice), ("cancel", b"\x00not cbor")]
+    return Workload(sim.genesis(1_000, validators=N), tuple(sim.validator_keys[:N]), tuple(txs))
+
+
+@dataclass
+class Node:
+    """One validator process: its replica (None while crashed) and what it persisted."""
+
+    index: int
+    skew: int
+    byzantine: bool = False
+    replica: Replica | None = None
+    chain: list[Block] = field(default_factory=list)
+    votes: bytes | None = None
+    tick_at: int | None = None
+    peers: frozenset[int] | None = None  # a twin talks only to these
+    checked: int = 0  # heights compared with the other honest validators'
+    settled: set = field(default_factory=set)  # CTP ids its chain settled
+    unacked: dict = field(default_factory=dict)  # the broker's copy of its unacknowledged transactions
+
+
+class Sim:
+    def __init__(self, seed: int, steps: int = 20_000):
+        self.seed, self.rng = seed, random.Random(seed)
+        rng = self.rng
+        self.w = workload()
+        self.t = NOW
+        self.events: list = []
+        self.seq = 0
+        self.steps_left = steps
+        self.heal_at = NOW + rng.randint(5_000, 25_000)
+        self.byzantine = rng.choice(BYZANTINE)
+        self.bad = rng.randrange(N) if self.byzantine != "none" else None
+        self.drop = rng.choice((0.0, 0.05, 0.2))
+        self.dup = rng.choice((0.0, 0.05, 0.2))
+        self.max_delay = rng.choice((5, 50, 400))
+        self.crashes = rng.randint(0, 3)
+        self.partitioned = rng.random() < 0.4
+        self.nodes = [Node(i, rng.randint(-1_000, 1_000)) for i in range(N)]
+        if self.bad is not None:
+            self.nodes[self.bad].byzantine = True
+            if self.byzantine == "twins":
+                twin = Node(self.bad, rng.randint(-1_000, 1_000), byzantine=True)
+                self.nodes.append(twin)
+                others = [i for i in range(N) if i != self.bad]
+                rng.shuffle(others)
+                cut = rng.randint(1, len(others) - 1)
+                self.nodes[self.bad].peers, twin.peers = frozenset(others[:cut]), frozenset(others[cut - 1:])
+        self.committed: dict[int, bytes] = {}  # height -> the block hash honest validators committed
+        self.captured: list[bytes] = []  # consensus traffic a forger replays
+        self.groups: list[frozenset[int]] | None = None  # the partition in force
+        for node in self.nodes:
+            if not (self.byzantine == "silent" and node.byzantine):
+                self._start(node)
+        for typ, raw in self.w.txs:
+            at = NOW + rng.randint(0, 10_000)
+            for node in self.nodes:
+                self._at(at + rng.randint(0, self.max_delay), ("tx", node, typ, raw))
+        for _ in range(self.crashes):
+            node = rng.choice(self.nodes)
+            down = NOW + rng.randint(0, 20_000)
+            self._at(down, ("crash", node))
+            self._at(down + rng.randint(100, 8_000), ("restart", node))
+        if self.partitioned:
+            self._at(rng.randint(NOW, self.heal_at), ("partition", self._split()))
+            self._at(self.heal_at, ("partition", None))
+
+    # -- the run --
+
+    def run(self, limit_ms: int = 300_000) -> int:
+        """Run until every honest validator decided every transaction; the steps taken."""
+        steps = 0
+        while self.events:
+            steps += 1
+            if steps > self.steps_left or self.t > NOW + limit_ms:
+                break
+            t, _, event = heapq.heappop(self.events)
+            self.t = max(self.t, t)
+            self._step(event)
+            self._check_safety()
+            if self.t > self.heal_at and self._done():
+                return steps
+        raise Violation(f"seed {self.seed}: liveness: after {steps} steps and {(self.t - NOW) / 1000:.1f} s "
+                        f"({self.describe()}) not every transaction is decided: {self._progress()}")
+
+    def describe(self) -> str:
+        return (f"byzantine {self.byzantine} v{self.bad}, drop {self.drop}, dup {self.dup}, delay <= "
+                f"{self.max_delay} ms, {self.crashes} crashes, partition {self.partitioned}, heal at "
+                f"{(self.heal_at - NOW) / 1000:.1f} s")
+
+    def _step(self, event: tuple) -> None:
+        kind, node = event[0], event[1]
+        if kind == "partition":
+            self.groups = node
+            return
+        if kind == "crash":
+            node.replica = None
+            return
+        if kind == "restart":
+            if node.replica is None and not (self.byzantine == "silent" and node.byzantine):
+                self._start(node)
+            return
+        if kind == "tx":
+            node.unacked[(event[2], message_hash(event[3]))] = event[3]
+        replica = node.replica
+        if replica is None:
+            return
+        now = self.t + node.skew
+        if kind == "tx":
+            actions = replica.submit(event[2], event[3], now)
+        elif kind == "msg":
+            actions = replica.receive(event[2], now)
+        else:  # tick
+            if node.tick_at != event[2]:
+                return
+            node.tick_at = None
+            actions = replica.tick(now)
+        self._act(node, actions)
+
+    def _start(self, node: Node) -> None:
+        """A (re)started validator: its state rebuilt from its persisted chain and votes."""
+        w = self.w
+        state, verifier = LedgerState(w.genesis), Verifier(cas=w.genesis.cas, validators=w.genesis.validators)
+        for block in node.chain:
+            state.commit(replay(state, verifier, block.header.t, block.inputs))
+        chain = node.chain
+        node.replica = Replica(state, verifier, node.index, w.keys[node.index],
+                               lambda h: chain[h - 1] if 0 < h <= len(chain) else None, TIMING, node.votes,
+                               self.t + node.skew)
+        node.tick_at = None
+        self._act(node, node.replica.tick(self.t + node.skew))
+        for (typ, _), raw in list(node.unacked.items()):  # the broker sends what was never acknowledged
+            self._at(self.t + self.rng.randint(1, self.max_delay), ("tx", node, typ, raw))
+
+    def _act(self, node: Node, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Persist):
+                node.votes = action.votes
+            elif isinstance(action, Decided):
+                node.chain.append(action.block)
+                assert action.block.header.height == len(node.chain)
+            elif isinstance(action, Send):
+                self._send(node, action)
+            else:
+                for key in action.keys:
+                    node.unacked.pop(key, None)
+        deadline = node.replica.deadline(self.t + node.skew) if node.replica else None
+        if deadline is not None:
+            at = max(self.t, deadline - node.skew)
+            if node.tick_at is None or at < node.tick_at:
+                node.tick_at = at
+                self._at(at, ("tick", node, at))
+
+    def _send(self, sender: Node, action: Send) -> None:
+        payloads = [action.payload]
+        if sender.byzantine and self.byzantine == "forge":
+            payloads = self._forge(sender, action.payload)
+        for payload in payloads:
+            for node in self.nodes:
+                if node is sender or (action.to is not None and node.index != action.to):
+                    continue
+                if sender.peers is not None and node.index not in sender.peers:
+                    continue
+                if self._lost(sender, node):
+                    continue
+                for _ in range(2 if self.rng.random() < self._faulty(self.dup) else 1):
+                    self._at(self.t + self.rng.randint(1, self.max_delay), ("msg", node, payload))
+
+    def _lost(self, a: Node, b: Node) -> bool:
+        if self.groups is not None and not any(a.index in g and b.index in g for g in self.groups):
+            return True
+        return self.rng.random() < self._faulty(self.drop)
+
+    def _faulty(self, p: float) -> float:
+        return p if self.t < self.heal_at else 0.0
+
+    def _split(self) -> list[frozenset[int]]:
+        order = list(range(N))
+        self.rng.shuffle(order)
+        cut = self.rng.randint(1, N - 1)
+        return [frozenset(order[:cut]), frozenset(order[cut:])]
+
+    def _forge(self, sender: Node, payload: bytes) -> list[bytes]:
+        """A Byzantine validator's versions of what it sends: forged seals on its commits,
+        foreign seals on the blocks it serves, replays of old traffic, junk."""
+        rng, key = self.rng, self.w.keys[sender.index]
+        self.captured.append(payload)
+        out = [payload]
+        m = c.open_signed(payload, self.w.genesis.validators)
+        if m.kind == c.COMMIT:
+            fake_seal = rng.choice([bytes(64), key.sign(b"another header").signature, m.seal[::-1]])
+            out = [c.wire(c.make(key, m.sender, c.COMMIT, m.h, m.r, m.d, seal=fake_seal))]
+        elif m.kind == c.BLOCKS:
+            items = load(m.attachments["blocks"])
+            forged = []
+            for chain, inputs in items:
+                block = Block.from_chain_bytes(chain)
+                seals = [(i, block.seals[0][1]) for i in range(N)]  # one validator's seal under every index
+                forged.append([block.with_seals(seals).chain_bytes(), inputs])
+            raw = encode(forged)
+            out.append(c.wire(c.make(key, m.sender, c.BLOCKS, m.h, d=c.digest(raw), blocks=raw)))
+        if rng.random() < 0.3 and len(self.captured) > 1:
+            out.append(rng.choice(self.captured))
+        if rng.random() < 0.1:
+            out.append(bytes(rng.randrange(256) for _ in range(rng.randint(0, 40))))
+        return out
+
+    def _at(self, t: int, event: tuple) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, self.seq, event))
+
+    # -- the properties --
+
+    def honest(self) -> list[Node]:
+        return [n for n in self.nodes if not n.byzantine]
+
+    def _check_safety(self) -> None:
+        for node in self.honest():
+            for height in range(node.checked + 1, len(node.chain) + 1):
+                block = node.chain[height - 1]
+                for trade in block.trades:
+                    ctp_id = open_message(parse_trade(trade)[0], "ctp").body.id
+                    if ctp_id in node.settled:
+                        raise Violation(f"seed {self.seed}: v{node.index} settles CTP {ctp_id.hex()} twice")
+                    node.settled.add(ctp_id)
+                digest = block.hash
+                seen = self.committed.setdefault(height, digest)
+                if seen != digest:
+                    raise Violation(f"seed {self.seed}: fork at height {height}: v{node.index} committed "
+                                    f"{digest.hex()[:16]}, another honest validator {seen.hex()[:16]}")
+            node.checked = len(node.chain)
+            state = node.replica.state if node.replica else None
+            if state is not None and state.total() != state.genesis.total:
+                raise Violation(f"seed {self.seed}: v{node.index} holds {state.total()} units, "
+                                f"the genesis {state.genesis.total}")
+
+    def _done(self) -> bool:
+        want = {(typ, message_hash(raw)) for typ, raw in self.w.txs}
+        for node in self.honest():
+            if node.replica is None:
+                return False
+            decided = {(typ, message_hash(raw)) for block in node.chain for typ, raw in block.inputs}
+            if not want <= decided:
+                return False
+        heights = {len(n.chain) for n in self.honest()}
+        return len(heights) == 1
+
+    def _progress(self) -> str:
+        return ", ".join(f"v{n.index} height {len(n.chain)} round {n.replica.round if n.replica else '-'}"
+                         for n in self.honest())
+
+    def final_checks(self) -> None:
+        """At the end: each honest chain is sealed by a quorum, as anyone can check offline."""
+        for node in self.honest():
+            for block in node.chain:
+                if block.valid_seals(self.w.genesis.validators) < node.replica.q:
+                    raise Violation(f"seed {self.seed}: v{node.index} block {block.header.height} lacks a quorum")
+
+
+def run_seed(seed: int) -> tuple[int, int]:
+    """(steps, final height) of one seed; Violation if a property fails."""
+    sim = Sim(seed)
+    steps = sim.run()
+    sim.final_checks()
+    return steps, len(sim.honest()[0].chain)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ledger.sim", description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=None, help="run this seed (default: --seeds from 0)")
+    parser.add_argument("--seeds", type=int, default=100, metavar="N")
+    parser.add_argument("--first", type=int, default=0, metavar="S")
+    args = parser.parse_args(argv)
+    seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
+    failed = 0
+    for seed in seeds:
+        try:
+            steps, height = run_seed(seed)
+        except Violation as exc:
+            failed += 1
+            print(f"FAIL {exc}")
+            continue
+        if args.seed is not None:
+            print(f"seed {seed} ok: {Sim(seed).describe()}; {steps} steps, height {height}")
+    if args.seed is None:
+        print(f"{len(seeds) - failed} of {len(seeds)} seeds ok")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
