@@ -1,12 +1,12 @@
 # spb-energy: `make demo` runs a community on this machine, `make test` runs every test,
-# `make bench` prints the benchmarks. Each sets up .venv first.
+# `make bench` prints the benchmarks, `make sim` runs the consensus simulation. Each sets up .venv first.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench venv mosquitto clean
+.PHONY: demo test bench sim venv mosquitto clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,12 @@ bench: venv mosquitto
 	$(BIN)/python bench/spb_paper.py
 	$(BIN)/python bench/saturation.py
 	$(BIN)/python bench/meter.py
+
+# The consensus simulation: `make sim SEED=n` replays one seed exactly, `make sim` runs SEEDS from FIRST.
+SEEDS ?= 500
+FIRST ?= 0
+sim: venv
+	$(BIN)/python -m ledger.sim $(if $(SEED),--seed $(SEED),--seeds $(SEEDS) --first $(FIRST))
 
 clean:
 	rm -rf $(VENV) demo-community .pytest_cache .hypothesis

@@ -113,7 +113,7 @@ class LedgerProcess:
         def on_state(topic: str, payload: bytes, retained: bool) -> None:
             if payload.startswith(b"online"):
                 self.online.set()
-        watcher.subscribe(topics.LEDGER_STATE, on_state)
+        watcher.subscribe(topics.LEDGER_STATE_ALL, on_state)
         watcher.connect()
         wait(self.online, 30, "the ledger to come online", self)
 

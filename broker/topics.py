@@ -9,9 +9,10 @@ TX_CANCEL = f"{ROOT}/tx/cancel"
 TX_REVOKE = f"{ROOT}/tx/revoke"  # an extension of v1: docs/decisions/0004-revocation.md
 TX_ALL = f"{ROOT}/tx/+"
 REJECTS = f"{ROOT}/rejects"
-LEDGER_STATE = f"{ROOT}/ledger/state"
+LEDGER_STATE_ALL = f"{ROOT}/ledger/state/+"  # one retained state per validator: decision 0006
 LEDGER_BLOCKS = f"{ROOT}/ledger/blocks"
 CONSENSUS = f"{ROOT}/consensus"
+CONSENSUS_ALL = f"{CONSENSUS}/all"  # to every validator
 STATUS_ALL = f"{ROOT}/status/+"
 METERS_ALL = f"{ROOT}/meters/#"
 
@@ -21,6 +22,16 @@ OFFLINE = b"offline"
 # Which body typ each transaction topic carries (a receiver checks typ against it, §1).
 TX_TYPES = {TX_CTP: "ctp", TX_ERC: "erc", TX_CANCEL: "cancel", TX_REVOKE: "revoke"}
 METER_TYPES = {"birth": "birth", "reading": "reading", "coe/req": "coereq", "coe/resp": "coe"}
+
+
+def ledger_state(validator: int) -> str:
+    """Validator I's retained `online <height>` / `offline [<height>]` (its will)."""
+    return f"{ROOT}/ledger/state/v{validator}"
+
+
+def consensus_to(validator: int) -> str:
+    """Consensus messages for validator I alone (blocks for catching up)."""
+    return f"{CONSENSUS}/v{validator}"
 
 
 def meter(meter_id: str, leaf: str) -> str:

@@ -152,7 +152,7 @@ def run_demo(args: argparse.Namespace) -> int:
         watch = LedgerWatch(console, Verifier(cas=ca, validators=validators))
         watcher = BusClient("127.0.0.1", port, client_id="demo-monitor", clean_session=True)
         watcher.subscribe(topics.METERS_ALL, monitor.on_message)
-        for topic in (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE, topics.LEDGER_BLOCKS):
+        for topic in (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE_ALL, topics.LEDGER_BLOCKS):
             watcher.subscribe(topic, watch.on_message)
         watcher.connect()
         try:

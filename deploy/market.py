@@ -51,7 +51,7 @@ class LedgerWatch:
             self.changed.notify_all()
 
     def _show(self, topic: str, payload: bytes) -> None:
-        if topic == topics.LEDGER_STATE:
+        if topic == topics.LEDGER_STATE_ALL:
             self.ledger = payload.decode(errors="replace")
             self.console.print(f"[magenta]◆ ledger   state    {self.ledger}[/]")
         elif topic == topics.LEDGER_BLOCKS:

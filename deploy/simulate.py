@@ -88,11 +88,12 @@ class SimCommunity:
         accounts = {pk(h.account): balance for h in self.households}
         return Genesis.build([pk(self.ca)], accounts, [pk(k) for k in self.validator_keys[:validators]], block_ms)
 
-    def ledger_dir(self, root: Path, balance: int, block_ms: int = 200) -> Path:
-        """A ledger dir for `spb-ledger run`: this community's genesis and validator 0's key."""
-        write_genesis(root, self.genesis(balance, block_ms=block_ms))
-        key = (bytes(self.validator_keys[0]).hex() + "\n").encode()
-        write_file(secret_validator_dir(root, 0) / "validator.key", key, 0o600, replace=True)
+    def ledger_dir(self, root: Path, balance: int, block_ms: int = 200, validators: int = 1) -> Path:
+        """A ledger dir for `spb-ledger run`: this community's genesis and its validators' keys."""
+        write_genesis(root, self.genesis(balance, validators, block_ms))
+        for i in range(validators):
+            key = (bytes(self.validator_keys[i]).hex() + "\n").encode()
+            write_file(secret_validator_dir(root, i) / "validator.key", key, 0o600, replace=True)
         return root
 
     def new_batch(self, household: Household, number: int) -> KeyBatch:

@@ -1,7 +1,7 @@
 """`spb-ledger`: the ledger's command line.
 
-`init` writes a genesis, `run` is a validator on the bus, `balance`, `show`, `audit` and
-`proof` read a validator's database (also while it runs), `check-proof` needs only the
+`init` writes a genesis, `run` is a validator on the bus, `balance`, `show`, `head`, `audit`
+and `proof` read a validator's database (also while it runs), `check-proof` needs only the
 genesis. `verify` is the operator's "why was this rejected?" tool: it runs exactly the
 stateless checks a validator runs and prints the §4 reason code.
 """
@@ -184,6 +184,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_head(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    height, digest, ctp_root = store.head()
+    print(f"height {height} hash {digest.hex()} ctp-root {ctp_root.hex()}")
+    return 0
+
+
 def cmd_proof(args: argparse.Namespace) -> int:
     print(json.dumps(make_proof(_open_store(args), args.ctp), indent=1))
     return 0
@@ -226,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("balance", "print `balance <units> held <units>` of an account", "account", _key_arg),
             ("show", "state, block height and reason of a CTP", "ctp", _ctp_id_arg),
             ("proof", "JSON inclusion proof of a settled CTP, checkable offline", "ctp", _ctp_id_arg),
-            ("audit", "replay every block and check hashes, roots, signatures and invariants", None, None)):
+            ("audit", "replay every block and check hashes, roots, seals, signatures and invariants", None, None),
+            ("head", "print `height <n> hash <hex> ctp-root <hex>` of the last committed block", None, None)):
         query = sub.add_parser(name, help=help_text)
         query.add_argument("dir", type=Path, metavar="DIR")
         if arg is not None:

@@ -1,6 +1,6 @@
-"""One validator without a bus: its state, database and verifier, deciding batches of
-transactions into blocks. LedgerService puts it on MQTT; benchmarks and tests drive it
-directly."""
+"""One validator's durable half: its state, database and verifier, and how a decided block
+is written. LedgerService puts it on MQTT around a consensus Replica; `decide` makes a
+block alone, without consensus, for tests and the core benchmark of a single validator."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from broker.messages import Status
 from broker.verify import Verifier
 from ledger.block import Block
 from ledger.draft import Draft
+from ledger.replica import Replica, Timing
 from ledger.store import LedgerStore, Outgoing
 from ledger.validator import ValidatorIdentity
+
+VOTES = "votes"  # store value: the replica's votes at its current height
 
 
 class Decided(NamedTuple):
@@ -29,9 +32,25 @@ class LedgerNode:
         self.state = self.store.load()
         self.verifier = Verifier(cas=genesis.cas, validators=genesis.validators)
 
+    def replica(self, timing: Timing, now: int, mono: int) -> Replica:
+        """This validator's consensus, on its state, from the votes it persisted."""
+        return Replica(self.state, self.verifier, self.identity.index, self.identity.key, self.store.block, timing,
+                       self.store.value(VOTES), now, mono)
+
+    def write(self, draft: Draft, block: Block, proposer: int | None, delivered: list[int] = ()) -> list[Outgoing]:
+        """Persist a decided block with what it announces: its statuses, rejects and the block
+        itself, ranked by how far this validator is after the proposer in rotation (rank 0
+        publishes; the others stand in, see ledger.service). A block caught up from a peer
+        was announced by others: it announces nothing here."""
+        outputs, rank = [], 0
+        if proposer is not None:
+            outputs = [*draft.signed_outputs(self.identity.key), (topics.LEDGER_BLOCKS, block.chain_bytes(), False)]
+            rank = (self.identity.index - proposer) % len(self.identity.genesis.validators)
+        return self.store.commit(draft, block, outputs, rank, delivered)
+
     def decide(self, batch: list[tuple[str, bytes]], now: int, delivered: list[int] = ()) -> Decided:
-        """One block at time max(now, tip + 1) from (typ, message bytes) pairs, written to disk
-        with its outbox; `delivered` are outbox rows the broker acknowledged since.
+        """One block at time max(now, tip + 1) from (typ, message bytes) pairs, made and
+        sealed by this validator alone (a one-validator genesis), written to disk.
 
         A message that is in the batch twice on one topic is a redelivery: decided once,
         silently.
@@ -43,10 +62,10 @@ class LedgerNode:
             reasons.append(draft.add(*delivery) if delivery not in seen else None)
             seen.add(delivery)
         block = draft.finish()
-        key = self.identity.key
-        if block is not None:
-            block = block.sealed(self.identity.index, key)
-        queued = self.store.commit(draft, block, draft.signed_outputs(key), list(delivered))
+        if block is None:
+            return Decided(None, [], reasons)
+        block = block.sealed(self.identity.index, self.identity.key)
+        queued = self.write(draft, block, self.identity.index, list(delivered))
         self.state.commit(draft)
         return Decided(block, queued, reasons)
 

@@ -74,7 +74,7 @@ class _Candidate:
 class Replica:
     def __init__(self, state: LedgerState, verifier: Verifier, index: int, key: SigningKey,
                  chain: Callable[[int], Block | None], timing: Timing = Timing(), votes: bytes | None = None,
-                 now: int = 0):
+                 now: int = 0, mono: int | None = None):
         self.state, self.verifier, self.index, self.key, self.chain = state, verifier, index, key, chain
         self.timing = timing
         self.validators = state.genesis.validators
@@ -90,10 +90,12 @@ class Replica:
         self.sync_answered: dict[int, int] = {}
         self.tail: dict[int, Block] = {}  # the last blocks decided, by height
         self.out: list[Action] = []
+        now = self._clocks(now, mono)
         self._height(now)
         if votes:
             self._restore(load(votes), now)
-        self._send(c.make(key, index, c.SYNC, self.h), None)  # a restarted validator asks what it missed
+        if self.n > 1:
+            self._send(c.make(key, index, c.SYNC, self.h), None)  # a restarted validator asks what it missed
 
     # -- the height's state --
 
@@ -131,8 +133,14 @@ class Replica:
 
     # -- inputs --
 
-    def submit(self, typ: str, raw: bytes, now: int) -> list[Action]:
-        """A transaction from spb/v1/tx/{typ}."""
+    def submit(self, typ: str, raw: bytes, now: int, mono: int | None = None) -> list[Action]:
+        """A transaction from spb/v1/tx/{typ}.
+
+        Every entry point takes `now`, the wall clock in ms (block times, expiries), and
+        `mono`, a monotonic clock in ms for timers (default: `now`), so a clock that jumps or
+        a test's frozen clock moves no timer.
+        """
+        now = self._clocks(now, mono)
         key = (typ, message_hash(raw))
         if key in self.recent:
             self.out.append(Ack([key]))
@@ -146,8 +154,9 @@ class Replica:
             if self.next_forward is None:
                 self.next_forward = now + self.timing.forward_ms
 
-    def receive(self, payload: bytes, now: int) -> list[Action]:
+    def receive(self, payload: bytes, now: int, mono: int | None = None) -> list[Action]:
         """A message from spb/v1/consensus/...; malformed or forged ones change nothing."""
+        now = self._clocks(now, mono)
         try:
             message = c.open_signed(payload, self.validators)
         except c.ConsensusError:
@@ -155,11 +164,17 @@ class Replica:
         self._handle(message, now)
         return self._progress(now)
 
-    def tick(self, now: int) -> list[Action]:
-        return self._progress(now)
+    def tick(self, now: int, mono: int | None = None) -> list[Action]:
+        return self._progress(self._clocks(now, mono))
 
-    def deadline(self, now: int) -> int | None:
-        """When `tick` has something to do, if nothing arrives first."""
+    def _clocks(self, now: int, mono: int | None) -> int:
+        """Keep the wall clock for block times; the rest of the replica runs on `mono`."""
+        self.wall = now
+        return now if mono is None else mono
+
+    def deadline(self, now: int, mono: int | None = None) -> int | None:
+        """When (on `mono`) `tick` has something to do, if nothing arrives first."""
+        now = self._clocks(now, mono)
         times = [t for t in (self.timer, self._propose_at(now)) if t is not None]
         if self.next_forward is not None:
             times.append(self.next_forward)
@@ -167,7 +182,7 @@ class Replica:
             times.append(self.behind_since + self.timing.sync_ms)
         exp = self.state.next_expiry()
         if exp is not None and self.timer is None:
-            times.append(max(exp + 1, self.state.t + 1))
+            times.append(now + max(exp + 1, self.state.t + 1) - self.wall)
         return min(times) if times else None
 
     # -- the rounds --
@@ -190,7 +205,7 @@ class Replica:
 
     def _work(self, now: int) -> bool:
         exp = self.state.next_expiry()
-        return bool(self.pool) or (exp is not None and max(now, self.state.t + 1) > exp)
+        return bool(self.pool) or (exp is not None and max(self.wall, self.state.t + 1) > exp)
 
     def _timeout(self, r: int) -> int:
         return self.timing.round_ms << min(r, MAX_BACKOFF)
@@ -222,7 +237,7 @@ class Replica:
                 self._accept_proposal(r, best.d, candidate, now, justification)
                 return
         self._live_draft(None)
-        draft = Draft(self.state, self.verifier, max(now, self.state.t + 1))
+        draft = Draft(self.state, self.verifier, max(self.wall, self.state.t + 1))
         for typ, raw, _ in list(self.pool.values())[:self.timing.max_inputs]:
             draft.add(typ, raw)
         if draft.finish() is None:
@@ -304,7 +319,7 @@ class Replica:
             self._enter(m.r, now)
         if self.accepted is not None and self.accepted[0] == m.r:
             return  # one proposal per round
-        if not reproposed and header.t > now + self.timing.max_skew_ms:
+        if not reproposed and header.t > self.wall + self.timing.max_skew_ms:
             return  # a block time from the future would expire CTPs early
         if self._live_draft(m.d) is None:
             return

@@ -1,9 +1,17 @@
-"""The ledger on the bus: the MQTT adapter around a LedgerNode.
+"""A validator on the bus: the MQTT and SQLite adapter around a consensus Replica.
 
-Messages from spb/v1/tx/{ctp,erc,cancel} are acknowledged (PUBACK) only after the block
-that decided them is on disk, so the broker keeps anything the ledger has not made durable
-and sends it again after a crash: nothing is lost, and since the database holds all of a
-block or none of it, nothing is applied twice. The one clock is read here.
+Transactions from spb/v1/tx/{ctp,erc,cancel,revoke} go to the replica's pool and are
+acknowledged (PUBACK) only after the block that decided them is on disk, so the broker
+keeps anything the validators have not made durable and sends it again after a crash:
+nothing is lost, and since the database holds all of a block or none of it, nothing is
+applied twice. Consensus messages go out on spb/v1/consensus/..., after the votes they
+carry are on disk. The one clock is read here.
+
+Statuses are published once per change: by the validator whose proposal the block was.
+Every validator writes the block's statuses to its outbox, the others as stand-ins ranked
+by their distance from the proposer in rotation; a stand-in publishes only if the block has
+not appeared on spb/v1/ledger/blocks (which its publisher sends after the statuses) within
+rank x TAKEOVER_S, so a proposer that dies before publishing loses nothing.
 """
 
 from __future__ import annotations
@@ -13,42 +21,42 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from broker import topics
 from broker.client import BusClient, TlsFiles
-from broker.runtime import AUTOSAVE_S
 from broker.clock import wall_ms
-from ledger.block import quorum
-from ledger.genesis import GenesisError
-from ledger.node import LedgerNode
+from broker.cose import message_hash
+from broker.runtime import AUTOSAVE_S
+from ledger.block import Block, BlockError, quorum
+from ledger.node import VOTES, LedgerNode
+from ledger.replica import Ack, Decided, Persist, Send, Timing
 from ledger.store import Outgoing
 from ledger.validator import ValidatorIdentity
 
 log = logging.getLogger("spb.ledger")
 WINDOW = 20_000  # unacknowledged publishes at most
 RESTORE = "restore-statuses"  # store flag: a full status restore is not yet acknowledged
+TAKEOVER_S = 3.0  # a stand-in of rank k publishes a block's statuses after k times this
 
 
-class Delivery(NamedTuple):
-    typ: str
-    raw: bytes
-    ack: Callable[[], None]
+def _mono() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 class LedgerService:
-    """One validator that is the whole ledger: a block is final when it is written."""
+    """One validator of the ledger; with a one-validator genesis, the whole ledger."""
 
     def __init__(self, identity: ValidatorIdentity, host: str, port: int, clock: Callable[[], int] = wall_ms,
-                 tls: TlsFiles | None = None):
+                 tls: TlsFiles | None = None, timing: Timing | None = None):
         genesis = identity.genesis
-        if quorum(len(genesis.validators)) > 1:
-            raise GenesisError(f"this genesis has {len(genesis.validators)} validators, which need BFT "
-                               "consensus to make a block final; this ledger runs a single validator")
         self.identity, self.clock = identity, clock
-        self.block_ms = genesis.block_ms
+        self.index = identity.index
         self.node = LedgerNode(identity)
-        self._inbox: deque[Delivery] = deque()
+        self.replica = self.node.replica(timing or Timing(block_ms=genesis.block_ms), clock(), _mono())
+        self.quorum = quorum(len(genesis.validators))
+        self._events: deque[tuple] = deque()  # from the network thread: ("tx", typ, raw, ack) | ("msg", raw) | ...
+        self._acks: dict[tuple[str, bytes], list[Callable[[], None]]] = {}  # pool key -> its deliveries' acks
         self._wake = threading.Event()  # something arrived, or stop() was called
         self._stopping = threading.Event()
         # session_present of each (re)connect, for the main loop, which owns the database
@@ -57,29 +65,34 @@ class LedgerService:
         self._restored = threading.Event()  # the broker acknowledged a full status restore
         self._restore_round = 0
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
+        self._standby: dict[int, tuple[float, list[Outgoing]]] = {}  # height -> (when due, its rows)
         # Publishes wait here until fewer than WINDOW are unacknowledged: paho numbers them
         # with 16-bit ids and refuses more (an outbox or status restore can be far larger).
         self._outgoing: deque[tuple[str, bytes, bool, Callable[[int], None] | None]] = deque()
         self._unacked = 0
         self._unacked_lock = threading.Lock()
-        self.bus = BusClient(host, port, f"ledger-v{identity.index}", manual_ack=True,
-                             will=(topics.LEDGER_STATE, topics.OFFLINE, True), max_inflight=0, tls=tls)
+        self.state_topic = topics.ledger_state(self.index)
+        self.bus = BusClient(host, port, f"ledger-v{self.index}", manual_ack=True,
+                             will=(self.state_topic, topics.OFFLINE, True), max_inflight=0, tls=tls)
         self.bus.on_connect.append(self._on_connect)
         for topic, typ in topics.TX_TYPES.items():
             self.bus.subscribe_deferred(topic, self._receiver(typ))
+        if len(genesis.validators) > 1:
+            for topic in (topics.CONSENSUS_ALL, topics.consensus_to(self.index)):
+                self.bus.subscribe_deferred(topic, self._consensus)
+            self.bus.subscribe_deferred(topics.LEDGER_BLOCKS, self._block_seen)
 
     def stop(self) -> None:
-        """Ask run() to finish the block in hand and shut down (safe from a signal handler)."""
+        """Ask run() to finish what it is doing and shut down (safe from a signal handler)."""
         self._stopping.set()
         self._wake.set()
 
     def run(self) -> None:
-        """Make blocks until stop(), then say `offline` and disconnect."""
-        log.info("validator %d at height %d, %d CTPs, %d messages to re-announce", self.identity.index,
+        """Take part in consensus until stop(), then say `offline` and disconnect."""
+        log.info("validator %d at height %d, %d CTPs, %d messages to re-announce", self.index,
                  self.node.state.height, len(self.node.state.ctps), len(self.node.store.outbox()))
-        self._publish(self.node.store.outbox())  # what a crash left unacknowledged, first and in order
+        self._queue(self.node.store.outbox())  # what a crash left unacknowledged, first and in order
         self.bus.connect()
-        last_block = 0.0
         while not self._stopping.is_set():
             while self._connects:
                 self._reconnected(self._connects.popleft())
@@ -87,49 +100,138 @@ class LedgerService:
             if self._restored.is_set():
                 self._restored.clear()
                 self.node.store.set_flag(RESTORE, False)
-            pause = last_block + self.block_ms / 1000 - time.monotonic()
-            if pause > 0:
-                self._stopping.wait(pause)
-            elif self._inbox or self._expiry_due():
-                last_block = time.monotonic()  # the interval runs from block start to block start
-                self.step()
-            else:
-                self._wake.clear()
-                self._forget_delivered()
-                if not (self._inbox or self._connects or self._restored.is_set() or self._stopping.is_set()
-                        or self._can_pump()):
-                    self._wake.wait(self._until_expiry())
+            self._wake.clear()
+            worked = self._drain()
+            now, mono = self.clock(), _mono()
+            deadline = self.replica.deadline(now, mono)
+            if deadline is not None and deadline <= mono:
+                self._carry(self.replica.tick(now, mono))
+                worked = True
+            self._stand_in()
+            if worked:
+                continue
+            self._forget_delivered()
+            if not (self._events or self._connects or self._restored.is_set() or self._stopping.is_set()
+                    or self._can_pump()):
+                self._wake.wait(self._idle_s(deadline))
         self.shutdown()
 
-    def step(self) -> None:
-        """Decide everything received so far in one block."""
-        batch = [self._inbox.popleft() for _ in range(len(self._inbox))]
-        block, queued, _ = self.node.decide([(d.typ, d.raw) for d in batch], self.clock(), self._take_delivered())
-        if block is not None:
-            log.info("block %d at %d: %d inputs, %d trades", block.header.height, block.header.t,
-                     len(block.inputs), len(block.trades))
-        for delivery in batch:  # in arrival order, as MQTT asks
-            delivery.ack()
-        self._publish(queued)
-        if block is not None:
-            self._announce()
-
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        info = self.bus.publish(topics.LEDGER_STATE, f"offline {self.node.state.height}".encode(), retain=True)
+        info = self.bus.publish(self.state_topic, f"offline {self.node.state.height}".encode(), retain=True)
         if not self.bus.wait_acked(info, timeout_s):
             log.warning("broker did not acknowledge offline within %.0f s", timeout_s)
         self.bus.close()
         self._forget_delivered()
         self.node.close()
 
+    # -- from the network thread --
+
     def _receiver(self, typ: str):
         def receive(topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
-            self._inbox.append(Delivery(typ, payload, ack))
+            self._events.append(("tx", typ, payload, ack))
             self._wake.set()
         return receive
 
-    def _announce(self) -> None:
-        self._send(topics.LEDGER_STATE, f"online {self.node.state.height}".encode(), True)
+    def _consensus(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
+        ack()  # a lost consensus message costs a round at most; the votes are on disk already
+        self._events.append(("msg", payload))
+        self._wake.set()
+
+    def _block_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
+        ack()
+        self._events.append(("block", payload))
+        self._wake.set()
+
+    def _on_connect(self) -> None:
+        self._connects.append(self.bus.session_present)
+        self._wake.set()
+
+    # -- the main loop --
+
+    def _drain(self) -> bool:
+        """Hand everything that arrived to the replica and carry out what it says."""
+        if not self._events:
+            return False
+        for _ in range(len(self._events)):
+            event = self._events.popleft()
+            now = self.clock()
+            if event[0] == "tx":
+                _, typ, raw, ack = event
+                self._acks.setdefault((typ, message_hash(raw)), []).append(ack)
+                self._carry(self.replica.submit(typ, raw, now, _mono()))
+            elif event[0] == "msg":
+                self._carry(self.replica.receive(event[1], now, _mono()))
+            else:
+                self._announced(event[1])
+        return True
+
+    def _carry(self, actions: list) -> None:
+        """Persist votes before the messages that carry them; write a block before
+        acknowledging its inputs."""
+        for action in actions:
+            if isinstance(action, Send):
+                topic = topics.CONSENSUS_ALL if action.to is None else topics.consensus_to(action.to)
+                self._send(topic, action.payload, False)
+            elif isinstance(action, Persist):
+                self.node.store.set_value(VOTES, action.votes)
+            elif isinstance(action, Decided):
+                self._decided(action)
+            else:
+                assert isinstance(action, Ack)
+                for key in action.keys:
+                    for ack in self._acks.pop(key, ()):
+                        ack()
+
+    def _decided(self, decided: Decided) -> None:
+        block = decided.block
+        rows = self.node.write(decided.draft, block, decided.proposer, self._take_delivered())
+        log.info("block %d at %d: %d inputs, %d trades%s", block.header.height, block.header.t, len(block.inputs),
+                 len(block.trades), "" if decided.proposer is not None else " (caught up)")
+        self._queue(rows)
+        self._send(self.state_topic, f"online {self.node.state.height}".encode(), True)
+
+    def _queue(self, rows: list[Outgoing]) -> None:
+        """Publish rank-0 rows now; keep stand-in rows until they are due."""
+        now = time.monotonic()
+        for row in rows:
+            if row.rank == 0:
+                self._send(row.topic, row.payload, row.retain, lambda _mid, seq=row.seq: self._delivered.append(seq))
+            else:
+                due, waiting = self._standby.setdefault(row.height, (now + row.rank * TAKEOVER_S, []))
+                waiting.append(row)
+
+    def _announced(self, payload: bytes) -> None:
+        """A block on spb/v1/ledger/blocks: its publisher has announced it, stand in no more."""
+        try:
+            block = Block.from_chain_bytes(payload)
+        except BlockError:
+            return
+        height = block.header.height
+        if not any(h <= height for h in self._standby) or block.valid_seals(self.replica.validators) < self.quorum:
+            return
+        self.node.store.drop_standby(height)
+        for h in [h for h in self._standby if h <= height]:
+            del self._standby[h]
+
+    def _stand_in(self) -> None:
+        """Publish the outputs of blocks whose publisher has been silent too long."""
+        now = time.monotonic()
+        for height in sorted(h for h, (due, _) in self._standby.items() if due <= now):
+            _, rows = self._standby.pop(height)
+            log.warning("block %d was not announced: publishing its %d messages in its proposer's place",
+                        height, len(rows))
+            self._queue([row._replace(rank=0) for row in rows])
+
+    def _idle_s(self, deadline: int | None) -> float:
+        """Seconds to sleep: until the replica's next deadline or a stand-in is due (at most a minute)."""
+        waits = [60.0]
+        if deadline is not None:
+            waits.append((deadline - _mono()) / 1000)
+        if self._standby:
+            waits.append(min(due for due, _ in self._standby.values()) - time.monotonic())
+        return max(0.0, min(waits))
+
+    # -- publishing --
 
     def _send(self, topic: str, payload: bytes, retain: bool, on_ack: Callable[[int], None] | None = None) -> None:
         """Queue a publish, in order after everything queued before it."""
@@ -155,17 +257,13 @@ class LedgerService:
         if self._outgoing:  # the main loop has more to hand over now
             self._wake.set()
 
-    def _on_connect(self) -> None:
-        self._connects.append(self.bus.session_present)
-        self._wake.set()
-
     def _reconnected(self, session_present: bool) -> None:
         """Say `online`, and publish statuses the broker may have lost again.
 
         A broker without our session has lost everything it retained: all of them, and a
-        durable flag says so until the broker acknowledged the last one, so a ledger that
-        dies meanwhile starts over. One that kept our session may still have crashed and
-        reloaded its last save (Mosquitto saves every autosave_interval): those changed
+        durable flag says so until the broker acknowledged the last one, so a validator
+        that dies meanwhile starts over. One that kept our session may still have crashed
+        and reloaded its last save (Mosquitto saves every autosave_interval): those changed
         since then, with a margin.
         """
         store = self.node.store
@@ -187,25 +285,10 @@ class LedgerService:
             self._send(topic, payload, True, acked if full else None)
         if full and not statuses:
             store.set_flag(RESTORE, False)
-        self._announce()
-
-    def _publish(self, rows: list[Outgoing]) -> None:
-        for row in rows:
-            self._send(row.topic, row.payload, row.retain, lambda _mid, seq=row.seq: self._delivered.append(seq))
+        self._send(self.state_topic, f"online {self.node.state.height}".encode(), True)
 
     def _take_delivered(self) -> list[int]:
         return [self._delivered.popleft() for _ in range(len(self._delivered))]
 
     def _forget_delivered(self) -> None:
         self.node.store.forget(self._take_delivered())
-
-    def _expiry_due(self) -> bool:
-        exp = self.node.state.next_expiry()
-        return exp is not None and self.clock() > exp
-
-    def _until_expiry(self) -> float:
-        """Seconds to sleep when idle: until the next CTP expires (at most a minute)."""
-        exp = self.node.state.next_expiry()
-        if exp is None:
-            return 60.0
-        return min(60.0, max(0.0, (exp + 1 - self.clock()) / 1000))

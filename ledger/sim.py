@@ -142,7 +142,7 @@ class Sim:
             self.t = max(self.t, t)
             self._step(event)
             self._check_safety()
-            if self.t > self.heal_at and self._done():
+            if (self.t > self.heal_at or not self.events) and self._done():
                 return steps
         raise Violation(f"seed {self.seed}: liveness: after {steps} steps and {(self.t - NOW) / 1000:.1f} s "
                         f"({self.describe()}) not every transaction is decided: {self._progress()}")
@@ -169,16 +169,16 @@ class Sim:
         replica = node.replica
         if replica is None:
             return
-        now = self.t + node.skew
+        now = self.t + node.skew  # its wall clock; its monotonic clock is the simulation's
         if kind == "tx":
-            actions = replica.submit(event[2], event[3], now)
+            actions = replica.submit(event[2], event[3], now, self.t)
         elif kind == "msg":
-            actions = replica.receive(event[2], now)
+            actions = replica.receive(event[2], now, self.t)
         else:  # tick
             if node.tick_at != event[2]:
                 return
             node.tick_at = None
-            actions = replica.tick(now)
+            actions = replica.tick(now, self.t)
         self._act(node, actions)
 
     def _start(self, node: Node) -> None:
@@ -190,9 +190,9 @@ class Sim:
         chain = node.chain
         node.replica = Replica(state, verifier, node.index, w.keys[node.index],
                                lambda h: chain[h - 1] if 0 < h <= len(chain) else None, TIMING, node.votes,
-                               self.t + node.skew)
+                               self.t + node.skew, self.t)
         node.tick_at = None
-        self._act(node, node.replica.tick(self.t + node.skew))
+        self._act(node, node.replica.tick(self.t + node.skew, self.t))
         for (typ, _), raw in list(node.unacked.items()):  # the broker sends what was never acknowledged
             self._at(self.t + self.rng.randint(1, self.max_delay), ("tx", node, typ, raw))
 
@@ -208,9 +208,9 @@ class Sim:
             else:
                 for key in action.keys:
                     node.unacked.pop(key, None)
-        deadline = node.replica.deadline(self.t + node.skew) if node.replica else None
+        deadline = node.replica.deadline(self.t + node.skew, self.t) if node.replica else None
         if deadline is not None:
-            at = max(self.t, deadline - node.skew)
+            at = max(self.t, deadline)
             if node.tick_at is None or at < node.tick_at:
                 node.tick_at = at
                 self._at(at, ("tick", node, at))

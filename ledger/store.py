@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from broker.cose import message_hash
+from broker.merkle import MerkleTree
 from broker.messages import open_message
 from ledger.block import BLOCK_V, Block, decode_inputs, encode_inputs
 from ledger.draft import Draft
@@ -215,6 +216,14 @@ class LedgerStore:
         """Every CTP row, for audit's comparison with a replay."""
         return {row[0]: row[1:] for row in
                 self.db.execute("SELECT id, leaf, raw, hash, state, height, by, erc_pk FROM ctps")}
+
+    def head(self) -> tuple[int, bytes, bytes]:
+        """(height, hash, CTP-database root) of the last block; the genesis hash at height 0."""
+        row = self.db.execute("SELECT height, chain FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+        if row is None:
+            return 0, self.genesis.hash, MerkleTree().root()
+        header = Block.from_chain_bytes(row[1]).header
+        return row[0], header.hash, header.ctps
 
     def block_times(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT height, t FROM blocks"))

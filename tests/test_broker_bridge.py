@@ -48,7 +48,7 @@ def test_a_trade_settles_across_two_bridged_brokers(tmp_path, procs, make_client
         # A monitor on the east broker sees what the ledger on the main one says.
         inbox = Inbox()
         monitor = make_client(east_port, "monitor", clean_session=True, tls=TlsFiles.in_dir(root / "monitoring/monitor"))
-        for topic_filter in (topics.STATUS_ALL, topics.LEDGER_STATE):
+        for topic_filter in (topics.STATUS_ALL, topics.ledger_state(0)):
             monitor.subscribe(topic_filter, inbox)
         connected(monitor)
 
@@ -58,7 +58,7 @@ def test_a_trade_settles_across_two_bridged_brokers(tmp_path, procs, make_client
         for meter, where, watts in ((producer, "main", "-4000"), (consumer, "east", "3600"), (third, "east", "0")):
             procs.start(meter.id, "edge.cli", "run", "--state-dir", root / "meters" / meter.id, "--broker", urls[where],
                         "--adc", "fake", f"--fake-w={watts}", "--reading-s", "0.5", "--resend-s", "2")
-        wait_for(lambda: any(p.startswith(b"online") for t, p, _ in inbox.messages if t == topics.LEDGER_STATE), 30,
+        wait_for(lambda: any(p.startswith(b"online") for t, p, _ in inbox.messages if t == topics.ledger_state(0)), 30,
                  lambda: f"the ledger online, seen on the east broker{procs.logs()}")
         consumer_dir = root / "meters" / consumer.id
         wait_for(lambda: any(b.coe for b in in_store(consumer_dir, MeterStore.batches)), 30,

@@ -65,7 +65,7 @@ class Bus:
         self.clock = Clock(NOW)
         self.inbox = Inbox()
         watcher = make_client(port, "watcher")
-        for topic_filter in (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_BLOCKS, topics.LEDGER_STATE):
+        for topic_filter in (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_BLOCKS, topics.ledger_state(0)):
             watcher.subscribe(topic_filter, self.inbox)
         connected(watcher)
         self.ledger = self.start_ledger()
@@ -77,7 +77,7 @@ class Bus:
         """A ledger on this root, returned once it is subscribed (it says `online` only then)."""
         seen = len(self.inbox.messages)
         ledger = RunningLedger(self.root, self.port, clock=self.clock)
-        wait_for(lambda: any(t == topics.LEDGER_STATE and p.startswith(b"online ")
+        wait_for(lambda: any(t == topics.ledger_state(0) and p.startswith(b"online ")
                              for t, p, _ in self.inbox.messages[seen:]), message="the ledger to come online")
         return ledger
 
@@ -618,7 +618,7 @@ def test_a_qos0_message_on_a_tx_topic_does_not_knock_the_ledger_off_the_bus(bus)
         sender.publish(topics.TX_CTP, ctp, qos=0).wait_for_publish(10)
         bus.wait_status(ctp_id(ctp), "held")
         bus.barrier()
-        states = [p for t, p, _ in bus.inbox.messages[mark:] if t == topics.LEDGER_STATE]
+        states = [p for t, p, _ in bus.inbox.messages[mark:] if t == topics.ledger_state(0)]
         assert topics.OFFLINE not in states, f"the ledger went offline: {states}"
     finally:
         sender.disconnect()
@@ -664,7 +664,7 @@ def test_every_published_block_decodes_and_chains_from_genesis(bus):
         assert block.valid_seals(bus.genesis.validators) == 1
         prev, t = block.hash, block.header.t
     assert [parse_trade(trade) for b in blocks for trade in b.trades] == [(first, message_hash(erc))]
-    wait_for(lambda: (topics.LEDGER_STATE, b"online 5") in [m[:2] for m in bus.inbox.messages], message="online 5")
+    wait_for(lambda: (topics.ledger_state(0), b"online 5") in [m[:2] for m in bus.inbox.messages], message="online 5")
     bus.ledger.stop()
     store = LedgerStore(ValidatorIdentity.load(bus.root, 0, with_key=False).db_path, bus.genesis, readonly=True)
     try:

@@ -88,14 +88,14 @@ def make_load(tmp_path, port, make_client) -> Load:
         trades.append((ctp, community.erc(ctp), payer, payee, amount))
     inbox = Inbox()
     watcher = make_client(port, "watcher")
-    for topic in (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE):
+    for topic in (topics.STATUS_ALL, topics.REJECTS, topics.ledger_state(0)):
         watcher.subscribe(topic, inbox)
     connected(watcher)
     return Load(community, ledger_dir(tmp_path / "ledger", community, balance=BALANCE, block_ms=20), trades, inbox)
 
 
 def online_since(load: Load, start: int) -> bool:
-    return any(t == topics.LEDGER_STATE and p.startswith(b"online") for t, p, _ in load.inbox.messages[start:])
+    return any(t == topics.ledger_state(0) and p.startswith(b"online") for t, p, _ in load.inbox.messages[start:])
 
 
 @pytest.fixture

@@ -55,14 +55,14 @@ def test_a_fuzzed_run_over_the_bus_audits_clean(tmp_path, mosquitto, make_client
     root = community.ledger_dir(tmp_path / "ledger", BALANCE, block_ms=30)
     inbox = Inbox()
     watcher = make_client(mosquitto.port, "watcher")
-    for topic in (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE):
+    for topic in (topics.STATUS_ALL, topics.REJECTS, topics.ledger_state(0)):
         watcher.subscribe(topic, inbox)
     connected(watcher)
     ledger = subprocess.Popen([sys.executable, "-m", "ledger.cli", "run", str(root), "--broker",
                                f"127.0.0.1:{mosquitto.port}"], env=child_env(), cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: (topics.LEDGER_STATE, b"online 0", False) in inbox.messages, 30, "the ledger online")
+        wait_for(lambda: (topics.ledger_state(0), b"online 0", False) in inbox.messages, 30, "the ledger online")
         household = connected(make_client(mosquitto.port, "households"))
         # Expiries count from now, not from before the ledger started: a slow start (a loaded
         # CI machine) must not expire the short CTPs before they can be held.

@@ -26,11 +26,11 @@ class Setup:
         self.root = ledger_dir(tmp_path / "ledger", self.community, balance=balance)
         self.inbox = Inbox()
         watcher = make_client(port, "watcher")
-        for topic in (topics.STATUS_ALL, topics.LEDGER_STATE):
+        for topic in (topics.STATUS_ALL, topics.ledger_state(0)):
             watcher.subscribe(topic, self.inbox)
         connected(watcher)
         self.ledger = RunningLedger(self.root, port)
-        wait_for(lambda: (topics.LEDGER_STATE, b"online 0", False) in self.inbox.messages, 10, "the ledger subscribed")
+        wait_for(lambda: (topics.ledger_state(0), b"online 0", False) in self.inbox.messages, 10, "the ledger subscribed")
         self.household = connected(make_client(port, "household"))
 
 
@@ -47,7 +47,7 @@ def test_a_trade_is_held_then_settled_and_the_status_stays_retained(tmp_path, mo
     ledger.stop()
     _, payload, retained = read_retained(mosquitto.port, topics.status(ctp_id))
     assert retained and open_message(payload, "status").body.state == "settled"
-    _, payload, retained = read_retained(mosquitto.port, topics.LEDGER_STATE, "state-reader")
+    _, payload, retained = read_retained(mosquitto.port, topics.ledger_state(0), "state-reader")
     assert payload == f"offline {settled.h}".encode()
 
 
@@ -70,7 +70,7 @@ def test_after_a_broker_crash_the_ledger_publishes_its_statuses_again(tmp_path, 
     household.publish(topics.TX_ERC, community.erc(settled))
     wait_status(inbox, open_message(settled, "ctp").body.id, "settled")
     wait_status(inbox, open_message(greedy, "ctp").body.id, "rejected")
-    before = {t: p for t, p, _ in inbox.messages if t != topics.LEDGER_STATE}  # the last status per CTP
+    before = {t: p for t, p, _ in inbox.messages if t != topics.ledger_state(0)}  # the last status per CTP
     for topic, payload in before.items():  # the broker has them all...
         assert read_retained(mosquitto.port, topic, f"early-{topic[-6:]}")[1:] == (payload, True)
 
@@ -80,7 +80,7 @@ def test_after_a_broker_crash_the_ledger_publishes_its_statuses_again(tmp_path, 
     mark = len(inbox.messages)
     mosquitto.start(mosquitto.port, mosquitto.data_dir)
     # The ledger says `online` after publishing the statuses again, on the same connection.
-    wait_for(lambda: any(t == topics.LEDGER_STATE and p.startswith(b"online") and not retained
+    wait_for(lambda: any(t == topics.ledger_state(0) and p.startswith(b"online") and not retained
                          for t, p, retained in inbox.messages[mark:]), 20, "the ledger online again")
     for topic, payload in before.items():  # ...and has them again after losing them
         assert read_retained(mosquitto.port, topic, f"late-{topic[-6:]}")[1:] == (payload, True)
@@ -109,7 +109,7 @@ def test_a_full_status_restore_cut_short_by_a_crash_is_done_again(tmp_path, mosq
         """Start, wait for its `online` (published after any statuses) and `until`, stop."""
         mark = len(inbox.messages)
         run = RunningLedger(root, mosquitto.port, clock=lambda: wall_ms() + 10 * 60_000)
-        wait_for(lambda: any(t == topics.LEDGER_STATE and p.startswith(b"online")
+        wait_for(lambda: any(t == topics.ledger_state(0) and p.startswith(b"online")
                              for t, p, _ in inbox.messages[mark:]), 10, "the ledger online")
         wait_for(until, 10, "the restore acknowledged")
         run.stop()

@@ -284,7 +284,7 @@ def test_meter_killed_mid_trade_settles_after_restart_with_one_erc_and_no_lost_s
     device_pk = bytes.fromhex(consumer.device_pk)
     consumer_dir = meter_dir(community, consumer.id)
     # Everything the consumer ever sends, seen by a persistent session from before any start.
-    inbox, _ = bus(topics.TX_ERC, topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE,
+    inbox, _ = bus(topics.TX_ERC, topics.STATUS_ALL, topics.REJECTS, topics.ledger_state(0),
                    topics.meter(consumer.id, "reading"), name="auditor", clean_session=False)
 
     ledger = procs.start("ledger", "ledger.cli", "run", root, "--broker", f"127.0.0.1:{port}")
@@ -292,7 +292,7 @@ def test_meter_killed_mid_trade_settles_after_restart_with_one_erc_and_no_lost_s
     procs.start(producer.id, *meter_run(meter_dir(community, producer.id), port, "--fake-w=-4000", *options))
     consumer_args = meter_run(consumer_dir, port, "--fake-w", "3600", *options)
     meter = procs.start(consumer.id, *consumer_args)
-    wait_for(lambda: any(p.startswith(b"online") for p in on_topic(inbox, topics.LEDGER_STATE)), 30,
+    wait_for(lambda: any(p.startswith(b"online") for p in on_topic(inbox, topics.ledger_state(0))), 30,
              lambda: f"the ledger online{procs.logs()}")
     wait_for(lambda: any(b.coe for b in in_store(consumer_dir, MeterStore.batches)), 30,
              lambda: f"the consumer's CoE{procs.logs()}", interval=0.1)
