@@ -22,7 +22,7 @@ from broker import topics
 from broker.clock import wall_ms
 from broker.reasons import Reject
 from broker.verify import Verifier
-from ledger.block import Block, BlockError
+from ledger.block import Block, BlockError, quorum
 
 FINAL = ("settled", "refunded", "rejected")
 
@@ -34,7 +34,7 @@ class LedgerWatch:
     console: Console
     verifier: Verifier
     states: dict[bytes, str] = field(default_factory=dict)  # CTP id -> last status seen live
-    ledger: str = "?"
+    validators: dict[str, str] = field(default_factory=dict)  # "vI" -> its last ledger/state payload
     blocks: int = 0
     rejects: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -51,19 +51,20 @@ class LedgerWatch:
             self.changed.notify_all()
 
     def _show(self, topic: str, payload: bytes) -> None:
-        if topic == topics.LEDGER_STATE_ALL:
-            self.ledger = payload.decode(errors="replace")
-            self.console.print(f"[magenta]◆ ledger   state    {self.ledger}[/]")
+        if topic.startswith(topics.LEDGER_STATE_ALL[:-1]):
+            validator = topic.rsplit("/", 1)[1]
+            self.validators[validator] = payload.decode(errors="replace")
+            self.console.print(f"[magenta]◆ ledger   {validator:8} {self.validators[validator]}[/]")
         elif topic == topics.LEDGER_BLOCKS:
             try:
                 block = Block.from_chain_bytes(payload)
             except BlockError as exc:
                 raise Reject("decode", f"not a block: {exc}") from None
-            if not block.valid_seals(self.verifier.validators):
-                raise Reject("signature", f"block #{block.header.height} is not sealed by a validator")
+            if block.valid_seals(self.verifier.validators) < quorum(len(self.verifier.validators)):
+                raise Reject("signature", f"block #{block.header.height} is not sealed by a quorum of validators")
             self.blocks += 1
             self.console.print(f"[magenta]◆ ledger   block    #{block.header.height}: {len(block.trades)} trade(s), "
-                               f"{len(payload)} B on chain, sealed ✓[/]")
+                               f"{len(payload)} B on chain, {len(block.seals)} seals ✓[/]")
         elif topic == topics.REJECTS:
             rejection = self.verifier.verify(payload, wall_ms(), expect="reject").body
             self.rejects += 1
@@ -74,14 +75,25 @@ class LedgerWatch:
             self.console.print(f"[magenta]◆ ledger   status   CTP {status.ctp.hex()[:12]}… {status.state}"
                                f"{f' in block #{status.h}' if status.h else ''}  validator signature ✓[/]")
 
+    @property
+    def ledger(self) -> str:
+        return ", ".join(f"{v} {state}" for v, state in sorted(self.validators.items())) or "?"
+
+    def all_offline(self, validators: int) -> bool:
+        """Every validator said it stopped cleanly."""
+        return len(self.validators) == validators and all(s.startswith("offline") for s in self.validators.values())
+
     def wait_final(self, ctp_id: bytes, timeout: float) -> str | None:
         with self.changed:
             self.changed.wait_for(lambda: self.states.get(ctp_id) in FINAL, timeout)
             return self.states.get(ctp_id)
 
     def wait_online(self, timeout: float) -> bool:
+        """A quorum of validators is online: the ledger can commit."""
+        need = quorum(len(self.verifier.validators))
         with self.changed:
-            return self.changed.wait_for(lambda: self.ledger.startswith("online"), timeout)
+            return self.changed.wait_for(
+                lambda: sum(s.startswith("online") for s in self.validators.values()) >= need, timeout)
 
 
 @dataclass(frozen=True)
