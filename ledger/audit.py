@@ -109,6 +109,8 @@ def _compare_tables(state: LedgerState, store: LedgerStore, settled: dict[bytes,
     records = {r.ctp.id: (r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk) for r in state.ctps.values()}
     if records != store.records():
         raise AuditFailure(state.height, "stored CTP database differs from the replay")
+    if state.refused != store.refusals():
+        raise AuditFailure(state.height, "stored refused CTPs differ from the replay")
     if state.revoked != store.revocations():
         raise AuditFailure(state.height, "stored revocations differ from the replay")
     if settled != store.trades():

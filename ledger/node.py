@@ -71,8 +71,9 @@ class LedgerNode:
 
     def current_statuses(self, since: int = 0) -> list[tuple[str, bytes]]:
         """(topic, payload) of the retained status of every CTP whose status changed at block
-        time `since` or later, as it was first published: the same body (time and height of
-        the last change) signs to the same bytes."""
+        time `since` or later, with the body it was first published with (time and height of
+        the last change): the same bytes when this validator published it, the same body
+        under another validator's signature otherwise."""
         times = self.store.block_times()
         key = self.identity.key
         out = [(topics.status(ctp_id), Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg).sign(key))

@@ -21,7 +21,7 @@ from broker.reasons import Reject
 from broker.verify import Verifier
 from ledger import consensus as c
 from ledger.block import Block, BlockError, Header, Input, decode_inputs, encode_inputs, quorum, seal, seal_valid
-from ledger.draft import Draft, replay
+from ledger.draft import TX_KINDS, Draft, replay
 from ledger.state import LedgerState
 
 MAX_BACKOFF = 5  # round timeouts double up to round_ms * 32
@@ -119,12 +119,14 @@ class Replica:
         accepted, prepared = self.accepted, self.prepared
         block = self.candidates[prepared[1]].raw if prepared else b""
         return encode({"h": self.h, "r": self.round, "acc": list(accepted) if accepted else [],
-                       "prep": [prepared[0], prepared[1], block, prepared[2]] if prepared else []})
+                       "prep": [prepared[0], prepared[1], block, prepared[2]] if prepared else [],
+                       "prop": sorted(self.proposed_in)})
 
     def _restore(self, v: dict, now: int) -> None:
         if v["h"] != self.h:
             return  # about a height decided since
         self.round, self.accepted = v["r"], tuple(v["acc"]) or None
+        self.proposed_in = set(v["prop"])
         if v["prep"]:
             pr, d, block, cert = v["prep"]
             self.candidates[d] = _Candidate(*c.parse_block(block), block)
@@ -250,13 +252,14 @@ class Replica:
 
     def _accept_proposal(self, r: int, d: bytes, candidate: _Candidate, now: int, justification: dict) -> None:
         self.proposed_in.add(r)
+        self._persist()
         self._broadcast(c.make(self.key, self.index, c.PROPOSAL, self.h, r, d, block=candidate.raw,
                                **justification), now)
 
     def _round_change(self, r: int, now: int) -> None:
         """Leave for round r: tell everyone, with what we prepared so a committed block survives."""
         self.round, self.timer = r, now + self._timeout(r)
-        self.out.append(Persist(self.votes()))
+        self._persist()
         attachments = {}
         pr, d = -1, b""
         if self.prepared:
@@ -264,12 +267,17 @@ class Replica:
             attachments = {"block": self.candidates[d].raw, "prepares": cert}
         self._broadcast(c.make(self.key, self.index, c.ROUND_CHANGE, self.h, r, d, pr=pr, **attachments), now)
 
+    def _persist(self) -> None:
+        if self.n > 1:  # a lone validator has no one to contradict itself to
+            self.out.append(Persist(self.votes()))
+
     def _broadcast(self, message: c.Signed, now: int) -> None:
         self._send(message, None)
         self._handle(message, now)
 
     def _send(self, message: c.Signed, to: int | None) -> None:
-        self.out.append(Send(c.wire(message), to))
+        if self.n > 1:
+            self.out.append(Send(c.wire(message), to))
 
     # -- messages --
 
@@ -325,7 +333,7 @@ class Replica:
             return
         self.accepted = (m.r, m.d)
         self.last_proposal = now
-        self.out.append(Persist(self.votes()))
+        self._persist()
         self._broadcast(c.make(self.key, self.index, c.PREPARE, self.h, m.r, m.d), now)
         self._check_decided(now)
 
@@ -333,8 +341,11 @@ class Replica:
         """For a proposal in round r > 0: a quorum of round changes to r, and if any of them
         prepared, the block of the highest one with a quorum of PREPAREs. True when the
         proposal is such a prepared block, False when it may be any block, None if unjustified."""
-        rcs = {x.sender: x for x in c.signed_list(m.attachments.get("rcs"), self.validators, self.n)
-               if x.kind == c.ROUND_CHANGE and x.h == m.h and x.r == m.r}
+        try:
+            rcs = {x.sender: x for x in c.signed_list(m.attachments.get("rcs"), self.validators, self.n)
+                   if x.kind == c.ROUND_CHANGE and x.h == m.h and x.r == m.r}
+        except c.ConsensusError:
+            return None
         if len(rcs) < self.q:
             return None
         best = max(rcs.values(), key=lambda x: x.pr)
@@ -385,11 +396,11 @@ class Replica:
             return
         r, d = self.accepted
         votes = self.prepares.get((r, d), {})
-        if r != self.round or r in self.committed_in or len(votes) < self.q:
+        if r != self.round or r in self.committed_in or len(votes) < self.q or d not in self.candidates:
             return  # a round we left: our round change said we had not prepared in it
         self.committed_in.add(r)
         self.prepared = (r, d, list(votes.values())[:self.n])
-        self.out.append(Persist(self.votes()))
+        self._persist()
         commit_seal = seal(self.candidates[d].header.encode(), self.key)
         self._broadcast(c.make(self.key, self.index, c.COMMIT, self.h, r, d, seal=commit_seal), now)
 
@@ -483,7 +494,7 @@ class Replica:
             return
         for typ, msg in txs[:4096]:
             key = (typ, message_hash(msg))
-            if key not in self.recent:
+            if typ in TX_KINDS and key not in self.recent:
                 self._pool(typ, msg, key, now)
 
     def _ask_sync(self, now: int) -> None:
@@ -496,12 +507,14 @@ class Replica:
             self._answer_sync(m.sender, m.h, now)
 
     def _answer_sync(self, peer: int, h: int, now: int) -> None:
-        if h > self.state.height or now - self.sync_answered.get(peer, -self.timing.sync_ms) < self.timing.sync_ms:
+        if not 1 <= h <= self.state.height or now - self.sync_answered.get(peer, -self.timing.sync_ms) < self.timing.sync_ms:
             return
         self.sync_answered[peer] = now
         blocks = []
         for height in range(h, min(self.state.height, h + self.timing.sync_blocks - 1) + 1):
             block = self.tail.get(height) or self.chain(height)
+            if block is None:
+                break  # decided, not yet written: the peer asks again
             blocks.append([block.chain_bytes(), encode_inputs(block.inputs)])
         raw = encode(blocks)
         self._send(c.make(self.key, self.index, c.BLOCKS, h, d=c.digest(raw), blocks=raw), peer)
@@ -524,11 +537,16 @@ class Replica:
                 return
             if block.header.height < self.h:
                 continue
-            if block.header.height > self.h or block.valid_seals(self.validators) < self.q:
+            header = block.header.encode()
+            seals = {(i, s) for i, s in block.seals if seal_valid(header, i, s, self.validators)}
+            if block.header.height > self.h or len({i for i, _ in seals}) < self.q:
                 return
             self.candidates[block.hash] = _Candidate(block.header, block.inputs,
                                                      c.block_bytes(block.header, block.inputs))
             before = self.h
-            self._decide(block.hash, set(block.seals), None, now)
+            self._decide(block.hash, seals, None, now)
             if self.h == before:
                 return
+        if len(items) >= self.timing.sync_blocks:
+            self.sync_asked = now - self.timing.sync_ms
+            self._ask_sync(now)  # a full answer: there may be more

@@ -66,6 +66,7 @@ class LedgerService:
         self._restore_round = 0
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
         self._standby: dict[int, tuple[float, list[Outgoing]]] = {}  # height -> (when due, its rows)
+        self._seen: deque[int] = deque(maxlen=1024)  # heights announced on ledger/blocks, maybe before we decided them
         # Publishes wait here until fewer than WINDOW are unacknowledged: paho numbers them
         # with 16-bit ids and refuses more (an outbox or status restore can be far larger).
         self._outgoing: deque[tuple[str, bytes, bool, Callable[[int], None] | None]] = deque()
@@ -193,7 +194,12 @@ class LedgerService:
     def _queue(self, rows: list[Outgoing]) -> None:
         """Publish rank-0 rows now; keep stand-in rows until they are due."""
         now = time.monotonic()
+        announced = {h for h in {row.height for row in rows if row.rank > 0} if h in self._seen}
+        for h in announced:
+            self.node.store.drop_standby(h)
         for row in rows:
+            if row.height in announced:
+                continue
             if row.rank == 0:
                 self._send(row.topic, row.payload, row.retain, lambda _mid, seq=row.seq: self._delivered.append(seq))
             else:
@@ -207,11 +213,11 @@ class LedgerService:
         except BlockError:
             return
         height = block.header.height
-        if not any(h <= height for h in self._standby) or block.valid_seals(self.replica.validators) < self.quorum:
+        if height in self._seen or block.valid_seals(self.replica.validators) < self.quorum:
             return
-        self.node.store.drop_standby(height)
-        for h in [h for h in self._standby if h <= height]:
-            del self._standby[h]
+        self._seen.append(height)
+        if self._standby.pop(height, None) is not None:
+            self.node.store.drop_standby(height)
 
     def _stand_in(self) -> None:
         """Publish the outputs of blocks whose publisher has been silent too long."""

@@ -140,7 +140,11 @@ class Sim:
                 break
             t, _, event = heapq.heappop(self.events)
             self.t = max(self.t, t)
-            self._step(event)
+            try:
+                self._step(event)
+            except Exception as exc:  # an honest validator that raises has crashed for good
+                raise Violation(f"seed {self.seed}: step {steps} ({event[0]}) raised {exc!r} "
+                                f"({self.describe()})") from exc
             self._check_safety()
             if (self.t > self.heal_at or not self.events) and self._done():
                 return steps
@@ -263,11 +267,36 @@ class Sim:
                 forged.append([block.with_seals(seals).chain_bytes(), inputs])
             raw = encode(forged)
             out.append(c.wire(c.make(key, m.sender, c.BLOCKS, m.h, d=c.digest(raw), blocks=raw)))
+        if rng.random() < 0.3:
+            out.append(self._hostile(sender, m.h))
         if rng.random() < 0.3 and len(self.captured) > 1:
             out.append(rng.choice(self.captured))
         if rng.random() < 0.1:
             out.append(bytes(rng.randrange(256) for _ in range(rng.randint(0, 40))))
         return out
+
+    def _hostile(self, sender: Node, h: int) -> bytes:
+        """A signed message no honest validator sends: a forwarded input on no transaction
+        topic, a catch-up request for height 0, a proposal without a justification, a
+        block with seals that are not even of the right types."""
+        rng, key, i = self.rng, self.w.keys[sender.index], sender.index
+        kind = rng.randrange(4)
+        if kind == 0:
+            raw = encode([["status", b""], ["ctp", b"\x00"]])
+            return c.wire(c.make(key, i, c.TXS, h, d=c.digest(raw), txs=raw))
+        if kind == 1:
+            return c.wire(c.make(key, i, c.SYNC, 0))
+        r = (i - h) % N or N  # a round this validator proposes in
+        if kind == 2:
+            junk = rng.choice([None, b"x", [b"x"] * (N + 1), 5])
+            return c.wire(c.make(key, i, c.PROPOSAL, h, r, bytes(32), block=b"\x80", rcs=junk))
+        block = Block.from_chain_bytes(sender.chain[-1].chain_bytes()) if sender.chain else None
+        if block is None:
+            return c.wire(c.make(key, i, c.SYNC, h + 5))
+        bad = encode({"v": 2, "typ": "block", "header": block.header.encode(), "trades": list(block.trades),
+                      "seals": [*[[j, s] for j, s in block.seals], ["x", b"y"], [0, [1]]]})
+        raw = encode([[bad, encode([])]])
+        return c.wire(c.make(key, i, c.BLOCKS, block.header.height, d=c.digest(raw), blocks=raw))
 
     def _at(self, t: int, event: tuple) -> None:
         self.seq += 1

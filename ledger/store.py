@@ -121,7 +121,7 @@ class LedgerStore:
         rows = self.db.execute("SELECT raw, hash, leaf, state, height, by, erc_pk FROM ctps ORDER BY leaf")
         records = (CtpRecord(self._ctp(raw, h), raw, h, leaf, state, ht, by, erc_pk)
                    for raw, h, leaf, state, ht, by, erc_pk in rows)
-        refused = dict(self.db.execute("SELECT hash, exp FROM refused"))
+        refused = self.refusals()
         return LedgerState.restore(self.genesis, height, tip_hash, t, accounts, records, refused, self.revocations())
 
     @staticmethod
@@ -181,9 +181,9 @@ class LedgerStore:
                 in self.db.execute("SELECT seq, topic, payload, retain, height, rank FROM outbox ORDER BY seq")]
 
     def drop_standby(self, height: int) -> None:
-        """Forget stand-in outputs (rank > 0) of blocks up to `height`: their publisher announced them."""
+        """Forget the stand-in outputs (rank > 0) of block `height`: its publisher announced it."""
         with self._transaction():
-            self.db.execute("DELETE FROM outbox WHERE rank > 0 AND height <= ?", (height,))
+            self.db.execute("DELETE FROM outbox WHERE rank > 0 AND height = ?", (height,))
 
     # -- queries --
 
@@ -234,6 +234,10 @@ class LedgerStore:
 
     def trades(self) -> dict[bytes, tuple[int, int]]:
         return {ctp_id: (height, idx) for ctp_id, height, idx in self.db.execute("SELECT ctp, height, idx FROM trades")}
+
+    def refusals(self) -> dict[bytes, int]:
+        """Hash of a rejected payer-signed CTP -> its exp: copies are `duplicate` until then."""
+        return dict(self.db.execute("SELECT hash, exp FROM refused"))
 
     def revocations(self) -> dict[bytes, int]:
         """Revoked device key -> revocation time."""
