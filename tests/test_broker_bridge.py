@@ -75,7 +75,10 @@ def test_a_trade_settles_across_two_bridged_brokers(tmp_path, procs, make_client
                     for t, p, _ in list(inbox.messages) if t == topics.status(ctp_id)]
 
         wait_for(lambda: "settled" in states(), 60, lambda: f"settled: {states()}{procs.logs()}")
-        assert in_store(consumer_dir, lambda store: store.trade(ctp_id)).state == "settled"
+        # The consumer reads the same status on its own connection: it may record it a moment
+        # after the monitor saw it.
+        wait_for(lambda: in_store(consumer_dir, lambda store: store.trade(ctp_id)).state == "settled", 10,
+                 lambda: f"the consumer's trade settled{procs.logs()}", interval=0.1)
         assert states() == ["held", "settled"]
         for proc in procs.procs:
             proc.send_signal(signal.SIGTERM)

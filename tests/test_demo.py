@@ -28,7 +28,8 @@ def run_demo(community, *args: str, trades: int = 2) -> tuple[subprocess.Complet
 def test_demo_trades_as_planned_and_exits_0(tmp_path, broker_args, trades):
     """The meters come online, verify each other, fetch CoEs from each other, and the consumers'
     trades end as planned: all settled by the meters' own ERCs but the last, which asks for
-    more than can arrive before it expires and is refunded. The chain passes its audit."""
+    more than can arrive before it expires and is refunded. Every validator's chain passes
+    its audit, and they end at one head."""
     community = tmp_path / "demo"
     result, report = run_demo(community, *broker_args, trades=trades)
     out = result.stdout
@@ -38,8 +39,11 @@ def test_demo_trades_as_planned_and_exits_0(tmp_path, broker_args, trades):
     assert ("broker embedded" if broker_args else "broker mosquitto") in out, report
     assert "rejected" not in out, report
     assert (community / "community.toml").is_file()
-    assert re.search(rf"ledger: {trades - 1} settled, 1 refunded, \d+ blocks, 0 rejects, "
-                     rf"state\s+offline \d+; audit ok", out), report
+    # four validators by default: each says offline at the one head every audit agrees on
+    summary = re.search(rf"ledger: {trades - 1} settled, 1 refunded, \d+ blocks, 0 rejects, "
+                        rf"state v0 offline (\d+), v1 offline (\d+), v2 offline (\d+), v3 offline (\d+); "
+                        rf"audit ok on 4 validator\(s\), one head: height (\d+), {trades - 1} trades", out)
+    assert summary and len(set(summary.groups())) == 1, report
     ended = re.findall(r"│ \w+… │ (m000\d) │ \d+\s+│ \d+\s+│ (\w+)\s+│ (\w+)\s+│", out)
     assert len(ended) == trades and all(expected == got for _, expected, got in ended), report
     assert re.search(r"◆ ledger\s+status\s+CTP \w+… settled in block #\d+\s+validator signature ✓", out), report

@@ -25,7 +25,7 @@ from broker.messages import Cancel, Coe, Ctp, DevCert, Erc, Rejection, Status, o
 from broker.reasons import REASONS, Reject
 from broker.verify import Verifier
 from deploy.simulate import YEAR_MS, SimCommunity, pk
-from ledger.block import Block, parse_trade
+from ledger.block import Block, input_hash, merkle_root, parse_trade
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from tests.helpers import Inbox, connected, wait_for
@@ -91,12 +91,16 @@ class Bus:
         self.sender.publish(topic, raw)
         return message_hash(raw)
 
-    def barrier(self) -> None:
+    def barrier(self) -> Block:
         """Return once everything the ledger published for earlier messages has arrived: the
-        ledger publishes in order on one connection, and this is a later message's reject.
-        (The barrier's own block time is tip + 1, so it may refund what expired by then.)"""
+        ledger publishes in order on one connection, and this is a later message's reject
+        and the block that decided it (returned: a rejected message is decided in a block
+        too). (The barrier's own block time is tip + 1, so it may refund what expired by then.)"""
         junk = b"\xff barrier %d" % next(self._barriers)
-        assert self.wait_reject(self.send(topics.TX_CTP, junk)).reason == "decode"
+        rejection = self.wait_reject(self.send(topics.TX_CTP, junk))
+        assert rejection.reason == "decode"
+        return wait_for(lambda: next((b for b in self.blocks() if b.header.t == rejection.t), None), 10,
+                        lambda: f"the barrier's block at {rejection.t}")
 
     def hold(self, payer: int = 0, payee: int = 1, amount: int = 40, wh: int = 5, exp: int = EXP) -> bytes:
         ctp = self.community.ctp(payer, payee, amount=amount, wh=wh, exp=exp)
@@ -201,12 +205,15 @@ KEPT, REJECTED, NONE = "kept", "rejected", "none"
 class Case(NamedTuple):
     """A message to send; what must happen to statuses: the named CTP keeps its retained
     status byte for byte (KEPT), the new CTP gets a retained `rejected` status (REJECTED), or
-    no status at all is published (NONE)."""
+    no status at all is published (NONE). `again`: the very bytes were decided already, so
+    they are sent to a restarted ledger (one that has run since would take them for a broker
+    copy and acknowledge them silently, issue 6)."""
 
     topic: str
     raw: bytes
     after: str = NONE
     ctp: bytes | None = None
+    again: bool = False
 
 
 CASES: list[tuple[str, str, Callable[[Bus], Case]]] = []  # (id, reason, make)
@@ -353,7 +360,7 @@ def _(bus):
 @case("duplicate", "ctp-sent-again")
 def _(bus):
     ctp = bus.hold()
-    return Case(topics.TX_CTP, ctp, KEPT, ctp_id(ctp))
+    return Case(topics.TX_CTP, ctp, KEPT, ctp_id(ctp), again=True)
 
 
 @case("duplicate", "another-payers-ctp-with-a-held-id")
@@ -367,7 +374,7 @@ def _(bus):
 @case("duplicate", "erc-sent-again")
 def _(bus):
     ctp = bus.hold()
-    return Case(topics.TX_ERC, bus.settle(ctp), KEPT, ctp_id(ctp))
+    return Case(topics.TX_ERC, bus.settle(ctp), KEPT, ctp_id(ctp), again=True)
 
 
 @case("replay", "one-time-key-of-a-settled-ctp")
@@ -466,15 +473,20 @@ def test_the_cases_cover_every_reason_code():
 
 @pytest.mark.parametrize("reason, make", [pytest.param(reason, make, id=name) for name, reason, make in CASES])
 def test_each_reject_reaches_the_bus_with_its_reason_and_message_hash(bus, reason, make):
-    """One signed reject per bad message on spb/v1/rejects, matched by H(m); no block; and
+    """One signed reject per bad message on spb/v1/rejects, matched by H(m); a block that
+    decides it alone and changes nothing (rejected messages are block inputs, issue 6); and
     statuses as §7 says: a rejected CTP with a new id gets `rejected`, nothing else moves."""
     c = make(bus)
+    if c.again:
+        bus.ledger.stop()
+        bus.ledger = bus.start_ledger()
     before = bus.retained(c.ctp) if c.after == KEPT else None
     height, block_time, mark = bus.state.height, max(NOW, bus.state.t + 1), bus.mark()
+    root = bus.state.root()
     msg = bus.send(c.topic, c.raw)
     rejection = bus.wait_reject(msg)
     assert (rejection.reason, rejection.t) == (reason, block_time)
-    bus.barrier()
+    barrier = bus.barrier()
     assert [r.reason for r in bus.rejects(msg)] == [reason], "one reject per message"
     new = bus.statuses(since=mark)
     if c.after == REJECTED:
@@ -484,7 +496,13 @@ def test_each_reject_reaches_the_bus_with_its_reason_and_message_hash(bus, reaso
         assert new == [], "only an applied message, or a CTP rejected under a new id, makes a status"
     if c.after == KEPT:
         assert bus.retained(c.ctp) == before, "a rejected message changed someone else's status"
-    assert bus.blocks(since=mark) == [] and bus.state.height == height, "a block without an applied message"
+    blocks = bus.blocks(since=mark)
+    assert [b.header.height for b in blocks] == [height + 1, height + 2] and blocks[1] == barrier
+    assert bus.state.height == height + 2
+    assert blocks[0].header.t == block_time
+    assert blocks[0].header.inputs == merkle_root([input_hash(topics.TX_TYPES[c.topic], c.raw)]), \
+        "the block decides the rejected message, on its topic, and nothing else"
+    assert all(b.trades == () and b.header.ctps == root for b in blocks), "a rejected message changed the ledger"
 
 
 # ---- life cycle over the bus ----------------------------------------------------------------
@@ -532,7 +550,8 @@ def test_erc_after_expiry_is_rejected_expired_in_the_block_that_refunds(bus):
 
 def test_cancel_after_expiry_refunds_naming_the_cancel_and_a_resend_is_a_duplicate(bus):
     """A cancel in the first block past exp refunds with msg = H(cancel); the same cancel
-    again is `duplicate` and leaves the retained status as it was."""
+    again soon after is a broker copy, acknowledged silently with no block (issue 6); sent
+    again after a restart it is decided anew: `duplicate`. Neither moves the retained status."""
     ctp = bus.hold(exp=NOW)
     held = bus.wait_status(ctp_id(ctp), "held")
     cancel = bus.community.cancel(ctp, t=NOW + 1)
@@ -541,32 +560,48 @@ def test_cancel_after_expiry_refunds_naming_the_cancel_and_a_resend_is_a_duplica
     assert (refunded.msg, refunded.h, refunded.t) == (msg, held.h + 1, NOW + 1)
     retained = bus.retained(ctp_id(ctp))
     assert open_message(retained, "status").body == refunded
-    mark = bus.mark()
+    mark, height = bus.mark(), bus.state.height
+    bus.send(topics.TX_CANCEL, cancel)
+    barrier = bus.barrier()
+    assert bus.rejects(msg, since=mark) == [] and bus.statuses(since=mark) == []
+    assert bus.blocks(since=mark) == [barrier] and barrier.header.height == height + 1, "a block for the copy"
+    # acknowledged, not just ignored: a restarted ledger does not get the copy again
+    bus.ledger.stop()
+    bus.ledger = bus.start_ledger()
+    bus.barrier()
+    # a reconnect may publish the status again, byte for byte (decision 0002)
+    assert bus.rejects(msg, since=mark) == [] and set(bus.statuses(since=mark)) <= {refunded}
     bus.send(topics.TX_CANCEL, cancel)
     assert bus.wait_reject(msg).reason == "duplicate"
     bus.barrier()
-    assert bus.statuses(since=mark) == [] and bus.retained(ctp_id(ctp)) == retained
+    assert set(bus.statuses(since=mark)) <= {refunded} and bus.retained(ctp_id(ctp)) == retained
     assert bus.rejects(msg) == bus.rejects(msg, since=mark), "the applied cancel itself was rejected"
+    assert [r.reason for r in bus.rejects(msg)] == ["duplicate"]
     payer = pk(account(bus, 0))
     assert (bus.state.balances[payer], bus.state.held[payer]) == (BALANCE, 0)
 
 
 def test_exp_itself_is_still_in_time(bus):
     """At block time == exp a CTP is accepted, an ERC settles, a cancel is too early and no
-    refund happens; one ms later the CTP is refundable (PROTOCOL.md §5: "exp passed")."""
+    refund happens; one ms later the CTP is refundable (PROTOCOL.md §5: "exp passed").
+    Each message waits for the block before it, so each makes its own block at tip + 1
+    (a rejected one too: issue 6)."""
     first = bus.hold(exp=NOW + 1)  # block 1, t = NOW
     bus.settle(first)  # block 2, t = NOW + 1 = exp
     second = bus.hold(exp=NOW + 3)  # block 3, t = NOW + 2
     early = bus.send(topics.TX_CANCEL, bus.community.cancel(second, t=NOW + 3))
-    assert bus.wait_reject(early).reason == "too-early"  # decided at t = NOW + 3 = exp, no block
-    third = bus.hold(payer=1, exp=NOW + 3)  # block 4, t = NOW + 3 = exp: accepted, second not refunded
-    # hold() saw block 4, published after all its statuses. (No barrier: any message, even a
-    # rejected one, would be decided at tip + 1 = NOW + 4 and refund both.)
+    assert bus.wait_reject(early).reason == "too-early"  # block 4, t = NOW + 3 = exp
+    assert bus.wait_block(4).header.t == NOW + 3
+    # block 4 was published after all its statuses: second was not refunded at its exp
     assert [s.state for s in bus.statuses(ctp_id(second))] == ["held"]
     late = bus.send(topics.TX_CANCEL, bus.community.cancel(second, t=NOW + 4))  # block 5, t = NOW + 4
     assert bus.wait_status(ctp_id(second), "refunded").msg == late
-    assert bus.wait_status(ctp_id(third), "refunded").msg is None
-    assert bus.state.height == 5
+    third = bus.hold(payer=1, exp=NOW + 5)  # block 6, t = NOW + 5 = exp: accepted
+    assert [s.state for s in bus.statuses(ctp_id(third))] == ["held"]  # and not refunded in it
+    bus.clock.now = NOW + 6  # block 7, made by the clock alone
+    refunded = bus.wait_status(ctp_id(third), "refunded")
+    assert (refunded.msg, refunded.h, refunded.t) == (None, 7, NOW + 6)
+    assert bus.state.height == 7
 
 
 def _applied_once(bus: Bus, ctp: bytes) -> None:
@@ -582,17 +617,24 @@ def _applied_once(bus: Bus, ctp: bytes) -> None:
 
 def test_the_same_ctp_delivered_twice_is_applied_once_and_a_later_resend_is_a_duplicate(bus):
     """QoS 1 may deliver a message twice: one `held`, money moved once (whether the copies
-    share a block or not); a resend after it was applied is acknowledged as `duplicate`."""
+    share a block or not); a resend soon after it was applied is a broker copy, acknowledged
+    with no block and no reject; after a restart a resend is decided again: `duplicate`."""
     ctp = bus.community.ctp(0, 1, amount=40, wh=5, exp=EXP)
     bus.send(topics.TX_CTP, ctp)
     bus.send(topics.TX_CTP, ctp)
     _applied_once(bus, ctp)
     before, height = len(bus.rejects(message_hash(ctp))), bus.state.height
     bus.send(topics.TX_CTP, ctp)
+    _applied_once(bus, ctp)  # its barrier is the only block
+    assert len(bus.rejects(message_hash(ctp))) == before and bus.state.height == height + 1
+    bus.ledger.stop()
+    bus.ledger = bus.start_ledger()
+    height = bus.state.height
+    bus.send(topics.TX_CTP, ctp)
     wait_for(lambda: len(bus.rejects(message_hash(ctp))) == before + 1, message="a reject of the resend")
     assert bus.rejects(message_hash(ctp))[-1].reason == "duplicate"
     _applied_once(bus, ctp)
-    assert bus.state.height == height
+    assert bus.state.height == height + 2  # the duplicate's block and the barrier's
 
 
 def test_copies_queued_while_the_ledger_was_away_are_applied_once(bus):

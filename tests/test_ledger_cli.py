@@ -213,12 +213,3 @@ def test_entry_point_runs_audit(chain):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("audit ok: height 3")
 
-
-def test_run_refuses_a_genesis_that_needs_consensus(tmp_path, capsys):
-    """Four validators make a block final only with three seals: one validator alone must
-    not pretend to be the ledger (BFT consensus is its own issue)."""
-    assert run(capsys, "init", tmp_path, "--ca", CA, "--validators", "4")[0] == 0
-    result = subprocess.run([sys.executable, "-m", "ledger.cli", "run", str(tmp_path), "--broker", "127.0.0.1:1"],
-                            capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
-    assert result.returncode == 1
-    assert result.stderr.startswith("spb-ledger: this genesis has 4 validators, which need BFT consensus")

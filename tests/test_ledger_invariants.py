@@ -29,7 +29,7 @@ from broker.verify import Verifier
 from deploy.simulate import SimCommunity, pk
 from ledger.audit import AuditReport, audit
 from ledger.block import Block, parse_trade, trade_bytes
-from ledger.draft import Draft
+from ledger.draft import Draft, replay
 from ledger.genesis import Genesis
 from ledger.state import HELD, REFUNDED, SETTLED, LedgerState
 from ledger.store import LedgerStore
@@ -198,21 +198,22 @@ class Oracle:
         self.used: dict[bytes, bytes] = {}  # one-time key -> CTP id
         self.height = 0
         self.applied: list[Msg] = []  # every message ever applied
-        self.block_inputs: list[bytes] = []
+        self.block_inputs: list[tuple[str, bytes]] = []  # every message decided, applied or rejected
         self.block_trades: list[bytes] = []
         self.changed: set[bytes] = set()
         self.expired: list[Rec] = []  # refunded at expiry in this block
         self.refused: dict[bytes, int] = {}  # hash -> exp of payer-signed CTPs rejected (final until exp)
 
     def add(self, msg: Msg, t: int) -> str | None:
-        """The expected reason (ANY_STATELESS for a bit flip), applying the message if None."""
+        """The expected reason (ANY_STATELESS for a bit flip), applying the message if None.
+        Every message decided is an input of the block, rejected ones too (decision 0006)."""
+        self.block_inputs.append((msg.typ, msg.raw))
         if msg.stateless is not None:
             return msg.stateless
         opened = open_message(msg.raw, msg.typ)
         reason = getattr(self, "_" + msg.typ)(opened.body, opened.hash, msg.raw, t)
         if reason is None:
             self.applied.append(msg)
-            self.block_inputs.append(msg.raw)
         elif self.announces(msg, reason):
             self.refused[opened.hash] = opened.body.exp
         return reason
@@ -290,17 +291,18 @@ class Oracle:
         self.changed.add(rec.ctp.id)
 
     def finish(self, t: int) -> bool:
-        """Refund what expired before t; True if this block changes anything (so exists)."""
+        """Refund what expired before t; True if there is a block: one that decided any
+        message, applied or rejected, or refunded anything."""
         for rec in self.ctps.values():
             if rec.state == HELD and rec.ctp.exp < t:
                 self._refund(rec, b"")
                 self.expired.append(rec)
-        made = bool(self.changed)
+        made = bool(self.changed or self.block_inputs)
         self.height += made
         return made
 
     def forget_refused(self, t: int) -> None:
-        """After each draft, block or not: a refused CTP past its exp would be `expired` anyway."""
+        """After each block: a refused CTP past its exp would be `expired` anyway."""
         self.refused = {h: exp for h, exp in self.refused.items() if exp >= t}
 
     def start_block(self) -> None:
@@ -310,7 +312,8 @@ class Oracle:
 # ---- checks ------------------------------------------------------------------------------
 
 def draft_view(d: Draft) -> tuple:
-    return (dict(d.balances), dict(d.held), dict(d.ctps), dict(d.used_keys), list(d.inputs), list(d.trades))
+    """What a draft would change; its inputs (every message decided) are checked apart."""
+    return (dict(d.balances), dict(d.held), dict(d.ctps), dict(d.used_keys), dict(d.revoked), list(d.trades))
 
 
 def state_view(s: LedgerState) -> tuple:
@@ -448,6 +451,7 @@ def run_plan(plan: list) -> None:
     by_hash: dict[bytes, Msg] = {}
     times: dict[int, int] = {}  # height -> block time
     trades: dict[bytes, tuple[int, int]] = {}  # settled CTP id -> (height, index in the block's trades)
+    verdicts: dict[int, list[str | None]] = {}  # height -> the reason of each of its inputs
     t = NOW
     with tempfile.TemporaryDirectory() as tmp:
         store = LedgerStore(Path(tmp) / "ledger.db", genesis)
@@ -471,6 +475,8 @@ def run_plan(plan: list) -> None:
                     seen, n_out = draft_view(draft), len(draft.outputs)
                     reason = draft.add(m.typ, m.raw)
                     reasons.append(reason)
+                    # every message is decided into the block, applied or rejected, with its topic
+                    assert draft.inputs == oracle.block_inputs and draft.reasons == reasons
                     check_message_outputs(draft, draft.outputs[n_out:], m, reason, t,
                                           reason is not None and m.stateless is None and oracle.announces(m, reason))
                     event(f"{m.typ}: {reason or 'applied'}")
@@ -488,15 +494,18 @@ def run_plan(plan: list) -> None:
                 assert after[:3] == before[:3] and after[5:] == before[5:]  # finish moved only the shared tree
                 if mode == "discard":
                     assert reasons0 == reasons and (block0 and block0.header) == (block and block.header)
-                sealed = block.sealed(0, key) if block is not None else None
-                store.commit(draft, sealed, draft.signed_outputs(key), [])
-                for cid, (reason, msg_hash) in draft.ctp_rejects.items():  # what `spb-ledger show` reports
-                    assert store.rejection(cid) == (reason, msg_hash, t)
-                state.commit(draft)  # a draft's rejections are kept even when it made no block
-                oracle.forget_refused(t)
-                assert state.refused == oracle.refused
-                if block is not None:
+                if block is None:  # nothing decided, nothing expired: nothing to commit
+                    assert msgs == [] and draft.outputs == [] and draft.refused == {}
+                    assert state_view(state) == before and state.refused == oracle.refused
+                else:
+                    store.commit(draft, block.sealed(0, key), draft.signed_outputs(key))
+                    for cid, (reason, msg_hash) in draft.ctp_rejects.items():  # what `spb-ledger show` reports
+                        assert store.rejection(cid) == (reason, msg_hash, t)
+                    state.commit(draft)  # the block's rejections are consensus state too
+                    oracle.forget_refused(t)
+                    assert state.refused == oracle.refused
                     assert block.inputs == tuple(oracle.block_inputs)
+                    verdicts[state.height] = reasons
                     assert block.trades == tuple(oracle.block_trades)
                     assert block.header.prev == before[1] and block.header.height == before[0] + 1
                     times[state.height] = t
@@ -512,18 +521,19 @@ def run_plan(plan: list) -> None:
                     loaded = store.load()
                     assert state_view(loaded) == state_view(state) and loaded.refused == state.refused
                     state = loaded
-            check_end(state, oracle, store, verifier, trades)
+            check_end(state, oracle, store, verifier, trades, verdicts)
         finally:
             store.close()
 
 
 def check_end(state: LedgerState, oracle: Oracle, store: LedgerStore, verifier: Verifier,
-              trades: dict[bytes, tuple[int, int]]) -> None:
+              trades: dict[bytes, tuple[int, int]], verdicts: dict[int, list[str | None]]) -> None:
     # a message applied once is never applied again, however late it comes back
     d = Draft(state, verifier, state.t + 1)
     for m in oracle.applied:
         assert d.add(m.typ, m.raw) == "duplicate", m.typ
-    assert draft_view(d) == ({}, {}, {}, {}, [], [])
+    assert draft_view(d) == ({}, {}, {}, {}, {}, [])
+    assert d.inputs == [(m.typ, m.raw) for m in oracle.applied] and d.reasons == ["duplicate"] * len(oracle.applied)
     # the log audits, reloads and replays to the live state; proofs find every trade
     assert audit(store) == AuditReport(state.height, len(trades), len(state.ctps))
     assert store.trades() == trades
@@ -531,13 +541,18 @@ def check_end(state: LedgerState, oracle: Oracle, store: LedgerStore, verifier: 
     assert state_view(loaded) == state_view(state) and loaded.refused == state.refused
     fresh = LedgerState(state.genesis)
     replayer = Verifier(state.genesis.cas, state.genesis.validators)
+    heights = []
     for _, stored in store.blocks():
-        d = Draft(fresh, replayer, stored.header.t)
-        assert [d.add(body(raw).typ, raw) for raw in stored.inputs] == [None] * len(stored.inputs)
-        rebuilt = d.finish()
+        d = replay(fresh, replayer, stored.header.t, stored.inputs)  # rejections are re-derived too
+        assert d.reasons == verdicts[stored.header.height]
+        rebuilt = d.block
         assert rebuilt is not None and rebuilt.header == stored.header and rebuilt.trades == stored.trades
+        assert rebuilt.inputs == stored.inputs
         fresh.commit(d)
-    assert state_view(fresh) == state_view(state)  # refused CTPs are local memory, not chain state
+        heights.append(stored.header.height)
+    assert heights == sorted(verdicts)
+    # refused CTPs are chain state now: the replay remembers the same ones
+    assert state_view(fresh) == state_view(state) and fresh.refused == state.refused
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -578,17 +593,30 @@ class Ledger:
         self.store = LedgerStore(root / "ledger.db", self.genesis)
 
     def block(self, t: int, messages: list[tuple[str, bytes]]) -> list[str | None]:
-        """Reasons per message; commits the block if there is one."""
+        """Reasons per message; commits the block if there is one (there is one whenever a
+        message was decided, applied or rejected: all are its inputs)."""
         self.draft = Draft(self.state, self.verifier, t)
         reasons = [self.draft.add(typ, raw) for typ, raw in messages]
         self.last = self.draft.finish()
-        sealed = self.last.sealed(0, self.key) if self.last is not None else None
-        self.store.commit(self.draft, sealed, self.draft.signed_outputs(self.key), [])
-        self.state.commit(self.draft)
+        assert (self.last is None) == (not messages and not self.draft.ctps)
+        if self.last is not None:
+            assert self.last.inputs == tuple(messages) and self.draft.reasons == reasons
+            sealed = self.last.sealed(0, self.key)
+            outputs = [*self.draft.signed_outputs(self.key), (topics.LEDGER_BLOCKS, sealed.chain_bytes(), False)]
+            self.store.commit(self.draft, sealed, outputs)
+            self.state.commit(self.draft)
         return reasons
 
     def record(self, raw: bytes):
         return self.state.record(ctp_id(raw))
+
+    def only_rejected(self, before: tuple, messages: list[tuple[str, bytes]]) -> bool:
+        """The last block decided `messages` and changed nothing but the tip: a block of
+        rejections alone (decision 0006), with no trade and no status."""
+        after = state_view(self.state)
+        return (self.last is not None and self.last.inputs == tuple(messages) and self.last.trades == ()
+                and after[0] == before[0] + 1 and after[3:] == before[3:]
+                and not any(isinstance(o.body, Status) for o in self.draft.outputs))
 
     def account(self, i: int) -> tuple[int, int]:
         a = pk(self.c.households[i].account)
@@ -651,11 +679,15 @@ def test_cancel_only_after_expiry_only_by_the_payer_only_once(ledger):
     x = c.ctp(0, 1, 100, 5, NOW + 50)
     ledger.block(NOW, [("ctp", x)])
     cancel = c.cancel(x)
-    assert ledger.block(NOW + 50, [("cancel", cancel)]) == ["too-early"] and ledger.last is None
+    before = state_view(ledger.state)
+    assert ledger.block(NOW + 50, [("cancel", cancel)]) == ["too-early"]
+    assert ledger.only_rejected(before, [("cancel", cancel)])
     assert ledger.block(NOW + 51, [("cancel", c.cancel(x, by=1)), ("cancel", cancel), ("cancel", cancel),
                                    ("erc", c.erc(x))]) == ["not-payer", None, "duplicate", "not-held"]
     assert (ledger.record(x).state, ledger.record(x).by) == (REFUNDED, message_hash(cancel))
-    assert ledger.block(NOW + 52, [("cancel", cancel)]) == ["duplicate"] and ledger.last is None
+    before = state_view(ledger.state)
+    assert ledger.block(NOW + 52, [("cancel", cancel)]) == ["duplicate"]
+    assert ledger.only_rejected(before, [("cancel", cancel)])
     assert ledger.account(0) == (1000, 0)
     ledger.audited()
 
@@ -712,7 +744,7 @@ def test_stateless_reasons_of_damaged_bytes(ledger):
     before = state_view(ledger.state)
     reasons = ledger.block(NOW + 1, [(m.typ, m.raw) for m in cases])
     assert reasons == [m.stateless for m in cases]
-    assert ledger.last is None and state_view(ledger.state) == before
+    assert ledger.only_rejected(before, [(m.typ, m.raw) for m in cases])
     assert {m.stateless for m in cases} == {"decode", "noncanonical", "signature", "type", "proof"}
 
 
@@ -780,7 +812,9 @@ def test_a_rejected_ctp_stays_rejected_until_it_expires(ledger):
     assert ledger.block(NOW, [("ctp", x), ("ctp", y), ("ctp", z)]) == [None, "insufficient-funds", None]
     assert ledger.block(NOW + 1, [("erc", c.erc(z))]) == [None]
     assert ledger.account(0) == (600, 900)  # y would fit now
-    assert ledger.block(NOW + 2, [("ctp", y)]) == ["duplicate"] and ledger.last is None
+    before = state_view(ledger.state)
+    assert ledger.block(NOW + 2, [("ctp", y)]) == ["duplicate"]
+    assert ledger.only_rejected(before, [("ctp", y)])
     assert ledger.account(0) == (600, 900)
     ledger.store.close()
     ledger.store = LedgerStore(ledger.store.path, ledger.genesis)

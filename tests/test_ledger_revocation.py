@@ -22,7 +22,7 @@ from ledger.node import LedgerNode
 from ledger.state import HELD, REFUNDED, SETTLED
 from ledger.store import LedgerStore
 from tests.helpers import Inbox, connected
-from tests.ledger_helpers import NOW, Chain, RunningLedger, ledger_dir, wait_reject, wait_status
+from tests.ledger_helpers import NOW, Chain, RunningLedger, ledger_dir, rejections, wait_reject, wait_status
 from tests.wire_fixtures import ROGUE_CA, sign_map
 
 COE_T = NOW - YEAR_MS
@@ -56,14 +56,17 @@ def test_a_coe_witnessed_at_or_after_revocation_is_cert_and_the_ctp_refunds(chai
     r = revoke(c, 1, COE_T)  # the CoE was issued exactly at the revocation time
     assert chain.block(NOW + 1, ("revoke", r)) == [None]
     block = chain.store.block(2)  # a revocation alone makes a block
-    assert block.inputs == (r,) and block.trades == ()
+    assert block.inputs == (("revoke", r),) and block.trades == ()
     assert chain.state.revoked == {pk(c.households[1].device): COE_T}
-    assert chain.block(NOW + 2, ("erc", c.erc(x))) == ["cert"]
-    assert chain.state.height == 2 and chain.state.record(ctp_id(x)).state == HELD
+    erc = c.erc(x)
+    assert chain.block(NOW + 2, ("erc", erc)) == ["cert"]
+    # the rejected ERC is the input of a block of its own, which settles nothing
+    assert chain.state.height == 3 and chain.state.record(ctp_id(x)).state == HELD
+    assert chain.store.block(3).inputs == (("erc", erc),) and chain.store.block(3).trades == ()
     chain.block(NOW + 101)
     assert chain.state.record(ctp_id(x)).state == REFUNDED
     assert chain.state.balances[pk(c.households[0].account)] == 1_000
-    assert audit(chain.store).height == 3
+    assert audit(chain.store).height == 4
 
 
 def test_a_coe_witnessed_before_revocation_still_settles(chain, c):
@@ -114,8 +117,10 @@ def test_revoke_is_a_schema_checked_body_signed_by_the_ca(c):
 def test_a_forged_revoke_changes_nothing(chain, c, make, reason):
     x = c.ctp(0, 2, amount=10, wh=1, exp=NOW + 100)
     assert chain.block(NOW, ("ctp", x)) == [None]
-    assert chain.block(NOW + 1, ("revoke", make(c))) == [reason]
-    assert chain.state.height == 1 and chain.state.revoked == {} == chain.store.revocations()
+    forged = make(c)
+    assert chain.block(NOW + 1, ("revoke", forged)) == [reason]
+    assert chain.state.height == 2 and chain.store.block(2).inputs == (("revoke", forged),)  # decided, rejected
+    assert chain.state.revoked == {} == chain.store.revocations()
     assert chain.block(NOW + 2, ("erc", c.erc(x))) == [None]
 
 
@@ -128,7 +133,8 @@ def test_a_second_revoke_of_a_key_is_duplicate(chain, c):
     first = revoke(c, 1, COE_T)
     assert chain.block(NOW, ("revoke", first), ("revoke", revoke(c, 1, COE_T - 5))) == [None, "duplicate"]
     assert chain.block(NOW + 1, ("revoke", first)) == ["duplicate"]
-    assert chain.state.height == 1 and chain.state.revoked == {pk(c.households[1].device): COE_T}
+    assert chain.state.height == 2 and chain.store.block(2).inputs == (("revoke", first),)
+    assert chain.state.revoked == {pk(c.households[1].device): COE_T} == chain.store.revocations()
 
 
 def test_a_restart_keeps_revocations(chain, c):
@@ -173,7 +179,9 @@ def test_audit_replays_the_revocation_block(chain, c):
 
 def test_revocation_on_the_bus(tmp_path, c, mosquitto, make_client):
     """Over Mosquitto, with a ledger on a test clock: the ERC after the revoke is `cert`, its
-    CTP stays held and is refunded at expiry; a second revoke is `duplicate`."""
+    CTP stays held and is refunded at expiry; a second revoke of the key is `duplicate`, while
+    the same revoke sent again soon after it was decided is a broker copy: acknowledged, no
+    new block, no reject (issue 6)."""
     now = [NOW]
     ledger = RunningLedger(ledger_dir(tmp_path, c), mosquitto.port, clock=lambda: now[0])
     try:
@@ -190,8 +198,11 @@ def test_revocation_on_the_bus(tmp_path, c, mosquitto, make_client):
         sender.publish(topics.TX_REVOKE, r)
         sender.publish(topics.TX_ERC, erc)  # after the revoke on one connection: the ledger applies it after
         assert wait_reject(inbox, message_hash(erc)).reason == "cert"
-        sender.publish(topics.TX_REVOKE, r)  # now in a later block, not a redelivery in the same batch
-        assert wait_reject(inbox, message_hash(r)).reason == "duplicate"
+        sender.publish(topics.TX_REVOKE, r)  # decided already: a copy, acknowledged silently
+        again = revoke(c, 1, COE_T - 5)  # another revoke of the same key, after it on one connection
+        sender.publish(topics.TX_REVOKE, again)
+        assert wait_reject(inbox, message_hash(again)).reason == "duplicate"
+        assert [x for x in rejections(inbox) if x.msg == message_hash(r)] == []
         now[0] = NOW + 1_001
         assert wait_status(inbox, ctp_id(x), REFUNDED).msg is None
     finally:
@@ -200,6 +211,12 @@ def test_revocation_on_the_bus(tmp_path, c, mosquitto, make_client):
     store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
     try:
         assert store.revocations() == {pk(c.households[1].device): COE_T}
-        assert audit(store).height == 3
+        blocks = [block for _, block in store.blocks()]
+        # every message decided once, rejected ones too, in arrival order; the last block
+        # is the refund at expiry alone (the revoke and its ERC may share a block)
+        assert [i for block in blocks for i in block.inputs] == [
+            ("ctp", x), ("revoke", r), ("erc", erc), ("revoke", again)]
+        assert blocks[-1].inputs == () and len(blocks) in (4, 5)
+        assert audit(store).height == len(blocks)
     finally:
         store.close()

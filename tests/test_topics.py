@@ -19,11 +19,15 @@ def test_meter_topics_are_the_spec_topics(leaf):
 
 
 def test_fixed_topics_are_the_spec_topics():
-    """The transaction, ledger and rejection topics of the §7 table."""
+    """The transaction, ledger and rejection topics of the §7 table, with decision 0006's
+    extension: one ledger/state topic per validator, and the consensus branch."""
     assert (topics.TX_CTP, topics.TX_ERC, topics.TX_CANCEL) == ("spb/v1/tx/ctp", "spb/v1/tx/erc", "spb/v1/tx/cancel")
     assert topics.REJECTS == "spb/v1/rejects"
-    assert (topics.LEDGER_STATE, topics.LEDGER_BLOCKS) == ("spb/v1/ledger/state", "spb/v1/ledger/blocks")
+    assert topics.LEDGER_BLOCKS == "spb/v1/ledger/blocks"
+    assert (topics.ledger_state(0), topics.ledger_state(3)) == ("spb/v1/ledger/state/v0", "spb/v1/ledger/state/v3")
+    assert topics.LEDGER_STATE_ALL == "spb/v1/ledger/state/+"
     assert topics.CONSENSUS == "spb/v1/consensus"
+    assert (topics.CONSENSUS_ALL, topics.consensus_to(2)) == ("spb/v1/consensus/all", "spb/v1/consensus/v2")
     assert (topics.ONLINE, topics.OFFLINE) == (b"online", b"offline")
 
 
@@ -57,12 +61,17 @@ def test_every_meter_filter_matches_each_meters_topic_and_no_other_leaf(leaf):
 
 
 def test_wildcard_filters_match_what_they_name():
-    """METERS_ALL, STATUS_ALL and TX_ALL each cover their subtree and nothing outside it."""
+    """METERS_ALL, STATUS_ALL, TX_ALL and LEDGER_STATE_ALL each cover their subtree and
+    nothing outside it."""
     assert all(topic_matches_sub(topics.METERS_ALL, topics.meter("m0001", leaf)) for leaf in METER_LEAVES)
     assert topic_matches_sub(topics.STATUS_ALL, topics.status(CTP_ID))
     assert all(topic_matches_sub(topics.TX_ALL, t) for t in (topics.TX_CTP, topics.TX_ERC, topics.TX_CANCEL))
-    for outside in (topics.REJECTS, topics.LEDGER_STATE, topics.CONSENSUS):
-        assert not any(topic_matches_sub(f, outside) for f in (topics.METERS_ALL, topics.STATUS_ALL, topics.TX_ALL))
+    assert all(topic_matches_sub(topics.LEDGER_STATE_ALL, topics.ledger_state(i)) for i in (0, 1, 99))
+    filters = (topics.METERS_ALL, topics.STATUS_ALL, topics.TX_ALL, topics.LEDGER_STATE_ALL)
+    for outside in (topics.REJECTS, topics.LEDGER_BLOCKS, topics.CONSENSUS, topics.CONSENSUS_ALL,
+                    topics.consensus_to(0)):
+        assert not any(topic_matches_sub(f, outside) for f in filters)
+    assert not any(topic_matches_sub(f, topics.ledger_state(0)) for f in filters[:3])
 
 
 @pytest.mark.parametrize("topic, typ", [
@@ -82,7 +91,8 @@ def test_expected_type_of_each_signed_topic(topic, typ):
 
 
 @pytest.mark.parametrize("topic", [
-    "spb/v1/meters/m0001/state", "spb/v1/ledger/state", "spb/v1/ledger/blocks", "spb/v1/consensus",
+    "spb/v1/meters/m0001/state", "spb/v1/ledger/state", "spb/v1/ledger/state/v0", "spb/v1/ledger/blocks",
+    "spb/v1/consensus", "spb/v1/consensus/all", "spb/v1/consensus/v1",
     "spb/v1/tx/other", "spb/v1/meters/m0001/coe", "spb/v2/tx/ctp", "other/spb/v1/tx/ctp", "",
 ])
 def test_topics_without_a_signed_body_expect_none(topic):
