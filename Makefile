@@ -39,6 +39,7 @@ bench: venv mosquitto
 	$(BIN)/python bench/spb_paper.py
 	$(BIN)/python bench/saturation.py
 	$(BIN)/python bench/meter.py
+	$(BIN)/python bench/consensus.py
 
 # The consensus simulation: `make sim SEED=n` replays one seed exactly, `make sim` runs SEEDS from FIRST.
 SEEDS ?= 500

@@ -67,3 +67,27 @@ def test_meter_bench_prints_cpu_per_hour_and_peak_rss_against_the_budget():
     rss_ratio = float(re.search(r"^rss ([\d.]+) of budget  \(< 60 MB", out, re.M).group(1))
     assert abs(cpu_ratio - float(steady.group(1)) / 72) < 0.01 and abs(rss_ratio - float(rss.group(1)) / 60) < 0.01
     assert float(rss.group(1)) > 0
+
+
+def test_consensus_bench_prints_four_validators_beside_one_with_the_targets_and_the_checks():
+    out = run_bench("bench/consensus.py", "--trades", "40", "--rounds", "1", "--seconds", "1", "--rate", "20",
+                    "--block-ms", "50", "--verify-seconds", "0.05")
+    raw = int(re.search(r"^raw Ed25519 verify \(CTP/ERC length\)\s+(\d+) /s", out, re.M).group(1))
+    for n in (4, 1):  # each validator verifies every trade twice, on min(cores, n) cores
+        found = re.search(rf"^bound, {n} validators? on (\d+) cores\s+(\d+) trades/s", out, re.M)
+        cores, bound = map(int, found.groups())
+        assert abs(bound - raw * min(cores, n) / (2 * n)) <= 1, out
+    assert re.search(r"^block_ms 50\s+4 validators\s+1 validator\s+4/1$", out, re.M), out
+    rate = re.search(r"^settled trades/s at saturation\s+(\d+)\s+(\d+)\s+([\d.]+)$", out, re.M)
+    assert rate and int(rate.group(1)) > 0 and int(rate.group(2)) > 0, out
+    assert abs(float(rate.group(3)) - int(rate.group(1)) / int(rate.group(2))) < 0.01 + 1 / int(rate.group(2)), out
+    for p in ("p50", "p99"):
+        assert re.search(rf"^ERC->settled {p} at 20/s \(ms\)\s+\d+\s+\d+\s+[\d.]+$", out, re.M), (p, out)
+    # fault-free runs: the checks after stopping the validators must hold (counted, not timed)
+    assert re.search(r"^heads agree, audits pass\s+yes\s+yes$", out, re.M), out
+    assert re.search(r"^statuses per CTP change \(1 expected\)\s+[\d.]+\s+[\d.]+$", out, re.M), out
+    assert len(re.findall(r"audit ok: height \d+, 60 trades, 60 CTPs", out)) == 2, out
+    assert re.search(r"^  saturation CPU .* ledgers [\d.]+ s \(v0 [\d.]+, v1 [\d.]+, v2 [\d.]+, v3 [\d.]+;.*mosquitto "
+                     r"[\d.]+ s, bench client [\d.]+ s", out, re.M), out
+    assert re.search(r"^target 4 validators >= 1,000 settled/s\s+(met|NOT met)", out, re.M), out
+    assert re.search(r"^target 4 validators p50 < 300 ms at 100/s\s+(met|NOT met)", out, re.M), out
