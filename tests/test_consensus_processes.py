@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from broker import topics
 from tests.consensus_helpers import Validators
 from tests.helpers import wait_for
 
@@ -96,3 +97,42 @@ def test_broker_restarts_mid_load_lose_nothing_and_settle_nothing_twice(validato
     v.wait_heads_agree()
     v.stop_all()
     v.check_everywhere()
+
+
+def test_a_proposer_that_never_publishes_is_stood_in_for(tmp_path, mosquitto, make_client):
+    """Validator 0 commits its blocks but publishes none of their statuses (as if it died
+    right after writing them): the next validator in rotation publishes them, signed by
+    itself, after TAKEOVER_S; no CTP is left without its statuses."""
+    import threading
+
+    from broker.messages import open_message
+    from ledger.service import LedgerService
+    from ledger.validator import ValidatorIdentity
+
+    v = Validators(tmp_path, mosquitto.port, make_client, 40)
+    services = [LedgerService(ValidatorIdentity.load(v.root, i), "127.0.0.1", mosquitto.port) for i in range(4)]
+    mute = services[0]
+    mute._queue = lambda rows, queue=mute._queue: queue([r for r in rows if r.rank > 0])
+    threads = [threading.Thread(target=s.run, daemon=True) for s in services]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: {t for t, p, _ in v.inbox.messages if p.startswith(b"online")} >=
+                 {topics.ledger_state(i) for i in range(4)}, 30, "four validators online")
+        for wave in range(8):  # waves of trades, so that heights go round the rotation
+            v.publish(v.trades[5 * wave:5 * wave + 5])
+            v.wait_settled(5 * wave + 5, timeout=60)
+        statuses_by = {}
+        for t, p, _ in v.inbox.messages:
+            if t.startswith("spb/v1/status/"):
+                opened = open_message(p, "status")
+                signers = [i for i, key in enumerate(v.genesis().validators) if opened.envelope.verifies(key)]
+                statuses_by.setdefault(opened.body.h, set()).update(signers)
+        assert any(h % 4 == 0 for h in statuses_by), "validator 0 proposed no block: the test proved nothing"
+        assert all(0 not in signers for signers in statuses_by.values()), "the muted validator published"
+        assert set(v.status_counts().values()) == {1}
+    finally:
+        for s in services:
+            s.stop()
+        for t in threads:
+            t.join(15)
