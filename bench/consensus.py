@@ -28,24 +28,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from broker import topics
-from broker.client import BusClient
 from broker.clock import wall_ms
 from broker.messages import open_message
-from broker.runtime import Mosquitto, free_port, wait_or_kill
 from deploy.simulate import SimCommunity
 from ledger.block import Block
 from saturation import RawVerify, make_trades
-from spb_paper import BALANCE, HOST, REPO, Bench, cpu_ticks, wait
+from spb_paper import Bench, Cluster, wait
 
 TARGET_RATE, TARGET_P50_MS, TARGET_AT_RATE, TARGET_VALIDATORS = 1000, 300, 100, 4
 MAX_VALIDATORS = 4  # SimCommunity has keys for four
@@ -55,112 +50,6 @@ def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile of a non-empty list."""
     ordered = sorted(values)
     return ordered[min(len(ordered), max(1, math.ceil(p / 100 * len(ordered)))) - 1]
-
-
-class Cluster:
-    """A temp dir with a Mosquitto and n validators, each its own `spb-ledger run`."""
-
-    def __init__(self, community: SimCommunity, n: int, block_ms: int, profile: Path | None = None):
-        self.community, self.n, self.block_ms, self.profile = community, n, block_ms, profile
-        self.tmp = tempfile.TemporaryDirectory(prefix="spb-bench-consensus-")
-        self.dir = Path(self.tmp.name)
-        self.root = self.dir / "ledger"
-        self.broker = Mosquitto()
-        self.processes: list[subprocess.Popen] = []
-        self.clients: list[BusClient] = []
-
-    def __enter__(self) -> "Cluster":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def start(self) -> None:
-        self.broker.start(free_port(), self.dir / "mosquitto")
-        self.community.ledger_dir(self.root, BALANCE, self.block_ms, validators=self.n)
-        online: set[str] = set()
-        all_online = threading.Event()
-        watcher = self.client("bench-ledger-state")
-
-        def on_state(topic: str, payload: bytes, retained: bool) -> None:
-            (online.add if payload.startswith(topics.ONLINE) else online.discard)(topic)
-            if len(online) == self.n:
-                all_online.set()
-        watcher.subscribe(topics.LEDGER_STATE_ALL, on_state)
-        watcher.connect()
-        for i in range(self.n):
-            command = [sys.executable, "-m", "ledger.cli", "run", str(self.root),
-                       "--broker", f"{HOST}:{self.broker.port}", "--validator", str(i)]
-            if self.profile:
-                out = self.profile / f"v{i}-of-{self.n}-block{self.block_ms}.prof"
-                command[1:3] = ["-m", "cProfile", "-o", str(out.resolve()), "-m", "ledger.cli"]
-            with self.log_path(i).open("wb") as log:
-                self.processes.append(subprocess.Popen(
-                    command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
-        wait(all_online, 30, f"{self.n} validators to come online", self)
-
-    def log_path(self, i: int) -> Path:
-        return self.dir / f"v{i}.log"
-
-    def client(self, client_id: str) -> BusClient:
-        client = BusClient(HOST, self.broker.port, client_id, clean_session=True,
-                           reconnect_min_delay=0.05, reconnect_max_delay=0.5)
-        self.clients.append(client)
-        return client
-
-    def check_alive(self) -> None:
-        for i, process in enumerate(self.processes):
-            if process.poll() is not None:
-                raise Bench(f"validator {i} exited with {process.returncode}:\n{self.log_tail()}")
-        if not self.broker.running():
-            raise Bench(f"mosquitto died: {self.broker.exit_report()}")
-
-    def log_tail(self, lines: int = 8) -> str:
-        tails = []
-        for i in range(self.n):
-            text = self.log_path(i).read_text(errors="replace").splitlines()
-            tails.append(f"-- v{i}:\n" + "\n".join(text[-lines:]))
-        return "\n".join(tails)
-
-    def cpu(self) -> dict[str, int]:
-        """CPU clock ticks so far: each validator (all its threads), mosquitto, this process."""
-        ticks = {f"v{i}": sum(cpu_ticks(p.pid).values()) for i, p in enumerate(self.processes)}
-        broker_process = getattr(self.broker, "_process", None)
-        ticks["mosquitto"] = sum(cpu_ticks(broker_process.pid).values()) if broker_process else 0
-        ticks["bench client"] = sum(cpu_ticks(os.getpid()).values())
-        return ticks
-
-    def stop_validators(self, timeout: float = 30) -> None:
-        """SIGTERM to all at once, as an operator stops them; each says `offline` and exits."""
-        processes, self.processes = self.processes, []
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        stuck = [i for i, process in enumerate(processes) if not wait_or_kill(process, timeout)]
-        if stuck:
-            raise Bench(f"validators {stuck} ignored SIGTERM for {timeout:.0f} s")
-
-    def cli(self, command: str, i: int) -> tuple[int, str]:
-        result = subprocess.run([sys.executable, "-m", "ledger.cli", command, str(self.root), "--validator", str(i)],
-                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                                text=True, timeout=120)
-        return result.returncode, (result.stdout + result.stderr).strip()
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-        self.clients.clear()
-        try:
-            self.stop_validators()
-        finally:
-            self.broker.stop()
-            self.tmp.cleanup()
 
 
 class Observer:
@@ -249,7 +138,8 @@ def run_config(n: int, block_ms: int, raw: RawVerify, args: argparse.Namespace) 
     rounds = [make_trades(community, args.trades) for _ in range(args.rounds)]
     paced = make_trades(community, max(1, round(args.rate * args.seconds)))
     result: dict = {"n": n, "block_ms": block_ms}
-    with Cluster(community, n, block_ms, args.profile) as cluster:
+    profiles = [args.profile / f"v{i}-of-{n}-block{block_ms}.prof" for i in range(n)] if args.profile else None
+    with Cluster(community, n, block_ms, profiles) as cluster:
         observer = Observer(cluster)
         # (a) saturation: best of the rounds, each interleaved with the bound on the same machine
         result["rates"] = []

@@ -36,7 +36,7 @@ from deploy.simulate import SimCommunity
 from ledger.genesis import DEFAULT_BLOCK_MS
 from ledger.node import LedgerNode
 from ledger.validator import ValidatorIdentity
-from spb_paper import BALANCE, Bench, LedgerProcess, cpu_report, trade_pairs, wait
+from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
 from wire import rate
 
 TARGET = 0.4
@@ -93,7 +93,7 @@ def end_to_end(community: SimCommunity, rounds: list[list[tuple[bytes, bytes]]],
                args: argparse.Namespace) -> tuple[float, str]:
     """Best settled trades/s over the rounds, and the CPU split of that round."""
     best, best_cpu = 0.0, ""
-    with LedgerProcess(community, args.block_ms, args.profile) as ledger:
+    with Cluster(community, 1, args.block_ms, [Path(args.profile)] if args.profile else None) as ledger:
         lock = threading.Lock()
         state = {"ercs": {}, "settled": 0, "want": 0, "last": 0.0, "problems": [], "heights": {}}
         done = threading.Event()

@@ -52,7 +52,7 @@ class Bench(Exception):
     """The run could not finish (a rejection, a dead process, a timeout)."""
 
 
-def wait(event: threading.Event, timeout: float, what: str, ledger: "LedgerProcess") -> None:
+def wait(event: threading.Event, timeout: float, what: str, ledger: "Cluster") -> None:
     """Wait for event, failing fast if the ledger or the broker died meanwhile."""
     deadline = time.monotonic() + timeout
     while not event.wait(0.05):
@@ -75,20 +75,21 @@ def cpu_ticks(pid: int) -> dict[int, int]:
     return ticks
 
 
-class LedgerProcess:
-    """A temp dir with a Mosquitto and one validator (`spb-ledger run`) for `community`."""
+class Cluster:
+    """A temp dir with a Mosquitto and n validators of `community`'s ledger, each its own
+    `spb-ledger run --validator I`; `profiles[i]`, if given, is validator i's cProfile output."""
 
-    def __init__(self, community: SimCommunity, block_ms: int = DEFAULT_BLOCK_MS, profile: str | None = None):
-        self.community, self.block_ms, self.profile = community, block_ms, profile
+    def __init__(self, community: SimCommunity, n: int = 1, block_ms: int = DEFAULT_BLOCK_MS,
+                 profiles: list[Path] | None = None):
+        self.community, self.n, self.block_ms, self.profiles = community, n, block_ms, profiles
         self.tmp = tempfile.TemporaryDirectory(prefix="spb-bench-")
         self.dir = Path(self.tmp.name)
         self.root = self.dir / "ledger"
         self.broker = Mosquitto()
-        self.process: subprocess.Popen | None = None
+        self.processes: list[subprocess.Popen] = []
         self.clients: list[BusClient] = []
-        self.online = threading.Event()
 
-    def __enter__(self) -> "LedgerProcess":
+    def __enter__(self) -> "Cluster":
         try:
             self.start()
         except BaseException:
@@ -101,21 +102,30 @@ class LedgerProcess:
 
     def start(self) -> None:
         self.broker.start(free_port(), self.dir / "mosquitto")
-        self.community.ledger_dir(self.root, BALANCE, self.block_ms)
-        command = [sys.executable, "-m", "ledger.cli", "run", str(self.root), "--broker", f"{HOST}:{self.broker.port}"]
-        if self.profile:
-            command[1:3] = ["-m", "cProfile", "-o", str(Path(self.profile).resolve()), "-m", "ledger.cli"]
-        with (self.dir / "ledger.log").open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.community.ledger_dir(self.root, BALANCE, self.block_ms, validators=self.n)
+        online: set[str] = set()
+        all_online = threading.Event()
         watcher = self.client("bench-ledger-state")
 
         def on_state(topic: str, payload: bytes, retained: bool) -> None:
-            if payload.startswith(b"online"):
-                self.online.set()
+            (online.add if payload.startswith(topics.ONLINE) else online.discard)(topic)
+            if len(online) == self.n:
+                all_online.set()
         watcher.subscribe(topics.LEDGER_STATE_ALL, on_state)
         watcher.connect()
-        wait(self.online, 30, "the ledger to come online", self)
+        for i in range(self.n):
+            command = [sys.executable, "-m", "ledger.cli", "run", str(self.root),
+                       "--broker", f"{HOST}:{self.broker.port}", "--validator", str(i)]
+            if self.profiles:
+                command[1:3] = ["-m", "cProfile", "-o", str(self.profiles[i].resolve()), "-m", "ledger.cli"]
+            with self.log_path(i).open("wb") as log:
+                self.processes.append(subprocess.Popen(
+                    command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+        wait(all_online, 30, f"{self.n} validator(s) to come online", self)
+
+    def log_path(self, i: int) -> Path:
+        return self.dir / f"v{i}.log"
 
     def client(self, client_id: str, **options) -> BusClient:
         """A BusClient on this broker (clean session), closed with the run."""
@@ -125,38 +135,52 @@ class LedgerProcess:
         return client
 
     def check_alive(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise Bench(f"the ledger exited with {self.process.returncode}:\n{self.log_tail()}")
+        for i, process in enumerate(self.processes):
+            if process.poll() is not None:
+                raise Bench(f"validator {i} exited with {process.returncode}:\n{self.log_tail()}")
         if not self.broker.running():
             raise Bench(f"mosquitto died: {self.broker.exit_report()}")
 
     def log_tail(self, lines: int = 20) -> str:
-        text = (self.dir / "ledger.log").read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        tails = []
+        for i in range(self.n):
+            text = self.log_path(i).read_text(errors="replace").splitlines()
+            tails.append(f"-- v{i}:\n" + "\n".join(text[-lines:]))
+        return "\n".join(tails)
 
     def cpu(self) -> dict[str, int]:
-        """CPU clock ticks so far: the ledger (all its threads: blocks, presign, paho), mosquitto, us."""
-        ledger = cpu_ticks(self.process.pid) if self.process else {}
+        """CPU clock ticks so far: each validator (all its threads; `ledger` when it is the
+        only one), mosquitto, this process."""
+        ticks = {("ledger" if self.n == 1 else f"v{i}"): sum(cpu_ticks(p.pid).values())
+                 for i, p in enumerate(self.processes)}
         broker_process = getattr(self.broker, "_process", None)
-        return {"ledger": sum(ledger.values()),
-                "mosquitto": sum(cpu_ticks(broker_process.pid).values()) if broker_process else 0,
-                "bench client": sum(cpu_ticks(os.getpid()).values())}
+        ticks["mosquitto"] = sum(cpu_ticks(broker_process.pid).values()) if broker_process else 0
+        ticks["bench client"] = sum(cpu_ticks(os.getpid()).values())
+        return ticks
 
-    def stop_ledger(self, timeout: float = 15) -> None:
-        """SIGTERM, as an operator stops it: the block in hand is finished and `offline` said."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        if not wait_or_kill(process, timeout):
-            raise Bench(f"the ledger ignored SIGTERM for {timeout} s")
+    def stop_validators(self, timeout: float = 30) -> None:
+        """SIGTERM to all at once, as an operator stops them; each says `offline` and exits."""
+        processes, self.processes = self.processes, []
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        stuck = [i for i, process in enumerate(processes) if not wait_or_kill(process, timeout)]
+        if stuck:
+            raise Bench(f"validators {stuck} ignored SIGTERM for {timeout:.0f} s")
+
+    def cli(self, command: str, i: int) -> tuple[int, str]:
+        """(exit code, output) of `spb-ledger COMMAND DIR --validator I`."""
+        result = subprocess.run([sys.executable, "-m", "ledger.cli", command, str(self.root), "--validator", str(i)],
+                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                                text=True, timeout=120)
+        return result.returncode, (result.stdout + result.stderr).strip()
 
     def close(self) -> None:
         for client in self.clients:
             client.close()
         self.clients.clear()
         try:
-            self.stop_ledger()
+            self.stop_validators()
         finally:
             self.broker.stop()
             self.tmp.cleanup()
@@ -238,7 +262,7 @@ def run(args: argparse.Namespace) -> dict:
     done, last_block = threading.Event(), threading.Event()
     want_height = [None]
 
-    with LedgerProcess(community, args.block_ms, args.profile) as ledger:
+    with Cluster(community, 1, args.block_ms, [Path(args.profile)] if args.profile else None) as ledger:
         def on_block(topic: str, payload: bytes, retained: bool) -> None:
             with lock:
                 blocks.append(payload)
@@ -301,7 +325,7 @@ def run(args: argparse.Namespace) -> dict:
             if any(Block.from_chain_bytes(b).header.height >= want_height[0] for b in blocks):
                 last_block.set()
         wait(last_block, 10, f"block {want_height[0]} on {topics.LEDGER_BLOCKS}", ledger)
-        ledger.stop_ledger()
+        ledger.stop_validators()
         db = db_check(ledger.root)
 
     chain = [Block.from_chain_bytes(b) for b in blocks]
