@@ -150,8 +150,12 @@ class Block:
 
     def valid_seals(self, validators: tuple[bytes, ...]) -> int:
         """How many distinct genesis validators sealed this header."""
+        return len({index for index, _ in self.good_seals(validators)})
+
+    def good_seals(self, validators: tuple[bytes, ...]) -> set[tuple[int, bytes]]:
+        """The seals that are genesis validators' signatures over this header."""
         header = self.header.encode()
-        return len({index for index, sig in self.seals if seal_valid(header, index, sig, validators)})
+        return {(index, sig) for index, sig in self.seals if seal_valid(header, index, sig, validators)}
 
 
 def seal(header: bytes, key: SigningKey) -> bytes:

@@ -126,6 +126,15 @@ def signed_list(raw: object, validators: tuple[bytes, ...], limit: int) -> list[
     return found
 
 
+def bulk(message: Signed, name: str) -> bytes:
+    """A bulk attachment (forwarded transactions, blocks), checked against the digest the
+    sender signed."""
+    raw = message.attachments.get(name)
+    if type(raw) is not bytes or digest(raw) != message.d:
+        raise ConsensusError(f"the {name} attachment does not match the signed digest")
+    return raw
+
+
 def load_list(raw: object, what: str) -> list:
     """A bulk attachment (forwarded transactions, blocks) after its digest checked."""
     try:

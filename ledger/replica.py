@@ -70,6 +70,15 @@ class _Candidate:
     inputs: tuple[Input, ...]
     raw: bytes  # c.block_bytes(...)
 
+    @classmethod
+    def of(cls, header: Header, inputs: tuple[Input, ...]) -> "_Candidate":
+        return cls(header, inputs, c.block_bytes(header, inputs))
+
+    @classmethod
+    def parse(cls, raw: object) -> "_Candidate":
+        """A proposed block's bytes; ConsensusError if they are not one."""
+        return cls(*c.parse_block(raw), raw)
+
 
 class Replica:
     def __init__(self, state: LedgerState, verifier: Verifier, index: int, key: SigningKey,
@@ -91,7 +100,7 @@ class Replica:
         self.tail: dict[int, Block] = {}  # the last blocks decided, by height
         self.out: list[Action] = []
         now = self._clocks(now, mono)
-        self._height(now)
+        self._height()
         if votes:
             self._restore(load(votes), now)
         if self.n > 1:
@@ -99,7 +108,7 @@ class Replica:
 
     # -- the height's state --
 
-    def _height(self, now: int) -> None:
+    def _height(self) -> None:
         self.h = self.state.height + 1
         self.round = 0
         self.timer: int | None = None
@@ -129,9 +138,9 @@ class Replica:
         self.proposed_in = set(v["prop"])
         if v["prep"]:
             pr, d, block, cert = v["prep"]
-            self.candidates[d] = _Candidate(*c.parse_block(block), block)
+            self.candidates[d] = _Candidate.parse(block)
             self.prepared = (pr, d, cert)
-        self.timer = now + self._timeout(self.round)
+        self._enter(self.round, now)
 
     # -- inputs --
 
@@ -184,7 +193,7 @@ class Replica:
             times.append(self.behind_since + self.timing.sync_ms)
         exp = self.state.next_expiry()
         if exp is not None and self.timer is None:
-            times.append(now + max(exp + 1, self.state.t + 1) - self.wall)
+            times.append(now + max(exp + 1, self._block_time()) - self.wall)
         return min(times) if times else None
 
     # -- the rounds --
@@ -207,7 +216,11 @@ class Replica:
 
     def _work(self, now: int) -> bool:
         exp = self.state.next_expiry()
-        return bool(self.pool) or (exp is not None and max(self.wall, self.state.t + 1) > exp)
+        return bool(self.pool) or (exp is not None and self._block_time() > exp)
+
+    def _block_time(self) -> int:
+        """The time of a block we would propose now: the wall clock, after the tip's."""
+        return max(self.wall, self.state.t + 1)
 
     def _timeout(self, r: int) -> int:
         return self.timing.round_ms << min(r, MAX_BACKOFF)
@@ -236,21 +249,21 @@ class Replica:
             if best.pr >= 0:  # a block may have been committed in an earlier round: propose it again
                 candidate = self.candidates[best.d]
                 justification["prepares"] = best.attachments["prepares"]
-                self._accept_proposal(r, best.d, candidate, now, justification)
+                self._send_proposal(r, best.d, candidate, now, justification)
                 return
         self._live_draft(None)
-        draft = Draft(self.state, self.verifier, max(self.wall, self.state.t + 1))
+        draft = Draft(self.state, self.verifier, self._block_time())
         for typ, raw, _ in list(self.pool.values())[:self.timing.max_inputs]:
             draft.add(typ, raw)
         if draft.finish() is None:
             return  # nothing to decide yet (an expiry not passed at t)
         block = draft.block
-        candidate = _Candidate(block.header, block.inputs, c.block_bytes(block.header, block.inputs))
+        candidate = _Candidate.of(block.header, block.inputs)
         self.candidates[block.hash] = candidate
         self.live = (block.hash, draft)
-        self._accept_proposal(r, block.hash, candidate, now, justification)
+        self._send_proposal(r, block.hash, candidate, now, justification)
 
-    def _accept_proposal(self, r: int, d: bytes, candidate: _Candidate, now: int, justification: dict) -> None:
+    def _send_proposal(self, r: int, d: bytes, candidate: _Candidate, now: int, justification: dict) -> None:
         self.proposed_in.add(r)
         self._persist()
         self._broadcast(c.make(self.key, self.index, c.PROPOSAL, self.h, r, d, block=candidate.raw,
@@ -258,7 +271,7 @@ class Replica:
 
     def _round_change(self, r: int, now: int) -> None:
         """Leave for round r: tell everyone, with what we prepared so a committed block survives."""
-        self.round, self.timer = r, now + self._timeout(r)
+        self._enter(r, now)
         self._persist()
         attachments = {}
         pr, d = -1, b""
@@ -306,13 +319,14 @@ class Replica:
         if m.sender != self.proposer(m.h, m.r):
             return
         try:
-            header, inputs = c.parse_block(m.attachments.get("block"))
+            candidate = _Candidate.parse(m.attachments.get("block"))
         except c.ConsensusError:
             return
-        if header.hash != m.d or len(inputs) > self.timing.max_inputs:
+        header = candidate.header
+        if header.hash != m.d or len(candidate.inputs) > self.timing.max_inputs:
             return
         if m.d not in self.candidates:
-            self.candidates[m.d] = _Candidate(header, inputs, m.attachments["block"])
+            self.candidates[m.d] = candidate
             self._check_decided(now)  # its commits may have come first
             if m.h != self.h:
                 return
@@ -439,7 +453,7 @@ class Replica:
         self.out += [Decided(block, draft, proposer), Ack(keys)]
         self.tail[block.header.height] = block  # until the adapter has written it
         self.tail.pop(block.header.height - self.timing.sync_blocks, None)
-        self._height(now)
+        self._height()
         future, self.future = self.future, []
         for m in future:
             self._handle(m, now)
@@ -448,11 +462,17 @@ class Replica:
         self.round, self.timer = r, now + self._timeout(r)
 
     def _on_round_change(self, m: c.Signed, now: int) -> None:
-        if m.r == 0 or not self._valid_round_change(m):
+        if m.r == 0:
             return
+        if m.pr < 0:
+            if m.d != b"":
+                return
+        else:
+            candidate = self._prepared_block(m)
+            if candidate is None:
+                return
+            self.candidates.setdefault(m.d, candidate)
         self.rcs.setdefault(m.r, {})[m.sender] = m
-        if m.pr >= 0:
-            self.candidates.setdefault(m.d, _Candidate(*c.parse_block(m.attachments["block"]), m.attachments["block"]))
         # f+1 validators are past our round: one of them is honest, so follow them
         highest: dict[int, int] = {}
         for r, by in self.rcs.items():
@@ -462,14 +482,16 @@ class Replica:
         if len(ahead) > self.f:
             self._round_change(ahead[self.f], now)
 
-    def _valid_round_change(self, m: c.Signed) -> bool:
-        if m.pr < 0:
-            return m.d == b""
+    def _prepared_block(self, m: c.Signed) -> _Candidate | None:
+        """The block a round change says its sender prepared, if it hashes to the digest and
+        a quorum of PREPAREs comes with it."""
         try:
-            header, _ = c.parse_block(m.attachments.get("block"))
+            candidate = _Candidate.parse(m.attachments.get("block"))
         except c.ConsensusError:
-            return False
-        return header.hash == m.d and self._prepare_certificate(m.attachments.get("prepares"), m.h, m.pr, m.d)
+            return None
+        if candidate.header.hash != m.d or not self._prepare_certificate(m.attachments.get("prepares"), m.h, m.pr, m.d):
+            return None
+        return candidate
 
     # -- transactions between validators, and catching up --
 
@@ -485,12 +507,11 @@ class Replica:
         self._send(c.make(self.key, self.index, c.TXS, self.h, d=c.digest(raw), txs=raw), None)
 
     def _on_txs(self, m: c.Signed, now: int) -> None:
-        raw = m.attachments.get("txs")
-        if m.sender == self.index or type(raw) is not bytes or c.digest(raw) != m.d:
+        if m.sender == self.index:
             return
         try:
-            txs = decode_inputs(raw)
-        except BlockError:
+            txs = decode_inputs(c.bulk(m, "txs"))
+        except (c.ConsensusError, BlockError):
             return
         for typ, msg in txs[:4096]:
             key = (typ, message_hash(msg))
@@ -522,11 +543,8 @@ class Replica:
     def _on_blocks(self, m: c.Signed, now: int) -> None:
         """Blocks from a peer: each must follow our tip, carry a quorum of valid seals and
         replay to its own header; the sender is not trusted for any of it."""
-        raw = m.attachments.get("blocks")
-        if type(raw) is not bytes or c.digest(raw) != m.d:
-            return
         try:
-            items = c.load_list(raw, "blocks")
+            items = c.load_list(c.bulk(m, "blocks"), "blocks")
         except c.ConsensusError:
             return
         for item in items[:self.timing.sync_blocks]:
@@ -537,12 +555,10 @@ class Replica:
                 return
             if block.header.height < self.h:
                 continue
-            header = block.header.encode()
-            seals = {(i, s) for i, s in block.seals if seal_valid(header, i, s, self.validators)}
+            seals = block.good_seals(self.validators)
             if block.header.height > self.h or len({i for i, _ in seals}) < self.q:
                 return
-            self.candidates[block.hash] = _Candidate(block.header, block.inputs,
-                                                     c.block_bytes(block.header, block.inputs))
+            self.candidates[block.hash] = _Candidate.of(block.header, block.inputs)
             before = self.h
             self._decide(block.hash, seals, None, now)
             if self.h == before:
