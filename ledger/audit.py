@@ -1,9 +1,10 @@
 """`spb-ledger audit`: replay a validator's block log from the genesis and check everything.
 
-Each block is rebuilt from its stored inputs by the same Draft a validator uses, at the
-block's own time, so the audit re-verifies every signature (the settled CTPs and the ERCs
-whose hashes are on chain), reaches the same rejections, and recomputes every root. Then the invariants of PROTOCOL.md §5
-are checked, and finally the replayed state must equal the stored tables.
+Each block is rebuilt from its stored inputs by the same replay a validator uses on a
+proposal, at the block's own time, so the audit re-verifies every signature (the settled
+CTPs and the ERCs whose hashes are on chain), reaches the same rejections, and recomputes
+every root. Then the invariants of PROTOCOL.md §5 are checked, and finally the replayed
+state must equal the stored tables.
 """
 
 from __future__ import annotations

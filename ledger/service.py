@@ -28,7 +28,7 @@ from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
 from broker.cose import message_hash
 from broker.runtime import AUTOSAVE_S
-from ledger.block import Block, BlockError, quorum
+from ledger.block import Block, BlockError
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Send, Timing
 from ledger.store import Outgoing
@@ -54,7 +54,6 @@ class LedgerService:
         self.index = identity.index
         self.node = LedgerNode(identity)
         self.replica = self.node.replica(timing or Timing(block_ms=genesis.block_ms), clock(), _mono())
-        self.quorum = quorum(len(genesis.validators))
         self._events: deque[tuple] = deque()  # from the network thread: ("tx", typ, raw, ack) | ("msg", raw) | ...
         self._acks: dict[tuple[str, bytes], list[Callable[[], None]]] = {}  # pool key -> its deliveries' acks
         self._wake = threading.Event()  # something arrived, or stop() was called
@@ -189,6 +188,9 @@ class LedgerService:
         log.info("block %d at %d: %d inputs, %d trades%s", block.header.height, block.header.t, len(block.inputs),
                  len(block.trades), "" if decided.proposer is not None else " (caught up)")
         self._queue(rows)
+        self._say_online()
+
+    def _say_online(self) -> None:
         self._send(self.state_topic, f"online {self.node.state.height}".encode(), True)
 
     def _queue(self, rows: list[Outgoing]) -> None:
@@ -213,7 +215,7 @@ class LedgerService:
         except BlockError:
             return
         height = block.header.height
-        if height in self._seen or block.valid_seals(self.replica.validators) < self.quorum:
+        if height in self._seen or block.valid_seals(self.replica.validators) < self.replica.q:
             return
         self._seen.append(height)
         if self._standby.pop(height, None) is not None:
@@ -291,7 +293,7 @@ class LedgerService:
             self._send(topic, payload, True, acked if full else None)
         if full and not statuses:
             store.set_flag(RESTORE, False)
-        self._send(self.state_topic, f"online {self.node.state.height}".encode(), True)
+        self._say_online()
 
     def _take_delivered(self) -> list[int]:
         return [self._delivered.popleft() for _ in range(len(self._delivered))]

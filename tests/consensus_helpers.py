@@ -12,13 +12,13 @@ from pathlib import Path
 from broker import topics
 from broker.clock import wall_ms
 from broker.messages import open_message
-from deploy.simulate import SimCommunity, pk
+from deploy.simulate import SimCommunity
 from ledger import consensus as c
 from ledger.block import Block
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from tests.helpers import REPO, Inbox, child_env, connected, wait_for
-from tests.ledger_helpers import statuses
+from tests.ledger_helpers import publish_trades, settled_accounts, signed_trades, statuses
 
 VALIDATORS = 4
 HOUSEHOLDS = 8
@@ -33,13 +33,7 @@ class Validators:
         self.port = port
         self.community = SimCommunity(HOUSEHOLDS, now)
         self.root = self.community.ledger_dir(tmp_path / "ledger", BALANCE, block_ms=50, validators=VALIDATORS)
-        self.trades = []  # (ctp, erc, payer, payee, amount)
-        for i in range(trades):
-            payer = i % HOUSEHOLDS
-            payee = (payer + 1 + i % (HOUSEHOLDS - 1)) % HOUSEHOLDS
-            amount = 1 + i % 50
-            ctp = self.community.ctp(payer, payee, amount=amount, wh=3, exp=now + 3_600_000)
-            self.trades.append((ctp, self.community.erc(ctp), payer, payee, amount))
+        self.trades = signed_trades(self.community, trades, now)  # (ctp, erc, payer, payee, amount)
         self.inbox = Inbox()
         watcher = make_client(port, "watcher")
         for topic in (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE_ALL, topics.LEDGER_BLOCKS,
@@ -81,10 +75,7 @@ class Validators:
     # -- load --
 
     def publish(self, trades: list) -> None:
-        """Each ERC right after its CTP: one publisher, so the broker keeps the order."""
-        for ctp, erc, *_ in trades:
-            self.households.publish(topics.TX_CTP, ctp)
-            self.households.publish(topics.TX_ERC, erc)
+        publish_trades(self.households, trades)
 
     def settled(self) -> set[bytes]:
         return {s.ctp for s in statuses(self.inbox) if s.state == "settled"}
@@ -140,17 +131,13 @@ class Validators:
     def check_everywhere(self) -> None:
         """On each validator: the same `head` line, an audit that passes with every trade, and
         balances moved exactly once per trade."""
-        expected = {pk(h.account): BALANCE for h in self.community.households}
-        for _, _, payer, payee, amount in self.trades:
-            expected[pk(self.community.households[payer].account)] -= amount
-            expected[pk(self.community.households[payee].account)] += amount
         lines = {self.cli("head", str(self.root), "--validator", str(i)) for i in range(VALIDATORS)}
         assert len(lines) == 1 and lines.pop().startswith("height "), lines
         for i in range(VALIDATORS):
             out = self.cli("audit", str(self.root), "--validator", str(i))
             assert out.startswith("audit ok") and f", {len(self.trades)} trades," in out, out
             store = self.store(i)
-            assert store.accounts() == {account: (units, 0) for account, units in expected.items()}, f"validator {i}"
+            assert store.accounts() == settled_accounts(self.community, BALANCE, self.trades), f"validator {i}"
             store.close()
         held = {s.ctp for s in statuses(self.inbox) if s.state == "held"}
         assert held == {open_message(ctp, "ctp").body.id for ctp, *_ in self.trades}

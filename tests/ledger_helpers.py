@@ -8,7 +8,7 @@ from pathlib import Path
 
 from broker import topics
 from broker.messages import Rejection, Status, open_message
-from deploy.simulate import SimCommunity
+from deploy.simulate import SimCommunity, pk
 from ledger.service import LedgerService
 from ledger.validator import ValidatorIdentity
 from tests.helpers import Inbox, wait_for
@@ -33,6 +33,36 @@ class RunningLedger:
         self.service.stop()
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the ledger did not stop"
+
+
+def signed_trades(community: SimCommunity, count: int, now: int) -> list[tuple[bytes, bytes, int, int, int]]:
+    """`count` pre-signed trades (ctp, erc, payer, payee, amount) in which every household
+    buys and sells; each ERC uses the key its CTP reserved, and the CTPs hold for an hour."""
+    households = len(community.households)
+    trades = []
+    for i in range(count):
+        payer = i % households
+        payee = (payer + 1 + i % (households - 1)) % households
+        amount = 1 + i % 50
+        ctp = community.ctp(payer, payee, amount=amount, wh=3, exp=now + 3_600_000)
+        trades.append((ctp, community.erc(ctp), payer, payee, amount))
+    return trades
+
+
+def publish_trades(client, trades: list) -> None:
+    """Each ERC right after its CTP: one publisher, so the broker keeps the order."""
+    for ctp, erc, *_ in trades:
+        client.publish(topics.TX_CTP, ctp)
+        client.publish(topics.TX_ERC, erc)
+
+
+def settled_accounts(community: SimCommunity, balance: int, trades: list) -> dict[bytes, tuple[int, int]]:
+    """Each account's (balance, held) once every trade settled exactly once."""
+    expected = {pk(h.account): balance for h in community.households}
+    for _, _, payer, payee, amount in trades:
+        expected[pk(community.households[payer].account)] -= amount
+        expected[pk(community.households[payee].account)] += amount
+    return {account: (units, 0) for account, units in expected.items()}
 
 
 def statuses(inbox: Inbox) -> list[Status]:

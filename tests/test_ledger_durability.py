@@ -14,12 +14,13 @@ import pytest
 from broker import topics
 from broker.clock import wall_ms
 from broker.messages import open_message
-from deploy.simulate import SimCommunity, pk
+from deploy.simulate import SimCommunity
 from ledger.audit import audit
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from tests.helpers import REPO, Inbox, child_env, connected, wait_for
-from tests.ledger_helpers import RunningLedger, ledger_dir, rejections, statuses
+from tests.ledger_helpers import (RunningLedger, ledger_dir, publish_trades, rejections, settled_accounts,
+                                  signed_trades, statuses)
 
 TRADES = 1200
 CRASHES = 3
@@ -37,10 +38,7 @@ class Load:
     inbox: Inbox
 
     def publish(self, client) -> None:
-        """Each ERC right after its CTP: one publisher, so the broker keeps the order."""
-        for ctp, erc, *_ in self.trades:
-            client.publish(topics.TX_CTP, ctp)
-            client.publish(topics.TX_ERC, erc)
+        publish_trades(client, self.trades)
 
     def settled(self) -> set[bytes]:
         return {s.ctp for s in statuses(self.inbox) if s.state == "settled"}
@@ -60,13 +58,9 @@ class Load:
         """Every trade settled once and moved its amount once; the chain audits; a message
         redelivered after a crash was a `duplicate`, never applied again."""
         wait_for(lambda: len(self.settled()) == TRADES, 60, lambda: f"all settled; have {len(self.settled())}")
-        expected = {pk(h.account): BALANCE for h in self.community.households}
-        for _, _, payer, payee, amount in self.trades:
-            expected[pk(self.community.households[payer].account)] -= amount
-            expected[pk(self.community.households[payee].account)] += amount
         identity = ValidatorIdentity.load(self.root, 0, with_key=False)
         store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
-        assert store.accounts() == {account: (units, 0) for account, units in expected.items()}
+        assert store.accounts() == settled_accounts(self.community, BALANCE, self.trades)
         report = audit(store)
         assert report.trades == TRADES and report.ctps == TRADES
         # unknown-ctp: an ERC the broker delivered again ahead of its CTP's redelivery; ERC
@@ -79,13 +73,7 @@ class Load:
 def make_load(tmp_path, port, make_client) -> Load:
     now = wall_ms()
     community = SimCommunity(HOUSEHOLDS, now)
-    trades = []
-    for i in range(TRADES):
-        payer = i % HOUSEHOLDS
-        payee = (payer + 1 + i % (HOUSEHOLDS - 1)) % HOUSEHOLDS
-        amount = 1 + i % 50
-        ctp = community.ctp(payer, payee, amount=amount, wh=3, exp=now + 3_600_000)
-        trades.append((ctp, community.erc(ctp), payer, payee, amount))
+    trades = signed_trades(community, TRADES, now)
     inbox = Inbox()
     watcher = make_client(port, "watcher")
     for topic in (topics.STATUS_ALL, topics.REJECTS, topics.ledger_state(0)):
