@@ -34,13 +34,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from broker import topics
-from broker.clock import wall_ms
-from broker.messages import open_message
-from deploy.simulate import SimCommunity
-from ledger.block import Block
 from saturation import RawVerify, make_trades
 from spb_paper import Bench, Cluster, wait
+
+from broker.clock import wall_ms
+from ledger.block import Block
+from ledger.workload import SimCommunity
+from wire import topics
+from wire.messages import open_message
 
 TARGET_RATE, TARGET_P50_MS, TARGET_AT_RATE, TARGET_VALIDATORS = 1000, 300, 100, 4
 MAX_VALIDATORS = 4  # SimCommunity has keys for four
@@ -127,9 +128,11 @@ def cpu_line(before: dict[str, int], after: dict[str, int], elapsed: float, trad
     ledgers = [name for name in spent if name.startswith("v")]
     total = sum(spent[name] for name in ledgers)
     each = ", ".join(f"{name} {spent[name]:.2f}" for name in ledgers)
-    return (f"CPU ({elapsed:.2f} s wall, {os.cpu_count()} cores): ledgers {total:.2f} s ({each}; "
-            f"{total / trades * 1e6:.0f} us per trade), mosquitto {spent['mosquitto']:.2f} s, "
-            f"bench client {spent['bench client']:.2f} s")
+    return (
+        f"CPU ({elapsed:.2f} s wall, {os.cpu_count()} cores): ledgers {total:.2f} s ({each}; "
+        f"{total / trades * 1e6:.0f} us per trade), mosquitto {spent['mosquitto']:.2f} s, "
+        f"bench client {spent['bench client']:.2f} s"
+    )
 
 
 def run_config(n: int, block_ms: int, raw: RawVerify, args: argparse.Namespace) -> dict:
@@ -177,9 +180,15 @@ def run_config(n: int, block_ms: int, raw: RawVerify, args: argparse.Namespace) 
         observer.check()
         elapsed = max(observer.settled_at[c] for c in ctps) - start
         latencies = [(observer.settled_at[c] - observer.erc_sent[c]) * 1000 for c in ctps]
-        result.update(p50=percentile(latencies, 50), p99=percentile(latencies, 99), max=max(latencies),
-                      offered=offered, lag=lag, paced=len(ctps),
-                      cpu_latency=cpu_line(before, cluster.cpu(), elapsed, len(ctps)))
+        result.update(
+            p50=percentile(latencies, 50),
+            p99=percentile(latencies, 99),
+            max=max(latencies),
+            offered=offered,
+            lag=lag,
+            paced=len(ctps),
+            cpu_latency=cpu_line(before, cluster.cpu(), elapsed, len(ctps)),
+        )
 
         # every block announced, then stop and compare
         observer.wait_for_height(observer.top, 10)
@@ -214,15 +223,21 @@ def met(ok: bool) -> str:
 
 def report(results: dict[tuple[int, int], dict], raw: RawVerify, args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
-    print(f"BFT consensus beside one validator: each validator its own `spb-ledger run`, one Mosquitto, "
-          f"this process as every household, {cores} cores; {args.trades} trades at saturation "
-          f"(best of {args.rounds} rounds), "
-          f"{args.rate:g} trades/s for {args.seconds:g} s paced; load average {args.load:.2f} at the start")
-    print(f"{'raw Ed25519 verify (CTP/ERC length)':44}{raw.best:10.0f} /s  "
-          f"(best of {args.rounds * len(results)} in this run)")
+    print(
+        f"BFT consensus beside one validator: each validator its own `spb-ledger run`, one Mosquitto, "
+        f"this process as every household, {cores} cores; {args.trades} trades at saturation "
+        f"(best of {args.rounds} rounds), "
+        f"{args.rate:g} trades/s for {args.seconds:g} s paced; load average {args.load:.2f} at the start"
+    )
+    print(
+        f"{'raw Ed25519 verify (CTP/ERC length)':44}{raw.best:10.0f} /s  "
+        f"(best of {args.rounds * len(results)} in this run)"
+    )
     for n in args.validators:
-        print(f"{f'bound, {validators(n)} on {cores} cores':44}{raw.best * min(cores, n) / (2 * n):10.0f} trades/s"
-              f"  (raw x min(cores, n) / (2 n))")
+        print(
+            f"{f'bound, {validators(n)} on {cores} cores':44}{raw.best * min(cores, n) / (2 * n):10.0f} trades/s"
+            f"  (raw x min(cores, n) / (2 n))"
+        )
     shown = [n for n in args.validators if n in (TARGET_VALIDATORS, 1)]
     pair = (TARGET_VALIDATORS, 1) if len(shown) == 2 else None
     for block_ms in args.block_ms:
@@ -230,29 +245,39 @@ def report(results: dict[tuple[int, int], dict], raw: RawVerify, args: argparse.
         head = f"block_ms {block_ms}"
         columns = "".join(f"{validators(n):>15}" for n in args.validators)
         print(f"{head:40}{columns}{'4/1' if pair else '':>8}")
-        rows = (("settled trades/s at saturation", "rate", "{:.0f}"),
-                (f"ERC->settled p50 at {args.rate:g}/s (ms)", "p50", "{:.0f}"),
-                (f"ERC->settled p99 at {args.rate:g}/s (ms)", "p99", "{:.0f}"),
-                (f"ERC->settled max at {args.rate:g}/s (ms)", "max", "{:.0f}"))
+        rows = (
+            ("settled trades/s at saturation", "rate", "{:.0f}"),
+            (f"ERC->settled p50 at {args.rate:g}/s (ms)", "p50", "{:.0f}"),
+            (f"ERC->settled p99 at {args.rate:g}/s (ms)", "p99", "{:.0f}"),
+            (f"ERC->settled max at {args.rate:g}/s (ms)", "max", "{:.0f}"),
+        )
         for label, key, fmt in rows:
             cells = "".join(f"{fmt.format(results[n, block_ms][key]):>15}" for n in args.validators)
             ratio = f"{results[pair[0], block_ms][key] / results[pair[1], block_ms][key]:8.2f}" if pair else ""
             print(f"{label:40}{cells}{ratio}")
         for label, value in (
-                ("ratio to its bound (saturation)",
-                 lambda r: f"{r['rate'] / (raw.best * min(cores, r['n']) / (2 * r['n'])):.2f}"),
-                ("CTPs offered (per s)", lambda r: f"{r['offered']:.0f}"),
-                ("statuses per CTP change (1 expected)", lambda r: f"{r['status_messages'] / r['status_changes']:.3f}"),
-                ("blocks on the bus per height (1)", lambda r: f"{r['block_messages'] / r['block_heights']:.3f}"),
-                ("heads agree, audits pass", lambda r: "yes" if r["heads_agree"] and r["audits_ok"] else "NO")):
+            (
+                "ratio to its bound (saturation)",
+                lambda r: f"{r['rate'] / (raw.best * min(cores, r['n']) / (2 * r['n'])):.2f}",
+            ),
+            ("CTPs offered (per s)", lambda r: f"{r['offered']:.0f}"),
+            ("statuses per CTP change (1 expected)", lambda r: f"{r['status_messages'] / r['status_changes']:.3f}"),
+            ("blocks on the bus per height (1)", lambda r: f"{r['block_messages'] / r['block_heights']:.3f}"),
+            ("heads agree, audits pass", lambda r: "yes" if r["heads_agree"] and r["audits_ok"] else "NO"),
+        ):
             print(f"{label:40}" + "".join(f"{value(results[n, block_ms]):>15}" for n in args.validators))
         for n in args.validators:
             r = results[n, block_ms]
-            print(f"{validators(n)}, block_ms {block_ms}: saturation rounds "
-                  + ", ".join(f"{rate:.0f}" for rate in r["rates"]) + " trades/s")
-            print(f"  {r['status_messages']} statuses for {r['status_changes']} "
-                  f"changes, {r['block_messages']} block messages for {r['block_heights']} heights; {r['head']}; "
-                  f"{r['audit']}")
+            print(
+                f"{validators(n)}, block_ms {block_ms}: saturation rounds "
+                + ", ".join(f"{rate:.0f}" for rate in r["rates"])
+                + " trades/s"
+            )
+            print(
+                f"  {r['status_messages']} statuses for {r['status_changes']} "
+                f"changes, {r['block_messages']} block messages for {r['block_heights']} heights; {r['head']}; "
+                f"{r['audit']}"
+            )
             if "disagreement" in r:
                 print(r["disagreement"])
             print(f"  saturation {r['cpu_saturation']} (best round)")
@@ -261,12 +286,20 @@ def report(results: dict[tuple[int, int], dict], raw: RawVerify, args: argparse.
                 print(f"  the pacer fell behind by up to {r['lag'] * 1000:.0f} ms")
         if TARGET_VALIDATORS in args.validators:
             r = results[TARGET_VALIDATORS, block_ms]
-            note = "" if args.rate == TARGET_AT_RATE else f" (the target is at {TARGET_AT_RATE}/s; here {args.rate:g}/s)"
-            few = "" if args.trades >= TARGET_RATE else f" (only {args.trades} trades a round: the pipeline never fills)"
-            print(f"{f'target {TARGET_VALIDATORS} validators >= {TARGET_RATE:,} settled/s':44}"
-                  f"{met(r['rate'] >= TARGET_RATE):>8}  ({r['rate']:.0f}/s, block_ms {block_ms}){few}")
-            print(f"{f'target {TARGET_VALIDATORS} validators p50 < {TARGET_P50_MS} ms at {TARGET_AT_RATE}/s':44}"
-                  f"{met(r['p50'] < TARGET_P50_MS):>8}  ({r['p50']:.0f} ms, block_ms {block_ms}){note}")
+            note = (
+                "" if args.rate == TARGET_AT_RATE else f" (the target is at {TARGET_AT_RATE}/s; here {args.rate:g}/s)"
+            )
+            few = (
+                "" if args.trades >= TARGET_RATE else f" (only {args.trades} trades a round: the pipeline never fills)"
+            )
+            print(
+                f"{f'target {TARGET_VALIDATORS} validators >= {TARGET_RATE:,} settled/s':44}"
+                f"{met(r['rate'] >= TARGET_RATE):>8}  ({r['rate']:.0f}/s, block_ms {block_ms}){few}"
+            )
+            print(
+                f"{f'target {TARGET_VALIDATORS} validators p50 < {TARGET_P50_MS} ms at {TARGET_AT_RATE}/s':44}"
+                f"{met(r['p50'] < TARGET_P50_MS):>8}  ({r['p50']:.0f} ms, block_ms {block_ms}){note}"
+            )
 
 
 def int_list(text: str) -> list[int]:
@@ -282,25 +315,51 @@ def int_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trades", type=int, default=4000, help="trades at saturation (default 4000)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="saturation rounds per configuration; the best counts (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="saturation rounds per configuration; the best counts (default 3)"
+    )
     parser.add_argument("--rate", type=float, default=100, help="paced trades/s for the latency (default 100)")
     parser.add_argument("--seconds", type=float, default=10, help="how long to pace (default 10)")
-    parser.add_argument("--validators", type=int_list, default=[4, 1], metavar="LIST",
-                        help=f"validator counts, each 1..{MAX_VALIDATORS} (default 4,1)")
-    parser.add_argument("--block-ms", type=int_list, default=[50, 200], metavar="LIST",
-                        help="genesis block intervals to run (default 50,200)")
+    parser.add_argument(
+        "--validators",
+        type=int_list,
+        default=[4, 1],
+        metavar="LIST",
+        help=f"validator counts, each 1..{MAX_VALIDATORS} (default 4,1)",
+    )
+    parser.add_argument(
+        "--block-ms",
+        type=int_list,
+        default=[50, 200],
+        metavar="LIST",
+        help="genesis block intervals to run (default 50,200)",
+    )
     parser.add_argument("--households", type=int, default=10)
     parser.add_argument("--verify-seconds", type=float, default=0.3, help="raw verify measurement per saturation round")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between the two phases")
-    parser.add_argument("--linger", type=float, default=1.0,
-                        help="seconds to keep counting statuses after the last block appeared (default 1)")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=1.0,
+        help="seconds to keep counting statuses after the last block appeared (default 1)",
+    )
     parser.add_argument("--timeout", type=float, default=120, help="give up a phase after this many seconds")
-    parser.add_argument("--profile", metavar="DIR", type=Path,
-                        help="run every validator under cProfile, stats to DIR/vI-of-N-blockMS.prof")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="run every validator under cProfile, stats to DIR/vI-of-N-blockMS.prof",
+    )
     args = parser.parse_args(argv)
-    if (args.trades < 1 or args.rounds < 1 or args.rate <= 0 or args.seconds <= 0 or args.households < 2
-            or not all(1 <= n <= MAX_VALIDATORS for n in args.validators) or min(args.block_ms) < 1):
+    if (
+        args.trades < 1
+        or args.rounds < 1
+        or args.rate <= 0
+        or args.seconds <= 0
+        or args.households < 2
+        or not all(1 <= n <= MAX_VALIDATORS for n in args.validators)
+        or min(args.block_ms) < 1
+    ):
         parser.error(f"sizes must be positive, validators 1..{MAX_VALIDATORS}, and a community needs 2 households")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)

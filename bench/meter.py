@@ -82,12 +82,33 @@ class Meter:
 
     def __init__(self, state_dir: Path, port: int, watts: int, log: Path):
         self.name, self.log = state_dir.name, log
-        command = [sys.executable, "-m", "edge.cli", "run", "--state-dir", str(state_dir),
-                   "--broker", f"{HOST}:{port}", "--adc", "fake", "--fake-w", str(watts),
-                   "--sample-hz", str(SAMPLE_HZ), "--reading-s", str(READING_S)]
+        command = [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            "--state-dir",
+            str(state_dir),
+            "--broker",
+            f"{HOST}:{port}",
+            "--adc",
+            "fake",
+            "--fake-w",
+            str(watts),
+            "--sample-hz",
+            str(SAMPLE_HZ),
+            "--reading-s",
+            str(READING_S),
+        ]
         with log.open("wb") as out:
-            self.process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -114,9 +135,14 @@ class Meter:
 
 def bare_python() -> tuple[float, int]:
     """CPU s and peak RSS of a python that imports what the meter imports, then idles."""
-    child = subprocess.Popen([sys.executable, "-c", f"{IMPORTS}; import sys; print('ready', flush=True); "
-                              "sys.stdin.read()"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"{IMPORTS}; import sys; print('ready', flush=True); sys.stdin.read()"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         if child.stdout.readline().strip() != "ready":
             raise Bench(f"the bare python importing the meter's modules failed ({child.wait()})")
@@ -152,8 +178,12 @@ def fake_adc_per_sample(seconds: float) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement window after the warm-up (default 60)")
-    parser.add_argument("--warmup", type=float, default=10.0, help="seconds after the meter is online before "
-                        "measuring: key batch, CoE, first readings (default 10)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=10.0,
+        help="seconds after the meter is online before measuring: key batch, CoE, first readings (default 10)",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be positive and --warmup not negative")
@@ -200,24 +230,41 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = steady * ran.get(pid, 0) / max(1, sum(ran.values()))
     adc, adc_mb_per_hour = adc_sample_s * SAMPLE_HZ * 3600, adc_sample_bytes * SAMPLE_HZ * 3600 / MB
     growth = (rss1 - rss0) / MB * per_hour  # MB per hour
-    print(f"one meter process: spb-meter run --adc fake --fake-w {FAKE_W} --sample-hz {SAMPLE_HZ} "
-          f"--reading-s {READING_S}, Mosquitto and a peer meter on this machine ({os.cpu_count()} cores); "
-          f"{t1 - t0:.0f} s window after a {args.warmup:.0f} s warm-up; CPU in {1000 / HZ:.0f} ms ticks")
-    print(f"{'start-up CPU (until online)':36}{startup:8.2f} s      a bare python importing the same modules: "
-          f"{bare_cpu:.2f} s")
+    print(
+        f"one meter process: spb-meter run --adc fake --fake-w {FAKE_W} --sample-hz {SAMPLE_HZ} "
+        f"--reading-s {READING_S}, Mosquitto and a peer meter on this machine ({os.cpu_count()} cores); "
+        f"{t1 - t0:.0f} s window after a {args.warmup:.0f} s warm-up; CPU in {1000 / HZ:.0f} ms ticks"
+    )
+    print(
+        f"{'start-up CPU (until online)':36}{startup:8.2f} s      a bare python importing the same modules: "
+        f"{bare_cpu:.2f} s"
+    )
     print(f"{'steady CPU':36}{steady:8.1f} s/h    {steady / 36:.2f}% of one core")
-    print(f"{'  sampling loop (main thread)':36}{main_thread:8.1f} s/h    other threads (paho, display): "
-          f"{steady - main_thread:.1f} s/h")
-    print(f"{'  fake ADC alone (in this process)':36}{adc:8.1f} s/h    {adc_sample_s * 1e6:.0f} us per sample "
-          f"(2 software-SPI reads) at {SAMPLE_HZ} Hz; a Pi's hardware SPI (spidev) does not pay this")
+    print(
+        f"{'  sampling loop (main thread)':36}{main_thread:8.1f} s/h    other threads (paho, display): "
+        f"{steady - main_thread:.1f} s/h"
+    )
+    print(
+        f"{'  fake ADC alone (in this process)':36}{adc:8.1f} s/h    {adc_sample_s * 1e6:.0f} us per sample "
+        f"(2 software-SPI reads) at {SAMPLE_HZ} Hz; a Pi's hardware SPI (spidev) does not pay this"
+    )
     print(f"{'peak RSS (VmHWM)':36}{rss / MB:8.1f} MB     the bare python: {bare_rss / MB:.1f} MB")
-    print(f"{'  RSS growth in the window':36}{growth:8.1f} MB/h   fake ADC alone (in this process) keeps "
-          f"{adc_sample_bytes / 1000:.1f} kB per sample: {adc_mb_per_hour:.1f} MB/h")
-    print(f"peer: CoE from m0002 {'yes' if 'got the CoE' in log else 'not yet'}; "
-          f"verified {log.count('verified reading #')} reading(s) of m0002")
-    print(f"cpu {steady / CPU_BUDGET_S_PER_H:.2f} of budget  (< {CPU_BUDGET_S_PER_H:.0f} CPU s per hour = 2% of one core)")
-    reached = f"; growing {growth:.0f} MB/h, it reaches the budget in {(RSS_BUDGET_MB - rss / MB) / growth * 60:.0f} min" \
-        if growth > 1 and rss / MB < RSS_BUDGET_MB else ""
+    print(
+        f"{'  RSS growth in the window':36}{growth:8.1f} MB/h   fake ADC alone (in this process) keeps "
+        f"{adc_sample_bytes / 1000:.1f} kB per sample: {adc_mb_per_hour:.1f} MB/h"
+    )
+    print(
+        f"peer: CoE from m0002 {'yes' if 'got the CoE' in log else 'not yet'}; "
+        f"verified {log.count('verified reading #')} reading(s) of m0002"
+    )
+    print(
+        f"cpu {steady / CPU_BUDGET_S_PER_H:.2f} of budget  (< {CPU_BUDGET_S_PER_H:.0f} CPU s per hour = 2% of one core)"
+    )
+    reached = (
+        f"; growing {growth:.0f} MB/h, it reaches the budget in {(RSS_BUDGET_MB - rss / MB) / growth * 60:.0f} min"
+        if growth > 1 and rss / MB < RSS_BUDGET_MB
+        else ""
+    )
     print(f"rss {rss / MB / RSS_BUDGET_MB:.2f} of budget  (< {RSS_BUDGET_MB:.0f} MB, the peak so far{reached})")
     return 0
 

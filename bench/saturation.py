@@ -28,16 +28,15 @@ import time
 from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
+from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
 
-from broker import topics
 from broker.clock import wall_ms
-from broker.messages import open_message
-from deploy.simulate import SimCommunity
 from ledger.genesis import DEFAULT_BLOCK_MS
 from ledger.node import LedgerNode
 from ledger.validator import ValidatorIdentity
-from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
-from wire import rate
+from ledger.workload import SimCommunity
+from wire import rate, topics
+from wire.messages import open_message
 
 TARGET = 0.4
 
@@ -57,8 +56,7 @@ class RawVerify:
 
     def __init__(self, ctp: bytes, erc: bytes):
         keys = [SigningKey.generate() for _ in range(32)]
-        self.items = [(bytes(k.verify_key), k.sign(b"x" * (len(m) - 64)))
-                      for k in keys for m in (ctp, erc)]
+        self.items = [(bytes(k.verify_key), k.sign(b"x" * (len(m) - 64))) for k in keys for m in (ctp, erc)]
         self.best = 0.0
 
     def measure(self, seconds: float) -> None:
@@ -74,7 +72,7 @@ class Core:
 
     def run(self, trades: list[tuple[bytes, bytes]], block: int) -> float:
         """Settled trades/s: block k holds the CTPs of chunk k and the ERCs of chunk k-1."""
-        chunks = [trades[i:i + block] for i in range(0, len(trades), block)]
+        chunks = [trades[i : i + block] for i in range(0, len(trades), block)]
         start = time.perf_counter()
         for k in range(len(chunks) + 1):
             batch = [("ctp", ctp) for ctp, _ in chunks[k]] if k < len(chunks) else []
@@ -89,8 +87,9 @@ class Core:
         self.node.close()
 
 
-def end_to_end(community: SimCommunity, rounds: list[list[tuple[bytes, bytes]]], raw: RawVerify,
-               args: argparse.Namespace) -> tuple[float, str]:
+def end_to_end(
+    community: SimCommunity, rounds: list[list[tuple[bytes, bytes]]], raw: RawVerify, args: argparse.Namespace
+) -> tuple[float, str]:
     """Best settled trades/s over the rounds, and the CPU split of that round."""
     best, best_cpu = 0.0, ""
     with Cluster(community, 1, args.block_ms, [Path(args.profile)] if args.profile else None) as ledger:
@@ -139,8 +138,10 @@ def end_to_end(community: SimCommunity, rounds: list[list[tuple[bytes, bytes]]],
             elapsed = state["last"] - start
             if len(trades) / elapsed > best:
                 best, best_cpu = len(trades) / elapsed, cpu_report(cpu_before, ledger.cpu(), elapsed)
-                blocks = ", ".join(f"{(at - start) * 1000:.0f} ms {held}/{settled}"
-                                   for _, (held, settled, at) in sorted(state["heights"].items()))
+                blocks = ", ".join(
+                    f"{(at - start) * 1000:.0f} ms {held}/{settled}"
+                    for _, (held, settled, at) in sorted(state["heights"].items())
+                )
                 best_cpu += f"\nblocks (ms after the first CTP when its last status arrived: held/settled): {blocks}"
             state["heights"].clear()
     return best, best_cpu
@@ -185,17 +186,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     bound = raw.best / 2
-    print(f"settled trades/s at saturation, one validator, {os.cpu_count()} cores; best round of "
-          f"{args.rounds} (core) and {args.e2e_rounds} (end to end)")
+    print(
+        f"settled trades/s at saturation, one validator, {os.cpu_count()} cores; best round of "
+        f"{args.rounds} (core) and {args.e2e_rounds} (end to end)"
+    )
     print(f"{'raw Ed25519 verify (CTP/ERC length)':40}{raw.best:10.0f} /s")
     print(f"{'bound (2 verifies per trade)':40}{bound:10.0f} trades/s")
-    print(f"{'core: LedgerNode, no MQTT':40}{core_best:10.0f} trades/s   ratio {core_best / bound:.2f}"
-          f"  (target >= {TARGET})")
+    print(
+        f"{'core: LedgerNode, no MQTT':40}{core_best:10.0f} trades/s   ratio {core_best / bound:.2f}"
+        f"  (target >= {TARGET})"
+    )
     if not args.skip_e2e:
-        print(f"{'end to end over Mosquitto':40}{e2e_best:10.0f} trades/s   ratio {e2e_best / bound:.2f}"
-              f"  (target >= {TARGET})")
-    print(f"core: {1e6 / core_best:.0f} us per settled trade ({args.trades} trades, {args.block} per block); "
-          f"profile it with `python -m cProfile -s cumtime bench/saturation.py --skip-e2e`")
+        print(
+            f"{'end to end over Mosquitto':40}{e2e_best:10.0f} trades/s   ratio {e2e_best / bound:.2f}"
+            f"  (target >= {TARGET})"
+        )
+    print(
+        f"core: {1e6 / core_best:.0f} us per settled trade ({args.trades} trades, {args.block} per block); "
+        f"profile it with `python -m cProfile -s cumtime bench/saturation.py --skip-e2e`"
+    )
     if not args.skip_e2e:
         print(f"end to end, {args.e2e_trades} trades per round, block_ms {args.block_ms}: {e2e_cpu}")
     return 0

@@ -29,17 +29,17 @@ import time
 from hashlib import sha256
 from pathlib import Path
 
-from broker import topics
 from broker.client import BusClient
 from broker.clock import wall_ms
-from broker.cose import encode, sign1
-from broker.messages import open_message
-from broker.reasons import Reject
 from broker.runtime import Mosquitto, free_port, wait_or_kill
-from broker.verify import Verifier
-from deploy.simulate import SimCommunity, pk
 from ledger.block import Block, Header, merkle_root
 from ledger.genesis import DEFAULT_BLOCK_MS
+from ledger.workload import SimCommunity, pk
+from wire import topics
+from wire.cose import encode, sign1
+from wire.messages import open_message
+from wire.reasons import Reject
+from wire.verify import Verifier
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -52,14 +52,15 @@ class Bench(Exception):
     """The run could not finish (a rejection, a dead process, a timeout)."""
 
 
-def wait(event: threading.Event, timeout: float, what: str, ledger: "Cluster") -> None:
+def wait(event: threading.Event, timeout: float, what: str, ledger: Cluster) -> None:
     """Wait for event, failing fast if the ledger or the broker died meanwhile."""
     deadline = time.monotonic() + timeout
     while not event.wait(0.05):
         ledger.check_alive()
         if time.monotonic() > deadline:
-            raise Bench(f"timed out after {timeout:.0f} s waiting for {what}; the ledger's log ends:\n"
-                        f"{ledger.log_tail()}")
+            raise Bench(
+                f"timed out after {timeout:.0f} s waiting for {what}; the ledger's log ends:\n{ledger.log_tail()}"
+            )
 
 
 def cpu_ticks(pid: int) -> dict[int, int]:
@@ -79,8 +80,9 @@ class Cluster:
     """A temp dir with a Mosquitto and n validators of `community`'s ledger, each its own
     `spb-ledger run --validator I`; `profiles[i]`, if given, is validator i's cProfile output."""
 
-    def __init__(self, community: SimCommunity, n: int = 1, block_ms: int = DEFAULT_BLOCK_MS,
-                 profiles: list[Path] | None = None):
+    def __init__(
+        self, community: SimCommunity, n: int = 1, block_ms: int = DEFAULT_BLOCK_MS, profiles: list[Path] | None = None
+    ):
         self.community, self.n, self.block_ms, self.profiles = community, n, block_ms, profiles
         self.tmp = tempfile.TemporaryDirectory(prefix="spb-bench-")
         self.dir = Path(self.tmp.name)
@@ -89,7 +91,7 @@ class Cluster:
         self.processes: list[subprocess.Popen] = []
         self.clients: list[BusClient] = []
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         try:
             self.start()
         except BaseException:
@@ -111,17 +113,34 @@ class Cluster:
             (online.add if payload.startswith(topics.ONLINE) else online.discard)(topic)
             if len(online) == self.n:
                 all_online.set()
+
         watcher.subscribe(topics.LEDGER_STATE_ALL, on_state)
         watcher.connect()
         for i in range(self.n):
-            command = [sys.executable, "-m", "ledger.cli", "run", str(self.root),
-                       "--broker", f"{HOST}:{self.broker.port}", "--validator", str(i)]
+            command = [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "run",
+                str(self.root),
+                "--broker",
+                f"{HOST}:{self.broker.port}",
+                "--validator",
+                str(i),
+            ]
             if self.profiles:
                 command[1:3] = ["-m", "cProfile", "-o", str(self.profiles[i].resolve()), "-m", "ledger.cli"]
             with self.log_path(i).open("wb") as log:
-                self.processes.append(subprocess.Popen(
-                    command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+                self.processes.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=REPO,
+                        env={**os.environ, "PYTHONPATH": str(REPO)},
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         wait(all_online, 30, f"{self.n} validator(s) to come online", self)
 
     def log_path(self, i: int) -> Path:
@@ -129,8 +148,15 @@ class Cluster:
 
     def client(self, client_id: str, **options) -> BusClient:
         """A BusClient on this broker (clean session), closed with the run."""
-        client = BusClient(HOST, self.broker.port, client_id, clean_session=True,
-                           reconnect_min_delay=0.05, reconnect_max_delay=0.5, **options)
+        client = BusClient(
+            HOST,
+            self.broker.port,
+            client_id,
+            clean_session=True,
+            reconnect_min_delay=0.05,
+            reconnect_max_delay=0.5,
+            **options,
+        )
         self.clients.append(client)
         return client
 
@@ -151,8 +177,9 @@ class Cluster:
     def cpu(self) -> dict[str, int]:
         """CPU clock ticks so far: each validator (all its threads; `ledger` when it is the
         only one), mosquitto, this process."""
-        ticks = {("ledger" if self.n == 1 else f"v{i}"): sum(cpu_ticks(p.pid).values())
-                 for i, p in enumerate(self.processes)}
+        ticks = {
+            ("ledger" if self.n == 1 else f"v{i}"): sum(cpu_ticks(p.pid).values()) for i, p in enumerate(self.processes)
+        }
         broker_process = getattr(self.broker, "_process", None)
         ticks["mosquitto"] = sum(cpu_ticks(broker_process.pid).values()) if broker_process else 0
         ticks["bench client"] = sum(cpu_ticks(os.getpid()).values())
@@ -170,9 +197,14 @@ class Cluster:
 
     def cli(self, command: str, i: int) -> tuple[int, str]:
         """(exit code, output) of `spb-ledger COMMAND DIR --validator I`."""
-        result = subprocess.run([sys.executable, "-m", "ledger.cli", command, str(self.root), "--validator", str(i)],
-                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", command, str(self.root), "--validator", str(i)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return result.returncode, (result.stdout + result.stderr).strip()
 
     def close(self) -> None:
@@ -205,8 +237,14 @@ def payout_record(ctp_id: bytes, payee: bytes, amount: int, t: int, key) -> byte
     return sign1(encode({"v": 1, "typ": "payout", "ctp": ctp_id, "payee": payee, "amount": amount, "t": t}), key)
 
 
-def baseline_blocks(blocks: list[Block], held_at: dict[bytes, int], settled_at: dict[bytes, int],
-                    ctps: dict[bytes, bytes], ercs: dict[bytes, bytes], key) -> list[Block]:
+def baseline_blocks(
+    blocks: list[Block],
+    held_at: dict[bytes, int],
+    settled_at: dict[bytes, int],
+    ctps: dict[bytes, bytes],
+    ercs: dict[bytes, bytes],
+    key,
+) -> list[Block]:
     """The blocks SPB's smart-contract baseline would write for the same run.
 
     Per trade it keeps 3 signed transactions on chain instead of one: the escrow deploy (the
@@ -229,8 +267,9 @@ def baseline_blocks(blocks: list[Block], held_at: dict[bytes, int], settled_at: 
             if height == h.height:
                 ctp = open_message(ctps[ctp_id], "ctp").body
                 txs += [ercs[ctp_id], payout_record(ctp_id, ctp.payee, ctp.amount, h.t, key)]
-        header = Header(h.height, prev, h.t, txs=merkle_root([sha256(tx).digest() for tx in txs]),
-                        ctps=h.ctps, inputs=h.inputs)
+        header = Header(
+            h.height, prev, h.t, txs=merkle_root([sha256(tx).digest() for tx in txs]), ctps=h.ctps, inputs=h.inputs
+        )
         out.append(Block(header, tuple(txs), ()).sealed(0, key))
         prev = header.hash
     return out
@@ -263,6 +302,7 @@ def run(args: argparse.Namespace) -> dict:
     want_height = [None]
 
     with Cluster(community, 1, args.block_ms, [Path(args.profile)] if args.profile else None) as ledger:
+
         def on_block(topic: str, payload: bytes, retained: bool) -> None:
             with lock:
                 blocks.append(payload)
@@ -300,6 +340,7 @@ def run(args: argparse.Namespace) -> dict:
                 else:
                     problems.append(f"CTP {status.ctp.hex()} {status.state} ({status.reason})")
                     done.set()
+
             for ctp_id, payer in payer_of.items():
                 if payer == household.index:
                     home.subscribe(topics.status(ctp_id), on_status)
@@ -338,12 +379,20 @@ def run(args: argparse.Namespace) -> dict:
         held = sum(1 for h in held_at.values() if h == block.header.height)
         timeline.append(f"{(at - start) * 1000:.0f} ms ({held} held, {len(block.trades)} settled)")
     latencies = sorted(settled_time[c] - published[c] for c in ctps)
-    return {"trades": len(ctps), "elapsed": elapsed, "chain_bytes": chain_bytes, "blocks": len(chain),
-            "trade_bytes": sum(len(t) for b in chain for t in b.trades),
-            "baseline_bytes": sum(len(b.chain_bytes()) for b in base),
-            "baseline_tx_bytes": sum(len(t) for b in base for t in b.trades),
-            "latency_p50": statistics.median(latencies), "latency_max": latencies[-1],
-            "timeline": ", ".join(timeline), "cpu": cpu_report(cpu_before, cpu_after, elapsed), "audit": db["audit"]}
+    return {
+        "trades": len(ctps),
+        "elapsed": elapsed,
+        "chain_bytes": chain_bytes,
+        "blocks": len(chain),
+        "trade_bytes": sum(len(t) for b in chain for t in b.trades),
+        "baseline_bytes": sum(len(b.chain_bytes()) for b in base),
+        "baseline_tx_bytes": sum(len(t) for b in base for t in b.trades),
+        "latency_p50": statistics.median(latencies),
+        "latency_max": latencies[-1],
+        "timeline": ", ".join(timeline),
+        "cpu": cpu_report(cpu_before, cpu_after, elapsed),
+        "audit": db["audit"],
+    }
 
 
 def db_check(root: Path) -> dict:
@@ -351,15 +400,20 @@ def db_check(root: Path) -> dict:
     from ledger.audit import audit
     from ledger.store import LedgerStore
     from ledger.validator import ValidatorIdentity
+
     identity = ValidatorIdentity.load(root, 0, with_key=False)
     store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
     try:
-        (chain_bytes,), (trades,) = (store.db.execute(q).fetchone() for q in
-                                     ("SELECT coalesce(sum(length(chain)), 0) FROM blocks",
-                                      "SELECT count(*) FROM trades"))
+        (chain_bytes,), (trades,) = (
+            store.db.execute(q).fetchone()
+            for q in ("SELECT coalesce(sum(length(chain)), 0) FROM blocks", "SELECT count(*) FROM trades")
+        )
         report = audit(store)
-        return {"chain_bytes": chain_bytes, "trades": trades,
-                "audit": f"audit ok: height {report.height}, {report.trades} trades, {report.ctps} CTPs"}
+        return {
+            "chain_bytes": chain_bytes,
+            "trades": trades,
+            "audit": f"audit ok: height {report.height}, {report.trades} trades, {report.ctps} CTPs",
+        }
     finally:
         store.close()
 
@@ -372,8 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trades", type=int, default=100, help="trades to settle (default 100, as in the paper)")
     parser.add_argument("--households", type=int, default=10, help="households trading (default 10)")
-    parser.add_argument("--block-ms", type=int, default=DEFAULT_BLOCK_MS,
-                        help=f"the genesis block interval (default {DEFAULT_BLOCK_MS}, the ledger's default)")
+    parser.add_argument(
+        "--block-ms",
+        type=int,
+        default=DEFAULT_BLOCK_MS,
+        help=f"the genesis block interval (default {DEFAULT_BLOCK_MS}, the ledger's default)",
+    )
     parser.add_argument("--timeout", type=float, default=120, help="give up after this many seconds")
     parser.add_argument("--profile", metavar="FILE", help="run the ledger under cProfile, stats to FILE")
     args = parser.parse_args(argv)
@@ -386,8 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     n = r["trades"]
     per_trade, base_per_trade = r["chain_bytes"] / n, r["baseline_bytes"] / n
-    print(f"{n} trades end to end (CTP -> held -> ERC -> settled), {args.households} households, "
-          f"1 validator (spb-ledger run), Mosquitto, block_ms {args.block_ms}")
+    print(
+        f"{n} trades end to end (CTP -> held -> ERC -> settled), {args.households} households, "
+        f"1 validator (spb-ledger run), Mosquitto, block_ms {args.block_ms}"
+    )
     print(f"{'':28}{'time':>12}{'chain':>13}{'per trade':>12}")
     print(f"{'SPB flow, this run':28}{r['elapsed']:>10.2f} s{r['chain_bytes']:>11,} B{per_trade:>10,.0f} B")
     print(f"{'baseline, modelled (*)':28}{'n/a':>12}{r['baseline_bytes']:>11,} B{base_per_trade:>10,.0f} B")
@@ -395,22 +455,29 @@ def main(argv: list[str] | None = None) -> int:
         seconds, nbytes = PAPER[name]
         print(f"{label:28}{seconds / 60:>8.1f} min{kb(nbytes):>13}{nbytes / 100:>10,.0f} B")
     print(f"{'target':28}{'< 2 s':>12}{'':>13}{'<= 400 B':>12}")
-    print(f"(*) not run: 3 on-chain transactions per trade (escrow deploy = full CTP, payment = full ERC,\n"
-          f"    payout = validator-signed transfer) in this run's blocks; "
-          f"{r['baseline_tx_bytes'] / n:,.0f} B of them per trade")
-    print(f"blocks {r['blocks']}: trades {r['trade_bytes'] / n:,.0f} B/trade, headers and seals "
-          f"{(r['chain_bytes'] - r['trade_bytes']) / n:,.0f} B/trade; "
-          f"baseline/SPB chain {base_per_trade / per_trade:.2f}x")
+    print(
+        f"(*) not run: 3 on-chain transactions per trade (escrow deploy = full CTP, payment = full ERC,\n"
+        f"    payout = validator-signed transfer) in this run's blocks; "
+        f"{r['baseline_tx_bytes'] / n:,.0f} B of them per trade"
+    )
+    print(
+        f"blocks {r['blocks']}: trades {r['trade_bytes'] / n:,.0f} B/trade, headers and seals "
+        f"{(r['chain_bytes'] - r['trade_bytes']) / n:,.0f} B/trade; "
+        f"baseline/SPB chain {base_per_trade / per_trade:.2f}x"
+    )
     print(f"blocks arrived at {r['timeline']}")
-    print(f"per-trade latency, CTP publish to settled: median {r['latency_p50'] * 1000:.0f} ms, "
-          f"max {r['latency_max'] * 1000:.0f} ms")
+    print(
+        f"per-trade latency, CTP publish to settled: median {r['latency_p50'] * 1000:.0f} ms, "
+        f"max {r['latency_max'] * 1000:.0f} ms"
+    )
     print(r["cpu"])
     print(f"validator database: same chain bytes as the bus; {r['audit']}")
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     note = "" if n == 100 else f"  (the targets are for 100 trades; this run had {n})"
     print(f"{f'target time < {TARGET_S:g} s':28}{met(r['elapsed'] < TARGET_S):>12}  ({r['elapsed']:.2f} s){note}")
-    print(f"{f'target chain <= {TARGET_BYTES} B/trade':28}{met(per_trade <= TARGET_BYTES):>12}"
-          f"  ({per_trade:.0f} B){note}")
+    print(
+        f"{f'target chain <= {TARGET_BYTES} B/trade':28}{met(per_trade <= TARGET_BYTES):>12}  ({per_trade:.0f} B){note}"
+    )
     return 0
 
 

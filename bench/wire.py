@@ -12,8 +12,8 @@ import time
 
 from nacl.signing import SigningKey, VerifyKey
 
-from broker.merkle import MerkleTree
-from broker.messages import Coe, DevCert, Erc
+from wire.merkle import MerkleTree
+from wire.messages import Coe, DevCert, Erc
 
 NOW = 1_790_000_000_000
 DAY = 86_400_000
@@ -47,8 +47,9 @@ def best_rates(benchmarks: dict, items: dict, seconds: float, rounds: int = 5) -
 def community():
     """A CA, a witness meter, and a 64-key batch certified by the witness."""
     ca, witness = SigningKey.generate(), SigningKey.generate()
-    cert = DevCert(meter="m0002", pk=bytes(witness.verify_key), iss=bytes(ca.verify_key),
-                   nbf=NOW - DAY, exp=NOW + 365 * DAY).sign(ca)
+    cert = DevCert(
+        meter="m0002", pk=bytes(witness.verify_key), iss=bytes(ca.verify_key), nbf=NOW - DAY, exp=NOW + 365 * DAY
+    ).sign(ca)
     keys = [SigningKey.generate() for _ in range(64)]
     tree = MerkleTree([bytes(k.verify_key) for k in keys])
     coe = Coe(root=tree.root(), size=64, t=NOW - DAY, exp=NOW + 7 * DAY, cert=cert).sign(witness)
@@ -59,13 +60,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     args = parser.parse_args(argv)
-    from broker.verify import Verifier
+    from wire.verify import Verifier
 
     ca, keys, tree, coe = community()
 
     def make_erc(i: int) -> bytes:
-        return Erc(ctp=i.to_bytes(16, "big"), wh=250, t=NOW, pk=bytes(keys[i].verify_key), idx=i,
-                   path=tree.inclusion_proof(i), coe=coe).sign(keys[i])
+        return Erc(
+            ctp=i.to_bytes(16, "big"),
+            wh=250,
+            t=NOW,
+            pk=bytes(keys[i].verify_key),
+            idx=i,
+            path=tree.inclusion_proof(i),
+            coe=coe,
+        ).sign(keys[i])
 
     ercs = [make_erc(i) for i in range(64)]
     verifier = Verifier(cas=[bytes(ca.verify_key)])
@@ -75,11 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     raw_items = [(bytes(k.verify_key), k.sign(b"x" * signed_len)) for k in keys]
 
     rates = best_rates(
-        {"raw": lambda it: VerifyKey(it[0]).verify(it[1]),
-         "sign": make_erc,
-         "verify": lambda m: verifier.verify(m, NOW, expect="erc")},
+        {
+            "raw": lambda it: VerifyKey(it[0]).verify(it[1]),
+            "sign": make_erc,
+            "verify": lambda m: verifier.verify(m, NOW, expect="erc"),
+        },
         {"raw": raw_items, "sign": range(64), "verify": ercs},
-        args.seconds)
+        args.seconds,
+    )
     raw_verify, sign, verify = rates["raw"], rates["sign"], rates["verify"]
     print(f"raw Ed25519 verify        {raw_verify:10.0f} /s  (bound)")
     print(f"ERC sign+encode           {sign:10.0f} /s")

@@ -1,1 +1,2 @@
-"""The bus: wire format, topics, MQTT client and broker runtime."""
+"""The bus: the MQTT client, the Mosquitto runtime, its TLS/ACL configuration and CLI.
+The wire format itself is in `wire`."""

@@ -10,8 +10,10 @@ import argparse
 from collections.abc import Callable
 from typing import NamedTuple
 
-BROKER_HELP = ("the broker: mqtts://HOST:PORT for TLS with the state dir's certificate "
-               "(mqtt.crt, mqtt.key, ca.crt), or HOST:PORT for plain MQTT (development)")
+BROKER_HELP = (
+    "the broker: mqtts://HOST:PORT for TLS with the state dir's certificate "
+    "(mqtt.crt, mqtt.key, ca.crt), or HOST:PORT for plain MQTT (development)"
+)
 
 
 class BrokerUrl(NamedTuple):
@@ -62,9 +64,11 @@ def parse_hex(text: object, size: int, what: str) -> bytes:
 
 def hex_bytes(size: int, what: str) -> Callable[[str], bytes]:
     """An argument type for `size` bytes in hex, e.g. hex_bytes(16, "16-byte CTP id")."""
+
     def parse(text: str) -> bytes:
         try:
             return parse_hex(text, size, what)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+
     return parse

@@ -29,17 +29,33 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spb-broker", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run a broker until interrupted")
-    run.add_argument("--config-dir", type=Path, metavar="DIR",
-                     help="a provisioned broker dir (DIR/broker of `spb-deploy provision`): Mosquitto with mutual "
-                          "TLS and the community's ACL; without it, an open development broker on 127.0.0.1")
-    run.add_argument("--port", type=int,
-                     help=f"the TLS port with --config-dir (default: its broker.toml's), else the plain port on "
-                          f"127.0.0.1 (default {DEFAULT_PORT})")
-    run.add_argument("--local-port", type=int, metavar="PORT",
-                     help="with --config-dir: also a plain listener on 127.0.0.1 where anonymous clients may only read")
-    run.add_argument("--embedded", action="store_true", help="use the in-process amqtt broker even if mosquitto is installed")
-    run.add_argument("--data-dir", type=Path,
-                     help="config, persistence and log directory (default: DIR/data with --config-dir, else a temporary one)")
+    run.add_argument(
+        "--config-dir",
+        type=Path,
+        metavar="DIR",
+        help="a provisioned broker dir (DIR/broker of `spb-deploy provision`): Mosquitto with mutual "
+        "TLS and the community's ACL; without it, an open development broker on 127.0.0.1",
+    )
+    run.add_argument(
+        "--port",
+        type=int,
+        help=f"the TLS port with --config-dir (default: its broker.toml's), else the plain port on "
+        f"127.0.0.1 (default {DEFAULT_PORT})",
+    )
+    run.add_argument(
+        "--local-port",
+        type=int,
+        metavar="PORT",
+        help="with --config-dir: also a plain listener on 127.0.0.1 where anonymous clients may only read",
+    )
+    run.add_argument(
+        "--embedded", action="store_true", help="use the in-process amqtt broker even if mosquitto is installed"
+    )
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        help="config, persistence and log directory (default: DIR/data with --config-dir, else a temporary one)",
+    )
     run.set_defaults(command=_run)
     return parser
 
@@ -49,7 +65,9 @@ def _run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     if args.config_dir and args.embedded:
-        print("spb-broker: --embedded cannot do TLS client certificates; drop --config-dir or --embedded", file=sys.stderr)
+        print(
+            "spb-broker: --embedded cannot do TLS client certificates; drop --config-dir or --embedded", file=sys.stderr
+        )
         return 2
     durable = args.data_dir or args.config_dir
     data_dir = contextlib.nullcontext(args.data_dir) if durable else tempfile.TemporaryDirectory(prefix="spb-broker-")

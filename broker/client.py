@@ -1,6 +1,6 @@
 """BusClient: the one MQTT connection a meter, validator or tool keeps to the bus.
 
-Everything on the bus is QoS 1 (PROTOCOL.md §7), so this thin paho-mqtt 2.x wrapper fixes
+Everything on the bus is QoS 1 (docs/PROTOCOL.md §7), so this thin paho-mqtt 2.x wrapper fixes
 the QoS, keeps the broker-side session across outages, re-subscribes after every
 reconnect, and tells the caller when the broker has taken a message over (PUBACK).
 """
@@ -106,7 +106,7 @@ class TlsFiles(NamedTuple):
     key: Path
 
     @classmethod
-    def in_dir(cls, home: Path) -> "TlsFiles":
+    def in_dir(cls, home: Path) -> TlsFiles:
         files = cls(home / "ca.crt", home / "mqtt.crt", home / "mqtt.key")
         missing = [str(path) for path in files if not path.exists()]
         if missing:
@@ -169,13 +169,17 @@ class BusClient:
         self._generation = 0  # connections so far: an ack belongs to the one that delivered
 
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session, protocol=mqtt.MQTTv311,
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
             manual_ack=manual_ack,
         )
         client.enable_logger(_paho_log)
         if tls is not None:
-            client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key),
-                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            client.tls_set(
+                ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key), tls_version=ssl.PROTOCOL_TLS_CLIENT
+            )
         if will is not None:
             topic, payload, retain = will
             client.will_set(topic, payload, qos=QOS, retain=retain)
@@ -224,11 +228,13 @@ class BusClient:
         reaches each of their handlers.
         """
         if self._manual_ack:
+
             def acking(topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
                 try:
                     handler(topic, payload, retained)
                 finally:
                     ack()
+
             return self.subscribe_deferred(topic_filter, acking)
         return self._subscribe(topic_filter, _dispatcher(handler))
 
@@ -346,8 +352,13 @@ class BusClient:
         if reason_code.is_failure:
             log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
-        log.info("connected to %s:%d as %s (session present: %s)",
-                 self.host, self.port, self.client_id, flags.session_present)
+        log.info(
+            "connected to %s:%d as %s (session present: %s)",
+            self.host,
+            self.port,
+            self.client_id,
+            flags.session_present,
+        )
         self.session_present = bool(flags.session_present)  # read by on_connect hooks
         with self._lock:
             self._session_up = True
@@ -388,9 +399,9 @@ class BusClient:
 class _Pending:
     """A published message until its PUBACK."""
 
-    __slots__ = ("bus", "info", "on_ack", "acked")
+    __slots__ = ("acked", "bus", "info", "on_ack")
 
-    def __init__(self, bus: "BusClient", info: mqtt.MQTTMessageInfo, on_ack: Callable[[int], None] | None):
+    def __init__(self, bus: BusClient, info: mqtt.MQTTMessageInfo, on_ack: Callable[[int], None] | None):
         self.bus, self.info, self.on_ack = bus, info, on_ack
         self.acked: threading.Event | None = None
 

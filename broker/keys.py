@@ -83,8 +83,10 @@ def load_key(path: Path) -> SigningKey:
     except ValueError:  # not hex, or not text at all
         seed = b""
     if len(seed) != 32:
-        raise KeyFileError(f"{path}: not a key file (a 32-byte Ed25519 seed in hex); "
-                           "restore it from a backup, or remove it to make a new key")
+        raise KeyFileError(
+            f"{path}: not a key file (a 32-byte Ed25519 seed in hex); "
+            "restore it from a backup, or remove it to make a new key"
+        )
     return SigningKey(seed)
 
 

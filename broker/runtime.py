@@ -153,8 +153,9 @@ class Mosquitto(Broker):
 
     kind = "mosquitto"
 
-    def __init__(self, host: str = DEFAULT_HOST, executable: str | None = None,
-                 render: Callable[[int, Path], str] | None = None) -> None:
+    def __init__(
+        self, host: str = DEFAULT_HOST, executable: str | None = None, render: Callable[[int, Path], str] | None = None
+    ) -> None:
         super().__init__(host)
         self.render = render or (lambda port, data_dir: mosquitto_config(port, data_dir, host))
         self.executable = executable or find_mosquitto()
@@ -186,7 +187,9 @@ class Mosquitto(Broker):
         with self.log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
                 [self.executable, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while not _accepts_connections(self.host, port):

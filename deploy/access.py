@@ -9,13 +9,14 @@ import sys
 import threading
 from pathlib import Path
 
-from broker import secure, topics
+from broker import secure
 from broker.args import broker_url, tcp_port, tls_broker
 from broker.clock import wall_ms
 from broker.keys import KeyFileError, load_key, write_file
-from broker.messages import Revoke, open_message
 from deploy.bus import OPERATOR, Revoked, add_bridge, bridged_dirs, broker_dir, meter_id_arg, refresh_bus, revoke
 from deploy.provision import DEFAULT_VALID_DAYS
+from wire import topics
+from wire.messages import Revoke, open_message
 
 REVOCATIONS = "revocations"
 TIMEOUT_S = 30
@@ -52,8 +53,11 @@ def _reload(pid_file: Path) -> bool:
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return False
     except PermissionError:  # the broker runs as another user: the revocation must still go on
-        print(f"spb-deploy: not allowed to signal the broker of {pid_file}; reload it yourself "
-              "(systemctl reload spb-broker)", file=sys.stderr)
+        print(
+            f"spb-deploy: not allowed to signal the broker of {pid_file}; reload it yourself "
+            "(systemctl reload spb-broker)",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -65,6 +69,7 @@ def publish_revocation(root: Path, message: bytes, url) -> None:
     proves nothing, since Mosquitto acknowledges a publish its ACL denied.
     """
     from broker.client import BusClient, TlsFiles  # paho only for the command that needs it
+
     tls = TlsFiles.in_dir(root / OPERATOR) if url.tls else None
     echoed = threading.Event()
     client = BusClient(url.host, url.port, OPERATOR, clean_session=True, tls=tls)
@@ -75,21 +80,30 @@ def publish_revocation(root: Path, message: bytes, url) -> None:
             raise OSError(f"cannot connect to {url.host}:{url.port} as {OPERATOR} within {TIMEOUT_S} s")
         client.publish(topics.TX_REVOKE, message)
         if not echoed.wait(TIMEOUT_S):
-            raise OSError(f"the broker at {url.host}:{url.port} did not pass the revocation on within {TIMEOUT_S} s: "
-                          "is it the community's TLS listener? Run this again to resend it")
+            raise OSError(
+                f"the broker at {url.host}:{url.port} did not pass the revocation on within {TIMEOUT_S} s: "
+                "is it the community's TLS listener? Run this again to resend it"
+            )
     finally:
         client.close()
 
 
 def add_revoke(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("revoke", help="refuse a meter on the bus and its CoEs at the ledger",
-                              description="Add METER_ID to DIR/revoked.toml, rewrite the CRL and ACLs, "
-                                          "signal running brokers of DIR, and sign a revocation for the ledger.")
+    p = subparsers.add_parser(
+        "revoke",
+        help="refuse a meter on the bus and its CoEs at the ledger",
+        description="Add METER_ID to DIR/revoked.toml, rewrite the CRL and ACLs, "
+        "signal running brokers of DIR, and sign a revocation for the ledger.",
+    )
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("meter", type=meter_id_arg, metavar="METER_ID")
-    p.add_argument("--broker", type=broker_url, metavar="URL",
-                   help="also send the revocation to the ledger through this broker: mqtts://HOST:PORT "
-                        "as DIR/operator, or HOST:PORT for plain MQTT (development)")
+    p.add_argument(
+        "--broker",
+        type=broker_url,
+        metavar="URL",
+        help="also send the revocation to the ledger through this broker: mqtts://HOST:PORT "
+        "as DIR/operator, or HOST:PORT for plain MQTT (development)",
+    )
     p.set_defaults(run=_run_revoke, expected=(OSError, KeyFileError, ValueError))
 
 
@@ -105,16 +119,29 @@ def _run_revoke(args: argparse.Namespace) -> int:
 
 
 def add_bridge_command(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bridge", help="add a second broker bridged to the main one",
-                              description="Write DIR/brokers/NAME: a Mosquitto config with the community's "
-                                          "ACL that bridges the whole topic tree to the main broker over TLS.")
+    p = subparsers.add_parser(
+        "bridge",
+        help="add a second broker bridged to the main one",
+        description="Write DIR/brokers/NAME: a Mosquitto config with the community's "
+        "ACL that bridges the whole topic tree to the main broker over TLS.",
+    )
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--to", type=tls_broker, required=True, metavar="HOST:PORT", help="the main broker's TLS listener")
-    p.add_argument("--tls-port", type=tcp_port, default=secure.TLS_PORT, metavar="PORT",
-                   help=f"this broker's own TLS port (default {secure.TLS_PORT})")
-    p.add_argument("--host", action="append", default=[], metavar="NAME",
-                   help="a name or address meters reach this broker by (repeat; default localhost and loopback)")
+    p.add_argument(
+        "--tls-port",
+        type=tcp_port,
+        default=secure.TLS_PORT,
+        metavar="PORT",
+        help=f"this broker's own TLS port (default {secure.TLS_PORT})",
+    )
+    p.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name or address meters reach this broker by (repeat; default localhost and loopback)",
+    )
     p.set_defaults(run=_run_bridge, expected=(OSError, KeyFileError, ValueError))
 
 
@@ -123,6 +150,8 @@ def _run_bridge(args: argparse.Namespace) -> int:
     add_bridge(args.dir, args.name, to, args.tls_port, tuple(args.host))
     refresh_bus(args.dir, wall_ms(), DEFAULT_VALID_DAYS)
     print(f"broker     {broker_dir(args.dir, args.name)} bridged to {to}")
-    print(f"run        spb-broker run --config-dir {broker_dir(args.dir, args.name)}, and restart the main broker "
-          "(its ACL now admits the bridge)")
+    print(
+        f"run        spb-broker run --config-dir {broker_dir(args.dir, args.name)}, and restart the main broker "
+        "(its ACL now admits the bridge)"
+    )
     return 0

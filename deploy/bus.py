@@ -57,19 +57,34 @@ def meter_id_arg(text: str) -> str:
     return text
 
 
-def ensure_bus(root: Path, meters: list[str], validators: list[int], now_ms: int, valid_days: int,
-               monitors: tuple[str, ...] = (), hosts: tuple[str, ...] = ()) -> secure.Identities:
+def ensure_bus(
+    root: Path,
+    meters: list[str],
+    validators: list[int],
+    now_ms: int,
+    valid_days: int,
+    monitors: tuple[str, ...] = (),
+    hosts: tuple[str, ...] = (),
+) -> secure.Identities:
     """Certificates for every identity and every broker dir's files; returns who may connect."""
     now = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC)
     ca = Authority.ensure(secret_dir(root / "ca") / "mqtt-ca.key", root / "broker" / secure.CA_CERT, now)
     revoked = read_revoked(root)
-    monitor_names = sorted(set(monitors) | {p.name for p in (root / "monitoring").glob("*") if p.is_dir()}
-                           or {DEFAULT_MONITOR})
+    monitor_names = sorted(
+        set(monitors) | {p.name for p in (root / "monitoring").glob("*") if p.is_dir()} or {DEFAULT_MONITOR}
+    )
     for name in monitor_names:
-        if (not secure.NAME_CN.fullmatch(name) or name == OPERATOR or name.startswith("bridge-")
-                or secure.METER_CN.fullmatch(name) or secure.VALIDATOR_CN.fullmatch(name)):
-            raise ValueError(f"monitoring user {name!r}: use lower-case letters, digits and '-', "
-                             "and no name shaped like a meter (m0001), a validator (v0), 'operator' or 'bridge-...'")
+        if (
+            not secure.NAME_CN.fullmatch(name)
+            or name == OPERATOR
+            or name.startswith("bridge-")
+            or secure.METER_CN.fullmatch(name)
+            or secure.VALIDATOR_CN.fullmatch(name)
+        ):
+            raise ValueError(
+                f"monitoring user {name!r}: use lower-case letters, digits and '-', "
+                "and no name shaped like a meter (m0001), a validator (v0), 'operator' or 'bridge-...'"
+            )
     clients = {mid: root / "meters" / mid for mid in meters if mid not in revoked}
     clients |= {f"v{i}": root / "validators" / f"v{i}" for i in validators}
     clients |= {name: secret_dir(secret_dir(root / "monitoring") / name) for name in monitor_names}
@@ -77,12 +92,17 @@ def ensure_bus(root: Path, meters: list[str], validators: list[int], now_ms: int
     for cn, home in clients.items():
         _client(ca, home, cn, now, valid_days)
     brokers = _broker_settings(root, hosts)
-    ids = secure.Identities(meters=tuple(meters), validators=tuple(f"v{i}" for i in validators),
-                            monitors=tuple(monitor_names), operators=(OPERATOR,),
-                            bridges=tuple(f"bridge-{s.name}" for s in brokers if s.bridge_to),
-                            revoked=frozenset(revoked))
-    serials = {int(serial, 16): dt.datetime.fromtimestamp(r.t / 1000, dt.UTC)
-               for r in revoked.values() for serial in r.serials}
+    ids = secure.Identities(
+        meters=tuple(meters),
+        validators=tuple(f"v{i}" for i in validators),
+        monitors=tuple(monitor_names),
+        operators=(OPERATOR,),
+        bridges=tuple(f"bridge-{s.name}" for s in brokers if s.bridge_to),
+        revoked=frozenset(revoked),
+    )
+    serials = {
+        int(serial, 16): dt.datetime.fromtimestamp(r.t / 1000, dt.UTC) for r in revoked.values() for serial in r.serials
+    }
     for settings in brokers:
         _broker(ca, broker_dir(root, settings.name), settings, ids, serials, now, valid_days)
     return ids
@@ -91,8 +111,9 @@ def ensure_bus(root: Path, meters: list[str], validators: list[int], now_ms: int
 def refresh_bus(root: Path, now_ms: int, valid_days: int) -> secure.Identities:
     """ensure_bus for the members on disk, after a revocation or a new bridge."""
     meters = sorted(p.parent.name for p in root.glob("meters/m[0-9][0-9][0-9][0-9]/meter.toml"))
-    validators = sorted(int(p.parent.name[1:]) for p in root.glob("validators/v*/validator.key")
-                        if p.parent.name[1:].isdecimal())
+    validators = sorted(
+        int(p.parent.name[1:]) for p in root.glob("validators/v*/validator.key") if p.parent.name[1:].isdecimal()
+    )
     return ensure_bus(root, meters, validators, now_ms, valid_days)
 
 
@@ -123,8 +144,10 @@ def revoke(root: Path, meter_id: str, now_ms: int) -> Revoked:
     entry = Revoked(meter_id, now_ms, (f"{serial:x}",) if serial is not None else ())
     revoked[meter_id] = entry
     rows = [asdict(r) for r in sorted(revoked.values(), key=lambda r: r.id)]
-    write_public(root / REVOKED_NAME, "# Meters refused by the brokers and the ledger (spb-deploy revoke).\n"
-                 + tomli_w.dumps({"revoked": rows}))
+    write_public(
+        root / REVOKED_NAME,
+        "# Meters refused by the brokers and the ledger (spb-deploy revoke).\n" + tomli_w.dumps({"revoked": rows}),
+    )
     return entry
 
 
@@ -148,23 +171,32 @@ def _broker_settings(root: Path, hosts: tuple[str, ...]) -> list[secure.BrokerSe
     return [main, *(secure.BrokerSettings.load(home) for home in bridged_dirs(root))]
 
 
-def _broker(ca: Authority, home: Path, settings: secure.BrokerSettings, ids: secure.Identities,
-            serials: dict[int, dt.datetime], now: dt.datetime, days: int) -> None:
+def _broker(
+    ca: Authority,
+    home: Path,
+    settings: secure.BrokerSettings,
+    ids: secure.Identities,
+    serials: dict[int, dt.datetime],
+    now: dt.datetime,
+    days: int,
+) -> None:
     secret_dir(home)
     write_public(home / secure.CA_CERT, ca.cert_pem)
     ca.ensure_leaf(home / secure.SERVER_CERT, home / secure.SERVER_KEY, settings.hosts[0], now, days, settings.hosts)
     if settings.bridge_to:
         ca.ensure_leaf(home / secure.BRIDGE_CERT, home / secure.BRIDGE_KEY, f"bridge-{settings.name}", now, days)
     ca.write_crl(home / secure.CRL, serials, now)
-    for name, text in ((secure.ACL_NAME, secure.acl(ids)), (secure.LOCAL_ACL_NAME, secure.local_acl()),
-                       (secure.CONF_NAME, secure.mosquitto_conf(settings, home, home / "data"))):
+    for name, text in (
+        (secure.ACL_NAME, secure.acl(ids)),
+        (secure.LOCAL_ACL_NAME, secure.local_acl()),
+        (secure.CONF_NAME, secure.mosquitto_conf(settings, home, home / "data")),
+    ):
         write_public(home / name, text)
 
 
 def _write_settings(home: Path, settings: secure.BrokerSettings) -> None:
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items() if v is not None}
-    write_public(home / secure.SETTINGS_NAME, "# This broker's settings; spb-deploy provision keeps them.\n"
-                 + tomli_w.dumps(values))
-
-
-
+    write_public(
+        home / secure.SETTINGS_NAME,
+        "# This broker's settings; spb-deploy provision keeps them.\n" + tomli_w.dumps(values),
+    )

@@ -9,22 +9,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from broker.clock import wall_ms
 from broker.keys import KeyFileError
 from deploy.access import add_bridge_command, add_revoke
 from deploy.demo import add_demo
 from deploy.flash import add_flash_meter
-from deploy.provision import (ACCOUNTS, DEFAULT_VALID_DAYS, METERS, VALID_DAYS, VALIDATORS, ProvisionError,
-                              community_genesis, provision)
+from deploy.provision import (
+    ACCOUNTS,
+    DEFAULT_VALID_DAYS,
+    METERS,
+    VALID_DAYS,
+    VALIDATORS,
+    ProvisionError,
+    community_genesis,
+    provision,
+)
 from deploy.server import add_server
 from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, GenesisError, write_genesis
 
 
 def _within(allowed: range) -> Callable[[str], int]:
     """An argparse type, so out-of-range counts exit 2 with a usage message."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -33,41 +42,79 @@ def _within(allowed: range) -> Callable[[str], int]:
         if value not in allowed:
             raise argparse.ArgumentTypeError(f"{value} is not in {allowed.start}..{allowed.stop - 1}")
         return value
+
     return parse
 
 
 def add_provision(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("provision", help="make or grow a community's keys and devcerts",
-                              description="Create the CA, meters, accounts and validators under DIR; "
-                                          "re-running never overwrites a key.")
+    p = subparsers.add_parser(
+        "provision",
+        help="make or grow a community's keys and devcerts",
+        description="Create the CA, meters, accounts and validators under DIR; re-running never overwrites a key.",
+    )
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("--meters", type=_within(METERS), required=True, metavar="N")
     p.add_argument("--accounts", type=_within(ACCOUNTS), metavar="N", help="default: one per meter")
     p.add_argument("--validators", type=_within(VALIDATORS), default=1, metavar="N")
-    p.add_argument("--valid-days", type=_within(VALID_DAYS), default=DEFAULT_VALID_DAYS, metavar="D",
-                   help=f"devcert lifetime (default {DEFAULT_VALID_DAYS})")
-    p.add_argument("--new-ca", action="store_true",
-                   help="if ca/ca.key is missing, make a new CA and reissue every devcert "
-                        "(every flashed meter must be reflashed); ignored while ca/ca.key exists")
-    p.add_argument("--genesis-units", type=_within(range(0, MAX_UNITS + 1)), metavar="UNITS",
-                   help="also write DIR/genesis.cbor for `spb-ledger run DIR`: every account opens with "
-                        "UNITS; written once, refused if a different genesis is there")
-    p.add_argument("--monitor", action="append", default=[], metavar="NAME",
-                   help="a read-only monitoring user with a certificate in DIR/monitoring/NAME (repeat; "
-                        "the first run makes `monitor`)")
-    p.add_argument("--broker-host", action="append", default=[], metavar="NAME",
-                   help="a name or address meters reach the main broker by, for its certificate (repeat; "
-                        "replaces the stored list; default localhost and loopback)")
-    p.add_argument("--block-ms", type=_within(range(1, 3_600_001)), default=DEFAULT_BLOCK_MS, metavar="MS",
-                   help=f"the genesis' shortest time between blocks (default {DEFAULT_BLOCK_MS})")
+    p.add_argument(
+        "--valid-days",
+        type=_within(VALID_DAYS),
+        default=DEFAULT_VALID_DAYS,
+        metavar="D",
+        help=f"devcert lifetime (default {DEFAULT_VALID_DAYS})",
+    )
+    p.add_argument(
+        "--new-ca",
+        action="store_true",
+        help="if ca/ca.key is missing, make a new CA and reissue every devcert "
+        "(every flashed meter must be reflashed); ignored while ca/ca.key exists",
+    )
+    p.add_argument(
+        "--genesis-units",
+        type=_within(range(0, MAX_UNITS + 1)),
+        metavar="UNITS",
+        help="also write DIR/genesis.cbor for `spb-ledger run DIR`: every account opens with "
+        "UNITS; written once, refused if a different genesis is there",
+    )
+    p.add_argument(
+        "--monitor",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a read-only monitoring user with a certificate in DIR/monitoring/NAME (repeat; "
+        "the first run makes `monitor`)",
+    )
+    p.add_argument(
+        "--broker-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name or address meters reach the main broker by, for its certificate (repeat; "
+        "replaces the stored list; default localhost and loopback)",
+    )
+    p.add_argument(
+        "--block-ms",
+        type=_within(range(1, 3_600_001)),
+        default=DEFAULT_BLOCK_MS,
+        metavar="MS",
+        help=f"the genesis' shortest time between blocks (default {DEFAULT_BLOCK_MS})",
+    )
     # A bad dir, a malformed key file, a community in a state to fix by hand: the operator's to fix.
     p.set_defaults(run=_run_provision, expected=(OSError, KeyFileError, ProvisionError, GenesisError, ValueError))
 
 
 def _run_provision(args: argparse.Namespace) -> int:
-    community = provision(args.dir, args.meters, args.accounts, args.validators,
-                          now_ms=wall_ms(), valid_days=args.valid_days, new_ca=args.new_ca,
-                          monitors=tuple(args.monitor), broker_hosts=tuple(args.broker_host))
+    community = provision(
+        args.dir,
+        args.meters,
+        args.accounts,
+        args.validators,
+        now_ms=wall_ms(),
+        valid_days=args.valid_days,
+        new_ca=args.new_ca,
+        monitors=tuple(args.monitor),
+        broker_hosts=tuple(args.broker_host),
+    )
     print(f"community  {community.root}")
     print(f"meters     {len(community.meters)}")
     print(f"accounts   {len(community.accounts)}")
@@ -81,7 +128,13 @@ def _run_provision(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    add_provision, add_revoke, add_bridge_command, add_demo, add_flash_meter, add_server)
+    add_provision,
+    add_revoke,
+    add_bridge_command,
+    add_demo,
+    add_flash_meter,
+    add_server,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

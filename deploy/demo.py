@@ -27,13 +27,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from broker import topics
 from broker.client import BusClient
 from broker.clock import wall_ms
-from broker.reasons import Reject
 from broker.runtime import Broker, find_mosquitto, free_port, start_broker, wait_or_kill
 from broker.secure import start_secure
-from broker.verify import Verifier
 from deploy.market import LedgerWatch, Outcome, orders, trade
 from deploy.provision import Community, community_genesis, provision
 from edge.peers import PeerTable
@@ -41,6 +38,9 @@ from ledger.audit import AuditFailure, audit
 from ledger.genesis import write_genesis
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
+from wire import topics
+from wire.reasons import Reject
+from wire.verify import Verifier
 
 # (meter id, role, emulated power profile in W: + import, - export). 3600 W is 1 Wh a second.
 METERS = (("m0001", "producer", "-4000"), ("m0002", "consumer", "3600"), ("m0003", "consumer", "3600"))
@@ -100,33 +100,59 @@ class Monitor:
         elif leaf == "birth":
             birth = self.peers.on_birth(meter, payload, now)
             seen.births += not retained
-            self.console.print(f"[cyan]★ {meter:6} birth    fw {birth.fw}, boot {birth.boot}; "
-                               f"devcert from the community CA ✓ signature ✓[/]{note}")
+            self.console.print(
+                f"[cyan]★ {meter:6} birth    fw {birth.fw}, boot {birth.boot}; "
+                f"devcert from the community CA ✓ signature ✓[/]{note}"
+            )
         else:
             r = self.peers.on_reading(meter, payload, now)
             seen.readings += 1
             seen.last = f"{r.wh_in}/{r.wh_out}"
-            self.console.print(f"  {meter:6} reading  #{r.seq:<3} {r.wh_in:>4} Wh in {r.wh_out:>4} Wh out "
-                               f"{r.w:>+6d} W  signature ✓")
+            self.console.print(
+                f"  {meter:6} reading  #{r.seq:<3} {r.wh_in:>4} Wh in {r.wh_out:>4} Wh out {r.w:>+6d} W  signature ✓"
+            )
 
 
 def add_demo(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="run a small trading community on this machine",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "demo", help="run a small trading community on this machine", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--dir", type=Path, default=Path("demo-community"), help="community dir (default ./demo-community)")
-    p.add_argument("--seconds", type=float, default=120.0,
-                   help="the longest the community runs; it stops earlier once every trade ended (default 120)")
-    p.add_argument("--trades", type=_at_least_two, default=3, metavar="N",
-                   help="how many trades, at least 2 (default 3; the last cannot be delivered in time: refunded)")
-    p.add_argument("--port", type=int, default=0,
-                   help="the broker's plain port on 127.0.0.1, where anonymous clients may only read; the community "
-                        "itself talks over TLS on another free port (default: a free one)")
-    p.add_argument("--validators", type=int, choices=range(1, 8), default=4, metavar="N",
-                   help="ledger validators, each its own process, reaching BFT consensus over the bus (default 4)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=120.0,
+        help="the longest the community runs; it stops earlier once every trade ended (default 120)",
+    )
+    p.add_argument(
+        "--trades",
+        type=_at_least_two,
+        default=3,
+        metavar="N",
+        help="how many trades, at least 2 (default 3; the last cannot be delivered in time: refunded)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="the broker's plain port on 127.0.0.1, where anonymous clients may only read; the community "
+        "itself talks over TLS on another free port (default: a free one)",
+    )
+    p.add_argument(
+        "--validators",
+        type=int,
+        choices=range(1, 8),
+        default=4,
+        metavar="N",
+        help="ledger validators, each its own process, reaching BFT consensus over the bus (default 4)",
+    )
     p.add_argument("--reading-s", type=float, default=2.0, help="seconds between readings (default 2)")
     p.add_argument("--headless", action="store_true", help="no live Sense HAT panel: just the log and the verdict")
-    p.add_argument("--embedded", action="store_true",
-                   help="use the embedded broker (plain MQTT, no TLS or ACL) even if mosquitto is installed")
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        help="use the embedded broker (plain MQTT, no TLS or ACL) even if mosquitto is installed",
+    )
     p.set_defaults(run=run_demo)
 
 
@@ -147,8 +173,10 @@ def run_demo(args: argparse.Namespace) -> int:
     broker, url = _start_broker(community.root, port, args.embedded)
     outcomes: list[Outcome] = []
     try:
-        console.print(f"[bold]community[/] {community.root} ({len(community.meters)} meters)   "
-                      f"[bold]broker[/] {broker.kind} on {url}, read-only for anyone on mqtt://127.0.0.1:{port}")
+        console.print(
+            f"[bold]community[/] {community.root} ({len(community.meters)} meters)   "
+            f"[bold]broker[/] {broker.kind} on {url}, read-only for anyone on mqtt://127.0.0.1:{port}"
+        )
         ca, validators = [bytes.fromhex(community.ca_pk)], [bytes.fromhex(v.pk) for v in community.validators]
         monitor = Monitor(console, PeerTable(Verifier(cas=ca)))
         watch = LedgerWatch(console, Verifier(cas=ca, validators=validators))
@@ -183,25 +211,57 @@ def _start_broker(root: Path, port: int, embedded: bool) -> tuple[Broker, str]:
     return broker, broker.url
 
 
-def _run_community(args, community: Community, url: str, monitor: Monitor, watch: LedgerWatch,
-                   stop: threading.Event, outcomes: list[Outcome]) -> list[int]:
+def _run_community(
+    args,
+    community: Community,
+    url: str,
+    monitor: Monitor,
+    watch: LedgerWatch,
+    stop: threading.Event,
+    outcomes: list[Outcome],
+) -> list[int]:
     """Run meters and ledger until the trades ended, args.seconds passed, or SIGINT/SIGTERM;
     their exit codes, meters first."""
     root, procs = community.root, []
     try:
         for meter, _, profile in METERS:
-            procs.append(_start(["edge.cli", "run", "--state-dir", str(root / "meters" / meter),
-                                 "--broker", url, "--adc", "fake", f"--fake-profile={profile}",
-                                 "--reading-s", str(args.reading_s), "--resend-s", "5", "--display", "terminal",
-                                 "--display-out", str(_frame_file(root, meter))], meter, monitor))
+            procs.append(
+                _start(
+                    [
+                        "edge.cli",
+                        "run",
+                        "--state-dir",
+                        str(root / "meters" / meter),
+                        "--broker",
+                        url,
+                        "--adc",
+                        "fake",
+                        f"--fake-profile={profile}",
+                        "--reading-s",
+                        str(args.reading_s),
+                        "--resend-s",
+                        "5",
+                        "--display",
+                        "terminal",
+                        "--display-out",
+                        str(_frame_file(root, meter)),
+                    ],
+                    meter,
+                    monitor,
+                )
+            )
         for i in range(len(community.validators)):
-            procs.append(_start(["ledger.cli", "run", str(root), "--broker", url, "--validator", str(i)],
-                                f"v{i}", monitor))
+            procs.append(
+                _start(["ledger.cli", "run", str(root), "--broker", url, "--validator", str(i)], f"v{i}", monitor)
+            )
         producer = next(m for m in community.meters if m.id == METERS[0][0])
         plan = orders(args.trades, tuple(m for m, role, _ in METERS if role == "consumer"), WH_PER_S)
         traded = threading.Event()
-        threading.Thread(target=trade, args=(root, plan, producer.account_pk, watch, monitor.console, 60,
-                                             outcomes, traded), daemon=True).start()
+        threading.Thread(
+            target=trade,
+            args=(root, plan, producer.account_pk, watch, monitor.console, 60, outcomes, traded),
+            daemon=True,
+        ).start()
         _watch_until(args, community, traded, stop)
     finally:
         for proc, _ in procs:
@@ -216,9 +276,11 @@ def _run_community(args, community: Community, url: str, monitor: Monitor, watch
 
 def _watch_until(args, community: Community, traded: threading.Event, stop: threading.Event) -> None:
     """Wait for the trades (and 3 s more, so their outcome shows), showing the meters' displays live."""
+
     def wait() -> None:
         if traded.wait(args.seconds) and not stop.is_set():
             stop.wait(3)
+
     if args.headless:
         wait()
         return
@@ -260,8 +322,9 @@ def _balances(community: Community) -> str:
 
 
 def _start(module_args: list[str], name: str, monitor: Monitor):
-    proc = subprocess.Popen([sys.executable, "-m", *module_args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *module_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     reader = threading.Thread(target=_relay, args=(proc, name, monitor), daemon=True)
     reader.start()
     return proc, reader
@@ -295,8 +358,15 @@ def _relay(proc: subprocess.Popen, name: str, monitor: Monitor) -> None:
             monitor.console.print(Text("    " + line.rstrip(), style="dim"))
 
 
-def _summary(console: Console, monitor: Monitor, watch: LedgerWatch, codes: list[int], outcomes: list[Outcome],
-             planned_trades: int, audited: str) -> int:
+def _summary(
+    console: Console,
+    monitor: Monitor,
+    watch: LedgerWatch,
+    codes: list[int],
+    outcomes: list[Outcome],
+    planned_trades: int,
+    audited: str,
+) -> int:
     table = Table(title="What the monitor verified")
     for column in ("meter", "births", "readings", "rejects", "verified peer", "Wh in/out", "state"):
         table.add_column(column)
@@ -304,19 +374,29 @@ def _summary(console: Console, monitor: Monitor, watch: LedgerWatch, codes: list
     for meter, _, _ in METERS:
         s = monitor.seen.get(meter, Seen())
         table.add_row(meter, str(s.births), str(s.readings), str(s.rejects), str(s.peer_readings), s.last, s.state)
-        ok = ok and s.births >= 1 and s.readings >= 2 and s.peer_readings >= 1 and not s.rejects and s.state == "offline"
+        ok = (
+            ok and s.births >= 1 and s.readings >= 2 and s.peer_readings >= 1 and not s.rejects and s.state == "offline"
+        )
     console.print(table)
     trades = Table(title="Trades")
     for column in ("CTP", "buyer", "units", "Wh", "expected", "ended"):
         trades.add_column(column)
     for o in outcomes:
-        trades.add_row(o.ctp[:12] + "…", o.order.buyer, str(o.order.amount), str(o.order.wh), o.order.expect,
-                       f"[green]{o.state}[/]" if o.ok else f"[red]{o.state}[/]")
+        trades.add_row(
+            o.ctp[:12] + "…",
+            o.order.buyer,
+            str(o.order.amount),
+            str(o.order.wh),
+            o.order.expect,
+            f"[green]{o.state}[/]" if o.ok else f"[red]{o.state}[/]",
+        )
     console.print(trades)
     settled = sum(o.state == "settled" for o in outcomes)
     refunded = sum(o.state == "refunded" for o in outcomes)
-    console.print(f"ledger: {settled} settled, {refunded} refunded, {watch.blocks} blocks, {watch.rejects} rejects, "
-                  f"state {watch.ledger}; audit {audited}")
+    console.print(
+        f"ledger: {settled} settled, {refunded} refunded, {watch.blocks} blocks, {watch.rejects} rejects, "
+        f"state {watch.ledger}; audit {audited}"
+    )
     planned = len(outcomes) == planned_trades and all(o.ok for o in outcomes)
     ok = ok and planned and watch.all_offline(len(codes) - len(METERS)) and audited.startswith("ok")
     console.print("[bold green]demo ok[/]" if ok else f"[bold red]demo failed[/] (exit codes {codes})")

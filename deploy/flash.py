@@ -51,7 +51,7 @@ def enable_interfaces(config: bytes, params: tuple[str, ...] = INTERFACES) -> by
             continue
         wanted = b"dtparam=" + param.encode() + b"=on"
         if candidate is not None:
-            lines[candidate] = wanted + lines[candidate][len(lines[candidate].rstrip(b"\r\n")):]
+            lines[candidate] = wanted + lines[candidate][len(lines[candidate].rstrip(b"\r\n")) :]
         else:
             if lines and not lines[-1].endswith(b"\n"):
                 lines[-1] += b"\n"
@@ -69,7 +69,7 @@ def set_hosts_name(hosts: bytes, name: str) -> bytes:
         if line.split()[:1] == ["127.0.1.1"]:
             lines[i] = entry
             return "".join(lines).encode()
-    return (hosts + (b"\n" if hosts and not hosts.endswith(b"\n") else b"") + entry.encode())
+    return hosts + (b"\n" if hosts and not hosts.endswith(b"\n") else b"") + entry.encode()
 
 
 def meter_unit(meter: str, broker: BrokerUrl, groups: tuple[str, ...]) -> str:
@@ -173,9 +173,12 @@ def _run(command: list[str]) -> None:
 
 
 def add_flash_meter(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("flash-meter", help="make a Raspberry Pi OS card or image a meter",
-                              description="Write meter METER_ID of community DIR into a Raspberry Pi OS "
-                                          "(Bookworm) boot and root partition; re-running changes nothing.")
+    p = subparsers.add_parser(
+        "flash-meter",
+        help="make a Raspberry Pi OS card or image a meter",
+        description="Write meter METER_ID of community DIR into a Raspberry Pi OS "
+        "(Bookworm) boot and root partition; re-running changes nothing.",
+    )
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("meter", type=meter_id_arg, metavar="METER_ID")
     p.add_argument("--boot", type=Path, metavar="PATH", help="the mounted boot partition (with --root)")
@@ -188,7 +191,7 @@ def add_flash_meter(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_flash(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     on_card = args.boot is not None and args.root is not None
-    if not (args.image is None and on_card or args.image is not None and args.boot is None and args.root is None):
+    if not ((args.image is None and on_card) or (args.image is not None and args.boot is None and args.root is None)):
         parser.error("give --boot and --root, or --image")
     state = meter_state(args.dir, args.meter)
     with tempfile.TemporaryDirectory() as tmp:

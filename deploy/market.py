@@ -18,11 +18,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from broker import topics
 from broker.clock import wall_ms
-from broker.reasons import Reject
-from broker.verify import Verifier
 from ledger.block import Block, BlockError, quorum
+from wire import topics
+from wire.reasons import Reject
+from wire.verify import Verifier
 
 FINAL = ("settled", "refunded", "rejected")
 
@@ -63,8 +63,10 @@ class LedgerWatch:
             if block.valid_seals(self.verifier.validators) < quorum(len(self.verifier.validators)):
                 raise Reject("signature", f"block #{block.header.height} is not sealed by a quorum of validators")
             self.blocks += 1
-            self.console.print(f"[magenta]◆ ledger   block    #{block.header.height}: {len(block.trades)} trade(s), "
-                               f"{len(payload)} B on chain, {len(block.seals)} seals ✓[/]")
+            self.console.print(
+                f"[magenta]◆ ledger   block    #{block.header.height}: {len(block.trades)} trade(s), "
+                f"{len(payload)} B on chain, {len(block.seals)} seals ✓[/]"
+            )
         elif topic == topics.REJECTS:
             rejection = self.verifier.verify(payload, wall_ms(), expect="reject").body
             self.rejects += 1
@@ -72,8 +74,10 @@ class LedgerWatch:
         else:
             status = self.verifier.verify(payload, wall_ms(), expect="status").body
             self.states[status.ctp] = status.state
-            self.console.print(f"[magenta]◆ ledger   status   CTP {status.ctp.hex()[:12]}… {status.state}"
-                               f"{f' in block #{status.h}' if status.h else ''}  validator signature ✓[/]")
+            self.console.print(
+                f"[magenta]◆ ledger   status   CTP {status.ctp.hex()[:12]}… {status.state}"
+                f"{f' in block #{status.h}' if status.h else ''}  validator signature ✓[/]"
+            )
 
     @property
     def ledger(self) -> str:
@@ -93,7 +97,8 @@ class LedgerWatch:
         need = quorum(len(self.verifier.validators))
         with self.changed:
             return self.changed.wait_for(
-                lambda: sum(s.startswith("online") for s in self.validators.values()) >= need, timeout)
+                lambda: sum(s.startswith("online") for s in self.validators.values()) >= need, timeout
+            )
 
 
 @dataclass(frozen=True)
@@ -124,10 +129,21 @@ class Outcome:
 
 def place(root: Path, order: Order, payee_hex: str, console: Console, timeout: float) -> str:
     """`spb-meter ctp` on the buyer's state dir; retried while its meter has no CoE yet."""
-    args = [sys.executable, "-m", "edge.cli", "ctp", str(root / "meters" / order.buyer), payee_hex,
-            str(order.amount), str(order.wh), "--expiry", str(order.expiry_s)]
-    console.print(f"[blue]$ spb-meter ctp meters/{order.buyer} <producer> {order.amount} {order.wh} "
-                  f"--expiry {order.expiry_s}[/]")
+    args = [
+        sys.executable,
+        "-m",
+        "edge.cli",
+        "ctp",
+        str(root / "meters" / order.buyer),
+        payee_hex,
+        str(order.amount),
+        str(order.wh),
+        "--expiry",
+        str(order.expiry_s),
+    ]
+    console.print(
+        f"[blue]$ spb-meter ctp meters/{order.buyer} <producer> {order.amount} {order.wh} --expiry {order.expiry_s}[/]"
+    )
     deadline = time.monotonic() + timeout
     while True:
         done = subprocess.run(args, capture_output=True, text=True)
@@ -138,8 +154,16 @@ def place(root: Path, order: Order, payee_hex: str, console: Console, timeout: f
         time.sleep(0.5)  # the meter is still fetching its first CoE (a command, not a test, waiting)
 
 
-def trade(root: Path, plan: list[Order], payee_hex: str, watch: LedgerWatch, console: Console,
-          timeout: float, outcomes: list[Outcome], done: threading.Event) -> None:
+def trade(
+    root: Path,
+    plan: list[Order],
+    payee_hex: str,
+    watch: LedgerWatch,
+    console: Console,
+    timeout: float,
+    outcomes: list[Outcome],
+    done: threading.Event,
+) -> None:
     """Place every order, then wait for each to end; sets `done` either way."""
     try:
         if not watch.wait_online(timeout):
@@ -150,8 +174,10 @@ def trade(root: Path, plan: list[Order], payee_hex: str, watch: LedgerWatch, con
             outcomes.append(outcome)
             outcome.ctp = place(root, order, payee_hex, console, timeout)
             outcome.state = "placed"
-            console.print(f"[blue]  CTP {outcome.ctp[:12]}… by {order.buyer}: {order.amount} units for "
-                          f"{order.wh} Wh within {order.expiry_s} s[/]")
+            console.print(
+                f"[blue]  CTP {outcome.ctp[:12]}… by {order.buyer}: {order.amount} units for "
+                f"{order.wh} Wh within {order.expiry_s} s[/]"
+            )
         for outcome in outcomes:
             outcome.state = watch.wait_final(bytes.fromhex(outcome.ctp), timeout + outcome.order.expiry_s) or "open"
     except RuntimeError as exc:

@@ -25,8 +25,12 @@ from broker.keys import write_file, write_public
 CA_DAYS = 36_500  # the CA outlives every certificate it signs; meters are not re-flashed for it
 RENEW_DAYS = 30
 CLOCK_SKEW = dt.timedelta(hours=1)  # as for devcerts: lagging clocks still accept a new cert
-CA_NAME = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spb-energy"),
-                     x509.NameAttribute(NameOID.COMMON_NAME, "spb-energy broker CA")])
+CA_NAME = x509.Name(
+    [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spb-energy"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "spb-energy broker CA"),
+    ]
+)
 
 
 class Authority:
@@ -36,17 +40,29 @@ class Authority:
         self.key, self.cert = key, cert
 
     @classmethod
-    def ensure(cls, key_path: Path, cert_path: Path, now: dt.datetime) -> "Authority":
+    def ensure(cls, key_path: Path, cert_path: Path, now: dt.datetime) -> Authority:
         key = ensure_key(key_path)
         cert = _load_cert(cert_path)
         if cert is None or cert.public_key() != key.public_key() or cert.not_valid_after_utc < now:
-            cert = (_builder(CA_NAME, CA_NAME, key.public_key(), now, CA_DAYS)
-                    .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                    .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                                 key_encipherment=False, data_encipherment=False,
-                                                 key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                                 encipher_only=False, decipher_only=False), critical=True)
-                    .sign(key, hashes.SHA256()))
+            cert = (
+                _builder(CA_NAME, CA_NAME, key.public_key(), now, CA_DAYS)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(
+                    x509.KeyUsage(
+                        digital_signature=False,
+                        content_commitment=False,
+                        key_encipherment=False,
+                        data_encipherment=False,
+                        key_agreement=False,
+                        key_cert_sign=True,
+                        crl_sign=True,
+                        encipher_only=False,
+                        decipher_only=False,
+                    ),
+                    critical=True,
+                )
+                .sign(key, hashes.SHA256())
+            )
             _write_cert(cert_path, cert)
         return cls(key, cert)
 
@@ -61,23 +77,31 @@ class Authority:
             return False
         return True
 
-    def ensure_leaf(self, cert_path: Path, key_path: Path, cn: str, now: dt.datetime, days: int,
-                    hosts: tuple[str, ...] = ()) -> x509.Certificate:
+    def ensure_leaf(
+        self, cert_path: Path, key_path: Path, cn: str, now: dt.datetime, days: int, hosts: tuple[str, ...] = ()
+    ) -> x509.Certificate:
         """A client certificate for `cn`, or with `hosts` a server certificate for those names."""
         key = ensure_key(key_path)
         cert = _load_cert(cert_path)
         if cert is not None and self._still_good(cert, key, cn, hosts, now):
             return cert
         usage = ExtendedKeyUsageOID.SERVER_AUTH if hosts else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]), CA_NAME,
-                            key.public_key(), now, min(days, (self.cert.not_valid_after_utc - now).days))
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                                  critical=False))
+        builder = (
+            _builder(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
+                CA_NAME,
+                key.public_key(),
+                now,
+                min(days, (self.cert.not_valid_after_utc - now).days),
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+        )
         if hosts:
-            builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]),
-                                            critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False
+            )
         cert = builder.sign(self.key, hashes.SHA256())
         _write_cert(cert_path, cert)
         return cert
@@ -85,11 +109,16 @@ class Authority:
     def write_crl(self, path: Path, serials: dict[int, dt.datetime], now: dt.datetime) -> None:
         """The CRL of `serials` (serial -> revocation time). It never lapses before the CA:
         OpenSSL refuses every client once a CRL's next update has passed."""
-        builder = (x509.CertificateRevocationListBuilder().issuer_name(CA_NAME)
-                   .last_update(now - CLOCK_SKEW).next_update(self.cert.not_valid_after_utc))
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(CA_NAME)
+            .last_update(now - CLOCK_SKEW)
+            .next_update(self.cert.not_valid_after_utc)
+        )
         for serial, when in sorted(serials.items()):
             builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
         if not self._crl_lists(path, set(serials)):
             crl = builder.sign(self.key, hashes.SHA256())
             write_public(path, crl.public_bytes(serialization.Encoding.PEM))
@@ -102,20 +131,26 @@ class Authority:
             return False
         return crl.is_signature_valid(self.key.public_key()) and {r.serial_number for r in crl} == serials
 
-    def _still_good(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cn: str,
-                    hosts: tuple[str, ...], now: dt.datetime) -> bool:
+    def _still_good(
+        self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cn: str, hosts: tuple[str, ...], now: dt.datetime
+    ) -> bool:
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return (self.issued(cert) and cert.public_key() == key.public_key()
-                and [n.value for n in names] == [cn] and _hosts(cert) == set(hosts)
-                and cert.not_valid_after_utc - now > min(dt.timedelta(days=RENEW_DAYS), _lifetime(cert) / 3))
+        return (
+            self.issued(cert)
+            and cert.public_key() == key.public_key()
+            and [n.value for n in names] == [cn]
+            and _hosts(cert) == set(hosts)
+            and cert.not_valid_after_utc - now > min(dt.timedelta(days=RENEW_DAYS), _lifetime(cert) / 3)
+        )
 
 
 def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """The P-256 key at `path` (PEM, 0600), made if missing and never overwritten."""
     if not path.exists():
         key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file(path, pem, 0o600, replace=False)  # a concurrent run's key wins; read it back
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -130,10 +165,16 @@ def cert_serial(path: Path) -> int | None:
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key, now: dt.datetime, days: int) -> x509.CertificateBuilder:
-    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
 
 
 def _lifetime(cert: x509.Certificate) -> dt.timedelta:

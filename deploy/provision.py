@@ -17,11 +17,11 @@ import tomli_w
 from nacl.signing import SigningKey
 
 from broker.keys import fsync_dir, public_hex, secret_dir, write_new_key, write_public
-from broker.messages import DevCert, open_message
-from broker.reasons import Reject
 from deploy.bus import ensure_bus
 from ledger.genesis import Genesis
 from ledger.validator import secret_validator_dir
+from wire.messages import DevCert, open_message
+from wire.reasons import Reject
 
 DAY_MS = 86_400_000
 DEFAULT_VALID_DAYS = 3650
@@ -96,9 +96,17 @@ def account_id(i: int) -> str:
     return f"a{i:04d}"
 
 
-def provision(root: Path, meters: int, accounts: int | None, validators: int, now_ms: int,
-              valid_days: int = DEFAULT_VALID_DAYS, new_ca: bool = False, monitors: tuple[str, ...] = (),
-              broker_hosts: tuple[str, ...] = ()) -> Community:
+def provision(
+    root: Path,
+    meters: int,
+    accounts: int | None,
+    validators: int,
+    now_ms: int,
+    valid_days: int = DEFAULT_VALID_DAYS,
+    new_ca: bool = False,
+    monitors: tuple[str, ...] = (),
+    broker_hosts: tuple[str, ...] = (),
+) -> Community:
     """Make sure the CA, `meters` meters, `accounts` accounts and `validators` validators exist.
 
     `accounts` defaults to one household per meter. Members from earlier runs beyond the
@@ -110,8 +118,12 @@ def provision(root: Path, meters: int, accounts: int | None, validators: int, no
     read-only monitoring users to add, `broker_hosts` the names the main broker is reached by.
     """
     accounts = meters if accounts is None else accounts
-    for name, value, allowed in (("meters", meters, METERS), ("accounts", accounts, ACCOUNTS),
-                                 ("validators", validators, VALIDATORS), ("valid_days", valid_days, VALID_DAYS)):
+    for name, value, allowed in (
+        ("meters", meters, METERS),
+        ("accounts", accounts, ACCOUNTS),
+        ("validators", validators, VALIDATORS),
+        ("valid_days", valid_days, VALID_DAYS),
+    ):
         if value not in allowed:
             raise ValueError(f"{name} must be in {allowed.start}..{allowed.stop - 1}, not {value}")
     try:
@@ -120,26 +132,35 @@ def provision(root: Path, meters: int, accounts: int | None, validators: int, no
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(root)) from None
     ca_key = root / "ca" / "ca.key"
     if not new_ca and not ca_key.exists() and any(root.glob("meters/m[0-9][0-9][0-9][0-9]/devcert.cbor")):
-        raise ProvisionError(f"{ca_key} is missing but meters have devcerts from it: restore it, "
-                             "or pass --new-ca to make a new CA and reissue every devcert "
-                             "(every meter must then be reflashed)")
+        raise ProvisionError(
+            f"{ca_key} is missing but meters have devcerts from it: restore it, "
+            "or pass --new-ca to make a new CA and reissue every devcert "
+            "(every meter must then be reflashed)"
+        )
     ca = write_new_key(secret_dir(ca_key.parent) / ca_key.name)
     n_meters = max([meters, *_on_disk(root / "meters", "m[0-9][0-9][0-9][0-9]", "device.key")])
-    n_accounts = max([accounts, *_on_disk(root / "meters", "m[0-9][0-9][0-9][0-9]", "account.key"),
-                      *_on_disk(root / "accounts", "a[0-9][0-9][0-9][0-9]", "account.key")])
+    n_accounts = max(
+        [
+            accounts,
+            *_on_disk(root / "meters", "m[0-9][0-9][0-9][0-9]", "account.key"),
+            *_on_disk(root / "accounts", "a[0-9][0-9][0-9][0-9]", "account.key"),
+        ]
+    )
     n_validators = max([validators, *(i + 1 for i in _on_disk(root / "validators", "v[0-9]*", "validator.key"))])
 
     validity = (now_ms - CLOCK_SKEW_MS, now_ms + valid_days * DAY_MS)
     validator_list = [_validator(root, i) for i in range(n_validators)]
-    meter_list = [_meter(root, i, ca, i <= n_accounts, now_ms, validity, validator_list)
-                  for i in range(1, n_meters + 1)]
+    meter_list = [
+        _meter(root, i, ca, i <= n_accounts, now_ms, validity, validator_list) for i in range(1, n_meters + 1)
+    ]
     account_list = [Account(account_id(i), m.account_pk, m.id) for i, m in enumerate(meter_list, 1) if m.account_pk]
     account_list += [_loose_account(root, i) for i in range(n_meters + 1, n_accounts + 1)]
 
     community = Community(root, public_hex(ca), tuple(meter_list), tuple(account_list), tuple(validator_list))
     write_public(community.toml_path, _community_toml(community))
-    ensure_bus(root, [m.id for m in meter_list], [v.index for v in validator_list], now_ms, valid_days,
-               monitors, broker_hosts)
+    ensure_bus(
+        root, [m.id for m in meter_list], [v.index for v in validator_list], now_ms, valid_days, monitors, broker_hosts
+    )
     return community
 
 
@@ -149,13 +170,23 @@ def community_genesis(community: Community, units: int, block_ms: int) -> Genesi
     Written beside community.toml, it makes the community dir a ledger dir as well
     (validators/vI/validator.key is where `spb-ledger run` looks for validator I's key).
     """
-    return Genesis.build([bytes.fromhex(community.ca_pk)],
-                         {bytes.fromhex(a.pk): units for a in community.accounts},
-                         [bytes.fromhex(v.pk) for v in community.validators], block_ms)
+    return Genesis.build(
+        [bytes.fromhex(community.ca_pk)],
+        {bytes.fromhex(a.pk): units for a in community.accounts},
+        [bytes.fromhex(v.pk) for v in community.validators],
+        block_ms,
+    )
 
 
-def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, now_ms: int,
-           validity: tuple[int, int], validators: list[Validator]) -> Meter:
+def _meter(
+    root: Path,
+    i: int,
+    ca: SigningKey,
+    has_account: bool,
+    now_ms: int,
+    validity: tuple[int, int],
+    validators: list[Validator],
+) -> Meter:
     """One meter's state dir, self-contained so it can be flashed later: its keys, and the
     CA and validator keys it checks births, CoEs and ledger statuses against."""
     mid = meter_id(i)
@@ -166,14 +197,20 @@ def _meter(root: Path, i: int, ca: SigningKey, has_account: bool, now_ms: int,
         _adopt_loose_account(root, i, home / "account.key")
         account_pk = public_hex(write_new_key(home / "account.key"))
     cert = _devcert(home / "devcert.cbor", mid, device, ca, now_ms, validity)
-    meter = {"id": mid, "ca_pk": public_hex(ca), "device_pk": public_hex(device), "account_pk": account_pk,
-             "validators": [v.pk for v in validators]}
+    meter = {
+        "id": mid,
+        "ca_pk": public_hex(ca),
+        "device_pk": public_hex(device),
+        "account_pk": account_pk,
+        "validators": [v.pk for v in validators],
+    }
     write_public(home / "meter.toml", _METER_HEADER.format(id=mid) + tomli_w.dumps(_without_none(meter)))
     return Meter(mid, public_hex(device), account_pk, cert.nbf, cert.exp)
 
 
-def _devcert(path: Path, mid: str, device: SigningKey, ca: SigningKey, now_ms: int,
-             validity: tuple[int, int]) -> DevCert:
+def _devcert(
+    path: Path, mid: str, device: SigningKey, ca: SigningKey, now_ms: int, validity: tuple[int, int]
+) -> DevCert:
     """The devcert on disk if the current CA issued it for this device and it has not expired,
     else a new one."""
     device_pk, ca_pk = bytes(device.verify_key), bytes(ca.verify_key)
@@ -182,8 +219,12 @@ def _devcert(path: Path, mid: str, device: SigningKey, ca: SigningKey, now_ms: i
     except (FileNotFoundError, Reject):
         opened = None
     kept = opened.body if opened else None
-    if (kept and (kept.meter, kept.pk, kept.iss) == (mid, device_pk, ca_pk) and now_ms <= kept.exp
-            and opened.envelope.verifies(ca_pk)):
+    if (
+        kept
+        and (kept.meter, kept.pk, kept.iss) == (mid, device_pk, ca_pk)
+        and now_ms <= kept.exp
+        and opened.envelope.verifies(ca_pk)
+    ):
         return kept
     cert = DevCert(meter=mid, pk=device_pk, iss=ca_pk, nbf=validity[0], exp=validity[1])
     write_public(path, cert.sign(ca))

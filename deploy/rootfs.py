@@ -16,9 +16,9 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from broker.keys import write_file
 
@@ -128,15 +128,29 @@ class RootTree:
             os.replace(tmp, path)
         self._note(name, not same)
 
-    def copy_files(self, src: Path, dest: str, owner: tuple[int, int], public_owner: tuple[int, int] | None = None,
-                   skip: tuple[str, ...] = ()) -> None:
+    def copy_files(
+        self,
+        src: Path,
+        dest: str,
+        owner: tuple[int, int],
+        public_owner: tuple[int, int] | None = None,
+        skip: tuple[str, ...] = (),
+    ) -> None:
         """Every regular file directly in `src` but RUNTIME and `skip` ones into dir `dest`:
         keys (*.key) 0600 and `owner`'s, the rest 0644 and `public_owner`'s (default `owner`)."""
         for path in sorted(src.iterdir()):
-            if path.is_file() and not path.is_symlink() and not any(fnmatch.fnmatch(path.name, p) for p in RUNTIME + skip):
+            if (
+                path.is_file()
+                and not path.is_symlink()
+                and not any(fnmatch.fnmatch(path.name, p) for p in RUNTIME + skip)
+            ):
                 secret = path.suffix == ".key"
-                self.file(f"{dest}/{path.name}", path.read_bytes(), 0o600 if secret else 0o644,
-                          owner if secret or public_owner is None else public_owner)
+                self.file(
+                    f"{dest}/{path.name}",
+                    path.read_bytes(),
+                    0o600 if secret else 0o644,
+                    owner if secret or public_owner is None else public_owner,
+                )
 
     def unit(self, name: str, text: str, enable: tuple[str, ...] = ()) -> None:
         """A unit in /etc/systemd/system, enabled for multi-user.target under each name in
@@ -179,6 +193,7 @@ class RootTree:
 
     def _add_member(self, table: str, group: str, user: str) -> None:
         """`user` in the member list (4th field) of `group` in etc/group or etc/gshadow."""
+
         def change(data: bytes) -> bytes:
             lines = data.decode().splitlines(keepends=True)
             for i, line in enumerate(lines):
@@ -188,6 +203,7 @@ class RootTree:
                     fields[3] = ",".join([*members, user])
                     lines[i] = ":".join(fields) + "\n"
             return "".join(lines).encode()
+
         self.edit(table, change)
 
     def _parents(self, path: Path) -> None:
@@ -259,9 +275,23 @@ def build_wheel(out: Path) -> Path:
             if package.is_dir() and any(fnmatch.fnmatch(package.name, p) for p in include):
                 shutil.copytree(package, src / package.name, ignore=shutil.ignore_patterns("__pycache__"))
         env = {"SOURCE_DATE_EPOCH": "315532800", **os.environ}  # 1980-01-01, the earliest a zip holds
-        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                                "--disable-pip-version-check", "-w", str(out), str(src)],
-                               capture_output=True, text=True, env=env)
+        built = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-w",
+                str(out),
+                str(src),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
     if built.returncode != 0:
         raise RootfsError(f"building the wheel failed:\n{built.stderr.strip()}")
     (wheel,) = out.glob("*.whl")  # `out` was empty
@@ -274,9 +304,9 @@ class Install:
     after each flash of a new wheel (the target has the network then, this machine may not
     have the target's architecture)."""
 
-    prefix: str              # /opt/spb-meter: the wheel, install.sh, venv/
-    extras: str              # pip extras, e.g. "pi"
-    apt: tuple[str, ...]     # Debian packages the target needs first
+    prefix: str  # /opt/spb-meter: the wheel, install.sh, venv/
+    extras: str  # pip extras, e.g. "pi"
+    apt: tuple[str, ...]  # Debian packages the target needs first
 
     @property
     def service(self) -> str:

@@ -105,12 +105,16 @@ def broker_settings(community: Path) -> secure.BrokerSettings:
     """The main broker's settings, once sure the community has what a server needs."""
     home = broker_dir(community)
     if not (home / secure.SERVER_KEY).is_file() or not (community / GENESIS_FILE).is_file():
-        raise RootfsError(f"{community} has no broker certificate or no genesis: run "
-                          "`spb-deploy provision DIR ... --genesis-units U` first")
+        raise RootfsError(
+            f"{community} has no broker certificate or no genesis: run "
+            "`spb-deploy provision DIR ... --genesis-units U` first"
+        )
     settings = secure.BrokerSettings.load(home)
     if LEDGER_BROKER not in settings.hosts:
-        raise RootfsError(f"the broker's certificate does not name {LEDGER_BROKER}, which the ledger connects "
-                          f"to; it names {', '.join(settings.hosts)}")
+        raise RootfsError(
+            f"the broker's certificate does not name {LEDGER_BROKER}, which the ledger connects "
+            f"to; it names {', '.join(settings.hosts)}"
+        )
     return settings
 
 
@@ -144,18 +148,28 @@ def setup_server(community: Path, root: Path, wheel: Path, port: int | None = No
     # Debian's own mosquitto.service would be a second broker, without TLS, on port 1883: masked.
     tree.link("/etc/systemd/system/mosquitto.service", "/dev/null")
     tree.file("/etc/logrotate.d/spb-broker", LOGROTATE.encode())
-    tree.file("/etc/systemd/journald.conf.d/spb-energy.conf", journald_limits("the broker and ledger", "1G", "3month").encode())
+    tree.file(
+        "/etc/systemd/journald.conf.d/spb-energy.conf",
+        journald_limits("the broker and ledger", "1G", "3month").encode(),
+    )
     return tree
 
 
 def add_server(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("server", help="make a Debian host the community's broker and ledger",
-                              description="Write community DIR's broker, ledger validators, users and units "
-                                          "into the root tree PATH (e.g. /); re-running changes nothing.")
+    p = subparsers.add_parser(
+        "server",
+        help="make a Debian host the community's broker and ledger",
+        description="Write community DIR's broker, ledger validators, users and units "
+        "into the root tree PATH (e.g. /); re-running changes nothing.",
+    )
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("--root", type=Path, required=True, metavar="PATH")
-    p.add_argument("--broker-port", type=tcp_port, metavar="PORT",
-                   help="the TLS listener's port (default: DIR/broker/broker.toml's, 8883)")
+    p.add_argument(
+        "--broker-port",
+        type=tcp_port,
+        metavar="PORT",
+        help="the TLS listener's port (default: DIR/broker/broker.toml's, 8883)",
+    )
     p.add_argument("--wheel", type=Path, metavar="FILE", help="this project's wheel (default: build one)")
     p.set_defaults(run=_run_server, expected=(OSError, RootfsError))
 

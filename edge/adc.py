@@ -77,8 +77,10 @@ class FakeMCP3008(MockSPIDevice):
         reads = self.reads
         device.raw_value  # one conversion
         if self.reads != reads + 1:
-            raise RuntimeError(f"MCP3008 channel {device.channel} does not talk to this FakeMCP3008 "
-                               f"(another fake ADC open in this process?): reads would be 0 V")
+            raise RuntimeError(
+                f"MCP3008 channel {device.channel} does not talk to this FakeMCP3008 "
+                f"(another fake ADC open in this process?): reads would be 0 V"
+            )
 
 
 class Adc:

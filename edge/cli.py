@@ -19,15 +19,15 @@ from pathlib import Path
 from broker.args import BROKER_HELP, broker_url, hex_bytes
 from broker.client import TlsFiles
 from broker.clock import wall_ms
-from broker.messages import SOURCES
 from edge import tx
 from edge.config import MeterConfig
 from edge.display_drivers import DISPLAYS, Painter, SessionLed, open_display
-from edge.meter import MeterNode
 from edge.energy import WMS_PER_WH
+from edge.meter import MeterNode
 from edge.sampling import PowerProfile
 from edge.state_dir import MeterIdentity
 from edge.store import MeterStore
+from wire.messages import SOURCES
 
 
 def positive_seconds(text: str) -> float:
@@ -89,24 +89,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     identity = _identity(args.state_dir)
     try:
-        config = MeterConfig.load(args.state_dir, reading_s=args.reading_s, sample_hz=args.sample_hz,
-                                  display=args.display, resend_s=args.resend_s)
+        config = MeterConfig.load(
+            args.state_dir,
+            reading_s=args.reading_s,
+            sample_hz=args.sample_hz,
+            display=args.display,
+            resend_s=args.resend_s,
+        )
     except (ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
     adc = args.adc or ("fake" if args.fake is not None else "mcp3008")
     try:
         sense = open_sensing(adc, config, args.fake)
     except Exception as exc:  # no SPI, no gpiozero pin factory: say so in one line
-        raise CliError(f"cannot open the {adc} ADC: {exc}"
-                       f"{' (off a Raspberry Pi, try --adc fake --fake-w W)' * (adc != 'fake')}") from None
+        raise CliError(
+            f"cannot open the {adc} ADC: {exc}{' (off a Raspberry Pi, try --adc fake --fake-w W)' * (adc != 'fake')}"
+        ) from None
     try:
         lock = lock_state_dir(args.state_dir)  # held until the process exits
     except BlockingIOError:
         raise CliError(f"another `spb-meter run` is using {args.state_dir}") from None
     host, port, tls = args.broker
     painter = Painter(open_display(config.display, args.display_out))
-    node = MeterNode(identity, config, host, port, sense, painter=painter, led=SessionLed(config.led_pin),
-                     tls=TlsFiles.in_dir(args.state_dir) if tls else None)
+    node = MeterNode(
+        identity,
+        config,
+        host,
+        port,
+        sense,
+        painter=painter,
+        led=SessionLed(config.led_pin),
+        tls=TlsFiles.in_dir(args.state_dir) if tls else None,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -119,8 +133,16 @@ def cmd_ctp(args: argparse.Namespace) -> int:
     identity = _identity(args.dir)
     now = wall_ms()
     with closing(MeterStore(identity.db_path)) as store:
-        row = tx.new_ctp(store, identity.account_key(), args.payee, args.amount, args.wh,
-                         now + int(args.expiry * 1000), now, args.src)
+        row = tx.new_ctp(
+            store,
+            identity.account_key(),
+            args.payee,
+            args.amount,
+            args.wh,
+            now + int(args.expiry * 1000),
+            now,
+            args.src,
+        )
     print(row.id.hex())
     return 0
 
@@ -144,8 +166,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"keys     batch #{b.id}: {b.size - b.next_idx} of {b.size} one-time keys free, {coe}")
         for r in store.trades():
             reason = f" ({r.reason})" if r.reason else ""
-            print(f"trade    {r.id.hex()}  {r.state}{reason}  {r.delivered_wms // WMS_PER_WH}/{r.wh} Wh  "
-                  f"expires {_when(r.exp, now)}{'  ERC sent' if r.erc else ''}{'  cancel sent' if r.cancel else ''}")
+            print(
+                f"trade    {r.id.hex()}  {r.state}{reason}  {r.delivered_wms // WMS_PER_WH}/{r.wh} Wh  "
+                f"expires {_when(r.exp, now)}{'  ERC sent' if r.erc else ''}{'  cancel sent' if r.cancel else ''}"
+            )
     return 0
 
 
@@ -158,33 +182,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spb-meter", description="Run a household meter, and trade from it.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sample, sign and publish until SIGINT/SIGTERM")
-    run.add_argument("--state-dir", type=Path, required=True, metavar="DIR",
-                     help="the meter's dir from `spb-deploy provision` (DIR/meters/<id>)")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the meter's dir from `spb-deploy provision` (DIR/meters/<id>)",
+    )
     run.add_argument("--broker", type=broker_url, required=True, metavar="URL", help=BROKER_HELP)
-    run.add_argument("--adc", choices=("mcp3008", "fake"),
-                     help="mcp3008 (a Pi's SPI; the default) or fake (an emulated MCP3008 driven by --fake-w/--fake-profile)")
+    run.add_argument(
+        "--adc",
+        choices=("mcp3008", "fake"),
+        help="mcp3008 (a Pi's SPI; the default) or fake (an emulated MCP3008 driven by --fake-w/--fake-profile)",
+    )
     fake = run.add_mutually_exclusive_group()
-    fake.add_argument("--fake-w", dest="fake", type=profile, metavar="W",
-                      help="with --adc fake: constant power in W (+import, -export)")
-    fake.add_argument("--fake-profile", dest="fake", type=profile, metavar="S:W,...",
-                      help="with --adc fake: power in W from second S on, e.g. 0:3600,30:0")
-    run.add_argument("--display", choices=DISPLAYS,
-                     help="the LED matrix driver (default: config.toml's, else none)")
-    run.add_argument("--display-out", type=Path, metavar="FILE",
-                     help="with --display terminal: keep the latest frame in FILE instead of drawing on stdout")
+    fake.add_argument(
+        "--fake-w",
+        dest="fake",
+        type=profile,
+        metavar="W",
+        help="with --adc fake: constant power in W (+import, -export)",
+    )
+    fake.add_argument(
+        "--fake-profile",
+        dest="fake",
+        type=profile,
+        metavar="S:W,...",
+        help="with --adc fake: power in W from second S on, e.g. 0:3600,30:0",
+    )
+    run.add_argument("--display", choices=DISPLAYS, help="the LED matrix driver (default: config.toml's, else none)")
+    run.add_argument(
+        "--display-out",
+        type=Path,
+        metavar="FILE",
+        help="with --display terminal: keep the latest frame in FILE instead of drawing on stdout",
+    )
     run.add_argument("--reading-s", type=positive_seconds, metavar="S", help="seconds between readings (default 10)")
     run.add_argument("--sample-hz", type=positive_seconds, metavar="HZ", help="samples per second (default 10)")
-    run.add_argument("--resend-s", type=positive_seconds, metavar="S",
-                     help="send an unanswered CTP, ERC or cancel again after S seconds (default 30)")
+    run.add_argument(
+        "--resend-s",
+        type=positive_seconds,
+        metavar="S",
+        help="send an unanswered CTP, ERC or cancel again after S seconds (default 30)",
+    )
     run.set_defaults(run=cmd_run)
 
     ctp = sub.add_parser("ctp", help="promise to pay for energy (SPB's `CTP tx_addr tx_amount tx_energy`)")
     ctp.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
-    ctp.add_argument("payee", type=hex_bytes(32, "32-byte account key"), metavar="PAYEE_HEX", help="the seller's account public key")
+    ctp.add_argument(
+        "payee", type=hex_bytes(32, "32-byte account key"), metavar="PAYEE_HEX", help="the seller's account public key"
+    )
     ctp.add_argument("amount", type=whole, metavar="AMOUNT", help="units to pay")
     ctp.add_argument("wh", type=whole, metavar="WH", help="Wh to receive")
-    ctp.add_argument("--expiry", type=positive_seconds, default=3600.0, metavar="S",
-                     help="seconds until the promise lapses and the money returns (default 3600)")
+    ctp.add_argument(
+        "--expiry",
+        type=positive_seconds,
+        default=3600.0,
+        metavar="S",
+        help="seconds until the promise lapses and the money returns (default 3600)",
+    )
     ctp.add_argument("--src", choices=sorted(SOURCES), help="the energy source asked for")
     ctp.set_defaults(run=cmd_ctp)
 
@@ -192,8 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     erc.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
     erc.add_argument("ctp_id", type=hex_bytes(16, "16-byte CTP id"), metavar="CTP_ID")
     erc.add_argument("wh", type=whole, metavar="WH", help="Wh received")
-    erc.add_argument("--force", action="store_true",
-                     help="sign even if WH is below the promise or the trade expired (the ledger will refuse it)")
+    erc.add_argument(
+        "--force",
+        action="store_true",
+        help="sign even if WH is below the promise or the trade expired (the ledger will refuse it)",
+    )
     erc.set_defaults(run=cmd_erc)
 
     status = sub.add_parser("status", help="the meter's energy, keys, outbox and trades")

@@ -1,4 +1,4 @@
-"""Certificates of Existence between meters (PROTOCOL.md §3-§4): asking for one, answering one.
+"""Certificates of Existence between meters (docs/PROTOCOL.md §3-§4): asking for one, answering one.
 
 Pure: messages, keys and the clock come in; signed bytes or an exception come out.
 A meter never vouches for itself: the CoE exists so that a second device attests that
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey
 
-from broker.messages import Coe, CoeRequest, DevCert, open_message
-from broker.reasons import Reject
-from broker.verify import MAX_BATCH, Verifier
 from edge.keyring import Batch
+from wire.messages import Coe, CoeRequest, DevCert, open_message
+from wire.reasons import Reject
+from wire.verify import MAX_BATCH, Verifier
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -71,8 +71,9 @@ class Witness:
             raise Refused(f"a request from {requester} made {(now - req.t) // 1000} s ago by our clock")
         self._spend(requester, now)
         own: DevCert = open_message(self.cert, "devcert").body
-        coe = Coe(root=req.root, size=req.size, t=now - CLOCK_SKEW_MS,
-                  exp=min(now + self.valid_ms, own.exp), cert=self.cert)
+        coe = Coe(
+            root=req.root, size=req.size, t=now - CLOCK_SKEW_MS, exp=min(now + self.valid_ms, own.exp), cert=self.cert
+        )
         return requester, coe.sign(self.device_key)
 
     def _spend(self, requester: str, now: int) -> None:

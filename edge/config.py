@@ -16,31 +16,31 @@ from edge.display_drivers import DISPLAYS
 
 CONFIG_NAME = "config.toml"
 _TYPES = {"int": int, "float": (int, float), "str": str, "int | None": (int, type(None))}
-_WORDS = {"int": "a whole number", "float": "a number", "str": "text", "int | None": "a whole number or \"none\""}
+_WORDS = {"int": "a whole number", "float": "a number", "str": "text", "int | None": 'a whole number or "none"'}
 
 
 @dataclass(frozen=True)
 class MeterConfig:
-    sample_hz: float = 10.0          # potentiometer samples per second
-    reading_s: float = 10.0          # seconds between signed readings
-    import_channel: int = 0          # MCP3008 channel of the import potentiometer
-    export_channel: int = 1          # ... and of the export one
-    vref: float = 3.3                # MCP3008 reference voltage
-    import_full_w: int = 5000        # W at full scale (vref) on the import channel
-    export_full_w: int = 5000        # ... on the export channel
-    dead_band_w: int = 20            # below this a channel reads 0 W (pot noise at rest)
-    batch_size: int = 64             # one-time keys per CoE batch (PROTOCOL.md §3)
-    coe_days: int = 30               # how long a CoE this meter witnesses stays valid
-    coe_per_hour: int = 12           # CoE requests served per requester per hour (burst of 3)
-    outbox_max: int = 100_000        # readings kept while the broker is unreachable (~11 days at 10 s)
-    resend_s: float = 30.0           # an unanswered CTP, ERC or cancel is sent again after this
-    display: str = "none"            # sensehat | emu | terminal | none
-    led_pin: int | None = 17         # GPIO of the "trading session open" LED; none: no LED
-    night_start: int = 22            # local hours with the LED matrix in low light
+    sample_hz: float = 10.0  # potentiometer samples per second
+    reading_s: float = 10.0  # seconds between signed readings
+    import_channel: int = 0  # MCP3008 channel of the import potentiometer
+    export_channel: int = 1  # ... and of the export one
+    vref: float = 3.3  # MCP3008 reference voltage
+    import_full_w: int = 5000  # W at full scale (vref) on the import channel
+    export_full_w: int = 5000  # ... on the export channel
+    dead_band_w: int = 20  # below this a channel reads 0 W (pot noise at rest)
+    batch_size: int = 64  # one-time keys per CoE batch (docs/PROTOCOL.md §3)
+    coe_days: int = 30  # how long a CoE this meter witnesses stays valid
+    coe_per_hour: int = 12  # CoE requests served per requester per hour (burst of 3)
+    outbox_max: int = 100_000  # readings kept while the broker is unreachable (~11 days at 10 s)
+    resend_s: float = 30.0  # an unanswered CTP, ERC or cancel is sent again after this
+    display: str = "none"  # sensehat | emu | terminal | none
+    led_pin: int | None = 17  # GPIO of the "trading session open" LED; none: no LED
+    night_start: int = 22  # local hours with the LED matrix in low light
     night_end: int = 7
 
     @classmethod
-    def load(cls, state_dir: Path, **overrides) -> "MeterConfig":
+    def load(cls, state_dir: Path, **overrides) -> MeterConfig:
         """config.toml (if any) over the defaults, then command-line overrides that are not None."""
         path = state_dir / CONFIG_NAME
         values = tomllib.loads(path.read_text()) if path.exists() else {}
@@ -61,17 +61,20 @@ class MeterConfig:
             if isinstance(value, bool) or not isinstance(value, _TYPES[f.type]):
                 raise ValueError(f"{f.name} must be {_WORDS[f.type]}, not {value!r}")
         if self.led_pin is not None and not 0 <= self.led_pin <= 27:
-            raise ValueError("led_pin must be a GPIO number 0..27, or \"none\"")
+            raise ValueError('led_pin must be a GPIO number 0..27, or "none"')
         if not (0 <= self.night_start <= 23 and 0 <= self.night_end <= 23):
             raise ValueError("night_start and night_end are hours 0..23")
-        if not 0 < self.sample_hz <= 1000 or not 0 < self.reading_s:
+        if not 0 < self.sample_hz <= 1000 or not self.reading_s > 0:
             raise ValueError("sample_hz must be in (0, 1000] and reading_s positive")
-        if not {self.import_channel, self.export_channel} <= set(range(8)) or self.import_channel == self.export_channel:
+        if (
+            not {self.import_channel, self.export_channel} <= set(range(8))
+            or self.import_channel == self.export_channel
+        ):
             raise ValueError("import_channel and export_channel are two different MCP3008 channels 0..7")
         if min(self.import_full_w, self.export_full_w) <= 0 or self.dead_band_w < 0:
             raise ValueError("full-scale W must be positive and dead_band_w not negative")
         if not 1 <= self.batch_size <= 1024:
-            raise ValueError("batch_size must be in 1..1024 (PROTOCOL.md §3)")
+            raise ValueError("batch_size must be in 1..1024 (docs/PROTOCOL.md §3)")
         if self.coe_days < 1 or self.coe_per_hour < 1 or self.outbox_max < 1 or self.resend_s <= 0:
             raise ValueError("coe_days, coe_per_hour, outbox_max and resend_s must be positive")
         if self.display not in DISPLAYS:

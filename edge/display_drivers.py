@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol, TextIO
+from typing import Protocol, TextIO
 
 from broker.clock import wall_ms
 from edge.display import SIDE, Frame, View, dim, render
@@ -85,8 +86,10 @@ class TerminalDisplay:
 
 def ansi(frame: Frame) -> str:
     """Eight lines of coloured "██" pairs, each line reset to the default colour."""
-    return "".join("".join(f"\x1b[38;2;{r};{g};{b}m██" for r, g, b in frame[row:row + SIDE]) + "\x1b[0m\n"
-                   for row in range(0, SIDE * SIDE, SIDE))
+    return "".join(
+        "".join(f"\x1b[38;2;{r};{g};{b}m██" for r, g, b in frame[row : row + SIDE]) + "\x1b[0m\n"
+        for row in range(0, SIDE * SIDE, SIDE)
+    )
 
 
 class NoDisplay:
@@ -224,9 +227,11 @@ class SessionLed:
 
     def _open(self):
         from gpiozero import LED
+
         try:
             return LED(self.pin)
         except Exception as exc:  # BadPinFactory off a Pi, GPIOPinInUse, lgpio.error "GPIO busy"
-            log.warning("session LED on GPIO %d unavailable, running without it: %s: %s",
-                        self.pin, type(exc).__name__, exc)
+            log.warning(
+                "session LED on GPIO %d unavailable, running without it: %s: %s", self.pin, type(exc).__name__, exc
+            )
             return None

@@ -1,4 +1,4 @@
-"""The key ring: batches of one-time Ed25519 keys, each vouched for by a CoE (PROTOCOL.md §3).
+"""The key ring: batches of one-time Ed25519 keys, each vouched for by a CoE (docs/PROTOCOL.md §3).
 
 Pure: batches are values (rows of edge.store), the clock and the random seeds come in as
 arguments. A key is used for one ERC only. Its index is reserved when the CTP it will
@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from nacl.signing import SigningKey
 
-from broker.merkle import MerkleTree
+from wire.merkle import MerkleTree
 
 SEED = 32
 
@@ -31,7 +31,7 @@ class Batch(NamedTuple):
     coe_exp: int | None = None
 
     @classmethod
-    def new(cls, seeds: bytes, now: int) -> "Batch":
+    def new(cls, seeds: bytes, now: int) -> Batch:
         if not seeds or len(seeds) % SEED:
             raise ValueError("seeds must be a whole number of 32-byte seeds")
         return cls(None, _tree(seeds).root(), seeds, 0, now)
@@ -41,19 +41,18 @@ class Batch(NamedTuple):
         return len(self.seeds) // SEED
 
     def key(self, idx: int) -> SigningKey:
-        return SigningKey(self.seeds[idx * SEED:(idx + 1) * SEED])
+        return SigningKey(self.seeds[idx * SEED : (idx + 1) * SEED])
 
     def proof(self, idx: int) -> list[bytes]:
         return _tree(self.seeds).inclusion_proof(idx)
 
     def usable(self, now: int, until: int) -> bool:
         """Has a free key and a CoE valid from now until `until` (a CTP's expiry)."""
-        return (self.coe is not None and self.next_idx < self.size
-                and self.coe_t <= now and until <= self.coe_exp)
+        return self.coe is not None and self.next_idx < self.size and self.coe_t <= now and until <= self.coe_exp
 
 
 def _tree(seeds: bytes) -> MerkleTree:
-    keys = (SigningKey(seeds[i:i + SEED]).verify_key for i in range(0, len(seeds), SEED))
+    keys = (SigningKey(seeds[i : i + SEED]).verify_key for i in range(0, len(seeds), SEED))
     return MerkleTree([bytes(k) for k in keys])
 
 
@@ -63,10 +62,14 @@ def choose(batches: list[Batch], now: int, until: int) -> Batch:
         if batch.usable(now, until):
             return batch
     if not any(b.coe for b in batches):
-        raise NoKey("no key batch has a CoE yet: the meter asks an online peer for one "
-                    "(is `spb-meter run` running, and another meter online?)")
-    raise NoKey("no key batch with a free key and a CoE valid until the trade's expiry; "
-                "the running meter is fetching the next one")
+        raise NoKey(
+            "no key batch has a CoE yet: the meter asks an online peer for one "
+            "(is `spb-meter run` running, and another meter online?)"
+        )
+    raise NoKey(
+        "no key batch with a free key and a CoE valid until the trade's expiry; "
+        "the running meter is fetching the next one"
+    )
 
 
 def wants_new_batch(newest: Batch | None, now: int) -> bool:

@@ -16,12 +16,8 @@ import random
 import threading
 import time
 
-from broker import topics
-from broker.clock import wall_ms
 from broker.client import BusClient, TlsFiles
-from broker.messages import Birth, Reading, open_message
-from broker.reasons import Reject
-from broker.verify import Verifier
+from broker.clock import wall_ms
 from edge import FIRMWARE_VERSION, coe, keyring, trades, tx
 from edge.config import MeterConfig
 from edge.display import View, is_night
@@ -31,6 +27,10 @@ from edge.peers import PeerTable
 from edge.sampling import Integrator, Sense
 from edge.state_dir import MeterIdentity
 from edge.store import COE, MeterStore, TradeRow
+from wire import topics
+from wire.messages import Birth, Reading, open_message
+from wire.reasons import Reject
+from wire.verify import Verifier
 
 log = logging.getLogger("spb.meter")
 HOUSEKEEPING_MS = 1000  # trades, key ring and subscriptions are looked after once a second
@@ -42,8 +42,18 @@ def monotonic_ms() -> int:
 
 
 class MeterNode:
-    def __init__(self, identity: MeterIdentity, config: MeterConfig, host: str, port: int, sense: Sense,
-                 painter=None, led=None, reconnect_max_s: float = 30.0, tls: TlsFiles | None = None):
+    def __init__(
+        self,
+        identity: MeterIdentity,
+        config: MeterConfig,
+        host: str,
+        port: int,
+        sense: Sense,
+        painter=None,
+        led=None,
+        reconnect_max_s: float = 30.0,
+        tls: TlsFiles | None = None,
+    ):
         self.id, self.config, self.sense = identity, config, sense
         self.painter, self.led = painter, led
         self.store = MeterStore(identity.db_path, outbox_max=config.outbox_max)
@@ -52,8 +62,14 @@ class MeterNode:
         verifier = Verifier(cas=[identity.ca_pk], validators=identity.validators)
         self.verifier = verifier
         self.peers = PeerTable(Verifier(cas=[identity.ca_pk]))
-        self.witness = coe.Witness(identity.meter, identity.devcert, identity.device_key, verifier,
-                                   valid_ms=config.coe_days * coe.DAY_MS, per_hour=config.coe_per_hour)
+        self.witness = coe.Witness(
+            identity.meter,
+            identity.devcert,
+            identity.device_key,
+            verifier,
+            valid_ms=config.coe_days * coe.DAY_MS,
+            per_hour=config.coe_per_hour,
+        )
         self.power_w = 0
         self.progress: dict[bytes, int] = {}  # open trade -> W·ms delivered (ahead of the store)
         self.rows: list[TradeRow] = []  # open trades and recent outcomes, from the store
@@ -62,15 +78,24 @@ class MeterNode:
         self._asked = (None, 0)  # (batch id, wall ms) of the last CoE request
         self._dirty = threading.Event()  # paho's thread changed the store: reload and pump
         self._remember_peers()
-        self.bus = BusClient(host, port, client_id=f"meter-{identity.meter}",
-                             will=(topics.meter(identity.meter, "state"), topics.OFFLINE, True),
-                             reconnect_max_delay=reconnect_max_s, tls=tls)
+        self.bus = BusClient(
+            host,
+            port,
+            client_id=f"meter-{identity.meter}",
+            will=(topics.meter(identity.meter, "state"), topics.OFFLINE, True),
+            reconnect_max_delay=reconnect_max_s,
+            tls=tls,
+        )
         self.pump = OutboxPump(self.store, self.bus)
         self.bus.on_connect.append(self._announce)
-        handlers = {topics.every_meter("birth"): self._on_birth, topics.every_meter("reading"): self._on_reading,
-                    topics.every_meter("state"): self._on_state, topics.REJECTS: self._on_reject,
-                    topics.meter(identity.meter, "coe/req"): self._on_coe_request,
-                    topics.meter(identity.meter, "coe/resp"): self._on_coe}
+        handlers = {
+            topics.every_meter("birth"): self._on_birth,
+            topics.every_meter("reading"): self._on_reading,
+            topics.every_meter("state"): self._on_state,
+            topics.REJECTS: self._on_reject,
+            topics.meter(identity.meter, "coe/req"): self._on_coe_request,
+            topics.meter(identity.meter, "coe/resp"): self._on_coe,
+        }
         for topic_filter, handler in handlers.items():
             self.bus.subscribe(topic_filter, handler)
 
@@ -125,9 +150,11 @@ class MeterNode:
         totals = self.integrator.totals
 
         def sign(seq: int) -> tuple[str, bytes]:
-            reading = Reading(meter=self.id.meter, seq=seq, t=wall_ms(), wh_in=totals.wh_in,
-                              wh_out=totals.wh_out, w=self.power_w)
+            reading = Reading(
+                meter=self.id.meter, seq=seq, t=wall_ms(), wh_in=totals.wh_in, wh_out=totals.wh_out, w=self.power_w
+            )
             return topics.meter(self.id.meter, "reading"), reading.sign(self.id.device_key)
+
         return self.store.commit_reading(totals, sign, self.progress)
 
     def housekeeping(self, now: int) -> None:
@@ -150,7 +177,8 @@ class MeterNode:
         if step is None:
             return False
         if step not in (trades.ERC, trades.CANCEL) and (
-                not self.bus.connected.is_set() or self.store.queued(row.message(step))):
+            not self.bus.connected.is_set() or self.store.queued(row.message(step))
+        ):
             return False  # the last copy has not even left: more would only pile up in the outbox
         try:
             if step == trades.ERC:
@@ -176,8 +204,13 @@ class MeterNode:
         for topic in self._watched - wanted:
             self.bus.unsubscribe(topic)
         self._watched = wanted
-        self._ours = {hashlib.sha256(raw).digest(): (r.id, kind) for r in rows if r.state in trades.OPEN
-                      for kind, raw in (("ctp", r.ctp), ("erc", r.erc), ("cancel", r.cancel)) if raw}
+        self._ours = {
+            hashlib.sha256(raw).digest(): (r.id, kind)
+            for r in rows
+            if r.state in trades.OPEN
+            for kind, raw in (("ctp", r.ctp), ("erc", r.erc), ("cancel", r.cancel))
+            if raw
+        }
 
     def _keep_keys(self, now: int) -> None:
         newest = self.store.newest_batch()
@@ -215,8 +248,11 @@ class MeterNode:
         """
         self.publish_reading()  # the energy since the last reading is not lost by a clean stop
         if self.integrator.unsampled_ms:
-            log.warning("%s: %d s of stalls in sampling were not integrated", self.id.meter,
-                        self.integrator.unsampled_ms // 1000)
+            log.warning(
+                "%s: %d s of stalls in sampling were not integrated",
+                self.id.meter,
+                self.integrator.unsampled_ms // 1000,
+            )
         self.pump.kick()
         info = self.bus.publish(topics.meter(self.id.meter, "state"), topics.OFFLINE, retain=True)
         if not self.bus.wait_acked(info, timeout_s):
@@ -247,7 +283,8 @@ class MeterNode:
             log.warning("%s: a status of CTP %s on %s", self.id.meter, status.ctp.hex(), topic)
             return
         row = self.store.update_trade(
-            status.ctp, lambda r: trades.on_status(r, status, hashlib.sha256(r.ctp).digest(), now))
+            status.ctp, lambda r: trades.on_status(r, status, hashlib.sha256(r.ctp).digest(), now)
+        )
         if row is not None:
             log.info("%s: CTP %s %s%s", self.id.meter, row.id.hex(), row.state, f" ({row.reason})" * bool(row.reason))
             self._dirty.set()
@@ -317,13 +354,22 @@ class MeterNode:
             birth = self.peers.on_birth(peer, raw, wall_ms())
             self.store.save_peer_birth(peer, raw)
             log.info("%s verified birth of %s (fw %s, boot %d)", self.id.meter, peer, birth.fw, birth.boot)
+
         self._peer_message(topic, payload, handle)
 
     def _on_reading(self, topic: str, payload: bytes, retained: bool) -> None:
         def handle(peer: str, raw: bytes) -> None:
             r = self.peers.on_reading(peer, raw, wall_ms())
-            log.info("%s verified reading #%d of %s: %d Wh in, %d Wh out, %+d W",
-                     self.id.meter, r.seq, peer, r.wh_in, r.wh_out, r.w)
+            log.info(
+                "%s verified reading #%d of %s: %d Wh in, %d Wh out, %+d W",
+                self.id.meter,
+                r.seq,
+                peer,
+                r.wh_in,
+                r.wh_out,
+                r.w,
+            )
+
         self._peer_message(topic, payload, handle)
 
     def _on_state(self, topic: str, payload: bytes, retained: bool) -> None:

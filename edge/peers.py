@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from broker.messages import Birth, Reading, open_message, shown
-from broker.reasons import Reject
-from broker.verify import Verifier
+from wire.messages import Birth, Reading, open_message, shown
+from wire.reasons import Reject
+from wire.verify import Verifier
 
 
 @dataclass
@@ -39,14 +39,14 @@ class PeerTable:
         known = self.peers.get(birth.meter)
         # seq never repeats across a meter's reboots, so a new birth keeps what we saw of it
         last_seq = known.last_seq if known and known.device_pk == device_pk else None
-        self.peers[birth.meter] = Peer(birth.meter, device_pk, birth.boot, birth.fw,
-                                       online=self.states.get(birth.meter, False), last_seq=last_seq)
+        self.peers[birth.meter] = Peer(
+            birth.meter, device_pk, birth.boot, birth.fw, online=self.states.get(birth.meter, False), last_seq=last_seq
+        )
         return birth
 
     def on_reading(self, topic_meter: str, raw: bytes, now: int) -> Reading:
         peer = self.peers.get(topic_meter)
-        reading = self.verifier.verify(raw, now, expect="reading",
-                                       device_key=peer.device_pk if peer else None).body
+        reading = self.verifier.verify(raw, now, expect="reading", device_key=peer.device_pk if peer else None).body
         if reading.meter != topic_meter:
             raise Reject("signature", f"reading names {shown(reading.meter)} but {topic_meter!r} signed it")
         if peer.last_seq is not None and reading.seq <= peer.last_seq:

@@ -8,8 +8,8 @@ energy or money); the only floats are the ADC's own 0..1 readings.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from edge.energy import Totals
 
@@ -125,5 +125,6 @@ def _whole(token: str, unit: str, text: str) -> int:
     try:
         return int(token)
     except ValueError:
-        raise ValueError(f"{token.strip()!r} in power profile {text!r} is not a whole number of {unit}; "
-                         f"expected {_PROFILE_SYNTAX}") from None
+        raise ValueError(
+            f"{token.strip()!r} in power profile {text!r} is not a whole number of {unit}; expected {_PROFILE_SYNTAX}"
+        ) from None

@@ -21,8 +21,10 @@ def open_sensing(kind: str, config: MeterConfig, profile: PowerProfile | None) -
         watts = [w for _, w in profile.steps]
         if max(watts) > cal_in.full_scale_w or -min(watts) > cal_out.full_scale_w:
             adc.close()
-            raise ValueError(f"the power profile goes beyond the pots' full scale "
-                             f"(import {cal_in.full_scale_w} W, export {cal_out.full_scale_w} W in config.toml)")
+            raise ValueError(
+                f"the power profile goes beyond the pots' full scale "
+                f"(import {cal_in.full_scale_w} W, export {cal_out.full_scale_w} W in config.toml)"
+            )
 
     def sense(elapsed_ms: int) -> tuple[int, int]:
         if adc.fake is not None:

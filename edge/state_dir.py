@@ -21,13 +21,18 @@ class MeterIdentity:
     root: Path
 
     @classmethod
-    def load(cls, root: Path) -> "MeterIdentity":
+    def load(cls, root: Path) -> MeterIdentity:
         info = tomllib.loads((root / "meter.toml").read_text())
         if not info.get("validators"):  # a state dir from before meters traded: nothing to believe
             raise ValueError("meter.toml names no ledger validators; re-run `spb-deploy provision` on the community")
-        return cls(meter=info["id"], device_key=load_key(root / "device.key"),
-                   devcert=(root / "devcert.cbor").read_bytes(), ca_pk=bytes.fromhex(info["ca_pk"]),
-                   validators=tuple(bytes.fromhex(v) for v in info["validators"]), root=root)
+        return cls(
+            meter=info["id"],
+            device_key=load_key(root / "device.key"),
+            devcert=(root / "devcert.cbor").read_bytes(),
+            ca_pk=bytes.fromhex(info["ca_pk"]),
+            validators=tuple(bytes.fromhex(v) for v in info["validators"]),
+            root=root,
+        )
 
     @property
     def db_path(self) -> Path:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
-from broker import topics
 from edge.energy import Totals
 from edge.keyring import Batch
+from wire import topics
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -126,16 +127,19 @@ class MeterStore:
             if totals.wms_in < self._get("wms_in") or totals.wms_out < self._get("wms_out"):
                 raise ValueError("energy totals never decrease")
             db.execute("UPDATE counters SET value = value + 1 WHERE name = 'seq'")
-            db.executemany("UPDATE counters SET value = ? WHERE name = ?",
-                           ((totals.wms_in, "wms_in"), (totals.wms_out, "wms_out")))
+            db.executemany(
+                "UPDATE counters SET value = ? WHERE name = ?", ((totals.wms_in, "wms_in"), (totals.wms_out, "wms_out"))
+            )
             self._save_progress(progress)
             seq = self._get("seq")
             self._enqueue(*sign(seq), READING)
             return seq
 
     def _save_progress(self, progress: dict[bytes, int]) -> None:
-        self._db.executemany("UPDATE trades SET delivered_wms = max(delivered_wms, ?) WHERE id = ?",
-                             ((wms, ctp_id) for ctp_id, wms in progress.items()))
+        self._db.executemany(
+            "UPDATE trades SET delivered_wms = max(delivered_wms, ?) WHERE id = ?",
+            ((wms, ctp_id) for ctp_id, wms in progress.items()),
+        )
 
     # ---- outbox --------------------------------------------------------------------------
 
@@ -151,13 +155,15 @@ class MeterStore:
         readings = self._db.execute("SELECT count(*) FROM outbox WHERE kind = ?", (READING,)).fetchone()[0]
         if readings > self.outbox_max:
             self._db.execute("DELETE FROM outbox WHERE seq = (SELECT min(seq) FROM outbox WHERE kind = ?)", (READING,))
-            self._db.execute("INSERT INTO dropped VALUES ('outbox-full', 1) "
-                             "ON CONFLICT (reason) DO UPDATE SET count = count + 1")
+            self._db.execute(
+                "INSERT INTO dropped VALUES ('outbox-full', 1) ON CONFLICT (reason) DO UPDATE SET count = count + 1"
+            )
 
     def outbox_after(self, seq: int, limit: int) -> list[Outgoing]:
         with self._lock:
-            rows = self._db.execute("SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                                    (seq, limit)).fetchall()
+            rows = self._db.execute(
+                "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
         return [Outgoing(*row) for row in rows]
 
     def delivered(self, seqs: list[int]) -> None:
@@ -187,15 +193,18 @@ class MeterStore:
     def add_batch(self, batch: Batch) -> Batch:
         """Persist a new batch's seeds before its root is shown to anyone."""
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO batches (root, seeds, made) VALUES (?, ?, ?)",
-                             (batch.root, batch.seeds, batch.made))
+            cur = db.execute(
+                "INSERT INTO batches (root, seeds, made) VALUES (?, ?, ?)", (batch.root, batch.seeds, batch.made)
+            )
             return batch._replace(id=cur.lastrowid)
 
     def set_coe(self, batch_id: int, coe: bytes, t: int, exp: int) -> bool:
         """Keep the first verified CoE of a batch; False if it already had one."""
         with self._lock:
-            cur = self._db.execute("UPDATE batches SET coe = ?, coe_t = ?, coe_exp = ? WHERE id = ? AND coe IS NULL",
-                                   (coe, t, exp, batch_id))
+            cur = self._db.execute(
+                "UPDATE batches SET coe = ?, coe_t = ?, coe_exp = ? WHERE id = ? AND coe IS NULL",
+                (coe, t, exp, batch_id),
+            )
             return cur.rowcount == 1
 
     def newest_batch(self) -> Batch | None:
@@ -213,7 +222,9 @@ class MeterStore:
 
     def batch(self, batch_id: int) -> Batch:
         with self._lock:
-            return Batch(*self._db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)).fetchone())
+            return Batch(
+                *self._db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            )
 
     # ---- trades --------------------------------------------------------------------------
 
@@ -224,17 +235,20 @@ class MeterStore:
             batch = choose_key([Batch(*row) for row in db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches ORDER BY id")])
             db.execute("UPDATE batches SET next_idx = next_idx + 1 WHERE id = ?", (batch.id,))
             ctp_id, raw, wh, exp = make_ctp(batch)
-            db.execute("INSERT INTO trades (id, ctp, batch, idx, wh, exp, state, sent, created, changed) "
-                       "VALUES (?, ?, ?, ?, ?, ?, 'sent', ?, ?, ?)",
-                       (ctp_id, raw, batch.id, batch.next_idx, wh, exp, now, now, now))
+            db.execute(
+                "INSERT INTO trades (id, ctp, batch, idx, wh, exp, state, sent, created, changed) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'sent', ?, ?, ?)",
+                (ctp_id, raw, batch.id, batch.next_idx, wh, exp, now, now, now),
+            )
             self._enqueue(topics.TX_CTP, raw, TX)
             return self._trade(ctp_id)
 
     def trades(self, changed_since: int | None = None) -> list[TradeRow]:
         """All trades, oldest first; with changed_since, the open ones and those whose state
         changed at or after it."""
-        where, args = ("", ()) if changed_since is None else \
-            ("WHERE state IN ('sent', 'held') OR changed >= ?", (changed_since,))
+        where, args = (
+            ("", ()) if changed_since is None else ("WHERE state IN ('sent', 'held') OR changed >= ?", (changed_since,))
+        )
         with self._lock:
             rows = self._db.execute(f"SELECT {_TRADE_COLUMNS} FROM trades {where} ORDER BY created, id", args)
             return [TradeRow(*row) for row in rows.fetchall()]
@@ -258,8 +272,10 @@ class MeterStore:
             new = make(current) if current else None
             if new is None or new == current:
                 return None
-            self._db.execute(f"UPDATE trades SET {', '.join(f'{f} = ?' for f in TradeRow._fields[1:])} WHERE id = ?",
-                             (*new[1:], ctp_id))
+            self._db.execute(
+                f"UPDATE trades SET {', '.join(f'{f} = ?' for f in TradeRow._fields[1:])} WHERE id = ?",
+                (*new[1:], ctp_id),
+            )
             if queue_topic is not None:
                 self._enqueue(queue_topic, new.message(queue_topic), TX)
             return new
@@ -273,8 +289,11 @@ class MeterStore:
         so reconnects do not wear the SD card with synchronous commits.
         """
         with self._lock:
-            self._db.execute("INSERT INTO peer_births VALUES (?, ?) ON CONFLICT (meter) DO UPDATE "
-                             "SET birth = excluded.birth WHERE birth != excluded.birth", (meter, birth))
+            self._db.execute(
+                "INSERT INTO peer_births VALUES (?, ?) ON CONFLICT (meter) DO UPDATE "
+                "SET birth = excluded.birth WHERE birth != excluded.birth",
+                (meter, birth),
+            )
 
     def peer_births(self) -> list[tuple[str, bytes]]:
         with self._lock:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 
-from broker import topics
-from broker.messages import Status
 from edge.display import View
 from edge.energy import WMS_PER_WH
 from edge.store import TradeRow
+from wire import topics
+from wire.messages import Status
 
 OPEN = ("sent", "held")
 RESULT_MS = 10_000  # how long the display shows a trade's outcome
@@ -34,8 +34,12 @@ def on_status(row: TradeRow, status: Status, ctp_hash: bytes, now: int) -> Trade
     ours (it answers it `duplicate`), so a trade still waiting ends as rejected. Once our
     CTP was held, though, the id's end is ours.
     """
-    mine = {"held": ctp_hash, "rejected": ctp_hash, "settled": _hash(row.erc),
-            "refunded": None if status.msg is None else _hash(row.cancel)}[status.state]
+    mine = {
+        "held": ctp_hash,
+        "rejected": ctp_hash,
+        "settled": _hash(row.erc),
+        "refunded": None if status.msg is None else _hash(row.cancel),
+    }[status.state]
     if status.msg != mine and row.state == "held" and status.state in FINAL:
         # The ledger held our CTP under this id, so its end is ours, whoever caused it (say
         # a copy of this meter's store signing too): shown, never left hanging.

@@ -11,24 +11,42 @@ import os
 
 from nacl.signing import SigningKey
 
-from broker import topics
-from broker.messages import Cancel, Ctp, Erc
 from edge import keyring
 from edge.store import MeterStore, TradeRow
+from wire import topics
+from wire.messages import Cancel, Ctp, Erc
 
 
 class TradeError(Exception):
     """A trade command that cannot be done; the message says why."""
 
 
-def new_ctp(store: MeterStore, account: SigningKey, payee: bytes, amount: int, wh: int, exp: int, now: int,
-            src: str | None = None) -> TradeRow:
+def new_ctp(
+    store: MeterStore,
+    account: SigningKey,
+    payee: bytes,
+    amount: int,
+    wh: int,
+    exp: int,
+    now: int,
+    src: str | None = None,
+) -> TradeRow:
     """Promise `amount` units to `payee` for `wh` delivered before `exp`, naming the root of
     the batch whose reserved key will confirm it; queued in the outbox."""
+
     def make_ctp(batch: keyring.Batch):
         ctp_id = os.urandom(16)
-        raw = Ctp(id=ctp_id, payer=bytes(account.verify_key), payee=payee, amount=amount, wh=wh, exp=exp,
-                  meter=batch.root, t=now, src=src).sign(account)
+        raw = Ctp(
+            id=ctp_id,
+            payer=bytes(account.verify_key),
+            payee=payee,
+            amount=amount,
+            wh=wh,
+            exp=exp,
+            meter=batch.root,
+            t=now,
+            src=src,
+        ).sign(account)
         return ctp_id, raw, wh, exp
 
     try:
@@ -37,26 +55,31 @@ def new_ctp(store: MeterStore, account: SigningKey, payee: bytes, amount: int, w
         raise TradeError(str(exc)) from None
 
 
-def confirm(store: MeterStore, ctp_id: bytes, wh: int, now: int, delivered_wms: int | None = None,
-            force: bool = False) -> TradeRow:
+def confirm(
+    store: MeterStore, ctp_id: bytes, wh: int, now: int, delivered_wms: int | None = None, force: bool = False
+) -> TradeRow:
     """Sign the trade's ERC for `wh` received with its reserved one-time key, and queue it.
 
     The key signs one ERC only, so one the ledger is sure to refuse (fewer Wh than promised,
     after expiry) is refused here unless `force`d: it would leave the trade unconfirmable."""
+
     def make(row: TradeRow) -> TradeRow:
         if row.erc is not None:
             raise TradeError("this trade's ERC was signed already; its one-time key signs nothing else")
         if row.state in ("settled", "refunded", "rejected"):
             raise TradeError(f"the trade is {row.state}")
         if not force and wh < row.wh:
-            raise TradeError(f"{wh} Wh is less than the {row.wh} Wh promised: the ledger would refuse it "
-                             "(energy-short) and the trade's one key would be spent (--force to sign anyway)")
+            raise TradeError(
+                f"{wh} Wh is less than the {row.wh} Wh promised: the ledger would refuse it "
+                "(energy-short) and the trade's one key would be spent (--force to sign anyway)"
+            )
         if not force and now > row.exp:
             raise TradeError("the trade has expired: the ledger would refuse its ERC (--force to sign anyway)")
         batch = store.batch(row.batch)
         key = batch.key(row.idx)
-        erc = Erc(ctp=row.id, wh=wh, t=now, pk=bytes(key.verify_key), idx=row.idx, path=batch.proof(row.idx),
-                  coe=batch.coe).sign(key)
+        erc = Erc(
+            ctp=row.id, wh=wh, t=now, pk=bytes(key.verify_key), idx=row.idx, path=batch.proof(row.idx), coe=batch.coe
+        ).sign(key)
         delivered = row.delivered_wms if delivered_wms is None else max(row.delivered_wms, delivered_wms)
         return row._replace(erc=erc, sent=now, delivered_wms=delivered)
 
@@ -65,6 +88,7 @@ def confirm(store: MeterStore, ctp_id: bytes, wh: int, now: int, delivered_wms: 
 
 def cancel(store: MeterStore, account: SigningKey, ctp_id: bytes, now: int) -> TradeRow:
     """Ask for the money back of a trade that expired unconfirmed, and queue the request."""
+
     def make(row: TradeRow) -> TradeRow:
         raw = Cancel(ctp=row.id, payer=bytes(account.verify_key), t=now).sign(account)
         return row._replace(cancel=raw, sent=now)

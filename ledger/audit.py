@@ -3,7 +3,7 @@
 Each block is rebuilt from its stored inputs by the same replay a validator uses on a
 proposal, at the block's own time, so the audit re-verifies every signature (the settled
 CTPs and the ERCs whose hashes are on chain), reaches the same rejections, and recomputes
-every root. Then the invariants of PROTOCOL.md §5 are checked, and finally the replayed
+every root. Then the invariants of docs/PROTOCOL.md §5 are checked, and finally the replayed
 state must equal the stored tables.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.messages import open_message
-from broker.reasons import Reject
-from broker.verify import Verifier
 from ledger.block import Block, BlockError, parse_trade, quorum
 from ledger.draft import replay
 from ledger.state import HELD, LedgerState
 from ledger.store import LedgerStore
+from wire.messages import open_message
+from wire.reasons import Reject
+from wire.verify import Verifier
 
 
 class AuditFailure(Exception):

@@ -1,7 +1,7 @@
 """Blocks: the hash-chained log the ledger writes, and the part of it that is the chain.
 
 A block has a header (height, previous hash, time, three RFC 9162 roots), the settled
-trades (PROTOCOL.md §5: only a settled CTP's bytes and its ERC's hash go on chain), the
+trades (docs/PROTOCOL.md §5: only a settled CTP's bytes and its ERC's hash go on chain), the
 validators' seals over the header, and, off chain, the inputs it decided: every message
 consensus ordered into it, applied or rejected, with the transaction topic it came on,
 which every validator keeps to replay and audit. Format: docs/decisions/0002-ledger-v1.md
@@ -17,9 +17,9 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 
-from broker.cose import encode, load
-from broker.merkle import MerkleTree
-from broker.reasons import Reject
+from wire.cose import encode, load
+from wire.merkle import MerkleTree
+from wire.reasons import Reject
 
 
 class BlockError(ValueError):
@@ -75,7 +75,7 @@ def merkle_root(hashes: list[bytes]) -> bytes:
 
 
 def quorum(n_validators: int) -> int:
-    """Seals that make a block final (PROTOCOL.md §6): ceil(2n/3)."""
+    """Seals that make a block final (docs/PROTOCOL.md §6): ceil(2n/3)."""
     return -(-2 * n_validators // 3)
 
 
@@ -89,15 +89,25 @@ class Header:
     inputs: bytes  # RFC 9162 root over input_hash of each decided input, in order
 
     def encode(self) -> bytes:
-        return encode({"v": BLOCK_V, "typ": "header", "h": self.height, "prev": self.prev, "t": self.t,
-                       "txs": self.txs, "ctps": self.ctps, "inputs": self.inputs})
+        return encode(
+            {
+                "v": BLOCK_V,
+                "typ": "header",
+                "h": self.height,
+                "prev": self.prev,
+                "t": self.t,
+                "txs": self.txs,
+                "ctps": self.ctps,
+                "inputs": self.inputs,
+            }
+        )
 
     @property
     def hash(self) -> bytes:
         return sha256(self.encode()).digest()
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Header":
+    def decode(cls, raw: bytes) -> Header:
         try:
             m = load(raw)
             header = cls(m["h"], m["prev"], m["t"], m["txs"], m["ctps"], m["inputs"])
@@ -122,11 +132,18 @@ class Block:
 
     def chain_bytes(self) -> bytes:
         """What goes on chain and on spb/v1/ledger/blocks: everything but the inputs."""
-        return encode({"v": BLOCK_V, "typ": "block", "header": self.header.encode(), "trades": list(self.trades),
-                       "seals": [[i, sig] for i, sig in self.seals]})
+        return encode(
+            {
+                "v": BLOCK_V,
+                "typ": "block",
+                "header": self.header.encode(),
+                "trades": list(self.trades),
+                "seals": [[i, sig] for i, sig in self.seals],
+            }
+        )
 
     @classmethod
-    def from_chain_bytes(cls, raw: bytes, inputs: tuple[Input, ...] = ()) -> "Block":
+    def from_chain_bytes(cls, raw: bytes, inputs: tuple[Input, ...] = ()) -> Block:
         try:
             m = load(raw)
             header = Header.decode(m["header"])
@@ -142,10 +159,10 @@ class Block:
             raise BlockError("block is not in its deterministic encoding")
         return block
 
-    def sealed(self, index: int, key: SigningKey) -> "Block":
+    def sealed(self, index: int, key: SigningKey) -> Block:
         return self.with_seals({*self.seals, (index, seal(self.header.encode(), key))})
 
-    def with_seals(self, seals) -> "Block":
+    def with_seals(self, seals) -> Block:
         return Block(self.header, self.trades, tuple(sorted(seals)), self.inputs)
 
     def valid_seals(self, validators: tuple[bytes, ...]) -> int:

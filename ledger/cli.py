@@ -19,16 +19,16 @@ from pathlib import Path
 
 from broker.args import BROKER_HELP, broker_url, hex_bytes, parse_hex
 from broker.clock import wall_ms
-from broker.cose import MAX_MESSAGE
 from broker.keys import KeyFileError, public_hex, write_new_key
-from broker.messages import BODY_TYPES, open_message
-from broker.reasons import Reject
-from broker.verify import Verifier
 from ledger.audit import AuditFailure, audit
 from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, Genesis, GenesisError, read_genesis, write_genesis
 from ledger.proof import ProofError, check_proof, make_proof
 from ledger.store import LedgerStore, StoreError
 from ledger.validator import ValidatorIdentity, secret_validator_dir
+from wire.cose import MAX_MESSAGE
+from wire.messages import BODY_TYPES, open_message
+from wire.reasons import Reject
+from wire.verify import Verifier
 
 # What a command reports as one line and exit 1 instead of a traceback.
 EXPECTED = (OSError, KeyFileError, GenesisError, StoreError, ProofError)
@@ -54,8 +54,7 @@ def _community_keys(path: Path) -> tuple[list[bytes], list[bytes]]:
     """(CA keys, validator keys) from a community.toml written by `spb-deploy provision`."""
     toml_path = path / "community.toml" if path.is_dir() else path
     community = tomllib.loads(toml_path.read_text())
-    return ([hex_key(community["ca"]["pk"])],
-            [hex_key(v["pk"]) for v in community.get("validators", [])])
+    return ([hex_key(community["ca"]["pk"])], [hex_key(v["pk"]) for v in community.get("validators", [])])
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -122,10 +121,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     signals are blocked before any thread starts, so every thread inherits that.
     """
     from ledger.service import LedgerService  # paho and the bus only for the one command that needs them
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     from broker.client import TlsFiles
+
     host, port, tls = args.broker
     identity = ValidatorIdentity.load(args.dir, args.validator)
     service = LedgerService(identity, host, port, tls=TlsFiles.in_dir(identity.home) if tls else None)
@@ -213,28 +214,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="write a genesis and validator keys")
     init.add_argument("dir", type=Path, metavar="DIR")
-    init.add_argument("--ca", type=_key_arg, action="append", required=True, metavar="HEX",
-                      help="trusted manufacturer CA public key (repeatable)")
-    init.add_argument("--account", type=_account_arg, action="append", default=[], metavar="HEX=UNITS",
-                      help="household account key and opening balance (repeatable)")
+    init.add_argument(
+        "--ca",
+        type=_key_arg,
+        action="append",
+        required=True,
+        metavar="HEX",
+        help="trusted manufacturer CA public key (repeatable)",
+    )
+    init.add_argument(
+        "--account",
+        type=_account_arg,
+        action="append",
+        default=[],
+        metavar="HEX=UNITS",
+        help="household account key and opening balance (repeatable)",
+    )
     init.add_argument("--validators", type=int, choices=range(1, 101), default=1, metavar="N")
-    init.add_argument("--block-ms", type=int, default=DEFAULT_BLOCK_MS, metavar="MS",
-                      help=f"shortest time between blocks (default {DEFAULT_BLOCK_MS})")
+    init.add_argument(
+        "--block-ms",
+        type=int,
+        default=DEFAULT_BLOCK_MS,
+        metavar="MS",
+        help=f"shortest time between blocks (default {DEFAULT_BLOCK_MS})",
+    )
     init.set_defaults(run=cmd_init)
 
     run = sub.add_parser("run", help="be the ledger on the bus")
     run.add_argument("dir", type=Path, metavar="DIR")
-    run.add_argument("--broker", type=broker_url, required=True, metavar="URL",
-                     help=BROKER_HELP.replace("state dir", "validator's dir (DIR/validators/vI)"))
+    run.add_argument(
+        "--broker",
+        type=broker_url,
+        required=True,
+        metavar="URL",
+        help=BROKER_HELP.replace("state dir", "validator's dir (DIR/validators/vI)"),
+    )
     run.add_argument("--validator", type=int, default=0, metavar="I")
     run.set_defaults(run=cmd_run)
 
     for name, help_text, arg, arg_type in (
-            ("balance", "print `balance <units> held <units>` of an account", "account", _key_arg),
-            ("show", "state, block height and reason of a CTP", "ctp", _ctp_id_arg),
-            ("proof", "JSON inclusion proof of a settled CTP, checkable offline", "ctp", _ctp_id_arg),
-            ("audit", "replay every block and check hashes, roots, seals, signatures and invariants", None, None),
-            ("head", "print `height <n> hash <hex> ctp-root <hex>` of the last committed block", None, None)):
+        ("balance", "print `balance <units> held <units>` of an account", "account", _key_arg),
+        ("show", "state, block height and reason of a CTP", "ctp", _ctp_id_arg),
+        ("proof", "JSON inclusion proof of a settled CTP, checkable offline", "ctp", _ctp_id_arg),
+        ("audit", "replay every block and check hashes, roots, seals, signatures and invariants", None, None),
+        ("head", "print `height <n> hash <hex> ctp-root <hex>` of the last committed block", None, None),
+    ):
         query = sub.add_parser(name, help=help_text)
         query.add_argument("dir", type=Path, metavar="DIR")
         if arg is not None:
@@ -244,21 +268,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-proof", help="check a proof from `spb-ledger proof` offline")
     check.add_argument("file", help="the proof, or - for stdin")
-    check.add_argument("--genesis", type=Path, required=True, metavar="PATH",
-                       help="the ledger dir or its genesis.cbor")
+    check.add_argument("--genesis", type=Path, required=True, metavar="PATH", help="the ledger dir or its genesis.cbor")
     check.set_defaults(run=cmd_check_proof)
-    verify = sub.add_parser("verify", help="run the stateless checks of PROTOCOL.md §4 on one message")
+    verify = sub.add_parser("verify", help="run the stateless checks of docs/PROTOCOL.md §4 on one message")
     verify.add_argument("file", help="file holding one raw message, or - for stdin")
-    verify.add_argument("--ca", type=_key_arg, action="append", default=[], metavar="HEX",
-                        help="trusted manufacturer CA public key (repeatable)")
-    verify.add_argument("--validator", type=_key_arg, action="append", default=[], metavar="HEX",
-                        help="ledger validator public key, for status and reject messages (repeatable)")
-    verify.add_argument("--community", type=Path, metavar="DIR",
-                        help="also trust the CA and validators listed in DIR/community.toml")
+    verify.add_argument(
+        "--ca",
+        type=_key_arg,
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="trusted manufacturer CA public key (repeatable)",
+    )
+    verify.add_argument(
+        "--validator",
+        type=_key_arg,
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="ledger validator public key, for status and reject messages (repeatable)",
+    )
+    verify.add_argument(
+        "--community", type=Path, metavar="DIR", help="also trust the CA and validators listed in DIR/community.toml"
+    )
     verify.add_argument("--device", type=_key_arg, metavar="HEX", help="device key of the meter, for readings")
     verify.add_argument("--now", type=int, metavar="MS", help="verifier clock, ms since the epoch (default: now)")
-    verify.add_argument("--expect", choices=sorted(BODY_TYPES), metavar="TYP",
-                        help="reject a body of any other typ as `type`")
+    verify.add_argument(
+        "--expect", choices=sorted(BODY_TYPES), metavar="TYP", help="reject a body of any other typ as `type`"
+    )
     verify.set_defaults(run=cmd_verify)
     return parser
 

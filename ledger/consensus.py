@@ -17,9 +17,9 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 
-from broker.cose import encode, load
-from broker.reasons import Reject
 from ledger.block import BlockError, Header, Input, decode_inputs, encode_inputs
+from wire.cose import encode, load
+from wire.reasons import Reject
 
 PROPOSAL, PREPARE, COMMIT, ROUND_CHANGE = "proposal", "prepare", "commit", "round-change"
 TXS, SYNC, BLOCKS = "txs", "sync", "blocks"  # forwarding and catching up, outside the rounds
@@ -49,10 +49,18 @@ def digest(data: bytes) -> bytes:
     return sha256(data).digest()
 
 
-def make(key: SigningKey, sender: int, kind: str, h: int, r: int = 0, d: bytes = b"", pr: int = -1,
-         seal: bytes = b"", **attachments) -> Signed:
-    body = encode({"v": 1, "typ": "qbft", "k": kind, "h": h, "r": r, "from": sender, "d": d, "pr": pr,
-                   "seal": seal})
+def make(
+    key: SigningKey,
+    sender: int,
+    kind: str,
+    h: int,
+    r: int = 0,
+    d: bytes = b"",
+    pr: int = -1,
+    seal: bytes = b"",
+    **attachments,
+) -> Signed:
+    body = encode({"v": 1, "typ": "qbft", "k": kind, "h": h, "r": r, "from": sender, "d": d, "pr": pr, "seal": seal})
     signed = encode([body, key.sign(body).signature])
     return Signed(kind, h, r, sender, d, pr, seal, signed, attachments)
 
@@ -72,15 +80,34 @@ def open_signed(raw: object, validators: tuple[bytes, ...]) -> Signed:
         body, sig = parts[0], parts[1]
         attachments = parts[2] if len(parts) == 3 else {}
         m = load(body) if type(body) is bytes else None
-        if not (type(m) is dict and set(m) == {"v", "typ", "k", "h", "r", "from", "d", "pr", "seal"}
-                and m["v"] == 1 and m["typ"] == "qbft" and m["k"] in KINDS and encode(m) == body):
+        if not (
+            type(m) is dict
+            and set(m) == {"v", "typ", "k", "h", "r", "from", "d", "pr", "seal"}
+            and m["v"] == 1
+            and m["typ"] == "qbft"
+            and m["k"] in KINDS
+            and encode(m) == body
+        ):
             raise ConsensusError("not a v1 consensus body in its deterministic encoding")
         h, r, sender, pr = m["h"], m["r"], m["from"], m["pr"]
-        if not (_uint(h) and _uint(r) and r < MAX_ROUND and type(pr) is int and -1 <= pr < r
-                and type(sender) is int and 0 <= sender < len(validators)):
+        if not (
+            _uint(h)
+            and _uint(r)
+            and r < MAX_ROUND
+            and type(pr) is int
+            and -1 <= pr < r
+            and type(sender) is int
+            and 0 <= sender < len(validators)
+        ):
             raise ConsensusError("height, round or sender out of range")
-        if not (type(m["d"]) is bytes and len(m["d"]) in (0, 32) and type(m["seal"]) is bytes
-                and len(m["seal"]) in (0, 64) and type(sig) is bytes and len(sig) == 64):
+        if not (
+            type(m["d"]) is bytes
+            and len(m["d"]) in (0, 32)
+            and type(m["seal"]) is bytes
+            and len(m["seal"]) in (0, 64)
+            and type(sig) is bytes
+            and len(sig) == 64
+        ):
             raise ConsensusError("digest, seal or signature of the wrong size")
         if type(attachments) is not dict or not set(attachments) <= _ATTACHMENTS:
             raise ConsensusError("unknown attachments")
@@ -98,6 +125,7 @@ def _uint(value: object) -> bool:
 
 
 # -- attachments --
+
 
 def block_bytes(header: Header, inputs: tuple[Input, ...]) -> bytes:
     """A proposed block: its header and the inputs to replay (trades and seals follow)."""

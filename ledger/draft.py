@@ -1,4 +1,4 @@
-"""Building one block: PROTOCOL.md §4's stateful checks and §5's life cycle, as a pure function.
+"""Building one block: docs/PROTOCOL.md §4's stateful checks and §5's life cycle, as a pure function.
 
 A Draft sits on a committed LedgerState and collects what a block would change, without
 changing the state: (state, messages, block time) -> (block, signed outputs). The block time
@@ -13,14 +13,13 @@ from typing import NamedTuple
 
 from nacl.signing import SigningKey
 
-from broker import topics
-from broker.cose import message_hash
-from broker.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Revoke, Status, shown
-from broker.reasons import Reject
-from broker.verify import Verifier
 from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
 from ledger.state import HELD, REFUNDED, SETTLED, CtpRecord, LedgerState
-
+from wire import topics
+from wire.cose import message_hash
+from wire.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Revoke, Status, shown
+from wire.reasons import Reject
+from wire.verify import Verifier
 
 TX_KINDS = frozenset(topics.TX_TYPES.values())
 
@@ -226,9 +225,14 @@ class Draft:
             return None
         tree = self.base.tree  # changed in place; LedgerState.discard undoes it
         tree.set_leaves({record.index: record.leaf() for record in self.ctps.values()})
-        header = Header(self.height, self.base.tip, self.t,
-                        txs=merkle_root([trade_hash(trade) for trade in self.trades]),
-                        ctps=tree.root(), inputs=merkle_root([input_hash(*i) for i in self.inputs]))
+        header = Header(
+            self.height,
+            self.base.tip,
+            self.t,
+            txs=merkle_root([trade_hash(trade) for trade in self.trades]),
+            ctps=tree.root(),
+            inputs=merkle_root([input_hash(*i) for i in self.inputs]),
+        )
         self.block = Block(header, tuple(self.trades), (), tuple(self.inputs))
         return self.block
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 
-from broker.cose import encode, load
 from broker.keys import write_file
-from broker.reasons import Reject
+from wire.cose import encode, load
+from wire.reasons import Reject
 
 GENESIS_FILE = "genesis.cbor"
 DEFAULT_BLOCK_MS = 200
@@ -42,37 +42,48 @@ class Genesis:
             raise GenesisError("accounts must be unique and sorted by key")
         if len(set(self.validators)) != len(self.validators) or len(set(self.cas)) != len(self.cas):
             raise GenesisError("a CA or validator key is listed twice")
-        if not all(type(u) is int and 0 <= u for _, u in self.accounts) or self.total > MAX_UNITS:
+        if not all(type(u) is int and u >= 0 for _, u in self.accounts) or self.total > MAX_UNITS:
             raise GenesisError(f"balances are units in 0..{MAX_UNITS} in total")
         if not (type(self.block_ms) is int and 1 <= self.block_ms <= 3_600_000):
             raise GenesisError("block_ms is in 1..3600000")
 
     @classmethod
-    def build(cls, cas, accounts: dict[bytes, int], validators, block_ms: int = DEFAULT_BLOCK_MS) -> "Genesis":
+    def build(cls, cas, accounts: dict[bytes, int], validators, block_ms: int = DEFAULT_BLOCK_MS) -> Genesis:
         return cls(tuple(cas), tuple(sorted(accounts.items())), tuple(validators), block_ms)
 
     @property
     def total(self) -> int:
-        """Balances + holds always add up to this (PROTOCOL.md §5)."""
+        """Balances + holds always add up to this (docs/PROTOCOL.md §5)."""
         return sum(units for _, units in self.accounts)
 
     def encode(self) -> bytes:
-        return encode({"v": 1, "typ": "genesis", "cas": list(self.cas),
-                       "accounts": [[pk, units] for pk, units in self.accounts],
-                       "validators": list(self.validators), "block_ms": self.block_ms})
+        return encode(
+            {
+                "v": 1,
+                "typ": "genesis",
+                "cas": list(self.cas),
+                "accounts": [[pk, units] for pk, units in self.accounts],
+                "validators": list(self.validators),
+                "block_ms": self.block_ms,
+            }
+        )
 
     @property
     def hash(self) -> bytes:
         return sha256(self.encode()).digest()
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Genesis":
+    def decode(cls, raw: bytes) -> Genesis:
         try:
             m = load(raw)
             if m.get("v") != 1 or m.get("typ") != "genesis":
                 raise GenesisError("not a v1 genesis")
-            genesis = cls(tuple(m["cas"]), tuple((pk, units) for pk, units in m["accounts"]),
-                          tuple(m["validators"]), m["block_ms"])
+            genesis = cls(
+                tuple(m["cas"]),
+                tuple((pk, units) for pk, units in m["accounts"]),
+                tuple(m["validators"]),
+                m["block_ms"],
+            )
         except (Reject, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise GenesisError(f"malformed genesis: {exc}") from None
         if genesis.encode() != raw:

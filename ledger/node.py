@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from broker import topics
-from broker.messages import Status
-from broker.verify import Verifier
 from ledger.block import Block
 from ledger.draft import Draft
 from ledger.replica import Replica, Timing
 from ledger.store import LedgerStore, Outgoing
 from ledger.validator import ValidatorIdentity
+from wire import topics
+from wire.messages import Status
+from wire.verify import Verifier
 
 VOTES = "votes"  # store value: the replica's votes at its current height
 
@@ -34,8 +34,17 @@ class LedgerNode:
 
     def replica(self, timing: Timing, now: int, mono: int) -> Replica:
         """This validator's consensus, on its state, from the votes it persisted."""
-        return Replica(self.state, self.verifier, self.identity.index, self.identity.key, self.store.block, timing,
-                       self.store.value(VOTES), now, mono)
+        return Replica(
+            self.state,
+            self.verifier,
+            self.identity.index,
+            self.identity.key,
+            self.store.block,
+            timing,
+            self.store.value(VOTES),
+            now,
+            mono,
+        )
 
     def write(self, draft: Draft, block: Block, proposer: int | None, delivered: list[int] = ()) -> list[Outgoing]:
         """Persist a decided block with what it announces: its statuses, rejects and the block
@@ -76,13 +85,20 @@ class LedgerNode:
         under another validator's signature otherwise."""
         times = self.store.block_times()
         key = self.identity.key
-        out = [(topics.status(ctp_id), Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg).sign(key))
-               for ctp_id, (reason, msg, t) in self.store.rejections().items()
-               if t >= since and ctp_id not in self.state.ctps]
+        out = [
+            (topics.status(ctp_id), Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg).sign(key))
+            for ctp_id, (reason, msg, t) in self.store.rejections().items()
+            if t >= since and ctp_id not in self.state.ctps
+        ]
         for record in self.state.ctps.values():
             if times[record.height] >= since:
-                status = Status(ctp=record.ctp.id, state=record.state, t=times[record.height], h=record.height,
-                                msg=record.by or None)
+                status = Status(
+                    ctp=record.ctp.id,
+                    state=record.state,
+                    t=times[record.height],
+                    h=record.height,
+                    msg=record.by or None,
+                )
                 out.append((topics.status(record.ctp.id), status.sign(key)))
         return out
 

@@ -8,11 +8,11 @@ the path puts the trade under it, the payer's signature makes the CTP genuine.
 
 from __future__ import annotations
 
-from broker.merkle import MerkleTree, verify_inclusion
-from broker.messages import Ctp, open_message
-from broker.reasons import Reject
 from ledger.block import Block, BlockError, Header, parse_trade, quorum, trade_hash
 from ledger.store import LedgerStore
+from wire.merkle import MerkleTree, verify_inclusion
+from wire.messages import Ctp, open_message
+from wire.reasons import Reject
 
 
 class ProofError(Exception):
@@ -27,9 +27,16 @@ def make_proof(store: LedgerStore, ctp_id: bytes) -> dict:
         height, index = where
         block = store.block(height)
     tree = MerkleTree([trade_hash(trade) for trade in block.trades])
-    return {"ctp": ctp_id.hex(), "height": height, "header": block.header.encode().hex(),
-            "seals": [[i, sig.hex()] for i, sig in block.seals], "trade": block.trades[index].hex(),
-            "index": index, "size": tree.size, "path": [p.hex() for p in tree.inclusion_proof(index)]}
+    return {
+        "ctp": ctp_id.hex(),
+        "height": height,
+        "header": block.header.encode().hex(),
+        "seals": [[i, sig.hex()] for i, sig in block.seals],
+        "trade": block.trades[index].hex(),
+        "index": index,
+        "size": tree.size,
+        "path": [p.hex() for p in tree.inclusion_proof(index)],
+    }
 
 
 def check_proof(doc: dict, validators: tuple[bytes, ...]) -> tuple[Header, Ctp]:
@@ -49,8 +56,9 @@ def check_proof(doc: dict, validators: tuple[bytes, ...]) -> tuple[Header, Ctp]:
         raise ProofError("the proof's ctp or height does not match its contents")
     if Block(header, (), seals).valid_seals(validators) < quorum(len(validators)):
         raise ProofError("the header is not sealed by a quorum of the validators")
-    if not (type(index) is int and type(size) is int
-            and verify_inclusion(trade_hash(trade), index, size, path, header.txs)):
+    if not (
+        type(index) is int and type(size) is int and verify_inclusion(trade_hash(trade), index, size, path, header.txs)
+    ):
         raise ProofError("the trade is not under the header's txs root")
     if not opened.envelope.verifies(ctp.payer):
         raise ProofError("the CTP is not signed by its payer")

@@ -11,18 +11,19 @@ four of them in a simulated network from a seed.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from nacl.signing import SigningKey
 
-from broker.cose import encode, load, message_hash
-from broker.reasons import Reject
-from broker.verify import Verifier
 from ledger import consensus as c
 from ledger.block import Block, BlockError, Header, Input, decode_inputs, encode_inputs, quorum, seal, seal_valid
 from ledger.draft import TX_KINDS, Draft, replay
 from ledger.state import LedgerState
+from wire.cose import encode, load, message_hash
+from wire.reasons import Reject
+from wire.verify import Verifier
 
 MAX_BACKOFF = 5  # round timeouts double up to round_ms * 32
 Key = tuple[str, bytes]  # (typ, message hash): what a transaction is, whoever forwarded it
@@ -71,19 +72,28 @@ class _Candidate:
     raw: bytes  # c.block_bytes(...)
 
     @classmethod
-    def of(cls, header: Header, inputs: tuple[Input, ...]) -> "_Candidate":
+    def of(cls, header: Header, inputs: tuple[Input, ...]) -> _Candidate:
         return cls(header, inputs, c.block_bytes(header, inputs))
 
     @classmethod
-    def parse(cls, raw: object) -> "_Candidate":
+    def parse(cls, raw: object) -> _Candidate:
         """A proposed block's bytes; ConsensusError if they are not one."""
         return cls(*c.parse_block(raw), raw)
 
 
 class Replica:
-    def __init__(self, state: LedgerState, verifier: Verifier, index: int, key: SigningKey,
-                 chain: Callable[[int], Block | None], timing: Timing = Timing(), votes: bytes | None = None,
-                 now: int = 0, mono: int | None = None):
+    def __init__(
+        self,
+        state: LedgerState,
+        verifier: Verifier,
+        index: int,
+        key: SigningKey,
+        chain: Callable[[int], Block | None],
+        timing: Timing = Timing(),
+        votes: bytes | None = None,
+        now: int = 0,
+        mono: int | None = None,
+    ):
         self.state, self.verifier, self.index, self.key, self.chain = state, verifier, index, key, chain
         self.timing = timing
         self.validators = state.genesis.validators
@@ -127,9 +137,15 @@ class Replica:
         """What must survive a crash so this validator never contradicts itself."""
         accepted, prepared = self.accepted, self.prepared
         block = self.candidates[prepared[1]].raw if prepared else b""
-        return encode({"h": self.h, "r": self.round, "acc": list(accepted) if accepted else [],
-                       "prep": [prepared[0], prepared[1], block, prepared[2]] if prepared else [],
-                       "prop": sorted(self.proposed_in)})
+        return encode(
+            {
+                "h": self.h,
+                "r": self.round,
+                "acc": list(accepted) if accepted else [],
+                "prep": [prepared[0], prepared[1], block, prepared[2]] if prepared else [],
+                "prop": sorted(self.proposed_in),
+            }
+        )
 
     def _restore(self, v: dict, now: int) -> None:
         if v["h"] != self.h:
@@ -243,7 +259,7 @@ class Replica:
         r = self.round
         justification = {}
         if r > 0:
-            rcs = sorted(self.rcs[r].values(), key=lambda m: m.pr, reverse=True)[:self.q]
+            rcs = sorted(self.rcs[r].values(), key=lambda m: m.pr, reverse=True)[: self.q]
             justification["rcs"] = [m.signed for m in rcs]
             best = rcs[0]
             if best.pr >= 0:  # a block may have been committed in an earlier round: propose it again
@@ -253,7 +269,7 @@ class Replica:
                 return
         self._live_draft(None)
         draft = Draft(self.state, self.verifier, self._block_time())
-        for typ, raw, _ in list(self.pool.values())[:self.timing.max_inputs]:
+        for typ, raw, _ in list(self.pool.values())[: self.timing.max_inputs]:
             draft.add(typ, raw)
         if draft.finish() is None:
             return  # nothing to decide yet (an expiry not passed at t)
@@ -266,8 +282,9 @@ class Replica:
     def _send_proposal(self, r: int, d: bytes, candidate: _Candidate, now: int, justification: dict) -> None:
         self.proposed_in.add(r)
         self._persist()
-        self._broadcast(c.make(self.key, self.index, c.PROPOSAL, self.h, r, d, block=candidate.raw,
-                               **justification), now)
+        self._broadcast(
+            c.make(self.key, self.index, c.PROPOSAL, self.h, r, d, block=candidate.raw, **justification), now
+        )
 
     def _round_change(self, r: int, now: int) -> None:
         """Leave for round r: tell everyone, with what we prepared so a committed block survives."""
@@ -312,8 +329,12 @@ class Replica:
             return
         if self.timer is None:
             self.timer = now + self.timing.block_ms + self._timeout(self.round)  # someone has work
-        {c.PROPOSAL: self._on_proposal, c.PREPARE: self._on_prepare, c.COMMIT: self._on_commit,
-         c.ROUND_CHANGE: self._on_round_change}[m.kind](m, now)
+        {
+            c.PROPOSAL: self._on_proposal,
+            c.PREPARE: self._on_prepare,
+            c.COMMIT: self._on_commit,
+            c.ROUND_CHANGE: self._on_round_change,
+        }[m.kind](m, now)
 
     def _on_proposal(self, m: c.Signed, now: int) -> None:
         if m.sender != self.proposer(m.h, m.r):
@@ -356,8 +377,11 @@ class Replica:
         prepared, the block of the highest one with a quorum of PREPAREs. True when the
         proposal is such a prepared block, False when it may be any block, None if unjustified."""
         try:
-            rcs = {x.sender: x for x in c.signed_list(m.attachments.get("rcs"), self.validators, self.n)
-                   if x.kind == c.ROUND_CHANGE and x.h == m.h and x.r == m.r}
+            rcs = {
+                x.sender: x
+                for x in c.signed_list(m.attachments.get("rcs"), self.validators, self.n)
+                if x.kind == c.ROUND_CHANGE and x.h == m.h and x.r == m.r
+            }
         except c.ConsensusError:
             return None
         if len(rcs) < self.q:
@@ -413,7 +437,7 @@ class Replica:
         if r != self.round or r in self.committed_in or len(votes) < self.q or d not in self.candidates:
             return  # a round we left: our round change said we had not prepared in it
         self.committed_in.add(r)
-        self.prepared = (r, d, list(votes.values())[:self.n])
+        self.prepared = (r, d, list(votes.values())[: self.n])
         self._persist()
         commit_seal = seal(self.candidates[d].header.encode(), self.key)
         self._broadcast(c.make(self.key, self.index, c.COMMIT, self.h, r, d, seal=commit_seal), now)
@@ -528,7 +552,10 @@ class Replica:
             self._answer_sync(m.sender, m.h, now)
 
     def _answer_sync(self, peer: int, h: int, now: int) -> None:
-        if not 1 <= h <= self.state.height or now - self.sync_answered.get(peer, -self.timing.sync_ms) < self.timing.sync_ms:
+        if (
+            not 1 <= h <= self.state.height
+            or now - self.sync_answered.get(peer, -self.timing.sync_ms) < self.timing.sync_ms
+        ):
             return
         self.sync_answered[peer] = now
         blocks = []
@@ -547,7 +574,7 @@ class Replica:
             items = c.load_list(c.bulk(m, "blocks"), "blocks")
         except c.ConsensusError:
             return
-        for item in items[:self.timing.sync_blocks]:
+        for item in items[: self.timing.sync_blocks]:
             try:
                 chain, inputs = item
                 block = Block.from_chain_bytes(chain, decode_inputs(inputs))

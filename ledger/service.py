@@ -21,18 +21,18 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
-from broker import topics
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
-from broker.cose import message_hash
 from broker.runtime import AUTOSAVE_S
 from ledger.block import Block, BlockError
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Send, Timing
 from ledger.store import Outgoing
 from ledger.validator import ValidatorIdentity
+from wire import topics
+from wire.cose import message_hash
 
 log = logging.getLogger("spb.ledger")
 WINDOW = 20_000  # unacknowledged publishes at most
@@ -47,8 +47,15 @@ def _mono() -> int:
 class LedgerService:
     """One validator of the ledger; with a one-validator genesis, the whole ledger."""
 
-    def __init__(self, identity: ValidatorIdentity, host: str, port: int, clock: Callable[[], int] = wall_ms,
-                 tls: TlsFiles | None = None, timing: Timing | None = None):
+    def __init__(
+        self,
+        identity: ValidatorIdentity,
+        host: str,
+        port: int,
+        clock: Callable[[], int] = wall_ms,
+        tls: TlsFiles | None = None,
+        timing: Timing | None = None,
+    ):
         genesis = identity.genesis
         self.identity, self.clock = identity, clock
         self.index = identity.index
@@ -72,8 +79,15 @@ class LedgerService:
         self._unacked = 0
         self._unacked_lock = threading.Lock()
         self.state_topic = topics.ledger_state(self.index)
-        self.bus = BusClient(host, port, f"ledger-v{self.index}", manual_ack=True,
-                             will=(self.state_topic, topics.OFFLINE, True), max_inflight=0, tls=tls)
+        self.bus = BusClient(
+            host,
+            port,
+            f"ledger-v{self.index}",
+            manual_ack=True,
+            will=(self.state_topic, topics.OFFLINE, True),
+            max_inflight=0,
+            tls=tls,
+        )
         self.bus.on_connect.append(self._on_connect)
         for topic, typ in topics.TX_TYPES.items():
             self.bus.subscribe_deferred(topic, self._receiver(typ))
@@ -89,8 +103,13 @@ class LedgerService:
 
     def run(self) -> None:
         """Take part in consensus until stop(), then say `offline` and disconnect."""
-        log.info("validator %d at height %d, %d CTPs, %d messages to re-announce", self.index,
-                 self.node.state.height, len(self.node.state.ctps), len(self.node.store.outbox()))
+        log.info(
+            "validator %d at height %d, %d CTPs, %d messages to re-announce",
+            self.index,
+            self.node.state.height,
+            len(self.node.state.ctps),
+            len(self.node.store.outbox()),
+        )
         self._queue(self.node.store.outbox())  # what a crash left unacknowledged, first and in order
         self.bus.connect()
         while not self._stopping.is_set():
@@ -111,8 +130,9 @@ class LedgerService:
             if worked:
                 continue
             self._forget_delivered()
-            if not (self._events or self._connects or self._restored.is_set() or self._stopping.is_set()
-                    or self._can_pump()):
+            if not (
+                self._events or self._connects or self._restored.is_set() or self._stopping.is_set() or self._can_pump()
+            ):
                 self._wake.wait(self._idle_s(deadline))
         self.shutdown()
 
@@ -130,6 +150,7 @@ class LedgerService:
         def receive(topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
             self._events.append(("tx", typ, payload, ack))
             self._wake.set()
+
         return receive
 
     def _consensus(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
@@ -185,8 +206,14 @@ class LedgerService:
     def _decided(self, decided: Decided) -> None:
         block = decided.block
         rows = self.node.write(decided.draft, block, decided.proposer, self._take_delivered())
-        log.info("block %d at %d: %d inputs, %d trades%s", block.header.height, block.header.t, len(block.inputs),
-                 len(block.trades), "" if decided.proposer is not None else " (caught up)")
+        log.info(
+            "block %d at %d: %d inputs, %d trades%s",
+            block.header.height,
+            block.header.t,
+            len(block.inputs),
+            len(block.trades),
+            "" if decided.proposer is not None else " (caught up)",
+        )
         self._queue(rows)
         self._say_online()
 
@@ -226,8 +253,9 @@ class LedgerService:
         now = time.monotonic()
         for height in sorted(h for h, (due, _) in self._standby.items() if due <= now):
             _, rows = self._standby.pop(height)
-            log.warning("block %d was not announced: publishing its %d messages in its proposer's place",
-                        height, len(rows))
+            log.warning(
+                "block %d was not announced: publishing its %d messages in its proposer's place", height, len(rows)
+            )
             self._queue([row._replace(rank=0) for row in rows])
 
     def _idle_s(self, deadline: int | None) -> float:
@@ -289,6 +317,7 @@ class LedgerService:
             if remaining[0] == 0 and round_ == self._restore_round:
                 self._restored.set()
                 self._wake.set()
+
         for topic, payload in statuses:
             self._send(topic, payload, True, acked if full else None)
         if full and not statuses:

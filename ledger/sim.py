@@ -20,16 +20,16 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from broker.cose import encode, load, message_hash
-from broker.messages import open_message
-from broker.verify import Verifier
-from deploy.simulate import SimCommunity
 from ledger import consensus as c
 from ledger.block import Block, parse_trade
 from ledger.draft import replay
 from ledger.genesis import Genesis
 from ledger.replica import Decided, Persist, Replica, Send, Timing
 from ledger.state import LedgerState
+from ledger.workload import SimCommunity
+from wire.cose import encode, load, message_hash
+from wire.messages import open_message
+from wire.verify import Verifier
 
 NOW = 1_800_000_000_000
 N = 4
@@ -61,8 +61,15 @@ def workload() -> Workload:
     cancelled = sim.ctp(2, 4, 30, 60, exp=NOW + 2_000)
     poor = sim.ctp(3, 0, 5_000, 10, exp=NOW + 25_000)
     twice = txs[0][1]
-    txs += [("ctp", expiring), ("ctp", cancelled), ("cancel", sim.cancel(cancelled, t=NOW + 2_500)),
-            ("ctp", poor), ("erc", sim.erc(twice, by=2)), ("erc", twice), ("cancel", b"\x00not cbor")]
+    txs += [
+        ("ctp", expiring),
+        ("ctp", cancelled),
+        ("cancel", sim.cancel(cancelled, t=NOW + 2_500)),
+        ("ctp", poor),
+        ("erc", sim.erc(twice, by=2)),
+        ("erc", twice),
+        ("cancel", b"\x00not cbor"),
+    ]
     return Workload(sim.genesis(1_000, validators=N), tuple(sim.validator_keys[:N]), tuple(txs))
 
 
@@ -109,7 +116,7 @@ class Sim:
                 others = [i for i in range(N) if i != self.bad]
                 rng.shuffle(others)
                 cut = rng.randint(1, len(others) - 1)
-                self.nodes[self.bad].peers, twin.peers = frozenset(others[:cut]), frozenset(others[cut - 1:])
+                self.nodes[self.bad].peers, twin.peers = frozenset(others[:cut]), frozenset(others[cut - 1 :])
         self.committed: dict[int, bytes] = {}  # height -> the block hash honest validators committed
         self.captured: list[bytes] = []  # consensus traffic a forger replays
         self.groups: list[frozenset[int]] | None = None  # the partition in force
@@ -143,18 +150,23 @@ class Sim:
             try:
                 self._step(event)
             except Exception as exc:  # an honest validator that raises has crashed for good
-                raise Violation(f"seed {self.seed}: step {steps} ({event[0]}) raised {exc!r} "
-                                f"({self.describe()})") from exc
+                raise Violation(
+                    f"seed {self.seed}: step {steps} ({event[0]}) raised {exc!r} ({self.describe()})"
+                ) from exc
             self._check_safety()
             if (self.t > self.heal_at or not self.events) and self._done():
                 return steps
-        raise Violation(f"seed {self.seed}: liveness: after {steps} steps and {(self.t - NOW) / 1000:.1f} s "
-                        f"({self.describe()}) not every transaction is decided: {self._progress()}")
+        raise Violation(
+            f"seed {self.seed}: liveness: after {steps} steps and {(self.t - NOW) / 1000:.1f} s "
+            f"({self.describe()}) not every transaction is decided: {self._progress()}"
+        )
 
     def describe(self) -> str:
-        return (f"byzantine {self.byzantine} v{self.bad}, drop {self.drop}, dup {self.dup}, delay <= "
-                f"{self.max_delay} ms, {self.crashes} crashes, partition {self.partitioned}, heal at "
-                f"{(self.heal_at - NOW) / 1000:.1f} s")
+        return (
+            f"byzantine {self.byzantine} v{self.bad}, drop {self.drop}, dup {self.dup}, delay <= "
+            f"{self.max_delay} ms, {self.crashes} crashes, partition {self.partitioned}, heal at "
+            f"{(self.heal_at - NOW) / 1000:.1f} s"
+        )
 
     def _step(self, event: tuple) -> None:
         kind, node = event[0], event[1]
@@ -192,9 +204,17 @@ class Sim:
         for block in node.chain:
             state.commit(replay(state, verifier, block.header.t, block.inputs))
         chain = node.chain
-        node.replica = Replica(state, verifier, node.index, w.keys[node.index],
-                               lambda h: chain[h - 1] if 0 < h <= len(chain) else None, TIMING, node.votes,
-                               self.t + node.skew, self.t)
+        node.replica = Replica(
+            state,
+            verifier,
+            node.index,
+            w.keys[node.index],
+            lambda h: chain[h - 1] if 0 < h <= len(chain) else None,
+            TIMING,
+            node.votes,
+            self.t + node.skew,
+            self.t,
+        )
         node.tick_at = None
         self._act(node, node.replica.tick(self.t + node.skew, self.t))
         for (typ, _), raw in list(node.unacked.items()):  # the broker sends what was never acknowledged
@@ -293,8 +313,15 @@ class Sim:
         block = Block.from_chain_bytes(sender.chain[-1].chain_bytes()) if sender.chain else None
         if block is None:
             return c.wire(c.make(key, i, c.SYNC, h + 5))
-        bad = encode({"v": 2, "typ": "block", "header": block.header.encode(), "trades": list(block.trades),
-                      "seals": [*[[j, s] for j, s in block.seals], ["x", b"y"], [0, [1]]]})
+        bad = encode(
+            {
+                "v": 2,
+                "typ": "block",
+                "header": block.header.encode(),
+                "trades": list(block.trades),
+                "seals": [*[[j, s] for j, s in block.seals], ["x", b"y"], [0, [1]]],
+            }
+        )
         raw = encode([[bad, encode([])]])
         return c.wire(c.make(key, i, c.BLOCKS, block.header.height, d=c.digest(raw), blocks=raw))
 
@@ -319,13 +346,16 @@ class Sim:
                 digest = block.hash
                 seen = self.committed.setdefault(height, digest)
                 if seen != digest:
-                    raise Violation(f"seed {self.seed}: fork at height {height}: v{node.index} committed "
-                                    f"{digest.hex()[:16]}, another honest validator {seen.hex()[:16]}")
+                    raise Violation(
+                        f"seed {self.seed}: fork at height {height}: v{node.index} committed "
+                        f"{digest.hex()[:16]}, another honest validator {seen.hex()[:16]}"
+                    )
             node.checked = len(node.chain)
             state = node.replica.state if node.replica else None
             if state is not None and state.total() != state.genesis.total:
-                raise Violation(f"seed {self.seed}: v{node.index} holds {state.total()} units, "
-                                f"the genesis {state.genesis.total}")
+                raise Violation(
+                    f"seed {self.seed}: v{node.index} holds {state.total()} units, the genesis {state.genesis.total}"
+                )
 
     def _done(self) -> bool:
         want = {(typ, message_hash(raw)) for typ, raw in self.w.txs}
@@ -339,8 +369,9 @@ class Sim:
         return len(heights) == 1
 
     def _progress(self) -> str:
-        return ", ".join(f"v{n.index} height {len(n.chain)} round {n.replica.round if n.replica else '-'}"
-                         for n in self.honest())
+        return ", ".join(
+            f"v{n.index} height {len(n.chain)} round {n.replica.round if n.replica else '-'}" for n in self.honest()
+        )
 
     def final_checks(self) -> None:
         """At the end: each honest chain is sealed by a quorum, as anyone can check offline."""

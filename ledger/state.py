@@ -9,13 +9,14 @@ that commits the same blocks holds the same state.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
-from broker.cose import encode
-from broker.merkle import MerkleTree
-from broker.messages import Ctp
 from ledger.genesis import Genesis
+from wire.cose import encode
+from wire.merkle import MerkleTree
+from wire.messages import Ctp
 
 if TYPE_CHECKING:
     from ledger.draft import Draft
@@ -25,7 +26,7 @@ HELD, SETTLED, REFUNDED = "held", "settled", "refunded"
 
 @dataclass(frozen=True, slots=True)
 class CtpRecord:
-    """One CTP in the off-chain database (PROTOCOL.md §5)."""
+    """One CTP in the off-chain database (docs/PROTOCOL.md §5)."""
 
     ctp: Ctp
     raw: bytes  # the payer's signed message
@@ -40,7 +41,7 @@ class CtpRecord:
         """The leaf data: what replicas agree on about this CTP."""
         return encode([self.ctp.id, self.hash, self.state, self.height, self.by])
 
-    def moved(self, state: str, height: int, by: bytes, erc_pk: bytes | None = None) -> "CtpRecord":
+    def moved(self, state: str, height: int, by: bytes, erc_pk: bytes | None = None) -> CtpRecord:
         return replace(self, state=state, height=height, by=by, erc_pk=erc_pk)
 
 
@@ -64,9 +65,17 @@ class LedgerState:
         self.refused: dict[bytes, int] = {}
 
     @classmethod
-    def restore(cls, genesis: Genesis, height: int, tip: bytes, t: int,
-                accounts: Iterable[tuple[bytes, int, int]], records: Iterable[CtpRecord],
-                refused: dict[bytes, int], revoked: dict[bytes, int]) -> "LedgerState":
+    def restore(
+        cls,
+        genesis: Genesis,
+        height: int,
+        tip: bytes,
+        t: int,
+        accounts: Iterable[tuple[bytes, int, int]],
+        records: Iterable[CtpRecord],
+        refused: dict[bytes, int],
+        revoked: dict[bytes, int],
+    ) -> LedgerState:
         """A state from its stored tables (ledger.store); `records` in index order."""
         state = cls(genesis)
         state.height, state.tip, state.t = height, tip, t
@@ -109,7 +118,7 @@ class LedgerState:
         """Balances + holds: equal to the genesis total after every block (§5)."""
         return sum(self.balances.values()) + sum(self.held.values())
 
-    def commit(self, draft: "Draft") -> None:
+    def commit(self, draft: Draft) -> None:
         """Take what a finished draft decided: its rejections, and its block (if it made one)
         as the new tip, whose tree changes are already in self.tree."""
         assert draft.base is self
@@ -128,7 +137,7 @@ class LedgerState:
         self.height, self.tip, self.t = block.header.height, block.hash, block.header.t
         self.next_expiry()  # drop settled and refunded CTPs from the heap's top
 
-    def discard(self, draft: "Draft") -> None:
+    def discard(self, draft: Draft) -> None:
         """Forget a finished draft that will not be committed: undo its tree changes."""
         self.tree.truncate(len(self.ctps))
         self.tree.set_leaves({self.ctps[i].index: self.ctps[i].leaf() for i in draft.ctps if i in self.ctps})

@@ -10,16 +10,17 @@ acknowledged it. The tables mirror LedgerState so a restart does not replay the 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
-from broker.cose import message_hash
-from broker.merkle import MerkleTree
-from broker.messages import open_message
 from ledger.block import BLOCK_V, Block, decode_inputs, encode_inputs
 from ledger.draft import Draft
 from ledger.genesis import Genesis
 from ledger.state import CtpRecord, LedgerState
+from wire.cose import message_hash
+from wire.merkle import MerkleTree
+from wire.messages import open_message
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -79,8 +80,10 @@ class LedgerStore:
         if row is None or row[0] != genesis.hash:
             raise StoreError(f"{self.path} belongs to another genesis")
         if self.value("format") != BLOCK_V:
-            raise StoreError(f"{self.path} was written by an older ledger (block format {self.value('format') or 1}, "
-                             f"this one writes {BLOCK_V}): start a new ledger dir")
+            raise StoreError(
+                f"{self.path} was written by an older ledger (block format {self.value('format') or 1}, "
+                f"this one writes {BLOCK_V}): start a new ledger dir"
+            )
 
     def _adopt(self, genesis: Genesis) -> None:
         with self._transaction():
@@ -119,8 +122,10 @@ class LedgerStore:
         height, tip_hash, t = tip if tip else (0, self.genesis.hash, 0)
         accounts = self.db.execute("SELECT pk, balance, held FROM accounts")
         rows = self.db.execute("SELECT raw, hash, leaf, state, height, by, erc_pk FROM ctps ORDER BY leaf")
-        records = (CtpRecord(self._ctp(raw, h), raw, h, leaf, state, ht, by, erc_pk)
-                   for raw, h, leaf, state, ht, by, erc_pk in rows)
+        records = (
+            CtpRecord(self._ctp(raw, h), raw, h, leaf, state, ht, by, erc_pk)
+            for raw, h, leaf, state, ht, by, erc_pk in rows
+        )
         refused = self.refusals()
         return LedgerState.restore(self.genesis, height, tip_hash, t, accounts, records, refused, self.revocations())
 
@@ -131,15 +136,23 @@ class LedgerStore:
             raise StoreError(f"CTP row {digest.hex()} was altered: run `spb-ledger audit`")
         return open_message(raw, "ctp").body
 
-    def commit(self, draft: Draft, block: Block, outputs: list[tuple[str, bytes, bool]], rank: int = 0,
-               delivered: list[int] = ()) -> list[Outgoing]:
+    def commit(
+        self,
+        draft: Draft,
+        block: Block,
+        outputs: list[tuple[str, bytes, bool]],
+        rank: int = 0,
+        delivered: list[int] = (),
+    ) -> list[Outgoing]:
         """Write a sealed block, the state it leads to and its outputs (at `rank`, see
         Outgoing), and forget the outbox rows in `delivered`; returns the new outbox rows."""
         with self._transaction():
             self._delete_outbox(delivered)
             self._write_block(draft, block, block.chain_bytes())
-            self.db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
-                                ((i, reason, msg, draft.t) for i, (reason, msg) in draft.ctp_rejects.items()))
+            self.db.executemany(
+                "INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
+                ((i, reason, msg, draft.t) for i, (reason, msg) in draft.ctp_rejects.items()),
+            )
             self.db.executemany("INSERT OR REPLACE INTO refused VALUES (?, ?)", draft.refused.items())
             self.db.execute("DELETE FROM refused WHERE exp < ?", (draft.t,))
             # Numbered after the highest seq ever used (AUTOINCREMENT's counter), never reused.
@@ -151,20 +164,30 @@ class LedgerStore:
 
     def _write_block(self, draft: Draft, block: Block, chain: bytes) -> None:
         h = block.header
-        self.db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                        (h.height, block.hash, h.t, chain, encode_inputs(block.inputs)))
-        self.db.executemany("UPDATE accounts SET balance = ?, held = ? WHERE pk = ?",
-                            ((draft.balance(pk), draft.holding(pk), pk) for pk in {*draft.balances, *draft.held}))
+        self.db.execute(
+            "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", (h.height, block.hash, h.t, chain, encode_inputs(block.inputs))
+        )
+        self.db.executemany(
+            "UPDATE accounts SET balance = ?, held = ? WHERE pk = ?",
+            ((draft.balance(pk), draft.holding(pk), pk) for pk in {*draft.balances, *draft.held}),
+        )
         known = draft.known  # records below this leaf existed: only their state changed
-        self.db.executemany("INSERT INTO ctps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            ((r.ctp.id, r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk)
-                             for r in draft.ctps.values() if r.index >= known))
-        self.db.executemany("UPDATE ctps SET state = ?, height = ?, by = ?, erc_pk = ? WHERE id = ?",
-                            ((r.state, r.height, r.by, r.erc_pk, r.ctp.id)
-                             for r in draft.ctps.values() if r.index < known))
+        self.db.executemany(
+            "INSERT INTO ctps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (r.ctp.id, r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk)
+                for r in draft.ctps.values()
+                if r.index >= known
+            ),
+        )
+        self.db.executemany(
+            "UPDATE ctps SET state = ?, height = ?, by = ?, erc_pk = ? WHERE id = ?",
+            ((r.state, r.height, r.by, r.erc_pk, r.ctp.id) for r in draft.ctps.values() if r.index < known),
+        )
         self.db.executemany("INSERT INTO revoked VALUES (?, ?)", draft.revoked.items())
-        self.db.executemany("INSERT INTO trades VALUES (?, ?, ?)",
-                            ((ctp_id, h.height, i) for i, ctp_id in enumerate(draft.settled)))
+        self.db.executemany(
+            "INSERT INTO trades VALUES (?, ?, ?)", ((ctp_id, h.height, i) for i, ctp_id in enumerate(draft.settled))
+        )
 
     def forget(self, delivered: list[int]) -> None:
         """Drop outbox rows the broker acknowledged (when no block is coming to carry it)."""
@@ -177,8 +200,12 @@ class LedgerStore:
 
     def outbox(self) -> list[Outgoing]:
         """Everything announced but not yet acknowledged by the broker, in order."""
-        return [Outgoing(seq, topic, payload, bool(retain), height, rank) for seq, topic, payload, retain, height, rank
-                in self.db.execute("SELECT seq, topic, payload, retain, height, rank FROM outbox ORDER BY seq")]
+        return [
+            Outgoing(seq, topic, payload, bool(retain), height, rank)
+            for seq, topic, payload, retain, height, rank in self.db.execute(
+                "SELECT seq, topic, payload, retain, height, rank FROM outbox ORDER BY seq"
+            )
+        ]
 
     def drop_standby(self, height: int) -> None:
         """Forget the stand-in outputs (rank > 0) of block `height`: its publisher announced it."""
@@ -209,13 +236,16 @@ class LedgerStore:
     def blocks(self) -> Iterator[tuple[tuple[int, bytes, int], Block]]:
         """Every block in height order, with its row's own (height, hash, t) columns."""
         for height, digest, t, chain, inputs in self.db.execute(
-                "SELECT height, hash, t, chain, inputs FROM blocks ORDER BY height"):
+            "SELECT height, hash, t, chain, inputs FROM blocks ORDER BY height"
+        ):
             yield (height, digest, t), Block.from_chain_bytes(chain, decode_inputs(inputs))
 
     def records(self) -> dict[bytes, tuple]:
         """Every CTP row, for audit's comparison with a replay."""
-        return {row[0]: row[1:] for row in
-                self.db.execute("SELECT id, leaf, raw, hash, state, height, by, erc_pk FROM ctps")}
+        return {
+            row[0]: row[1:]
+            for row in self.db.execute("SELECT id, leaf, raw, hash, state, height, by, erc_pk FROM ctps")
+        }
 
     def head(self) -> tuple[int, bytes, bytes]:
         """(height, hash, CTP-database root) of the last block; the genesis hash at height 0."""

@@ -44,7 +44,7 @@ class ValidatorIdentity:
         return self.home / "ledger.db"
 
     @classmethod
-    def load(cls, root: Path, index: int, with_key: bool = True) -> "ValidatorIdentity":
+    def load(cls, root: Path, index: int, with_key: bool = True) -> ValidatorIdentity:
         genesis = read_genesis(root)
         if not 0 <= index < len(genesis.validators):
             raise GenesisError(f"the genesis in {root} has validators 0..{len(genesis.validators) - 1}, not {index}")
@@ -52,5 +52,7 @@ class ValidatorIdentity:
         if with_key:
             key = load_key(validator_dir(root, index) / "validator.key")
             if bytes(key.verify_key) != genesis.validators[index]:
-                raise GenesisError(f"{validator_dir(root, index)}/validator.key is not validator {index} of the genesis")
+                raise GenesisError(
+                    f"{validator_dir(root, index)}/validator.key is not validator {index} of the genesis"
+                )
         return cls(root, index, genesis, key)

@@ -1,15 +1,32 @@
-"""Shared fixtures: a real Mosquitto per test, on a free port, with its data in tmp_path."""
+"""Shared fixtures: a real Mosquitto per test, on a free port, with its data in tmp_path.
+
+Everything under tests/system/ starts real processes (Mosquitto, spb-* commands, loop
+devices) and is marked `integration` here, as is any other test that asks for a broker or
+the wheel: `pytest -m "not integration"` is the fast lane that needs none of them.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from broker.client import BusClient
 from broker.runtime import Mosquitto, find_mosquitto, free_port
 from edge.meter import MeterNode
-from tests.helpers import Inbox, connected
-from tests.meter_helpers import RunningMeter
-from tests.rootfs_helpers import session_wheel
+from tests.support.bus import Inbox, connected
+from tests.support.meter import RunningMeter
+from tests.support.rootfs import session_wheel
+
+SYSTEM = Path(__file__).resolve().parent / "system"
+NEEDS_PROCESSES = {"mosquitto", "run_meter", "wheel"}  # fixtures that start real processes
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.is_relative_to(SYSTEM) or fixtures & NEEDS_PROCESSES:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture

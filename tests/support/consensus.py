@@ -1,0 +1,176 @@
+"""Four `spb-ledger run --validator I` processes on a real Mosquitto, a pre-signed load of
+trades, and what the validators publish and store."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from broker.clock import wall_ms
+from ledger import consensus as c
+from ledger.block import Block
+from ledger.store import LedgerStore
+from ledger.validator import ValidatorIdentity
+from ledger.workload import SimCommunity
+from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
+from tests.support.ledger import publish_trades, settled_accounts, signed_trades, statuses
+from wire import topics
+from wire.messages import open_message
+
+VALIDATORS = 4
+HOUSEHOLDS = 8
+BALANCE = 100_000
+
+
+class Validators:
+    """A community ledger with four validators, each its own process."""
+
+    def __init__(self, tmp_path: Path, port: int, make_client, trades: int):
+        now = wall_ms()
+        self.port = port
+        self.community = SimCommunity(HOUSEHOLDS, now)
+        self.root = self.community.ledger_dir(tmp_path / "ledger", BALANCE, block_ms=50, validators=VALIDATORS)
+        self.trades = signed_trades(self.community, trades, now)  # (ctp, erc, payer, payee, amount)
+        self.inbox = Inbox()
+        watcher = make_client(port, "watcher")
+        for topic in (
+            topics.STATUS_ALL,
+            topics.REJECTS,
+            topics.LEDGER_STATE_ALL,
+            topics.LEDGER_BLOCKS,
+            topics.CONSENSUS_ALL,
+        ):
+            watcher.subscribe(topic, self.inbox)
+        connected(watcher)
+        self.processes: dict[int, subprocess.Popen] = {}
+        self.households = connected(make_client(port, "households", max_inflight=1000))
+
+    # -- processes --
+
+    def start(self, i: int) -> None:
+        mark = len(self.inbox.messages)
+        self.processes[i] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "run",
+                str(self.root),
+                "--broker",
+                f"127.0.0.1:{self.port}",
+                "--validator",
+                str(i),
+            ],
+            env=child_env(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_for(
+            lambda: any(
+                t == topics.ledger_state(i) and p.startswith(b"online") for t, p, _ in self.inbox.messages[mark:]
+            ),
+            30,
+            f"validator {i} online",
+        )
+
+    def kill(self, i: int) -> None:
+        process = self.processes.pop(i)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(10) == -signal.SIGKILL
+
+    def stop(self, i: int) -> None:
+        process = self.processes.pop(i)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0, process.stderr.read().decode()[-3000:]
+
+    def stop_all(self) -> None:
+        for i in list(self.processes):
+            self.stop(i)
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.kill()
+            process.wait()
+
+    # -- load --
+
+    def publish(self, trades: list) -> None:
+        publish_trades(self.households, trades)
+
+    def settled(self) -> set[bytes]:
+        return {s.ctp for s in statuses(self.inbox) if s.state == "settled"}
+
+    def wait_settled(self, count: int, timeout: float = 90) -> None:
+        wait_for(lambda: len(self.settled()) >= count, timeout, lambda: f"{count} settled; have {len(self.settled())}")
+
+    def round_changes(self, since: int) -> set[tuple[int, int, int]]:
+        """(sender, height, round) of every round change seen on spb/v1/consensus/all."""
+        found = set()
+        for t, p, _ in self.inbox.messages[since:]:
+            if t == topics.CONSENSUS_ALL:
+                m = c.open_signed(p, self.genesis().validators)
+                if m.kind == c.ROUND_CHANGE:
+                    found.add((m.sender, m.h, m.r))
+        return found
+
+    def blocks_published(self, since: int = 0) -> list[Block]:
+        return [Block.from_chain_bytes(p) for t, p, _ in self.inbox.messages[since:] if t == topics.LEDGER_BLOCKS]
+
+    def status_counts(self) -> Counter:
+        """How often each (CTP, state) status was published."""
+        return Counter((s.ctp, s.state) for s in statuses(self.inbox))
+
+    # -- what each validator stored --
+
+    def genesis(self):
+        return ValidatorIdentity.load(self.root, 0, with_key=False).genesis
+
+    def store(self, i: int) -> LedgerStore:
+        identity = ValidatorIdentity.load(self.root, i, with_key=False)
+        return LedgerStore(identity.db_path, identity.genesis, readonly=True)
+
+    def heads(self, which=range(VALIDATORS)) -> list[tuple[int, bytes, bytes]]:
+        heads = []
+        for i in which:
+            store = self.store(i)
+            heads.append(store.head())
+            store.close()
+        return heads
+
+    def wait_heads_agree(self, which=range(VALIDATORS), timeout: float = 60) -> tuple[int, bytes, bytes]:
+        wait_for(
+            lambda: len(set(self.heads(which))) == 1 and self.heads(which)[0][0] > 0,
+            timeout,
+            lambda: f"validators {list(which)} at one head; have {self.heads(which)}",
+        )
+        return self.heads(which)[0]
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", *args],
+            env=child_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def check_everywhere(self) -> None:
+        """On each validator: the same `head` line, an audit that passes with every trade, and
+        balances moved exactly once per trade."""
+        lines = {self.cli("head", str(self.root), "--validator", str(i)) for i in range(VALIDATORS)}
+        assert len(lines) == 1 and lines.pop().startswith("height "), lines
+        for i in range(VALIDATORS):
+            out = self.cli("audit", str(self.root), "--validator", str(i))
+            assert out.startswith("audit ok") and f", {len(self.trades)} trades," in out, out
+            store = self.store(i)
+            assert store.accounts() == settled_accounts(self.community, BALANCE, self.trades), f"validator {i}"
+            store.close()
+        held = {s.ctp for s in statuses(self.inbox) if s.state == "held"}
+        assert held == {open_message(ctp, "ctp").body.id for ctp, *_ in self.trades}

@@ -1,0 +1,317 @@
+"""BusClient against a real Mosquitto: QoS 1 acks, wills, reconnects and re-subscription."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+import pytest
+from paho.mqtt.client import ConnectFlags, DisconnectFlags
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from broker.client import AckTracker, BusClient
+from broker.runtime import Mosquitto, free_port
+from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
+from wire import topics
+
+pytestmark = pytest.mark.integration
+
+TEST_TOPIC = f"{topics.ROOT}/test"
+
+
+def test_ack_tracker_pairs_acks_that_arrive_before_the_mid_is_known():
+    tracker, results = AckTracker(), []
+    tracker.acked(7, "early")  # the network thread saw the PUBACK before publish() returned mid 7
+    tracker.expect(7, results.append)
+    tracker.expect(8, results.append)
+    tracker.acked(8, "late")
+    assert results == ["early", "late"]
+
+
+# The tests below play paho's network thread: they call the callbacks BusClient gave paho,
+# with what paho passes for a CONNACK, a lost connection, a SUBACK or a PUBACK.
+
+
+def broker_accepts(client: BusClient) -> None:
+    client._client.on_connect(client._client, None, ConnectFlags(False), ReasonCode(PacketTypes.CONNACK), None)
+
+
+def connection_lost(client: BusClient) -> None:
+    lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+    client._client.on_disconnect(client._client, None, DisconnectFlags(False), lost, None)
+
+
+def suback(client: BusClient, mid: int) -> None:
+    client._client.on_subscribe(client._client, None, mid, [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")], None)
+
+
+def puback(client: BusClient, mid: int) -> None:
+    client._client.on_publish(client._client, None, mid, ReasonCode(PacketTypes.PUBACK), None)
+
+
+def offline_client(
+    monkeypatch, subscribe_mids: list[int], meanwhile: dict[int, Callable[[], None]] | None = None
+) -> BusClient:
+    """A BusClient that never connects; its n-th SUBSCRIBE gets mid subscribe_mids[n] (mids wrap, so any
+    mid may come round again), and meanwhile[n]() runs before that subscribe() returns."""
+    client = BusClient("127.0.0.1", free_port(), "m1")
+    count = iter(range(len(subscribe_mids)))
+
+    def subscribe(filters):
+        n = next(count)
+        if meanwhile and n in meanwhile:
+            meanwhile[n]()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS, subscribe_mids[n]
+
+    monkeypatch.setattr(client._client, "subscribe", subscribe)
+    return client
+
+
+def test_a_puback_never_reaches_a_subscribe_whose_connection_was_lost(monkeypatch, caplog):
+    """Such a SUBACK never comes; once mids wrapped, an early PUBACK reusing the mid used to reach
+    the subscribe's handler, and the TypeError it raised ended paho's thread: off the bus for good."""
+    client = offline_client(monkeypatch, subscribe_mids=[1])
+    granted = client.subscribe(TEST_TOPIC, Inbox())
+    broker_accepts(client)  # re-subscribes with mid 1
+    connection_lost(client)  # before the SUBACK
+    paho_publish = client._client.publish
+
+    def publish_acked_at_once(*args, **kwargs):
+        info = paho_publish(*args, **kwargs)
+        assert info.mid == 1  # paho's first mid stands in for one that came round again
+        puback(client, info.mid)  # the network thread handles the PUBACK before publish() returns
+        return info
+
+    monkeypatch.setattr(client._client, "publish", publish_acked_at_once)
+    acked = []
+
+    client.publish(TEST_TOPIC, b"x", on_ack=acked.append)
+
+    assert acked == [1]
+    assert not granted.is_set()
+    assert not any(record.exc_info for record in caplog.records)
+
+
+def test_a_publish_waits_for_its_own_puback_across_reconnects(monkeypatch):
+    """paho sends an unacknowledged message again after a reconnect, with the same mid; its
+    PUBACK must still settle it, and a SUBACK that happens to share the mid must not."""
+    client = offline_client(monkeypatch, subscribe_mids=[2, 1])
+    acked = []
+    info = client.publish(TEST_TOPIC, b"x", on_ack=acked.append)
+    assert info.mid == 1
+    granted = client.subscribe(TEST_TOPIC, Inbox())
+    broker_accepts(client)
+    connection_lost(client)
+    broker_accepts(client)  # re-subscribes with mid 1, as if mids had wrapped meanwhile
+
+    suback(client, 1)
+    assert granted.is_set()
+    assert acked == []
+    puback(client, 1)
+    assert acked == [1]
+
+
+def test_a_subscribe_straddling_a_lost_connection_does_not_take_a_later_suback(monkeypatch):
+    """subscribe() on an application thread may send SUBSCRIBE just before the connection drops
+    and register for the SUBACK just after; a later SUBSCRIBE on that mid must still get its own."""
+    client = offline_client(
+        monkeypatch,
+        subscribe_mids=[1, 2, 1],
+        meanwhile={
+            0: lambda: connection_lost(client),  # the network thread loses the connection
+            2: lambda: suback(client, 1),  # the network thread handles the SUBACK before subscribe() returns
+        },
+    )
+    broker_accepts(client)
+    client.subscribe(f"{TEST_TOPIC}/a", Inbox())
+    broker_accepts(client)  # re-subscribes .../a with mid 2
+    suback(client, 2)
+
+    assert client.subscribe(f"{TEST_TOPIC}/b", Inbox()).is_set()
+
+
+PAHO_CALLBACKS = {
+    "on_connect": "_handle_connect",
+    "on_disconnect": "_handle_disconnect",
+    "on_connect_fail": "_handle_connect_fail",
+    "on_subscribe": "_handle_subscribe",
+    "on_publish": "_handle_publish",
+    "on_message": "_handle_unmatched",
+}
+
+
+@pytest.mark.parametrize("paho_callback", PAHO_CALLBACKS)
+def test_an_exception_in_a_paho_callback_is_logged_not_raised(paho_callback, monkeypatch, caplog):
+    """paho re-raises it, which ends its network thread and leaves the client off the bus for good."""
+
+    def broken(self, *args):
+        raise RuntimeError("bug in BusClient")
+
+    monkeypatch.setattr(BusClient, PAHO_CALLBACKS[paho_callback], broken)
+    client = BusClient("127.0.0.1", free_port(), "m1")
+
+    getattr(client._client, paho_callback)(client._client, None, None, None, None)
+
+    assert "RuntimeError: bug in BusClient" in caplog.text
+
+
+def test_a_handler_that_raises_does_not_stop_later_messages(mosquitto, make_client, caplog):
+    """Handlers run on paho's network thread, where an exception would end all traffic."""
+    inbox = Inbox()
+
+    def handler(topic: str, payload: bytes, retained: bool) -> None:
+        inbox(topic, payload, retained)
+        if payload == b"poison":
+            raise ValueError("cannot handle poison")
+
+    subscriber = make_client(mosquitto.port, "sub")
+    subscriber.subscribe(TEST_TOPIC, handler)
+    connected(subscriber)
+    publisher = connected(make_client(mosquitto.port, "pub"))
+    publisher.publish(TEST_TOPIC, b"poison")
+    publisher.publish(TEST_TOPIC, b"after")
+
+    assert inbox.wait_count(2) == [(TEST_TOPIC, b"poison", False), (TEST_TOPIC, b"after", False)]
+    assert "ValueError: cannot handle poison" in caplog.text
+
+
+def test_publish_subscribe_round_trip_with_puback(mosquitto, make_client):
+    inbox = Inbox()
+    subscriber = make_client(mosquitto.port, "sub")
+    subscriber.subscribe(f"{TEST_TOPIC}/#", inbox)
+    connected(subscriber)
+    publisher = connected(make_client(mosquitto.port, "pub"))
+
+    acked_mids, acked = [], threading.Event()
+    info = publisher.publish(
+        f"{TEST_TOPIC}/a", b"\x00reading", on_ack=lambda mid: (acked_mids.append(mid), acked.set())
+    )
+
+    assert acked.wait(10)
+    assert acked_mids == [info.mid]
+    assert publisher.wait_acked(info, 0)
+    assert inbox.wait_count(1) == [(f"{TEST_TOPIC}/a", b"\x00reading", False)]
+
+
+def test_subscribe_while_connected_is_granted_then_receives(mosquitto, make_client):
+    inbox = Inbox()
+    subscriber = connected(make_client(mosquitto.port, "sub"))
+    assert subscriber.subscribe(TEST_TOPIC, inbox).wait(10)
+    connected(make_client(mosquitto.port, "pub")).publish(TEST_TOPIC, b"x")
+    assert inbox.wait_count(1) == [(TEST_TOPIC, b"x", False)]
+
+
+# A meter in a child process, so that SIGKILL makes it vanish without a DISCONNECT.
+DYING_METER = """
+import sys
+from broker.client import BusClient
+port, state = int(sys.argv[1]), sys.argv[2]
+client = BusClient("127.0.0.1", port, "m1", will=(state, b"offline", True))
+client.on_connect.append(lambda: client.publish(state, b"online", retain=True))
+client.connect()
+sys.stdin.read()
+"""
+
+
+def test_will_is_delivered_when_a_client_dies(mosquitto, make_client, read_retained):
+    state = topics.meter("m1", "state")
+    inbox = Inbox()
+    observer = make_client(mosquitto.port, "observer")
+    observer.subscribe(state, inbox)
+    connected(observer)
+
+    with subprocess.Popen(
+        [sys.executable, "-c", DYING_METER, str(mosquitto.port), state],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        env=child_env(),
+    ) as meter:
+        inbox.wait_count(1)
+        meter.kill()  # SIGKILL: the kernel closes the socket and no DISCONNECT is sent
+    assert inbox.wait_count(2) == [(state, b"online", False), (state, b"offline", False)]
+
+    assert read_retained(mosquitto.port, state) == (state, b"offline", True)
+
+
+def test_will_is_not_sent_on_close(mosquitto, make_client):
+    state, fence = topics.meter("m1", "state"), f"{TEST_TOPIC}/fence"
+    inbox = Inbox()
+    observer = make_client(mosquitto.port, "observer")
+    observer.subscribe(state, inbox)
+    observer.subscribe(fence, inbox)
+    connected(observer)
+
+    meter = connected(make_client(mosquitto.port, "m1", will=(state, b"offline", True)))
+    assert meter.wait_acked(meter.publish(state, b"online", retain=True), 10)
+    meter.close()
+    # close() returns once DISCONNECT is written, so the broker reads it before this later
+    # publish from another connection: a will, had it been sent, would arrive first.
+    observer.publish(fence, b"fence")
+
+    assert inbox.wait_count(2) == [(state, b"online", False), (fence, b"fence", False)]
+
+
+def test_subscriptions_are_restored_after_a_broker_restart(mosquitto, make_client):
+    inbox, connects = Inbox(), []
+    # A clean session: the broker forgets our subscription when we drop, so only the
+    # client's own re-subscription on reconnect can bring messages back.
+    subscriber = make_client(mosquitto.port, "sub", clean_session=True)
+    subscriber.on_connect.append(lambda: connects.append("up"))
+    subscriber.subscribe(TEST_TOPIC, inbox)
+    connected(subscriber)
+
+    mosquitto.restart()
+    wait_for(lambda: len(connects) == 2, message="the subscriber to reconnect")
+    assert subscriber.wait_connected(10)
+
+    connected(make_client(mosquitto.port, "pub")).publish(TEST_TOPIC, b"after restart")
+    assert inbox.wait_count(1) == [(TEST_TOPIC, b"after restart", False)]
+
+
+def test_client_started_while_broker_is_down_connects_when_it_comes_up(tmp_path, make_client):
+    port = free_port()
+    meter = make_client(port, "m1")
+    acked = threading.Event()
+    meter.connect()
+    # Published while nothing listens: paho queues it and sends it after connecting.
+    queued = meter.publish(topics.meter("m1", "state"), b"online", retain=True, on_ack=lambda mid: acked.set())
+
+    with Mosquitto() as broker:
+        broker.start(port, tmp_path / "late-broker")
+        assert meter.wait_connected(10)
+        assert acked.wait(10)
+        assert meter.wait_acked(queued, 0)
+
+        inbox = Inbox()
+        observer = make_client(port, "observer")
+        observer.subscribe(topics.meter("m1", "state"), inbox)
+        connected(observer)
+        assert inbox.wait_count(1) == [(topics.meter("m1", "state"), b"online", True)]
+
+
+def test_an_unsubscribe_made_offline_reaches_the_broker_at_the_next_connect(mosquitto, make_client, caplog):
+    """A filter dropped while the broker is down (a meter's settled trade) is unsubscribed at
+    the reconnect, so the broker's kept session stops queueing its messages for us."""
+    caplog.set_level(logging.DEBUG, logger="broker.client")
+    inbox = Inbox()
+    client = make_client(mosquitto.port, "dropper")
+    client.subscribe(TEST_TOPIC, inbox)
+    client.subscribe(TEST_TOPIC + "/still", inbox)
+    connected(client)
+    mosquitto.stop()
+    wait_for(lambda: not client.connected.is_set(), message="the client to notice the broker is gone")
+    client.unsubscribe(TEST_TOPIC)
+    mosquitto.start(mosquitto.port, mosquitto.data_dir)
+    connected(client)
+    publisher = connected(make_client(mosquitto.port, "pub"))
+    publisher.publish(TEST_TOPIC, b"dropped")
+    publisher.publish(TEST_TOPIC + "/still", b"kept")
+    assert inbox.wait_count(1) == [(TEST_TOPIC + "/still", b"kept", False)]
+    assert not [r for r in caplog.records if r.getMessage() == f"no handler for message on {TEST_TOPIC}"], (
+        "the broker still delivered the dropped filter"
+    )

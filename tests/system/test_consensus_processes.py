@@ -1,0 +1,147 @@
+"""Four `spb-ledger run --validator I` processes over a real Mosquitto: the consensus under
+a load, with a validator killed, with two stopped, and with the broker restarted."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.bus import wait_for
+from tests.support.consensus import Validators
+from wire import topics
+
+
+@pytest.fixture
+def validators(tmp_path, mosquitto, make_client):
+    made = []
+
+    def make(trades: int) -> Validators:
+        made.append(Validators(tmp_path, mosquitto.port, make_client, trades))
+        return made[-1]
+
+    yield make
+    for v in made:
+        v.close()
+
+
+def test_statuses_and_blocks_are_published_once_by_four_validators(validators):
+    v = validators(200)
+    for i in range(4):
+        v.start(i)
+    v.publish(v.trades)
+    v.wait_settled(200)
+    height = v.wait_heads_agree()[0]
+    wait_for(lambda: len(v.blocks_published()) >= height, 10, "every block announced")
+    assert set(v.status_counts().values()) == {1}, "one status per CTP change, not one per validator"
+    assert sorted(b.header.height for b in v.blocks_published()) == list(range(1, height + 1))
+    proposers = {b.header.height % 4 for b in v.blocks_published()}
+    assert len(proposers) > 1, "the proposer rotates"
+    v.stop_all()
+    v.check_everywhere()
+
+
+def test_kill_9_of_one_validator_mid_load(validators):
+    """Commits go on with three; the killed one comes back, catches up from its peers'
+    blocks, and all four agree."""
+    v = validators(900)
+    for i in range(4):
+        v.start(i)
+    v.publish(v.trades)
+    v.wait_settled(150)
+    v.kill(1)
+    left = len(v.settled())
+    v.wait_settled(left + 150)  # commits continue without it
+    assert len(v.settled()) < len(v.trades), "the load ended before the restart: nothing to catch up into"
+    v.start(1)
+    v.wait_settled(len(v.trades))
+    v.wait_heads_agree()
+    v.stop_all()
+    v.check_everywhere()
+
+
+def test_two_of_four_stopped_commit_nothing_and_fork_nothing(validators):
+    v = validators(120)
+    for i in range(4):
+        v.start(i)
+    first, rest = v.trades[:60], v.trades[60:]
+    v.publish(first)
+    v.wait_settled(60)
+    before = v.wait_heads_agree()
+    v.stop(2)
+    v.stop(3)
+    mark = len(v.inbox.messages)
+    v.publish(rest)
+    # Both survivors try, time out and change rounds, twice: they had the transactions and no quorum.
+    wait_for(
+        lambda: {(s, r) for s, h, r in v.round_changes(mark) if h == before[0] + 1} >= {(0, 2), (1, 2)},
+        30,
+        lambda: f"round changes to round 2 from v0 and v1; have {sorted(v.round_changes(mark))}",
+    )
+    assert v.heads(range(2)) == [before, before], "two of four committed a block"
+    assert len(v.settled()) == 60 and v.blocks_published(mark) == []
+    v.start(2)  # a quorum again
+    v.wait_settled(len(v.trades))
+    v.wait_heads_agree(range(3))
+    v.start(3)
+    v.wait_heads_agree()
+    v.stop_all()
+    v.check_everywhere()
+
+
+def test_broker_restarts_mid_load_lose_nothing_and_settle_nothing_twice(validators, mosquitto):
+    v = validators(900)
+    for i in range(4):
+        v.start(i)
+    v.publish(v.trades)
+    for k in (1, 2):
+        v.wait_settled(k * 300)
+        mosquitto.restart()
+    assert len(v.settled()) < len(v.trades), "the restarts came after the load was done"
+    v.wait_settled(len(v.trades))
+    v.wait_heads_agree()
+    v.stop_all()
+    v.check_everywhere()
+
+
+def test_a_proposer_that_never_publishes_is_stood_in_for(tmp_path, mosquitto, make_client):
+    """Validator 0 commits its blocks but publishes none of their statuses (as if it died
+    right after writing them): the next validator in rotation publishes them, signed by
+    itself, after TAKEOVER_S; no CTP is left without its statuses."""
+    import threading
+
+    from ledger.service import LedgerService
+    from ledger.validator import ValidatorIdentity
+    from wire.messages import open_message
+
+    v = Validators(tmp_path, mosquitto.port, make_client, 40)
+    services = [LedgerService(ValidatorIdentity.load(v.root, i), "127.0.0.1", mosquitto.port) for i in range(4)]
+    mute = services[0]
+    mute._queue = lambda rows, queue=mute._queue: queue([r for r in rows if r.rank > 0])
+    threads = [threading.Thread(target=s.run, daemon=True) for s in services]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(
+            lambda: (
+                {t for t, p, _ in v.inbox.messages if p.startswith(b"online")}
+                >= {topics.ledger_state(i) for i in range(4)}
+            ),
+            30,
+            "four validators online",
+        )
+        for wave in range(8):  # waves of trades, so that heights go round the rotation
+            v.publish(v.trades[5 * wave : 5 * wave + 5])
+            v.wait_settled(5 * wave + 5, timeout=60)
+        statuses_by = {}
+        for t, p, _ in v.inbox.messages:
+            if t.startswith("spb/v1/status/"):
+                opened = open_message(p, "status")
+                signers = [i for i, key in enumerate(v.genesis().validators) if opened.envelope.verifies(key)]
+                statuses_by.setdefault(opened.body.h, set()).update(signers)
+        assert any(h % 4 == 0 for h in statuses_by), "validator 0 proposed no block: the test proved nothing"
+        assert all(0 not in signers for signers in statuses_by.values()), "the muted validator published"
+        assert set(v.status_counts().values()) == {1}
+    finally:
+        for s in services:
+            s.stop()
+        for t in threads:
+            t.join(15)

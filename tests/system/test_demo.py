@@ -1,0 +1,97 @@
+"""`spb-deploy demo`: a three-meter community trading on this machine, end to end, with either broker."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.bus import REPO, child_env
+
+pytestmark = pytest.mark.integration
+
+METERS = ("m0001", "m0002", "m0003")
+
+
+def run_demo(community, *args: str, trades: int = 2) -> tuple[subprocess.CompletedProcess, str]:
+    """One bounded headless demo run; (result, a report to show when an assertion fails)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "demo",
+            "--headless",
+            "--dir",
+            str(community),
+            "--seconds",
+            "90",
+            "--trades",
+            str(trades),
+            "--reading-s",
+            "0.5",
+            *args,
+        ],
+        cwd=REPO,
+        env={**child_env(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return result, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+@pytest.mark.parametrize("broker_args, trades", [([], 3), (["--embedded"], 2)], ids=["mosquitto", "embedded-amqtt"])
+def test_demo_trades_as_planned_and_exits_0(tmp_path, broker_args, trades):
+    """The meters come online, verify each other, fetch CoEs from each other, and the consumers'
+    trades end as planned: all settled by the meters' own ERCs but the last, which asks for
+    more than can arrive before it expires and is refunded. Every validator's chain passes
+    its audit, and they end at one head."""
+    community = tmp_path / "demo"
+    result, report = run_demo(community, *broker_args, trades=trades)
+    out = result.stdout
+
+    assert result.returncode == 0, report
+    assert "demo ok" in out, report
+    assert ("broker embedded" if broker_args else "broker mosquitto") in out, report
+    assert "rejected" not in out, report
+    assert (community / "community.toml").is_file()
+    # four validators by default: each says offline at the one head every audit agrees on
+    summary = re.search(
+        rf"ledger: {trades - 1} settled, 1 refunded, \d+ blocks, 0 rejects, "
+        rf"state v0 offline (\d+), v1 offline (\d+), v2 offline (\d+), v3 offline (\d+); "
+        rf"audit ok on 4 validator\(s\), one head: height (\d+), {trades - 1} trades",
+        out,
+    )
+    assert summary and len(set(summary.groups())) == 1, report
+    ended = re.findall(r"│ \w+… │ (m000\d) │ \d+\s+│ \d+\s+│ (\w+)\s+│ (\w+)\s+│", out)
+    assert len(ended) == trades and all(expected == got for _, expected, got in ended), report
+    assert re.search(r"◆ ledger\s+status\s+CTP \w+… settled in block #\d+\s+validator signature ✓", out), report
+    assert re.search(r"m000[23] confirms \d+ Wh for CTP \w+: ERC", out), report
+    for meter in METERS:
+        assert re.search(rf"★ {meter}\s+birth\s+fw \S+, boot 1;", out), report
+        seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", out, re.M)]
+        assert len(seqs) >= 2 and seqs == sorted(set(seqs)), report
+        assert re.search(rf"{meter} verified reading #\d+ of m000[123]", out), report
+        assert re.search(rf"{meter} got the CoE of key batch #1", out), report
+        assert re.search(rf"● {meter}\s+state\s+online", out), report
+        assert re.search(rf"● {meter}\s+state\s+offline", out), report
+        assert "█" in (community / "meters" / meter / "display.ans").read_text(), "the terminal Sense HAT drew"
+
+
+def test_a_rerun_judges_itself_only_on_live_messages(tmp_path):
+    """The broker keeps the first run's retained births and `offline` states; the second run
+    shows them as such, passes on its own live births (boot 2), and keys and seqs carry on."""
+    community = tmp_path / "demo"
+    first, report = run_demo(community)
+    assert first.returncode == 0, report
+    second, report = run_demo(community)
+    assert second.returncode == 0 and "demo ok" in second.stdout, report
+    assert "(retained, from before)" in second.stdout, report
+    for meter in METERS:
+        assert re.search(rf"★ {meter}\s+birth\s+fw \S+, boot 2;", second.stdout), report
+        first_seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", first.stdout, re.M)]
+        second_seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", second.stdout, re.M)]
+        assert min(second_seqs) > max(first_seqs), report

@@ -1,0 +1,223 @@
+"""RFC 9162 §2.1 Merkle tree hash, inclusion and consistency proofs.
+
+Used for Certificates of Existence (root over one-time keys), block transaction roots and
+CTP-database roots. Pure functions over bytes; no padding of the last node, as the RFC says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from hashlib import sha256
+
+EMPTY_ROOT = sha256(b"").digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """Largest power of two smaller than n (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+class MerkleTree:
+    """A tree over fixed leaves that answers root and proof queries in O(log n) hashes.
+
+    `levels[k][j]` is the hash of the perfect subtree of 2**k leaves starting at j * 2**k;
+    every subtree the RFC's recursions ask for is a composition of these.
+    """
+
+    def __init__(self, leaves: Sequence[bytes] = ()):
+        self.size = 0
+        self.levels: list[list[bytes]] = [[]]
+        self.set_leaves(dict(enumerate(leaves)))
+
+    def append(self, data: bytes) -> int:
+        """Add a leaf at the end in O(log n) hashes; returns its index."""
+        index = self.size
+        self.set_leaves({index: data})
+        return index
+
+    def update(self, index: int, data: bytes) -> None:
+        """Replace leaf `index` in O(log n) hashes."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"leaf {index} not in a tree of {self.size}")
+        self.set_leaves({index: data})
+
+    def set_leaves(self, leaves: dict[int, bytes]) -> None:
+        """Replace and append leaves at once, hashing each changed inner node once.
+
+        The ledger's CTP database changes many leaves per block and grows by one leaf per
+        new CTP; it must not rehash every CTP ever held to compute each block's root.
+        Indices from `size` on are appended and must follow on without a gap.
+        """
+        new_size = max(self.size, max(leaves, default=-1) + 1)
+        if min(leaves, default=0) < 0 or not set(range(self.size, new_size)) <= leaves.keys():
+            raise IndexError(f"leaves must be existing or follow on from {self.size}")
+        self.size = new_size
+        dirty = sorted(leaves)
+        level = self.levels[0]
+        for i in dirty:
+            digest = leaf_hash(leaves[i])
+            if i < len(level):
+                level[i] = digest
+            else:
+                level.append(digest)
+        k = 0
+        while dirty:  # recompute each complete parent of a changed node, level by level
+            if k + 1 == len(self.levels):
+                self.levels.append([])
+            level, above = self.levels[k], self.levels[k + 1]
+            dirty = sorted({j >> 1 for j in dirty if (j | 1) < len(level)})
+            for p in dirty:
+                digest = node_hash(level[2 * p], level[2 * p + 1])
+                if p < len(above):
+                    above[p] = digest
+                else:
+                    above.append(digest)
+            k += 1
+
+    def truncate(self, size: int) -> None:
+        """Keep the first `size` leaves (a block that was built but not committed)."""
+        if not 0 <= size <= self.size:
+            raise ValueError(f"cannot truncate a tree of {self.size} to {size}")
+        self.size = size
+        self.levels = [level[: size >> k] for k, level in enumerate(self.levels)]
+
+    def _subtree(self, lo: int, hi: int) -> bytes:
+        """MTH(D[lo:hi]) for the ranges the RFC 9162 recursions produce."""
+        n = hi - lo
+        if n == 0:
+            return EMPTY_ROOT
+        if n & (n - 1) == 0 and lo % n == 0:
+            return self.levels[n.bit_length() - 1][lo // n]
+        k = _split(n)
+        return node_hash(self._subtree(lo, lo + k), self._subtree(lo + k, hi))
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first `size` leaves (default: all)."""
+        if size is None:
+            size = self.size
+        if not 0 <= size <= self.size:
+            raise ValueError(f"no root of {size} leaves in a tree of {self.size}")
+        return self._subtree(0, size)
+
+    def inclusion_proof(self, index: int) -> list[bytes]:
+        """PATH(m, D[n]) of RFC 9162 §2.1.3.1, leaf-side first."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"leaf {index} not in a tree of {self.size}")
+        path: list[bytes] = []
+        lo, hi = 0, self.size
+        while hi - lo > 1:
+            k = _split(hi - lo)
+            if index < lo + k:
+                path.append(self._subtree(lo + k, hi))
+                hi = lo + k
+            else:
+                path.append(self._subtree(lo, lo + k))
+                lo += k
+        path.reverse()
+        return path
+
+    def consistency_proof(self, old_size: int) -> list[bytes]:
+        """PROOF(m, D[n]) of RFC 9162 §2.1.4.1 for 0 < m <= n."""
+        if not 0 < old_size <= self.size:
+            raise ValueError(f"no consistency proof from {old_size} to {self.size}")
+        return self._subproof(old_size, 0, self.size, True)
+
+    def _subproof(self, m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
+        n = hi - lo
+        if m == n:
+            return [] if complete else [self._subtree(lo, hi)]
+        k = _split(n)
+        if m <= k:
+            return self._subproof(m, lo, lo + k, complete) + [self._subtree(lo + k, hi)]
+        return self._subproof(m - k, lo + k, hi, False) + [self._subtree(lo, lo + k)]
+
+
+def verify_inclusion(
+    leaf: bytes,
+    index: int,
+    size: int,
+    path: Sequence[bytes],
+    root: bytes,
+    node: Callable[[bytes, bytes], bytes] = node_hash,
+) -> bool:
+    """RFC 9162 §2.1.3.2, given the leaf's data (not its hash).
+
+    `node` may be a memoised node_hash (see NodeMemo): proofs under one root share nodes.
+    """
+    if not 0 <= index < size:
+        return False
+    fn, sn = index, size - 1
+    r = leaf_hash(leaf)
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node(p, r)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
+    """RFC 9162 §2.1.4.2."""
+    if not 0 < old_size <= new_size:
+        return False
+    if old_size == new_size:
+        return not proof and old_root == new_root
+    if not proof:
+        return False
+    if old_size & (old_size - 1) == 0:
+        proof = [old_root, *proof]
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == old_root and sr == new_root and sn == 0
+
+
+class NodeMemo:
+    """A bounded memo of node_hash: a pure function, so results never depend on its state.
+
+    Every ERC of one key batch proves a leaf under the same root, so after a few proofs
+    almost every inner node is a dictionary hit instead of a SHA-256.
+    """
+
+    def __init__(self, limit: int):
+        self._memo: dict[tuple[bytes, bytes], bytes] = {}
+        self._limit = limit
+
+    def __call__(self, left: bytes, right: bytes) -> bytes:
+        key = (left, right)
+        digest = self._memo.get(key)
+        if digest is None:
+            digest = node_hash(left, right)
+            if len(self._memo) < self._limit:
+                self._memo[key] = digest
+        return digest

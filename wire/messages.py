@@ -1,0 +1,301 @@
+"""One typed class per message body of docs/PROTOCOL.md §4, and steps 1-3 of its verification.
+
+A body class knows its wire keys and their types; `open_message` turns bytes into a typed,
+schema-checked body or raises Reject with the §4 reason. Signatures and certificates are
+checked in wire.verify, which needs trust anchors and a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from functools import cache
+from typing import ClassVar, NamedTuple
+
+from nacl.signing import SigningKey
+
+from wire.cose import Sign1, encode, load, parse_sign1, require_canonical, sign1
+from wire.reasons import REASONS, Reject
+
+VERSION = 1
+SOURCES = ("solar", "wind", "hydro", "gas", "coal", "any")
+STATES = ("held", "settled", "refunded", "rejected")
+
+Check = Callable[[object], bool]
+_ABSENT = object()  # a key not in the map, unlike a key present with CBOR null
+
+
+def shown(value: object) -> str:
+    """A short, safe description of a hostile value for a reject's detail.
+
+    Never repr() what a sender chose: a 5000-digit integer makes repr() raise, and a
+    reject must never turn into another exception.
+    """
+    if type(value) in (str, bytes) and len(value) <= 32:
+        return repr(value)
+    if type(value) is int and -(1 << 64) <= value < 1 << 64:
+        return str(value)
+    return f"<{type(value).__name__}>"
+
+
+def _uint(x: object) -> bool:
+    return type(x) is int and 0 <= x < 1 << 64
+
+
+def _int(x: object) -> bool:
+    return type(x) is int and -(1 << 64) <= x < 1 << 64
+
+
+def _text(x: object) -> bool:
+    return type(x) is str
+
+
+def _bytes(x: object) -> bool:
+    return type(x) is bytes
+
+
+def _bstr(n: int) -> Check:
+    return lambda x: type(x) is bytes and len(x) == n
+
+
+def _list_of(check: Check) -> Check:
+    return lambda x: type(x) is list and all(map(check, x))
+
+
+def _one_of(values) -> Check:
+    return lambda x: type(x) is str and x in values
+
+
+def _req(check: Check):
+    return field(metadata={"check": check})
+
+
+def _opt(check: Check):
+    return field(default=None, metadata={"check": check})
+
+
+_BSTR16, _BSTR32 = _bstr(16), _bstr(32)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Body:
+    """Base of every body: `v` and `typ` are implied by the class."""
+
+    typ: ClassVar[str]
+
+    def to_map(self) -> dict:
+        m = {"v": VERSION, "typ": self.typ}
+        for name, *_ in self._schema():
+            value = getattr(self, name)
+            if value is not None:
+                m[name] = value
+        return m
+
+    def encode(self) -> bytes:
+        """The body's deterministic CBOR; refuses a body that every receiver would reject."""
+        m = self.to_map()
+        for name, check, required, _ in self._schema():
+            if (name in m or required) and not check(m.get(name)):
+                raise ValueError(f"{self.typ}: {name}={shown(m.get(name))} does not fit the v{VERSION} schema")
+        return encode(m)
+
+    def sign(self, key: SigningKey) -> bytes:
+        """The whole signed message, ready for the bus."""
+        return sign1(self.encode(), key)
+
+    @classmethod
+    def from_map(cls, m: dict) -> Body:
+        """Schema check (§1: v1 receivers reject missing keys or keys of the wrong type).
+
+        Unknown keys are rejected too: see docs/decisions/0001-wire-v1-interpretation.md.
+        """
+        body = object.__new__(cls)
+        present = 2  # v and typ, checked by open_message
+        for name, check, required, set_slot in cls._schema():
+            value = m.get(name, _ABSENT)
+            if value is _ABSENT:
+                if required:
+                    raise Reject("schema", f"{cls.typ}: missing {name!r}")
+                value = None
+            elif not check(value):
+                raise Reject("schema", f"{cls.typ}: {name!r} has the wrong type")
+            else:
+                present += 1
+            set_slot(body, value)
+        if len(m) != present:
+            unknown = set(m) - {name for name, *_ in cls._schema()} - {"v", "typ"}
+            raise Reject("schema", f"{cls.typ}: unknown keys {', '.join(sorted(map(shown, unknown)))}")
+        return body
+
+    @classmethod
+    @cache
+    def _schema(cls) -> tuple[tuple[str, Check, bool, Callable], ...]:
+        """(key, type check, required, slot setter) per wire key, computed once per class.
+
+        from_map fills the slots directly: the frozen dataclass __init__ costs 1.5 µs per
+        message against 0.6 µs, on the path every message takes (bench/wire.py).
+        """
+        return tuple(
+            (f.name, f.metadata["check"], f.default is MISSING, getattr(cls, f.name).__set__) for f in fields(cls)
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DevCert(Body):
+    typ: ClassVar[str] = "devcert"
+    meter: str = _req(_text)
+    pk: bytes = _req(_BSTR32)
+    iss: bytes = _req(_BSTR32)
+    nbf: int = _req(_uint)
+    exp: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CoeRequest(Body):
+    typ: ClassVar[str] = "coereq"
+    cert: bytes = _req(_bytes)
+    root: bytes = _req(_BSTR32)
+    size: int = _req(_uint)
+    nonce: bytes = _req(_BSTR16)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Coe(Body):
+    typ: ClassVar[str] = "coe"
+    root: bytes = _req(_BSTR32)
+    size: int = _req(_uint)
+    t: int = _req(_uint)
+    exp: int = _req(_uint)
+    cert: bytes = _req(_bytes)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ctp(Body):
+    typ: ClassVar[str] = "ctp"
+    id: bytes = _req(_BSTR16)
+    payer: bytes = _req(_BSTR32)
+    payee: bytes = _req(_BSTR32)
+    amount: int = _req(_uint)
+    wh: int = _req(_uint)
+    exp: int = _req(_uint)
+    meter: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
+    src: str | None = _opt(_one_of(SOURCES))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Erc(Body):
+    typ: ClassVar[str] = "erc"
+    ctp: bytes = _req(_BSTR16)
+    wh: int = _req(_uint)
+    t: int = _req(_uint)
+    pk: bytes = _req(_BSTR32)
+    idx: int = _req(_uint)
+    path: list = _req(_list_of(_BSTR32))
+    coe: bytes = _req(_bytes)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cancel(Body):
+    typ: ClassVar[str] = "cancel"
+    ctp: bytes = _req(_BSTR16)
+    payer: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Birth(Body):
+    typ: ClassVar[str] = "birth"
+    meter: str = _req(_text)
+    cert: bytes = _req(_bytes)
+    fw: str = _req(_text)
+    boot: int = _req(_uint)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Status(Body):
+    typ: ClassVar[str] = "status"
+    ctp: bytes = _req(_BSTR16)
+    state: str = _req(_one_of(STATES))
+    t: int = _req(_uint)
+    reason: str | None = _opt(_one_of(REASONS))
+    h: int | None = _opt(_uint)
+    msg: bytes | None = _opt(_BSTR32)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Rejection(Body):
+    typ: ClassVar[str] = "reject"
+    msg: bytes = _req(_BSTR32)
+    reason: str = _req(_one_of(REASONS))
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reading(Body):
+    typ: ClassVar[str] = "reading"
+    meter: str = _req(_text)
+    seq: int = _req(_uint)
+    t: int = _req(_uint)
+    wh_in: int = _req(_uint)
+    wh_out: int = _req(_uint)
+    w: int = _req(_int)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Revoke(Body):
+    """The CA withdraws a device key: no CoE it witnessed from `t` on counts (decision 0004)."""
+
+    typ: ClassVar[str] = "revoke"
+    meter: str = _req(_text)
+    pk: bytes = _req(_BSTR32)
+    iss: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
+
+
+BODY_TYPES: dict[str, type[Body]] = {
+    cls.typ: cls for cls in (DevCert, CoeRequest, Coe, Ctp, Erc, Cancel, Birth, Status, Rejection, Reading, Revoke)
+}
+
+
+class Opened(NamedTuple):
+    """A message that passed steps 1-3: well-formed, canonical, of a known type and schema."""
+
+    envelope: Sign1
+    body: Body
+
+    @property
+    def raw(self) -> bytes:
+        return self.envelope.raw
+
+    @property
+    def hash(self) -> bytes:
+        return self.envelope.hash
+
+
+def open_message(raw: bytes, expect: str | None = None) -> Opened:
+    """§4 steps 1-3. `expect` is the typ the topic or field carries."""
+    envelope = parse_sign1(raw)
+    m = load(envelope.payload)
+    try:
+        body = _typed_body(m, expect)
+    except Reject:
+        require_canonical(envelope.payload, m)  # noncanonical outranks type and schema
+        raise
+    require_canonical(envelope.payload, m, schema_checked=True)
+    return Opened(envelope, body)
+
+
+def _typed_body(m: object, expect: str | None) -> Body:
+    if not isinstance(m, dict):
+        raise Reject("type", "body is not a map, so it has no v/typ")
+    v, typ = m.get("v"), m.get("typ")
+    if type(v) is not int or v != VERSION:
+        raise Reject("type", f"v is {shown(v)}, not {VERSION}")
+    if type(typ) is not str or typ not in BODY_TYPES:
+        raise Reject("type", f"unknown typ {shown(typ)}")
+    if expect is not None and typ != expect:
+        raise Reject("type", f"typ {typ!r} where {expect!r} was expected")
+    return BODY_TYPES[typ].from_map(m)

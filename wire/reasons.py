@@ -1,0 +1,32 @@
+"""The reason codes of docs/PROTOCOL.md §4: the only words a rejection may use."""
+
+from __future__ import annotations
+
+# Stateless, in the normative order of §4 (first failure wins).
+STATELESS = ("decode", "noncanonical", "type", "schema", "cert", "coe", "proof", "signature")
+# Stateful, decided by the ledger after the stateless checks.
+STATEFUL = (
+    "unknown-ctp",
+    "duplicate",
+    "replay",
+    "insufficient-funds",
+    "not-held",
+    "meter-mismatch",
+    "not-payer",
+    "energy-short",
+    "expired",
+    "too-early",
+    "unknown-account",
+)
+REASONS = frozenset(STATELESS + STATEFUL)
+
+
+class Reject(Exception):
+    """A message failed a check; `reason` is a §4 code, `detail` is for humans and logs."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        if reason not in REASONS:
+            raise ValueError(f"not a reason code: {reason!r}")
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,73 @@
+"""The topic tree of docs/PROTOCOL.md §7, so no other module spells a topic by hand."""
+
+from __future__ import annotations
+
+ROOT = "spb/v1"
+TX_CTP = f"{ROOT}/tx/ctp"
+TX_ERC = f"{ROOT}/tx/erc"
+TX_CANCEL = f"{ROOT}/tx/cancel"
+TX_REVOKE = f"{ROOT}/tx/revoke"  # an extension of v1: docs/decisions/0004-revocation.md
+TX_ALL = f"{ROOT}/tx/+"
+REJECTS = f"{ROOT}/rejects"
+LEDGER_STATE_ALL = f"{ROOT}/ledger/state/+"  # one retained state per validator: decision 0006
+LEDGER_BLOCKS = f"{ROOT}/ledger/blocks"
+CONSENSUS = f"{ROOT}/consensus"
+CONSENSUS_ALL = f"{CONSENSUS}/all"  # to every validator
+STATUS_ALL = f"{ROOT}/status/+"
+METERS_ALL = f"{ROOT}/meters/#"
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+
+# Which body typ each transaction topic carries (a receiver checks typ against it, §1).
+TX_TYPES = {TX_CTP: "ctp", TX_ERC: "erc", TX_CANCEL: "cancel", TX_REVOKE: "revoke"}
+METER_TYPES = {"birth": "birth", "reading": "reading", "coe/req": "coereq", "coe/resp": "coe"}
+
+
+def ledger_state(validator: int) -> str:
+    """Validator I's retained `online <height>` / `offline [<height>]` (its will)."""
+    return f"{ROOT}/ledger/state/v{validator}"
+
+
+def consensus_to(validator: int) -> str:
+    """Consensus messages for validator I alone (blocks for catching up)."""
+    return f"{CONSENSUS}/v{validator}"
+
+
+def meter(meter_id: str, leaf: str) -> str:
+    """`spb/v1/meters/{meter}/{leaf}` for leaf in state, birth, reading, coe/req, coe/resp."""
+    if not meter_id or any(c in meter_id for c in "/+#\0"):
+        raise ValueError(f"meter id {meter_id!r} cannot be a topic level")
+    return f"{ROOT}/meters/{meter_id}/{leaf}"
+
+
+def every_meter(leaf: str) -> str:
+    """Subscription filter for `leaf` of all meters."""
+    return f"{ROOT}/meters/+/{leaf}"
+
+
+def status(ctp_id: bytes) -> str:
+    if len(ctp_id) != 16:
+        raise ValueError("a CTP id is 16 bytes")
+    return f"{ROOT}/status/{ctp_id.hex()}"
+
+
+def parse_meter_topic(topic: str) -> tuple[str, str] | None:
+    """(meter id, leaf) for a topic under spb/v1/meters/, else None."""
+    prefix = f"{ROOT}/meters/"
+    if not topic.startswith(prefix):
+        return None
+    meter_id, _, leaf = topic[len(prefix) :].partition("/")
+    return (meter_id, leaf) if meter_id and leaf else None
+
+
+def expected_type(topic: str) -> str | None:
+    """The body typ a topic carries, or None for topics without a signed body."""
+    if topic in TX_TYPES:
+        return TX_TYPES[topic]
+    if topic.startswith(f"{ROOT}/status/"):
+        return "status"
+    if topic == REJECTS:
+        return "reject"
+    parsed = parse_meter_topic(topic)
+    return METER_TYPES.get(parsed[1]) if parsed else None

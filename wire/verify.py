@@ -1,0 +1,154 @@
+"""Stateless verification of docs/PROTOCOL.md §4, in its normative order, first failure wins.
+
+Pure: the caller passes the clock (`now`, ms) and the trust anchors; nothing here reads a
+file, a socket or the wall clock. Verified CoEs are memoised by their bytes, because every
+ERC from one meter's key batch carries the same CoE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from wire.merkle import NodeMemo, verify_inclusion
+from wire.messages import (
+    Birth,
+    Body,
+    Cancel,
+    Coe,
+    CoeRequest,
+    Ctp,
+    DevCert,
+    Erc,
+    Opened,
+    Reading,
+    Rejection,
+    Revoke,
+    Status,
+    open_message,
+    shown,
+)
+from wire.reasons import Reject
+
+MAX_BATCH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedCoe:
+    coe: Coe
+    cert: DevCert
+    nodes: NodeMemo  # inner nodes of this CoE's tree, shared by all its ERCs' proofs
+
+
+class Verifier:
+    """Checks messages against trusted CAs and validator keys."""
+
+    def __init__(self, cas: Iterable[bytes], validators: Iterable[bytes] = (), coe_cache_size: int = 4096):
+        self.cas = frozenset(cas)
+        self.validators = tuple(validators)
+        self._coe_cache: dict[bytes, _VerifiedCoe] = {}
+        self._coe_cache_size = coe_cache_size
+
+    def verify(self, raw: bytes, now: int, expect: str | None = None, device_key: bytes | None = None) -> Opened:
+        """Return the opened message or raise Reject with the §4 reason.
+
+        `device_key` is the key from the sending meter's birth, needed for readings.
+        """
+        opened = open_message(raw, expect)
+        for key in self._signing_keys(opened.body, now, device_key):
+            if opened.envelope.verifies(key):
+                return opened
+        raise Reject("signature", f"{opened.body.typ} not signed by the key it names")
+
+    def _signing_keys(self, body: Body, now: int, device_key: bytes | None) -> tuple[bytes, ...]:
+        """Steps 4-5 for the body's type; returns the keys step 6 may accept."""
+        if isinstance(body, Erc):
+            return (self._erc_key(body, now),)
+        if isinstance(body, DevCert):
+            self._trusted(body, now)
+            return (body.iss,)
+        if isinstance(body, (Birth, CoeRequest, Coe)):
+            cert = self.certificate(body.cert, now)
+            if isinstance(body, Birth) and body.meter != cert.meter:
+                raise Reject("cert", f"birth of {shown(body.meter)} carries the devcert of {shown(cert.meter)}")
+            if isinstance(body, Coe):
+                _check_coe(body, now)
+            return (cert.pk,)
+        if isinstance(body, (Ctp, Cancel)):
+            return (body.payer,)
+        if isinstance(body, (Status, Rejection)):
+            return self.validators
+        if isinstance(body, Revoke):
+            return (self._ca(body.iss, "revoke"),)
+        assert isinstance(body, Reading)
+        return () if device_key is None else (device_key,)
+
+    def coe_of(self, erc: Erc) -> Coe:
+        """The CoE inside an ERC that `verify` accepted (from the cache, normally)."""
+        return self.coe_and_witness(erc)[0]
+
+    def coe_and_witness(self, erc: Erc) -> tuple[Coe, DevCert]:
+        """The CoE inside an ERC that `verify` accepted and its witness's devcert: the ERC
+        names no witness, and the ledger checks revocations against it."""
+        verified = self._coe_cache.get(erc.coe)
+        if verified is not None:
+            return verified.coe, verified.cert
+        coe = open_message(erc.coe, "coe").body
+        return coe, open_message(coe.cert, "devcert").body
+
+    def certificate(self, raw: bytes, now: int) -> DevCert:
+        """An embedded devcert signed by a trusted CA and valid at `now`; else `cert`."""
+        try:
+            opened = open_message(raw, "devcert")
+        except Reject as exc:
+            raise Reject("cert", f"devcert: {exc}") from None
+        cert = self._trusted(opened.body, now)
+        if not opened.envelope.verifies(cert.iss):
+            raise Reject("cert", "devcert signature does not verify")
+        return cert
+
+    def _ca(self, iss: bytes, typ: str) -> bytes:
+        if iss not in self.cas:
+            raise Reject("cert", f"{typ} issuer is not a trusted CA")
+        return iss
+
+    def _trusted(self, cert: DevCert, now: int) -> DevCert:
+        self._ca(cert.iss, "devcert")
+        if not cert.nbf <= now <= cert.exp:
+            raise Reject("cert", f"devcert of {shown(cert.meter)} not valid at {now}")
+        return cert
+
+    def _erc_key(self, erc: Erc, now: int) -> bytes:
+        """Steps 4-5 for an ERC: its CoE, the witness devcert, the Merkle proof."""
+        verified = self._coe_cache.get(erc.coe)
+        if verified is None:
+            verified = self._verify_coe(erc.coe, now)
+        else:
+            self._trusted(verified.cert, now)
+        coe = verified.coe
+        _check_coe(coe, now)
+        if not verify_inclusion(erc.pk, erc.idx, coe.size, erc.path, coe.root, verified.nodes):
+            raise Reject("proof", f"pk at {erc.idx} not under the CoE root")
+        return erc.pk
+
+    def _verify_coe(self, raw: bytes, now: int) -> _VerifiedCoe:
+        try:
+            opened = open_message(raw, "coe")
+        except Reject as exc:
+            raise Reject("coe", f"embedded CoE: {exc}") from None
+        coe = opened.body
+        cert = self.certificate(coe.cert, now)
+        if not opened.envelope.verifies(cert.pk):
+            raise Reject("coe", "CoE witness signature does not verify")
+        verified = _VerifiedCoe(coe, cert, NodeMemo(limit=2 * coe.size))
+        if len(self._coe_cache) >= self._coe_cache_size:
+            del self._coe_cache[next(iter(self._coe_cache))]
+        self._coe_cache[raw] = verified
+        return verified
+
+
+def _check_coe(coe: Coe, now: int) -> None:
+    if not 1 <= coe.size <= MAX_BATCH:
+        raise Reject("coe", f"CoE size {coe.size} not in 1..{MAX_BATCH}")
+    if not coe.t <= now <= coe.exp:
+        raise Reject("coe", f"CoE not valid at {now}")
