@@ -1,4 +1,5 @@
 # spb-energy: `make demo` runs a community on this machine, `make test` runs every test,
+# `make check` runs the linters and the type checker (CI runs it before the tests),
 # `make bench` prints the benchmarks, `make sim` runs the consensus simulation. Each sets up .venv first.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench sim venv mosquitto clean
+.PHONY: demo test test-fast check format bench sim venv mosquitto clean
 
 venv: $(STAMP)
 
@@ -33,6 +34,20 @@ demo: venv
 
 test: venv mosquitto
 	$(BIN)/python -m pytest -q
+
+# The fast lane: no broker, no processes (tests/system and fixtures that start them are `integration`).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not integration"
+
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Rewrites the tree in the project's style: the fixes ruff can make safely, then the formatter.
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: venv mosquitto
 	$(BIN)/python bench/wire.py
