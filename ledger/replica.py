@@ -108,6 +108,10 @@ class Replica:
         self.sync_asked = -timing.sync_ms
         self.sync_answered: dict[int, int] = {}
         self.tail: dict[int, Block] = {}  # the last blocks decided, by height
+        # Whether it knows it reached the network's head since the adapter last called
+        # rejoin(): f + 1 peers answered a catch-up request up to their tips (see rejoin).
+        self.caught_up = self.n == 1
+        self.heads: set[int] | None = None  # peers that did; None until the first rejoin()
         self.out: list[Action] = []
         now = self._clocks(now, mono)
         self._height()
@@ -194,6 +198,18 @@ class Replica:
     def tick(self, now: int, mono: int | None = None) -> list[Action]:
         return self._progress(self._clocks(now, mono))
 
+    def rejoin(self, now: int, mono: int | None = None) -> list[Action]:
+        """The adapter sees the network afresh (a start, or a reconnect whose queued backlog
+        it has handed over): no longer caught up until f + 1 peers answer a catch-up request
+        sent from now on with blocks up to their tips (a sync answer that is not full, maybe
+        empty). One of them is honest, and none is trusted for the blocks. Asked again every
+        sync_ms until then, so a lost answer costs only time."""
+        now = self._clocks(now, mono)
+        if self.n > 1:
+            self.caught_up, self.heads = False, set()
+            self.sync_asked = now - self.timing.sync_ms
+        return self._progress(now)
+
     def _clocks(self, now: int, mono: int | None) -> int:
         """Keep the wall clock for block times; the rest of the replica runs on `mono`."""
         self.wall = now
@@ -207,6 +223,8 @@ class Replica:
             times.append(self.next_forward)
         if self.behind_since is not None:
             times.append(self.behind_since + self.timing.sync_ms)
+        if not self.caught_up and self.heads is not None:
+            times.append(self.sync_asked + self.timing.sync_ms)
         exp = self.state.next_expiry()
         if exp is not None and self.timer is None:
             times.append(now + max(exp + 1, self._block_time()) - self.wall)
@@ -227,6 +245,8 @@ class Replica:
         if self.behind_since is not None and now >= self.behind_since + self.timing.sync_ms:
             self.behind_since = now
             self._ask_sync(now)
+        if not self.caught_up and self.heads is not None:
+            self._ask_sync(now)  # at most every sync_ms
         out, self.out = self.out, []
         return out
 
@@ -552,10 +572,9 @@ class Replica:
             self._answer_sync(m.sender, m.h, now)
 
     def _answer_sync(self, peer: int, h: int, now: int) -> None:
-        if (
-            not 1 <= h <= self.state.height
-            or now - self.sync_answered.get(peer, -self.timing.sync_ms) < self.timing.sync_ms
-        ):
+        """Blocks h up to our tip, at most sync_blocks; none when we have none from h, which
+        tells the peer it is at our head (see rejoin)."""
+        if h < 1 or now - self.sync_answered.get(peer, -self.timing.sync_ms) < self.timing.sync_ms:
             return
         self.sync_answered[peer] = now
         blocks = []
@@ -593,3 +612,6 @@ class Replica:
         if len(items) >= self.timing.sync_blocks:
             self.sync_asked = now - self.timing.sync_ms
             self._ask_sync(now)  # a full answer: there may be more
+        elif self.heads is not None and m.sender != self.index and not self.caught_up:
+            self.heads.add(m.sender)  # we hold every block it had when it answered
+            self.caught_up = len(self.heads) > self.f

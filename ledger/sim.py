@@ -7,7 +7,8 @@ persisted, the network splits into partitions, clocks are skewed, and one valida
 Byzantine: Twins (two instances with one key, each talking to some of the others), forged
 or replayed seals and messages, or silence. After every step the honest validators must
 agree on every height they both committed, keep balances + holds constant and settle no
-CTP twice; once the faults stop, every submitted transaction must be decided everywhere.
+CTP twice; once the faults stop, every submitted transaction must be decided everywhere, and
+every honest validator must know it is caught up (Replica.caught_up).
 The same seed replays the same run exactly: nothing here reads a clock or the OS' randomness.
 """
 
@@ -217,6 +218,7 @@ class Sim:
         )
         node.tick_at = None
         self._act(node, node.replica.tick(self.t + node.skew, self.t))
+        self._act(node, node.replica.rejoin(self.t + node.skew, self.t))  # its adapter is connected
         for (typ, _), raw in list(node.unacked.items()):  # the broker sends what was never acknowledged
             self._at(self.t + self.rng.randint(1, self.max_delay), ("tx", node, typ, raw))
 
@@ -360,7 +362,7 @@ class Sim:
     def _done(self) -> bool:
         want = {(typ, message_hash(raw)) for typ, raw in self.w.txs}
         for node in self.honest():
-            if node.replica is None:
+            if node.replica is None or not node.replica.caught_up:  # it would hold back its statuses
                 return False
             decided = {(typ, message_hash(raw)) for block in node.chain for typ, raw in block.inputs}
             if not want <= decided:

@@ -79,7 +79,9 @@ def test_the_checks_catch_a_validator_that_commits_in_a_round_it_left(monkeypatc
         self._broadcast(c.make(self.key, self.index, c.COMMIT, self.h, r, d, seal=commit_seal), now)
 
     monkeypatch.setattr(Replica, "_check_prepared", careless)
-    for seed in range(300):
+    # Rare: one seed in 1200 or so makes the fork, and any change to the messages the replicas
+    # send reshuffles which. At this commit the first is 2473 (decision 0007).
+    for seed in range(2400, 2700):
         try:
             sim.run_seed(seed)
         except sim.Violation as exc:
