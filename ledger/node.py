@@ -4,6 +4,7 @@ block alone, without consensus, for tests and the core benchmark of a single val
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from ledger.block import Block
@@ -78,29 +79,35 @@ class LedgerNode:
         self.state.commit(draft)
         return Decided(block, queued, reasons)
 
-    def current_statuses(self, since: int = 0) -> list[tuple[str, bytes]]:
-        """(topic, payload) of the retained status of every CTP whose status changed at block
-        time `since` or later, with the body it was first published with (time and height of
-        the last change): the same bytes when this validator published it, the same body
-        under another validator's signature otherwise."""
-        times = self.store.block_times()
+    def current_statuses(self, since: int = 0, ids: Iterable[bytes] | None = None) -> list[Outgoing]:
+        """The retained status of every CTP whose status changed at block time `since` or
+        later (or of the CTPs `ids`), with the body it was first published with (time and
+        height of the last change), signed by this validator: the same bytes when it
+        published it, the same body under another signature otherwise. As outbox-like rows
+        (seq 0: in no outbox) whose height is the block of that change (0 for `rejected`,
+        which carries none), for the publishing rules of ledger.statuses."""
         key = self.identity.key
+        rejected: list[tuple[bytes, tuple[str, bytes, int]]]
+        if ids is None:
+            times = self.store.block_times()
+            rejected = list(self.store.rejections().items())
+            records = list(self.state.ctps.values())
+        else:
+            wanted = set(ids)
+            records = [self.state.ctps[i] for i in wanted if i in self.state.ctps]
+            times = {r.height: self.store.block_time(r.height) for r in records}
+            rejected = [(i, why) for i in wanted if i not in self.state.ctps and (why := self.store.rejection(i))]
         out = [
-            (topics.status(ctp_id), Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg).sign(key))
-            for ctp_id, (reason, msg, t) in self.store.rejections().items()
+            Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg)
+            for ctp_id, (reason, msg, t) in rejected
             if t >= since and ctp_id not in self.state.ctps
         ]
-        for record in self.state.ctps.values():
-            if times[record.height] >= since:
-                status = Status(
-                    ctp=record.ctp.id,
-                    state=record.state,
-                    t=times[record.height],
-                    h=record.height,
-                    msg=record.by or None,
-                )
-                out.append((topics.status(record.ctp.id), status.sign(key)))
-        return out
+        out += [
+            Status(ctp=r.ctp.id, state=r.state, t=times[r.height], h=r.height, msg=r.by or None)
+            for r in records
+            if times[r.height] >= since
+        ]
+        return [Outgoing(0, topics.status(s.ctp), s.sign(key), True, s.h or 0) for s in out]
 
     def close(self) -> None:
         self.store.close()

@@ -12,12 +12,19 @@ Every validator writes the block's statuses to its outbox, the others as stand-i
 by their distance from the proposer in rotation; a stand-in publishes only if the block has
 not appeared on spb/v1/ledger/blocks (which its publisher sends after the statuses) within
 rank x TAKEOVER_S, so a proposer that dies before publishing loses nothing.
+
+Whoever publishes, a CTP's retained status only moves forward: a block's statuses wait for
+the earlier blocks' announcements, nothing goes out while the validator is behind, late
+copies (stand-ins, an outbox left by a crash, restores) are current statuses only, and a
+restore covers only what the broker may have lost, read back from it on each connect
+(ledger.statuses, decision 0007).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -25,10 +32,10 @@ from collections.abc import Callable
 
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
-from broker.runtime import AUTOSAVE_S
 from ledger.block import Block, BlockError
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Send, Timing
+from ledger.statuses import ANNOUNCE_WAIT_S, Gate, ctp_of, lost_since, open_to_change, superseded
 from ledger.store import Outgoing
 from ledger.validator import ValidatorIdentity
 from wire import topics
@@ -36,7 +43,8 @@ from wire.cose import message_hash
 
 log = logging.getLogger("spb.ledger")
 WINDOW = 20_000  # unacknowledged publishes at most
-RESTORE = "restore-statuses"  # store flag: a full status restore is not yet acknowledged
+RESTORE = "restore-statuses"  # store flag, older ledgers: a full status restore is not yet acknowledged
+RESTORE_SINCE = "restore-since"  # store value: block time from which a status restore is not yet acknowledged
 TAKEOVER_S = 3.0  # a stand-in of rank k publishes a block's statuses after k times this
 
 
@@ -65,10 +73,16 @@ class LedgerService:
         self._acks: dict[tuple[str, bytes], list[Callable[[], None]]] = {}  # pool key -> its deliveries' acks
         self._wake = threading.Event()  # something arrived, or stop() was called
         self._stopping = threading.Event()
-        # session_present of each (re)connect, for the main loop, which owns the database
-        # and announces in order with its blocks.
-        self._connects: deque[bool] = deque()
-        self._restored = threading.Event()  # the broker acknowledged a full status restore
+        self.gate = Gate(len(genesis.validators))
+        self._connection = 0  # connects so far; the current one is read back with _probe
+        self._probe: bytes | None = None  # sent to ourselves on connect: its echo ends the read-back
+        self._session = False  # session_present of that connect
+        self._stored: bytes | None = None  # what the broker retained on our state topic then
+        self._resent: list[str] = []  # status topics with publishes in flight then: paho sends them again
+        self._rows: deque[tuple[Outgoing, bool, float]] = deque()  # (row, late, when queued) for the gate
+        self._late: dict[bytes, int] = {}  # CTP -> height of a late copy we sent that a block may supersede
+        self._restore: int | None = None  # block time from which to publish statuses again, once the gate opens
+        self._restored = threading.Event()  # the broker acknowledged every status of the last restore
         self._restore_round = 0
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
         self._standby: dict[int, tuple[float, list[Outgoing]]] = {}  # height -> (when due, its rows)
@@ -77,6 +91,7 @@ class LedgerService:
         # with 16-bit ids and refuses more (an outbox or status restore can be far larger).
         self._outgoing: deque[tuple[str, bytes, bool, Callable[[int], None] | None]] = deque()
         self._unacked = 0
+        self._in_flight: dict[str, int] = {}  # status topic -> its unacknowledged publishes
         self._unacked_lock = threading.Lock()
         self.state_topic = topics.ledger_state(self.index)
         self.bus = BusClient(
@@ -91,9 +106,9 @@ class LedgerService:
         self.bus.on_connect.append(self._on_connect)
         for topic, typ in topics.TX_TYPES.items():
             self.bus.subscribe_deferred(topic, self._receiver(typ))
+        self.bus.subscribe_deferred(topics.consensus_to(self.index), self._consensus)  # and our probe
         if len(genesis.validators) > 1:
-            for topic in (topics.CONSENSUS_ALL, topics.consensus_to(self.index)):
-                self.bus.subscribe_deferred(topic, self._consensus)
+            self.bus.subscribe_deferred(topics.CONSENSUS_ALL, self._consensus)
             self.bus.subscribe_deferred(topics.LEDGER_BLOCKS, self._block_seen)
 
     def stop(self) -> None:
@@ -110,15 +125,14 @@ class LedgerService:
             len(self.node.state.ctps),
             len(self.node.store.outbox()),
         )
-        self._queue(self.node.store.outbox())  # what a crash left unacknowledged, first and in order
+        self._queue(self.node.store.outbox(), late=True)  # what a crash left unacknowledged, first and in order
         self.bus.connect()
         while not self._stopping.is_set():
-            while self._connects:
-                self._reconnected(self._connects.popleft())
             self._pump()
             if self._restored.is_set():
                 self._restored.clear()
-                self.node.store.set_flag(RESTORE, False)
+                if self._restore is None:
+                    self._pending_restore(None)
             self._wake.clear()
             worked = self._drain()
             now, mono = self.clock(), _mono()
@@ -127,12 +141,11 @@ class LedgerService:
                 self._carry(self.replica.tick(now, mono))
                 worked = True
             self._stand_in()
+            self._release()
             if worked:
                 continue
             self._forget_delivered()
-            if not (
-                self._events or self._connects or self._restored.is_set() or self._stopping.is_set() or self._can_pump()
-            ):
+            if not (self._events or self._restored.is_set() or self._stopping.is_set() or self._can_pump()):
                 self._wake.wait(self._idle_s(deadline))
         self.shutdown()
 
@@ -155,8 +168,18 @@ class LedgerService:
 
     def _consensus(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()  # a lost consensus message costs a round at most; the votes are on disk already
-        self._events.append(("msg", payload))
+        if payload == self._probe:  # after everything the broker had queued for us, and our retained state
+            self._events.append(("read", self._connection, self._session, self._stored, self._resent))
+            self._probe = None
+            self.bus.unsubscribe(self.state_topic)  # or each `online` we say would come back to us
+        elif len(self.replica.validators) > 1:
+            self._events.append(("msg", payload))
         self._wake.set()
+
+    def _state_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
+        ack()
+        if retained and self._probe is not None:  # resent by the broker on each connect's subscribe
+            self._stored = payload
 
     def _block_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()
@@ -164,7 +187,19 @@ class LedgerService:
         self._wake.set()
 
     def _on_connect(self) -> None:
-        self._connects.append(self.bus.session_present)
+        """Subscribed again: read back what the broker kept before publishing anything it may
+        have lost. We subscribe to our own state topic, then send a probe to ourselves: the
+        broker handles them in that order, so its retained copy of our state comes before
+        the probe's echo, which also comes after every message it had queued for us (so what
+        we learn after it is news)."""
+        self.gate.reading = True
+        self._connection += 1
+        self._session, self._stored = self.bus.session_present, None
+        with self._unacked_lock:  # paho has just sent these again, maybe after newer ones from others
+            self._resent = list(self._in_flight)
+        self._probe = f"probe {self._connection} {os.urandom(8).hex()}".encode()
+        self.bus.subscribe_deferred(self.state_topic, self._state_seen)
+        self.bus.publish(topics.consensus_to(self.index), self._probe)
         self._wake.set()
 
     # -- the main loop --
@@ -182,6 +217,8 @@ class LedgerService:
                 self._carry(self.replica.submit(typ, raw, now, _mono()))
             elif event[0] == "msg":
                 self._carry(self.replica.receive(event[1], now, _mono()))
+            elif event[0] == "read":
+                self._read_back(*event[1:])
             else:
                 self._announced(event[1])
         return True
@@ -214,26 +251,74 @@ class LedgerService:
             len(block.trades),
             "" if decided.proposer is not None else " (caught up)",
         )
+        self.gate.decided(block.header.height)
+        self._supersede_late(decided)
         self._queue(rows)
         self._say_online()
 
     def _say_online(self) -> None:
         self._send(self.state_topic, f"online {self.node.state.height}".encode(), True)
 
-    def _queue(self, rows: list[Outgoing]) -> None:
-        """Publish rank-0 rows now; keep stand-in rows until they are due."""
+    def _queue(self, rows: list[Outgoing], late: bool = False) -> None:
+        """Publish rank-0 rows when the gate lets them; keep stand-in rows until they are due.
+        Late rows carry only each CTP's last status of their block: the others are old news."""
         now = time.monotonic()
         announced = {h for h in {row.height for row in rows if row.rank > 0} if h in self._seen}
         for h in announced:
             self.node.store.drop_standby(h)
+        last = {(row.height, row.topic): row.seq for row in rows} if late else {}
         for row in rows:
             if row.height in announced:
                 continue
-            if row.rank == 0:
-                self._send(row.topic, row.payload, row.retain, lambda _mid, seq=row.seq: self._delivered.append(seq))
-            else:
-                due, waiting = self._standby.setdefault(row.height, (now + row.rank * TAKEOVER_S, []))
+            if row.rank > 0:
+                _, waiting = self._standby.setdefault(row.height, (now + row.rank * TAKEOVER_S, []))
                 waiting.append(row)
+            elif late and ctp_of(row.topic) is not None and last[row.height, row.topic] != row.seq:
+                self._delivered.append(row.seq)
+            else:
+                self._rows.append((row, late, now))
+        self._release()
+
+    def _release(self) -> None:
+        """Publish waiting rows in order while the gate allows, then a pending restore."""
+        tip, caught_up, now = self.node.state.height, self.replica.caught_up, time.monotonic()
+        while self._rows:
+            row, late, queued = self._rows[0]
+            if not self.gate.open(row.height, tip, caught_up, now > queued + ANNOUNCE_WAIT_S):
+                break
+            self._rows.popleft()
+            ctp_id = ctp_of(row.topic)
+            if ctp_id is not None and superseded(self.node.state, ctp_id, row.height):
+                if row.seq:
+                    self._delivered.append(row.seq)  # its successor goes out with the block that made it
+                continue
+            on_ack = (lambda _mid, seq=row.seq: self._delivered.append(seq)) if row.seq else None
+            self._send(row.topic, row.payload, row.retain, on_ack)
+            self._sent(row.topic, row.height, late)
+        if self._restore is not None and not self._rows and self.gate.open(tip + 1, tip, caught_up):
+            self._publish_restore()
+
+    def _sent(self, topic: str, height: int, late: bool) -> None:
+        """Remember a late status that a later block may supersede; one from its own block, or
+        a final one, is the newest we will have sent for its CTP."""
+        ctp_id = ctp_of(topic)
+        if ctp_id is None:
+            return
+        if late and open_to_change(self.node.state, ctp_id):
+            self._late[ctp_id] = height
+        else:
+            self._late.pop(ctp_id, None)
+
+    def _supersede_late(self, decided: Decided) -> None:
+        """A late copy we sent may reach the broker after the status this block gives its CTP,
+        published by someone else: send that status too, after ours on our connection."""
+        if not self._late or decided.proposer == self.index:
+            return  # ours are in this block's rows
+        draft = decided.draft
+        changed = [i for i in (*draft.ctps, *draft.ctp_rejects) if i in self._late]
+        if changed:
+            now = time.monotonic()
+            self._rows.extend((row, True, now) for row in self.node.current_statuses(ids=changed))
 
     def _announced(self, payload: bytes) -> None:
         """A block on spb/v1/ledger/blocks: its publisher has announced it, stand in no more."""
@@ -245,24 +330,32 @@ class LedgerService:
         if height in self._seen or block.valid_seals(self.replica.validators) < self.replica.q:
             return
         self._seen.append(height)
+        self.gate.announced_block(height)
         if self._standby.pop(height, None) is not None:
             self.node.store.drop_standby(height)
 
     def _stand_in(self) -> None:
         """Publish the outputs of blocks whose publisher has been silent too long."""
         now = time.monotonic()
+        tip, caught_up = self.node.state.height, self.replica.caught_up
         for height in sorted(h for h, (due, _) in self._standby.items() if due <= now):
             _, rows = self._standby.pop(height)
+            if not self.gate.open(height, tip, caught_up):  # its publisher is held back too: wait from when it can go
+                self._standby[height] = (now + rows[0].rank * TAKEOVER_S, rows)
+                continue
             log.warning(
                 "block %d was not announced: publishing its %d messages in its proposer's place", height, len(rows)
             )
-            self._queue([row._replace(rank=0) for row in rows])
+            self._queue([row._replace(rank=0) for row in rows], late=True)
 
     def _idle_s(self, deadline: int | None) -> float:
         """Seconds to sleep: until the replica's next deadline or a stand-in is due (at most a minute)."""
         waits = [60.0]
         if deadline is not None:
             waits.append((deadline - _mono()) / 1000)
+        overdue = self._rows[0][2] + ANNOUNCE_WAIT_S - time.monotonic() if self._rows else 0
+        if overdue > 0:
+            waits.append(overdue)
         if self._standby:
             waits.append(min(due for due, _ in self._standby.values()) - time.monotonic())
         return max(0.0, min(waits))
@@ -281,34 +374,72 @@ class LedgerService:
         """Hand queued publishes to paho while fewer than WINDOW are unacknowledged."""
         while self._can_pump():
             topic, payload, retain, on_ack = self._outgoing.popleft()
+            status = ctp_of(topic) is not None
             with self._unacked_lock:
                 self._unacked += 1
-            self.bus.publish(topic, payload, retain=retain, on_ack=functools.partial(self._acked, on_ack))
+                if status:
+                    self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
+            acked = functools.partial(self._acked, on_ack, topic if status else None)
+            self.bus.publish(topic, payload, retain=retain, on_ack=acked)
 
-    def _acked(self, on_ack: Callable[[int], None] | None, mid: int) -> None:
+    def _acked(self, on_ack: Callable[[int], None] | None, status: str | None, mid: int) -> None:
         with self._unacked_lock:
             self._unacked -= 1
+            if status is not None:
+                left = self._in_flight.pop(status) - 1
+                if left:
+                    self._in_flight[status] = left
         if on_ack is not None:
             on_ack(mid)
         if self._outgoing:  # the main loop has more to hand over now
             self._wake.set()
 
-    def _reconnected(self, session_present: bool) -> None:
-        """Say `online`, and publish statuses the broker may have lost again.
+    def _read_back(self, connection: int, session: bool, stored: bytes | None, resent: list[str]) -> None:
+        """The broker's backlog for this connection is read: catch up afresh, and restore
+        what the broker may have lost (lost_since), or what a restore cut short by a crash
+        had not yet seen acknowledged (durable). `online` now, and again after a restore.
 
-        A broker without our session has lost everything it retained: all of them, and a
-        durable flag says so until the broker acknowledged the last one, so a validator
-        that dies meanwhile starts over. One that kept our session may still have crashed
-        and reloaded its last save (Mosquitto saves every autosave_interval): those changed
-        since then, with a margin.
-        """
+        Statuses that were in flight when the connection dropped were sent again by paho on
+        this one, maybe after newer statuses of their CTPs from other validators (QoS 1 does
+        not deduplicate): their CTPs' current statuses follow them, as late copies."""
+        if connection != self._connection:
+            return  # a later connect is being read back
+        self.gate.reading = False
+        self._carry(self.replica.rejoin(self.clock(), _mono()))
+        resent_ids = [ctp_id for topic in resent if (ctp_id := ctp_of(topic)) is not None]
+        if resent_ids:
+            now = time.monotonic()
+            self._rows.extend((row, True, now) for row in self.node.current_statuses(ids=resent_ids))
         store = self.node.store
-        full = not session_present or store.flag(RESTORE)
-        if full:
-            store.set_flag(RESTORE, True)
-        statuses = self.node.current_statuses(0 if full else self.clock() - 2 * AUTOSAVE_S * 1000)
-        if statuses:
-            log.info("publishing %d statuses again (%s)", len(statuses), "all" if full else "recent")
+        since = lost_since(session, stored, self.node.state.height, store.block_time)
+        pending = 0 if store.flag(RESTORE) else int(store.value(RESTORE_SINCE) or -1)
+        for start in (pending, self._restore):
+            if start is not None and start >= 0:
+                since = start if since is None else min(since, start)
+        log.info(
+            "connected; the broker kept %r: %s",
+            stored,
+            "nothing to restore" if since is None else f"restore from t={since}",
+        )
+        if since is not None:
+            self._pending_restore(since)
+            self._restore = since
+            self._release()
+        if since is None or self._restore is not None:
+            self._say_online()  # else the restore just said it, after its statuses
+
+    def _pending_restore(self, since: int | None) -> None:
+        """Durably note a restore from block time `since` until the broker acknowledged it all."""
+        self.node.store.set_value(RESTORE_SINCE, b"" if since is None else str(since).encode())
+        if since is None:
+            self.node.store.set_flag(RESTORE, False)
+
+    def _publish_restore(self) -> None:
+        """Publish the current status of every CTP changed since the restore's block time: the
+        gate is open, so this validator is caught up and nothing newer is announced."""
+        since, self._restore = self._restore or 0, None
+        statuses = self.node.current_statuses(since)
+        log.info("publishing %d statuses again (since t=%d)", len(statuses), since)
         self._restore_round += 1
         remaining, round_ = [len(statuses)], self._restore_round
 
@@ -318,10 +449,11 @@ class LedgerService:
                 self._restored.set()
                 self._wake.set()
 
-        for topic, payload in statuses:
-            self._send(topic, payload, True, acked if full else None)
-        if full and not statuses:
-            store.set_flag(RESTORE, False)
+        for row in statuses:
+            self._send(row.topic, row.payload, True, acked)
+            self._sent(row.topic, row.height, True)
+        if not statuses:
+            self._pending_restore(None)
         self._say_online()
 
     def _take_delivered(self) -> list[int]:

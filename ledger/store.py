@@ -258,6 +258,11 @@ class LedgerStore:
     def block_times(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT height, t FROM blocks"))
 
+    def block_time(self, height: int) -> int:
+        """The time of block `height` (0 for the genesis)."""
+        row = self.db.execute("SELECT t FROM blocks WHERE height = ?", (height,)).fetchone()
+        return row[0] if row else 0
+
     def rejections(self) -> dict[bytes, tuple[str, bytes, int]]:
         """CTP id -> (reason, message hash, time) of every `rejected` status published."""
         return {i: (reason, msg, t) for i, reason, msg, t in self.db.execute("SELECT id, reason, msg, t FROM rejected")}

@@ -115,7 +115,7 @@ def test_a_proposer_that_never_publishes_is_stood_in_for(tmp_path, mosquitto, ma
     v = Validators(tmp_path, mosquitto.port, make_client, 40)
     services = [LedgerService(ValidatorIdentity.load(v.root, i), "127.0.0.1", mosquitto.port) for i in range(4)]
     mute = services[0]
-    mute._queue = lambda rows, queue=mute._queue: queue([r for r in rows if r.rank > 0])
+    mute._queue = lambda rows, late=False, queue=mute._queue: queue([r for r in rows if r.rank > 0], late)
     threads = [threading.Thread(target=s.run, daemon=True) for s in services]
     for t in threads:
         t.start()
