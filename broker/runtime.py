@@ -72,7 +72,8 @@ def common_settings(data_dir: str | Path, run_as: str | None = None) -> str:
 persistence true
 persistence_location {data_dir}/
 # Save every {AUTOSAVE_S} s rather than the default 30 min, so a crash loses at most that much
-# (the ledger publishes statuses of the last 2 x {AUTOSAVE_S} s again on every connect).
+# (the ledger publishes again, on its next connect, the statuses of blocks from 2 minutes
+# before the last `online` this broker kept for it: decision 0007).
 autosave_interval {AUTOSAVE_S}
 # Started as root, mosquitto switches to this user, who must own persistence_location
 # (the option does nothing for non-root users).
