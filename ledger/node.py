@@ -79,13 +79,16 @@ class LedgerNode:
         self.state.commit(draft)
         return Decided(block, queued, reasons)
 
-    def current_statuses(self, since: int = 0, ids: Iterable[bytes] | None = None) -> list[Outgoing]:
-        """The retained status of every CTP whose status changed at block time `since` or
-        later (or of the CTPs `ids`), with the body it was first published with (time and
-        height of the last change), signed by this validator: the same bytes when it
+    def current_statuses(
+        self, since: int = 0, ids: Iterable[bytes] | None = None, until: int | None = None
+    ) -> list[Outgoing]:
+        """The retained status of every CTP whose status changed at a block time from `since`
+        to `until` (or of the CTPs `ids`), with the body it was first published with (time
+        and height of the last change), signed by this validator: the same bytes when it
         published it, the same body under another signature otherwise. As outbox-like rows
         (seq 0: in no outbox) whose height is the block of that change (0 for `rejected`,
         which carries none), for the publishing rules of ledger.statuses."""
+        last = self.state.t if until is None else until
         key = self.identity.key
         rejected: list[tuple[bytes, tuple[str, bytes, int]]]
         if ids is None:
@@ -100,12 +103,12 @@ class LedgerNode:
         out = [
             Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg)
             for ctp_id, (reason, msg, t) in rejected
-            if t >= since and ctp_id not in self.state.ctps
+            if since <= t <= last and ctp_id not in self.state.ctps
         ]
         out += [
             Status(ctp=r.ctp.id, state=r.state, t=times[r.height], h=r.height, msg=r.by or None)
             for r in records
-            if times[r.height] >= since
+            if since <= times[r.height] <= last
         ]
         return [Outgoing(0, topics.status(s.ctp), s.sign(key), True, s.h or 0) for s in out]
 

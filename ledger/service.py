@@ -81,7 +81,9 @@ class LedgerService:
         self._resent: list[str] = []  # status topics with publishes in flight then: paho sends them again
         self._rows: deque[tuple[Outgoing, bool, float]] = deque()  # (row, late, when queued) for the gate
         self._late: dict[bytes, int] = {}  # CTP -> height of a late copy we sent that a block may supersede
-        self._restore: int | None = None  # block time from which to publish statuses again, once the gate opens
+        # (from, to) block times of the statuses to publish again once the gate opens: what the
+        # broker may have lost; later ones go out with their own blocks.
+        self._restore: tuple[int, int] | None = None
         self._restored = threading.Event()  # the broker acknowledged every status of the last restore
         self._restore_round = 0
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
@@ -413,7 +415,7 @@ class LedgerService:
         store = self.node.store
         since = lost_since(session, stored, self.node.state.height, store.block_time)
         pending = 0 if store.flag(RESTORE) else int(store.value(RESTORE_SINCE) or -1)
-        for start in (pending, self._restore):
+        for start in (pending, self._restore[0] if self._restore else None):
             if start is not None and start >= 0:
                 since = start if since is None else min(since, start)
         log.info(
@@ -423,7 +425,9 @@ class LedgerService:
         )
         if since is not None:
             self._pending_restore(since)
-            self._restore = since
+            # Blocks decided after this connect are announced on it: up to now, or our tip.
+            until = max(self.clock(), self.node.state.t, self._restore[1] if self._restore else 0)
+            self._restore = (since, until)
             self._release()
         if since is None or self._restore is not None:
             self._say_online()  # else the restore just said it, after its statuses
@@ -437,9 +441,9 @@ class LedgerService:
     def _publish_restore(self) -> None:
         """Publish the current status of every CTP changed since the restore's block time: the
         gate is open, so this validator is caught up and nothing newer is announced."""
-        since, self._restore = self._restore or 0, None
-        statuses = self.node.current_statuses(since)
-        log.info("publishing %d statuses again (since t=%d)", len(statuses), since)
+        (since, until), self._restore = self._restore or (0, 0), None
+        statuses = self.node.current_statuses(since, until=until)
+        log.info("publishing %d statuses again (block times %d to %d)", len(statuses), since, until)
         self._restore_round += 1
         remaining, round_ = [len(statuses)], self._restore_round
 

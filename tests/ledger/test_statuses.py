@@ -105,3 +105,6 @@ def test_current_statuses_of_some_ctps(tmp_path):
     got = {i: (open_message(r.payload, "status").body.state, r.height) for i, r in rows.items()}
     assert got == {ids[0]: ("held", 1), ids[1]: ("settled", 2), ids[2]: ("rejected", 0)}
     assert {r.topic: r.payload for r in chain.node.current_statuses(0)} == {r.topic: r.payload for r in rows.values()}
+    # A restore stops at the block time of its connect: later changes go out with their blocks.
+    assert {ctp_of(r.topic) for r in chain.node.current_statuses(0, until=NOW)} == {ids[0], ids[2]}
+    assert {ctp_of(r.topic) for r in chain.node.current_statuses(NOW + 1)} == {ids[1]}
