@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -15,11 +16,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from broker.client import AckTracker, BusClient
-from broker.runtime import Mosquitto, free_port
+from broker.runtime import LOG_NAME, Mosquitto, free_port
 from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
 from wire import topics
-
-pytestmark = pytest.mark.integration
 
 TEST_TOPIC = f"{topics.ROOT}/test"
 
@@ -249,8 +248,13 @@ def test_will_is_not_sent_on_close(mosquitto, make_client):
     meter = connected(make_client(mosquitto.port, "m1", will=(state, b"offline", True)))
     assert meter.wait_acked(meter.publish(state, b"online", retain=True), 10)
     meter.close()
-    # close() returns once DISCONNECT is written, so the broker reads it before this later
-    # publish from another connection: a will, had it been sent, would arrive first.
+    # Once Mosquitto has logged the end of m1's connection, it has published any will it was
+    # going to: a will, had it been sent, would arrive before this later publish.
+    log = mosquitto.data_dir / LOG_NAME
+    wait_for(
+        lambda: re.search(r"^\d+: Client m1 (disconnected|closed its connection)", log.read_text(), re.M),
+        message=lambda: f"the end of m1's connection in {log}",
+    )
     observer.publish(fence, b"fence")
 
     assert inbox.wait_count(2) == [(state, b"online", False), (fence, b"fence", False)]
