@@ -276,8 +276,9 @@ def test_broker_runs_from_the_tree_as_its_user(community, root, wheel):
     port = free_port()
     assert setup(community, root, wheel, "--broker-port", str(port)) == 0
     probe = in_tree(root, 0, 0, ["true"], stderr=subprocess.PIPE, text=True)
-    if probe.wait() != 0:
-        pytest.skip(f"no private overlay mounts here: {probe.stderr.read().strip()}")
+    _, refused = probe.communicate()  # its stderr pipe read and closed
+    if probe.returncode != 0:
+        pytest.skip(f"no private overlay mounts here: {refused.strip()}")
     uid, gid = (
         int(f)
         for f in next(
