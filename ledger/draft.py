@@ -1,7 +1,8 @@
 """Building one block: docs/PROTOCOL.md §4's stateful checks and §5's life cycle, as a pure function.
 
 A Draft sits on a committed LedgerState and collects what a block would change, without
-changing the state: (state, messages, block time) -> (block, signed outputs). The block time
+changing the state: (state, messages, block time) -> (block, its Changes, signed outputs),
+and LedgerState.commit applies the Changes once consensus decided the block. The block time
 is the clock for every check, stateless or stateful, so replaying a block from the log
 (audit, another validator) reaches the same verdicts. The order of the checks per message
 type is in docs/decisions/0002-ledger-v1.md, with revocations in 0004-revocation.md.
@@ -14,7 +15,7 @@ from typing import NamedTuple
 from nacl.signing import SigningKey
 
 from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
-from ledger.state import HELD, REFUNDED, SETTLED, CtpRecord, LedgerState
+from ledger.state import HELD, REFUNDED, SETTLED, Changes, CtpRecord, LedgerState
 from wire import topics
 from wire.cose import message_hash
 from wire.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Revoke, Status, shown
@@ -66,6 +67,7 @@ class Draft:
         self.ctp_rejects: dict[bytes, tuple[str, bytes]] = {}  # unknown CTP id -> (reason, msg hash)
         self.refused: dict[bytes, int] = {}  # hash -> exp of payer-signed CTPs rejected here
         self.block: Block | None = None
+        self._changes: Changes | None = None
         self._new = 0  # records appended to the tree by this draft
 
     # -- reads through the draft to the committed state --
@@ -214,7 +216,8 @@ class Draft:
     # -- the block --
 
     def finish(self) -> Block | None:
-        """Refund what expired by the block time, then build the block (unsealed).
+        """Refund what expired by the block time, then build the block (unsealed) and its
+        `changes`, leaving the committed state as it was.
 
         None when nothing was decided and nothing expired.
         """
@@ -223,18 +226,37 @@ class Draft:
                 self._refund(record, b"")
         if not (self.inputs or self.ctps):
             return None
-        tree = self.base.tree  # changed in place; LedgerState.discard undoes it
-        tree.set_leaves({record.index: record.leaf() for record in self.ctps.values()})
+        tree = self.base.tree.change({record.index: record.leaf() for record in self.ctps.values()})
         header = Header(
             self.height,
             self.base.tip,
             self.t,
             txs=merkle_root([trade_hash(trade) for trade in self.trades]),
-            ctps=tree.root(),
+            ctps=tree.root,
             inputs=merkle_root([input_hash(*i) for i in self.inputs]),
         )
         self.block = Block(header, tuple(self.trades), (), tuple(self.inputs))
+        accounts = self.balances.keys() | self.held.keys()
+        self._changes = Changes(
+            header,
+            balances={pk: self.balance(pk) for pk in accounts},
+            held={pk: self.holding(pk) for pk in accounts},
+            records=dict(self.ctps),
+            known=self.known,
+            revoked=dict(self.revoked),
+            refused=dict(self.refused),
+            ctp_rejects=dict(self.ctp_rejects),
+            settled=tuple(self.settled),
+            tree=tree,
+        )
         return self.block
+
+    @property
+    def changes(self) -> Changes:
+        """What committing the finished block changes (LedgerState.commit, LedgerStore.commit)."""
+        if self._changes is None:
+            raise ValueError("no block: the draft is not finished, or finished with nothing to decide")
+        return self._changes
 
     def signed_outputs(self, key: SigningKey) -> list[tuple[str, bytes, bool]]:
         """(topic, payload, retain) for each status and reject, signed by this validator."""

@@ -55,7 +55,7 @@ class LedgerNode:
         if proposer is not None:
             outputs = [*draft.signed_outputs(self.identity.key), (topics.LEDGER_BLOCKS, block.chain_bytes(), False)]
             rank = (self.identity.index - proposer) % len(self.identity.genesis.validators)
-        return self.store.commit(draft, block, outputs, rank, delivered)
+        return self.store.commit(draft.changes, block, outputs, rank, delivered)
 
     def decide(self, batch: list[tuple[str, bytes]], now: int, delivered: list[int] = ()) -> Decided:
         """One block at time max(now, tip + 1) from (typ, message bytes) pairs, made and
@@ -75,7 +75,7 @@ class LedgerNode:
             return Decided(None, [], reasons)
         block = block.sealed(self.identity.index, self.identity.key)
         queued = self.write(draft, block, self.identity.index, list(delivered))
-        self.state.commit(draft)
+        self.state.commit(draft.changes)
         return Decided(block, queued, reasons)
 
     def current_statuses(self, since: int = 0) -> list[tuple[str, bytes]]:
