@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from ledger.block import Block, BlockError, parse_trade, quorum
 from ledger.draft import replay
-from ledger.state import HELD, BrokenInvariant, LedgerState
+from ledger.state import BrokenInvariant, LedgerState
 from ledger.store import LedgerStore
-from wire.messages import open_message
+from wire.messages import CtpState, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -99,7 +99,7 @@ def _compare_tables(state: LedgerState, store: LedgerStore, settled: dict[bytes,
     held: dict[bytes, int] = dict.fromkeys(state.balances, 0)
     keys: set[bytes] = set()
     for record in state.ctps.values():
-        if record.state == HELD:
+        if record.state == CtpState.HELD:
             held[record.ctp.payer] += record.ctp.amount
         if record.erc_pk is not None:
             if record.erc_pk in keys:

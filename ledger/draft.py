@@ -15,10 +15,10 @@ from typing import NamedTuple
 from nacl.signing import SigningKey
 
 from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
-from ledger.state import HELD, REFUNDED, SETTLED, Changes, CtpRecord, LedgerState
+from ledger.state import Changes, CtpRecord, LedgerState
 from wire import topics
 from wire.cose import message_hash
-from wire.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Revoke, Status, shown
+from wire.messages import Body, Cancel, Ctp, CtpState, Erc, Opened, Rejection, Revoke, Status, shown
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -126,7 +126,7 @@ class Draft:
         self._move(ctp.payer, -ctp.amount, +ctp.amount)
         index = self.known + self._new
         self._new += 1
-        self._put(CtpRecord(ctp, opened.raw, digest, index, HELD, self.height, digest))
+        self._put(CtpRecord(ctp, opened.raw, digest, index, CtpState.HELD, self.height, digest))
 
     def _erc(self, opened: Opened, digest: bytes) -> None:
         erc: Erc = opened.body
@@ -135,9 +135,9 @@ class Draft:
         if revoked is not None and coe.t >= revoked:
             raise Reject("cert", f"witness {shown(witness.meter)} revoked at {revoked}, CoE issued at {coe.t}")
         record = self._known(erc.ctp)
-        if record.state == SETTLED and record.by == digest:
+        if record.state == CtpState.SETTLED and record.by == digest:
             raise Reject("duplicate", "this ERC settled the CTP already")
-        if record.state != HELD:
+        if record.state != CtpState.HELD:
             raise Reject("not-held", f"CTP is {record.state}")
         if self.key_used(erc.pk):
             raise Reject("replay", "this one-time key confirmed another CTP")
@@ -153,7 +153,7 @@ class Draft:
         self.used_keys[erc.pk] = ctp.id
         self.trades.append(trade_bytes(record.raw, digest))
         self.settled.append(ctp.id)
-        self._put(record.moved(SETTLED, self.height, digest, erc.pk))
+        self._put(record.moved(CtpState.SETTLED, self.height, digest, erc.pk))
 
     def _cancel(self, opened: Opened, digest: bytes) -> None:
         cancel: Cancel = opened.body
@@ -162,7 +162,7 @@ class Draft:
             raise Reject("duplicate", "this cancel refunded the CTP already")
         if cancel.payer != record.ctp.payer:
             raise Reject("not-payer", "only the CTP's payer may cancel it")
-        if record.state != HELD:
+        if record.state != CtpState.HELD:
             raise Reject("not-held", f"CTP is {record.state}")
         if self.t <= record.ctp.exp:
             raise Reject("too-early", f"CTP holds until {record.ctp.exp}, block time {self.t}")
@@ -182,7 +182,7 @@ class Draft:
 
     def _refund(self, record: CtpRecord, by: bytes) -> None:
         self._move(record.ctp.payer, +record.ctp.amount, -record.ctp.amount)
-        self._put(record.moved(REFUNDED, self.height, by))
+        self._put(record.moved(CtpState.REFUNDED, self.height, by))
 
     def _move(self, pk: bytes, balance: int, held: int) -> None:
         self.balances[pk] = self.balance(pk) + balance
@@ -210,7 +210,7 @@ class Draft:
         if self.record(signed_ctp.id) is None:
             ctp_id = signed_ctp.id
             self.ctp_rejects[ctp_id] = (reason, msg)
-            status = Status(ctp=ctp_id, state="rejected", t=self.t, reason=reason, msg=msg)
+            status = Status(ctp=ctp_id, state=CtpState.REJECTED, t=self.t, reason=reason, msg=msg)
             self.outputs.append(Output(topics.status(ctp_id), status, True))
 
     # -- the block --
@@ -222,7 +222,7 @@ class Draft:
         None when nothing was decided and nothing expired.
         """
         for record in self.base.expiring(self.t):
-            if self.record(record.ctp.id).state == HELD:
+            if self.record(record.ctp.id).state == CtpState.HELD:
                 self._refund(record, b"")
         if not (self.inputs or self.ctps):
             return None

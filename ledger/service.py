@@ -29,7 +29,7 @@ from broker.runtime import AUTOSAVE_S
 from ledger.block import Block, BlockError
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Send, Timing
-from ledger.store import Outgoing
+from ledger.store import LedgerOutboxRow
 from ledger.validator import ValidatorIdentity
 from wire import topics
 from wire.cose import message_hash
@@ -71,7 +71,7 @@ class LedgerService:
         self._restored = threading.Event()  # the broker acknowledged a full status restore
         self._restore_round = 0
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
-        self._standby: dict[int, tuple[float, list[Outgoing]]] = {}  # height -> (when due, its rows)
+        self._standby: dict[int, tuple[float, list[LedgerOutboxRow]]] = {}  # height -> (when due, its rows)
         self._seen: deque[int] = deque(maxlen=1024)  # heights announced on ledger/blocks, maybe before we decided them
         # Publishes wait here until fewer than WINDOW are unacknowledged: paho numbers them
         # with 16-bit ids and refuses more (an outbox or status restore can be far larger).
@@ -220,7 +220,7 @@ class LedgerService:
     def _say_online(self) -> None:
         self._send(self.state_topic, f"online {self.node.state.height}".encode(), True)
 
-    def _queue(self, rows: list[Outgoing]) -> None:
+    def _queue(self, rows: list[LedgerOutboxRow]) -> None:
         """Publish rank-0 rows now; keep stand-in rows until they are due."""
         now = time.monotonic()
         announced = {h for h in {row.height for row in rows if row.rank > 0} if h in self._seen}

@@ -18,9 +18,7 @@ from ledger.block import Header
 from ledger.genesis import Genesis
 from wire.cose import encode
 from wire.merkle import MerkleTree, TreeChange
-from wire.messages import Ctp
-
-HELD, SETTLED, REFUNDED = "held", "settled", "refunded"
+from wire.messages import Ctp, CtpState
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +29,7 @@ class CtpRecord:
     raw: bytes  # the payer's signed message
     hash: bytes  # H(raw)
     index: int  # its leaf in the CTP-database tree: CTPs in the order they were first held
-    state: str
+    state: CtpState
     height: int  # block of the last change
     by: bytes  # hash of the message that caused the last change; b"" for a refund at expiry
     erc_pk: bytes | None = None  # one-time key of the ERC that settled it
@@ -40,7 +38,7 @@ class CtpRecord:
         """The leaf data: what replicas agree on about this CTP."""
         return encode([self.ctp.id, self.hash, self.state, self.height, self.by])
 
-    def moved(self, state: str, height: int, by: bytes, erc_pk: bytes | None = None) -> CtpRecord:
+    def moved(self, state: CtpState, height: int, by: bytes, erc_pk: bytes | None = None) -> CtpRecord:
         return replace(self, state=state, height=height, by=by, erc_pk=erc_pk)
 
 
@@ -121,7 +119,7 @@ class LedgerState:
 
     def next_expiry(self) -> int | None:
         """The earliest `exp` of a CTP that may still be held: a block is due after it."""
-        while self._expiry and self.ctps[self._expiry[0][1]].state != HELD:
+        while self._expiry and self.ctps[self._expiry[0][1]].state != CtpState.HELD:
             heapq.heappop(self._expiry)
         return self._expiry[0][0] if self._expiry else None
 
@@ -132,7 +130,7 @@ class LedgerState:
             i = stack.pop()
             exp, ctp_id = self._expiry[i]
             if exp < t:
-                if self.ctps[ctp_id].state == HELD:
+                if self.ctps[ctp_id].state == CtpState.HELD:
                     found.append((exp, ctp_id))
                 stack += [c for c in (2 * i + 1, 2 * i + 2) if c < len(self._expiry)]
         return [self.ctps[ctp_id] for _, ctp_id in sorted(found)]
@@ -179,7 +177,7 @@ class LedgerState:
     def _put(self, record: CtpRecord) -> None:
         """Take a record whose leaf is in self.tree."""
         ctp_id = record.ctp.id
-        if ctp_id not in self.ctps and record.state == HELD:
+        if ctp_id not in self.ctps and record.state == CtpState.HELD:
             heapq.heappush(self._expiry, (record.ctp.exp, ctp_id))
         self.ctps[ctp_id] = record
         if record.erc_pk is not None:

@@ -19,7 +19,7 @@ from ledger.genesis import Genesis
 from ledger.state import BrokenInvariant, Changes, CtpRecord, LedgerState
 from wire.cose import message_hash
 from wire.merkle import MerkleTree
-from wire.messages import open_message
+from wire.messages import CtpState, open_message
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -45,7 +45,9 @@ class StoreError(Exception):
     """The database does not belong to this genesis, or is not a ledger database."""
 
 
-class Outgoing(NamedTuple):
+class LedgerOutboxRow(NamedTuple):
+    """A status, reject or block a validator announced and the broker has not acknowledged yet."""
+
     seq: int
     topic: str
     payload: bytes
@@ -122,7 +124,7 @@ class LedgerStore:
         accounts = self.db.execute("SELECT pk, balance, held FROM accounts")
         rows = self.db.execute("SELECT raw, hash, leaf, state, height, by, erc_pk FROM ctps ORDER BY leaf")
         records = (
-            CtpRecord(self._ctp(raw, h), raw, h, leaf, state, ht, by, erc_pk)
+            CtpRecord(self._ctp(raw, h), raw, h, leaf, self._state(state, h), ht, by, erc_pk)
             for raw, h, leaf, state, ht, by, erc_pk in rows
         )
         refused = self.refusals()
@@ -132,6 +134,13 @@ class LedgerStore:
             )
         except BrokenInvariant as exc:
             raise StoreError(f"{self.path}: {exc}: run `spb-ledger audit`") from None
+
+    @staticmethod
+    def _state(value: str, digest: bytes) -> CtpState:
+        try:
+            return CtpState(value)
+        except ValueError:
+            raise StoreError(f"CTP row {digest.hex()} has no state {value!r}: run `spb-ledger audit`") from None
 
     @staticmethod
     def _ctp(raw: bytes, digest: bytes):
@@ -147,9 +156,9 @@ class LedgerStore:
         outputs: list[tuple[str, bytes, bool]],
         rank: int = 0,
         delivered: list[int] = (),
-    ) -> list[Outgoing]:
+    ) -> list[LedgerOutboxRow]:
         """Write a sealed block, the state its changes lead to and its outputs (at `rank`, see
-        Outgoing), and forget the outbox rows in `delivered`; returns the new outbox rows."""
+        LedgerOutboxRow), and forget the outbox rows in `delivered`; returns the new outbox rows."""
         t = changes.header.t
         with self._transaction():
             self._delete_outbox(delivered)
@@ -163,7 +172,7 @@ class LedgerStore:
             # Numbered after the highest seq ever used (AUTOINCREMENT's counter), never reused.
             row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
             first = (row[0] if row else 0) + 1
-            queued = [Outgoing(seq, *out, block.header.height, rank) for seq, out in enumerate(outputs, first)]
+            queued = [LedgerOutboxRow(seq, *out, block.header.height, rank) for seq, out in enumerate(outputs, first)]
             self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?)", queued)
         return queued
 
@@ -203,10 +212,10 @@ class LedgerStore:
     def _delete_outbox(self, delivered: list[int]) -> None:
         self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in delivered))
 
-    def outbox(self) -> list[Outgoing]:
+    def outbox(self) -> list[LedgerOutboxRow]:
         """Everything announced but not yet acknowledged by the broker, in order."""
         return [
-            Outgoing(seq, topic, payload, bool(retain), height, rank)
+            LedgerOutboxRow(seq, topic, payload, bool(retain), height, rank)
             for seq, topic, payload, retain, height, rank in self.db.execute(
                 "SELECT seq, topic, payload, retain, height, rank FROM outbox ORDER BY seq"
             )

@@ -25,17 +25,18 @@ from ledger.audit import AuditReport, audit
 from ledger.block import Block, parse_trade, trade_bytes
 from ledger.draft import Draft, replay
 from ledger.genesis import Genesis
-from ledger.state import HELD, REFUNDED, SETTLED, LedgerState
+from ledger.state import LedgerState
 from ledger.store import LedgerStore
 from ledger.workload import SimCommunity, pk
 from tests.support.ledger import NOW
 from tests.support.wire import flip_bit
 from wire import topics
 from wire.cose import message_hash
-from wire.messages import Ctp, Erc, Rejection, Status, open_message
+from wire.messages import Ctp, CtpState, Erc, Rejection, Status, open_message
 from wire.reasons import STATELESS
 from wire.verify import Verifier
 
+HELD, SETTLED, REFUNDED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED
 N = 3  # households with an account; household N is a stranger the genesis does not know
 BALANCE = 500
 ANY_STATELESS = "*"  # a corruption whose exact §4 reason depends on where the bit landed

@@ -14,7 +14,6 @@ import pytest
 
 from ledger.audit import AuditFailure, audit
 from ledger.node import LedgerNode
-from ledger.state import HELD, REFUNDED, SETTLED
 from ledger.store import LedgerStore
 from ledger.workload import YEAR_MS, SimCommunity, pk
 from tests.support.bus import Inbox, connected
@@ -22,9 +21,10 @@ from tests.support.ledger import NOW, Chain, RunningLedger, ledger_dir, rejectio
 from tests.support.wire import ROGUE_CA, sign_map
 from wire import topics
 from wire.cose import encode, message_hash
-from wire.messages import Revoke, open_message
+from wire.messages import CtpState, Revoke, open_message
 from wire.verify import Verifier
 
+HELD, SETTLED, REFUNDED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED
 COE_T = NOW - YEAR_MS
 
 
