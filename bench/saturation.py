@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
-from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
-from wire_speed import rate
 
 from broker.clock import wall_ms
 from ledger.genesis import DEFAULT_BLOCK_MS
 from ledger.node import LedgerNode
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
+from protocol import rate
+from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
 from wire import topics
 from wire.messages import CtpState, open_message
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="spb-bench-core-") as tmp:
             core = Core(core_community, Path(tmp) / "ledger")
             try:
-                for trades in core_rounds:  # interleaved with the bound, as bench/wire_speed.py does
+                for trades in core_rounds:  # interleaved with the bound, as bench/protocol.py does
                     raw.measure(args.seconds)
                     core_best = max(core_best, core.run(trades, args.block))
             finally:

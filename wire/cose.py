@@ -94,7 +94,7 @@ def _plain_is_canonical(obj: object) -> bool:
     That holds for ints, byte and text strings and lists of them (cbor2 always writes
     shortest heads and definite lengths), under at most one map whose keys are text in
     deterministic order. Floats, tags and nested maps take the slower canonical encoder.
-    This is the hot path of every message, measured by bench/wire_speed.py.
+    This is the hot path of every message, measured by bench/protocol.py.
     """
     if isinstance(obj, dict):
         if not _text_keys_in_order(tuple(obj)):
