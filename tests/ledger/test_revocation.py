@@ -15,15 +15,15 @@ import pytest
 
 from ledger.audit import AuditFailure, audit
 from ledger.node import LedgerNode
-from ledger.state import HELD, REFUNDED, SETTLED
 from ledger.store import LedgerStore
 from ledger.workload import SimCommunity, pk
 from tests.support.ledger import COE_T, NOW, Chain, ctp_id, revoke
 from tests.support.wire import ROGUE_CA, sign_map
 from wire.cose import encode
-from wire.messages import Revoke
+from wire.messages import CtpState, Revoke
 from wire.verify import Verifier
 
+HELD, SETTLED, REFUNDED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED
 
 @pytest.fixture
 def c():

@@ -145,7 +145,7 @@ def test_publishes_are_paced_by_the_window_and_all_arrive(tmp_path, mosquitto, m
     publish = service.bus.publish
 
     def recording(*args, **kwargs):
-        in_flight.append(service._unacked)
+        in_flight.append(service._window.in_flight)
         return publish(*args, **kwargs)
 
     monkeypatch.setattr(service.bus, "publish", recording)
