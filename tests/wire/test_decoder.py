@@ -366,6 +366,17 @@ def test_typ_other_than_expected_is_type(name, expect):
     assert reason(verify, VALID[name], expect=expect) == "type"
 
 
+@pytest.mark.parametrize("name,expect", [("ctp", "erc"), ("reading", "erc"), ("coe", "coereq")])
+def test_expected_body_class_is_its_typ(name, expect):
+    """`expect` may name the body class instead of its typ: the same check, and the body is of that class."""
+    cls = BODY_TYPES[expect]
+    assert reason(verify, VALID[name], expect=cls) == "type"
+    assert reason(open_message, VALID[name], cls) == "type"
+    own = BODY_TYPES[FIELDS[name]["typ"]]
+    assert type(verify(VALID[name], expect=own).body) is own
+    assert type(open_message(VALID[name], own).body) is own
+
+
 STATUS = Status(ctp=FIELDS["ctp"]["id"], state="settled", t=NOW, h=7, msg=sha256(VALID["erc"]).digest())
 REJECTION = Rejection(msg=sha256(VALID["erc"]).digest(), reason="replay", t=NOW)
 BODIES = {**FIELDS, "status": STATUS.to_map(), "reject": REJECTION.to_map()}
