@@ -262,7 +262,7 @@ def test_second_flash_changes_nothing(community, card, wheel, capsys):
 
 def test_existing_user_and_loosened_files_are_reused_and_fixed(community, card, wheel):
     """A card flashed before keeps its spb-meter ids; modes someone loosened are tightened."""
-    boot, root = card
+    _boot, root = card
     with open(root / "etc/passwd", "a") as f:
         f.write("spb-meter:x:990:991:meter:/var/lib/spb-meter:/usr/sbin/nologin\n")
     with open(root / "etc/group", "a") as f:
@@ -303,7 +303,7 @@ def test_bad_meter_id_or_plain_broker_is_a_usage_error(community, bad):
 
 
 def test_symlink_out_of_the_image_is_refused(community, card, wheel, tmp_path, capsys):
-    boot, root = card
+    _boot, root = card
     outside = tmp_path / "host-opt"
     outside.mkdir()
     (root / "opt").symlink_to(outside)
@@ -351,7 +351,7 @@ def test_flash_an_image(community, wheel, tmp_path, capsys):
     with open(image, "wb") as f:
         f.truncate(60 * 2048 * 512)
         mbr = bytearray(512)
-        for i, (kind, (start, size, _)) in enumerate(zip((0x0C, 0x83), layout)):
+        for i, (kind, (start, size, _)) in enumerate(zip((0x0C, 0x83), layout, strict=True)):
             struct.pack_into("<4xB3xII", mbr, 446 + 16 * i, kind, start, size)
         mbr[510:] = b"\x55\xaa"
         f.write(mbr)
