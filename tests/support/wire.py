@@ -179,16 +179,16 @@ def coe(
 
 def ctp(**overrides) -> bytes:
     f = FIELDS["ctp"]
-    values = dict(
-        id=f["id"],
-        payer=pk(ALICE),
-        payee=pk(BOB),
-        amount=f["amount"],
-        wh=f["wh"],
-        exp=f["exp"],
-        meter=otk_tree().root(),
-        t=f["t"],
-    )
+    values = {
+        "id": f["id"],
+        "payer": pk(ALICE),
+        "payee": pk(BOB),
+        "amount": f["amount"],
+        "wh": f["wh"],
+        "exp": f["exp"],
+        "meter": otk_tree().root(),
+        "t": f["t"],
+    }
     values.update(overrides)
     return Ctp(**values).sign(ALICE)
 
@@ -223,7 +223,14 @@ def cancel() -> bytes:
 
 def reading(**overrides) -> bytes:
     f = FIELDS["reading"]
-    values = dict(meter=f["meter"], seq=f["seq"], t=f["t"], wh_in=f["wh_in"], wh_out=f["wh_out"], w=f["w"])
+    values = {
+        "meter": f["meter"],
+        "seq": f["seq"],
+        "t": f["t"],
+        "wh_in": f["wh_in"],
+        "wh_out": f["wh_out"],
+        "w": f["w"],
+    }
     values.update(overrides)
     return Reading(**values).sign(M1)
 

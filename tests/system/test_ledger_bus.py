@@ -741,7 +741,7 @@ def test_statuses_and_rejects_are_signed_by_the_validator(bus):
     typs = [topics.expected_type(t) for t, _ in published]
     assert typs.count("status") == 3 and typs.count("reject") == 3
     other = Verifier(cas=[pk(bus.community.ca)], validators=[pk(bus.community.validator_keys[1])])
-    for (_, payload), typ in zip(published, typs):
+    for (_, payload), typ in zip(published, typs, strict=True):
         bus.verifier.verify(payload, NOW, expect=typ)
         with pytest.raises(Reject) as wrong_key:
             other.verify(payload, NOW, expect=typ)

@@ -56,7 +56,11 @@ class Load:
         unfinished = 0
         for k in range(1, CRASHES + 1):
             goal = k * TRADES // (CRASHES + 1)
-            wait_for(lambda: len(self.settled()) >= goal, 60, lambda: f"{goal} settled; have {len(self.settled())}")
+            wait_for(
+                lambda goal=goal: len(self.settled()) >= goal,
+                60,
+                lambda goal=goal: f"{goal} settled; have {len(self.settled())}",
+            )
             unfinished += len(self.settled()) < TRADES
             yield
         assert unfinished, "every crash came after the load was done"
@@ -129,7 +133,7 @@ def test_kill_9_mid_load_loses_nothing_and_applies_nothing_twice(tmp_path, mosqu
         assert ledger.wait(10) == -signal.SIGKILL
         restarted = len(load.inbox.messages)
         ledger = start_ledger(load.root, mosquitto.port)
-        wait_for(lambda: online_since(load, restarted), 30, "the restarted ledger online")
+        wait_for(lambda restarted=restarted: online_since(load, restarted), 30, "the restarted ledger online")
     load.check()
     ledger.send_signal(signal.SIGTERM)
     assert ledger.wait(20) == 0, ledger.stderr.read().decode()[-2000:]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -240,7 +241,7 @@ def test_a_batch_three_quarters_reserved_brings_the_next_batch_and_its_coe(tmp_p
         raw = buyer.store.trade(ctp_ids[-1]).ctp
         # No ledger answers, so the meter sends the CTP again after resend_s, from the
         # housekeeping that looks after the key ring just after: seen twice, that ran.
-        wait_for(lambda: on_topic(inbox, topics.TX_CTP).count(raw) >= 2, 20, f"CTP #{k} sent and sent again")
+        wait_for(lambda raw=raw: on_topic(inbox, topics.TX_CTP).count(raw) >= 2, 20, f"CTP #{k} sent and sent again")
         if k < 3:
             assert len(buyer.store.batches()) == 1, f"a new batch after {k} of 4 keys reserved"
 
@@ -381,7 +382,9 @@ def test_meter_killed_mid_trade_settles_after_restart_with_one_erc_and_no_lost_s
     later_id = bytes.fromhex(done.stdout.strip())
     for ctp in (ctp_id, later_id):
         wait_for(
-            lambda: any(s.state == "settled" for s in states(ctp)), 60, lambda: f"{ctp.hex()} settled{procs.logs()}"
+            lambda ctp=ctp: any(s.state == "settled" for s in states(ctp)),
+            60,
+            lambda ctp=ctp: f"{ctp.hex()} settled{procs.logs()}",
         )
     meter.send_signal(signal.SIGTERM)  # a clean stop sends its last reading and empties its outbox
     assert meter.wait(20) == 0, procs.logs()
@@ -439,7 +442,7 @@ def test_meter_killed_mid_trade_settles_after_restart_with_one_erc_and_no_lost_s
     assert min(r.seq for r in after) == last_seq_before + 1, "the restarted meter skipped or reused seqs"
     assert last_seq_before < last_seq
     by_seq = sorted({r.seq: r for r, _ in seen}.values(), key=lambda r: r.seq)
-    assert all(a.wh_in <= b.wh_in for a, b in zip(by_seq, by_seq[1:])), "cumulative Wh went backwards"
+    assert all(a.wh_in <= b.wh_in for a, b in pairwise(by_seq)), "cumulative Wh went backwards"
 
     # The money moved once, the chain audits, and nothing is left to send.
     identity = ValidatorIdentity.load(root, 0, with_key=False)
@@ -542,5 +545,5 @@ def test_a_minute_without_the_broker_loses_no_reading_and_keeps_their_order(tmp_
     during = [r for r in readings if down_wall < r.t < up_wall]
     assert len(during) >= OUTAGE_S / READING_S - SLACK_READINGS, f"{len(during)} readings signed during the outage"
     assert queued >= len(during) - 1
-    assert all(a.t <= b.t and a.wh_in <= b.wh_in for a, b in zip(readings, readings[1:]))
+    assert all(a.t <= b.t and a.wh_in <= b.wh_in for a, b in pairwise(readings))
     assert readings[-1].wh_in >= int(1800 * (elapsed - 3) / 3600)
