@@ -50,7 +50,7 @@ format: venv
 	$(BIN)/ruff format .
 
 bench: venv mosquitto
-	$(BIN)/python bench/wire.py
+	$(BIN)/python bench/protocol.py
 	$(BIN)/python bench/spb_paper.py
 	$(BIN)/python bench/saturation.py
 	$(BIN)/python bench/meter.py

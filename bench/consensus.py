@@ -35,11 +35,11 @@ from collections import Counter
 from pathlib import Path
 
 from saturation import RawVerify, make_trades
-from spb_paper import Bench, Cluster, wait
 
 from broker.clock import wall_ms
 from ledger.block import Block
 from ledger.workload import SimCommunity
+from spb_paper import Bench, Cluster, wait
 from wire import topics
 from wire.messages import open_message
 

@@ -28,14 +28,15 @@ import time
 from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
-from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
 
 from broker.clock import wall_ms
 from ledger.genesis import DEFAULT_BLOCK_MS
 from ledger.node import LedgerNode
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
-from wire import rate, topics
+from protocol import rate
+from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
+from wire import topics
 from wire.messages import open_message
 
 TARGET = 0.4
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="spb-bench-core-") as tmp:
             core = Core(core_community, Path(tmp) / "ledger")
             try:
-                for trades in core_rounds:  # interleaved with the bound, as bench/wire.py does
+                for trades in core_rounds:  # interleaved with the bound, as bench/protocol.py does
                     raw.measure(args.seconds)
                     core_best = max(core_best, core.run(trades, args.block))
             finally:

@@ -213,7 +213,7 @@ class Replica:
             times.append(self.behind_since + self.timing.sync_ms)
         exp = self.state.next_expiry()
         if exp is not None and self.timer is None:
-            times.append(now + max(exp + 1, self._block_time()) - self.wall)
+            times.append(now + max(exp + 1 - self.wall, 0))
         return min(times) if times else None
 
     # -- the rounds --
@@ -236,7 +236,9 @@ class Replica:
 
     def _work(self, now: int) -> bool:
         exp = self.state.next_expiry()
-        return bool(self.pool) or (exp is not None and self._block_time() > exp)
+        # An expiry is work once the wall clock has passed it, not merely the next block
+        # time (tip + 1 ms when the clock stands still or lags a proposer's block time).
+        return bool(self.pool) or (exp is not None and self.wall > exp)
 
     def _block_time(self) -> int:
         """The time of a block we would propose now: the wall clock, after the tip's."""

@@ -96,7 +96,7 @@ def _plain_is_canonical(obj: object) -> bool:
     That holds for ints, byte and text strings and lists of them (cbor2 always writes
     shortest heads and definite lengths), under at most one map whose keys are text in
     deterministic order. Floats, tags and nested maps take the slower canonical encoder.
-    This is the hot path of every message, measured by bench/wire.py.
+    This is the hot path of every message, measured by bench/protocol.py.
     """
     values: Iterable[object]
     if isinstance(obj, dict):

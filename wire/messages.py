@@ -133,7 +133,7 @@ class Body:
         """(key, type check, required, slot setter) per wire key, computed once per class.
 
         from_map fills the slots directly: the frozen dataclass __init__ costs 1.5 µs per
-        message against 0.6 µs, on the path every message takes (bench/wire.py).
+        message against 0.6 µs, on the path every message takes (bench/protocol.py).
         """
         return tuple(
             (f.name, f.metadata["check"], f.default is MISSING, getattr(cls, f.name).__set__) for f in fields(cls)

@@ -50,8 +50,13 @@ class Validators:
 
     # -- processes --
 
+    def log_path(self, i: int) -> Path:
+        """Validator i's stderr, over all its runs in this test."""
+        return self.root / f"v{i}.log"
+
     def start(self, i: int) -> None:
         mark = len(self.inbox.messages)
+        log = self.log_path(i).open("ab")
         self.processes[i] = subprocess.Popen(
             [
                 sys.executable,
@@ -67,8 +72,9 @@ class Validators:
             env=child_env(),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=log,
         )
+        log.close()  # the child has its own copy; a pipe nobody reads would block a chatty validator
         wait_for(
             lambda: any(
                 t == topics.ledger_state(i) and p.startswith(b"online") for t, p, _ in self.inbox.messages[mark:]
@@ -85,7 +91,7 @@ class Validators:
     def stop(self, i: int) -> None:
         process = self.processes.pop(i)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0, process.stderr.read().decode()[-3000:]
+        assert process.wait(20) == 0, self.log_path(i).read_text(errors="replace")[-3000:]
 
     def stop_all(self) -> None:
         for i in list(self.processes):

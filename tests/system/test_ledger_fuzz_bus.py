@@ -87,7 +87,9 @@ def test_a_fuzzed_run_over_the_bus_audits_clean(tmp_path, mosquitto, make_client
     finally:
         ledger.terminate()
         wait_or_kill(ledger, 20)
-    assert ledger.returncode == 0, ledger.stderr.read().decode()[-2000:]
+    with ledger:  # closes its stderr pipe
+        errors = ledger.stderr.read().decode()
+    assert ledger.returncode == 0, errors[-2000:]
 
     audit = subprocess.run(
         [sys.executable, "-m", "ledger.cli", "audit", str(root)],

@@ -277,9 +277,10 @@ def test_broker_runs_from_the_tree_as_its_user(community, root, wheel):
         pytest.skip("needs unshare, setpriv and /usr/sbin/mosquitto")
     port = free_port()
     assert setup(community, root, wheel, "--broker-port", str(port)) == 0
-    probe = in_tree(root, 0, 0, ["true"], stderr=subprocess.PIPE, text=True)
-    if probe.wait() != 0:
-        pytest.skip(f"no private overlay mounts here: {probe.stderr.read().strip()}")
+    with in_tree(root, 0, 0, ["true"], stderr=subprocess.PIPE, text=True) as probe:
+        probe_error = probe.stderr.read().strip()
+    if probe.returncode != 0:
+        pytest.skip(f"no private overlay mounts here: {probe_error}")
     uid, gid = (
         int(f)
         for f in next(
