@@ -119,6 +119,7 @@ def start_ledger():
         if process.poll() is None:
             process.kill()
             process.wait()
+        process.stderr.close()  # warnings are errors: a pipe left open fails whichever test collects it
 
 
 def test_kill_9_mid_load_loses_nothing_and_applies_nothing_twice(tmp_path, mosquitto, make_client, start_ledger):
