@@ -41,7 +41,7 @@ from ledger.block import Block
 from ledger.workload import SimCommunity
 from spb_paper import Bench, Cluster, wait
 from wire import topics
-from wire.messages import open_message
+from wire.messages import CtpState, open_message
 
 TARGET_RATE, TARGET_P50_MS, TARGET_AT_RATE, TARGET_VALIDATORS = 1000, 300, 100, 4
 MAX_VALIDATORS = 4  # SimCommunity has keys for four
@@ -83,12 +83,12 @@ class Observer:
             self.top = max(self.top, status.h or 0)
             if self.statuses[status.ctp, status.state] > 1:
                 return  # a second copy of a change: counted, not acted on
-            if status.state == "held":
+            if status.state == CtpState.HELD:
                 erc = self.ercs.pop(status.ctp, None)
                 if erc is not None:
                     self.erc_sent[status.ctp] = time.perf_counter()
                     self.client.publish(topics.TX_ERC, erc)
-            elif status.state == "settled":
+            elif status.state == CtpState.SETTLED:
                 self.settled_at[status.ctp] = time.perf_counter()
                 self.settled += 1
                 if self.settled == self.want:

@@ -37,7 +37,7 @@ from ledger.workload import SimCommunity
 from protocol import rate
 from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
 from wire import topics
-from wire.messages import open_message
+from wire.messages import CtpState, open_message
 
 TARGET = 0.4
 
@@ -103,13 +103,13 @@ def end_to_end(
         def on_status(topic: str, payload: bytes, retained: bool) -> None:
             status = open_message(payload, "status").body  # signatures are the ledger's business here
             seen = state["heights"].setdefault(status.h, [0, 0, time.perf_counter()])
-            seen[status.state == "settled"] += 1
+            seen[status.state == CtpState.SETTLED] += 1
             seen[2] = time.perf_counter()
-            if status.state == "held":
+            if status.state == CtpState.HELD:
                 erc = state["ercs"].pop(status.ctp, None)
                 if erc is not None:
                     client.publish(topics.TX_ERC, erc)
-            elif status.state == "settled":
+            elif status.state == CtpState.SETTLED:
                 with lock:
                     state["settled"] += 1
                     if state["settled"] == state["want"]:

@@ -37,7 +37,7 @@ from ledger.genesis import DEFAULT_BLOCK_MS
 from ledger.workload import SimCommunity, pk
 from wire import topics
 from wire.cose import encode, sign1
-from wire.messages import open_message
+from wire.messages import CtpState, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -329,10 +329,10 @@ def run(args: argparse.Namespace) -> dict:
                     problems.append(f"a status that does not verify: {exc.reason}")
                     done.set()
                     return
-                if status.state == "held":
+                if status.state == CtpState.HELD:
                     held_at[status.ctp] = status.h
                     home.publish(topics.TX_ERC, ercs[status.ctp])  # the meter confirms the energy arrived
-                elif status.state == "settled":
+                elif status.state == CtpState.SETTLED:
                     with lock:
                         settled_at[status.ctp], settled_time[status.ctp] = status.h, time.perf_counter()
                         if len(settled_at) == len(ctps):

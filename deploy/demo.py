@@ -39,6 +39,7 @@ from ledger.genesis import write_genesis
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from wire import topics
+from wire.messages import CtpState
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -394,8 +395,8 @@ def _summary(
             f"[green]{o.state}[/]" if o.ok else f"[red]{o.state}[/]",
         )
     console.print(trades)
-    settled = sum(o.state == "settled" for o in outcomes)
-    refunded = sum(o.state == "refunded" for o in outcomes)
+    settled = sum(o.state == CtpState.SETTLED for o in outcomes)
+    refunded = sum(o.state == CtpState.REFUNDED for o in outcomes)
     console.print(
         f"ledger: {settled} settled, {refunded} refunded, {watch.blocks} blocks, {watch.rejects} rejects, "
         f"state {watch.ledger}; audit {audited}"

@@ -62,6 +62,8 @@ class Meter:
 
 @dataclass(frozen=True, slots=True)
 class Account:
+    """A household's ledger account in community.toml (not a Unix user: deploy.rootfs.SystemUser)."""
+
     id: str
     pk: str
     meter: str | None

@@ -62,7 +62,9 @@ class RootfsError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Account:
+class SystemUser:
+    """A Unix user of the image (not a ledger account: that is deploy.provision.Account)."""
+
     name: str
     uid: int
     gid: int
@@ -159,7 +161,7 @@ class RootTree:
         for instance in enable:
             self.link(f"{UNIT_DIR}/multi-user.target.wants/{instance}", f"{UNIT_DIR}/{name}")
 
-    def system_user(self, name: str, home: str, groups: tuple[str, ...] = ()) -> Account:
+    def system_user(self, name: str, home: str, groups: tuple[str, ...] = ()) -> SystemUser:
         """A locked system user with its own group, like `adduser --system --group`; an
         existing entry is kept as it is. Also a member of those of `groups` the image has."""
         users, known = _table(self.path("/etc/passwd")), _table(self.path("/etc/group"))
@@ -183,7 +185,7 @@ class RootTree:
         for group in present:
             for table in group_tables:
                 self._add_member(table, group, name)
-        return Account(name, uid, gid, present)
+        return SystemUser(name, uid, gid, present)
 
     def summary(self, label: str) -> str:
         head = f"{label} {self.root}: {len(self.changed)} written, {len(self.unchanged)} unchanged"

@@ -47,9 +47,12 @@ CREATE INDEX IF NOT EXISTS trades_changed ON trades (changed);
 """
 
 READING, TX, COE = "reading", "tx", "coe"  # outbox kinds; only readings may be dropped when full
+SENT = "sent"  # a trade's state until a status or reject answers its CTP: the meter's own, never on the wire
 
 
-class Outgoing(NamedTuple):
+class MeterOutboxRow(NamedTuple):
+    """A message the meter queued (reading, transaction, CoE request) and the broker has not acknowledged yet."""
+
     seq: int
     topic: str
     payload: bytes
@@ -62,7 +65,7 @@ class TradeRow(NamedTuple):
     idx: int
     wh: int
     exp: int
-    state: str
+    state: str  # SENT or a wire.messages.CtpState
     reason: str
     delivered_wms: int
     erc: bytes | None
@@ -163,12 +166,12 @@ class MeterStore:
                 "INSERT INTO dropped VALUES ('outbox-full', 1) ON CONFLICT (reason) DO UPDATE SET count = count + 1"
             )
 
-    def outbox_after(self, seq: int, limit: int) -> list[Outgoing]:
+    def outbox_after(self, seq: int, limit: int) -> list[MeterOutboxRow]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
             ).fetchall()
-        return [Outgoing(*row) for row in rows]
+        return [MeterOutboxRow(*row) for row in rows]
 
     def delivered(self, seqs: list[int]) -> None:
         with self.transaction() as db:

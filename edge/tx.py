@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 from edge import keyring
 from edge.store import MeterStore, TradeRow
 from wire import topics
-from wire.messages import Cancel, Ctp, Erc
+from wire.messages import Cancel, Ctp, CtpState, Erc
 
 
 class TradeError(Exception):
@@ -66,7 +66,7 @@ def confirm(
     def make(row: TradeRow) -> TradeRow:
         if row.erc is not None:
             raise TradeError("this trade's ERC was signed already; its one-time key signs nothing else")
-        if row.state in ("settled", "refunded", "rejected"):
+        if row.state in (CtpState.SETTLED, CtpState.REFUNDED, CtpState.REJECTED):
             raise TradeError(f"the trade is {row.state}")
         if not force and wh < row.wh:
             raise TradeError(

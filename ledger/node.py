@@ -12,18 +12,21 @@ from nacl.signing import SigningKey
 from ledger.block import Block
 from ledger.draft import Draft
 from ledger.replica import Replica, Timing
-from ledger.store import LedgerStore, Outgoing
+from ledger.store import LedgerOutboxRow, LedgerStore
 from ledger.validator import ValidatorIdentity
 from wire import topics
-from wire.messages import Status
+from wire.messages import CtpState, Status
 from wire.verify import Verifier
 
 VOTES = "votes"  # store value: the replica's votes at its current height
 
 
-class Decided(NamedTuple):
+class SoloDecision(NamedTuple):
+    """What LedgerNode.decide made alone, without consensus (the replica's action is
+    ledger.replica.Decided)."""
+
     block: Block | None  # None when nothing changed
-    queued: list[Outgoing]  # the new outbox rows, to publish in order
+    queued: list[LedgerOutboxRow]  # the new outbox rows, to publish in order
     reasons: list[str | None]  # per message of the batch: its reject reason, or None
 
 
@@ -52,7 +55,9 @@ class LedgerNode:
             mono,
         )
 
-    def write(self, draft: Draft, block: Block, proposer: int | None, delivered: Sequence[int] = ()) -> list[Outgoing]:
+    def write(
+        self, draft: Draft, block: Block, proposer: int | None, delivered: Sequence[int] = ()
+    ) -> list[LedgerOutboxRow]:
         """Persist a decided block with what it announces: its statuses, rejects and the block
         itself, ranked by how far this validator is after the proposer in rotation (rank 0
         publishes; the others stand in, see ledger.service). A block caught up from a peer
@@ -61,9 +66,9 @@ class LedgerNode:
         if proposer is not None:
             outputs = [*draft.signed_outputs(self.key), (topics.LEDGER_BLOCKS, block.chain_bytes(), False)]
             rank = (self.identity.index - proposer) % len(self.identity.genesis.validators)
-        return self.store.commit(draft, block, outputs, rank, delivered)
+        return self.store.commit(draft.changes, block, outputs, rank, delivered)
 
-    def decide(self, batch: list[tuple[str, bytes]], now: int, delivered: Sequence[int] = ()) -> Decided:
+    def decide(self, batch: list[tuple[str, bytes]], now: int, delivered: Sequence[int] = ()) -> SoloDecision:
         """One block at time max(now, tip + 1) from (typ, message bytes) pairs, made and
         sealed by this validator alone (a one-validator genesis), written to disk.
 
@@ -78,11 +83,11 @@ class LedgerNode:
             seen.add(delivery)
         block = draft.finish()
         if block is None:
-            return Decided(None, [], reasons)
+            return SoloDecision(None, [], reasons)
         block = block.sealed(self.identity.index, self.key)
         queued = self.write(draft, block, self.identity.index, list(delivered))
-        self.state.commit(draft)
-        return Decided(block, queued, reasons)
+        self.state.commit(draft.changes)
+        return SoloDecision(block, queued, reasons)
 
     def current_statuses(self, since: int = 0) -> list[tuple[str, bytes]]:
         """(topic, payload) of the retained status of every CTP whose status changed at block
@@ -92,7 +97,7 @@ class LedgerNode:
         times = self.store.block_times()
         key = self.key
         out = [
-            (topics.status(ctp_id), Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg).sign(key))
+            (topics.status(ctp_id), Status(ctp=ctp_id, state=CtpState.REJECTED, t=t, reason=reason, msg=msg).sign(key))
             for ctp_id, (reason, msg, t) in self.store.rejections().items()
             if t >= since and ctp_id not in self.state.ctps
         ]

@@ -131,7 +131,7 @@ class Replica:
         self.committed_in: set[int] = set()
         self.proposed_in: set[int] = set()
         self.candidates: dict[bytes, _Candidate] = {}
-        self.live: tuple[bytes, Draft] | None = None  # the replayed candidate whose tree changes are applied
+        self.live: tuple[bytes, Draft] | None = None  # the last candidate replayed, to decide it without a replay
         self.prepares: dict[tuple[int, bytes], dict[int, bytes]] = {}
         self.commits: dict[tuple[int, bytes], dict[int, bytes]] = {}  # seals
         self.rcs: dict[int, dict[int, c.Signed]] = {}
@@ -412,7 +412,6 @@ class Replica:
         if self.live is not None:
             if self.live[0] == d:
                 return self.live[1]
-            self.state.discard(self.live[1])
             self.live = None
         if d is None:
             return None
@@ -425,8 +424,6 @@ class Replica:
         except (BlockError, Reject, ValueError):
             return None
         if draft.block is None or draft.block.header != header:
-            if draft.block is not None:
-                self.state.discard(draft)
             return None
         self.live = (d, draft)
         return draft
@@ -470,7 +467,7 @@ class Replica:
         if draft is None:
             return  # sealed by a quorum yet not valid here: more than f are faulty; stay put
         self.live = None
-        self.state.commit(draft)
+        self.state.commit(draft.changes)
         assert draft.block is not None, "_live_draft gives only a finished draft"
         block = draft.block.with_seals(seals)
         keys = [(typ, message_hash(raw)) for typ, raw in block.inputs]

@@ -16,7 +16,6 @@ rank x TAKEOVER_S, so a proposer that dies before publishing loses nothing.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -25,11 +24,13 @@ from collections.abc import Callable
 
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
+from broker.pacing import OnAck, PublishWindow
 from broker.runtime import AUTOSAVE_S
 from ledger.block import Block, BlockError
+from ledger.events import BlockAnnounced, ConsensusMessage, Event, Transaction
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Send, Timing
-from ledger.store import Outgoing
+from ledger.store import LedgerOutboxRow
 from ledger.validator import ValidatorIdentity
 from wire import topics
 from wire.cose import message_hash
@@ -61,7 +62,7 @@ class LedgerService:
         self.index = identity.index
         self.node = LedgerNode(identity)
         self.replica = self.node.replica(timing or Timing(block_ms=genesis.block_ms), clock(), _mono())
-        self._events: deque[tuple] = deque()  # from the network thread: ("tx", typ, raw, ack) | ("msg", raw) | ...
+        self._events: deque[Event] = deque()  # from the network thread
         self._acks: dict[tuple[str, bytes], list[Callable[[], None]]] = {}  # pool key -> its deliveries' acks
         self._wake = threading.Event()  # something arrived, or stop() was called
         self._stopping = threading.Event()
@@ -71,13 +72,11 @@ class LedgerService:
         self._restored = threading.Event()  # the broker acknowledged a full status restore
         self._restore_round = 0
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
-        self._standby: dict[int, tuple[float, list[Outgoing]]] = {}  # height -> (when due, its rows)
+        self._standby: dict[int, tuple[float, list[LedgerOutboxRow]]] = {}  # height -> (when due, its rows)
         self._seen: deque[int] = deque(maxlen=1024)  # heights announced on ledger/blocks, maybe before we decided them
         # Publishes wait here until fewer than WINDOW are unacknowledged: paho numbers them
         # with 16-bit ids and refuses more (an outbox or status restore can be far larger).
-        self._outgoing: deque[tuple[str, bytes, bool, Callable[[int], None] | None]] = deque()
-        self._unacked = 0
-        self._unacked_lock = threading.Lock()
+        self._outgoing: deque[tuple[str, bytes, bool, OnAck | None]] = deque()
         self.state_topic = topics.ledger_state(self.index)
         self.bus = BusClient(
             host,
@@ -88,6 +87,7 @@ class LedgerService:
             max_inflight=0,
             tls=tls,
         )
+        self._window = PublishWindow(self.bus, WINDOW, on_ack=self._room)
         self.bus.on_connect.append(self._on_connect)
         for topic, typ in topics.TX_TYPES.items():
             self.bus.subscribe_deferred(topic, self._receiver(typ))
@@ -148,19 +148,19 @@ class LedgerService:
 
     def _receiver(self, typ: str):
         def receive(topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
-            self._events.append(("tx", typ, payload, ack))
+            self._events.append(Transaction(typ, payload, ack))
             self._wake.set()
 
         return receive
 
     def _consensus(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()  # a lost consensus message costs a round at most; the votes are on disk already
-        self._events.append(("msg", payload))
+        self._events.append(ConsensusMessage(payload))
         self._wake.set()
 
     def _block_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()
-        self._events.append(("block", payload))
+        self._events.append(BlockAnnounced(payload))
         self._wake.set()
 
     def _on_connect(self) -> None:
@@ -174,16 +174,14 @@ class LedgerService:
         if not self._events:
             return False
         for _ in range(len(self._events)):
-            event = self._events.popleft()
-            now = self.clock()
-            if event[0] == "tx":
-                _, typ, raw, ack = event
-                self._acks.setdefault((typ, message_hash(raw)), []).append(ack)
-                self._carry(self.replica.submit(typ, raw, now, _mono()))
-            elif event[0] == "msg":
-                self._carry(self.replica.receive(event[1], now, _mono()))
-            else:
-                self._announced(event[1])
+            match self._events.popleft():
+                case Transaction(typ, raw, ack):
+                    self._acks.setdefault((typ, message_hash(raw)), []).append(ack)
+                    self._carry(self.replica.submit(typ, raw, self.clock(), _mono()))
+                case ConsensusMessage(raw):
+                    self._carry(self.replica.receive(raw, self.clock(), _mono()))
+                case BlockAnnounced(raw):
+                    self._announced(raw)
         return True
 
     def _carry(self, actions: list) -> None:
@@ -220,7 +218,7 @@ class LedgerService:
     def _say_online(self) -> None:
         self._send(self.state_topic, f"online {self.node.state.height}".encode(), True)
 
-    def _queue(self, rows: list[Outgoing]) -> None:
+    def _queue(self, rows: list[LedgerOutboxRow]) -> None:
         """Publish rank-0 rows now; keep stand-in rows until they are due."""
         now = time.monotonic()
         announced = {h for h in {row.height for row in rows if row.rank > 0} if h in self._seen}
@@ -273,28 +271,22 @@ class LedgerService:
 
     # -- publishing --
 
-    def _send(self, topic: str, payload: bytes, retain: bool, on_ack: Callable[[int], None] | None = None) -> None:
+    def _send(self, topic: str, payload: bytes, retain: bool, on_ack: OnAck | None = None) -> None:
         """Queue a publish, in order after everything queued before it."""
         self._outgoing.append((topic, payload, retain, on_ack))
         self._pump()
 
     def _can_pump(self) -> bool:
-        return bool(self._outgoing) and self._unacked < WINDOW
+        return bool(self._outgoing) and self._window.room > 0
 
     def _pump(self) -> None:
         """Hand queued publishes to paho while fewer than WINDOW are unacknowledged."""
         while self._can_pump():
-            topic, payload, retain, on_ack = self._outgoing.popleft()
-            with self._unacked_lock:
-                self._unacked += 1
-            self.bus.publish(topic, payload, retain=retain, on_ack=functools.partial(self._acked, on_ack))
+            self._window.publish(*self._outgoing.popleft())
 
-    def _acked(self, on_ack: Callable[[int], None] | None, mid: int) -> None:
-        with self._unacked_lock:
-            self._unacked -= 1
-        if on_ack is not None:
-            on_ack(mid)
-        if self._outgoing:  # the main loop has more to hand over now
+    def _room(self) -> None:
+        """After each PUBACK, on paho's thread: the main loop may have more to hand over now."""
+        if self._outgoing:
             self._wake.set()
 
     def _reconnected(self, session_present: bool) -> None:

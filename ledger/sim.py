@@ -202,7 +202,7 @@ class Sim:
         w = self.w
         state, verifier = LedgerState(w.genesis), Verifier(cas=w.genesis.cas, validators=w.genesis.validators)
         for block in node.chain:
-            state.commit(replay(state, verifier, block.header.t, block.inputs))
+            state.commit(replay(state, verifier, block.header.t, block.inputs).changes)
         chain = node.chain
         node.replica = Replica(
             state,

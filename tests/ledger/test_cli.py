@@ -207,6 +207,15 @@ def test_a_restart_refuses_a_ctp_row_whose_bytes_were_altered(chain):
         LedgerStore(identity.db_path, identity.genesis).load()
 
 
+def test_a_restart_refuses_balances_that_are_not_the_genesis_total(chain):
+    """The money invariant holds for the state a validator restarts from, not only for the
+    blocks it commits afterwards."""
+    tamper(chain, "UPDATE accounts SET balance = balance + 1 WHERE rowid = 1")
+    identity = chain.identity
+    with pytest.raises(StoreError, match="genesis total"):
+        LedgerStore(identity.db_path, identity.genesis).load()
+
+
 def test_audit_rejects_a_block_not_sealed_by_the_validator(chain, capsys):
     db = sqlite3.connect(chain.identity.db_path)
     raw = db.execute("SELECT chain FROM blocks WHERE height = 1").fetchone()[0]

@@ -22,8 +22,6 @@ from wire.messages import Birth, Reading
 from wire.reasons import Reject
 from wire.verify import Verifier
 
-pytestmark = pytest.mark.integration
-
 READING_S = 0.2
 POWER = {"m0001": 1500, "m0002": -2000}
 
@@ -158,7 +156,7 @@ def test_restart_increments_boot_and_never_reuses_a_seq(mosquitto, read_retained
     assert after == sorted(set(after))
     assert [b.boot for b in observer.births["m0001"]] == [1, 2]
 
-    _topic, raw, was_retained = read_retained(mosquitto.port, topics.meter("m0001", "birth"), "late")
+    _, raw, was_retained = read_retained(mosquitto.port, topics.meter("m0001", "birth"), "late")
     assert was_retained
     assert observe("late-verifier").peers.on_birth("m0001", raw, wall_ms()).boot == 2
 

@@ -243,3 +243,31 @@ def test_update_outside_the_tree_is_refused():
     tree = MerkleTree([b"a"])
     with pytest.raises(IndexError):
         tree.update(1, b"b")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 300), st.lists(st.integers(0, 10**6), max_size=40), st.integers(0, 40))
+def test_a_change_has_the_new_root_and_leaves_the_tree_as_it_was(seed, size, updates, appended):
+    """The ledger computes a block's CTP root with `change` before consensus decides the
+    block: the committed tree must not move, and `apply` must give the tree built at once."""
+    leaves = random_leaves(seed, size)
+    tree = MerkleTree(leaves)
+    before = (tree.size, [list(level) for level in tree.levels], tree.root())
+    rng = random.Random(seed)
+    new = {u % size: rng.randbytes(12) for u in updates} if size else {}
+    new.update({size + i: rng.randbytes(12) for i in range(appended)})
+    change = tree.change(new)
+    assert (tree.size, tree.levels, tree.root()) == before
+    final = MerkleTree([new.get(i, leaf) for i, leaf in enumerate(leaves)] + [new[size + i] for i in range(appended)])
+    assert (change.base, change.size, change.root) == (size, size + appended, final.root())
+    tree.apply(change)
+    assert tree.root() == final.root()
+    assert all(tree.inclusion_proof(i) == final.inclusion_proof(i) for i in range(final.size))
+
+
+def test_a_change_applies_only_to_the_tree_it_was_computed_on():
+    change = MerkleTree([b"a"]).change({1: b"b"})
+    with pytest.raises(ValueError):
+        MerkleTree([b"a", b"x"]).apply(change)
+    with pytest.raises(IndexError):
+        MerkleTree([b"a"]).change({2: b"gap"})
