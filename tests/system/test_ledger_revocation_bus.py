@@ -5,7 +5,6 @@ tests/ledger/test_revocation.py)."""
 from __future__ import annotations
 
 from ledger.audit import audit
-from ledger.state import HELD, REFUNDED
 from ledger.store import LedgerStore
 from ledger.workload import SimCommunity, pk
 from tests.support.bus import Inbox, connected
@@ -23,6 +22,7 @@ from tests.support.ledger import (
 )
 from wire import topics
 from wire.cose import message_hash
+from wire.messages import CtpState
 
 
 def test_revocation_on_the_bus(tmp_path, mosquitto, make_client):
@@ -43,7 +43,7 @@ def test_revocation_on_the_bus(tmp_path, mosquitto, make_client):
         sender = connected(make_client(mosquitto.port, "relay"))
         x = c.ctp(0, 2, amount=10, wh=1, exp=NOW + 1_000)
         sender.publish(topics.TX_CTP, x)
-        wait_status(inbox, ctp_id(x), HELD)
+        wait_status(inbox, ctp_id(x), CtpState.HELD)
         r, erc = revoke(c, 1, COE_T), c.erc(x)
         sender.publish(topics.TX_REVOKE, r)
         sender.publish(topics.TX_ERC, erc)  # after the revoke on one connection: the ledger applies it after
@@ -54,7 +54,7 @@ def test_revocation_on_the_bus(tmp_path, mosquitto, make_client):
         assert wait_reject(inbox, message_hash(again)).reason == "duplicate"
         assert [x for x in rejections(inbox) if x.msg == message_hash(r)] == []
         now[0] = NOW + 1_001
-        assert wait_status(inbox, ctp_id(x), REFUNDED).msg is None
+        assert wait_status(inbox, ctp_id(x), CtpState.REFUNDED).msg is None
     finally:
         ledger.stop()
     identity = ledger.service.identity
