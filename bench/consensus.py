@@ -109,7 +109,7 @@ class Observer:
         with self.lock:
             self.done.clear()
             self.settled, self.want = 0, len(trades)
-            self.ercs.update({ctp_id: erc for ctp_id, (_, erc) in zip(ctps, trades)})
+            self.ercs.update({ctp_id: erc for ctp_id, (_, erc) in zip(ctps, trades, strict=True)})
         return ctps
 
     def check(self) -> None:
@@ -209,7 +209,9 @@ def run_config(n: int, block_ms: int, raw: RawVerify, args: argparse.Namespace) 
         result["audits_ok"] = all(code == 0 and line.startswith("audit ok") for code, line in audits)
         result["audit"] = audits[0][1]
         if not result["heads_agree"] or not result["audits_ok"]:
-            result["disagreement"] = "\n".join(f"v{i}: {h[1]} | {a[1]}" for i, (h, a) in enumerate(zip(heads, audits)))
+            result["disagreement"] = "\n".join(
+                f"v{i}: {h[1]} | {a[1]}" for i, (h, a) in enumerate(zip(heads, audits, strict=True))
+            )
     return result
 
 

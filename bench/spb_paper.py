@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> dict:
         raise Bench(f"the validator's database disagrees with the bus: {db} vs {chain_bytes} B")
     base = baseline_blocks(chain, held_at, settled_at, ctps, ercs, validator)
     timeline = []
-    for block, at in zip(chain, block_time):
+    for block, at in zip(chain, block_time, strict=True):  # appended together
         held = sum(1 for h in held_at.values() if h == block.header.height)
         timeline.append(f"{(at - start) * 1000:.0f} ms ({held} held, {len(block.trades)} settled)")
     latencies = sorted(settled_time[c] - published[c] for c in ctps)

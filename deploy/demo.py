@@ -317,6 +317,8 @@ def _balances(community: Community) -> str:
         store.close()
     parts = []
     for m in community.meters:
+        if m.account_pk is None:  # a meter without an account has no balance
+            continue
         balance, held = accounts.get(bytes.fromhex(m.account_pk), (0, 0))
         parts.append(f"{m.id} {balance}" + (f" (+{held} held)" if held else ""))
     return "balances: " + "   ".join(parts)
@@ -352,6 +354,7 @@ def _audit(root: Path, validators: int) -> str:
 
 def _relay(proc: subprocess.Popen, name: str, monitor: Monitor) -> None:
     """Show a process's own log, dimmed, and count the peer readings each meter verified."""
+    assert proc.stdout is not None, "_start pipes it"
     for line in proc.stdout:
         with monitor.lock:
             if " verified reading " in line:

@@ -21,7 +21,7 @@ from rich.console import Console
 from broker.clock import wall_ms
 from ledger.block import Block, BlockError, quorum
 from wire import topics
-from wire.messages import CtpState
+from wire.messages import CtpState, Rejection, Status
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -69,11 +69,11 @@ class LedgerWatch:
                 f"{len(payload)} B on chain, {len(block.seals)} seals ✓[/]"
             )
         elif topic == topics.REJECTS:
-            rejection = self.verifier.verify(payload, wall_ms(), expect="reject").body
+            rejection = self.verifier.verify(payload, wall_ms(), expect=Rejection).body
             self.rejects += 1
             self.console.print(f"[red]◆ ledger   reject   {rejection.reason} ({rejection.msg.hex()[:12]}…)[/]")
         else:
-            status = self.verifier.verify(payload, wall_ms(), expect="status").body
+            status = self.verifier.verify(payload, wall_ms(), expect=Status).body
             self.states[status.ctp] = status.state
             self.console.print(
                 f"[magenta]◆ ledger   status   CTP {status.ctp.hex()[:12]}… {status.state}"
@@ -114,7 +114,7 @@ class Order:
 def orders(n: int, buyers: tuple[str, ...], wh_per_s: int) -> list[Order]:
     """n trades, buyers taking turns; the last asks for 20× what can arrive before it expires."""
     plan = [Order(buyers[i % len(buyers)], 3 * (i + 10), 10, 120, CtpState.SETTLED) for i in range(n - 1)]
-    return plan + [Order(buyers[(n - 1) % len(buyers)], 5, 20 * 15 * wh_per_s, 15, CtpState.REFUNDED)]
+    return [*plan, Order(buyers[(n - 1) % len(buyers)], 5, 20 * 15 * wh_per_s, 15, CtpState.REFUNDED)]
 
 
 @dataclass

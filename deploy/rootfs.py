@@ -170,12 +170,14 @@ class RootTree:
             uid, gid = int(row[2]), int(row[3])
         else:
             taken = {int(r[2]) for r in users.values()} | {int(r[2]) for r in known.values()}
-            uid = next((i for i in SYSTEM_IDS if i not in taken), None)
-            if uid is None:
+            free = next((i for i in SYSTEM_IDS if i not in taken), None)
+            if free is None:
                 raise RootfsError(f"{self.root} has no free system uid for {name}")
+            uid = free
             gid = int(known[name][2]) if name in known else uid
         group_tables = ("/etc/group", "/etc/gshadow") if self.path("/etc/gshadow").exists() else ("/etc/group",)
-        for table, fields in zip(group_tables, ([name, "x", str(gid), ""], [name, "!", "", ""])):
+        # /etc/gshadow's row only where the image has that file
+        for table, fields in zip(group_tables, ([name, "x", str(gid), ""], [name, "!", "", ""]), strict=False):
             self._add_row(table, name, fields)
         self._add_row("/etc/passwd", name, [name, "x", str(uid), str(gid), "spb-energy", home, "/usr/sbin/nologin"])
         self._add_row("/etc/shadow", name, [name, "!", "", "", "", "", "", "", ""])

@@ -60,6 +60,7 @@ FONT: dict[str, bytes] = {
             "1f01020408101f",
             "0e110102040004",
         ),
+        strict=True,  # one glyph per character
     )
 }
 GLYPH_LEFT, GLYPH_TOP = 1, 1  # the 5x7 glyph sits in columns 1-5, rows 1-7

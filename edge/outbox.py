@@ -20,6 +20,7 @@ store's lock, taken there, could deadlock against a publish made under it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from broker.client import BusClient
 from broker.pacing import PublishWindow
@@ -43,7 +44,11 @@ class OutboxPump:
         room = self.window.room
         for row in self.store.outbox_after(self._cursor, room) if room > 0 else ():
             self._cursor = row.seq
-            self.window.publish(row.topic, row.payload, on_ack=lambda _mid, seq=row.seq: self._acked.append(seq))
+            self.window.publish(row.topic, row.payload, on_ack=self._on_ack(row.seq))
+
+    def _on_ack(self, seq: int) -> Callable[[int], None]:
+        """The PUBACK handler of outbox row `seq`: it only queues the seq (see above)."""
+        return lambda _mid: self._acked.append(seq)
 
     def forget_acked(self) -> None:
         """Delete the rows the broker acknowledged since the last call."""

@@ -76,6 +76,7 @@ def confirm(
         if not force and now > row.exp:
             raise TradeError("the trade has expired: the ledger would refuse its ERC (--force to sign anyway)")
         batch = store.batch(row.batch)
+        assert batch.coe is not None, "a trade's key comes from a batch with a CoE (keyring.choose)"
         key = batch.key(row.idx)
         erc = Erc(
             ctp=row.id, wh=wh, t=now, pk=bytes(key.verify_key), idx=row.idx, path=batch.proof(row.idx), coe=batch.coe

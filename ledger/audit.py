@@ -15,7 +15,7 @@ from ledger.block import Block, BlockError, parse_trade, quorum
 from ledger.draft import replay
 from ledger.state import BrokenInvariant, LedgerState
 from ledger.store import LedgerStore
-from wire.messages import CtpState, open_message
+from wire.messages import Ctp, CtpState, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -81,7 +81,7 @@ def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: dict[
     if rebuilt.trades != block.trades:
         raise fail("trades differ from the replay")
     for i, trade in enumerate(block.trades):
-        ctp_id = open_message(parse_trade(trade)[0], "ctp").body.id
+        ctp_id = open_message(parse_trade(trade)[0], Ctp).body.id
         if ctp_id in settled:
             raise fail(f"CTP {ctp_id.hex()} settles twice")
         settled[ctp_id] = (h.height, i)

@@ -10,7 +10,8 @@ type is in docs/decisions/0002-ledger-v1.md, with revocations in 0004-revocation
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
@@ -98,16 +99,23 @@ class Draft:
         opened = reason = None
         try:
             opened = self.verifier.verify(raw, self.t, expect=typ)
-            {"ctp": self._ctp, "erc": self._erc, "cancel": self._cancel, "revoke": self._revoke}[typ](opened, digest)
+            # verify(expect=typ) opened a body of typ's class, the one its handler takes
+            handlers: dict[str, Callable[[Opened[Any], bytes], None]] = {
+                "ctp": self._ctp,
+                "erc": self._erc,
+                "cancel": self._cancel,
+                "revoke": self._revoke,
+            }
+            handlers[typ](opened, digest)
         except Reject as exc:
-            signed_ctp = opened.body if opened is not None and typ == "ctp" else None
+            signed_ctp = opened.body if opened is not None and isinstance(opened.body, Ctp) else None
             self._reject(digest, exc.reason, signed_ctp)
             reason = exc.reason
         self.inputs.append((typ, raw))
         self.reasons.append(reason)
         return reason
 
-    def _ctp(self, opened: Opened, digest: bytes) -> None:
+    def _ctp(self, opened: Opened[Ctp], digest: bytes) -> None:
         ctp: Ctp = opened.body
         record = self.record(ctp.id)
         if record is not None and record.hash == digest:
@@ -128,7 +136,7 @@ class Draft:
         self._new += 1
         self._put(CtpRecord(ctp, opened.raw, digest, index, CtpState.HELD, self.height, digest))
 
-    def _erc(self, opened: Opened, digest: bytes) -> None:
+    def _erc(self, opened: Opened[Erc], digest: bytes) -> None:
         erc: Erc = opened.body
         coe, witness = self.verifier.coe_and_witness(erc)
         revoked = self.revoked_at(witness.pk)
@@ -155,7 +163,7 @@ class Draft:
         self.settled.append(ctp.id)
         self._put(record.moved(CtpState.SETTLED, self.height, digest, erc.pk))
 
-    def _cancel(self, opened: Opened, digest: bytes) -> None:
+    def _cancel(self, opened: Opened[Cancel], digest: bytes) -> None:
         cancel: Cancel = opened.body
         record = self._known(cancel.ctp)
         if record.by == digest:
@@ -168,7 +176,7 @@ class Draft:
             raise Reject("too-early", f"CTP holds until {record.ctp.exp}, block time {self.t}")
         self._refund(record, digest)
 
-    def _revoke(self, opened: Opened, digest: bytes) -> None:
+    def _revoke(self, opened: Opened[Revoke], digest: bytes) -> None:
         revoke: Revoke = opened.body
         if self.revoked_at(revoke.pk) is not None:
             raise Reject("duplicate", "this device key is revoked already")
@@ -222,7 +230,9 @@ class Draft:
         None when nothing was decided and nothing expired.
         """
         for record in self.base.expiring(self.t):
-            if self.record(record.ctp.id).state == CtpState.HELD:
+            current = self.record(record.ctp.id)
+            assert current is not None, "an expiring record is in the base state"
+            if current.state == CtpState.HELD:
                 self._refund(record, b"")
         if not (self.inputs or self.ctps):
             return None

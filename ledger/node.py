@@ -4,7 +4,10 @@ block alone, without consensus, for tests and the core benchmark of a single val
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
+
+from nacl.signing import SigningKey
 
 from ledger.block import Block
 from ledger.draft import Draft
@@ -30,6 +33,9 @@ class SoloDecision(NamedTuple):
 class LedgerNode:
     def __init__(self, identity: ValidatorIdentity):
         genesis = identity.genesis
+        if identity.key is None:
+            raise ValueError(f"validator {identity.index}: a ledger node signs, so it needs its key")
+        self.key: SigningKey = identity.key
         self.identity = identity
         self.store = LedgerStore(identity.db_path, genesis)
         self.state = self.store.load()
@@ -41,7 +47,7 @@ class LedgerNode:
             self.state,
             self.verifier,
             self.identity.index,
-            self.identity.key,
+            self.key,
             self.store.block,
             timing,
             self.store.value(VOTES),
@@ -50,7 +56,7 @@ class LedgerNode:
         )
 
     def write(
-        self, draft: Draft, block: Block, proposer: int | None, delivered: list[int] = ()
+        self, draft: Draft, block: Block, proposer: int | None, delivered: Sequence[int] = ()
     ) -> list[LedgerOutboxRow]:
         """Persist a decided block with what it announces: its statuses, rejects and the block
         itself, ranked by how far this validator is after the proposer in rotation (rank 0
@@ -58,11 +64,11 @@ class LedgerNode:
         was announced by others: it announces nothing here."""
         outputs, rank = [], 0
         if proposer is not None:
-            outputs = [*draft.signed_outputs(self.identity.key), (topics.LEDGER_BLOCKS, block.chain_bytes(), False)]
+            outputs = [*draft.signed_outputs(self.key), (topics.LEDGER_BLOCKS, block.chain_bytes(), False)]
             rank = (self.identity.index - proposer) % len(self.identity.genesis.validators)
         return self.store.commit(draft.changes, block, outputs, rank, delivered)
 
-    def decide(self, batch: list[tuple[str, bytes]], now: int, delivered: list[int] = ()) -> SoloDecision:
+    def decide(self, batch: list[tuple[str, bytes]], now: int, delivered: Sequence[int] = ()) -> SoloDecision:
         """One block at time max(now, tip + 1) from (typ, message bytes) pairs, made and
         sealed by this validator alone (a one-validator genesis), written to disk.
 
@@ -78,7 +84,7 @@ class LedgerNode:
         block = draft.finish()
         if block is None:
             return SoloDecision(None, [], reasons)
-        block = block.sealed(self.identity.index, self.identity.key)
+        block = block.sealed(self.identity.index, self.key)
         queued = self.write(draft, block, self.identity.index, list(delivered))
         self.state.commit(draft.changes)
         return SoloDecision(block, queued, reasons)
@@ -89,7 +95,7 @@ class LedgerNode:
         the last change): the same bytes when this validator published it, the same body
         under another validator's signature otherwise."""
         times = self.store.block_times()
-        key = self.identity.key
+        key = self.key
         out = [
             (topics.status(ctp_id), Status(ctp=ctp_id, state=CtpState.REJECTED, t=t, reason=reason, msg=msg).sign(key))
             for ctp_id, (reason, msg, t) in self.store.rejections().items()

@@ -78,7 +78,9 @@ class _Candidate:
     @classmethod
     def parse(cls, raw: object) -> _Candidate:
         """A proposed block's bytes; ConsensusError if they are not one."""
-        return cls(*c.parse_block(raw), raw)
+        header, inputs = c.parse_block(raw)
+        assert type(raw) is bytes, "parse_block opened it"
+        return cls(header, inputs, raw)
 
 
 class Replica:
@@ -112,7 +114,9 @@ class Replica:
         now = self._clocks(now, mono)
         self._height()
         if votes:
-            self._restore(load(votes), now)
+            saved = load(votes)
+            assert isinstance(saved, dict), "votes() wrote a map"
+            self._restore(saved, now)
         if self.n > 1:
             self._send(c.make(key, index, c.SYNC, self.h), None)  # a restarted validator asks what it missed
 
@@ -273,9 +277,9 @@ class Replica:
         draft = Draft(self.state, self.verifier, self._block_time())
         for typ, raw, _ in list(self.pool.values())[: self.timing.max_inputs]:
             draft.add(typ, raw)
-        if draft.finish() is None:
+        block = draft.finish()
+        if block is None:
             return  # nothing to decide yet (an expiry not passed at t)
-        block = draft.block
         candidate = _Candidate.of(block.header, block.inputs)
         self.candidates[block.hash] = candidate
         self.live = (block.hash, draft)
@@ -292,7 +296,7 @@ class Replica:
         """Leave for round r: tell everyone, with what we prepared so a committed block survives."""
         self._enter(r, now)
         self._persist()
-        attachments = {}
+        attachments: dict = {}
         pr, d = -1, b""
         if self.prepared:
             pr, d, cert = self.prepared
@@ -355,7 +359,7 @@ class Replica:
                 return
         if m.r < self.round:
             return
-        reproposed = False
+        reproposed: bool | None = False
         if m.r > 0:
             reproposed = self._justified(m)
             if reproposed is None:
@@ -452,7 +456,7 @@ class Replica:
                 continue
             header = candidate.header.encode()
             good = {(i, s) for i, s in seals.items() if seal_valid(header, i, s, self.validators)}
-            for i, s in set(seals.items()) - good:
+            for i, _s in set(seals.items()) - good:
                 del seals[i]  # a forged seal: that validator's real one may still come
             if len(good) >= self.q:
                 self._decide(d, good, self.proposer(self.h, r), now)
@@ -464,6 +468,7 @@ class Replica:
             return  # sealed by a quorum yet not valid here: more than f are faulty; stay put
         self.live = None
         self.state.commit(draft.changes)
+        assert draft.block is not None, "_live_draft gives only a finished draft"
         block = draft.block.with_seals(seals)
         keys = [(typ, message_hash(raw)) for typ, raw in block.inputs]
         for key in keys:

@@ -228,10 +228,14 @@ class LedgerService:
             if row.height in announced:
                 continue
             if row.rank == 0:
-                self._send(row.topic, row.payload, row.retain, lambda _mid, seq=row.seq: self._delivered.append(seq))
+                self._send(row.topic, row.payload, row.retain, self._on_ack(row.seq))
             else:
-                due, waiting = self._standby.setdefault(row.height, (now + row.rank * TAKEOVER_S, []))
+                _due, waiting = self._standby.setdefault(row.height, (now + row.rank * TAKEOVER_S, []))
                 waiting.append(row)
+
+    def _on_ack(self, seq: int) -> Callable[[int], None]:
+        """The PUBACK handler of outbox row `seq`: the next commit forgets the row."""
+        return lambda _mid: self._delivered.append(seq)
 
     def _announced(self, payload: bytes) -> None:
         """A block on spb/v1/ledger/blocks: its publisher has announced it, stand in no more."""

@@ -10,7 +10,7 @@ acknowledged it. The tables mirror LedgerState so a restart does not replay the 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,7 +19,7 @@ from ledger.genesis import Genesis
 from ledger.state import BrokenInvariant, Changes, CtpRecord, LedgerState
 from wire.cose import message_hash
 from wire.merkle import MerkleTree
-from wire.messages import CtpState, open_message
+from wire.messages import Ctp, CtpState, open_message
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -147,7 +147,7 @@ class LedgerStore:
         """A stored CTP, refusing one whose bytes are not those the chain committed to."""
         if message_hash(raw) != digest:
             raise StoreError(f"CTP row {digest.hex()} was altered: run `spb-ledger audit`")
-        return open_message(raw, "ctp").body
+        return open_message(raw, Ctp).body
 
     def commit(
         self,
@@ -155,7 +155,7 @@ class LedgerStore:
         block: Block,
         outputs: list[tuple[str, bytes, bool]],
         rank: int = 0,
-        delivered: list[int] = (),
+        delivered: Sequence[int] = (),
     ) -> list[LedgerOutboxRow]:
         """Write a sealed block, the state its changes lead to and its outputs (at `rank`, see
         LedgerOutboxRow), and forget the outbox rows in `delivered`; returns the new outbox rows."""
@@ -209,7 +209,7 @@ class LedgerStore:
             with self._transaction():
                 self._delete_outbox(delivered)
 
-    def _delete_outbox(self, delivered: list[int]) -> None:
+    def _delete_outbox(self, delivered: Sequence[int]) -> None:
         self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in delivered))
 
     def outbox(self) -> list[LedgerOutboxRow]:

@@ -177,8 +177,8 @@ class MerkleTree:
             return [] if complete else [self._subtree(lo, hi)]
         k = _split(n)
         if m <= k:
-            return self._subproof(m, lo, lo + k, complete) + [self._subtree(lo + k, hi)]
-        return self._subproof(m - k, lo + k, hi, False) + [self._subtree(lo, lo + k)]
+            return [*self._subproof(m, lo, lo + k, complete), self._subtree(lo + k, hi)]
+        return [*self._subproof(m - k, lo + k, hi, False), self._subtree(lo, lo + k)]
 
 
 def verify_inclusion(

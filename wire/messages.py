@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from functools import cache
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, overload
 
 from nacl.signing import SigningKey
 
@@ -43,7 +43,7 @@ def shown(value: object) -> str:
     Never repr() what a sender chose: a 5000-digit integer makes repr() raise, and a
     reject must never turn into another exception.
     """
-    if type(value) in (str, bytes) and len(value) <= 32:
+    if (type(value) is str or type(value) is bytes) and len(value) <= 32:
         return repr(value)
     if type(value) is int and -(1 << 64) <= value < 1 << 64:
         return str(value)
@@ -223,7 +223,7 @@ class Erc(Body):
     t: int = _req(_uint)
     pk: bytes = _req(_BSTR32)
     idx: int = _req(_uint)
-    path: list = _req(_list_of(_BSTR32))
+    path: list[bytes] = _req(_list_of(_BSTR32))
     coe: bytes = _req(_bytes)
 
 
@@ -249,7 +249,7 @@ class Birth(Body):
 class Status(Body):
     typ: ClassVar[str] = "status"
     ctp: bytes = _req(_BSTR16)
-    state: CtpState = _req(_CTP_STATE)  # noqa: RUF009 (_req makes a dataclasses.field)
+    state: CtpState = _req(_CTP_STATE)
     t: int = _req(_uint)
     reason: str | None = _opt(_one_of(REASONS))
     h: int | None = _opt(_uint)
@@ -291,11 +291,17 @@ BODY_TYPES: dict[str, type[Body]] = {
 }
 
 
-class Opened(NamedTuple):
-    """A message that passed steps 1-3: well-formed, canonical, of a known type and schema."""
+BodyT = TypeVar("BodyT", bound=Body, covariant=True)
+
+
+class Opened(NamedTuple, Generic[BodyT]):
+    """A message that passed steps 1-3: well-formed, canonical, of a known type and schema.
+
+    Generic in its body class, so `open_message(raw, Ctp).body` is a Ctp to the type checker.
+    """
 
     envelope: Sign1
-    body: Body
+    body: BodyT
 
     @property
     def raw(self) -> bytes:
@@ -306,12 +312,17 @@ class Opened(NamedTuple):
         return self.envelope.hash
 
 
-def open_message(raw: bytes, expect: str | None = None) -> Opened:
-    """§4 steps 1-3. `expect` is the typ the topic or field carries."""
+@overload
+def open_message(raw: bytes, expect: type[BodyT]) -> Opened[BodyT]: ...
+@overload
+def open_message(raw: bytes, expect: str | None = None) -> Opened[Body]: ...
+def open_message(raw: bytes, expect: type[Body] | str | None = None) -> Opened[Any]:
+    """§4 steps 1-3. `expect` is the typ the topic or field carries, or the body class
+    whose typ it is (then the body is of that class: BODY_TYPES maps its typ to it)."""
     envelope = parse_sign1(raw)
     m = load(envelope.payload)
     try:
-        body = _typed_body(m, expect)
+        body = _typed_body(m, expect if expect is None or isinstance(expect, str) else expect.typ)
     except Reject:
         require_canonical(envelope.payload, m)  # noncanonical outranks type and schema
         raise

@@ -171,7 +171,7 @@ def retrade(chain) -> bytes:
     raw = db.execute("SELECT chain FROM blocks WHERE height = 2").fetchone()[0]
     db.close()
     block = load(raw)
-    ctp_raw, erc_hash = load(block["trades"][0])
+    ctp_raw, _erc_hash = load(block["trades"][0])
     block["trades"] = [encode([ctp_raw, bytes(32)])]
     return encode(block)
 

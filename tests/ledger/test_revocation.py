@@ -25,6 +25,7 @@ from wire.verify import Verifier
 
 HELD, SETTLED, REFUNDED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED
 
+
 @pytest.fixture
 def c():
     return SimCommunity(3, NOW)
