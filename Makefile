@@ -35,7 +35,7 @@ demo: venv
 test: venv mosquitto
 	$(BIN)/python -m pytest -q
 
-# The fast lane: no broker, no processes (tests/system and fixtures that start them are `integration`).
+# The fast lane: no broker, no processes (everything under tests/system is `integration`).
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not integration"
 
@@ -50,7 +50,7 @@ format: venv
 	$(BIN)/ruff format .
 
 bench: venv mosquitto
-	$(BIN)/python bench/wire.py
+	$(BIN)/python bench/protocol.py
 	$(BIN)/python bench/spb_paper.py
 	$(BIN)/python bench/saturation.py
 	$(BIN)/python bench/meter.py

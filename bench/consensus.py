@@ -35,13 +35,13 @@ from collections import Counter
 from pathlib import Path
 
 from saturation import RawVerify, make_trades
-from spb_paper import Bench, Cluster, wait
 
 from broker.clock import wall_ms
 from ledger.block import Block
 from ledger.workload import SimCommunity
+from spb_paper import Bench, Cluster, wait
 from wire import topics
-from wire.messages import open_message
+from wire.messages import CtpState, open_message
 
 TARGET_RATE, TARGET_P50_MS, TARGET_AT_RATE, TARGET_VALIDATORS = 1000, 300, 100, 4
 MAX_VALIDATORS = 4  # SimCommunity has keys for four
@@ -83,12 +83,12 @@ class Observer:
             self.top = max(self.top, status.h or 0)
             if self.statuses[status.ctp, status.state] > 1:
                 return  # a second copy of a change: counted, not acted on
-            if status.state == "held":
+            if status.state == CtpState.HELD:
                 erc = self.ercs.pop(status.ctp, None)
                 if erc is not None:
                     self.erc_sent[status.ctp] = time.perf_counter()
                     self.client.publish(topics.TX_ERC, erc)
-            elif status.state == "settled":
+            elif status.state == CtpState.SETTLED:
                 self.settled_at[status.ctp] = time.perf_counter()
                 self.settled += 1
                 if self.settled == self.want:
@@ -109,7 +109,7 @@ class Observer:
         with self.lock:
             self.done.clear()
             self.settled, self.want = 0, len(trades)
-            self.ercs.update({ctp_id: erc for ctp_id, (_, erc) in zip(ctps, trades)})
+            self.ercs.update({ctp_id: erc for ctp_id, (_, erc) in zip(ctps, trades, strict=True)})
         return ctps
 
     def check(self) -> None:
@@ -209,7 +209,9 @@ def run_config(n: int, block_ms: int, raw: RawVerify, args: argparse.Namespace) 
         result["audits_ok"] = all(code == 0 and line.startswith("audit ok") for code, line in audits)
         result["audit"] = audits[0][1]
         if not result["heads_agree"] or not result["audits_ok"]:
-            result["disagreement"] = "\n".join(f"v{i}: {h[1]} | {a[1]}" for i, (h, a) in enumerate(zip(heads, audits)))
+            result["disagreement"] = "\n".join(
+                f"v{i}: {h[1]} | {a[1]}" for i, (h, a) in enumerate(zip(heads, audits, strict=True))
+            )
     return result
 
 

@@ -7,8 +7,8 @@ One meter (`python -m edge.cli run --adc fake --fake-w 1500 --sample-hz 10 --rea
 verifies its births and readings. Only the first is measured, from /proc/<pid>/stat (CPU)
 and /proc/<pid>/status (VmHWM, the peak RSS), over a window after a warm-up; its start-up
 (imports, ADC, connecting) is reported separately, and so is how fast its RSS grows in the
-window, since a peak after a minute says little about a process that keeps growing. Targets (issue, this machine as a proxy
-for a Pi 3 B+): under 2% of one core (72 CPU s per hour) and under 60 MB (10^6 bytes) peak RSS.
+window, since a peak after a minute says little about a process that keeps growing. Targets (issue, this machine as
+a proxy for a Pi 3 B+): under 2% of one core (72 CPU s per hour) and under 60 MB (10^6 bytes) peak RSS.
 
 The bounds measured in the same run: a bare python importing the same modules (start-up CPU
 and RSS that no meter code can go below), and the fake ADC's own cost, sense() timed in

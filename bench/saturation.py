@@ -28,15 +28,16 @@ import time
 from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
-from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
 
 from broker.clock import wall_ms
 from ledger.genesis import DEFAULT_BLOCK_MS
 from ledger.node import LedgerNode
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
-from wire import rate, topics
-from wire.messages import open_message
+from protocol import rate
+from spb_paper import BALANCE, Bench, Cluster, cpu_report, trade_pairs, wait
+from wire import topics
+from wire.messages import CtpState, open_message
 
 TARGET = 0.4
 
@@ -102,13 +103,13 @@ def end_to_end(
         def on_status(topic: str, payload: bytes, retained: bool) -> None:
             status = open_message(payload, "status").body  # signatures are the ledger's business here
             seen = state["heights"].setdefault(status.h, [0, 0, time.perf_counter()])
-            seen[status.state == "settled"] += 1
+            seen[status.state == CtpState.SETTLED] += 1
             seen[2] = time.perf_counter()
-            if status.state == "held":
+            if status.state == CtpState.HELD:
                 erc = state["ercs"].pop(status.ctp, None)
                 if erc is not None:
                     client.publish(topics.TX_ERC, erc)
-            elif status.state == "settled":
+            elif status.state == CtpState.SETTLED:
                 with lock:
                     state["settled"] += 1
                     if state["settled"] == state["want"]:
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="spb-bench-core-") as tmp:
             core = Core(core_community, Path(tmp) / "ledger")
             try:
-                for trades in core_rounds:  # interleaved with the bound, as bench/wire.py does
+                for trades in core_rounds:  # interleaved with the bound, as bench/protocol.py does
                     raw.measure(args.seconds)
                     core_best = max(core_best, core.run(trades, args.block))
             finally:

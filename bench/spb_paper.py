@@ -37,7 +37,7 @@ from ledger.genesis import DEFAULT_BLOCK_MS
 from ledger.workload import SimCommunity, pk
 from wire import topics
 from wire.cose import encode, sign1
-from wire.messages import open_message
+from wire.messages import CtpState, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -329,10 +329,10 @@ def run(args: argparse.Namespace) -> dict:
                     problems.append(f"a status that does not verify: {exc.reason}")
                     done.set()
                     return
-                if status.state == "held":
+                if status.state == CtpState.HELD:
                     held_at[status.ctp] = status.h
                     home.publish(topics.TX_ERC, ercs[status.ctp])  # the meter confirms the energy arrived
-                elif status.state == "settled":
+                elif status.state == CtpState.SETTLED:
                     with lock:
                         settled_at[status.ctp], settled_time[status.ctp] = status.h, time.perf_counter()
                         if len(settled_at) == len(ctps):
@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> dict:
         raise Bench(f"the validator's database disagrees with the bus: {db} vs {chain_bytes} B")
     base = baseline_blocks(chain, held_at, settled_at, ctps, ercs, validator)
     timeline = []
-    for block, at in zip(chain, block_time):
+    for block, at in zip(chain, block_time, strict=True):  # appended together
         held = sum(1 for h in held_at.values() if h == block.header.height)
         timeline.append(f"{(at - start) * 1000:.0f} ms ({held} held, {len(block.trades)} settled)")
     latencies = sorted(settled_time[c] - published[c] for c in ctps)

@@ -54,8 +54,8 @@ def tls_broker(text: str) -> BrokerUrl:
 def parse_hex(text: object, size: int, what: str) -> bytes:
     """`size` bytes from hex; ValueError naming `what` for anything else."""
     try:
-        value = bytes.fromhex(text)
-    except (TypeError, ValueError):
+        value = bytes.fromhex(text) if isinstance(text, str) else b""
+    except ValueError:
         value = b""
     if len(value) != size:
         raise ValueError(f"{str(text)[:80]!r} is not a {what} in hex")

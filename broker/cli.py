@@ -11,7 +11,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from broker.runtime import start_broker
+from broker.runtime import Broker, start_broker
 from broker.secure import start_secure
 
 DEFAULT_PORT = 1883
@@ -72,9 +72,11 @@ def _run(args: argparse.Namespace) -> int:
     durable = args.data_dir or args.config_dir
     data_dir = contextlib.nullcontext(args.data_dir) if durable else tempfile.TemporaryDirectory(prefix="spb-broker-")
     with data_dir as directory:
+        broker: Broker
         try:
             if args.config_dir:
-                broker = start_secure(args.config_dir, args.port, args.local_port, directory)
+                # durable, so directory is args.data_dir; None lets start_secure use DIR/data
+                broker = start_secure(args.config_dir, args.port, args.local_port, args.data_dir)
             else:
                 broker = start_broker(args.port or DEFAULT_PORT, directory, embedded=args.embedded)
         except Exception as error:  # port taken, mosquitto refusing its config, amqtt missing...

@@ -183,7 +183,8 @@ class BusClient:
         if will is not None:
             topic, payload, retain = will
             client.will_set(topic, payload, qos=QOS, retain=retain)
-        client.reconnect_delay_set(min_delay=reconnect_min_delay, max_delay=reconnect_max_delay)
+        # paho annotates the delays int, but only doubles, caps and waits on them: fractions of a second work.
+        client.reconnect_delay_set(min_delay=reconnect_min_delay, max_delay=reconnect_max_delay)  # type: ignore[arg-type]
         # paho's default of 20 unacknowledged messages caps a meter draining a backlog after
         # an outage at 20 per round trip; a larger window drains it faster. It stays bounded
         # because every message in flight at a reconnect is sent again (DUP) as a duplicate.
@@ -336,9 +337,11 @@ class BusClient:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.debug("SUBSCRIBE not sent (%s); the next connect restores it", mqtt.error_string(rc))
             return
+        assert mid is not None, "paho numbers every SUBSCRIBE it sent"
 
         def on_suback(reason_codes: list) -> None:
-            for (topic_filter, granted), reason in zip(filters.items(), reason_codes):
+            # A SUBACK carries one code per filter of its SUBSCRIBE (MQTT 3.1.1 §3.9.3).
+            for (topic_filter, granted), reason in zip(filters.items(), reason_codes, strict=True):
                 if reason.is_failure:
                     log.error("broker refused subscription %s: %s", topic_filter, reason)
                 else:

@@ -133,7 +133,7 @@ class Broker(abc.ABC):
 
     def restart(self) -> None:
         """Stop and start again on the same port and data dir, as a rebooted broker would."""
-        if self.port is None:
+        if self.port is None or self.data_dir is None:  # start() sets both
             raise RuntimeError(f"{self.kind} broker was never started")
         self.stop()
         self.start(self.port, self.data_dir)
@@ -159,18 +159,24 @@ class Mosquitto(Broker):
     ) -> None:
         super().__init__(host)
         self.render = render or (lambda port, data_dir: mosquitto_config(port, data_dir, host))
-        self.executable = executable or find_mosquitto()
-        if self.executable is None:
+        executable = executable or find_mosquitto()
+        if executable is None:
             raise FileNotFoundError("mosquitto not found: apt-get install mosquitto")
+        self.executable = executable
         self._process: subprocess.Popen | None = None
 
     @property
     def config_path(self) -> Path:
-        return self.data_dir / CONFIG_NAME
+        return self._in_data_dir(CONFIG_NAME)
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / LOG_NAME
+        return self._in_data_dir(LOG_NAME)
+
+    def _in_data_dir(self, name: str) -> Path:
+        if self.data_dir is None:
+            raise RuntimeError("mosquitto has no data dir until start()")
+        return self.data_dir / name
 
     def start(self, port: int, data_dir: str | Path) -> None:
         """Run mosquitto and return once its port accepts TCP connections."""
@@ -219,9 +225,11 @@ class Mosquitto(Broker):
         """SIGHUP: mosquitto reads its ACL file again (and re-checks connected clients)."""
         if not self.running():
             raise RuntimeError("mosquitto is not running")
+        assert self._process is not None, "running() saw it"
         self._process.send_signal(signal.SIGHUP)
 
     def exit_report(self) -> str:
+        assert self._process is not None, "asked of a started broker that died on its own, so not stopped"
         returncode = self._process.returncode
         status = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
         with self.log_path.open(errors="replace") as log_file:
@@ -267,11 +275,11 @@ class EmbeddedBroker(Broker):
         self._thread: threading.Thread | None = None
         self._broker = None
 
-    def start(self, port: int, data_dir: str | Path | None = None) -> None:
+    def start(self, port: int, data_dir: str | Path) -> None:
         if self._loop is not None:
             raise RuntimeError(f"the embedded broker is already running on {self.url}")
         broker_class = _import_amqtt_broker()
-        self.port, self.data_dir = port, Path(data_dir) if data_dir is not None else None
+        self.port, self.data_dir = port, Path(data_dir)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"amqtt-{port}", daemon=True)
         self._thread.start()
@@ -298,16 +306,18 @@ class EmbeddedBroker(Broker):
             self._stop_loop()
 
     def running(self) -> bool:
-        return self._loop is not None and self._thread.is_alive()
+        return self._loop is not None and self._thread is not None and self._thread.is_alive()
 
     def exit_report(self) -> str:
         return "its event loop thread ended"
 
     def _run(self, coroutine, timeout: float):
+        assert self._loop is not None, "called between start() making the loop and _stop_loop()"
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def _stop_loop(self) -> None:
         loop, self._loop = self._loop, None
+        assert loop is not None and self._thread is not None, "start() made both; stop() checked the loop"
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(STOP_TIMEOUT)
         if not self._thread.is_alive():

@@ -16,7 +16,7 @@ from broker.keys import KeyFileError, load_key, write_file
 from deploy.bus import OPERATOR, Revoked, add_bridge, bridged_dirs, broker_dir, meter_id_arg, refresh_bus, revoke
 from deploy.provision import DEFAULT_VALID_DAYS
 from wire import topics
-from wire.messages import Revoke, open_message
+from wire.messages import DevCert, Revoke, open_message
 
 REVOCATIONS = "revocations"
 TIMEOUT_S = 30
@@ -35,7 +35,7 @@ def revoke_meter(root: Path, meter_id: str, now_ms: int) -> tuple[Revoked, bytes
     path = root / REVOCATIONS / f"{meter_id}.cbor"
     if not path.exists():
         ca = load_key(root / "ca" / "ca.key")
-        cert = open_message((root / "meters" / meter_id / "devcert.cbor").read_bytes(), "devcert").body
+        cert = open_message((root / "meters" / meter_id / "devcert.cbor").read_bytes(), DevCert).body
         message = Revoke(meter=meter_id, pk=cert.pk, iss=bytes(ca.verify_key), t=entry.t).sign(ca)
         path.parent.mkdir(exist_ok=True)
         write_file(path, message, 0o644, replace=False)
@@ -73,7 +73,12 @@ def publish_revocation(root: Path, message: bytes, url) -> None:
     tls = TlsFiles.in_dir(root / OPERATOR) if url.tls else None
     echoed = threading.Event()
     client = BusClient(url.host, url.port, OPERATOR, clean_session=True, tls=tls)
-    client.subscribe(topics.TX_REVOKE, lambda _topic, payload, _retained: payload == message and echoed.set())
+
+    def on_revoke(_topic: str, payload: bytes, _retained: bool) -> None:
+        if payload == message:
+            echoed.set()
+
+    client.subscribe(topics.TX_REVOKE, on_revoke)
     client.connect()
     try:
         if not client.wait_connected(TIMEOUT_S):

@@ -39,6 +39,7 @@ from ledger.genesis import write_genesis
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from wire import topics
+from wire.messages import CtpState
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -316,6 +317,8 @@ def _balances(community: Community) -> str:
         store.close()
     parts = []
     for m in community.meters:
+        if m.account_pk is None:  # a meter without an account has no balance
+            continue
         balance, held = accounts.get(bytes.fromhex(m.account_pk), (0, 0))
         parts.append(f"{m.id} {balance}" + (f" (+{held} held)" if held else ""))
     return "balances: " + "   ".join(parts)
@@ -351,6 +354,7 @@ def _audit(root: Path, validators: int) -> str:
 
 def _relay(proc: subprocess.Popen, name: str, monitor: Monitor) -> None:
     """Show a process's own log, dimmed, and count the peer readings each meter verified."""
+    assert proc.stdout is not None, "_start pipes it"
     for line in proc.stdout:
         with monitor.lock:
             if " verified reading " in line:
@@ -391,8 +395,8 @@ def _summary(
             f"[green]{o.state}[/]" if o.ok else f"[red]{o.state}[/]",
         )
     console.print(trades)
-    settled = sum(o.state == "settled" for o in outcomes)
-    refunded = sum(o.state == "refunded" for o in outcomes)
+    settled = sum(o.state == CtpState.SETTLED for o in outcomes)
+    refunded = sum(o.state == CtpState.REFUNDED for o in outcomes)
     console.print(
         f"ledger: {settled} settled, {refunded} refunded, {watch.blocks} blocks, {watch.rejects} rejects, "
         f"state {watch.ledger}; audit {audited}"

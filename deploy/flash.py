@@ -75,6 +75,7 @@ def set_hosts_name(hosts: bytes, name: str) -> bytes:
 def meter_unit(meter: str, broker: BrokerUrl, groups: tuple[str, ...]) -> str:
     host = f"[{broker.host}]" if ":" in broker.host else broker.host
     devices = f"SupplementaryGroups={' '.join(groups)}\n" if groups else ""
+    command = f"run --state-dir {STATE} --broker mqtts://{host}:{broker.port} --adc mcp3008 --display sensehat"
     return f"""\
 # Written by `spb-deploy flash-meter`; re-flashing replaces it.
 [Unit]
@@ -85,7 +86,7 @@ After=network-online.target {INSTALL.service}
 StartLimitIntervalSec=0
 
 [Service]
-ExecStart={INSTALL.bin("spb-meter")} run --state-dir {STATE} --broker mqtts://{host}:{broker.port} --adc mcp3008 --display sensehat
+ExecStart={INSTALL.bin("spb-meter")} {command}
 User={USER}
 Group={USER}
 {devices}# lgpio makes its notification pipes in the working directory.
@@ -157,7 +158,7 @@ def mounted_image(image: Path):
         raise RootfsError(f"{image} has {len(parts)} partition(s); a Raspberry Pi OS image has boot and root")
     with ExitStack() as stack:
         points = []
-        for name, (offset, size) in zip(("boot", "root"), parts):
+        for name, (offset, size) in zip(("boot", "root"), parts, strict=False):  # an image may have more
             point = Path(tempfile.mkdtemp(prefix=f"spb-flash-{name}-"))
             stack.callback(point.rmdir)
             _run(["mount", "-o", f"loop,offset={offset},sizelimit={size}", str(image), str(point)])
@@ -198,6 +199,6 @@ def _run_flash(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         wheel = args.wheel or build_wheel(Path(tmp))
         with mounted_image(args.image) if args.image else nullcontext((args.boot, args.root)) as (boot, root):
             trees = flash_meter(state, boot, root, args.broker, wheel)
-            for label, tree in zip(("boot", "root"), trees):
+            for label, tree in zip(("boot", "root"), trees, strict=True):
                 print(tree.summary(label))
     return 0

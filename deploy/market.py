@@ -21,10 +21,11 @@ from rich.console import Console
 from broker.clock import wall_ms
 from ledger.block import Block, BlockError, quorum
 from wire import topics
+from wire.messages import CtpState, Rejection, Status
 from wire.reasons import Reject
 from wire.verify import Verifier
 
-FINAL = ("settled", "refunded", "rejected")
+FINAL = (CtpState.SETTLED, CtpState.REFUNDED, CtpState.REJECTED)
 
 
 @dataclass
@@ -33,7 +34,7 @@ class LedgerWatch:
 
     console: Console
     verifier: Verifier
-    states: dict[bytes, str] = field(default_factory=dict)  # CTP id -> last status seen live
+    states: dict[bytes, CtpState] = field(default_factory=dict)  # CTP id -> last status seen live
     validators: dict[str, str] = field(default_factory=dict)  # "vI" -> its last ledger/state payload
     blocks: int = 0
     rejects: int = 0
@@ -68,11 +69,11 @@ class LedgerWatch:
                 f"{len(payload)} B on chain, {len(block.seals)} seals ✓[/]"
             )
         elif topic == topics.REJECTS:
-            rejection = self.verifier.verify(payload, wall_ms(), expect="reject").body
+            rejection = self.verifier.verify(payload, wall_ms(), expect=Rejection).body
             self.rejects += 1
             self.console.print(f"[red]◆ ledger   reject   {rejection.reason} ({rejection.msg.hex()[:12]}…)[/]")
         else:
-            status = self.verifier.verify(payload, wall_ms(), expect="status").body
+            status = self.verifier.verify(payload, wall_ms(), expect=Status).body
             self.states[status.ctp] = status.state
             self.console.print(
                 f"[magenta]◆ ledger   status   CTP {status.ctp.hex()[:12]}… {status.state}"
@@ -87,7 +88,7 @@ class LedgerWatch:
         """Every validator said it stopped cleanly."""
         return len(self.validators) == validators and all(s.startswith("offline") for s in self.validators.values())
 
-    def wait_final(self, ctp_id: bytes, timeout: float) -> str | None:
+    def wait_final(self, ctp_id: bytes, timeout: float) -> CtpState | None:
         with self.changed:
             self.changed.wait_for(lambda: self.states.get(ctp_id) in FINAL, timeout)
             return self.states.get(ctp_id)
@@ -107,20 +108,20 @@ class Order:
     amount: int
     wh: int
     expiry_s: int
-    expect: str  # settled, or refunded for the one that cannot be delivered in time
+    expect: CtpState  # settled, or refunded for the one that cannot be delivered in time
 
 
 def orders(n: int, buyers: tuple[str, ...], wh_per_s: int) -> list[Order]:
     """n trades, buyers taking turns; the last asks for 20× what can arrive before it expires."""
-    plan = [Order(buyers[i % len(buyers)], 3 * (i + 10), 10, 120, "settled") for i in range(n - 1)]
-    return plan + [Order(buyers[(n - 1) % len(buyers)], 5, 20 * 15 * wh_per_s, 15, "refunded")]
+    plan = [Order(buyers[i % len(buyers)], 3 * (i + 10), 10, 120, CtpState.SETTLED) for i in range(n - 1)]
+    return [*plan, Order(buyers[(n - 1) % len(buyers)], 5, 20 * 15 * wh_per_s, 15, CtpState.REFUNDED)]
 
 
 @dataclass
 class Outcome:
     order: Order
     ctp: str = ""
-    state: str = "not placed"
+    state: str = "not placed"  # then "placed", and a CtpState or "open" (no final status in time)
 
     @property
     def ok(self) -> bool:

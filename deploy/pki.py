@@ -147,8 +147,8 @@ class Authority:
 def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """The P-256 key at `path` (PEM, 0600), made if missing and never overwritten."""
     if not path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
+        new_key = ec.generate_private_key(ec.SECP256R1())
+        pem = new_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         path.parent.mkdir(parents=True, exist_ok=True)

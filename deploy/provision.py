@@ -62,6 +62,8 @@ class Meter:
 
 @dataclass(frozen=True, slots=True)
 class Account:
+    """A household's ledger account in community.toml (not a Unix user: deploy.rootfs.SystemUser)."""
+
     id: str
     pk: str
     meter: str | None
@@ -215,17 +217,16 @@ def _devcert(
     else a new one."""
     device_pk, ca_pk = bytes(device.verify_key), bytes(ca.verify_key)
     try:
-        opened = open_message(path.read_bytes(), "devcert")
+        opened = open_message(path.read_bytes(), DevCert)
     except (FileNotFoundError, Reject):
         opened = None
-    kept = opened.body if opened else None
     if (
-        kept
-        and (kept.meter, kept.pk, kept.iss) == (mid, device_pk, ca_pk)
-        and now_ms <= kept.exp
+        opened is not None
+        and (opened.body.meter, opened.body.pk, opened.body.iss) == (mid, device_pk, ca_pk)
+        and now_ms <= opened.body.exp
         and opened.envelope.verifies(ca_pk)
     ):
-        return kept
+        return opened.body
     cert = DevCert(meter=mid, pk=device_pk, iss=ca_pk, nbf=validity[0], exp=validity[1])
     write_public(path, cert.sign(ca))
     return cert

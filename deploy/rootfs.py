@@ -62,7 +62,9 @@ class RootfsError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Account:
+class SystemUser:
+    """A Unix user of the image (not a ledger account: that is deploy.provision.Account)."""
+
     name: str
     uid: int
     gid: int
@@ -159,7 +161,7 @@ class RootTree:
         for instance in enable:
             self.link(f"{UNIT_DIR}/multi-user.target.wants/{instance}", f"{UNIT_DIR}/{name}")
 
-    def system_user(self, name: str, home: str, groups: tuple[str, ...] = ()) -> Account:
+    def system_user(self, name: str, home: str, groups: tuple[str, ...] = ()) -> SystemUser:
         """A locked system user with its own group, like `adduser --system --group`; an
         existing entry is kept as it is. Also a member of those of `groups` the image has."""
         users, known = _table(self.path("/etc/passwd")), _table(self.path("/etc/group"))
@@ -168,12 +170,14 @@ class RootTree:
             uid, gid = int(row[2]), int(row[3])
         else:
             taken = {int(r[2]) for r in users.values()} | {int(r[2]) for r in known.values()}
-            uid = next((i for i in SYSTEM_IDS if i not in taken), None)
-            if uid is None:
+            free = next((i for i in SYSTEM_IDS if i not in taken), None)
+            if free is None:
                 raise RootfsError(f"{self.root} has no free system uid for {name}")
+            uid = free
             gid = int(known[name][2]) if name in known else uid
         group_tables = ("/etc/group", "/etc/gshadow") if self.path("/etc/gshadow").exists() else ("/etc/group",)
-        for table, fields in zip(group_tables, ([name, "x", str(gid), ""], [name, "!", "", ""])):
+        # /etc/gshadow's row only where the image has that file
+        for table, fields in zip(group_tables, ([name, "x", str(gid), ""], [name, "!", "", ""]), strict=False):
             self._add_row(table, name, fields)
         self._add_row("/etc/passwd", name, [name, "x", str(uid), str(gid), "spb-energy", home, "/usr/sbin/nologin"])
         self._add_row("/etc/shadow", name, [name, "!", "", "", "", "", "", "", ""])
@@ -181,7 +185,7 @@ class RootTree:
         for group in present:
             for table in group_tables:
                 self._add_member(table, group, name)
-        return Account(name, uid, gid, present)
+        return SystemUser(name, uid, gid, present)
 
     def summary(self, label: str) -> str:
         head = f"{label} {self.root}: {len(self.changed)} written, {len(self.unchanged)} unchanged"

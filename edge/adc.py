@@ -24,6 +24,8 @@ class FakeMCP3008(MockSPIDevice):
     bits; the chip answers with a sampling bit, a null bit and the 10-bit code, MSB first.
     """
 
+    rx_buf: list[int]  # the bits received so far, kept by MockSPIDevice
+
     def __init__(self, pin_factory: MockFactory, vref: float = 3.3):
         super().__init__(**SPI0_CE0, pin_factory=pin_factory)
         self.vref = vref
@@ -75,7 +77,7 @@ class FakeMCP3008(MockSPIDevice):
         if self not in self.clock_pin.spi_devices:
             raise RuntimeError("FakeMCP3008 is not on its SPI clock pin (closed?): reads would be 0 V")
         reads = self.reads
-        device.raw_value  # one conversion
+        _ = device.raw_value  # reading it makes one conversion
         if self.reads != reads + 1:
             raise RuntimeError(
                 f"MCP3008 channel {device.channel} does not talk to this FakeMCP3008 "
@@ -125,7 +127,7 @@ def open_adc(kind: str, import_ch: int, export_ch: int, vref: float = 3.3) -> Ad
     Device.pin_factory = factory
     fake = FakeMCP3008(factory, vref)  # before the devices, which would claim its pins as plain mock pins
     devices = [MCP3008(channel=ch, max_voltage=vref, pin_factory=factory) for ch in (import_ch, export_ch)]
-    adc = Adc(*devices, fake=fake)
+    adc = Adc(devices[0], devices[1], fake=fake)
     try:
         for device in devices:
             fake.check_attached(device)

@@ -13,8 +13,9 @@ import logging
 import signal
 import sys
 import threading
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
+from typing import IO
 
 from broker.args import BROKER_HELP, broker_url, hex_bytes
 from broker.client import TlsFiles
@@ -71,15 +72,13 @@ def _identity(state_dir: Path) -> MeterIdentity:
         raise CliError(f"{state_dir} is not a meter state dir from `spb-deploy provision`: {exc}") from None
 
 
-def lock_state_dir(state_dir: Path):
+def lock_state_dir(state_dir: Path) -> IO[str]:
     """An exclusive lock on DIR/run.lock: two meters on one state dir would fight over its
     client id, seqs and keys. The kernel drops it when the process dies, even by SIGKILL."""
-    lock = open(state_dir / "run.lock", "w")
-    try:
+    with ExitStack() as unless_locked:
+        lock = unless_locked.enter_context(open(state_dir / "run.lock", "w"))
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise
+        unless_locked.pop_all()  # locked: the caller holds the file from here
     return lock
 
 
@@ -162,7 +161,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         dropped = ", ".join(f"{n} {why}" for why, n in store.dropped().items()) or "none"
         print(f"outbox   {store.outbox_size()} message(s) waiting for the broker; dropped: {dropped}")
         for b in store.batches():
-            coe = f"CoE valid until {_when(b.coe_exp, now)}" if b.coe else "waiting for a CoE"
+            coe = f"CoE valid until {_when(b.coe_exp, now)}" if b.coe_exp is not None else "waiting for a CoE"
             print(f"keys     batch #{b.id}: {b.size - b.next_idx} of {b.size} one-time keys free, {coe}")
         for r in store.trades():
             reason = f" ({r.reason})" if r.reason else ""

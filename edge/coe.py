@@ -34,10 +34,10 @@ def request(batch: Batch, cert: bytes, device_key: SigningKey, nonce: bytes, now
 
 def accept(verifier: Verifier, raw: bytes, waiting: Batch, me: str, now: int) -> Coe:
     """The CoE in a `coe/resp`, if it vouches for the batch we wait on; else Reject/Refused."""
-    coe: Coe = verifier.verify(raw, now, expect="coe").body
+    coe: Coe = verifier.verify(raw, now, expect=Coe).body
     if (coe.root, coe.size) != (waiting.root, waiting.size):
         raise Refused("the CoE is not for the batch this meter is waiting on")
-    if open_message(coe.cert, "devcert").body.meter == me:
+    if open_message(coe.cert, DevCert).body.meter == me:
         raise Refused("a CoE signed by this meter itself")
     if coe.exp < now + MIN_LIFE_MS:
         raise Refused("the CoE expires within the hour")
@@ -59,8 +59,8 @@ class Witness:
     def answer(self, raw: bytes, own_roots: set[bytes], now: int) -> tuple[str, bytes]:
         """(requester meter id, signed CoE) for a request; Reject if it does not verify,
         Refused if it is ours, stale, for an own root, or over the requester's rate."""
-        req: CoeRequest = self.verifier.verify(raw, now, expect="coereq").body
-        requester = open_message(req.cert, "devcert").body.meter  # verify() checked the cert
+        req: CoeRequest = self.verifier.verify(raw, now, expect=CoeRequest).body
+        requester = open_message(req.cert, DevCert).body.meter  # verify() checked the cert
         if not 1 <= req.size <= MAX_BATCH:
             raise Reject("schema", f"coereq size {req.size} not in 1..{MAX_BATCH}")
         if requester == self.me:
@@ -70,7 +70,7 @@ class Witness:
         if abs(now - req.t) > REQUEST_AGE_MS:
             raise Refused(f"a request from {requester} made {(now - req.t) // 1000} s ago by our clock")
         self._spend(requester, now)
-        own: DevCert = open_message(self.cert, "devcert").body
+        own: DevCert = open_message(self.cert, DevCert).body
         coe = Coe(
             root=req.root, size=req.size, t=now - CLOCK_SKEW_MS, exp=min(now + self.valid_ms, own.exp), cert=self.cert
         )

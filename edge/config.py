@@ -15,7 +15,12 @@ from pathlib import Path
 from edge.display_drivers import DISPLAYS
 
 CONFIG_NAME = "config.toml"
-_TYPES = {"int": int, "float": (int, float), "str": str, "int | None": (int, type(None))}
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "float": (int, float),
+    "str": str,
+    "int | None": (int, type(None)),
+}
 _WORDS = {"int": "a whole number", "float": "a number", "str": "text", "int | None": 'a whole number or "none"'}
 
 
@@ -57,9 +62,10 @@ class MeterConfig:
 
     def check(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, _TYPES[f.type]):
-                raise ValueError(f"{f.name} must be {_WORDS[f.type]}, not {value!r}")
+            value, kind = getattr(self, f.name), f.type
+            assert isinstance(kind, str), "annotations stay strings: from __future__ import annotations"
+            if isinstance(value, bool) or not isinstance(value, _TYPES[kind]):
+                raise ValueError(f"{f.name} must be {_WORDS[kind]}, not {value!r}")
         if self.led_pin is not None and not 0 <= self.led_pin <= 27:
             raise ValueError('led_pin must be a GPIO number 0..27, or "none"')
         if not (0 <= self.night_start <= 23 and 0 <= self.night_end <= 23):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wire.messages import CtpState
+
 Pixel = tuple[int, int, int]
 Frame = tuple[Pixel, ...]  # 64 pixels, row-major, row 0 at the top
 
@@ -22,6 +24,7 @@ DIM_BLUE: Pixel = (0, 0, 64)
 DIM_YELLOW: Pixel = (64, 48, 0)
 ALIVE: Pixel = (0, 32, 0)  # idle's top-left pixel: the meter is running
 BLINK_MS = 500
+IDLE = "idle"  # a View's phase when no trade is shown
 
 # 5x7 glyphs, one hex byte per row from the top, bit 4 the leftmost column.
 FONT: dict[str, bytes] = {
@@ -57,6 +60,7 @@ FONT: dict[str, bytes] = {
             "1f01020408101f",
             "0e110102040004",
         ),
+        strict=True,  # one glyph per character
     )
 }
 GLYPH_LEFT, GLYPH_TOP = 1, 1  # the 5x7 glyph sits in columns 1-5, rows 1-7
@@ -66,12 +70,12 @@ GLYPH_LEFT, GLYPH_TOP = 1, 1  # the 5x7 glyph sits in columns 1-5, rows 1-7
 class View:
     """What the meter knows that the household should see.
 
-    phase: "idle" | "held" | "settled" | "refunded" | "rejected"; promised_wh is the held
+    phase: IDLE, or the CtpState of the trade shown (never `sent`); promised_wh is the held
     CTP's energy, reason the §4 code of a rejection, power_w the power now (+import, -export).
     """
 
     online: bool
-    phase: str
+    phase: str  # IDLE or a CtpState
     delivered_wh: int = 0
     promised_wh: int = 0
     reason: str = ""
@@ -89,13 +93,13 @@ def render(view: View, now_ms: int, *, full_w: int = 5000) -> Frame:
 
 
 def _phase(view: View, full_w: int) -> list[Pixel]:
-    if view.phase == "held":
+    if view.phase == CtpState.HELD:
         return _progress(view.delivered_wh, view.promised_wh)
-    if view.phase == "settled":
+    if view.phase == CtpState.SETTLED:
         return [GREEN] * SIDE * SIDE
-    if view.phase == "refunded":
+    if view.phase == CtpState.REFUNDED:
         return [AMBER] * SIDE * SIDE
-    if view.phase == "rejected":
+    if view.phase == CtpState.REJECTED:
         return _letter(view.reason[:1].upper())
     return _idle(view.power_w, full_w)
 

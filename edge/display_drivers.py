@@ -179,7 +179,8 @@ class Painter:
             log.exception("display driver failed to close")
 
     def _run(self) -> None:
-        latest, drawn, failing = None, None, False
+        latest: tuple[View, bool] | None = None
+        drawn, failing = None, False
         while True:
             with self._cond:
                 blinking = latest is not None and not latest[0].online
@@ -187,6 +188,7 @@ class Painter:
                 if self._closed:
                     return
                 latest, self._fresh = self._latest, False
+            assert latest is not None, "woken by show() or, blinking, with a view shown already"
             view, low_light = latest
             frame = render(view, wall_ms())
             if (frame, low_light) == drawn:

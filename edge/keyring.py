@@ -20,6 +20,9 @@ class NoKey(Exception):
     """No batch can confirm a new trade yet; the message says what is missing."""
 
 
+_COE_FIELDS = "a batch's CoE is stored with its t and exp (MeterStore.set_coe)"
+
+
 class Batch(NamedTuple):
     id: int | None
     root: bytes
@@ -48,7 +51,10 @@ class Batch(NamedTuple):
 
     def usable(self, now: int, until: int) -> bool:
         """Has a free key and a CoE valid from now until `until` (a CTP's expiry)."""
-        return self.coe is not None and self.next_idx < self.size and self.coe_t <= now and until <= self.coe_exp
+        if self.coe is None:
+            return False
+        assert self.coe_t is not None and self.coe_exp is not None, _COE_FIELDS
+        return self.next_idx < self.size and self.coe_t <= now and until <= self.coe_exp
 
 
 def _tree(seeds: bytes) -> MerkleTree:
@@ -80,4 +86,5 @@ def wants_new_batch(newest: Batch | None, now: int) -> bool:
         return True
     if newest.coe is None:
         return False
+    assert newest.coe_t is not None and newest.coe_exp is not None, _COE_FIELDS
     return 4 * newest.next_idx >= 3 * newest.size or 4 * (newest.coe_exp - now) <= newest.coe_exp - newest.coe_t

@@ -28,7 +28,7 @@ from edge.sampling import Integrator, Sense
 from edge.state_dir import MeterIdentity
 from edge.store import COE, MeterStore, TradeRow
 from wire import topics
-from wire.messages import Birth, Reading, open_message
+from wire.messages import Birth, Reading, Rejection, Status, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -75,7 +75,7 @@ class MeterNode:
         self.rows: list[TradeRow] = []  # open trades and recent outcomes, from the store
         self._watched: set[str] = set()  # status topics subscribed to
         self._ours: dict[bytes, tuple[bytes, str]] = {}  # hash of our tx message -> (CTP id, kind)
-        self._asked = (None, 0)  # (batch id, wall ms) of the last CoE request
+        self._asked: tuple[int | None, int] = (None, 0)  # (batch id, wall ms) of the last CoE request
         self._dirty = threading.Event()  # paho's thread changed the store: reload and pump
         self._remember_peers()
         self.bus = BusClient(
@@ -217,6 +217,7 @@ class MeterNode:
         if keyring.wants_new_batch(newest, now):
             newest = self.store.add_batch(keyring.Batch.new(os.urandom(32 * self.config.batch_size), now))
             log.info("%s made key batch #%d (%d one-time keys)", self.id.meter, newest.id, newest.size)
+        assert newest is not None, "wants_new_batch wants one when there is none"
         waiting = newest if newest.coe is None else None
         asked_id, asked_at = self._asked
         if waiting is None or (asked_id == waiting.id and now - asked_at < self.config.resend_s * 1000):
@@ -275,7 +276,7 @@ class MeterNode:
     def _on_status(self, topic: str, payload: bytes, retained: bool) -> None:
         now = wall_ms()
         try:
-            status = self.verifier.verify(payload, now, expect="status").body
+            status = self.verifier.verify(payload, now, expect=Status).body
         except Reject as exc:
             log.warning("%s rejected a status on %s: %s", self.id.meter, topic, exc)
             return
@@ -292,9 +293,9 @@ class MeterNode:
     def _on_reject(self, topic: str, payload: bytes, retained: bool) -> None:
         ours = self._ours
         try:
-            if open_message(payload, "reject").body.msg not in ours:
+            if open_message(payload, Rejection).body.msg not in ours:
                 return  # someone else's: not worth a signature check
-            rejection = self.verifier.verify(payload, wall_ms(), expect="reject").body
+            rejection = self.verifier.verify(payload, wall_ms(), expect=Rejection).body
         except Reject as exc:
             log.warning("%s rejected a reject: %s", self.id.meter, exc)
             return
@@ -320,6 +321,7 @@ class MeterNode:
         waiting = self.store.newest_batch()
         if waiting is None or waiting.coe is not None:
             return  # an answer to a request another witness answered first
+        assert waiting.id is not None, "a batch from the store has its row id"
         try:
             got = coe.accept(self.verifier, payload, waiting, self.id.meter, now)
         except (Reject, coe.Refused) as exc:

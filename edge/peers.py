@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wire.messages import Birth, Reading, open_message, shown
+from wire.messages import Birth, DevCert, Reading, open_message, shown
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -32,10 +32,10 @@ class PeerTable:
     states: dict[str, bool] = field(default_factory=dict)
 
     def on_birth(self, topic_meter: str, raw: bytes, now: int) -> Birth:
-        birth = self.verifier.verify(raw, now, expect="birth").body
+        birth = self.verifier.verify(raw, now, expect=Birth).body
         if birth.meter != topic_meter:
             raise Reject("cert", f"birth of {shown(birth.meter)} on the topic of {topic_meter!r}")
-        device_pk = open_message(birth.cert, "devcert").body.pk  # verify() checked the cert
+        device_pk = open_message(birth.cert, DevCert).body.pk  # verify() checked the cert
         known = self.peers.get(birth.meter)
         # seq never repeats across a meter's reboots, so a new birth keeps what we saw of it
         last_seq = known.last_seq if known and known.device_pk == device_pk else None
@@ -46,7 +46,8 @@ class PeerTable:
 
     def on_reading(self, topic_meter: str, raw: bytes, now: int) -> Reading:
         peer = self.peers.get(topic_meter)
-        reading = self.verifier.verify(raw, now, expect="reading", device_key=peer.device_pk if peer else None).body
+        reading = self.verifier.verify(raw, now, expect=Reading, device_key=peer.device_pk if peer else None).body
+        assert peer is not None, "without its meter's device key, verify() rejects a reading as unsigned"
         if reading.meter != topic_meter:
             raise Reject("signature", f"reading names {shown(reading.meter)} but {topic_meter!r} signed it")
         if peer.last_seq is not None and reading.seq <= peer.last_seq:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 from edge.energy import Totals
 
@@ -92,7 +93,7 @@ class PowerProfile:
     def __post_init__(self):
         if not self.steps or self.steps[0][0] != 0:
             raise ValueError("the first step must start at 0 s")
-        for (before, _), (start, _) in zip(self.steps, self.steps[1:]):
+        for (before, _), (start, _) in pairwise(self.steps):
             if start <= before:
                 raise ValueError(f"steps must start in increasing order: {start} s after {before} s")
 

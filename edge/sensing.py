@@ -16,8 +16,8 @@ def open_sensing(kind: str, config: MeterConfig, profile: PowerProfile | None) -
     adc = open_adc(kind, config.import_channel, config.export_channel, config.vref)
     cal_in = Calibration(config.import_full_w, config.dead_band_w)
     cal_out = Calibration(config.export_full_w, config.dead_band_w)
+    profile = profile or PowerProfile.parse("0")  # what the fake ADC's pots are set to
     if kind == "fake":
-        profile = profile or PowerProfile.parse("0")
         watts = [w for _, w in profile.steps]
         if max(watts) > cal_in.full_scale_w or -min(watts) > cal_out.full_scale_w:
             adc.close()

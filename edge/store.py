@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -47,9 +47,12 @@ CREATE INDEX IF NOT EXISTS trades_changed ON trades (changed);
 """
 
 READING, TX, COE = "reading", "tx", "coe"  # outbox kinds; only readings may be dropped when full
+SENT = "sent"  # a trade's state until a status or reject answers its CTP: the meter's own, never on the wire
 
 
-class Outgoing(NamedTuple):
+class MeterOutboxRow(NamedTuple):
+    """A message the meter queued (reading, transaction, CoE request) and the broker has not acknowledged yet."""
+
     seq: int
     topic: str
     payload: bytes
@@ -62,7 +65,7 @@ class TradeRow(NamedTuple):
     idx: int
     wh: int
     exp: int
-    state: str
+    state: str  # SENT or a wire.messages.CtpState
     reason: str
     delivered_wms: int
     erc: bytes | None
@@ -73,7 +76,9 @@ class TradeRow(NamedTuple):
 
     def message(self, topic: str) -> bytes:
         """The trade's message that goes on `topic` (tx/ctp, tx/erc or tx/cancel)."""
-        return {topics.TX_CTP: self.ctp, topics.TX_ERC: self.erc, topics.TX_CANCEL: self.cancel}[topic]
+        message = {topics.TX_CTP: self.ctp, topics.TX_ERC: self.erc, topics.TX_CANCEL: self.cancel}[topic]
+        assert message is not None, f"asked for the {topic} of a trade that has none (trades.next_step never does)"
+        return message
 
 
 _TRADE_COLUMNS = ", ".join(TradeRow._fields)
@@ -120,7 +125,9 @@ class MeterStore:
         with self._lock:
             return Totals(self._get("wms_in"), self._get("wms_out"))
 
-    def commit_reading(self, totals: Totals, sign, progress: dict[bytes, int]) -> int:
+    def commit_reading(
+        self, totals: Totals, sign: Callable[[int], tuple[str, bytes]], progress: dict[bytes, int]
+    ) -> int:
         """Store the totals, the trades' delivered energy and the reading `sign(seq)` makes
         as (topic, payload), all in one transaction; return the reading's fresh seq."""
         with self.transaction() as db:
@@ -159,12 +166,12 @@ class MeterStore:
                 "INSERT INTO dropped VALUES ('outbox-full', 1) ON CONFLICT (reason) DO UPDATE SET count = count + 1"
             )
 
-    def outbox_after(self, seq: int, limit: int) -> list[Outgoing]:
+    def outbox_after(self, seq: int, limit: int) -> list[MeterOutboxRow]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
             ).fetchall()
-        return [Outgoing(*row) for row in rows]
+        return [MeterOutboxRow(*row) for row in rows]
 
     def delivered(self, seqs: list[int]) -> None:
         with self.transaction() as db:
@@ -241,7 +248,9 @@ class MeterStore:
                 (ctp_id, raw, batch.id, batch.next_idx, wh, exp, now, now, now),
             )
             self._enqueue(topics.TX_CTP, raw, TX)
-            return self._trade(ctp_id)
+            row = self._trade(ctp_id)
+            assert row is not None, "inserted just above, in this transaction"
+            return row
 
     def trades(self, changed_since: int | None = None) -> list[TradeRow]:
         """All trades, oldest first; with changed_since, the open ones and those whose state

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import hashlib
 
-from edge.display import View
+from edge.display import IDLE, View
 from edge.energy import WMS_PER_WH
-from edge.store import TradeRow
+from edge.store import SENT, TradeRow
 from wire import topics
-from wire.messages import Status
+from wire.messages import CtpState, Status
 
-OPEN = ("sent", "held")
+HELD, SETTLED, REFUNDED, REJECTED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED, CtpState.REJECTED
+OPEN = (SENT, HELD)
 RESULT_MS = 10_000  # how long the display shows a trade's outcome
-FINAL = ("settled", "refunded")
-_RANK = {"sent": 0, "rejected": 1, "held": 2, "settled": 3, "refunded": 3}
+FINAL = (SETTLED, REFUNDED)
+_RANK = {SENT: 0, REJECTED: 1, HELD: 2, SETTLED: 3, REFUNDED: 3}
 
 ERC, CANCEL = "erc", "cancel"  # steps that need a new signature
 
@@ -35,18 +36,18 @@ def on_status(row: TradeRow, status: Status, ctp_hash: bytes, now: int) -> Trade
     CTP was held, though, the id's end is ours.
     """
     mine = {
-        "held": ctp_hash,
-        "rejected": ctp_hash,
-        "settled": _hash(row.erc),
-        "refunded": None if status.msg is None else _hash(row.cancel),
+        HELD: ctp_hash,
+        REJECTED: ctp_hash,
+        SETTLED: _hash(row.erc),
+        REFUNDED: None if status.msg is None else _hash(row.cancel),
     }[status.state]
-    if status.msg != mine and row.state == "held" and status.state in FINAL:
+    if status.msg != mine and row.state == HELD and status.state in FINAL:
         # The ledger held our CTP under this id, so its end is ours, whoever caused it (say
         # a copy of this meter's store signing too): shown, never left hanging.
         return row._replace(state=status.state, reason="by a message this meter did not sign", changed=now)
     if status.msg != mine:
-        if row.state == "sent" and status.state in ("held", "settled"):
-            return row._replace(state="rejected", reason="duplicate", changed=now)
+        if row.state == SENT and status.state in (HELD, SETTLED):
+            return row._replace(state=REJECTED, reason="duplicate", changed=now)
         return None
     if _RANK[status.state] <= _RANK[row.state]:
         return None
@@ -67,7 +68,7 @@ def on_reject(row: TradeRow, kind: str, reason: str, now: int) -> TradeRow | Non
     if reason == "duplicate":
         return None
     if kind == "ctp":
-        return row._replace(state="rejected", reason=reason, changed=now) if row.state == "sent" else None
+        return row._replace(state=REJECTED, reason=reason, changed=now) if row.state == SENT else None
     return row._replace(reason=f"{kind} {reason}") if row.state in OPEN else None
 
 
@@ -80,7 +81,7 @@ def allocate(rows: list[TradeRow], progress: dict[bytes, int], wms: int, now: in
     for row in rows:
         if wms <= 0:
             break
-        if row.state != "held" or row.erc is not None or now > row.exp:
+        if row.state != HELD or row.erc is not None or now > row.exp:
             continue
         have = progress.get(row.id, row.delivered_wms)
         take = min(wms, row.wh * WMS_PER_WH - have)
@@ -103,9 +104,9 @@ def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int) -> st
     trade: the ledger holds it (if it got it in time) or rejects it as `expired`.
     """
     stale = now - row.sent >= resend_ms
-    if row.state == "sent":
+    if row.state == SENT:
         return topics.TX_CTP if stale else None  # after exp too: the ledger's `expired` ends it
-    if row.state != "held":
+    if row.state != HELD:
         return None
     if row.erc is None and delivered_wms >= row.wh * WMS_PER_WH and now <= row.exp:
         return ERC
@@ -125,9 +126,9 @@ def view(rows: list[TradeRow], progress: dict[bytes, int], now: int, online: boo
     if outcomes:
         last = max(outcomes, key=lambda r: r.changed)
         return View(online=online, phase=last.state, reason=last.reason, power_w=power_w)
-    held = [r for r in rows if r.state == "held"]
+    held = [r for r in rows if r.state == HELD]
     if held:
         r = held[0]
         delivered = progress.get(r.id, r.delivered_wms) // WMS_PER_WH
-        return View(online=online, phase="held", delivered_wh=delivered, promised_wh=r.wh, power_w=power_w)
-    return View(online=online, phase="idle", power_w=power_w)
+        return View(online=online, phase=HELD, delivered_wh=delivered, promised_wh=r.wh, power_w=power_w)
+    return View(online=online, phase=IDLE, power_w=power_w)

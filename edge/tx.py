@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 from edge import keyring
 from edge.store import MeterStore, TradeRow
 from wire import topics
-from wire.messages import Cancel, Ctp, Erc
+from wire.messages import Cancel, Ctp, CtpState, Erc
 
 
 class TradeError(Exception):
@@ -66,7 +66,7 @@ def confirm(
     def make(row: TradeRow) -> TradeRow:
         if row.erc is not None:
             raise TradeError("this trade's ERC was signed already; its one-time key signs nothing else")
-        if row.state in ("settled", "refunded", "rejected"):
+        if row.state in (CtpState.SETTLED, CtpState.REFUNDED, CtpState.REJECTED):
             raise TradeError(f"the trade is {row.state}")
         if not force and wh < row.wh:
             raise TradeError(
@@ -76,6 +76,7 @@ def confirm(
         if not force and now > row.exp:
             raise TradeError("the trade has expired: the ledger would refuse its ERC (--force to sign anyway)")
         batch = store.batch(row.batch)
+        assert batch.coe is not None, "a trade's key comes from a batch with a CoE (keyring.choose)"
         key = batch.key(row.idx)
         erc = Erc(
             ctp=row.id, wh=wh, t=now, pk=bytes(key.verify_key), idx=row.idx, path=batch.proof(row.idx), coe=batch.coe

@@ -38,7 +38,10 @@ def trade_hash(trade: bytes) -> bytes:
 
 def parse_trade(raw: bytes) -> tuple[bytes, bytes]:
     try:
-        ctp_raw, erc_hash = load(raw)
+        pair = load(raw)
+        if type(pair) is not list:
+            raise ValueError
+        ctp_raw, erc_hash = pair
         if type(ctp_raw) is not bytes or type(erc_hash) is not bytes or len(erc_hash) != 32:
             raise ValueError
     except (Reject, TypeError, ValueError):
@@ -61,7 +64,10 @@ def encode_inputs(inputs: tuple[Input, ...]) -> bytes:
 
 def decode_inputs(raw: bytes) -> tuple[Input, ...]:
     try:
-        inputs = tuple((typ, msg) for typ, msg in load(raw))
+        pairs = load(raw)
+        if type(pairs) is not list:
+            raise ValueError
+        inputs = tuple((typ, msg) for typ, msg in pairs)
         if not all(type(typ) is str and type(msg) is bytes for typ, msg in inputs):
             raise ValueError
     except (Reject, TypeError, ValueError):
@@ -110,6 +116,8 @@ class Header:
     def decode(cls, raw: bytes) -> Header:
         try:
             m = load(raw)
+            if type(m) is not dict:
+                raise TypeError
             header = cls(m["h"], m["prev"], m["t"], m["txs"], m["ctps"], m["inputs"])
             ok = m["v"] == BLOCK_V and m["typ"] == "header" and len(m) == 8
         except (Reject, KeyError, TypeError, AttributeError):
@@ -146,6 +154,8 @@ class Block:
     def from_chain_bytes(cls, raw: bytes, inputs: tuple[Input, ...] = ()) -> Block:
         try:
             m = load(raw)
+            if type(m) is not dict:
+                raise TypeError
             header = Header.decode(m["header"])
             trades = tuple(m["trades"])
             seals = tuple((i, sig) for i, sig in m["seals"])

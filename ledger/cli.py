@@ -26,7 +26,7 @@ from ledger.proof import ProofError, check_proof, make_proof
 from ledger.store import LedgerStore, StoreError
 from ledger.validator import ValidatorIdentity, secret_validator_dir
 from wire.cose import MAX_MESSAGE
-from wire.messages import BODY_TYPES, open_message
+from wire.messages import BODY_TYPES, Ctp, CtpState, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -159,11 +159,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     row = store.ctp_row(args.ctp)
     if row is not None:
         raw, digest, state, height, by = row
-        ctp = open_message(raw, "ctp").body
+        ctp = open_message(raw, Ctp).body
         print(f"state {state}\nheight {height}")
         print(f"payer {ctp.payer.hex()}\npayee {ctp.payee.hex()}\namount {ctp.amount}\nwh {ctp.wh}\nexp {ctp.exp}")
         print(f"ctp-message {digest.hex()}")
-        if state != "held":
+        if state != CtpState.HELD:
             print(f"by {by.hex() if by else 'expiry'}")
         return 0
     rejected = store.rejection(args.ctp)
@@ -171,7 +171,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"spb-ledger: no CTP {args.ctp.hex()} on this ledger", file=sys.stderr)
         return 1
     reason, msg, t = rejected
-    print(f"state rejected\nreason {reason}\nmessage {msg.hex()}\nt {t}")
+    print(f"state {CtpState.REJECTED}\nreason {reason}\nmessage {msg.hex()}\nt {t}")
     return 0
 
 
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         query = sub.add_parser(name, help=help_text)
         query.add_argument("dir", type=Path, metavar="DIR")
-        if arg is not None:
+        if arg is not None and arg_type is not None:  # both or neither
             query.add_argument(arg, type=arg_type, metavar="HEX")
         query.add_argument("--validator", type=int, default=0, metavar="I", help="whose database (default 0)")
         query.set_defaults(run=globals()[f"cmd_{name}"])

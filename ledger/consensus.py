@@ -67,7 +67,9 @@ def make(
 
 def wire(message: Signed) -> bytes:
     """The bytes to publish."""
-    body, sig = load(message.signed)
+    parts = load(message.signed)
+    assert type(parts) is list, "make() and open_signed() keep [body, sig]"
+    body, sig = parts
     return encode([body, sig, message.attachments]) if message.attachments else message.signed
 
 
@@ -116,6 +118,7 @@ def open_signed(raw: object, validators: tuple[bytes, ...]) -> Signed:
         raise ConsensusError("not signed by the validator it names") from None
     except Reject as exc:
         raise ConsensusError(f"not CBOR: {exc}") from None
+    assert type(raw) is bytes, "parts were loaded from it"
     signed = raw if len(parts) == 2 else encode([body, sig])
     return Signed(m["k"], h, r, sender, m["d"], pr, m["seal"], signed, attachments)
 
@@ -134,7 +137,10 @@ def block_bytes(header: Header, inputs: tuple[Input, ...]) -> bytes:
 
 def parse_block(raw: object) -> tuple[Header, tuple[Input, ...]]:
     try:
-        header_raw, inputs = load(raw) if type(raw) is bytes else (None, None)
+        parts = load(raw) if type(raw) is bytes else None
+        if type(parts) is not list:
+            raise TypeError("not [header, inputs]")
+        header_raw, inputs = parts
         return Header.decode(header_raw), decode_inputs(inputs)
     except (BlockError, Reject, TypeError, ValueError) as exc:
         raise ConsensusError(f"not a proposed block: {exc}") from None

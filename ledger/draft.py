@@ -1,7 +1,8 @@
 """Building one block: docs/PROTOCOL.md §4's stateful checks and §5's life cycle, as a pure function.
 
 A Draft sits on a committed LedgerState and collects what a block would change, without
-changing the state: (state, messages, block time) -> (block, signed outputs). The block time
+changing the state: (state, messages, block time) -> (block, its Changes, signed outputs),
+and LedgerState.commit applies the Changes once consensus decided the block. The block time
 is the clock for every check, stateless or stateful, so replaying a block from the log
 (audit, another validator) reaches the same verdicts. The order of the checks per message
 type is in docs/decisions/0002-ledger-v1.md, with revocations in 0004-revocation.md.
@@ -9,15 +10,16 @@ type is in docs/decisions/0002-ledger-v1.md, with revocations in 0004-revocation
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
 from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
-from ledger.state import HELD, REFUNDED, SETTLED, CtpRecord, LedgerState
+from ledger.state import Changes, CtpRecord, LedgerState
 from wire import topics
 from wire.cose import message_hash
-from wire.messages import Body, Cancel, Ctp, Erc, Opened, Rejection, Revoke, Status, shown
+from wire.messages import Body, Cancel, Ctp, CtpState, Erc, Opened, Rejection, Revoke, Status, shown
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -66,6 +68,7 @@ class Draft:
         self.ctp_rejects: dict[bytes, tuple[str, bytes]] = {}  # unknown CTP id -> (reason, msg hash)
         self.refused: dict[bytes, int] = {}  # hash -> exp of payer-signed CTPs rejected here
         self.block: Block | None = None
+        self._changes: Changes | None = None
         self._new = 0  # records appended to the tree by this draft
 
     # -- reads through the draft to the committed state --
@@ -96,16 +99,23 @@ class Draft:
         opened = reason = None
         try:
             opened = self.verifier.verify(raw, self.t, expect=typ)
-            {"ctp": self._ctp, "erc": self._erc, "cancel": self._cancel, "revoke": self._revoke}[typ](opened, digest)
+            # verify(expect=typ) opened a body of typ's class, the one its handler takes
+            handlers: dict[str, Callable[[Opened[Any], bytes], None]] = {
+                "ctp": self._ctp,
+                "erc": self._erc,
+                "cancel": self._cancel,
+                "revoke": self._revoke,
+            }
+            handlers[typ](opened, digest)
         except Reject as exc:
-            signed_ctp = opened.body if opened is not None and typ == "ctp" else None
+            signed_ctp = opened.body if opened is not None and isinstance(opened.body, Ctp) else None
             self._reject(digest, exc.reason, signed_ctp)
             reason = exc.reason
         self.inputs.append((typ, raw))
         self.reasons.append(reason)
         return reason
 
-    def _ctp(self, opened: Opened, digest: bytes) -> None:
+    def _ctp(self, opened: Opened[Ctp], digest: bytes) -> None:
         ctp: Ctp = opened.body
         record = self.record(ctp.id)
         if record is not None and record.hash == digest:
@@ -124,18 +134,18 @@ class Draft:
         self._move(ctp.payer, -ctp.amount, +ctp.amount)
         index = self.known + self._new
         self._new += 1
-        self._put(CtpRecord(ctp, opened.raw, digest, index, HELD, self.height, digest))
+        self._put(CtpRecord(ctp, opened.raw, digest, index, CtpState.HELD, self.height, digest))
 
-    def _erc(self, opened: Opened, digest: bytes) -> None:
+    def _erc(self, opened: Opened[Erc], digest: bytes) -> None:
         erc: Erc = opened.body
         coe, witness = self.verifier.coe_and_witness(erc)
         revoked = self.revoked_at(witness.pk)
         if revoked is not None and coe.t >= revoked:
             raise Reject("cert", f"witness {shown(witness.meter)} revoked at {revoked}, CoE issued at {coe.t}")
         record = self._known(erc.ctp)
-        if record.state == SETTLED and record.by == digest:
+        if record.state == CtpState.SETTLED and record.by == digest:
             raise Reject("duplicate", "this ERC settled the CTP already")
-        if record.state != HELD:
+        if record.state != CtpState.HELD:
             raise Reject("not-held", f"CTP is {record.state}")
         if self.key_used(erc.pk):
             raise Reject("replay", "this one-time key confirmed another CTP")
@@ -151,22 +161,22 @@ class Draft:
         self.used_keys[erc.pk] = ctp.id
         self.trades.append(trade_bytes(record.raw, digest))
         self.settled.append(ctp.id)
-        self._put(record.moved(SETTLED, self.height, digest, erc.pk))
+        self._put(record.moved(CtpState.SETTLED, self.height, digest, erc.pk))
 
-    def _cancel(self, opened: Opened, digest: bytes) -> None:
+    def _cancel(self, opened: Opened[Cancel], digest: bytes) -> None:
         cancel: Cancel = opened.body
         record = self._known(cancel.ctp)
         if record.by == digest:
             raise Reject("duplicate", "this cancel refunded the CTP already")
         if cancel.payer != record.ctp.payer:
             raise Reject("not-payer", "only the CTP's payer may cancel it")
-        if record.state != HELD:
+        if record.state != CtpState.HELD:
             raise Reject("not-held", f"CTP is {record.state}")
         if self.t <= record.ctp.exp:
             raise Reject("too-early", f"CTP holds until {record.ctp.exp}, block time {self.t}")
         self._refund(record, digest)
 
-    def _revoke(self, opened: Opened, digest: bytes) -> None:
+    def _revoke(self, opened: Opened[Revoke], digest: bytes) -> None:
         revoke: Revoke = opened.body
         if self.revoked_at(revoke.pk) is not None:
             raise Reject("duplicate", "this device key is revoked already")
@@ -180,7 +190,7 @@ class Draft:
 
     def _refund(self, record: CtpRecord, by: bytes) -> None:
         self._move(record.ctp.payer, +record.ctp.amount, -record.ctp.amount)
-        self._put(record.moved(REFUNDED, self.height, by))
+        self._put(record.moved(CtpState.REFUNDED, self.height, by))
 
     def _move(self, pk: bytes, balance: int, held: int) -> None:
         self.balances[pk] = self.balance(pk) + balance
@@ -208,33 +218,55 @@ class Draft:
         if self.record(signed_ctp.id) is None:
             ctp_id = signed_ctp.id
             self.ctp_rejects[ctp_id] = (reason, msg)
-            status = Status(ctp=ctp_id, state="rejected", t=self.t, reason=reason, msg=msg)
+            status = Status(ctp=ctp_id, state=CtpState.REJECTED, t=self.t, reason=reason, msg=msg)
             self.outputs.append(Output(topics.status(ctp_id), status, True))
 
     # -- the block --
 
     def finish(self) -> Block | None:
-        """Refund what expired by the block time, then build the block (unsealed).
+        """Refund what expired by the block time, then build the block (unsealed) and its
+        `changes`, leaving the committed state as it was.
 
         None when nothing was decided and nothing expired.
         """
         for record in self.base.expiring(self.t):
-            if self.record(record.ctp.id).state == HELD:
+            current = self.record(record.ctp.id)
+            assert current is not None, "an expiring record is in the base state"
+            if current.state == CtpState.HELD:
                 self._refund(record, b"")
         if not (self.inputs or self.ctps):
             return None
-        tree = self.base.tree  # changed in place; LedgerState.discard undoes it
-        tree.set_leaves({record.index: record.leaf() for record in self.ctps.values()})
+        tree = self.base.tree.change({record.index: record.leaf() for record in self.ctps.values()})
         header = Header(
             self.height,
             self.base.tip,
             self.t,
             txs=merkle_root([trade_hash(trade) for trade in self.trades]),
-            ctps=tree.root(),
+            ctps=tree.root,
             inputs=merkle_root([input_hash(*i) for i in self.inputs]),
         )
         self.block = Block(header, tuple(self.trades), (), tuple(self.inputs))
+        accounts = self.balances.keys() | self.held.keys()
+        self._changes = Changes(
+            header,
+            balances={pk: self.balance(pk) for pk in accounts},
+            held={pk: self.holding(pk) for pk in accounts},
+            records=dict(self.ctps),
+            known=self.known,
+            revoked=dict(self.revoked),
+            refused=dict(self.refused),
+            ctp_rejects=dict(self.ctp_rejects),
+            settled=tuple(self.settled),
+            tree=tree,
+        )
         return self.block
+
+    @property
+    def changes(self) -> Changes:
+        """What committing the finished block changes (LedgerState.commit, LedgerStore.commit)."""
+        if self._changes is None:
+            raise ValueError("no block: the draft is not finished, or finished with nothing to decide")
+        return self._changes
 
     def signed_outputs(self, key: SigningKey) -> list[tuple[str, bytes, bool]]:
         """(topic, payload, retain) for each status and reject, signed by this validator."""

@@ -76,7 +76,7 @@ class Genesis:
     def decode(cls, raw: bytes) -> Genesis:
         try:
             m = load(raw)
-            if m.get("v") != 1 or m.get("typ") != "genesis":
+            if not isinstance(m, dict) or m.get("v") != 1 or m.get("typ") != "genesis":
                 raise GenesisError("not a v1 genesis")
             genesis = cls(
                 tuple(m["cas"]),

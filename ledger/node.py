@@ -4,30 +4,38 @@ block alone, without consensus, for tests and the core benchmark of a single val
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
+
+from nacl.signing import SigningKey
 
 from ledger.block import Block
 from ledger.draft import Draft
 from ledger.replica import Replica, Timing
-from ledger.store import LedgerStore, Outgoing
+from ledger.store import LedgerOutboxRow, LedgerStore
 from ledger.validator import ValidatorIdentity
 from wire import topics
-from wire.messages import Status
+from wire.messages import CtpState, Status
 from wire.verify import Verifier
 
 VOTES = "votes"  # store value: the replica's votes at its current height
 
 
-class Decided(NamedTuple):
+class SoloDecision(NamedTuple):
+    """What LedgerNode.decide made alone, without consensus (the replica's action is
+    ledger.replica.Decided)."""
+
     block: Block | None  # None when nothing changed
-    queued: list[Outgoing]  # the new outbox rows, to publish in order
+    queued: list[LedgerOutboxRow]  # the new outbox rows, to publish in order
     reasons: list[str | None]  # per message of the batch: its reject reason, or None
 
 
 class LedgerNode:
     def __init__(self, identity: ValidatorIdentity):
         genesis = identity.genesis
+        if identity.key is None:
+            raise ValueError(f"validator {identity.index}: a ledger node signs, so it needs its key")
+        self.key: SigningKey = identity.key
         self.identity = identity
         self.store = LedgerStore(identity.db_path, genesis)
         self.state = self.store.load()
@@ -39,7 +47,7 @@ class LedgerNode:
             self.state,
             self.verifier,
             self.identity.index,
-            self.identity.key,
+            self.key,
             self.store.block,
             timing,
             self.store.value(VOTES),
@@ -47,18 +55,20 @@ class LedgerNode:
             mono,
         )
 
-    def write(self, draft: Draft, block: Block, proposer: int | None, delivered: list[int] = ()) -> list[Outgoing]:
+    def write(
+        self, draft: Draft, block: Block, proposer: int | None, delivered: Sequence[int] = ()
+    ) -> list[LedgerOutboxRow]:
         """Persist a decided block with what it announces: its statuses, rejects and the block
         itself, ranked by how far this validator is after the proposer in rotation (rank 0
         publishes; the others stand in, see ledger.service). A block caught up from a peer
         was announced by others: it announces nothing here."""
         outputs, rank = [], 0
         if proposer is not None:
-            outputs = [*draft.signed_outputs(self.identity.key), (topics.LEDGER_BLOCKS, block.chain_bytes(), False)]
+            outputs = [*draft.signed_outputs(self.key), (topics.LEDGER_BLOCKS, block.chain_bytes(), False)]
             rank = (self.identity.index - proposer) % len(self.identity.genesis.validators)
-        return self.store.commit(draft, block, outputs, rank, delivered)
+        return self.store.commit(draft.changes, block, outputs, rank, delivered)
 
-    def decide(self, batch: list[tuple[str, bytes]], now: int, delivered: list[int] = ()) -> Decided:
+    def decide(self, batch: list[tuple[str, bytes]], now: int, delivered: Sequence[int] = ()) -> SoloDecision:
         """One block at time max(now, tip + 1) from (typ, message bytes) pairs, made and
         sealed by this validator alone (a one-validator genesis), written to disk.
 
@@ -73,15 +83,15 @@ class LedgerNode:
             seen.add(delivery)
         block = draft.finish()
         if block is None:
-            return Decided(None, [], reasons)
-        block = block.sealed(self.identity.index, self.identity.key)
+            return SoloDecision(None, [], reasons)
+        block = block.sealed(self.identity.index, self.key)
         queued = self.write(draft, block, self.identity.index, list(delivered))
-        self.state.commit(draft)
-        return Decided(block, queued, reasons)
+        self.state.commit(draft.changes)
+        return SoloDecision(block, queued, reasons)
 
     def current_statuses(
         self, since: int = 0, ids: Iterable[bytes] | None = None, until: int | None = None
-    ) -> list[Outgoing]:
+    ) -> list[LedgerOutboxRow]:
         """The retained status of every CTP whose status changed at a block time from `since`
         to `until` (or of the CTPs `ids`), with the body it was first published with (time
         and height of the last change), signed by this validator: the same bytes when it
@@ -89,7 +99,6 @@ class LedgerNode:
         (seq 0: in no outbox) whose height is the block of that change (0 for `rejected`,
         which carries none), for the publishing rules of ledger.statuses."""
         last = self.state.t if until is None else until
-        key = self.identity.key
         rejected: list[tuple[bytes, tuple[str, bytes, int]]]
         if ids is None:
             times = self.store.block_times()
@@ -101,7 +110,7 @@ class LedgerNode:
             times = {r.height: self.store.block_time(r.height) for r in records}
             rejected = [(i, why) for i in wanted if i not in self.state.ctps and (why := self.store.rejection(i))]
         out = [
-            Status(ctp=ctp_id, state="rejected", t=t, reason=reason, msg=msg)
+            Status(ctp=ctp_id, state=CtpState.REJECTED, t=t, reason=reason, msg=msg)
             for ctp_id, (reason, msg, t) in rejected
             if since <= t <= last and ctp_id not in self.state.ctps
         ]
@@ -110,7 +119,7 @@ class LedgerNode:
             for r in records
             if since <= times[r.height] <= last
         ]
-        return [Outgoing(0, topics.status(s.ctp), s.sign(key), True, s.h or 0) for s in out]
+        return [LedgerOutboxRow(0, topics.status(s.ctp), s.sign(self.key), True, s.h or 0) for s in out]
 
     def close(self) -> None:
         self.store.close()

@@ -26,6 +26,7 @@ def make_proof(store: LedgerStore, ctp_id: bytes) -> dict:
             raise ProofError(f"CTP {ctp_id.hex()} has not settled on this chain")
         height, index = where
         block = store.block(height)
+    assert block is not None, "trade_at found it in a block of this snapshot"
     tree = MerkleTree([trade_hash(trade) for trade in block.trades])
     return {
         "ctp": ctp_id.hex(),
@@ -46,7 +47,7 @@ def check_proof(doc: dict, validators: tuple[bytes, ...]) -> tuple[Header, Ctp]:
         seals = tuple((i, bytes.fromhex(sig)) for i, sig in doc["seals"])
         trade = bytes.fromhex(doc["trade"])
         ctp_raw, _erc_hash = parse_trade(trade)
-        opened = open_message(ctp_raw, "ctp")
+        opened = open_message(ctp_raw, Ctp)
         path = [bytes.fromhex(p) for p in doc["path"]]
         index, size = doc["index"], doc["size"]
     except (BlockError, Reject, KeyError, TypeError, ValueError) as exc:

@@ -78,7 +78,9 @@ class _Candidate:
     @classmethod
     def parse(cls, raw: object) -> _Candidate:
         """A proposed block's bytes; ConsensusError if they are not one."""
-        return cls(*c.parse_block(raw), raw)
+        header, inputs = c.parse_block(raw)
+        assert type(raw) is bytes, "parse_block opened it"
+        return cls(header, inputs, raw)
 
 
 class Replica:
@@ -116,7 +118,9 @@ class Replica:
         now = self._clocks(now, mono)
         self._height()
         if votes:
-            self._restore(load(votes), now)
+            saved = load(votes)
+            assert isinstance(saved, dict), "votes() wrote a map"
+            self._restore(saved, now)
         if self.n > 1:
             self._send(c.make(key, index, c.SYNC, self.h), None)  # a restarted validator asks what it missed
 
@@ -131,7 +135,7 @@ class Replica:
         self.committed_in: set[int] = set()
         self.proposed_in: set[int] = set()
         self.candidates: dict[bytes, _Candidate] = {}
-        self.live: tuple[bytes, Draft] | None = None  # the replayed candidate whose tree changes are applied
+        self.live: tuple[bytes, Draft] | None = None  # the last candidate replayed, to decide it without a replay
         self.prepares: dict[tuple[int, bytes], dict[int, bytes]] = {}
         self.commits: dict[tuple[int, bytes], dict[int, bytes]] = {}  # seals
         self.rcs: dict[int, dict[int, c.Signed]] = {}
@@ -227,7 +231,7 @@ class Replica:
             times.append(self.sync_asked + self.timing.sync_ms)
         exp = self.state.next_expiry()
         if exp is not None and self.timer is None:
-            times.append(now + max(exp + 1, self._block_time()) - self.wall)
+            times.append(now + max(exp + 1 - self.wall, 0))
         return min(times) if times else None
 
     # -- the rounds --
@@ -252,7 +256,9 @@ class Replica:
 
     def _work(self, now: int) -> bool:
         exp = self.state.next_expiry()
-        return bool(self.pool) or (exp is not None and self._block_time() > exp)
+        # An expiry is work once the wall clock has passed it, not merely the next block
+        # time (tip + 1 ms when the clock stands still or lags a proposer's block time).
+        return bool(self.pool) or (exp is not None and self.wall > exp)
 
     def _block_time(self) -> int:
         """The time of a block we would propose now: the wall clock, after the tip's."""
@@ -291,9 +297,9 @@ class Replica:
         draft = Draft(self.state, self.verifier, self._block_time())
         for typ, raw, _ in list(self.pool.values())[: self.timing.max_inputs]:
             draft.add(typ, raw)
-        if draft.finish() is None:
+        block = draft.finish()
+        if block is None:
             return  # nothing to decide yet (an expiry not passed at t)
-        block = draft.block
         candidate = _Candidate.of(block.header, block.inputs)
         self.candidates[block.hash] = candidate
         self.live = (block.hash, draft)
@@ -310,7 +316,7 @@ class Replica:
         """Leave for round r: tell everyone, with what we prepared so a committed block survives."""
         self._enter(r, now)
         self._persist()
-        attachments = {}
+        attachments: dict = {}
         pr, d = -1, b""
         if self.prepared:
             pr, d, cert = self.prepared
@@ -373,7 +379,7 @@ class Replica:
                 return
         if m.r < self.round:
             return
-        reproposed = False
+        reproposed: bool | None = False
         if m.r > 0:
             reproposed = self._justified(m)
             if reproposed is None:
@@ -426,7 +432,6 @@ class Replica:
         if self.live is not None:
             if self.live[0] == d:
                 return self.live[1]
-            self.state.discard(self.live[1])
             self.live = None
         if d is None:
             return None
@@ -439,8 +444,6 @@ class Replica:
         except (BlockError, Reject, ValueError):
             return None
         if draft.block is None or draft.block.header != header:
-            if draft.block is not None:
-                self.state.discard(draft)
             return None
         self.live = (d, draft)
         return draft
@@ -473,7 +476,7 @@ class Replica:
                 continue
             header = candidate.header.encode()
             good = {(i, s) for i, s in seals.items() if seal_valid(header, i, s, self.validators)}
-            for i, s in set(seals.items()) - good:
+            for i, _s in set(seals.items()) - good:
                 del seals[i]  # a forged seal: that validator's real one may still come
             if len(good) >= self.q:
                 self._decide(d, good, self.proposer(self.h, r), now)
@@ -484,7 +487,8 @@ class Replica:
         if draft is None:
             return  # sealed by a quorum yet not valid here: more than f are faulty; stay put
         self.live = None
-        self.state.commit(draft)
+        self.state.commit(draft.changes)
+        assert draft.block is not None, "_live_draft gives only a finished draft"
         block = draft.block.with_seals(seals)
         keys = [(typ, message_hash(raw)) for typ, raw in block.inputs]
         for key in keys:

@@ -32,11 +32,13 @@ from collections.abc import Callable
 
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
+from broker.pacing import OnAck, PublishWindow
 from ledger.block import Block, BlockError
+from ledger.events import BlockAnnounced, ConsensusMessage, Event, ReadBack, Transaction
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Send, Timing
 from ledger.statuses import ANNOUNCE_WAIT_S, Gate, ctp_of, lost_since, open_to_change, superseded
-from ledger.store import Outgoing
+from ledger.store import LedgerOutboxRow
 from ledger.validator import ValidatorIdentity
 from wire import topics
 from wire.cose import message_hash
@@ -69,7 +71,7 @@ class LedgerService:
         self.index = identity.index
         self.node = LedgerNode(identity)
         self.replica = self.node.replica(timing or Timing(block_ms=genesis.block_ms), clock(), _mono())
-        self._events: deque[tuple] = deque()  # from the network thread: ("tx", typ, raw, ack) | ("msg", raw) | ...
+        self._events: deque[Event] = deque()  # from the network thread
         self._acks: dict[tuple[str, bytes], list[Callable[[], None]]] = {}  # pool key -> its deliveries' acks
         self._wake = threading.Event()  # something arrived, or stop() was called
         self._stopping = threading.Event()
@@ -79,7 +81,7 @@ class LedgerService:
         self._session = False  # session_present of that connect
         self._stored: bytes | None = None  # what the broker retained on our state topic then
         self._resent: list[str] = []  # status topics with publishes in flight then: paho sends them again
-        self._rows: deque[tuple[Outgoing, bool, float]] = deque()  # (row, late, when queued) for the gate
+        self._rows: deque[tuple[LedgerOutboxRow, bool, float]] = deque()  # (row, late, when queued) for the gate
         self._late: dict[bytes, int] = {}  # CTP -> height of a late copy we sent that a block may supersede
         # (from, to) block times of the statuses to publish again once the gate opens: what the
         # broker may have lost; later ones go out with their own blocks.
@@ -87,14 +89,13 @@ class LedgerService:
         self._restored = threading.Event()  # the broker acknowledged every status of the last restore
         self._restore_round = 0
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
-        self._standby: dict[int, tuple[float, list[Outgoing]]] = {}  # height -> (when due, its rows)
+        self._standby: dict[int, tuple[float, list[LedgerOutboxRow]]] = {}  # height -> (when due, its rows)
         self._seen: deque[int] = deque(maxlen=1024)  # heights announced on ledger/blocks, maybe before we decided them
         # Publishes wait here until fewer than WINDOW are unacknowledged: paho numbers them
         # with 16-bit ids and refuses more (an outbox or status restore can be far larger).
-        self._outgoing: deque[tuple[str, bytes, bool, Callable[[int], None] | None]] = deque()
-        self._unacked = 0
+        self._outgoing: deque[tuple[str, bytes, bool, OnAck | None]] = deque()
         self._in_flight: dict[str, int] = {}  # status topic -> its unacknowledged publishes
-        self._unacked_lock = threading.Lock()
+        self._in_flight_lock = threading.Lock()  # never held while calling paho (see PublishWindow)
         self.state_topic = topics.ledger_state(self.index)
         self.bus = BusClient(
             host,
@@ -105,6 +106,7 @@ class LedgerService:
             max_inflight=0,
             tls=tls,
         )
+        self._window = PublishWindow(self.bus, WINDOW, on_ack=self._room)
         self.bus.on_connect.append(self._on_connect)
         for topic, typ in topics.TX_TYPES.items():
             self.bus.subscribe_deferred(topic, self._receiver(typ))
@@ -163,7 +165,7 @@ class LedgerService:
 
     def _receiver(self, typ: str):
         def receive(topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
-            self._events.append(("tx", typ, payload, ack))
+            self._events.append(Transaction(typ, payload, ack))
             self._wake.set()
 
         return receive
@@ -171,11 +173,11 @@ class LedgerService:
     def _consensus(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()  # a lost consensus message costs a round at most; the votes are on disk already
         if payload == self._probe:  # after everything the broker had queued for us, and our retained state
-            self._events.append(("read", self._connection, self._session, self._stored, self._resent))
+            self._events.append(ReadBack(self._connection, self._session, self._stored, self._resent))
             self._probe = None
             self.bus.unsubscribe(self.state_topic)  # or each `online` we say would come back to us
         elif len(self.replica.validators) > 1:
-            self._events.append(("msg", payload))
+            self._events.append(ConsensusMessage(payload))
         self._wake.set()
 
     def _state_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
@@ -185,7 +187,7 @@ class LedgerService:
 
     def _block_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()
-        self._events.append(("block", payload))
+        self._events.append(BlockAnnounced(payload))
         self._wake.set()
 
     def _on_connect(self) -> None:
@@ -197,7 +199,7 @@ class LedgerService:
         self.gate.reading = True
         self._connection += 1
         self._session, self._stored = self.bus.session_present, None
-        with self._unacked_lock:  # paho has just sent these again, maybe after newer ones from others
+        with self._in_flight_lock:  # paho has just sent these again, maybe after newer ones from others
             self._resent = list(self._in_flight)
         self._probe = f"probe {self._connection} {os.urandom(8).hex()}".encode()
         self.bus.subscribe_deferred(self.state_topic, self._state_seen)
@@ -211,18 +213,16 @@ class LedgerService:
         if not self._events:
             return False
         for _ in range(len(self._events)):
-            event = self._events.popleft()
-            now = self.clock()
-            if event[0] == "tx":
-                _, typ, raw, ack = event
-                self._acks.setdefault((typ, message_hash(raw)), []).append(ack)
-                self._carry(self.replica.submit(typ, raw, now, _mono()))
-            elif event[0] == "msg":
-                self._carry(self.replica.receive(event[1], now, _mono()))
-            elif event[0] == "read":
-                self._read_back(*event[1:])
-            else:
-                self._announced(event[1])
+            match self._events.popleft():
+                case Transaction(typ, raw, ack):
+                    self._acks.setdefault((typ, message_hash(raw)), []).append(ack)
+                    self._carry(self.replica.submit(typ, raw, self.clock(), _mono()))
+                case ConsensusMessage(raw):
+                    self._carry(self.replica.receive(raw, self.clock(), _mono()))
+                case BlockAnnounced(raw):
+                    self._announced(raw)
+                case ReadBack(connection, session, stored, resent):
+                    self._read_back(connection, session, stored, resent)
         return True
 
     def _carry(self, actions: list) -> None:
@@ -261,7 +261,7 @@ class LedgerService:
     def _say_online(self) -> None:
         self._send(self.state_topic, f"online {self.node.state.height}".encode(), True)
 
-    def _queue(self, rows: list[Outgoing], late: bool = False) -> None:
+    def _queue(self, rows: list[LedgerOutboxRow], late: bool = False) -> None:
         """Publish rank-0 rows when the gate lets them; keep stand-in rows until they are due.
         Late rows carry only each CTP's last status of their block: the others are old news."""
         now = time.monotonic()
@@ -294,11 +294,14 @@ class LedgerService:
                 if row.seq:
                     self._delivered.append(row.seq)  # its successor goes out with the block that made it
                 continue
-            on_ack = (lambda _mid, seq=row.seq: self._delivered.append(seq)) if row.seq else None
-            self._send(row.topic, row.payload, row.retain, on_ack)
+            self._send(row.topic, row.payload, row.retain, self._on_ack(row.seq) if row.seq else None)
             self._sent(row.topic, row.height, late)
         if self._restore is not None and not self._rows and self.gate.open(tip + 1, tip, caught_up):
             self._publish_restore()
+
+    def _on_ack(self, seq: int) -> Callable[[int], None]:
+        """The PUBACK handler of outbox row `seq`: the next commit forgets the row."""
+        return lambda _mid: self._delivered.append(seq)
 
     def _sent(self, topic: str, height: int, late: bool) -> None:
         """Remember a late status that a later block may supersede; one from its own block, or
@@ -364,36 +367,36 @@ class LedgerService:
 
     # -- publishing --
 
-    def _send(self, topic: str, payload: bytes, retain: bool, on_ack: Callable[[int], None] | None = None) -> None:
+    def _send(self, topic: str, payload: bytes, retain: bool, on_ack: OnAck | None = None) -> None:
         """Queue a publish, in order after everything queued before it."""
         self._outgoing.append((topic, payload, retain, on_ack))
         self._pump()
 
     def _can_pump(self) -> bool:
-        return bool(self._outgoing) and self._unacked < WINDOW
+        return bool(self._outgoing) and self._window.room > 0
 
     def _pump(self) -> None:
-        """Hand queued publishes to paho while fewer than WINDOW are unacknowledged."""
+        """Hand queued publishes to paho while fewer than WINDOW are unacknowledged; count the
+        status topics in flight (see _read_back)."""
         while self._can_pump():
             topic, payload, retain, on_ack = self._outgoing.popleft()
-            status = ctp_of(topic) is not None
-            with self._unacked_lock:
-                self._unacked += 1
-                if status:
+            if ctp_of(topic) is not None:
+                with self._in_flight_lock:
                     self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
-            acked = functools.partial(self._acked, on_ack, topic if status else None)
-            self.bus.publish(topic, payload, retain=retain, on_ack=acked)
+                on_ack = functools.partial(self._status_acked, topic, on_ack)
+            self._window.publish(topic, payload, retain, on_ack)
 
-    def _acked(self, on_ack: Callable[[int], None] | None, status: str | None, mid: int) -> None:
-        with self._unacked_lock:
-            self._unacked -= 1
-            if status is not None:
-                left = self._in_flight.pop(status) - 1
-                if left:
-                    self._in_flight[status] = left
+    def _status_acked(self, topic: str, on_ack: OnAck | None, mid: int) -> None:
+        with self._in_flight_lock:
+            left = self._in_flight.pop(topic) - 1
+            if left:
+                self._in_flight[topic] = left
         if on_ack is not None:
             on_ack(mid)
-        if self._outgoing:  # the main loop has more to hand over now
+
+    def _room(self) -> None:
+        """After each PUBACK, on paho's thread: the main loop may have more to hand over now."""
+        if self._outgoing:
             self._wake.set()
 
     def _read_back(self, connection: int, session: bool, stored: bytes | None, resent: list[str]) -> None:

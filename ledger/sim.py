@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ledger import consensus as c
-from ledger.block import Block, parse_trade
+from ledger.block import Block, parse_trade, quorum
 from ledger.draft import replay
 from ledger.genesis import Genesis
 from ledger.replica import Decided, Persist, Replica, Send, Timing
 from ledger.state import LedgerState
 from ledger.workload import SimCommunity
 from wire.cose import encode, load, message_hash
-from wire.messages import open_message
+from wire.messages import Ctp, open_message
 from wire.verify import Verifier
 
 NOW = 1_800_000_000_000
@@ -203,7 +203,7 @@ class Sim:
         w = self.w
         state, verifier = LedgerState(w.genesis), Verifier(cas=w.genesis.cas, validators=w.genesis.validators)
         for block in node.chain:
-            state.commit(replay(state, verifier, block.header.t, block.inputs))
+            state.commit(replay(state, verifier, block.header.t, block.inputs).changes)
         chain = node.chain
         node.replica = Replica(
             state,
@@ -282,6 +282,7 @@ class Sim:
             out = [c.wire(c.make(key, m.sender, c.COMMIT, m.h, m.r, m.d, seal=fake_seal))]
         elif m.kind == c.BLOCKS:
             items = load(m.attachments["blocks"])
+            assert type(items) is list, "an honest validator's BLOCKS: [[chain bytes, inputs]...]"
             forged = []
             for chain, inputs in items:
                 block = Block.from_chain_bytes(chain)
@@ -341,7 +342,7 @@ class Sim:
             for height in range(node.checked + 1, len(node.chain) + 1):
                 block = node.chain[height - 1]
                 for trade in block.trades:
-                    ctp_id = open_message(parse_trade(trade)[0], "ctp").body.id
+                    ctp_id = open_message(parse_trade(trade)[0], Ctp).body.id
                     if ctp_id in node.settled:
                         raise Violation(f"seed {self.seed}: v{node.index} settles CTP {ctp_id.hex()} twice")
                     node.settled.add(ctp_id)
@@ -379,7 +380,7 @@ class Sim:
         """At the end: each honest chain is sealed by a quorum, as anyone can check offline."""
         for node in self.honest():
             for block in node.chain:
-                if block.valid_seals(self.w.genesis.validators) < node.replica.q:
+                if block.valid_seals(self.w.genesis.validators) < quorum(len(self.w.genesis.validators)):
                     raise Violation(f"seed {self.seed}: v{node.index} block {block.header.height} lacks a quorum")
 
 

@@ -1,9 +1,11 @@
 """The ledger's state: balances, holds, the off-chain CTP database and its Merkle tree,
 and the revoked device keys.
 
-Pure data. It changes only in `commit(draft)`, with a block built by ledger.draft, so a
-block that consensus does not commit can be thrown away (`discard`) and every replica
-that commits the same blocks holds the same state.
+Pure data. It changes only in `commit(changes)`, with the Changes of a block that
+ledger.draft built and consensus decided; a draft reads the state and writes nothing into
+it, so a block that is never decided is dropped with nothing to undo, and every replica
+that commits the same blocks holds the same state. The money invariant of
+docs/PROTOCOL.md §5 is checked on every commit, before anything changes.
 """
 
 from __future__ import annotations
@@ -11,17 +13,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
+from ledger.block import Header
 from ledger.genesis import Genesis
 from wire.cose import encode
-from wire.merkle import MerkleTree
-from wire.messages import Ctp
-
-if TYPE_CHECKING:
-    from ledger.draft import Draft
-
-HELD, SETTLED, REFUNDED = "held", "settled", "refunded"
+from wire.merkle import MerkleTree, TreeChange
+from wire.messages import Ctp, CtpState
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +29,7 @@ class CtpRecord:
     raw: bytes  # the payer's signed message
     hash: bytes  # H(raw)
     index: int  # its leaf in the CTP-database tree: CTPs in the order they were first held
-    state: str
+    state: CtpState
     height: int  # block of the last change
     by: bytes  # hash of the message that caused the last change; b"" for a refund at expiry
     erc_pk: bytes | None = None  # one-time key of the ERC that settled it
@@ -41,8 +38,30 @@ class CtpRecord:
         """The leaf data: what replicas agree on about this CTP."""
         return encode([self.ctp.id, self.hash, self.state, self.height, self.by])
 
-    def moved(self, state: str, height: int, by: bytes, erc_pk: bytes | None = None) -> CtpRecord:
+    def moved(self, state: CtpState, height: int, by: bytes, erc_pk: bytes | None = None) -> CtpRecord:
         return replace(self, state=state, height=height, by=by, erc_pk=erc_pk)
+
+
+class BrokenInvariant(AssertionError):
+    """Committing these changes would break a ledger invariant: a bug, never bad input."""
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What one block does to the committed state: made by Draft.finish without touching the
+    state, applied by LedgerState.commit (in memory) and LedgerStore.commit (on disk).
+    Its dicts are not to be changed once made."""
+
+    header: Header  # the block's; it applies on the state whose tip is header.prev
+    balances: dict[bytes, int]  # new balance of every account the block touched
+    held: dict[bytes, int]  # new holds of the same accounts
+    records: dict[bytes, CtpRecord]  # CTP id -> its new or changed record (and the ERC key that settled it)
+    known: int  # records below this leaf existed before the block: only their state changed
+    revoked: dict[bytes, int]  # device key -> revocation time
+    refused: dict[bytes, int]  # hash -> exp of the payer-signed CTPs the block rejected
+    ctp_rejects: dict[bytes, tuple[str, bytes]]  # CTP id no one holds -> (reason, msg hash) of its `rejected` status
+    settled: tuple[bytes, ...]  # the CTP id of each of the block's trades, in order
+    tree: TreeChange  # the CTP-database tree's new leaves and nodes; tree.root == header.ctps
 
 
 class LedgerState:
@@ -88,6 +107,8 @@ class LedgerState:
         state.tree = MerkleTree([r.leaf() for r in records])
         for record in records:
             state._put(record)
+        if state.total() != genesis.total:
+            raise BrokenInvariant(f"balances + holds are {state.total()}, the genesis total is {genesis.total}")
         return state
 
     def record(self, ctp_id: bytes) -> CtpRecord | None:
@@ -98,7 +119,7 @@ class LedgerState:
 
     def next_expiry(self) -> int | None:
         """The earliest `exp` of a CTP that may still be held: a block is due after it."""
-        while self._expiry and self.ctps[self._expiry[0][1]].state != HELD:
+        while self._expiry and self.ctps[self._expiry[0][1]].state != CtpState.HELD:
             heapq.heappop(self._expiry)
         return self._expiry[0][0] if self._expiry else None
 
@@ -109,7 +130,7 @@ class LedgerState:
             i = stack.pop()
             exp, ctp_id = self._expiry[i]
             if exp < t:
-                if self.ctps[ctp_id].state == HELD:
+                if self.ctps[ctp_id].state == CtpState.HELD:
                     found.append((exp, ctp_id))
                 stack += [c for c in (2 * i + 1, 2 * i + 2) if c < len(self._expiry)]
         return [self.ctps[ctp_id] for _, ctp_id in sorted(found)]
@@ -118,34 +139,45 @@ class LedgerState:
         """Balances + holds: equal to the genesis total after every block (§5)."""
         return sum(self.balances.values()) + sum(self.held.values())
 
-    def commit(self, draft: Draft) -> None:
-        """Take what a finished draft decided: its rejections, and its block (if it made one)
-        as the new tip, whose tree changes are already in self.tree."""
-        assert draft.base is self
-        self.refused.update(draft.refused)
-        for digest in [d for d, exp in self.refused.items() if exp < draft.t]:
+    def commit(self, changes: Changes) -> None:
+        """Take a decided block's changes (made on this state: the block follows the tip),
+        after checking that they keep the money invariant."""
+        header = changes.header
+        if header.prev != self.tip or changes.tree.base != self.tree.size:
+            raise ValueError(f"changes for the block after {header.prev.hex()[:16]}, not this state's tip")
+        self._check_money(changes)
+        self.refused.update(changes.refused)
+        for digest in [d for d, exp in self.refused.items() if exp < header.t]:
             del self.refused[digest]  # expired: a copy would be rejected `expired` anyway
-        block = draft.block
-        if block is None:
-            return
-        assert block.header.prev == self.tip
-        self.balances.update(draft.balances)
-        self.held.update(draft.held)
-        self.revoked.update(draft.revoked)
-        for record in draft.ctps.values():
+        self.balances.update(changes.balances)
+        self.held.update(changes.held)
+        self.revoked.update(changes.revoked)
+        self.tree.apply(changes.tree)
+        for record in changes.records.values():
             self._put(record)
-        self.height, self.tip, self.t = block.header.height, block.hash, block.header.t
+        self.height, self.tip, self.t = header.height, header.hash, header.t
         self.next_expiry()  # drop settled and refunded CTPs from the heap's top
 
-    def discard(self, draft: Draft) -> None:
-        """Forget a finished draft that will not be committed: undo its tree changes."""
-        self.tree.truncate(len(self.ctps))
-        self.tree.set_leaves({self.ctps[i].index: self.ctps[i].leaf() for i in draft.ctps if i in self.ctps})
+    def _check_money(self, changes: Changes) -> None:
+        """§5: balances + holds stay the genesis total (they are at the genesis and at a
+        restore, so a block must not change their sum), and no account goes negative or is
+        made up. O(accounts the block touched), on every block of every validator."""
+        accounts = changes.balances.keys() | changes.held.keys()
+        if not accounts <= self.balances.keys():
+            raise BrokenInvariant("a block moves money of an account that is not in the genesis")
+        before = sum(self.balances[pk] + self.held[pk] for pk in accounts)
+        after = sum(
+            changes.balances.get(pk, self.balances[pk]) + changes.held.get(pk, self.held[pk]) for pk in accounts
+        )
+        if after != before:
+            raise BrokenInvariant(f"block {changes.header.height} makes balances + holds {after - before:+} units")
+        if any(units < 0 for units in (*changes.balances.values(), *changes.held.values())):
+            raise BrokenInvariant(f"block {changes.header.height} leaves a balance or hold negative")
 
     def _put(self, record: CtpRecord) -> None:
-        """Take a record whose leaf is already in self.tree."""
+        """Take a record whose leaf is in self.tree."""
         ctp_id = record.ctp.id
-        if ctp_id not in self.ctps and record.state == HELD:
+        if ctp_id not in self.ctps and record.state == CtpState.HELD:
             heapq.heappush(self._expiry, (record.ctp.exp, ctp_id))
         self.ctps[ctp_id] = record
         if record.erc_pk is not None:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ledger.state import HELD, LedgerState
+from ledger.state import LedgerState
 from wire import topics
+from wire.messages import CtpState
 
 # A block's statuses can reach the broker this long after its block time: stand-ins wait
 # up to (n - 1) x 3 s, and a backlog of publishes can delay anything. A restore judged from
@@ -77,7 +78,7 @@ def open_to_change(state: LedgerState, ctp_id: bytes) -> bool:
     """Whether a later block can still supersede this CTP's current status: `held`, or a
     `rejected` id that a CTP can still take. Settled and refunded are final."""
     record = state.ctps.get(ctp_id)
-    return record is None or record.state == HELD
+    return record is None or record.state == CtpState.HELD
 
 
 class Gate:

@@ -10,17 +10,16 @@ acknowledged it. The tables mirror LedgerState so a restart does not replay the 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from ledger.block import BLOCK_V, Block, decode_inputs, encode_inputs
-from ledger.draft import Draft
 from ledger.genesis import Genesis
-from ledger.state import CtpRecord, LedgerState
+from ledger.state import BrokenInvariant, Changes, CtpRecord, LedgerState
 from wire.cose import message_hash
 from wire.merkle import MerkleTree
-from wire.messages import open_message
+from wire.messages import Ctp, CtpState, open_message
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -46,7 +45,9 @@ class StoreError(Exception):
     """The database does not belong to this genesis, or is not a ledger database."""
 
 
-class Outgoing(NamedTuple):
+class LedgerOutboxRow(NamedTuple):
+    """A status, reject or block a validator announced and the broker has not acknowledged yet."""
+
     seq: int
     topic: str
     payload: bytes
@@ -123,70 +124,83 @@ class LedgerStore:
         accounts = self.db.execute("SELECT pk, balance, held FROM accounts")
         rows = self.db.execute("SELECT raw, hash, leaf, state, height, by, erc_pk FROM ctps ORDER BY leaf")
         records = (
-            CtpRecord(self._ctp(raw, h), raw, h, leaf, state, ht, by, erc_pk)
+            CtpRecord(self._ctp(raw, h), raw, h, leaf, self._state(state, h), ht, by, erc_pk)
             for raw, h, leaf, state, ht, by, erc_pk in rows
         )
         refused = self.refusals()
-        return LedgerState.restore(self.genesis, height, tip_hash, t, accounts, records, refused, self.revocations())
+        try:
+            return LedgerState.restore(
+                self.genesis, height, tip_hash, t, accounts, records, refused, self.revocations()
+            )
+        except BrokenInvariant as exc:
+            raise StoreError(f"{self.path}: {exc}: run `spb-ledger audit`") from None
+
+    @staticmethod
+    def _state(value: str, digest: bytes) -> CtpState:
+        try:
+            return CtpState(value)
+        except ValueError:
+            raise StoreError(f"CTP row {digest.hex()} has no state {value!r}: run `spb-ledger audit`") from None
 
     @staticmethod
     def _ctp(raw: bytes, digest: bytes):
         """A stored CTP, refusing one whose bytes are not those the chain committed to."""
         if message_hash(raw) != digest:
             raise StoreError(f"CTP row {digest.hex()} was altered: run `spb-ledger audit`")
-        return open_message(raw, "ctp").body
+        return open_message(raw, Ctp).body
 
     def commit(
         self,
-        draft: Draft,
+        changes: Changes,
         block: Block,
         outputs: list[tuple[str, bytes, bool]],
         rank: int = 0,
-        delivered: list[int] = (),
-    ) -> list[Outgoing]:
-        """Write a sealed block, the state it leads to and its outputs (at `rank`, see
-        Outgoing), and forget the outbox rows in `delivered`; returns the new outbox rows."""
+        delivered: Sequence[int] = (),
+    ) -> list[LedgerOutboxRow]:
+        """Write a sealed block, the state its changes lead to and its outputs (at `rank`, see
+        LedgerOutboxRow), and forget the outbox rows in `delivered`; returns the new outbox rows."""
+        t = changes.header.t
         with self._transaction():
             self._delete_outbox(delivered)
-            self._write_block(draft, block, block.chain_bytes())
+            self._write_block(changes, block, block.chain_bytes())
             self.db.executemany(
                 "INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
-                ((i, reason, msg, draft.t) for i, (reason, msg) in draft.ctp_rejects.items()),
+                ((i, reason, msg, t) for i, (reason, msg) in changes.ctp_rejects.items()),
             )
-            self.db.executemany("INSERT OR REPLACE INTO refused VALUES (?, ?)", draft.refused.items())
-            self.db.execute("DELETE FROM refused WHERE exp < ?", (draft.t,))
+            self.db.executemany("INSERT OR REPLACE INTO refused VALUES (?, ?)", changes.refused.items())
+            self.db.execute("DELETE FROM refused WHERE exp < ?", (t,))
             # Numbered after the highest seq ever used (AUTOINCREMENT's counter), never reused.
             row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
             first = (row[0] if row else 0) + 1
-            queued = [Outgoing(seq, *out, block.header.height, rank) for seq, out in enumerate(outputs, first)]
+            queued = [LedgerOutboxRow(seq, *out, block.header.height, rank) for seq, out in enumerate(outputs, first)]
             self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?)", queued)
         return queued
 
-    def _write_block(self, draft: Draft, block: Block, chain: bytes) -> None:
+    def _write_block(self, changes: Changes, block: Block, chain: bytes) -> None:
         h = block.header
         self.db.execute(
             "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", (h.height, block.hash, h.t, chain, encode_inputs(block.inputs))
         )
         self.db.executemany(
             "UPDATE accounts SET balance = ?, held = ? WHERE pk = ?",
-            ((draft.balance(pk), draft.holding(pk), pk) for pk in {*draft.balances, *draft.held}),
+            ((changes.balances[pk], changes.held[pk], pk) for pk in changes.balances),
         )
-        known = draft.known  # records below this leaf existed: only their state changed
+        known = changes.known  # records below this leaf existed: only their state changed
         self.db.executemany(
             "INSERT INTO ctps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 (r.ctp.id, r.index, r.raw, r.hash, r.state, r.height, r.by, r.erc_pk)
-                for r in draft.ctps.values()
+                for r in changes.records.values()
                 if r.index >= known
             ),
         )
         self.db.executemany(
             "UPDATE ctps SET state = ?, height = ?, by = ?, erc_pk = ? WHERE id = ?",
-            ((r.state, r.height, r.by, r.erc_pk, r.ctp.id) for r in draft.ctps.values() if r.index < known),
+            ((r.state, r.height, r.by, r.erc_pk, r.ctp.id) for r in changes.records.values() if r.index < known),
         )
-        self.db.executemany("INSERT INTO revoked VALUES (?, ?)", draft.revoked.items())
+        self.db.executemany("INSERT INTO revoked VALUES (?, ?)", changes.revoked.items())
         self.db.executemany(
-            "INSERT INTO trades VALUES (?, ?, ?)", ((ctp_id, h.height, i) for i, ctp_id in enumerate(draft.settled))
+            "INSERT INTO trades VALUES (?, ?, ?)", ((ctp_id, h.height, i) for i, ctp_id in enumerate(changes.settled))
         )
 
     def forget(self, delivered: list[int]) -> None:
@@ -195,13 +209,13 @@ class LedgerStore:
             with self._transaction():
                 self._delete_outbox(delivered)
 
-    def _delete_outbox(self, delivered: list[int]) -> None:
+    def _delete_outbox(self, delivered: Sequence[int]) -> None:
         self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((seq,) for seq in delivered))
 
-    def outbox(self) -> list[Outgoing]:
+    def outbox(self) -> list[LedgerOutboxRow]:
         """Everything announced but not yet acknowledged by the broker, in order."""
         return [
-            Outgoing(seq, topic, payload, bool(retain), height, rank)
+            LedgerOutboxRow(seq, topic, payload, bool(retain), height, rank)
             for seq, topic, payload, retain, height, rank in self.db.execute(
                 "SELECT seq, topic, payload, retain, height, rank FROM outbox ORDER BY seq"
             )

@@ -137,7 +137,7 @@ class SimCommunity:
     def erc(self, ctp_raw: bytes, wh: int | None = None, t: int | None = None, by: int | None = None) -> bytes:
         """The ERC for a CTP, signed with the key reserved for it; a second ERC for the same
         CTP, or one by household `by`'s meter, uses that meter's next key instead."""
-        ctp: Ctp = open_message(ctp_raw, "ctp").body
+        ctp: Ctp = open_message(ctp_raw, Ctp).body
         reserved = self._reserved.pop(ctp.id, None) if by is None else None
         if reserved is None:
             batch = self.households[by if by is not None else self._owner(ctp.payer)].batch
@@ -155,7 +155,7 @@ class SimCommunity:
         ).sign(key)
 
     def cancel(self, ctp_raw: bytes, t: int | None = None, by: int | None = None) -> bytes:
-        ctp: Ctp = open_message(ctp_raw, "ctp").body
+        ctp: Ctp = open_message(ctp_raw, Ctp).body
         signer = self.households[by].account if by is not None else self.households[self._owner(ctp.payer)].account
         return Cancel(ctp=ctp.id, payer=pk(signer), t=self.now if t is None else t).sign(signer)
 

@@ -1,8 +1,9 @@
 """Shared fixtures: a real Mosquitto per test, on a free port, with its data in tmp_path.
 
-Everything under tests/system/ starts real processes (Mosquitto, spb-* commands, loop
-devices) and is marked `integration` here, as is any other test that asks for a broker or
-the wheel: `pytest -m "not integration"` is the fast lane that needs none of them.
+Every test that starts real processes (Mosquitto, spb-* commands, loop devices) lives under
+tests/system/ and is marked `integration` here: `pytest -m "not integration"` is the fast
+lane, and needs none of them. A test elsewhere that asks for a fixture starting processes
+stops the collection, so the two lanes stay apart.
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ from broker.runtime import Mosquitto, find_mosquitto, free_port
 from edge.meter import MeterNode
 from tests.support.bus import Inbox, connected
 from tests.support.meter import RunningMeter
+from tests.support.procs import Procs
 from tests.support.rootfs import session_wheel
 
 SYSTEM = Path(__file__).resolve().parent / "system"
-NEEDS_PROCESSES = {"mosquitto", "run_meter", "wheel"}  # fixtures that start real processes
+STARTS_PROCESSES = {"mosquitto", "run_meter", "procs", "wheel"}  # the fixtures below that run processes
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    misplaced = []
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if item.path.is_relative_to(SYSTEM) or fixtures & NEEDS_PROCESSES:
+        if item.path.is_relative_to(SYSTEM):
             item.add_marker(pytest.mark.integration)
+        elif set(getattr(item, "fixturenames", ())) & STARTS_PROCESSES:
+            misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError(f"tests that start processes belong in tests/system/: {', '.join(misplaced)}")
 
 
 @pytest.fixture
@@ -87,6 +93,15 @@ def run_meter(mosquitto):
     for r in running:
         if r.thread.is_alive():
             r.stop()
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """The test's child processes (tests.support.procs.Procs), logging under tmp_path/logs;
+    any still running are killed after the test, whatever happened in it."""
+    running = Procs(tmp_path / "logs")
+    yield running
+    running.kill_all()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ CTP-database roots. Pure functions over bytes; no padding of the last node, as t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from hashlib import sha256
 
 EMPTY_ROOT = sha256(b"").digest()
@@ -23,6 +24,35 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 def _split(n: int) -> int:
     """Largest power of two smaller than n (n > 1)."""
     return 1 << ((n - 1).bit_length() - 1)
+
+
+def _subtree(lo: int, hi: int, node: Callable[[int, int], bytes]) -> bytes:
+    """MTH(D[lo:hi]) for the ranges the RFC 9162 recursions produce, from node(k, j): the hash
+    of the perfect subtree of 2**k leaves starting at leaf j * 2**k."""
+    n = hi - lo
+    if n == 0:
+        return EMPTY_ROOT
+    if n & (n - 1) == 0 and lo % n == 0:
+        return node(n.bit_length() - 1, lo // n)
+    k = _split(n)
+    return node_hash(_subtree(lo, lo + k, node), _subtree(lo + k, hi, node))
+
+
+@dataclass(frozen=True, slots=True)
+class TreeChange:
+    """Leaves replaced or appended on a tree of `base` leaves, hashed together with every inner
+    node they change, and the root the tree will have, but written into no tree yet.
+
+    The ledger computes a block's CTP-database root this way before consensus decides the
+    block: the committed tree is not touched, so a block that is never decided is dropped
+    with nothing to undo, and one that is decided is written by `MerkleTree.apply` without
+    hashing anything again.
+    """
+
+    base: int  # the size of the tree it was computed on
+    size: int  # the size it gives that tree
+    nodes: tuple[dict[int, bytes], ...]  # per level k, index j -> hash: as MerkleTree.levels, in index order
+    root: bytes
 
 
 class MerkleTree:
@@ -50,54 +80,65 @@ class MerkleTree:
         self.set_leaves({index: data})
 
     def set_leaves(self, leaves: dict[int, bytes]) -> None:
-        """Replace and append leaves at once, hashing each changed inner node once.
+        """Replace and append leaves at once (see `change`)."""
+        self.apply(self.change(leaves))
+
+    def change(self, leaves: dict[int, bytes]) -> TreeChange:
+        """What replacing and appending `leaves` would do, without doing it; each changed
+        inner node is hashed once.
 
         The ledger's CTP database changes many leaves per block and grows by one leaf per
         new CTP; it must not rehash every CTP ever held to compute each block's root.
         Indices from `size` on are appended and must follow on without a gap.
         """
-        new_size = max(self.size, max(leaves, default=-1) + 1)
-        if min(leaves, default=0) < 0 or not set(range(self.size, new_size)) <= leaves.keys():
+        size = max(self.size, max(leaves, default=-1) + 1)
+        if min(leaves, default=0) < 0 or not set(range(self.size, size)) <= leaves.keys():
             raise IndexError(f"leaves must be existing or follow on from {self.size}")
-        self.size = new_size
         dirty = sorted(leaves)
-        level = self.levels[0]
-        for i in dirty:
-            digest = leaf_hash(leaves[i])
-            if i < len(level):
-                level[i] = digest
-            else:
-                level.append(digest)
-        k = 0
-        while dirty:  # recompute each complete parent of a changed node, level by level
-            if k + 1 == len(self.levels):
-                self.levels.append([])
-            level, above = self.levels[k], self.levels[k + 1]
-            dirty = sorted({j >> 1 for j in dirty if (j | 1) < len(level)})
+        nodes = [{i: leaf_hash(leaves[i]) for i in dirty}]
+        while dirty:  # hash each complete parent of a changed node, level by level
+            k = len(nodes) - 1
+            changed, kept = nodes[k].get, self.levels[k] if k < len(self.levels) else []
+            dirty = sorted({j >> 1 for j in dirty if (j | 1) < size >> k})
+            above = {}
             for p in dirty:
-                digest = node_hash(level[2 * p], level[2 * p + 1])
-                if p < len(above):
-                    above[p] = digest
+                left = p << 1
+                above[p] = node_hash(changed(left) or kept[left], changed(left + 1) or kept[left + 1])
+            nodes.append(above)
+
+        def node(k: int, j: int) -> bytes:  # the changed tree's: a changed node, else a kept one
+            changed = nodes[k].get(j) if k < len(nodes) else None
+            return changed or self.levels[k][j]
+
+        return TreeChange(self.size, size, tuple(nodes), _subtree(0, size, node))
+
+    def apply(self, change: TreeChange) -> None:
+        """Write a change computed on this tree as it is now."""
+        if change.base != self.size:
+            raise ValueError(f"a change of a tree of {change.base} leaves, not of {self.size}")
+        for k, nodes in enumerate(change.nodes):
+            if not nodes:
+                break  # the levels above changed nothing either
+            if k == len(self.levels):
+                self.levels.append([])
+            level = self.levels[k]
+            kept, append = len(level), level.append
+            for j, digest in nodes.items():  # in index order: appended nodes follow on
+                if j < kept:
+                    level[j] = digest
                 else:
-                    above.append(digest)
-            k += 1
+                    append(digest)
+        self.size = change.size
 
     def truncate(self, size: int) -> None:
-        """Keep the first `size` leaves (a block that was built but not committed)."""
+        """Keep the first `size` leaves."""
         if not 0 <= size <= self.size:
             raise ValueError(f"cannot truncate a tree of {self.size} to {size}")
         self.size = size
         self.levels = [level[: size >> k] for k, level in enumerate(self.levels)]
 
     def _subtree(self, lo: int, hi: int) -> bytes:
-        """MTH(D[lo:hi]) for the ranges the RFC 9162 recursions produce."""
-        n = hi - lo
-        if n == 0:
-            return EMPTY_ROOT
-        if n & (n - 1) == 0 and lo % n == 0:
-            return self.levels[n.bit_length() - 1][lo // n]
-        k = _split(n)
-        return node_hash(self._subtree(lo, lo + k), self._subtree(lo + k, hi))
+        return _subtree(lo, hi, lambda k, j: self.levels[k][j])
 
     def root(self, size: int | None = None) -> bytes:
         """MTH of the first `size` leaves (default: all)."""
@@ -136,8 +177,8 @@ class MerkleTree:
             return [] if complete else [self._subtree(lo, hi)]
         k = _split(n)
         if m <= k:
-            return self._subproof(m, lo, lo + k, complete) + [self._subtree(lo + k, hi)]
-        return self._subproof(m - k, lo + k, hi, False) + [self._subtree(lo, lo + k)]
+            return [*self._subproof(m, lo, lo + k, complete), self._subtree(lo + k, hi)]
+        return [*self._subproof(m - k, lo + k, hi, False), self._subtree(lo, lo + k)]
 
 
 def verify_inclusion(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
+from enum import StrEnum
 from functools import cache
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, overload
 
 from nacl.signing import SigningKey
 
@@ -19,7 +20,18 @@ from wire.reasons import REASONS, Reject
 
 VERSION = 1
 SOURCES = ("solar", "wind", "hydro", "gas", "coal", "any")
-STATES = ("held", "settled", "refunded", "rejected")
+
+
+class CtpState(StrEnum):
+    """A CTP's state, as a status names it (docs/PROTOCOL.md §5, §7): the one vocabulary of
+    ledger, meters and tools. The values are the wire's text, and a member encodes (CBOR,
+    SQLite, f-strings) and compares exactly as that text."""
+
+    HELD = "held"
+    SETTLED = "settled"
+    REFUNDED = "refunded"
+    REJECTED = "rejected"
+
 
 Check = Callable[[object], bool]
 _ABSENT = object()  # a key not in the map, unlike a key present with CBOR null
@@ -31,7 +43,7 @@ def shown(value: object) -> str:
     Never repr() what a sender chose: a 5000-digit integer makes repr() raise, and a
     reject must never turn into another exception.
     """
-    if type(value) in (str, bytes) and len(value) <= 32:
+    if (type(value) is str or type(value) is bytes) and len(value) <= 32:
         return repr(value)
     if type(value) is int and -(1 << 64) <= value < 1 << 64:
         return str(value)
@@ -70,11 +82,24 @@ def _req(check: Check):
     return field(metadata={"check": check})
 
 
+class _MemberOf:
+    """The check of a text that must name a member of a StrEnum; from_map decodes it to the
+    member (`parse`), and a member encodes as its text."""
+
+    def __init__(self, enum: type[StrEnum]):
+        self.enum, self.members = enum, {member.value: member for member in enum}
+        self.parse = self.members.__getitem__
+
+    def __call__(self, x: object) -> bool:
+        return type(x) in (str, self.enum) and x in self.members
+
+
 def _opt(check: Check):
     return field(default=None, metadata={"check": check})
 
 
 _BSTR16, _BSTR32 = _bstr(16), _bstr(32)
+_CTP_STATE = _MemberOf(CtpState)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -133,11 +158,17 @@ class Body:
         """(key, type check, required, slot setter) per wire key, computed once per class.
 
         from_map fills the slots directly: the frozen dataclass __init__ costs 1.5 µs per
-        message against 0.6 µs, on the path every message takes (bench/wire.py).
+        message against 0.6 µs, on the path every message takes (bench/protocol.py).
         """
-        return tuple(
-            (f.name, f.metadata["check"], f.default is MISSING, getattr(cls, f.name).__set__) for f in fields(cls)
-        )
+        return tuple((f.name, f.metadata["check"], f.default is MISSING, _setter(cls, f)) for f in fields(cls))
+
+
+def _setter(cls: type[Body], f) -> Callable:
+    """How from_map fills field f's slot: with the decoded value, or what its "parse" makes of it."""
+    set_slot, parse = getattr(cls, f.name).__set__, getattr(f.metadata["check"], "parse", None)
+    if parse is None:
+        return set_slot
+    return lambda body, value: set_slot(body, value if value is None else parse(value))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -192,7 +223,7 @@ class Erc(Body):
     t: int = _req(_uint)
     pk: bytes = _req(_BSTR32)
     idx: int = _req(_uint)
-    path: list = _req(_list_of(_BSTR32))
+    path: list[bytes] = _req(_list_of(_BSTR32))
     coe: bytes = _req(_bytes)
 
 
@@ -218,7 +249,7 @@ class Birth(Body):
 class Status(Body):
     typ: ClassVar[str] = "status"
     ctp: bytes = _req(_BSTR16)
-    state: str = _req(_one_of(STATES))
+    state: CtpState = _req(_CTP_STATE)
     t: int = _req(_uint)
     reason: str | None = _opt(_one_of(REASONS))
     h: int | None = _opt(_uint)
@@ -260,11 +291,17 @@ BODY_TYPES: dict[str, type[Body]] = {
 }
 
 
-class Opened(NamedTuple):
-    """A message that passed steps 1-3: well-formed, canonical, of a known type and schema."""
+BodyT = TypeVar("BodyT", bound=Body, covariant=True)
+
+
+class Opened(NamedTuple, Generic[BodyT]):
+    """A message that passed steps 1-3: well-formed, canonical, of a known type and schema.
+
+    Generic in its body class, so `open_message(raw, Ctp).body` is a Ctp to the type checker.
+    """
 
     envelope: Sign1
-    body: Body
+    body: BodyT
 
     @property
     def raw(self) -> bytes:
@@ -275,12 +312,17 @@ class Opened(NamedTuple):
         return self.envelope.hash
 
 
-def open_message(raw: bytes, expect: str | None = None) -> Opened:
-    """§4 steps 1-3. `expect` is the typ the topic or field carries."""
+@overload
+def open_message(raw: bytes, expect: type[BodyT]) -> Opened[BodyT]: ...
+@overload
+def open_message(raw: bytes, expect: str | None = None) -> Opened[Body]: ...
+def open_message(raw: bytes, expect: type[Body] | str | None = None) -> Opened[Any]:
+    """§4 steps 1-3. `expect` is the typ the topic or field carries, or the body class
+    whose typ it is (then the body is of that class: BODY_TYPES maps its typ to it)."""
     envelope = parse_sign1(raw)
     m = load(envelope.payload)
     try:
-        body = _typed_body(m, expect)
+        body = _typed_body(m, expect if expect is None or isinstance(expect, str) else expect.typ)
     except Reject:
         require_canonical(envelope.payload, m)  # noncanonical outranks type and schema
         raise

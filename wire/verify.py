@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, overload
 
 from wire.merkle import NodeMemo, verify_inclusion
 from wire.messages import (
     Birth,
     Body,
+    BodyT,
     Cancel,
     Coe,
     CoeRequest,
@@ -49,9 +51,18 @@ class Verifier:
         self._coe_cache: dict[bytes, _VerifiedCoe] = {}
         self._coe_cache_size = coe_cache_size
 
-    def verify(self, raw: bytes, now: int, expect: str | None = None, device_key: bytes | None = None) -> Opened:
+    @overload
+    def verify(self, raw: bytes, now: int, expect: type[BodyT], device_key: bytes | None = None) -> Opened[BodyT]: ...
+    @overload
+    def verify(
+        self, raw: bytes, now: int, expect: str | None = None, device_key: bytes | None = None
+    ) -> Opened[Body]: ...
+    def verify(
+        self, raw: bytes, now: int, expect: type[Body] | str | None = None, device_key: bytes | None = None
+    ) -> Opened[Any]:
         """Return the opened message or raise Reject with the §4 reason.
 
+        `expect` is as for open_message: a typ, or the body class the message must have.
         `device_key` is the key from the sending meter's birth, needed for readings.
         """
         opened = open_message(raw, expect)
@@ -93,13 +104,13 @@ class Verifier:
         verified = self._coe_cache.get(erc.coe)
         if verified is not None:
             return verified.coe, verified.cert
-        coe = open_message(erc.coe, "coe").body
-        return coe, open_message(coe.cert, "devcert").body
+        coe = open_message(erc.coe, Coe).body
+        return coe, open_message(coe.cert, DevCert).body
 
     def certificate(self, raw: bytes, now: int) -> DevCert:
         """An embedded devcert signed by a trusted CA and valid at `now`; else `cert`."""
         try:
-            opened = open_message(raw, "devcert")
+            opened = open_message(raw, DevCert)
         except Reject as exc:
             raise Reject("cert", f"devcert: {exc}") from None
         cert = self._trusted(opened.body, now)
@@ -133,7 +144,7 @@ class Verifier:
 
     def _verify_coe(self, raw: bytes, now: int) -> _VerifiedCoe:
         try:
-            opened = open_message(raw, "coe")
+            opened = open_message(raw, Coe)
         except Reject as exc:
             raise Reject("coe", f"embedded CoE: {exc}") from None
         coe = opened.body

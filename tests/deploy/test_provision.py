@@ -224,7 +224,7 @@ def test_missing_ca_key_is_refused_while_devcerts_exist(tmp_path):
     provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW, valid_days=10)
     (tmp_path / "ca" / "ca.key").unlink()
     before = _files(tmp_path)
-    with pytest.raises(ProvisionError, match="ca.key is missing.*--new-ca"):
+    with pytest.raises(ProvisionError, match=r"ca\.key is missing.*--new-ca"):
         provision(tmp_path, meters=3, accounts=None, validators=1, now_ms=NOW + 1, valid_days=10)
     assert _files(tmp_path) == before
 

@@ -399,7 +399,7 @@ def test_a_failing_driver_is_logged_once_and_the_painter_carries_on(caplog):
     with caplog.at_level(logging.INFO, logger="spb.meter"):
         for low_light in (False, True):
             painter.show(View(online=True, phase="refunded"), low_light)
-            assert display.wait_for(lambda f: len(display.shown) == 1 + low_light, WAIT_S)
+            assert display.wait_for(lambda f, n=1 + low_light: len(display.shown) == n, WAIT_S)
         painter.show(View(online=True, phase="settled"), False)
         assert display.wait_for(lambda f: f == (GREEN,) * 64, WAIT_S)
         painter.close()  # joins the thread: its logging is done

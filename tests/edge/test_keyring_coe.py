@@ -194,7 +194,7 @@ def test_first_batch_is_wanted():
 @pytest.mark.parametrize("size, below, at", [(64, 47, 48), (4, 2, 3), (8, 5, 6), (1, 0, 1)])
 def test_new_batch_at_exactly_75_percent_of_keys(size, below, at):
     """The next batch is made once 75% of the newest batch's keys are reserved, not one key before."""
-    fresh = dict(coe_t=NOW - HOUR_MS, coe_exp=NOW + 30 * DAY_MS, size=size)
+    fresh = {"coe_t": NOW - HOUR_MS, "coe_exp": NOW + 30 * DAY_MS, "size": size}
     assert not wants_new_batch(ring(1, next_idx=below, **fresh), NOW)
     assert wants_new_batch(ring(1, next_idx=at, **fresh), NOW)
 

@@ -286,7 +286,7 @@ def test_open_fake_reads_what_the_calibration_asked_for(closing):
         reads = fake.reads
         assert adc.read() == (value(code(v_in)), value(code(v_out)))
         assert fake.reads == reads + 2
-        for w, got in zip((w_in, w_out), map(cal.watts, adc.read())):
+        for w, got in zip((w_in, w_out), map(cal.watts, adc.read()), strict=True):
             expected = w if w >= cal.dead_band_w else 0
             assert abs(got - expected) <= 3000 / 1023
 

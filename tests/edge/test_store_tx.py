@@ -3,6 +3,7 @@ ERCs and cancels into it) and edge.config.MeterConfig, on real files in tmp_path
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 import threading
 from hashlib import sha256
@@ -218,7 +219,7 @@ def test_unique_batch_idx_stops_a_buggy_caller_reusing_a_key(store):
     witnessed(store)
     stale = store.batches()[0]
     new_ctp(store)
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
         store.add_trade(lambda bs: stale, lambda b: (b"x" * 16, b"raw", 1, EXP), NOW)
     assert len(store.trades()) == 1
     assert store.outbox_size() == 1

@@ -171,7 +171,7 @@ def retrade(chain) -> bytes:
     raw = db.execute("SELECT chain FROM blocks WHERE height = 2").fetchone()[0]
     db.close()
     block = load(raw)
-    ctp_raw, erc_hash = load(block["trades"][0])
+    ctp_raw, _erc_hash = load(block["trades"][0])
     block["trades"] = [encode([ctp_raw, bytes(32)])]
     return encode(block)
 
@@ -204,6 +204,15 @@ def test_a_restart_refuses_a_ctp_row_whose_bytes_were_altered(chain):
     tamper(chain, "UPDATE ctps SET raw = ? WHERE leaf = 1", chain.first)
     identity = chain.identity
     with pytest.raises(StoreError, match="altered"):
+        LedgerStore(identity.db_path, identity.genesis).load()
+
+
+def test_a_restart_refuses_balances_that_are_not_the_genesis_total(chain):
+    """The money invariant holds for the state a validator restarts from, not only for the
+    blocks it commits afterwards."""
+    tamper(chain, "UPDATE accounts SET balance = balance + 1 WHERE rowid = 1")
+    identity = chain.identity
+    with pytest.raises(StoreError, match="genesis total"):
         LedgerStore(identity.db_path, identity.genesis).load()
 
 

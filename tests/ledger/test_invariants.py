@@ -25,17 +25,18 @@ from ledger.audit import AuditReport, audit
 from ledger.block import Block, parse_trade, trade_bytes
 from ledger.draft import Draft, replay
 from ledger.genesis import Genesis
-from ledger.state import HELD, REFUNDED, SETTLED, LedgerState
+from ledger.state import LedgerState
 from ledger.store import LedgerStore
 from ledger.workload import SimCommunity, pk
 from tests.support.ledger import NOW
 from tests.support.wire import flip_bit
 from wire import topics
 from wire.cose import message_hash
-from wire.messages import Ctp, Erc, Rejection, Status, open_message
+from wire.messages import Ctp, CtpState, Erc, Rejection, Status, open_message
 from wire.reasons import STATELESS
 from wire.verify import Verifier
 
+HELD, SETTLED, REFUNDED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED
 N = 3  # households with an account; household N is a stranger the genesis does not know
 BALANCE = 500
 ANY_STATELESS = "*"  # a corruption whose exact §4 reason depends on where the bit landed
@@ -508,8 +509,7 @@ def run_plan(plan: list) -> None:
                 if mode == "discard":  # a block built but not committed leaves no trace
                     d0 = Draft(state, verifier, t)
                     reasons0 = [d0.add(m.typ, m.raw) for m in msgs]
-                    block0 = d0.finish()
-                    state.discard(d0)
+                    block0 = d0.finish()  # and dropped
                     assert state_view(state) == before
                 oracle.start_block()
                 draft = Draft(state, verifier, t)
@@ -541,17 +541,17 @@ def run_plan(plan: list) -> None:
                 assert (block is not None) == made
                 check_refund_outputs(draft, draft.outputs[n_out:], oracle.expired, t)
                 after = state_view(state)
-                assert after[:3] == before[:3] and after[5:] == before[5:]  # finish moved only the shared tree
+                assert after == before  # finish moves nothing in the committed state, its tree included
                 if mode == "discard":
                     assert reasons0 == reasons and (block0 and block0.header) == (block and block.header)
                 if block is None:  # nothing decided, nothing expired: nothing to commit
                     assert msgs == [] and draft.outputs == [] and draft.refused == {}
                     assert state_view(state) == before and state.refused == oracle.refused
                 else:
-                    store.commit(draft, block.sealed(0, key), draft.signed_outputs(key))
+                    store.commit(draft.changes, block.sealed(0, key), draft.signed_outputs(key))
                     for cid, (reason, msg_hash) in draft.ctp_rejects.items():  # what `spb-ledger show` reports
                         assert store.rejection(cid) == (reason, msg_hash, t)
-                    state.commit(draft)  # the block's rejections are consensus state too
+                    state.commit(draft.changes)  # the block's rejections are consensus state too
                     oracle.forget_refused(t)
                     assert state.refused == oracle.refused
                     assert block.inputs == tuple(oracle.block_inputs)
@@ -604,7 +604,7 @@ def check_end(
         rebuilt = d.block
         assert rebuilt is not None and rebuilt.header == stored.header and rebuilt.trades == stored.trades
         assert rebuilt.inputs == stored.inputs
-        fresh.commit(d)
+        fresh.commit(d.changes)
         heights.append(stored.header.height)
     assert heights == sorted(verdicts)
     # refused CTPs are chain state now: the replay remembers the same ones
@@ -671,8 +671,8 @@ class Ledger:
             assert self.last.inputs == tuple(messages) and self.draft.reasons == reasons
             sealed = self.last.sealed(0, self.key)
             outputs = [*self.draft.signed_outputs(self.key), (topics.LEDGER_BLOCKS, sealed.chain_bytes(), False)]
-            self.store.commit(self.draft, sealed, outputs)
-            self.state.commit(self.draft)
+            self.store.commit(self.draft.changes, sealed, outputs)
+            self.state.commit(self.draft.changes)
         return reasons
 
     def record(self, raw: bytes):
@@ -832,8 +832,8 @@ def test_stateless_reasons_of_damaged_bytes(ledger):
 
 
 def test_discarded_block_leaves_the_state_as_it_was(ledger):
-    """A finished draft moves the shared CTP tree; discard must put back exactly the
-    committed root, so the same block can be rebuilt to the same hash."""
+    """A finished draft computes its CTP root without moving the committed tree, so a block
+    that is dropped can be rebuilt to the same hash."""
     c = ledger.c
     x, y = c.ctp(0, 1, 10, 5, NOW + 50), c.ctp(1, 0, 10, 5, NOW + 50)
     ledger.block(NOW, [("ctp", x)])
@@ -842,8 +842,7 @@ def test_discarded_block_leaves_the_state_as_it_was(ledger):
     d = Draft(ledger.state, ledger.verifier, NOW + 1)
     assert [d.add(*m) for m in msgs] == [None, None]
     first = d.finish()
-    assert ledger.state.root() != before[3]
-    ledger.state.discard(d)
+    assert first.header.ctps != before[3]
     assert state_view(ledger.state) == before
     assert ledger.block(NOW + 1, msgs) == [None, None] and ledger.last.header == first.header
     ledger.audited()

@@ -1,9 +1,10 @@
 """Revoking a meter (docs/decisions/0004-revocation.md): the CA's `revoke` on spb/v1/tx/revoke
 makes the ledger refuse, with `cert`, every ERC whose CoE the revoked meter witnessed at or
-after the revocation time, while CoEs it witnessed before keep working.
+after the revocation time, while CoEs it witnessed before keep working. Over a real
+Mosquitto: tests/system/test_ledger_revocation_bus.py.
 
 In SimCommunity(3) household i's key batches are witnessed by household i + 1's meter, and
-every CoE is issued at COE_T.
+every CoE is issued at COE_T; tests.support.ledger.revoke makes a revocation.
 """
 
 from __future__ import annotations
@@ -14,28 +15,15 @@ import pytest
 
 from ledger.audit import AuditFailure, audit
 from ledger.node import LedgerNode
-from ledger.state import HELD, REFUNDED, SETTLED
 from ledger.store import LedgerStore
-from ledger.workload import YEAR_MS, SimCommunity, pk
-from tests.support.bus import Inbox, connected
-from tests.support.ledger import NOW, Chain, RunningLedger, ledger_dir, rejections, wait_reject, wait_status
+from ledger.workload import SimCommunity, pk
+from tests.support.ledger import COE_T, NOW, Chain, ctp_id, revoke
 from tests.support.wire import ROGUE_CA, sign_map
-from wire import topics
-from wire.cose import encode, message_hash
-from wire.messages import Revoke, open_message
+from wire.cose import encode
+from wire.messages import CtpState, Revoke
 from wire.verify import Verifier
 
-COE_T = NOW - YEAR_MS
-
-
-def revoke(c: SimCommunity, meter: int, t: int, *, signer=None, iss=None) -> bytes:
-    """The revocation of household `meter`'s device key from time t on, naming `iss` (default: the CA)."""
-    h = c.households[meter]
-    return Revoke(meter=h.meter_id, pk=pk(h.device), iss=pk(iss or c.ca), t=t).sign(signer or c.ca)
-
-
-def ctp_id(raw: bytes) -> bytes:
-    return open_message(raw, "ctp").body.id
+HELD, SETTLED, REFUNDED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED
 
 
 @pytest.fixture
@@ -189,52 +177,3 @@ def test_audit_replays_the_revocation_block(chain, c):
     with pytest.raises(AuditFailure, match="changes nothing") as info:
         audit(chain.store)
     assert info.value.height == 1
-
-
-def test_revocation_on_the_bus(tmp_path, c, mosquitto, make_client):
-    """Over Mosquitto, with a ledger on a test clock: the ERC after the revoke is `cert`, its
-    CTP stays held and is refunded at expiry; a second revoke of the key is `duplicate`, while
-    the same revoke sent again soon after it was decided is a broker copy: acknowledged, no
-    new block, no reject (issue 6)."""
-    now = [NOW]
-    ledger = RunningLedger(ledger_dir(tmp_path, c), mosquitto.port, clock=lambda: now[0])
-    try:
-        inbox = Inbox()
-        watcher = make_client(mosquitto.port, "watcher")
-        watcher.subscribe(topics.STATUS_ALL, inbox)
-        watcher.subscribe(topics.REJECTS, inbox)
-        connected(watcher)
-        sender = connected(make_client(mosquitto.port, "relay"))
-        x = c.ctp(0, 2, amount=10, wh=1, exp=NOW + 1_000)
-        sender.publish(topics.TX_CTP, x)
-        wait_status(inbox, ctp_id(x), HELD)
-        r, erc = revoke(c, 1, COE_T), c.erc(x)
-        sender.publish(topics.TX_REVOKE, r)
-        sender.publish(topics.TX_ERC, erc)  # after the revoke on one connection: the ledger applies it after
-        assert wait_reject(inbox, message_hash(erc)).reason == "cert"
-        sender.publish(topics.TX_REVOKE, r)  # decided already: a copy, acknowledged silently
-        again = revoke(c, 1, COE_T - 5)  # another revoke of the same key, after it on one connection
-        sender.publish(topics.TX_REVOKE, again)
-        assert wait_reject(inbox, message_hash(again)).reason == "duplicate"
-        assert [x for x in rejections(inbox) if x.msg == message_hash(r)] == []
-        now[0] = NOW + 1_001
-        assert wait_status(inbox, ctp_id(x), REFUNDED).msg is None
-    finally:
-        ledger.stop()
-    identity = ledger.service.identity
-    store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
-    try:
-        assert store.revocations() == {pk(c.households[1].device): COE_T}
-        blocks = [block for _, block in store.blocks()]
-        # every message decided once, rejected ones too, in arrival order; the last block
-        # is the refund at expiry alone (the revoke and its ERC may share a block)
-        assert [i for block in blocks for i in block.inputs] == [
-            ("ctp", x),
-            ("revoke", r),
-            ("erc", erc),
-            ("revoke", again),
-        ]
-        assert blocks[-1].inputs == () and len(blocks) in (4, 5)
-        assert audit(store).height == len(blocks)
-    finally:
-        store.close()

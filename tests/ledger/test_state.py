@@ -1,15 +1,23 @@
-"""LedgerState and Draft details the invariant tests do not single out: a discarded draft
-leaves no trace, and a restored state equals the live one."""
+"""LedgerState and Draft details the invariant tests do not single out: a draft that is
+never committed leaves no trace, a restored state equals the live one, and a commit
+refuses changes that break the money invariant."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from ledger.draft import Draft
-from ledger.workload import SimCommunity
+from ledger.state import BrokenInvariant
+from ledger.workload import SimCommunity, pk
 from tests.support.ledger import NOW, Chain
+from wire.merkle import MerkleTree
 
 
 def test_a_discarded_draft_leaves_the_state_as_it_was(tmp_path):
-    """Consensus may build a block it never commits (issue 6): the tree must roll back."""
+    """Consensus may build a block it never commits (issue 6): building it must not move the
+    committed state, its CTP tree included."""
     community = SimCommunity(3, NOW)
     chain = Chain(tmp_path, community)
     held = community.ctp(0, 1, amount=10, wh=1, exp=NOW + 1_000)
@@ -18,13 +26,17 @@ def test_a_discarded_draft_leaves_the_state_as_it_was(tmp_path):
     draft = Draft(chain.state, chain.verifier, NOW + 5)
     assert draft.add("erc", community.erc(held)) is None
     assert draft.add("ctp", community.ctp(1, 2, amount=5, wh=1, exp=NOW + 1_000)) is None
-    assert draft.finish() is not None and chain.state.root() != before[0]
-    chain.state.discard(draft)
+    assert draft.finish() is not None and draft.changes.tree.root != before[0]
     assert (chain.state.root(), chain.state.balances, chain.state.held, chain.state.tree.size) == before
     # The state goes on as if the draft never existed.
     again = Draft(chain.state, chain.verifier, NOW + 6)
     assert again.add("ctp", community.ctp(2, 0, amount=1, wh=1, exp=NOW + 1_000)) is None
-    assert again.finish().header.ctps == chain.state.root()
+    header = again.finish().header
+    records = sorted({**chain.state.ctps, **again.changes.records}.values(), key=lambda r: r.index)
+    assert [r.index for r in records] == [0, 1]  # the first draft's CTP took no leaf
+    assert header.ctps == MerkleTree([r.leaf() for r in records]).root() != chain.state.root()
+    chain.state.commit(again.changes)
+    assert chain.state.root() == header.ctps
 
 
 def test_restored_state_equals_the_live_state(tmp_path):
@@ -80,3 +92,29 @@ def test_settled_ctps_leave_the_expiry_heap(tmp_path):
     chain.block(NOW, *(("ctp", c) for c in ctps))
     chain.block(NOW + 1, *(("erc", community.erc(c)) for c in ctps))
     assert chain.state.next_expiry() is None and chain.state._expiry == []
+
+
+@pytest.mark.parametrize("corruption", ["minted", "burnt", "negative", "stranger"])
+def test_a_commit_refuses_changes_that_break_the_money_invariant(tmp_path, corruption):
+    """The check where state is committed is live: changes that make or lose units, leave an
+    account negative or pay a key outside the genesis are refused before anything moves."""
+    community = SimCommunity(3, NOW)
+    chain = Chain(tmp_path, community)
+    draft = Draft(chain.state, chain.verifier, NOW)
+    assert draft.add("ctp", community.ctp(0, 1, amount=10, wh=1, exp=NOW + 1_000)) is None
+    assert draft.finish() is not None
+    changes, payer = draft.changes, pk(community.households[0].account)
+    balance, held = changes.balances[payer], changes.held[payer]
+    balances, holds = {
+        "minted": ({payer: balance + 1}, {}),
+        "burnt": ({}, {payer: held - 1}),
+        "negative": ({payer: -1}, {payer: held + balance + 1}),
+        "stranger": ({payer: balance - 1, bytes(32): 1}, {}),
+    }[corruption]
+    corrupted = replace(changes, balances={**changes.balances, **balances}, held={**changes.held, **holds})
+    before = (chain.state.height, chain.state.root(), dict(chain.state.balances), dict(chain.state.held))
+    with pytest.raises(BrokenInvariant):
+        chain.state.commit(corrupted)
+    assert (chain.state.height, chain.state.root(), chain.state.balances, chain.state.held) == before
+    chain.state.commit(changes)  # the same block, uncorrupted, commits
+    assert chain.state.height == 1 and chain.state.total() == chain.state.genesis.total

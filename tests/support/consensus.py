@@ -16,7 +16,8 @@ from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
 from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
-from tests.support.ledger import publish_trades, settled_accounts, signed_trades, statuses
+from tests.support.ledger import publish_trades, settled_accounts, signed_trades, statuses, wait_online
+from tests.support.procs import Procs
 from wire import topics
 from wire.messages import open_message
 
@@ -45,64 +46,46 @@ class Validators:
         ):
             watcher.subscribe(topic, self.inbox)
         connected(watcher)
-        self.processes: dict[int, subprocess.Popen] = {}
+        self.procs = Procs(tmp_path / "logs")
+        self.processes: dict[int, subprocess.Popen] = {}  # the running ones, by index
         self.households = connected(make_client(port, "households", max_inflight=1000))
 
     # -- processes --
 
     def start(self, i: int) -> None:
         mark = len(self.inbox.messages)
-        self.processes[i] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ledger.cli",
-                "run",
-                str(self.root),
-                "--broker",
-                f"127.0.0.1:{self.port}",
-                "--validator",
-                str(i),
-            ],
-            env=child_env(),
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+        self.processes[i] = self.procs.start(
+            f"v{i}", "ledger.cli", "run", self.root, "--broker", f"127.0.0.1:{self.port}", "--validator", i
         )
-        wait_for(
-            lambda: any(
-                t == topics.ledger_state(i) and p.startswith(b"online") for t, p, _ in self.inbox.messages[mark:]
-            ),
-            30,
-            f"validator {i} online",
-        )
+        wait_online(self.inbox, mark, i, self.procs.logs)
 
     def kill(self, i: int) -> None:
-        process = self.processes.pop(i)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait(10) == -signal.SIGKILL
-        process.stderr.close()
+        self.procs.kill_9(self.processes.pop(i))
 
     def stop(self, i: int) -> None:
-        process = self.processes.pop(i)
-        process.send_signal(signal.SIGTERM)
-        with process.stderr:
-            assert process.wait(20) == 0, process.stderr.read().decode()[-3000:]
+        self.procs.stop(self.processes.pop(i))
+
+    def pause_all(self) -> None:
+        """Freeze every running validator where it stands (SIGSTOP): what reaches it now waits,
+        queued at the broker or in its socket, until resume_all()."""
+        for process in self.processes.values():
+            process.send_signal(signal.SIGSTOP)
+
+    def resume_all(self) -> None:
+        for process in self.processes.values():
+            process.send_signal(signal.SIGCONT)
 
     def stop_all(self) -> None:
         for i in list(self.processes):
             self.stop(i)
 
     def close(self) -> None:
-        for process in self.processes.values():
-            process.kill()
-            process.wait()
-            process.stderr.close()
+        self.procs.kill_all()
 
     # -- load --
 
-    def publish(self, trades: list) -> None:
-        publish_trades(self.households, trades)
+    def publish(self, trades: list, acked: bool = False) -> None:
+        publish_trades(self.households, trades, acked)
 
     def settled(self) -> set[bytes]:
         return {s.ctp for s in statuses(self.inbox) if s.state == "settled"}

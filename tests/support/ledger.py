@@ -4,16 +4,28 @@ service on a real broker, and decoding what it publishes."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from ledger.service import LedgerService
 from ledger.validator import ValidatorIdentity
-from ledger.workload import SimCommunity, pk
+from ledger.workload import YEAR_MS, SimCommunity, pk
 from tests.support.bus import Inbox, wait_for
 from wire import topics
-from wire.messages import Rejection, Status, open_message
+from wire.messages import Rejection, Revoke, Status, open_message
 
 NOW = 1_800_000_000_000  # a fixed clock for pure tests: 2027-01-15
+COE_T = NOW - YEAR_MS  # when SimCommunity issues every CoE
+
+
+def ctp_id(raw: bytes) -> bytes:
+    return open_message(raw, "ctp").body.id
+
+
+def revoke(c: SimCommunity, meter: int, t: int, *, signer=None, iss=None) -> bytes:
+    """The revocation of household `meter`'s device key from time t on, naming `iss` (default: the CA)."""
+    h = c.households[meter]
+    return Revoke(meter=h.meter_id, pk=pk(h.device), iss=pk(iss or c.ca), t=t).sign(signer or c.ca)
 
 
 def ledger_dir(root: Path, community: SimCommunity, balance: int = 1_000, block_ms: int = 50) -> Path:
@@ -49,11 +61,17 @@ def signed_trades(community: SimCommunity, count: int, now: int) -> list[tuple[b
     return trades
 
 
-def publish_trades(client, trades: list) -> None:
-    """Each ERC right after its CTP: one publisher, so the broker keeps the order."""
+def publish_trades(client, trades: list, acked: bool = False) -> None:
+    """Each ERC right after its CTP: one publisher, so the broker keeps the order. With
+    `acked`, return once the broker has acknowledged every one: it holds them for its
+    subscribers, whether these read them yet or not."""
+    sent = []
     for ctp, erc, *_ in trades:
-        client.publish(topics.TX_CTP, ctp)
-        client.publish(topics.TX_ERC, erc)
+        sent.append(client.publish(topics.TX_CTP, ctp))
+        sent.append(client.publish(topics.TX_ERC, erc))
+    if acked:
+        unacked = [info.mid for info in sent if not client.wait_acked(info, 60)]
+        assert not unacked, f"the broker acknowledged {len(sent) - len(unacked)} of {len(sent)} publishes"
 
 
 def settled_accounts(community: SimCommunity, balance: int, trades: list) -> dict[bytes, tuple[int, int]]:
@@ -63,6 +81,19 @@ def settled_accounts(community: SimCommunity, balance: int, trades: list) -> dic
         expected[pk(community.households[payer].account)] -= amount
         expected[pk(community.households[payee].account)] += amount
     return {account: (units, 0) for account, units in expected.items()}
+
+
+def said_online(inbox: Inbox, since: int = 0, index: int = 0) -> bool:
+    """Whether validator `index` said `online` in inbox.messages[since:] (inbox subscribed to
+    its spb/v1/ledger/state topic). It says so once subscribed: from then on the broker keeps
+    transactions for it, so a test publishes only after this."""
+    topic = topics.ledger_state(index)
+    return any(t == topic and p.startswith(b"online") for t, p, _ in inbox.messages[since:])
+
+
+def wait_online(inbox: Inbox, since: int = 0, index: int = 0, logs: Callable[[], str] = str) -> None:
+    """Wait until said_online(); `logs` adds the processes' logs to a failure."""
+    wait_for(lambda: said_online(inbox, since, index), 30, lambda: f"validator {index} online{logs()}")
 
 
 def statuses(inbox: Inbox) -> list[Status]:

@@ -1,4 +1,5 @@
-"""Helpers for meter tests: a MeterNode running on a thread, and a key batch with a CoE."""
+"""Helpers for meter tests: a MeterNode running on a thread, a key batch with a CoE, the
+meter's store read while it runs, and `spb-meter` as a command."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from edge import coe
 from edge.keyring import Batch
 from edge.meter import MeterNode
 from edge.state_dir import MeterIdentity
-from edge.store import MeterStore
+from edge.store import TX, MeterStore
 from tests.support.bus import REPO, child_env
 from wire.verify import Verifier
 
@@ -50,6 +51,22 @@ def add_witnessed_batch(store: MeterStore, me: MeterIdentity, witness: MeterIden
     return store.batch(batch.id)
 
 
+OUTBOX_TOPIC = "spb/test/outbox"
+
+
+def fill_outbox(store: MeterStore, n: int, start: int = 0) -> list[bytes]:
+    """n rows queued in store's outbox on OUTBOX_TOPIC, b"row 000" on; their payloads."""
+    payloads = [b"row %03d" % i for i in range(start, start + n)]
+    for p in payloads:
+        store.enqueue(OUTBOX_TOPIC, p, TX)
+    return payloads
+
+
+def outbox_rows(store: MeterStore) -> list[bytes]:
+    """The payloads still in store's outbox, oldest first."""
+    return [r.payload for r in store.outbox_after(0, 100_000)]
+
+
 def in_store(state_dir: Path, read):
     """read(MeterStore) on a meter's database, opened for this one read (the meter may be running)."""
     store = MeterStore(state_dir / "meter.db")
@@ -69,38 +86,3 @@ def spb_meter(*args: object) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
     )
-
-
-class Procs:
-    """The child processes of one test, each logging to its own file; killed at teardown."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, name: str, *module_args: object) -> subprocess.Popen:
-        """`python -m MODULE_ARGS`; a restart under the same name appends to the same log."""
-        with (self.log_dir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", *map(str, module_args)],
-                cwd=REPO,
-                env=child_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def logs(self) -> str:
-        """The end of every log, for a failure message."""
-        return "".join(
-            f"\n----- {path.name} -----\n{path.read_text(errors='replace')[-4000:]}"
-            for path in sorted(self.log_dir.glob("*.log"))
-        )
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)

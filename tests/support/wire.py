@@ -3,7 +3,7 @@ builders that make every vector message again with wire.messages' typed classes.
 
 Keys, certificates, CoEs, Merkle roots and paths always come from the seeds; only plain
 field values (times, nonce, CTP id, amounts...) are read from the decoded vector bodies.
-The builders are checked byte for byte against the vectors in test_wire_vectors.py, so the
+The builders are checked byte for byte against the vectors in tests/wire/test_vectors.py, so the
 other wire tests can use them to make valid messages and vary one thing at a time.
 """
 
@@ -179,17 +179,17 @@ def coe(
 
 def ctp(**overrides) -> bytes:
     f = FIELDS["ctp"]
-    values = dict(
-        id=f["id"],
-        payer=pk(ALICE),
-        payee=pk(BOB),
-        amount=f["amount"],
-        wh=f["wh"],
-        exp=f["exp"],
-        meter=otk_tree().root(),
-        t=f["t"],
-    )
-    values.update(overrides)
+    values = {
+        "id": f["id"],
+        "payer": pk(ALICE),
+        "payee": pk(BOB),
+        "amount": f["amount"],
+        "wh": f["wh"],
+        "exp": f["exp"],
+        "meter": otk_tree().root(),
+        "t": f["t"],
+        **overrides,
+    }
     return Ctp(**values).sign(ALICE)
 
 
@@ -223,8 +223,15 @@ def cancel() -> bytes:
 
 def reading(**overrides) -> bytes:
     f = FIELDS["reading"]
-    values = dict(meter=f["meter"], seq=f["seq"], t=f["t"], wh_in=f["wh_in"], wh_out=f["wh_out"], w=f["w"])
-    values.update(overrides)
+    values = {
+        "meter": f["meter"],
+        "seq": f["seq"],
+        "t": f["t"],
+        "wh_in": f["wh_in"],
+        "wh_out": f["wh_out"],
+        "w": f["w"],
+        **overrides,
+    }
     return Reading(**values).sign(M1)
 
 

@@ -1,4 +1,4 @@
-"""bench/wire.py runs and prints its ratio; speed itself is never asserted in the suite."""
+"""bench/protocol.py runs and prints its ratio; speed itself is never asserted in the suite."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.support.bus import REPO, child_env
 
 def test_wire_bench_prints_rates_and_a_ratio_against_raw_verify():
     result = subprocess.run(
-        [sys.executable, "bench/wire.py", "--seconds", "0.05"],
+        [sys.executable, "bench/protocol.py", "--seconds", "0.05"],
         cwd=REPO,
         env=child_env(),
         capture_output=True,

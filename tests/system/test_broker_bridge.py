@@ -19,18 +19,9 @@ from deploy.provision import community_genesis, provision
 from edge.store import MeterStore
 from ledger.genesis import write_genesis
 from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
-from tests.support.meter import Procs, in_store, spb_meter
+from tests.support.meter import in_store, spb_meter
 from wire import topics
 from wire.verify import Verifier
-
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def procs(tmp_path):
-    running = Procs(tmp_path / "logs")
-    yield running
-    running.kill_all()
 
 
 def test_a_trade_settles_across_two_bridged_brokers(tmp_path, procs, make_client):

@@ -17,8 +17,6 @@ from broker.runtime import LOG_NAME, EmbeddedBroker, free_port, mosquitto_config
 from tests.support.bus import REPO, Inbox, child_env, connected, read_line, wait_for
 from wire import topics
 
-pytestmark = pytest.mark.integration
-
 TEST_TOPIC = f"{topics.ROOT}/test"
 BURST = 5000
 
@@ -149,7 +147,7 @@ def test_cli_exits_when_mosquitto_dies(tmp_path, make_client):
 
         os.kill(mosquitto_pid, signal.SIGKILL)
 
-        assert cli.wait(5) == 1
+        assert cli.wait(30) == 1  # it notices within WATCH_INTERVAL; the margin is for a loaded machine
         stderr = cli.stderr.read()
     assert re.fullmatch(
         r"spb-broker: mosquitto exited unexpectedly \(killed by SIGKILL; "

@@ -29,10 +29,8 @@ from deploy.pki import Authority
 from deploy.provision import community_genesis, provision
 from ledger.genesis import write_genesis
 from tests.support.bus import REPO, Inbox, child_env, connected, read_line, wait_for
-from tests.support.ledger import RunningLedger
+from tests.support.ledger import RunningLedger, wait_online
 from wire.messages import open_message
-
-pytestmark = pytest.mark.integration
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 FORGED = b"forged"
@@ -210,6 +208,7 @@ def test_revoked_meter_is_refused_and_its_revocation_reaches_the_ledger(broker, 
     watches, since a second connection with v0's CN would take over the ledger's session."""
     ledger = RunningLedger(community, broker.port, tls=TlsFiles.in_dir(community / "validators/v0"))
     watcher = bus("monitoring/monitor", ("spb/v1/#",))
+    wait_online(watcher.inbox)  # the ledger is subscribed: the revocation below reaches it
     # The control first: a second connection with m0003's CN would take over the session below.
     assert _handshake_as(broker, community, "meters/m0003") == CONNACK_OK
     revoked = bus("meters/m0003")

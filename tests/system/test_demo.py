@@ -10,8 +10,6 @@ import pytest
 
 from tests.support.bus import REPO, child_env
 
-pytestmark = pytest.mark.integration
-
 METERS = ("m0001", "m0002", "m0003")
 
 

@@ -25,7 +25,7 @@ from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from ledger.workload import YEAR_MS, SimCommunity, pk
 from tests.support.bus import Inbox, connected, wait_for
-from tests.support.ledger import NOW, RunningLedger, ledger_dir
+from tests.support.ledger import NOW, RunningLedger, ctp_id, ledger_dir, wait_online
 from tests.support.wire import canonical_items, flip_bit, raw_map, sign_map, sign_payload
 from wire import topics
 from wire.cose import encode, message_hash
@@ -78,12 +78,7 @@ class Bus:
         """A ledger on this root, returned once it is subscribed (it says `online` only then)."""
         seen = len(self.inbox.messages)
         ledger = RunningLedger(self.root, self.port, clock=self.clock)
-        wait_for(
-            lambda: any(
-                t == topics.ledger_state(0) and p.startswith(b"online ") for t, p, _ in self.inbox.messages[seen:]
-            ),
-            message="the ledger to come online",
-        )
+        wait_online(self.inbox, seen)
         return ledger
 
     @property
@@ -186,10 +181,6 @@ def bus(tmp_path, mosquitto, make_client, read_retained):
     b = Bus(tmp_path, mosquitto.port, make_client, read_retained)
     yield b
     b.ledger.stop()
-
-
-def ctp_id(raw: bytes) -> bytes:
-    return open_message(raw, "ctp").body.id
 
 
 def forge_erc(
@@ -741,7 +732,7 @@ def test_statuses_and_rejects_are_signed_by_the_validator(bus):
     typs = [topics.expected_type(t) for t, _ in published]
     assert typs.count("status") == 3 and typs.count("reject") == 3
     other = Verifier(cas=[pk(bus.community.ca)], validators=[pk(bus.community.validator_keys[1])])
-    for (_, payload), typ in zip(published, typs):
+    for (_, payload), typ in zip(published, typs, strict=True):
         bus.verifier.verify(payload, NOW, expect=typ)
         with pytest.raises(Reject) as wrong_key:
             other.verify(payload, NOW, expect=typ)

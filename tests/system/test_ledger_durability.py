@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -16,21 +15,23 @@ from ledger.audit import audit
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
-from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
+from tests.support.bus import Inbox, connected, wait_for
 from tests.support.ledger import (
-    RunningLedger,
     ledger_dir,
     publish_trades,
     rejections,
     settled_accounts,
     signed_trades,
     statuses,
+    wait_online,
 )
+from tests.support.procs import Procs
 from wire import topics
 from wire.messages import open_message
 
 TRADES = 1200
 CRASHES = 3
+PART = TRADES // (CRASHES + 1)  # the load goes out a part at a time: one before the first crash, one with each
 HOUSEHOLDS = 8
 BALANCE = 100_000
 
@@ -44,27 +45,29 @@ class Load:
     trades: list  # (ctp, erc, payer, payee, amount)
     inbox: Inbox
 
-    def publish(self, client) -> None:
-        publish_trades(client, self.trades)
-
     def settled(self) -> set[bytes]:
         return {s.ctp for s in statuses(self.inbox) if s.state == "settled"}
 
-    def crash_points(self):
-        """Yield CRASHES times, at about 1/4, 2/4 and 3/4 of the trades settled; assert that at
-        least one crash came while work was left (else the test proved nothing)."""
-        unfinished = 0
+    def wait_settled(self, count: int) -> None:
+        wait_for(lambda: len(self.settled()) >= count, 60, lambda: f"{count} settled; have {len(self.settled())}")
+
+    def crash_points(self, client, ledger: LedgerProcess):
+        """Publish the load a part at a time and yield CRASHES times, each time half-way
+        through a part (as far as the watcher saw) with the ledger paused (SIGSTOP) and the
+        next part published and acknowledged by the broker. So every crash leaves work owed
+        to the ledger whatever the machine's speed: a part it has not read, maybe part of
+        the one before. After a yield the ledger must run again (resumed or restarted)."""
+        publish_trades(client, self.trades[:PART])
         for k in range(1, CRASHES + 1):
-            goal = k * TRADES // (CRASHES + 1)
-            wait_for(lambda: len(self.settled()) >= goal, 60, lambda: f"{goal} settled; have {len(self.settled())}")
-            unfinished += len(self.settled()) < TRADES
+            self.wait_settled((k - 1) * PART + PART // 2)
+            ledger.pause()
+            publish_trades(client, self.trades[k * PART : (k + 1) * PART], acked=True)
             yield
-        assert unfinished, "every crash came after the load was done"
 
     def check(self) -> None:
         """Every trade settled once and moved its amount once; the chain audits; a message
         redelivered after a crash was a `duplicate`, never applied again."""
-        wait_for(lambda: len(self.settled()) == TRADES, 60, lambda: f"all settled; have {len(self.settled())}")
+        self.wait_settled(TRADES)
         identity = ValidatorIdentity.load(self.root, 0, with_key=False)
         store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
         assert store.accounts() == settled_accounts(self.community, BALANCE, self.trades)
@@ -91,63 +94,53 @@ def make_load(tmp_path, port, make_client) -> Load:
     return Load(community, ledger_dir(tmp_path / "ledger", community, balance=BALANCE, block_ms=20), trades, inbox)
 
 
-def online_since(load: Load, start: int) -> bool:
-    return any(t == topics.ledger_state(0) and p.startswith(b"online") for t, p, _ in load.inbox.messages[start:])
+class LedgerProcess:
+    """`spb-ledger run` on the load's ledger dir, as a process. start() returns once it says
+    `online`: its first connect makes its persistent session, and from then on the broker
+    keeps transactions for it whether it runs or not."""
+
+    def __init__(self, load: Load, port: int, procs: Procs):
+        self.load, self.port, self.procs = load, port, procs
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        mark = len(self.load.inbox.messages)
+        self.process = self.procs.start(
+            "ledger", "ledger.cli", "run", self.load.root, "--broker", f"127.0.0.1:{self.port}"
+        )
+        wait_online(self.load.inbox, mark, logs=self.procs.logs)
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture
-def start_ledger():
-    """start_ledger(root, port): `spb-ledger run` as a process; any still running are killed
-    after the test, whatever happened in it."""
-    processes = []
-
-    def start(root, port) -> subprocess.Popen:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "run", str(root), "--broker", f"127.0.0.1:{port}"],
-            env=child_env(),
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
-
-
-def test_kill_9_mid_load_loses_nothing_and_applies_nothing_twice(tmp_path, mosquitto, make_client, start_ledger):
+def load_and_ledger(tmp_path, mosquitto, make_client, procs):
+    """A Load, a running LedgerProcess on it, and a connected client of the households."""
     load = make_load(tmp_path, mosquitto.port, make_client)
-    ledger = start_ledger(load.root, mosquitto.port)
-    # Its first connect makes the ledger's persistent session: from then on the broker keeps
-    # transactions for it whether it runs or not.
-    wait_for(lambda: online_since(load, 0), 30, "the ledger online")
-    load.publish(connected(make_client(mosquitto.port, "households", max_inflight=1000)))
-    for _ in load.crash_points():
-        ledger.send_signal(signal.SIGKILL)
-        assert ledger.wait(10) == -signal.SIGKILL
-        ledger.stderr.close()
-        restarted = len(load.inbox.messages)
-        ledger = start_ledger(load.root, mosquitto.port)
-        wait_for(lambda: online_since(load, restarted), 30, "the restarted ledger online")
+    ledger = LedgerProcess(load, mosquitto.port, procs)
+    ledger.start()
+    return load, ledger, connected(make_client(mosquitto.port, "households", max_inflight=1000))
+
+
+def test_kill_9_mid_load_loses_nothing_and_applies_nothing_twice(load_and_ledger, procs):
+    load, ledger, households = load_and_ledger
+    for _ in load.crash_points(households, ledger):
+        procs.kill_9(ledger.process)
+        ledger.start()
     load.check()
-    ledger.send_signal(signal.SIGTERM)
-    with ledger.stderr:
-        assert ledger.wait(20) == 0, ledger.stderr.read().decode()[-2000:]
+    procs.stop(ledger.process)
 
 
-def test_broker_restarts_mid_load_lose_nothing_and_apply_nothing_twice(tmp_path, mosquitto, make_client):
+def test_broker_restarts_mid_load_lose_nothing_and_apply_nothing_twice(load_and_ledger, mosquitto, procs):
     """The ledger's connection drops with a block's acknowledgements still owed: the broker
     sends those messages again to the reconnected ledger, which must not apply them twice."""
-    load = make_load(tmp_path, mosquitto.port, make_client)
-    ledger = RunningLedger(load.root, mosquitto.port)
-    wait_for(lambda: online_since(load, 0), 30, "the ledger online")
-    load.publish(connected(make_client(mosquitto.port, "households", max_inflight=1000)))
-    for _ in load.crash_points():
+    load, ledger, households = load_and_ledger
+    for _ in load.crash_points(households, ledger):
         mosquitto.restart()
+        ledger.resume()
     load.check()
-    ledger.stop()
+    procs.stop(ledger.process)

@@ -8,15 +8,15 @@ import subprocess
 import sys
 
 from broker.clock import wall_ms
-from broker.runtime import wait_or_kill
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
 from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
-from tests.support.ledger import rejections, statuses
+from tests.support.ledger import rejections, statuses, wait_online
 from tests.support.wire import flip_bit
 from wire import topics
 from wire.cose import message_hash
+from wire.messages import open_message
 
 HOUSEHOLDS = 5
 BALANCE = 500
@@ -53,7 +53,33 @@ def traffic(community: SimCommunity, rng: random.Random, now: int) -> list[tuple
     return out
 
 
-def test_a_fuzzed_run_over_the_bus_audits_clean(tmp_path, mosquitto, make_client):
+def expiry_refund(community: SimCommunity, household, inbox: Inbox) -> None:
+    """Return once a probe CTP was held and then refunded at its expiry by the clock alone
+    (no `msg`), so the audited chain has such a refund whatever the machine's speed: the
+    probe asks for amount 0 (no funds needed) and, each time the ledger decided it only
+    after it expired (a busy machine), goes again with an expiry twice as far."""
+    window_ms = 1_500
+    while True:
+        probe = community.ctp(0, 1, amount=0, wh=1, exp=wall_ms() + window_ms)
+        probe_id = open_message(probe, "ctp").body.id
+        household.publish(topics.TX_CTP, probe)
+        first = wait_for(
+            lambda probe_id=probe_id: next((s for s in statuses(inbox) if s.ctp == probe_id), None),
+            60,
+            "the probe's status",
+        )
+        if first.state == "held":
+            break
+        assert (first.state, first.reason) == ("rejected", "expired"), first
+        window_ms *= 2
+    wait_for(
+        lambda: any(s.ctp == probe_id and s.state == "refunded" and s.msg is None for s in statuses(inbox)),
+        60 + window_ms / 1000,
+        "the probe refunded at its expiry",
+    )
+
+
+def test_a_fuzzed_run_over_the_bus_audits_clean(tmp_path, mosquitto, make_client, procs):
     rng = random.Random(20261121)
     now = wall_ms()
     community = SimCommunity(HOUSEHOLDS, now)
@@ -63,31 +89,20 @@ def test_a_fuzzed_run_over_the_bus_audits_clean(tmp_path, mosquitto, make_client
     for topic in (topics.STATUS_ALL, topics.REJECTS, topics.ledger_state(0)):
         watcher.subscribe(topic, inbox)
     connected(watcher)
-    ledger = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "run", str(root), "--broker", f"127.0.0.1:{mosquitto.port}"],
-        env=child_env(),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for(lambda: (topics.ledger_state(0), b"online 0", False) in inbox.messages, 30, "the ledger online")
-        household = connected(make_client(mosquitto.port, "households"))
-        # Expiries count from now, not from before the ledger started: a slow start (a loaded
-        # CI machine) must not expire the short CTPs before they can be held.
-        sent = traffic(community, rng, wall_ms())
-        for topic, payload in sent:
-            household.publish(topic, payload)
-        # One publisher, decided in order: once this last message is rejected, all were decided.
-        barrier = b"barrier: not a message"
-        household.publish(topics.TX_CTP, barrier)
-        wait_for(lambda: any(r.msg == message_hash(barrier) for r in rejections(inbox)), 60, "the barrier's reject")
-        # Let expiries fall due (the 1.5 s CTPs), then stop.
-        wait_for(lambda: any(s.state == "refunded" and s.msg is None for s in statuses(inbox)), 30, "an expiry refund")
-    finally:
-        ledger.terminate()
-        wait_or_kill(ledger, 20)
-    assert ledger.returncode == 0, ledger.stderr.read().decode()[-2000:]
+    ledger = procs.start("ledger", "ledger.cli", "run", root, "--broker", f"127.0.0.1:{mosquitto.port}")
+    wait_online(inbox, logs=procs.logs)
+    household = connected(make_client(mosquitto.port, "households"))
+    # Expiries count from now, not from before the ledger started: a slow start (a loaded
+    # CI machine) must not expire the short CTPs before they can be held.
+    sent = traffic(community, rng, wall_ms())
+    for topic, payload in sent:
+        household.publish(topic, payload)
+    # One publisher, decided in order: once this last message is rejected, all were decided.
+    barrier = b"barrier: not a message"
+    household.publish(topics.TX_CTP, barrier)
+    wait_for(lambda: any(r.msg == message_hash(barrier) for r in rejections(inbox)), 60, "the barrier's reject")
+    expiry_refund(community, household, inbox)
+    procs.stop(ledger)
 
     audit = subprocess.run(
         [sys.executable, "-m", "ledger.cli", "audit", str(root)],

@@ -11,7 +11,7 @@ from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
 from tests.support.bus import Inbox, connected, wait_for
-from tests.support.ledger import RunningLedger, ledger_dir, wait_status
+from tests.support.ledger import RunningLedger, ledger_dir, wait_online, wait_status
 from wire import topics
 from wire.messages import open_message
 
@@ -30,9 +30,7 @@ class Setup:
             watcher.subscribe(topic, self.inbox)
         connected(watcher)
         self.ledger = RunningLedger(self.root, port)
-        wait_for(
-            lambda: (topics.ledger_state(0), b"online 0", False) in self.inbox.messages, 10, "the ledger subscribed"
-        )
+        wait_online(self.inbox)
         self.household = connected(make_client(port, "household"))
 
 
@@ -121,11 +119,7 @@ def test_a_full_status_restore_cut_short_by_a_crash_is_done_again(tmp_path, mosq
         """Start, wait for its `online` (published after any statuses) and `until`, stop."""
         mark = len(inbox.messages)
         run = RunningLedger(root, mosquitto.port, clock=lambda: wall_ms() + 10 * 60_000)
-        wait_for(
-            lambda: any(t == topics.ledger_state(0) and p.startswith(b"online") for t, p, _ in inbox.messages[mark:]),
-            10,
-            "the ledger online",
-        )
+        wait_online(inbox, mark)
         wait_for(until, 10, "the restore acknowledged")
         run.stop()
 
@@ -151,7 +145,7 @@ def test_publishes_are_paced_by_the_window_and_all_arrive(tmp_path, mosquitto, m
     publish = service.bus.publish
 
     def recording(*args, **kwargs):
-        in_flight.append(service._unacked)
+        in_flight.append(service._window.in_flight)
         return publish(*args, **kwargs)
 
     monkeypatch.setattr(service.bus, "publish", recording)

@@ -22,8 +22,6 @@ from wire.messages import Birth, Reading
 from wire.reasons import Reject
 from wire.verify import Verifier
 
-pytestmark = pytest.mark.integration
-
 READING_S = 0.2
 POWER = {"m0001": 1500, "m0002": -2000}
 
@@ -101,8 +99,12 @@ def test_meters_verify_each_others_birth_and_readings(
 
     for me, other in ((m1, "m0002"), (m2, "m0001")):
         wait_for(
-            lambda: (p := me.node.peers.peers.get(other)) and p.last_seq is not None and p.last_seq >= 2,
-            message=lambda: f"{me.node.id.meter} to verify 2 readings of {other}: {me.node.peers.peers}",
+            lambda me=me, other=other: (
+                (p := me.node.peers.peers.get(other)) and p.last_seq is not None and p.last_seq >= 2
+            ),
+            message=lambda me=me, other=other: (
+                f"{me.node.id.meter} to verify 2 readings of {other}: {me.node.peers.peers}"
+            ),
         )
         peer = me.node.peers.peers[other]
         assert (peer.boot, peer.device_pk) == (1, bytes(community[other].device_key.verify_key))
@@ -154,7 +156,7 @@ def test_restart_increments_boot_and_never_reuses_a_seq(mosquitto, read_retained
     assert after == sorted(set(after))
     assert [b.boot for b in observer.births["m0001"]] == [1, 2]
 
-    topic, raw, was_retained = read_retained(mosquitto.port, topics.meter("m0001", "birth"), "late")
+    _, raw, was_retained = read_retained(mosquitto.port, topics.meter("m0001", "birth"), "late")
     assert was_retained
     assert observe("late-verifier").peers.on_birth("m0001", raw, wall_ms()).boot == 2
 

@@ -9,6 +9,7 @@ fixed wait is the outage itself.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import signal
 import sqlite3
@@ -31,12 +32,10 @@ from ledger.genesis import write_genesis
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
-from tests.support.meter import Procs, RunningMeter, in_store, spb_meter
+from tests.support.meter import RunningMeter, in_store, spb_meter
 from wire import topics
 from wire.messages import Erc, Reading, Status, open_message
 from wire.verify import Verifier
-
-pytestmark = pytest.mark.integration
 
 OPENING_UNITS = 1_000
 
@@ -86,14 +85,7 @@ def witness_of(batch: Batch, ca_pk: bytes, me: str) -> str:
     return witness
 
 
-@pytest.fixture
-def procs(tmp_path):
-    running = Procs(tmp_path / "logs")
-    yield running
-    running.kill_all()
-
-
-def meter_run(state_dir: Path, port: int, *options: str) -> list[str]:
+def meter_run(state_dir: Path, port: int, *options: object) -> list[str]:
     """Module args of `spb-meter run` with an emulated MCP3008."""
     return [
         "edge.cli",
@@ -104,7 +96,7 @@ def meter_run(state_dir: Path, port: int, *options: str) -> list[str]:
         f"127.0.0.1:{port}",
         "--adc",
         "fake",
-        *options,
+        *map(str, options),
     ]
 
 
@@ -240,7 +232,7 @@ def test_a_batch_three_quarters_reserved_brings_the_next_batch_and_its_coe(tmp_p
         raw = buyer.store.trade(ctp_ids[-1]).ctp
         # No ledger answers, so the meter sends the CTP again after resend_s, from the
         # housekeeping that looks after the key ring just after: seen twice, that ran.
-        wait_for(lambda: on_topic(inbox, topics.TX_CTP).count(raw) >= 2, 20, f"CTP #{k} sent and sent again")
+        wait_for(lambda raw=raw: on_topic(inbox, topics.TX_CTP).count(raw) >= 2, 20, f"CTP #{k} sent and sent again")
         if k < 3:
             assert len(buyer.store.batches()) == 1, f"a new batch after {k} of 4 keys reserved"
 
@@ -302,7 +294,9 @@ def test_a_meter_never_asks_a_peer_whose_state_is_offline_for_a_coe(tmp_path, st
 # ---- 2. kill -9 of a meter in the middle of a trade -------------------------------------------
 
 TRADE_WH = 8
-KILL_AT_WH = 3  # the consumer imports 1 Wh/s: killed about 3 s into the delivery, 5 Wh short
+KILL_AT_WH = 1  # killed with at least this much delivered...
+SLOW_W = 720  # ...by a consumer importing 0.2 Wh/s: 35 s from the kill point to the trade's end
+FAST_W = 5000  # the restarted consumer delivers the rest at 1.4 Wh/s, not to drag the test out
 LATER_WH = 2  # a second trade, placed on the restarted meter
 
 
@@ -335,8 +329,7 @@ def test_meter_killed_mid_trade_settles_after_restart_with_one_erc_and_no_lost_s
     ledger = procs.start("ledger", "ledger.cli", "run", root, "--broker", f"127.0.0.1:{port}")
     options = ("--reading-s", "0.5", "--resend-s", "2")
     procs.start(producer.id, *meter_run(meter_dir(community, producer.id), port, "--fake-w=-4000", *options))
-    consumer_args = meter_run(consumer_dir, port, "--fake-w", "3600", *options)
-    meter = procs.start(consumer.id, *consumer_args)
+    meter = procs.start(consumer.id, *meter_run(consumer_dir, port, "--fake-w", SLOW_W, *options))
     wait_for(
         lambda: any(p.startswith(b"online") for p in on_topic(inbox, topics.ledger_state(0))),
         30,
@@ -370,18 +363,22 @@ def test_meter_killed_mid_trade_settles_after_restart_with_one_erc_and_no_lost_s
     assert meter.wait(10) == -signal.SIGKILL
     killed_at = wall_ms()
     at_kill = trade()
+    # The delivery's pace leaves the kill 35 s to land before the trade completes: only a
+    # test stalled that long between seeing 1 Wh and the kill would miss it.
     assert at_kill.state == "held" and at_kill.erc is None, f"killed too late to prove anything: {at_kill}"
     assert KILL_AT_WH * WMS_PER_WH <= at_kill.delivered_wms < TRADE_WH * WMS_PER_WH
     last_seq_before = counter(consumer_dir, "seq")
     assert counter(consumer_dir, "boot") == 1
 
-    meter = procs.start(consumer.id, *consumer_args)
+    meter = procs.start(consumer.id, *meter_run(consumer_dir, port, "--fake-w", FAST_W, *options))
     done = spb_meter("ctp", consumer_dir, producer.account_pk, 5, LATER_WH, "--expiry", 120)
     assert done.returncode == 0, done.stderr
     later_id = bytes.fromhex(done.stdout.strip())
     for ctp in (ctp_id, later_id):
         wait_for(
-            lambda: any(s.state == "settled" for s in states(ctp)), 60, lambda: f"{ctp.hex()} settled{procs.logs()}"
+            lambda ctp=ctp: any(s.state == "settled" for s in states(ctp)),
+            60,
+            lambda ctp=ctp: f"{ctp.hex()} settled{procs.logs()}",
         )
     meter.send_signal(signal.SIGTERM)  # a clean stop sends its last reading and empties its outbox
     assert meter.wait(20) == 0, procs.logs()
@@ -439,7 +436,7 @@ def test_meter_killed_mid_trade_settles_after_restart_with_one_erc_and_no_lost_s
     assert min(r.seq for r in after) == last_seq_before + 1, "the restarted meter skipped or reused seqs"
     assert last_seq_before < last_seq
     by_seq = sorted({r.seq: r for r, _ in seen}.values(), key=lambda r: r.seq)
-    assert all(a.wh_in <= b.wh_in for a, b in zip(by_seq, by_seq[1:])), "cumulative Wh went backwards"
+    assert all(a.wh_in <= b.wh_in for a, b in itertools.pairwise(by_seq)), "cumulative Wh went backwards"
 
     # The money moved once, the chain audits, and nothing is left to send.
     identity = ValidatorIdentity.load(root, 0, with_key=False)
@@ -467,7 +464,10 @@ def test_meter_killed_mid_trade_settles_after_restart_with_one_erc_and_no_lost_s
 
 OUTAGE_S = 60
 READING_S = 1
-SLACK_READINGS = 5  # the process's start-up and its first period
+# A meter that fell behind its period (a loaded machine) skips to the next one rather than
+# signing a burst: counts of readings and energy are checked against half the clock's worth,
+# which a meter that stopped metering misses by far and a busy machine never does.
+PACE = 0.5
 
 
 def test_a_minute_without_the_broker_loses_no_reading_and_keeps_their_order(tmp_path, mosquitto, bus, procs):
@@ -475,7 +475,7 @@ def test_a_minute_without_the_broker_loses_no_reading_and_keeps_their_order(tmp_
     60 s and started again on the same port and data dir. Its readings wait in the SQLite
     outbox meanwhile; afterwards a persistent-session observer (whose session the broker
     kept through the restart) has every seq 1..N, first arrivals in increasing order, a
-    duplicate only as a byte-identical re-send, N about one a second over the whole run;
+    duplicate only as a byte-identical re-send, N at least one every two seconds (PACE);
     the outbox drains to 0 while the meter runs, nothing was dropped, and the readings
     signed during the outage carry their own times and rising totals."""
     community = make_community(tmp_path, meters=1)
@@ -538,9 +538,9 @@ def test_a_minute_without_the_broker_loses_no_reading_and_keeps_their_order(tmp_
         firsts.append(reading.seq)
         readings.append(reading)
     assert firsts == list(range(1, last + 1)), f"first arrivals out of order or missing: {firsts}"
-    assert last >= elapsed / READING_S - SLACK_READINGS, f"{last} readings in {elapsed:.0f} s"
+    assert last >= PACE * elapsed / READING_S, f"{last} readings in {elapsed:.0f} s"
     during = [r for r in readings if down_wall < r.t < up_wall]
-    assert len(during) >= OUTAGE_S / READING_S - SLACK_READINGS, f"{len(during)} readings signed during the outage"
+    assert len(during) >= PACE * OUTAGE_S / READING_S, f"{len(during)} readings signed during the outage"
     assert queued >= len(during) - 1
-    assert all(a.t <= b.t and a.wh_in <= b.wh_in for a, b in zip(readings, readings[1:]))
-    assert readings[-1].wh_in >= int(1800 * (elapsed - 3) / 3600)
+    assert all(a.t <= b.t and a.wh_in <= b.wh_in for a, b in itertools.pairwise(readings))
+    assert readings[-1].wh_in >= int(PACE * 1800 * elapsed / 3600)

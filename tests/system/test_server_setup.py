@@ -17,7 +17,7 @@ from broker.runtime import free_port
 from deploy.cli import main
 from deploy.provision import community_genesis, provision
 from ledger.genesis import write_genesis
-from tests.support.rootfs import exposure, tree, verify_units
+from tests.support.rootfs import exposure, tree, verify_units, write_etc
 
 NOW = 1_750_000_000_000
 PASSWD = """\
@@ -38,17 +38,15 @@ DEBIAN_MOSQUITTO = "mosquitto:x:105:112::/var/lib/mosquitto:/usr/sbin/nologin\n"
 def make_root(base: Path, passwd: str = PASSWD, group: str = GROUP) -> Path:
     """A Debian 12 host's /etc, as far as users go."""
     root = base / "root"
-    (root / "etc").mkdir(parents=True)
-    for name, text, mode, gid in (
-        ("passwd", passwd, 0o644, 0),
-        ("group", group, 0o644, 0),
-        ("shadow", SHADOW, 0o640, SHADOW_GID),
-        ("gshadow", "root:*::\n", 0o640, SHADOW_GID),
-    ):
-        path = root / "etc" / name
-        path.write_text(text)
-        path.chmod(mode)
-        os.chown(path, 0, gid)
+    write_etc(
+        root,
+        [
+            ("passwd", passwd, 0o644, 0),
+            ("group", group, 0o644, 0),
+            ("shadow", SHADOW, 0o640, SHADOW_GID),
+            ("gshadow", "root:*::\n", 0o640, SHADOW_GID),
+        ],
+    )
     return root
 
 
@@ -278,8 +276,9 @@ def test_broker_runs_from_the_tree_as_its_user(community, root, wheel):
     port = free_port()
     assert setup(community, root, wheel, "--broker-port", str(port)) == 0
     probe = in_tree(root, 0, 0, ["true"], stderr=subprocess.PIPE, text=True)
-    if probe.wait() != 0:
-        pytest.skip(f"no private overlay mounts here: {probe.stderr.read().strip()}")
+    _, refused = probe.communicate()  # its stderr pipe read and closed
+    if probe.returncode != 0:
+        pytest.skip(f"no private overlay mounts here: {refused.strip()}")
     uid, gid = (
         int(f)
         for f in next(

@@ -28,7 +28,7 @@ def rfc_sides(index: int, size: int) -> list[bool]:
     if size == 1:
         return []
     k = 1 << ((size - 1).bit_length() - 1)
-    return rfc_sides(index, k) + [False] if index < k else rfc_sides(index - k, size - k) + [True]
+    return [*rfc_sides(index, k), False] if index < k else [*rfc_sides(index - k, size - k), True]
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 1023, 1024, 1025, 1100])
@@ -89,12 +89,12 @@ def test_any_tampering_breaks_inclusion(case):
         assert not verify_inclusion(flip_bit(leaf, bit), i, n, path, root)
     for k in range(len(path)):
         for bit in range(256):
-            bad = path[:k] + [flip_bit(path[k], bit)] + path[k + 1 :]
+            bad = [*path[:k], flip_bit(path[k], bit), *path[k + 1 :]]
             assert not verify_inclusion(leaf, i, n, bad, root), (k, bit)
     for bit in range(256):
         assert not verify_inclusion(leaf, i, n, path, flip_bit(root, bit))
 
-    assert not verify_inclusion(leaf, i, n, path + [root], root)
+    assert not verify_inclusion(leaf, i, n, [*path, root], root)
     if path:
         assert not verify_inclusion(leaf, i, n, path[:-1], root)
 
@@ -146,7 +146,7 @@ def _breaks(m: int, n: int, proof: list[bytes], part: int, bit: int) -> bool:
     elif part == -1:
         new = flip_bit(new, bit)
     else:
-        proof = proof[:part] + [flip_bit(proof[part], bit)] + proof[part + 1 :]
+        proof = [*proof[:part], flip_bit(proof[part], bit), *proof[part + 1 :]]
     return not verify_consistency(m, n, old, new, proof)
 
 
@@ -160,10 +160,9 @@ def test_flipped_bit_breaks_every_consistency_proof():
             for bit in (32 * j + (m + n + part) % 32 for j in range(8)):
                 if not _breaks(m, n, proof, part, bit):
                     failed.append((m, n, part, bit))
-        if proof:
-            if verify_consistency(m, n, ROOTS[m], ROOTS[n], proof[:-1]):
-                failed.append((m, n, "short"))
-        if verify_consistency(m, n, ROOTS[m], ROOTS[n], proof + [ROOTS[m]]):
+        if proof and verify_consistency(m, n, ROOTS[m], ROOTS[n], proof[:-1]):
+            failed.append((m, n, "short"))
+        if verify_consistency(m, n, ROOTS[m], ROOTS[n], [*proof, ROOTS[m]]):
             failed.append((m, n, "long"))
     assert failed == []
 
@@ -188,13 +187,13 @@ def test_consistency_proof_is_bound_to_its_sizes_and_roots():
     for m, n in SMALL_PAIRS:
         proof = TREES[n].consistency_proof(m)
         for m2, n2 in SMALL_PAIRS:
-            if (m2, n2) != (m, n) and (m2 == m or n2 == n):
-                if verify_consistency(m2, n2, ROOTS[m2], ROOTS[n2], proof):
-                    failed.append(("roots", m, n, m2, n2))
+            other_pair = (m2, n2) != (m, n) and (m2 == m or n2 == n)
+            if other_pair and verify_consistency(m2, n2, ROOTS[m2], ROOTS[n2], proof):
+                failed.append(("roots", m, n, m2, n2))
         for n2 in range(1, 33):
-            if n2 < m or len(TREES[n2].consistency_proof(m)) != len(proof):
-                if verify_consistency(m, n2, ROOTS[m], ROOTS[n], proof):
-                    failed.append(("size", m, n, n2))
+            other_length = n2 < m or len(TREES[n2].consistency_proof(m)) != len(proof)
+            if other_length and verify_consistency(m, n2, ROOTS[m], ROOTS[n], proof):
+                failed.append(("size", m, n, n2))
     assert failed == []
 
 
@@ -244,3 +243,31 @@ def test_update_outside_the_tree_is_refused():
     tree = MerkleTree([b"a"])
     with pytest.raises(IndexError):
         tree.update(1, b"b")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 300), st.lists(st.integers(0, 10**6), max_size=40), st.integers(0, 40))
+def test_a_change_has_the_new_root_and_leaves_the_tree_as_it_was(seed, size, updates, appended):
+    """The ledger computes a block's CTP root with `change` before consensus decides the
+    block: the committed tree must not move, and `apply` must give the tree built at once."""
+    leaves = random_leaves(seed, size)
+    tree = MerkleTree(leaves)
+    before = (tree.size, [list(level) for level in tree.levels], tree.root())
+    rng = random.Random(seed)
+    new = {u % size: rng.randbytes(12) for u in updates} if size else {}
+    new.update({size + i: rng.randbytes(12) for i in range(appended)})
+    change = tree.change(new)
+    assert (tree.size, tree.levels, tree.root()) == before
+    final = MerkleTree([new.get(i, leaf) for i, leaf in enumerate(leaves)] + [new[size + i] for i in range(appended)])
+    assert (change.base, change.size, change.root) == (size, size + appended, final.root())
+    tree.apply(change)
+    assert tree.root() == final.root()
+    assert all(tree.inclusion_proof(i) == final.inclusion_proof(i) for i in range(final.size))
+
+
+def test_a_change_applies_only_to_the_tree_it_was_computed_on():
+    change = MerkleTree([b"a"]).change({1: b"b"})
+    with pytest.raises(ValueError):
+        MerkleTree([b"a", b"x"]).apply(change)
+    with pytest.raises(IndexError):
+        MerkleTree([b"a"]).change({2: b"gap"})

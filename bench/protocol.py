@@ -2,7 +2,7 @@
 
 The bound is pynacl's own verify rate measured in the same run, so the ratio is comparable
 across machines. Target (issue #2): ERC verification >= 0.8x raw verifies/s.
-Run: `make bench` or `python bench/wire.py [--seconds S]`.
+Run: `make bench` or `python bench/protocol.py [--seconds S]`.
 """
 
 from __future__ import annotations
