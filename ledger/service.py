@@ -28,11 +28,12 @@ from broker.clock import wall_ms
 from broker.runtime import AUTOSAVE_S
 from ledger.block import Block, BlockError
 from ledger.node import VOTES, LedgerNode
-from ledger.replica import Ack, Decided, Persist, Send, Timing
+from ledger.replica import Ack, Decided, Persist, Refused, Send, Timing
 from ledger.store import Outgoing
 from ledger.validator import ValidatorIdentity
 from wire import topics
 from wire.cose import message_hash
+from wire.messages import Rejection
 
 log = logging.getLogger("spb.ledger")
 WINDOW = 20_000  # unacknowledged publishes at most
@@ -61,7 +62,10 @@ class LedgerService:
         self.index = identity.index
         self.node = LedgerNode(identity)
         self.replica = self.node.replica(timing or Timing(block_ms=genesis.block_ms), clock(), _mono())
-        self._events: deque[tuple] = deque()  # from the network thread: ("tx", typ, raw, ack) | ("msg", raw) | ...
+        self._events: deque[tuple] = deque()  # from the network thread: ("tx", typ, raw, ack)
+        # ("msg", raw) | ("block", raw): handled before any transaction waiting in _events, so
+        # a burst of transactions does not hold a proposal back until its round has timed out.
+        self._messages: deque[tuple] = deque()
         self._acks: dict[tuple[str, bytes], list[Callable[[], None]]] = {}  # pool key -> its deliveries' acks
         self._wake = threading.Event()  # something arrived, or stop() was called
         self._stopping = threading.Event()
@@ -131,7 +135,12 @@ class LedgerService:
                 continue
             self._forget_delivered()
             if not (
-                self._events or self._connects or self._restored.is_set() or self._stopping.is_set() or self._can_pump()
+                self._events
+                or self._messages
+                or self._connects
+                or self._restored.is_set()
+                or self._stopping.is_set()
+                or self._can_pump()
             ):
                 self._wake.wait(self._idle_s(deadline))
         self.shutdown()
@@ -155,12 +164,12 @@ class LedgerService:
 
     def _consensus(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()  # a lost consensus message costs a round at most; the votes are on disk already
-        self._events.append(("msg", payload))
+        self._messages.append(("msg", payload))
         self._wake.set()
 
     def _block_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()
-        self._events.append(("block", payload))
+        self._messages.append(("block", payload))
         self._wake.set()
 
     def _on_connect(self) -> None:
@@ -170,21 +179,25 @@ class LedgerService:
     # -- the main loop --
 
     def _drain(self) -> bool:
-        """Hand everything that arrived to the replica and carry out what it says."""
-        if not self._events:
+        """Hand everything that arrived to the replica and carry out what it says: consensus
+        messages first, and again before each transaction."""
+        if not (self._events or self._messages):
             return False
+        self._drain_messages()
         for _ in range(len(self._events)):
-            event = self._events.popleft()
-            now = self.clock()
-            if event[0] == "tx":
-                _, typ, raw, ack = event
-                self._acks.setdefault((typ, message_hash(raw)), []).append(ack)
-                self._carry(self.replica.submit(typ, raw, now, _mono()))
-            elif event[0] == "msg":
-                self._carry(self.replica.receive(event[1], now, _mono()))
-            else:
-                self._announced(event[1])
+            _, typ, raw, ack = self._events.popleft()
+            self._acks.setdefault((typ, message_hash(raw)), []).append(ack)
+            self._carry(self.replica.submit(typ, raw, self.clock(), _mono()))
+            self._drain_messages()
         return True
+
+    def _drain_messages(self) -> None:
+        while self._messages:
+            kind, payload = self._messages.popleft()
+            if kind == "msg":
+                self._carry(self.replica.receive(payload, self.clock(), _mono()))
+            else:
+                self._announced(payload)
 
     def _carry(self, actions: list) -> None:
         """Persist votes before the messages that carry them; write a block before
@@ -197,11 +210,32 @@ class LedgerService:
                 self.node.store.set_value(VOTES, action.votes)
             elif isinstance(action, Decided):
                 self._decided(action)
+            elif isinstance(action, Refused):
+                self._refused(action)
             else:
                 assert isinstance(action, Ack)
                 for key in action.keys:
                     for ack in self._acks.pop(key, ()):
                         ack()
+
+    def _refused(self, refused: Refused) -> None:
+        """A transaction turned away before any block: its announcer publishes the reject and
+        acknowledges the transaction once the broker has the reject (after a crash the broker
+        delivers the transaction again, and it is refused again); the others acknowledge now."""
+        acks = self._acks.pop(refused.key, [])
+        if not refused.announce:
+            for ack in acks:
+                ack()
+            return
+
+        def published(_mid: int) -> None:
+            for ack in acks:
+                ack()
+
+        key = self.identity.key
+        assert key is not None, "a validator runs with its key"
+        reject = Rejection(msg=refused.key[1], reason=refused.reason, t=self.clock()).sign(key)
+        self._send(topics.REJECTS, reject, False, published)
 
     def _decided(self, decided: Decided) -> None:
         block = decided.block
