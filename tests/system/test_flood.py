@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 
 from broker.clock import wall_ms
+from broker.runtime import MESSAGE_SIZE_LIMIT
+from broker.secure import BrokerSettings, mosquitto_conf
 from ledger.block import Block
 from ledger.replica import Timing
 from ledger.workload import SimCommunity, pk
@@ -209,3 +211,22 @@ def test_a_sender_beyond_its_share_hears_busy_once_per_message(tmp_path, mosquit
         assert len(ledger.service.replica.pool) == 3 and ledger.service.node.state.height == 1
     finally:
         ledger.stop()
+
+
+def test_the_broker_drops_a_payload_over_its_limit_and_passes_one_below(tmp_path, mosquitto, make_client):
+    """The issue's 16 MB payload on spb/v1/tx/ctp never reaches a subscriber (no validator
+    stores or even reads it), and the broker does not keep it; 1 MiB passes (the ledger's
+    largest messages are below 2 MiB). The TLS configuration has the same limit."""
+    inbox = Inbox()
+    reader = make_client(mosquitto.port, "reader")
+    reader.subscribe(topics.TX_CTP, inbox)
+    connected(reader)
+    writer = connected(make_client(mosquitto.port, "writer"))
+    rss = PeakRss(mosquitto.pid)
+    for payload in (b"\xff" * (16 << 20), b"\xfe" * (1 << 20), b"after"):
+        assert writer.wait_acked(writer.publish(topics.TX_CTP, payload), 30), "acknowledged, as QoS 1 asks"
+    inbox.wait_count(2, 30)
+    assert [len(p) for p in inbox.payloads()] == [1 << 20, 5]
+    assert rss.stop() - rss.first < 16 << 20, "the broker held on to the dropped payload"
+    conf = mosquitto_conf(BrokerSettings(), tmp_path / "config", tmp_path / "data")
+    assert f"message_size_limit {MESSAGE_SIZE_LIMIT}" in conf.splitlines()
