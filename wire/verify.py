@@ -50,7 +50,7 @@ class Verifier:
         cas: Iterable[bytes],
         validators: Iterable[bytes] = (),
         coe_cache_size: int = 4096,
-        signed_cache_size: int = 32_768,
+        signed_cache_size: int = 16_384,
     ):
         self.cas = frozenset(cas)
         self.validators = tuple(validators)
