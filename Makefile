@@ -55,6 +55,7 @@ bench: venv mosquitto
 	$(BIN)/python bench/saturation.py
 	$(BIN)/python bench/meter.py
 	$(BIN)/python bench/consensus.py
+	$(BIN)/python -m bench.flood
 
 # The consensus simulation: `make sim SEED=n` replays one seed exactly, `make sim` runs SEEDS from FIRST.
 SEEDS ?= 500

@@ -44,6 +44,15 @@ def find_mosquitto() -> str | None:
 
 
 AUTOSAVE_S = 60  # how often Mosquitto saves its sessions and retained messages
+# The largest payload the broker passes on (Mosquitto's message_size_limit): room for the
+# ledger's largest consensus message (ledger.replica.Timing caps them in bytes, at 1 MiB at
+# most: a catch-up answer), and far above a transaction's 64 KiB (docs/PROTOCOL.md §4).
+MESSAGE_SIZE_LIMIT = 2 * 1024 * 1024
+# QoS 1 messages in flight to one client (Mosquitto's max_inflight_messages): a validator
+# acknowledges a pooled transaction only once it is decided, so its pool must stay well
+# below this (ledger.replica.Timing.pool_max), or a full pool would hold every slot and the
+# consensus messages queued behind it would never arrive: the stall of issue 13.
+MAX_INFLIGHT = 50_000
 
 
 def mosquitto_config(port: int, data_dir: str | Path, host: str = DEFAULT_HOST) -> str:
@@ -68,6 +77,10 @@ def common_settings(data_dir: str | Path, run_as: str | None = None) -> str:
     data_dir = Path(data_dir).resolve()
     run_as = run_as or pwd.getpwuid(os.geteuid()).pw_name
     return f"""\
+# A larger payload is dropped on arrival (a QoS 1 one still gets its PUBACK), not stored and
+# fanned out to every subscriber: the ledger's largest message is well below this.
+message_size_limit {MESSAGE_SIZE_LIMIT}
+
 # Queued QoS 1 messages and persistent sessions survive a broker restart.
 persistence true
 persistence_location {data_dir}/
@@ -86,9 +99,9 @@ max_queued_messages 1000000
 max_queued_bytes 0
 # 20 (the default) caps a client draining its backlog at 20 messages per round trip, and
 # the ledger acknowledges a transaction only once the block deciding it is on disk, so
-# every message of one block is in flight at once: allow 10000 (a ledger takes up to 10000
-# messages per block; more wait their turn in the broker's queue).
-max_inflight_messages 10000
+# every pooled transaction is in flight at once: allow {MAX_INFLIGHT}, above the most a
+# validator pools; more wait their turn in the broker's queue, consensus messages too.
+max_inflight_messages {MAX_INFLIGHT}
 
 # Written line by line, unlike stdout, which is block-buffered when not a terminal: a
 # crash would lose the last lines, the ones that tell what went on just before it.
@@ -164,6 +177,11 @@ class Mosquitto(Broker):
             raise FileNotFoundError("mosquitto not found: apt-get install mosquitto")
         self.executable = executable
         self._process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The running mosquitto's process id (None when stopped): for its memory in /proc."""
+        return None if self._process is None else self._process.pid
 
     @property
     def config_path(self) -> Path:

@@ -10,6 +10,7 @@ four of them in a simulated network from a seed.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,15 +19,18 @@ from typing import NamedTuple
 from nacl.signing import SigningKey
 
 from ledger import consensus as c
+from ledger import door
 from ledger.block import Block, BlockError, Header, Input, decode_inputs, encode_inputs, quorum, seal, seal_valid
 from ledger.draft import TX_KINDS, Draft, replay
 from ledger.state import LedgerState
-from wire.cose import encode, load, message_hash
-from wire.reasons import Reject
+from wire.cose import MAX_MESSAGE, encode, load, message_hash
+from wire.reasons import BUSY, Reject
 from wire.verify import Verifier
 
-MAX_BACKOFF = 5  # round timeouts double up to round_ms * 32
+MAX_BACKOFF = 5  # round timeouts (and forwarding intervals) double up to 32 times the first
 Key = tuple[str, bytes]  # (typ, message hash): what a transaction is, whoever forwarded it
+INPUT_OVERHEAD = 16  # CBOR bytes around one input in a block's inputs, at most ([typ, raw] heads, typ)
+BLOCK_OVERHEAD = 1024  # a proposed block's header and array heads, at most
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,22 @@ class Timing:
     round_ms: int = 1000  # round 0's timeout after the block interval; round r waits round_ms * 2^r
     max_skew_ms: int = 5000  # a fresh proposal's time may be this far ahead of ours
     forward_ms: int = 2000  # a transaction pending this long is sent to the other validators
+    replay_us: int = 1000  # per input of an accepted proposal: added to its round's timeout for the replay
     sync_ms: int = 500  # at most one catch-up request (and one answer per peer) this often
     recent_ms: int = 120_000  # a decided transaction arriving again this soon is a broker copy
-    max_inputs: int = 4000  # per block
+    max_inputs: int = 1000  # per block: its replay must fit in a round's timeout on a loaded validator
+    block_bytes: int = 512 * 1024  # per proposed block (header and inputs), so a proposal fits the broker's limit
     sync_blocks: int = 64  # per answer to a catch-up request
+    sync_bytes: int = 1024 * 1024  # per answer to a catch-up request, unless one block alone is more
+    forward_max: int = 512  # transactions per forwarding message
+    forward_bytes: int = 256 * 1024  # per forwarding message, unless one transaction alone is more
+    pool_per_sender: int = 1024  # pending transactions of one sender (the key that signed them)
+    pool_max: int = 8192  # pending transactions in all: below the broker's in-flight window (broker.runtime)
+    pool_bytes: int = 32 * 1024 * 1024  # their bytes in all
+
+    def __post_init__(self) -> None:
+        if self.block_bytes < BLOCK_OVERHEAD + INPUT_OVERHEAD + MAX_MESSAGE:
+            raise ValueError(f"block_bytes {self.block_bytes}: a block must have room for any one transaction")
 
 
 class Send(NamedTuple):
@@ -62,7 +78,27 @@ class Ack(NamedTuple):
     keys: list[Key]  # transactions decided (or already decided): acknowledge them
 
 
-Action = Send | Persist | Decided | Ack
+class Refused(NamedTuple):
+    """A transaction turned away before any block: rejected at the door for a reason its
+    bytes decide, or `busy` when the pool had no room. Acknowledge it; if `announce`, first
+    publish its reject (and acknowledge once the broker has it, so a crash loses nothing)."""
+
+    key: Key
+    reason: str
+    announce: bool  # this validator is the message's announcer: the one that publishes its reject
+
+
+Action = Send | Persist | Decided | Ack | Refused
+
+
+class _Pending:
+    """A pooled transaction: its bytes, whose share of the pool it takes, and when it is next
+    due to be forwarded (after `forwards` forwards of it seen, ours or a peer's)."""
+
+    __slots__ = ("due", "forwards", "raw", "sender", "typ")
+
+    def __init__(self, typ: str, raw: bytes, sender: bytes, due: int, forwards: int):
+        self.typ, self.raw, self.sender, self.due, self.forwards = typ, raw, sender, due, forwards
 
 
 @dataclass
@@ -102,8 +138,10 @@ class Replica:
         self.n = len(self.validators)
         self.q = quorum(self.n)
         self.f = (self.n - 1) // 3
-        self.pool: OrderedDict[Key, list] = OrderedDict()  # key -> [typ, raw, next forward time]
-        self.next_forward: int | None = None  # the earliest forward time in the pool
+        self.pool: OrderedDict[Key, _Pending] = OrderedDict()  # in arrival order
+        self.pooled_by: dict[bytes, int] = {}  # sender -> its transactions in the pool
+        self.pooled_bytes = 0
+        self.next_forward: int | None = None  # the earliest forward time at the pool's head
         self.recent: OrderedDict[Key, int] = OrderedDict()  # decided key -> when
         self.future: list[c.Signed] = []  # messages for the next heights, kept for when we get there
         self.last_proposal = -timing.block_ms  # when the last proposal was made or seen
@@ -179,15 +217,64 @@ class Replica:
         key = (typ, message_hash(raw))
         if key in self.recent:
             self.out.append(Ack([key]))
-        else:
-            self._pool(typ, raw, key, now)
+        elif key not in self.pool:  # a second delivery of a pooled one waits with the first
+            reason = self._admit(typ, raw, key, now, 0)
+            if reason is not None:
+                self.out.append(Refused(key, reason, door.announcer(key[1], self.n) == self.index))
         return self._progress(now)
 
-    def _pool(self, typ: str, raw: bytes, key: Key, now: int) -> None:
-        if key not in self.pool:
-            self.pool[key] = [typ, raw, now + self.timing.forward_ms]
-            if self.next_forward is None:
-                self.next_forward = now + self.timing.forward_ms
+    def _admit(self, typ: str, raw: bytes, key: Key, now: int, forwards: int) -> str | None:
+        """Pool a transaction that passes the door (ledger.door) if its sender's share of
+        the pool has room; else the reason it is turned away. Its signature is checked only
+        if there is room, so a burst beyond a sender's share costs no more than decoding."""
+        claimed = door.claim(self.verifier, typ, raw)
+        if claimed.reason is not None:
+            return claimed.reason
+        if not self._room(claimed.sender, len(raw)):
+            return BUSY
+        checked = door.check(self.verifier, typ, raw, self.wall)
+        if checked.reason is not None:
+            return checked.reason
+        if checked.sender != claimed.sender and not self._room(checked.sender, len(raw)):
+            return BUSY
+        self._pool(typ, raw, key, checked.sender, now, forwards)
+        return None
+
+    def _room(self, sender: bytes, size: int) -> bool:
+        t = self.timing
+        return (
+            self.pooled_by.get(sender, 0) < t.pool_per_sender
+            and len(self.pool) < t.pool_max
+            and self.pooled_bytes + size <= t.pool_bytes
+        )
+
+    def _pool(self, typ: str, raw: bytes, key: Key, sender: bytes, now: int, forwards: int) -> None:
+        entry = _Pending(typ, raw, sender, 0, forwards)
+        self.pool[key] = entry
+        self.pooled_by[sender] = self.pooled_by.get(sender, 0) + 1
+        self.pooled_bytes += len(raw)
+        if self.n > 1:
+            self._schedule(key, entry, now)
+            if len(self.pool) <= self.timing.max_inputs:  # at the head: it may be the next one due
+                self.next_forward = entry.due if self.next_forward is None else min(entry.due, self.next_forward)
+
+    def _unpool(self, key: Key) -> None:
+        entry = self.pool.pop(key, None)
+        if entry is None:
+            return
+        left = self.pooled_by.pop(entry.sender) - 1
+        if left:
+            self.pooled_by[entry.sender] = left
+        self.pooled_bytes -= len(entry.raw)
+
+    def _schedule(self, key: Key, entry: _Pending, now: int) -> None:
+        """When to forward a pooled transaction next: forward_ms after it arrived, doubling
+        after each forward of it seen (ours or a peer's: one reaches every validator), and
+        forward_ms later per place after its announcer, so that one validator forwards it
+        and the others see that before their turn comes."""
+        f = self.timing.forward_ms
+        rank = (self.index - door.announcer(key[1], self.n)) % self.n
+        entry.due = now + (f << min(entry.forwards, MAX_BACKOFF)) + rank * f
 
     def receive(self, payload: bytes, now: int, mono: int | None = None) -> list[Action]:
         """A message from spb/v1/consensus/...; malformed or forged ones change nothing."""
@@ -295,8 +382,12 @@ class Replica:
                 return
         self._live_draft(None)
         draft = Draft(self.state, self.verifier, self._block_time())
-        for typ, raw, _ in list(self.pool.values())[: self.timing.max_inputs]:
-            draft.add(typ, raw)
+        size = BLOCK_OVERHEAD
+        for count, entry in enumerate(self.pool.values()):
+            size += len(entry.raw) + INPUT_OVERHEAD
+            if count == self.timing.max_inputs or size > self.timing.block_bytes:
+                break  # the rest waits for the next block, in arrival order
+            draft.add(entry.typ, entry.raw)
         block = draft.finish()
         if block is None:
             return  # nothing to decide yet (an expiry not passed at t)
@@ -370,7 +461,11 @@ class Replica:
         except c.ConsensusError:
             return
         header = candidate.header
-        if header.hash != m.d or len(candidate.inputs) > self.timing.max_inputs:
+        if (
+            header.hash != m.d
+            or len(candidate.inputs) > self.timing.max_inputs
+            or len(candidate.raw) > self.timing.block_bytes
+        ):
             return
         if m.d not in self.candidates:
             self.candidates[m.d] = candidate
@@ -390,10 +485,14 @@ class Replica:
             return  # one proposal per round
         if not reproposed and header.t > self.wall + self.timing.max_skew_ms:
             return  # a block time from the future would expire CTPs early
-        if self._live_draft(m.d) is None:
+        draft = self._live_draft(m.d)
+        if draft is None or (not reproposed and _holds_junk(draft)):
             return
         self.accepted = (m.r, m.d)
         self.last_proposal = now
+        # Replaying the block took part of the round, and the others replay it too: the
+        # round's timeout grows with the block, so no cap on the pool's size is needed here.
+        self.timer = (self.timer or now) + len(candidate.inputs) * self.timing.replay_us // 1000
         self._persist()
         self._broadcast(c.make(self.key, self.index, c.PREPARE, self.h, m.r, m.d), now)
         self._check_decided(now)
@@ -476,7 +575,7 @@ class Replica:
                 continue
             header = candidate.header.encode()
             good = {(i, s) for i, s in seals.items() if seal_valid(header, i, s, self.validators)}
-            for i, _s in set(seals.items()) - good:
+            for i, _ in set(seals.items()) - good:
                 del seals[i]  # a forged seal: that validator's real one may still come
             if len(good) >= self.q:
                 self._decide(d, good, self.proposer(self.h, r), now)
@@ -492,10 +591,10 @@ class Replica:
         block = draft.block.with_seals(seals)
         keys = [(typ, message_hash(raw)) for typ, raw in block.inputs]
         for key in keys:
-            self.pool.pop(key, None)
+            self._unpool(key)
             self.recent[key] = now
-        if not self.pool:
-            self.next_forward = None
+        head = itertools.islice(self.pool.values(), self.timing.max_inputs)
+        self.next_forward = min((entry.due for entry in head), default=None) if self.n > 1 else None
         while self.recent and next(iter(self.recent.values())) < now - self.timing.recent_ms:
             self.recent.popitem(last=False)
         self.out += [Decided(block, draft, proposer), Ack(keys)]
@@ -544,27 +643,50 @@ class Replica:
     # -- transactions between validators, and catching up --
 
     def _forward(self, now: int) -> None:
-        """Send transactions that waited forward_ms to everyone: the next proposer may lack them."""
-        due = [entry for entry in self.pool.values() if entry[2] <= now][:512]
-        for entry in due:
-            entry[2] = now + self.timing.forward_ms
-        self.next_forward = min((entry[2] for entry in self.pool.values()), default=None)
-        if not due:
-            return
-        raw = encode_inputs(tuple((typ, msg) for typ, msg, _ in due))
-        self._send(c.make(self.key, self.index, c.TXS, self.h, d=c.digest(raw), txs=raw), None)
+        """Send the due transactions at the head of the pool (see _schedule) to everyone: the
+        next proposer may lack them. Deeper ones wait behind a backlog, not for a validator
+        that lacks them; they are forwarded when they reach the head, if still due."""
+        t = self.timing
+        batches: list[list[Input]] = [[]]
+        size, upcoming = 0, []
+        for key, entry in itertools.islice(self.pool.items(), t.max_inputs):
+            if entry.due <= now:
+                entry.forwards += 1
+                self._schedule(key, entry, now)
+                batch = batches[-1]
+                if batch and (len(batch) == t.forward_max or size + len(entry.raw) > t.forward_bytes):
+                    batches.append(batch := [])
+                    size = 0
+                batch.append((entry.typ, entry.raw))
+                size += len(entry.raw) + INPUT_OVERHEAD
+            upcoming.append(entry.due)
+        # Not again for a while: transactions falling due meanwhile go in the next batch.
+        self.next_forward = max(min(upcoming), now + t.forward_ms // 4) if upcoming else None
+        for batch in batches:
+            if batch:
+                raw = encode_inputs(tuple(batch))
+                self._send(c.make(self.key, self.index, c.TXS, self.h, d=c.digest(raw), txs=raw), None)
 
     def _on_txs(self, m: c.Signed, now: int) -> None:
+        """Transactions a peer forwarded: a forward of one we hold postpones ours (everyone
+        has it now); one we lack goes through the door like a transaction from the bus, but
+        is not refused if turned away: its sender heard from the validators it reached."""
         if m.sender == self.index:
             return
         try:
             txs = decode_inputs(c.bulk(m, "txs"))
         except (c.ConsensusError, BlockError):
             return
-        for typ, msg in txs[:4096]:
+        for typ, msg in txs[: 8 * self.timing.forward_max]:
             key = (typ, message_hash(msg))
-            if typ in TX_KINDS and key not in self.recent:
-                self._pool(typ, msg, key, now)
+            if typ not in TX_KINDS or key in self.recent:
+                continue
+            entry = self.pool.get(key)
+            if entry is not None:
+                entry.forwards += 1
+                self._schedule(key, entry, now)
+                continue
+            self._admit(typ, msg, key, now, 1)
 
     def _ask_sync(self, now: int) -> None:
         if now - self.sync_asked >= self.timing.sync_ms:
@@ -581,12 +703,17 @@ class Replica:
         if h < 1 or now - self.sync_answered.get(peer, -self.timing.sync_ms) < self.timing.sync_ms:
             return
         self.sync_answered[peer] = now
-        blocks = []
+        blocks: list[list[bytes]] = []
+        size = 0
         for height in range(h, min(self.state.height, h + self.timing.sync_blocks - 1) + 1):
             block = self.tail.get(height) or self.chain(height)
             if block is None:
                 break  # decided, not yet written: the peer asks again
-            blocks.append([block.chain_bytes(), encode_inputs(block.inputs)])
+            item = [block.chain_bytes(), encode_inputs(block.inputs)]
+            size += len(item[0]) + len(item[1]) + INPUT_OVERHEAD
+            if blocks and size > self.timing.sync_bytes:
+                break  # the peer asks for the rest
+            blocks.append(item)
         raw = encode(blocks)
         self._send(c.make(self.key, self.index, c.BLOCKS, h, d=c.digest(raw), blocks=raw), peer)
 
@@ -597,6 +724,7 @@ class Replica:
             items = c.load_list(c.bulk(m, "blocks"), "blocks")
         except c.ConsensusError:
             return
+        first = self.h
         for item in items[: self.timing.sync_blocks]:
             try:
                 chain, inputs = item
@@ -613,9 +741,18 @@ class Replica:
             self._decide(block.hash, seals, None, now)
             if self.h == before:
                 return
-        if len(items) >= self.timing.sync_blocks:
+        if self.h > first:
             self.sync_asked = now - self.timing.sync_ms
-            self._ask_sync(now)  # a full answer: there may be more
-        elif self.heads is not None and m.sender != self.index and not self.caught_up:
-            self.heads.add(m.sender)  # we hold every block it had when it answered
+            self._ask_sync(now)  # there may be more than one answer holds (in blocks or in bytes)
+        elif not items and self.heads is not None and m.sender != self.index and not self.caught_up:
+            # No block from the height we asked for: the peer's tip was below it, so we hold
+            # every block it had. (An answer with blocks may have been cut short by
+            # sync_blocks or sync_bytes, so only an empty one says where its tip is.)
+            self.heads.add(m.sender)
             self.caught_up = len(self.heads) > self.f
+
+
+def _holds_junk(draft: Draft) -> bool:
+    """Whether a block rejects an input its bytes alone reject: an honest proposer pools no
+    such input (ledger.door), so a block with one is not to be stored by every validator."""
+    return any(door.decided_by_bytes(typ, reason) for (typ, _), reason in zip(draft.inputs, draft.reasons, strict=True))

@@ -36,12 +36,13 @@ from broker.pacing import OnAck, PublishWindow
 from ledger.block import Block, BlockError
 from ledger.events import BlockAnnounced, ConsensusMessage, Event, ReadBack, Transaction
 from ledger.node import VOTES, LedgerNode
-from ledger.replica import Ack, Decided, Persist, Send, Timing
+from ledger.replica import Ack, Decided, Persist, Refused, Send, Timing
 from ledger.statuses import ANNOUNCE_WAIT_S, Gate, ctp_of, lost_since, open_to_change, superseded
 from ledger.store import LedgerOutboxRow
 from ledger.validator import ValidatorIdentity
 from wire import topics
 from wire.cose import message_hash
+from wire.messages import Rejection
 
 log = logging.getLogger("spb.ledger")
 WINDOW = 20_000  # unacknowledged publishes at most
@@ -71,7 +72,11 @@ class LedgerService:
         self.index = identity.index
         self.node = LedgerNode(identity)
         self.replica = self.node.replica(timing or Timing(block_ms=genesis.block_ms), clock(), _mono())
-        self._events: deque[Event] = deque()  # from the network thread
+        self._events: deque[Transaction] = deque()  # from the network thread
+        # Consensus messages, announcements and read-backs: handled before any transaction
+        # waiting in _events, so a burst of transactions does not hold a proposal back until
+        # its round has timed out.
+        self._messages: deque[Event] = deque()
         self._acks: dict[tuple[str, bytes], list[Callable[[], None]]] = {}  # pool key -> its deliveries' acks
         self._wake = threading.Event()  # something arrived, or stop() was called
         self._stopping = threading.Event()
@@ -149,7 +154,9 @@ class LedgerService:
             if worked:
                 continue
             self._forget_delivered()
-            if not (self._events or self._restored.is_set() or self._stopping.is_set() or self._can_pump()):
+            if not (
+                self._events or self._messages or self._restored.is_set() or self._stopping.is_set() or self._can_pump()
+            ):
                 self._wake.wait(self._idle_s(deadline))
         self.shutdown()
 
@@ -173,11 +180,11 @@ class LedgerService:
     def _consensus(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()  # a lost consensus message costs a round at most; the votes are on disk already
         if payload == self._probe:  # after everything the broker had queued for us, and our retained state
-            self._events.append(ReadBack(self._connection, self._session, self._stored, self._resent))
+            self._messages.append(ReadBack(self._connection, self._session, self._stored, self._resent))
             self._probe = None
             self.bus.unsubscribe(self.state_topic)  # or each `online` we say would come back to us
         elif len(self.replica.validators) > 1:
-            self._events.append(ConsensusMessage(payload))
+            self._messages.append(ConsensusMessage(payload))
         self._wake.set()
 
     def _state_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
@@ -187,7 +194,7 @@ class LedgerService:
 
     def _block_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()
-        self._events.append(BlockAnnounced(payload))
+        self._messages.append(BlockAnnounced(payload))
         self._wake.set()
 
     def _on_connect(self) -> None:
@@ -209,21 +216,27 @@ class LedgerService:
     # -- the main loop --
 
     def _drain(self) -> bool:
-        """Hand everything that arrived to the replica and carry out what it says."""
-        if not self._events:
+        """Hand everything that arrived to the replica and carry out what it says: consensus
+        messages first, and again before each transaction."""
+        if not (self._events or self._messages):
             return False
+        self._drain_messages()
         for _ in range(len(self._events)):
-            match self._events.popleft():
-                case Transaction(typ, raw, ack):
-                    self._acks.setdefault((typ, message_hash(raw)), []).append(ack)
-                    self._carry(self.replica.submit(typ, raw, self.clock(), _mono()))
+            transaction = self._events.popleft()
+            self._acks.setdefault((transaction.typ, message_hash(transaction.raw)), []).append(transaction.ack)
+            self._carry(self.replica.submit(transaction.typ, transaction.raw, self.clock(), _mono()))
+            self._drain_messages()
+        return True
+
+    def _drain_messages(self) -> None:
+        while self._messages:
+            match self._messages.popleft():
                 case ConsensusMessage(raw):
                     self._carry(self.replica.receive(raw, self.clock(), _mono()))
                 case BlockAnnounced(raw):
                     self._announced(raw)
                 case ReadBack(connection, session, stored, resent):
                     self._read_back(connection, session, stored, resent)
-        return True
 
     def _carry(self, actions: list) -> None:
         """Persist votes before the messages that carry them; write a block before
@@ -236,11 +249,32 @@ class LedgerService:
                 self.node.store.set_value(VOTES, action.votes)
             elif isinstance(action, Decided):
                 self._decided(action)
+            elif isinstance(action, Refused):
+                self._refused(action)
             else:
                 assert isinstance(action, Ack)
                 for key in action.keys:
                     for ack in self._acks.pop(key, ()):
                         ack()
+
+    def _refused(self, refused: Refused) -> None:
+        """A transaction turned away before any block: its announcer publishes the reject and
+        acknowledges the transaction once the broker has the reject (after a crash the broker
+        delivers the transaction again, and it is refused again); the others acknowledge now."""
+        acks = self._acks.pop(refused.key, [])
+        if not refused.announce:
+            for ack in acks:
+                ack()
+            return
+
+        def published(_mid: int) -> None:
+            for ack in acks:
+                ack()
+
+        key = self.identity.key
+        assert key is not None, "a validator runs with its key"
+        reject = Rejection(msg=refused.key[1], reason=refused.reason, t=self.clock()).sign(key)
+        self._send(topics.REJECTS, reject, False, published)
 
     def _decided(self, decided: Decided) -> None:
         block = decided.block

@@ -5,10 +5,12 @@ generator: transactions reach each validator after random delays, consensus mess
 delayed, dropped, duplicated and reordered, validators crash and restart from what they
 persisted, the network splits into partitions, clocks are skewed, and one validator is
 Byzantine: Twins (two instances with one key, each talking to some of the others), forged
-or replayed seals and messages, or silence. After every step the honest validators must
+or replayed seals and messages, or silence; with `--flood N`, one account also publishes N
+signed CTPs within 100 ms (issue 13). After every step the honest validators must
 agree on every height they both committed, keep balances + holds constant and settle no
-CTP twice; once the faults stop, every submitted transaction must be decided everywhere, and
-every honest validator must know it is caught up (Replica.caught_up).
+CTP twice; once the faults stop, every submitted transaction must be decided everywhere
+(junk refused at the door, a flooded CTP decided or refused as `busy`), and every honest
+validator must know it is caught up (Replica.caught_up).
 The same seed replays the same run exactly: nothing here reads a clock or the OS' randomness.
 """
 
@@ -20,21 +22,24 @@ import random
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from hashlib import sha256
 
 from ledger import consensus as c
 from ledger.block import Block, parse_trade, quorum
 from ledger.draft import replay
 from ledger.genesis import Genesis
-from ledger.replica import Decided, Persist, Replica, Send, Timing
+from ledger.replica import Decided, Persist, Refused, Replica, Send, Timing
 from ledger.state import LedgerState
 from ledger.workload import SimCommunity
 from wire.cose import encode, load, message_hash
 from wire.messages import Ctp, open_message
+from wire.reasons import BUSY
 from wire.verify import Verifier
 
 NOW = 1_800_000_000_000
 N = 4
 BYZANTINE = ("none", "twins", "forge", "silent")
+FLOODER = 5  # the household whose account floods the ledger (with --flood)
 TIMING = Timing(block_ms=200, round_ms=1000, forward_ms=2000, sync_ms=500)
 
 
@@ -52,8 +57,9 @@ class Workload:
 @lru_cache(maxsize=1)
 def workload() -> Workload:
     """The same signed traffic for every seed (signing is the slow part): trades that
-    settle, one that expires, one cancelled, one short of funds, duplicates, junk."""
-    sim = SimCommunity(5, NOW, seed=b"spb-energy consensus simulation")
+    settle, one that expires, one cancelled, one short of funds, duplicates, junk (refused
+    at the door), a cancel of an unknown CTP and a forged ERC (rejected in blocks)."""
+    sim = SimCommunity(FLOODER + 1, NOW, seed=b"spb-energy consensus simulation")  # the flooder trades nothing here
     txs: list[tuple[str, bytes]] = []
     for i in range(6):
         ctp = sim.ctp(i % 5, (i + 1) % 5, 10 + i, 100 + i, exp=NOW + 25_000)
@@ -61,6 +67,7 @@ def workload() -> Workload:
     expiring = sim.ctp(1, 3, 40, 50, exp=NOW + 3_000)
     cancelled = sim.ctp(2, 4, 30, 60, exp=NOW + 2_000)
     poor = sim.ctp(3, 0, 5_000, 10, exp=NOW + 25_000)
+    forged = sim.erc(sim.ctp(0, 1, 1, 1, exp=NOW + 25_000))
     twice = txs[0][1]
     txs += [
         ("ctp", expiring),
@@ -70,8 +77,21 @@ def workload() -> Workload:
         ("erc", sim.erc(twice, by=2)),
         ("erc", twice),
         ("cancel", b"\x00not cbor"),
+        ("cancel", sim.cancel(sim.ctp(4, 0, 1, 1, exp=NOW + 25_000))),  # of a CTP never sent
+        ("erc", forged[:-1] + bytes([forged[-1] ^ 1])),  # its block decides the signature
     ]
     return Workload(sim.genesis(1_000, validators=N), tuple(sim.validator_keys[:N]), tuple(txs))
+
+
+@lru_cache(maxsize=2)
+def flood(count: int) -> tuple[tuple[str, bytes], ...]:
+    """`count` well-formed, signed CTPs of one account (1 unit each, far-future expiry): more
+    than its share of a pool holds, and more than its balance covers."""
+    sim = SimCommunity(FLOODER + 1, NOW, seed=b"spb-energy consensus simulation")  # the workload's accounts
+    return tuple(
+        ("ctp", sim.ctp(FLOODER, i % FLOODER, 1, 1, exp=NOW + 600_000, ctp_id=sha256(b"flood%d" % i).digest()[:16]))
+        for i in range(count)
+    )
 
 
 @dataclass
@@ -89,17 +109,19 @@ class Node:
     checked: int = 0  # heights compared with the other honest validators'
     settled: set = field(default_factory=set)  # CTP ids its chain settled
     unacked: dict = field(default_factory=dict)  # the broker's copy of its unacknowledged transactions
+    refused: dict = field(default_factory=dict)  # transaction key -> the reason it was last turned away
 
 
 class Sim:
-    def __init__(self, seed: int, steps: int = 20_000):
+    def __init__(self, seed: int, steps: int = 20_000, flood_size: int = 0):
         self.seed, self.rng = seed, random.Random(seed)
         rng = self.rng
         self.w = workload()
+        self.flood = flood(flood_size) if flood_size else ()
         self.t = NOW
         self.events: list = []
         self.seq = 0
-        self.steps_left = steps
+        self.steps_left = steps + 8 * flood_size  # a flood is that many more deliveries and messages
         self.heal_at = NOW + rng.randint(5_000, 25_000)
         self.byzantine = rng.choice(BYZANTINE)
         self.bad = rng.randrange(N) if self.byzantine != "none" else None
@@ -126,6 +148,10 @@ class Sim:
                 self._start(node)
         for typ, raw in self.w.txs:
             at = NOW + rng.randint(0, 10_000)
+            for node in self.nodes:
+                self._at(at + rng.randint(0, self.max_delay), ("tx", node, typ, raw))
+        for i, (typ, raw) in enumerate(self.flood):  # within 100 ms, in order, as one connection sends them
+            at = NOW + 1_000 + 100 * i // len(self.flood)
             for node in self.nodes:
                 self._at(at + rng.randint(0, self.max_delay), ("tx", node, typ, raw))
         for _ in range(self.crashes):
@@ -166,7 +192,7 @@ class Sim:
         return (
             f"byzantine {self.byzantine} v{self.bad}, drop {self.drop}, dup {self.dup}, delay <= "
             f"{self.max_delay} ms, {self.crashes} crashes, partition {self.partitioned}, heal at "
-            f"{(self.heal_at - NOW) / 1000:.1f} s"
+            f"{(self.heal_at - NOW) / 1000:.1f} s" + (f", flood of {len(self.flood)} CTPs" if self.flood else "")
         )
 
     def _step(self, event: tuple) -> None:
@@ -231,6 +257,9 @@ class Sim:
                 assert action.block.header.height == len(node.chain)
             elif isinstance(action, Send):
                 self._send(node, action)
+            elif isinstance(action, Refused):
+                node.unacked.pop(action.key, None)
+                node.refused[action.key] = action.reason
             else:
                 for key in action.keys:
                     node.unacked.pop(key, None)
@@ -361,15 +390,25 @@ class Sim:
                 )
 
     def _done(self) -> bool:
-        want = {(typ, message_hash(raw)) for typ, raw in self.w.txs}
-        for node in self.honest():
-            if node.replica is None or not node.replica.caught_up:  # it would hold back its statuses
-                return False
+        """Every honest validator is up, caught up (else it would hold back its statuses), at one
+        height, and has decided every transaction of the workload (junk, refused at the door,
+        included); every CTP of a flood is decided or was refused by an honest validator, so
+        its sender heard why."""
+        honest = self.honest()
+        if any(node.replica is None or not node.replica.caught_up for node in honest):
+            return False
+        if len({len(node.chain) for node in honest}) != 1:
+            return False
+        refused = {key for node in honest for key in node.refused}
+        for node in honest:
             decided = {(typ, message_hash(raw)) for block in node.chain for typ, raw in block.inputs}
-            if not want <= decided:
+            for typ, raw in self.w.txs:
+                key = (typ, message_hash(raw))
+                if key not in decided and node.refused.get(key, BUSY) == BUSY:
+                    return False
+            if any((typ, message_hash(raw)) not in decided | refused for typ, raw in self.flood):
                 return False
-        heights = {len(n.chain) for n in self.honest()}
-        return len(heights) == 1
+        return True
 
     def _progress(self) -> str:
         return ", ".join(
@@ -384,9 +423,9 @@ class Sim:
                     raise Violation(f"seed {self.seed}: v{node.index} block {block.header.height} lacks a quorum")
 
 
-def run_seed(seed: int) -> tuple[int, int]:
+def run_seed(seed: int, flood_size: int = 0) -> tuple[int, int]:
     """(steps, final height) of one seed; Violation if a property fails."""
-    sim = Sim(seed)
+    sim = Sim(seed, flood_size=flood_size)
     steps = sim.run()
     sim.final_checks()
     return steps, len(sim.honest()[0].chain)
@@ -397,18 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="run this seed (default: --seeds from 0)")
     parser.add_argument("--seeds", type=int, default=100, metavar="N")
     parser.add_argument("--first", type=int, default=0, metavar="S")
+    parser.add_argument("--flood", type=int, default=0, metavar="N", help="one account also publishes N CTPs")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     failed = 0
     for seed in seeds:
         try:
-            steps, height = run_seed(seed)
+            steps, height = run_seed(seed, args.flood)
         except Violation as exc:
             failed += 1
             print(f"FAIL {exc}")
             continue
         if args.seed is not None:
-            print(f"seed {seed} ok: {Sim(seed).describe()}; {steps} steps, height {height}")
+            print(f"seed {seed} ok: {Sim(seed, flood_size=args.flood).describe()}; {steps} steps, height {height}")
     if args.seed is None:
         print(f"{len(seeds) - failed} of {len(seeds)} seeds ok")
     return 1 if failed else 0

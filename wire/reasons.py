@@ -18,7 +18,11 @@ STATEFUL = (
     "too-early",
     "unknown-account",
 )
-REASONS = frozenset(STATELESS + STATEFUL)
+# Not a verdict on the message (an extension of §4, docs/decisions/0008-bounded-inputs.md):
+# the ledger had no room for it and did not decide it; the sender may send it again later.
+BUSY = "busy"
+TRANSIENT = (BUSY,)
+REASONS = frozenset(STATELESS + STATEFUL + TRANSIENT)
 
 
 class Reject(Exception):

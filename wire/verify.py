@@ -2,7 +2,9 @@
 
 Pure: the caller passes the clock (`now`, ms) and the trust anchors; nothing here reads a
 file, a socket or the wall clock. Verified CoEs are memoised by their bytes, because every
-ERC from one meter's key batch carries the same CoE.
+ERC from one meter's key batch carries the same CoE; good signatures by message hash and
+key, because a validator checks each transaction when it arrives and again in the block
+that decides it.
 """
 
 from __future__ import annotations
@@ -45,11 +47,19 @@ class _VerifiedCoe:
 class Verifier:
     """Checks messages against trusted CAs and validator keys."""
 
-    def __init__(self, cas: Iterable[bytes], validators: Iterable[bytes] = (), coe_cache_size: int = 4096):
+    def __init__(
+        self,
+        cas: Iterable[bytes],
+        validators: Iterable[bytes] = (),
+        coe_cache_size: int = 4096,
+        signed_cache_size: int = 16_384,
+    ):
         self.cas = frozenset(cas)
         self.validators = tuple(validators)
         self._coe_cache: dict[bytes, _VerifiedCoe] = {}
         self._coe_cache_size = coe_cache_size
+        self._signed: dict[tuple[bytes, bytes], None] = {}  # (message hash, key) of signatures that verified
+        self._signed_size = signed_cache_size
 
     @overload
     def verify(self, raw: bytes, now: int, expect: type[BodyT], device_key: bytes | None = None) -> Opened[BodyT]: ...
@@ -67,9 +77,23 @@ class Verifier:
         """
         opened = open_message(raw, expect)
         for key in self._signing_keys(opened.body, now, device_key):
-            if opened.envelope.verifies(key):
+            if self._signed_by(opened, key):
                 return opened
         raise Reject("signature", f"{opened.body.typ} not signed by the key it names")
+
+    def _signed_by(self, opened: Opened, key: bytes) -> bool:
+        """Step 6 for one key, remembered while it verifies: the message bytes and the key
+        decide it, whatever the clock (a bounded memo, oldest dropped first)."""
+        memo = (opened.envelope.hash, key)
+        if memo in self._signed:
+            return True
+        if not opened.envelope.verifies(key):
+            return False
+        if self._signed_size:
+            if len(self._signed) >= self._signed_size:
+                del self._signed[next(iter(self._signed))]
+            self._signed[memo] = None
+        return True
 
     def _signing_keys(self, body: Body, now: int, device_key: bytes | None) -> tuple[bytes, ...]:
         """Steps 4-5 for the body's type; returns the keys step 6 may accept."""

@@ -80,8 +80,9 @@ def test_the_checks_catch_a_validator_that_commits_in_a_round_it_left(monkeypatc
 
     monkeypatch.setattr(Replica, "_check_prepared", careless)
     # Rare: one seed in 1200 or so makes the fork, and any change to the messages the replicas
-    # send reshuffles which. At this commit the first is 2473 (decision 0007).
-    for seed in range(2400, 2700):
+    # send reshuffles which. With decisions 0007 and 0008 merged, seeds 1226 and 2744 do
+    # (found with this mutant over seeds 0-2999).
+    for seed in range(1200, 1500):
         try:
             sim.run_seed(seed)
         except sim.Violation as exc:

@@ -29,21 +29,20 @@ BALANCE = 100_000
 class Validators:
     """A community ledger with four validators, each its own process."""
 
-    def __init__(self, tmp_path: Path, port: int, make_client, trades: int):
+    WATCHED = (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE_ALL, topics.LEDGER_BLOCKS, topics.CONSENSUS_ALL)
+
+    def __init__(
+        self, tmp_path: Path, port: int, make_client, trades: int, block_ms: int = 50, watched: tuple = WATCHED
+    ):
+        """`watched`: the topics the inbox records (ledger/state at least, for start())."""
         now = wall_ms()
         self.port = port
         self.community = SimCommunity(HOUSEHOLDS, now)
-        self.root = self.community.ledger_dir(tmp_path / "ledger", BALANCE, block_ms=50, validators=VALIDATORS)
+        self.root = self.community.ledger_dir(tmp_path / "ledger", BALANCE, block_ms, validators=VALIDATORS)
         self.trades = signed_trades(self.community, trades, now)  # (ctp, erc, payer, payee, amount)
         self.inbox = Inbox()
         watcher = make_client(port, "watcher")
-        for topic in (
-            topics.STATUS_ALL,
-            topics.REJECTS,
-            topics.LEDGER_STATE_ALL,
-            topics.LEDGER_BLOCKS,
-            topics.CONSENSUS_ALL,
-        ):
+        for topic in watched:
             watcher.subscribe(topic, self.inbox)
         connected(watcher)
         self.procs = Procs(tmp_path / "logs")

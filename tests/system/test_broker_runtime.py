@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.runtime import LOG_NAME, EmbeddedBroker, free_port, mosquitto_config
+from broker.runtime import LOG_NAME, MAX_INFLIGHT, MESSAGE_SIZE_LIMIT, EmbeddedBroker, free_port, mosquitto_config
 from tests.support.bus import REPO, Inbox, child_env, connected, read_line, wait_for
 from wire import topics
 
@@ -32,7 +32,8 @@ def test_generated_config_is_what_mosquitto_runs(mosquitto):
         f"persistence_location {mosquitto.data_dir.resolve()}/",
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
-        "max_inflight_messages 10000",
+        f"max_inflight_messages {MAX_INFLIGHT}",
+        f"message_size_limit {MESSAGE_SIZE_LIMIT}",
         f"log_dest file {mosquitto.data_dir.resolve() / LOG_NAME}",
     ):
         assert line in lines

@@ -21,6 +21,7 @@ from nacl.signing import SigningKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ledger.block import Block, input_hash, merkle_root, parse_trade
+from ledger.door import decided_by_bytes
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from ledger.workload import YEAR_MS, SimCommunity, pk
@@ -30,7 +31,7 @@ from tests.support.wire import canonical_items, flip_bit, raw_map, sign_map, sig
 from wire import topics
 from wire.cose import encode, message_hash
 from wire.messages import Cancel, Coe, Ctp, DevCert, Erc, Rejection, Status, open_message
-from wire.reasons import REASONS, Reject
+from wire.reasons import BUSY, REASONS, Reject
 from wire.verify import Verifier
 
 BALANCE = 1_000
@@ -94,11 +95,13 @@ class Bus:
     def barrier(self) -> Block:
         """Return once everything the ledger published for earlier messages has arrived: the
         ledger publishes in order on one connection, and this is a later message's reject
-        and the block that decided it (returned: a rejected message is decided in a block
-        too). (The barrier's own block time is tip + 1, so it may refund what expired by then.)"""
-        junk = b"\xff barrier %d" % next(self._barriers)
-        rejection = self.wait_reject(self.send(topics.TX_CTP, junk))
-        assert rejection.reason == "decode"
+        and the block that decided it (returned: a message rejected for what the ledger
+        holds is decided in a block too; junk, refused at the door, would overtake the
+        blocks of earlier messages). (The barrier's own block time is tip + 1, so it may
+        refund what expired by then.)"""
+        unknown = self.community.ctp(0, 1, amount=1, wh=1, exp=EXP)  # never sent
+        rejection = self.wait_reject(self.send(topics.TX_CANCEL, self.community.cancel(unknown)))
+        assert rejection.reason == "unknown-ctp"
         return wait_for(
             lambda: next((b for b in self.blocks() if b.header.t == rejection.t), None),
             10,
@@ -517,15 +520,18 @@ def test_forged_erc_and_coe_settle_when_nothing_is_replaced(bus):
 
 
 def test_the_cases_cover_every_reason_code():
-    """A reason code added to §4 needs a case here."""
-    assert {reason for _, reason, _ in CASES} == REASONS
+    """A reason code added to §4 needs a case here; `busy`, which needs a full pool, has its
+    own (tests/system/test_flood.py)."""
+    assert {reason for _, reason, _ in CASES} == REASONS - {BUSY}
 
 
 @pytest.mark.parametrize("reason, make", [pytest.param(reason, make, id=name) for name, reason, make in CASES])
 def test_each_reject_reaches_the_bus_with_its_reason_and_message_hash(bus, reason, make):
     """One signed reject per bad message on spb/v1/rejects, matched by H(m); a block that
-    decides it alone and changes nothing (rejected messages are block inputs, issue 6); and
-    statuses as §7 says: a rejected CTP with a new id gets `rejected`, nothing else moves."""
+    decides it alone and changes nothing (rejected messages are block inputs, issue 6), or,
+    if its bytes alone reject it, no block at all: it is refused at the door (decision
+    0008); and statuses as §7 says: a rejected CTP with a new id gets `rejected`, nothing
+    else moves."""
     c = make(bus)
     if c.again:
         bus.ledger.stop()
@@ -533,9 +539,10 @@ def test_each_reject_reaches_the_bus_with_its_reason_and_message_hash(bus, reaso
     before = bus.retained(c.ctp) if c.after == KEPT else None
     height, block_time, mark = bus.state.height, max(NOW, bus.state.t + 1), bus.mark()
     root = bus.state.root()
+    at_door = decided_by_bytes(topics.TX_TYPES[c.topic], reason)
     msg = bus.send(c.topic, c.raw)
     rejection = bus.wait_reject(msg)
-    assert (rejection.reason, rejection.t) == (reason, block_time)
+    assert (rejection.reason, rejection.t) == (reason, bus.clock.now if at_door else block_time)
     barrier = bus.barrier()
     assert [r.reason for r in bus.rejects(msg)] == [reason], "one reject per message"
     new = bus.statuses(since=mark)
@@ -547,6 +554,9 @@ def test_each_reject_reaches_the_bus_with_its_reason_and_message_hash(bus, reaso
     if c.after == KEPT:
         assert bus.retained(c.ctp) == before, "a rejected message changed someone else's status"
     blocks = bus.blocks(since=mark)
+    if at_door:
+        assert blocks == [barrier] and bus.state.height == height + 1, "junk went into a block"
+        return
     assert [b.header.height for b in blocks] == [height + 1, height + 2] and blocks[1] == barrier
     assert bus.state.height == height + 2
     assert blocks[0].header.t == block_time

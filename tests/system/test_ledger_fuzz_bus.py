@@ -97,9 +97,10 @@ def test_a_fuzzed_run_over_the_bus_audits_clean(tmp_path, mosquitto, make_client
     sent = traffic(community, rng, wall_ms())
     for topic, payload in sent:
         household.publish(topic, payload)
-    # One publisher, decided in order: once this last message is rejected, all were decided.
-    barrier = b"barrier: not a message"
-    household.publish(topics.TX_CTP, barrier)
+    # One publisher, decided in order: once this last message is rejected, all were decided
+    # (a cancel of a CTP never sent is decided in a block; junk is refused before any block).
+    barrier = community.cancel(community.ctp(0, 1, amount=1, wh=1, exp=wall_ms() + 3_600_000))
+    household.publish(topics.TX_CANCEL, barrier)
     wait_for(lambda: any(r.msg == message_hash(barrier) for r in rejections(inbox)), 60, "the barrier's reject")
     expiry_refund(community, household, inbox)
     procs.stop(ledger)

@@ -1,0 +1,76 @@
+"""What a validator decides about a transaction before it pools it: docs/decisions/0008-bounded-inputs.md.
+
+Pure. A message whose §4 rejection follows from its bytes and the genesis alone (no clock,
+no ledger state) is rejected here, at the door, by every validator alike: it never enters a
+pool or a block, so junk is neither stored nor sent between validators. Everything else is
+pooled under its sender, the key that signed it, so that one sender's burst fills only its
+own share of the pool. The door looks twice: `claim` decodes the message and names the
+sender it claims, which is cheap, so a burst beyond the sender's share costs no signature
+check; `check` verifies it before it takes a place in the pool, so no one fills another
+sender's share with forgeries. The reject of a message refused here is published by one
+validator, its announcer, not by each.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from wire.cose import MAX_MESSAGE
+from wire.messages import Body, Cancel, Ctp, Erc, Revoke, open_message
+from wire.reasons import STATELESS, Reject
+from wire.verify import Verifier
+
+# Checks of §4 that read neither a clock nor the ledger: steps 1-3 for every message; for a
+# CTP, cancel or revoke every stateless check (an ERC's steps 4-6 read the clock, and a
+# `cert` or `coe` failure comes before `proof` and `signature` in §4's order).
+BY_BYTES = frozenset({"decode", "noncanonical", "type", "schema"})
+UNVERIFIED = b""  # the share of ERCs the door could not verify at its clock: their block decides them
+
+
+class Verdict(NamedTuple):
+    reason: str | None  # a §4 reason: rejected at the door; None: it may be pooled
+    sender: bytes  # whose share of the pool it takes: a public key, or UNVERIFIED
+
+
+def decided_by_bytes(typ: str, reason: str | None) -> bool:
+    """Whether every validator reaches this rejection from the message bytes alone."""
+    return reason in BY_BYTES or (typ != "erc" and reason in STATELESS)
+
+
+def claim(verifier: Verifier, typ: str, raw: bytes) -> Verdict:
+    """§4's steps 1-3 (a size check first, before decoding a byte) and the sender the
+    message names, unverified."""
+    if len(raw) > MAX_MESSAGE:
+        return Verdict("decode", UNVERIFIED)
+    try:
+        return Verdict(None, _sender(verifier, open_message(raw, typ).body))
+    except Reject as exc:
+        return Verdict(exc.reason, UNVERIFIED)
+
+
+def check(verifier: Verifier, typ: str, raw: bytes, now: int) -> Verdict:
+    """Every stateless check at wall clock `now`: a rejection its bytes decide, or the
+    verified sender (UNVERIFIED for an ERC that fails a check that reads the clock)."""
+    try:
+        body = verifier.verify(raw, now, expect=typ).body
+    except Reject as exc:
+        return Verdict(exc.reason if decided_by_bytes(typ, exc.reason) else None, UNVERIFIED)
+    return Verdict(None, _sender(verifier, body))
+
+
+def _sender(verifier: Verifier, body: Body) -> bytes:
+    if isinstance(body, (Ctp, Cancel)):
+        return body.payer
+    if isinstance(body, Erc):
+        try:
+            return verifier.coe_and_witness(body)[1].pk  # the meter that vouched for its one-time key
+        except Reject:
+            return UNVERIFIED
+    assert isinstance(body, Revoke)
+    return body.iss
+
+
+def announcer(digest: bytes, n: int) -> int:
+    """The validator that publishes the reject of a message refused before any block: one
+    copy, not n. Spread over the validators by the message hash."""
+    return int.from_bytes(digest[:4], "big") % n
