@@ -16,6 +16,7 @@ from edge.energy import WMS_PER_WH
 from edge.store import SENT, TradeRow
 from wire import topics
 from wire.messages import CtpState, Status
+from wire.reasons import TRANSIENT
 
 HELD, SETTLED, REFUNDED, REJECTED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED, CtpState.REJECTED
 OPEN = (SENT, HELD)
@@ -63,11 +64,13 @@ def on_reject(row: TradeRow, kind: str, reason: str, now: int) -> TradeRow | Non
 
     `duplicate` means it was applied before: the status says what came of it. A rejected
     ERC or cancel keeps the trade as it is (the reason is shown); it is sent again later
-    if still useful, say a cancel that was `too-early` by the ledger's clock.
+    if still useful, say a cancel that was `too-early` by the ledger's clock. A transient
+    reason (`busy`: the ledger's pool was full, docs/PROTOCOL.md §4) decided nothing, so
+    even a CTP stays `sent` and goes again after resend_s (see next_step).
     """
     if reason == "duplicate":
         return None
-    if kind == "ctp":
+    if kind == "ctp" and reason not in TRANSIENT:
         return row._replace(state=REJECTED, reason=reason, changed=now) if row.state == SENT else None
     return row._replace(reason=f"{kind} {reason}") if row.state in OPEN else None
 

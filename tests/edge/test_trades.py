@@ -176,6 +176,14 @@ def test_ctp_reject_moves_a_sent_trade_to_rejected():
     assert (new.state, new.reason, new.changed) == ("rejected", "insufficient-funds", LATER)
 
 
+def test_a_busy_ctp_stays_sent_and_goes_again():
+    """`busy` decided nothing (the ledger's pool was full): the trade stays open with the
+    reason shown, and the CTP is sent again once resend_ms passed without an answer."""
+    new = on_reject(row("sent"), "ctp", "busy", LATER)
+    assert (new.state, new.reason) == ("sent", "ctp busy")
+    assert next_step(new, 0, new.sent + 10_000, 10_000) == topics.TX_CTP
+
+
 @pytest.mark.parametrize("state", ["held", "settled", "refunded", "rejected"])
 def test_ctp_reject_moves_only_a_sent_trade(state):
     """A CTP reject for a trade already held or final (a late reject of a resend) changes nothing."""
