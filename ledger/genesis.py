@@ -1,8 +1,11 @@
 """The genesis: what every validator of one ledger must agree on before block 1.
 
 Trusted manufacturer CAs, the household accounts with their opening balances, the
-validator keys and the block interval. Stored as deterministic CBOR (DIR/genesis.cbor), so
-its SHA-256 names the chain: block 1's `prev` is the genesis hash.
+validator keys, the block interval and, for a chain with a market, the market's terms and
+which meter belongs to which account with which energy source. Stored as deterministic
+CBOR (DIR/genesis.cbor), so its SHA-256 names the chain: block 1's `prev` is the genesis
+hash. A genesis without a `market` section is a v1 chain and keeps v1's rules for good:
+its blocks must replay to the same verdicts forever (docs/decisions/0009-market.md).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from broker.keys import write_file
 from wire.cose import encode, load
+from wire.messages import SELL_SOURCES
 from wire.reasons import Reject
 
 GENESIS_FILE = "genesis.cbor"
@@ -24,12 +28,90 @@ class GenesisError(ValueError):
     """A genesis file or argument that cannot start a ledger."""
 
 
+NO_SOURCE = ""  # a meter registered without a source: it proves export but cannot ask
+
+
+@dataclass(frozen=True, slots=True)
+class MeterEntry:
+    """A household meter: its id (the devcert's), its account, its energy source."""
+
+    meter: str
+    account: bytes
+    source: str = NO_SOURCE
+
+
+@dataclass(frozen=True, slots=True)
+class MarketTerms:
+    """The market's rules of one chain (docs/PROTOCOL.md, Market). Times in seconds, counts
+    in intervals: interval k covers block times [k*interval_s*1000, (k+1)*interval_s*1000)."""
+
+    meters: tuple[MeterEntry, ...] = ()  # sorted by meter id
+    interval_s: int = 300  # SETS's five-minute dispatch interval
+    ahead: int = 288  # orders for at most this many intervals after the current one
+    grace: int = 1  # a fill's trade expires this many intervals after its interval ends
+    reveal_s: int = 60  # sealed bids of interval k are revealed in [gate, gate + reveal_s)
+
+    def __post_init__(self) -> None:
+        ids = [m.meter for m in self.meters]
+        if ids != sorted(set(ids)):
+            raise GenesisError("market meters must be unique and sorted by id")
+        for m in self.meters:
+            if not (type(m.meter) is str and m.meter and type(m.account) is bytes and len(m.account) == 32):
+                raise GenesisError("a market meter is a non-empty id and a 32-byte account key")
+            if m.source != NO_SOURCE and m.source not in SELL_SOURCES:
+                raise GenesisError(f"meter {m.meter}: source is one of {', '.join(SELL_SOURCES)} or none")
+        for name in ("interval_s", "ahead", "grace", "reveal_s"):
+            value = getattr(self, name)
+            if not (type(value) is int and 0 <= value <= 1_000_000):
+                raise GenesisError(f"market {name} is an integer in 0..1000000")
+        if self.interval_s < 1 or self.reveal_s >= self.interval_s:
+            raise GenesisError("market interval_s is at least 1 and reveal_s is shorter than it")
+
+    @property
+    def interval_ms(self) -> int:
+        return self.interval_s * 1000
+
+    def interval(self, t: int) -> int:
+        """The interval holding block time t (ms)."""
+        return t // self.interval_ms
+
+    def gate(self, k: int) -> int:
+        """Block time from which interval k takes no more orders: its start."""
+        return k * self.interval_ms
+
+    def meter(self, meter_id: str) -> MeterEntry | None:
+        return self._by_id().get(meter_id)
+
+    def meters_of(self, account: bytes) -> tuple[MeterEntry, ...]:
+        return tuple(m for m in self.meters if m.account == account)
+
+    def _by_id(self) -> dict[str, MeterEntry]:
+        return {m.meter: m for m in self.meters}
+
+    def to_map(self) -> dict:
+        return {
+            "meters": [[m.meter, m.account, m.source] for m in self.meters],
+            "interval_s": self.interval_s,
+            "ahead": self.ahead,
+            "grace": self.grace,
+            "reveal_s": self.reveal_s,
+        }
+
+    @classmethod
+    def from_map(cls, m: dict) -> MarketTerms:
+        if type(m) is not dict or set(m) != {"meters", "interval_s", "ahead", "grace", "reveal_s"}:
+            raise GenesisError("market is a map of meters, interval_s, ahead, grace, reveal_s")
+        meters = tuple(MeterEntry(meter, account, source) for meter, account, source in m["meters"])
+        return cls(meters, m["interval_s"], m["ahead"], m["grace"], m["reveal_s"])
+
+
 @dataclass(frozen=True, slots=True)
 class Genesis:
     cas: tuple[bytes, ...]
     accounts: tuple[tuple[bytes, int], ...]  # (account key, opening balance), sorted by key
     validators: tuple[bytes, ...]  # index i is validator vI
     block_ms: int = DEFAULT_BLOCK_MS
+    market: MarketTerms | None = None  # None: a v1 chain, without market or proof of delivery
 
     def __post_init__(self) -> None:
         keys = [*self.cas, *(pk for pk, _ in self.accounts), *self.validators]
@@ -46,10 +128,19 @@ class Genesis:
             raise GenesisError(f"balances are units in 0..{MAX_UNITS} in total")
         if not (type(self.block_ms) is int and 1 <= self.block_ms <= 3_600_000):
             raise GenesisError("block_ms is in 1..3600000")
+        if self.market is not None and not {m.account for m in self.market.meters} <= set(pks):
+            raise GenesisError("a market meter belongs to an account that is not in the genesis")
 
     @classmethod
-    def build(cls, cas, accounts: dict[bytes, int], validators, block_ms: int = DEFAULT_BLOCK_MS) -> Genesis:
-        return cls(tuple(cas), tuple(sorted(accounts.items())), tuple(validators), block_ms)
+    def build(
+        cls,
+        cas,
+        accounts: dict[bytes, int],
+        validators,
+        block_ms: int = DEFAULT_BLOCK_MS,
+        market: MarketTerms | None = None,
+    ) -> Genesis:
+        return cls(tuple(cas), tuple(sorted(accounts.items())), tuple(validators), block_ms, market)
 
     @property
     def total(self) -> int:
@@ -57,16 +148,17 @@ class Genesis:
         return sum(units for _, units in self.accounts)
 
     def encode(self) -> bytes:
-        return encode(
-            {
-                "v": 1,
-                "typ": "genesis",
-                "cas": list(self.cas),
-                "accounts": [[pk, units] for pk, units in self.accounts],
-                "validators": list(self.validators),
-                "block_ms": self.block_ms,
-            }
-        )
+        m = {
+            "v": 1,
+            "typ": "genesis",
+            "cas": list(self.cas),
+            "accounts": [[pk, units] for pk, units in self.accounts],
+            "validators": list(self.validators),
+            "block_ms": self.block_ms,
+        }
+        if self.market is not None:  # absent, not null, in a v1 chain's genesis: its hash stays
+            m["market"] = self.market.to_map()
+        return encode(m)
 
     @property
     def hash(self) -> bytes:
@@ -83,6 +175,7 @@ class Genesis:
                 tuple((pk, units) for pk, units in m["accounts"]),
                 tuple(m["validators"]),
                 m["block_ms"],
+                MarketTerms.from_map(m["market"]) if "market" in m else None,
             )
         except (Reject, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise GenesisError(f"malformed genesis: {exc}") from None

@@ -19,7 +19,10 @@ from wire.cose import Sign1, encode, load, parse_sign1, require_canonical, sign1
 from wire.reasons import REASONS, Reject
 
 VERSION = 1
-SOURCES = ("solar", "wind", "hydro", "gas", "coal", "any")
+SOURCES = ("solar", "wind", "hydro", "gas", "coal", "any")  # a CTP's optional `src` (v1)
+# The source a meter is registered with at provisioning, as an ask names it (Market, decision 0009).
+SELL_SOURCES = ("solar", "wind", "hydro", "grid", "fossil")
+RENEWABLE = frozenset({"solar", "wind", "hydro"})
 
 
 class CtpState(StrEnum):
@@ -31,6 +34,26 @@ class CtpState(StrEnum):
     SETTLED = "settled"
     REFUNDED = "refunded"
     REJECTED = "rejected"
+
+
+class OrderState(StrEnum):
+    """A market order's state, as an `order` status names it (docs/PROTOCOL.md, Market).
+
+    open -> withdrawn | filled | partial | unfilled; a sealed bid is `sealed` until its
+    reveal makes it `open`, or `void` when the reveal window closes without one."""
+
+    SEALED = "sealed"
+    OPEN = "open"
+    WITHDRAWN = "withdrawn"
+    FILLED = "filled"
+    PARTIAL = "partial"
+    UNFILLED = "unfilled"
+    VOID = "void"
+
+
+class Side(StrEnum):
+    ASK = "ask"
+    BID = "bid"
 
 
 Check = Callable[[object], bool]
@@ -58,6 +81,14 @@ def _int(x: object) -> bool:
     return type(x) is int and -(1 << 64) <= x < 1 << 64
 
 
+def _positive(x: object) -> bool:
+    return type(x) is int and 0 < x < 1 << 64
+
+
+def _bool(x: object) -> bool:
+    return type(x) is bool
+
+
 def _text(x: object) -> bool:
     return type(x) is str
 
@@ -76,6 +107,11 @@ def _list_of(check: Check) -> Check:
 
 def _one_of(values) -> Check:
     return lambda x: type(x) is str and x in values
+
+
+def _product(x: object) -> bool:
+    """[clearing price or null, Wh filled]: one product of a `cleared` result."""
+    return type(x) is list and len(x) == 2 and (x[0] is None or _uint(x[0])) and _uint(x[1])
 
 
 def _req(check: Check):
@@ -100,6 +136,8 @@ def _opt(check: Check):
 
 _BSTR16, _BSTR32 = _bstr(16), _bstr(32)
 _CTP_STATE = _MemberOf(CtpState)
+_ORDER_STATE = _MemberOf(OrderState)
+_SIDE = _MemberOf(Side)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -254,6 +292,10 @@ class Status(Body):
     reason: str | None = _opt(_one_of(REASONS))
     h: int | None = _opt(_uint)
     msg: bytes | None = _opt(_BSTR32)
+    # Extension (decision 0009): a `held` status names both parties, so the seller learns of
+    # a sale, market fill or direct CTP, as soon as the buyer's money is held.
+    payer: bytes | None = _opt(_BSTR32)
+    payee: bytes | None = _opt(_BSTR32)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -286,8 +328,129 @@ class Revoke(Body):
     t: int = _req(_uint)
 
 
+# -- the market (docs/PROTOCOL.md "Market", docs/decisions/0009-market.md) --
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ask(Body):
+    """An offer to sell `wh` from meter `meter` (its registered source `src`) in interval `k`
+    for at least `price` units per Wh. Signed by the seller's account key."""
+
+    typ: ClassVar[str] = "ask"
+    seller: bytes = _req(_BSTR32)
+    meter: str = _req(_text)
+    wh: int = _req(_positive)
+    price: int = _req(_uint)
+    k: int = _req(_uint)
+    src: str = _req(_one_of(SELL_SOURCES))
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Bid(Body):
+    """An offer to buy `wh` in interval `k` for at most `price` units per Wh, delivered to the
+    meter whose CoE root is `meter` (as a CTP names it). Signed by the buyer's account key."""
+
+    typ: ClassVar[str] = "bid"
+    buyer: bytes = _req(_BSTR32)
+    wh: int = _req(_positive)
+    price: int = _req(_uint)
+    k: int = _req(_uint)
+    green: bool = _req(_bool)
+    meter: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Seal(Body):
+    """A sealed bid's commitment: c = SHA-256(bid message bytes || nonce), with `deposit`
+    units held in escrow, the most the bid may cost."""
+
+    typ: ClassVar[str] = "seal"
+    buyer: bytes = _req(_BSTR32)
+    k: int = _req(_uint)
+    c: bytes = _req(_BSTR32)
+    deposit: int = _req(_positive)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reveal(Body):
+    """Opens the seal whose order id is `seal`: `bid` is the signed bid message committed to."""
+
+    typ: ClassVar[str] = "reveal"
+    buyer: bytes = _req(_BSTR32)
+    seal: bytes = _req(_BSTR16)
+    bid: bytes = _req(_bytes)
+    nonce: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Withdraw(Body):
+    """Cancels the signer's own order (ask, bid or seal) before its interval's gate."""
+
+    typ: ClassVar[str] = "withdraw"
+    by: bytes = _req(_BSTR32)
+    order: bytes = _req(_BSTR16)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Export(Body):
+    """A meter's proof of delivery: `wh` exported during interval `k`, its cumulative export
+    counter `total` at the end of k. Signed by the device key of the embedded devcert."""
+
+    typ: ClassVar[str] = "export"
+    meter: str = _req(_text)
+    cert: bytes = _req(_bytes)
+    k: int = _req(_uint)
+    wh: int = _req(_uint)
+    total: int = _req(_uint)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Order(Body):
+    """A validator's retained word on one order (spb/v1/market/{k}/order/{id}). `wh` and
+    `price` are absent while a bid is sealed: the book shows no more than the deposit."""
+
+    typ: ClassVar[str] = "order"
+    id: bytes = _req(_BSTR16)
+    k: int = _req(_uint)
+    side: Side = _req(_SIDE)
+    state: OrderState = _req(_ORDER_STATE)
+    filled: int = _req(_uint)
+    t: int = _req(_uint)
+    h: int = _req(_uint)
+    wh: int | None = _opt(_positive)
+    price: int | None = _opt(_uint)
+    src: str | None = _opt(_one_of(SELL_SOURCES))
+    green: bool | None = _opt(_bool)
+    deposit: int | None = _opt(_positive)
+    msg: bytes | None = _opt(_BSTR32)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cleared(Body):
+    """A validator's retained result of interval k's clearing (spb/v1/market/{k}/result):
+    per product [clearing price or null, Wh filled], and the number of fills."""
+
+    typ: ClassVar[str] = "cleared"
+    k: int = _req(_uint)
+    green: list = _req(_product)
+    open: list = _req(_product)
+    fills: int = _req(_uint)
+    t: int = _req(_uint)
+    h: int = _req(_uint)
+
+
 BODY_TYPES: dict[str, type[Body]] = {
-    cls.typ: cls for cls in (DevCert, CoeRequest, Coe, Ctp, Erc, Cancel, Birth, Status, Rejection, Reading, Revoke)
+    cls.typ: cls
+    for cls in (
+        *(DevCert, CoeRequest, Coe, Ctp, Erc, Cancel, Birth, Status, Rejection, Reading, Revoke),
+        *(Ask, Bid, Seal, Reveal, Withdraw, Export, Order, Cleared),
+    )
 }
 
 

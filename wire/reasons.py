@@ -17,6 +17,17 @@ STATEFUL = (
     "expired",
     "too-early",
     "unknown-account",
+    # The market and proof of delivery (docs/decisions/0009-market.md):
+    "gate-closed",  # the order's interval has started (or a reveal's window has closed)
+    "too-far",  # the order's interval is more than the genesis allows ahead
+    "not-source",  # the ask's meter is not the seller's, or not registered with that source
+    "unknown-order",  # a withdraw or reveal names no order of this ledger
+    "not-owner",  # a withdraw or reveal signed by someone other than the order's owner
+    "not-open",  # the order is withdrawn, revealed or cleared already
+    "reveal-mismatch",  # the revealed bid is not the one committed to, or costs more than the deposit
+    "unknown-meter",  # an export record from a meter the genesis does not register
+    "counter",  # an export record's interval or cumulative counter goes back
+    "oversold",  # the payee's proved export does not cover this trade's energy
 )
 # Not a verdict on the message (an extension of §4, docs/decisions/0008-bounded-inputs.md):
 # the ledger had no room for it and did not decide it; the sender may send it again later.

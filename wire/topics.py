@@ -7,6 +7,13 @@ TX_CTP = f"{ROOT}/tx/ctp"
 TX_ERC = f"{ROOT}/tx/erc"
 TX_CANCEL = f"{ROOT}/tx/cancel"
 TX_REVOKE = f"{ROOT}/tx/revoke"  # an extension of v1: docs/decisions/0004-revocation.md
+# The market (docs/decisions/0009-market.md): orders, sealed bids, proof of delivery.
+TX_ASK = f"{ROOT}/tx/ask"
+TX_BID = f"{ROOT}/tx/bid"
+TX_SEAL = f"{ROOT}/tx/seal"
+TX_REVEAL = f"{ROOT}/tx/reveal"
+TX_WITHDRAW = f"{ROOT}/tx/withdraw"
+TX_EXPORT = f"{ROOT}/tx/export"
 TX_ALL = f"{ROOT}/tx/+"
 REJECTS = f"{ROOT}/rejects"
 LEDGER_STATE_ALL = f"{ROOT}/ledger/state/+"  # one retained state per validator: decision 0006
@@ -15,12 +22,20 @@ CONSENSUS = f"{ROOT}/consensus"
 CONSENSUS_ALL = f"{CONSENSUS}/all"  # to every validator
 STATUS_ALL = f"{ROOT}/status/+"
 METERS_ALL = f"{ROOT}/meters/#"
+MARKET = f"{ROOT}/market"
+MARKET_ALL = f"{MARKET}/#"
 
 ONLINE = b"online"
 OFFLINE = b"offline"
 
 # Which body typ each transaction topic carries (a receiver checks typ against it, §1).
-TX_TYPES = {TX_CTP: "ctp", TX_ERC: "erc", TX_CANCEL: "cancel", TX_REVOKE: "revoke"}
+TX_TYPES = {
+    TX_CTP: "ctp",
+    TX_ERC: "erc",
+    TX_CANCEL: "cancel",
+    TX_REVOKE: "revoke",
+    **{topic: topic.rsplit("/", 1)[1] for topic in (TX_ASK, TX_BID, TX_SEAL, TX_REVEAL, TX_WITHDRAW, TX_EXPORT)},
+}
 METER_TYPES = {"birth": "birth", "reading": "reading", "coe/req": "coereq", "coe/resp": "coe"}
 
 
@@ -52,6 +67,18 @@ def status(ctp_id: bytes) -> str:
     return f"{ROOT}/status/{ctp_id.hex()}"
 
 
+def market_order(k: int, order_id: bytes) -> str:
+    """Retained `order` status of one order of interval k."""
+    if len(order_id) != 16:
+        raise ValueError("an order id is 16 bytes")
+    return f"{MARKET}/{k}/order/{order_id.hex()}"
+
+
+def market_result(k: int) -> str:
+    """Retained `cleared` result of interval k."""
+    return f"{MARKET}/{k}/result"
+
+
 def parse_meter_topic(topic: str) -> tuple[str, str] | None:
     """(meter id, leaf) for a topic under spb/v1/meters/, else None."""
     prefix = f"{ROOT}/meters/"
@@ -69,5 +96,7 @@ def expected_type(topic: str) -> str | None:
         return "status"
     if topic == REJECTS:
         return "reject"
+    if topic.startswith(f"{MARKET}/"):
+        return "cleared" if topic.endswith("/result") else "order"
     parsed = parse_meter_topic(topic)
     return METER_TYPES.get(parsed[1]) if parsed else None

@@ -15,20 +15,28 @@ from typing import Any, overload
 
 from wire.merkle import NodeMemo, verify_inclusion
 from wire.messages import (
+    Ask,
+    Bid,
     Birth,
     Body,
     BodyT,
     Cancel,
+    Cleared,
     Coe,
     CoeRequest,
     Ctp,
     DevCert,
     Erc,
+    Export,
     Opened,
+    Order,
     Reading,
     Rejection,
+    Reveal,
     Revoke,
+    Seal,
     Status,
+    Withdraw,
     open_message,
     shown,
 )
@@ -102,16 +110,22 @@ class Verifier:
         if isinstance(body, DevCert):
             self._trusted(body, now)
             return (body.iss,)
-        if isinstance(body, (Birth, CoeRequest, Coe)):
+        if isinstance(body, (Birth, CoeRequest, Coe, Export)):
             cert = self.certificate(body.cert, now)
-            if isinstance(body, Birth) and body.meter != cert.meter:
-                raise Reject("cert", f"birth of {shown(body.meter)} carries the devcert of {shown(cert.meter)}")
+            if isinstance(body, (Birth, Export)) and body.meter != cert.meter:
+                raise Reject("cert", f"{body.typ} of {shown(body.meter)} carries the devcert of {shown(cert.meter)}")
             if isinstance(body, Coe):
                 _check_coe(body, now)
             return (cert.pk,)
         if isinstance(body, (Ctp, Cancel)):
             return (body.payer,)
-        if isinstance(body, (Status, Rejection)):
+        if isinstance(body, Ask):
+            return (body.seller,)
+        if isinstance(body, (Bid, Seal, Reveal)):
+            return (body.buyer,)
+        if isinstance(body, Withdraw):
+            return (body.by,)
+        if isinstance(body, (Status, Rejection, Order, Cleared)):
             return self.validators
         if isinstance(body, Revoke):
             return (self._ca(body.iss, "revoke"),)
