@@ -15,12 +15,15 @@ from pathlib import Path
 from broker.clock import wall_ms
 from broker.keys import KeyFileError
 from deploy.access import add_bridge_command, add_revoke
+from deploy.bus import meter_id_arg
 from deploy.demo import add_demo
 from deploy.flash import add_flash_meter
 from deploy.provision import (
     ACCOUNTS,
     DEFAULT_VALID_DAYS,
+    INTERVAL_S,
     METERS,
+    NO_SOURCE_WORD,
     VALID_DAYS,
     VALIDATORS,
     ProvisionError,
@@ -28,7 +31,8 @@ from deploy.provision import (
     provision,
 )
 from deploy.server import add_server
-from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, GenesisError, write_genesis
+from ledger.genesis import DEFAULT_BLOCK_MS, DEFAULT_INTERVAL_S, MAX_UNITS, NO_SOURCE, GenesisError, write_genesis
+from wire.messages import SELL_SOURCES
 
 
 def _within(allowed: range) -> Callable[[str], int]:
@@ -44,6 +48,16 @@ def _within(allowed: range) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _source_arg(text: str) -> tuple[str, str]:
+    """METER=SOURCE for --source: a meter id and what it sells, or `none` (it cannot sell)."""
+    meter, sep, source = text.partition("=")
+    if not sep or source not in (*SELL_SOURCES, NO_SOURCE_WORD):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not METER=SOURCE with SOURCE one of {', '.join(SELL_SOURCES)}, {NO_SOURCE_WORD}"
+        )
+    return meter_id_arg(meter), NO_SOURCE if source == NO_SOURCE_WORD else source
 
 
 def add_provision(subparsers: argparse._SubParsersAction) -> None:
@@ -99,6 +113,28 @@ def add_provision(subparsers: argparse._SubParsersAction) -> None:
         metavar="MS",
         help=f"the genesis' shortest time between blocks (default {DEFAULT_BLOCK_MS})",
     )
+    p.add_argument(
+        "--source",
+        type=_source_arg,
+        action="append",
+        default=[],
+        metavar="METER=SOURCE",
+        help=f"what a household meter sells on the market: {', '.join(SELL_SOURCES)}, or {NO_SOURCE_WORD} "
+        "(repeat; a meter not named keeps its recorded source, none at first: it cannot sell)",
+    )
+    p.add_argument(
+        "--interval-s",
+        type=_within(INTERVAL_S),
+        metavar="S",
+        help=f"the market's trading interval in the genesis (default: the recorded one, else {DEFAULT_INTERVAL_S})",
+    )
+    p.add_argument(
+        "--reveal-s",
+        type=_within(range(0, INTERVAL_S.stop)),
+        metavar="S",
+        help="the window after an interval's gate for revealing sealed bids, shorter than the interval "
+        "(default: the recorded one, else 60 s or half the interval if shorter)",
+    )
     # A bad dir, a malformed key file, a community in a state to fix by hand: the operator's to fix.
     p.set_defaults(run=_run_provision, expected=(OSError, KeyFileError, ProvisionError, GenesisError, ValueError))
 
@@ -114,11 +150,17 @@ def _run_provision(args: argparse.Namespace) -> int:
         new_ca=args.new_ca,
         monitors=tuple(args.monitor),
         broker_hosts=tuple(args.broker_host),
+        sources=dict(args.source),
+        interval_s=args.interval_s,
+        reveal_s=args.reveal_s,
     )
+    sellers = [f"{m.id} {m.source}" for m in community.meters if m.source]
     print(f"community  {community.root}")
     print(f"meters     {len(community.meters)}")
     print(f"accounts   {len(community.accounts)}")
     print(f"validators {len(community.validators)}")
+    print(f"market     interval {community.market.interval_s} s, reveal {community.market.reveal_s} s")
+    print(f"sellers    {', '.join(sellers) or 'none'}")
     print(f"wrote      {community.toml_path}")
     if args.genesis_units is not None:
         genesis = community_genesis(community, args.genesis_units, args.block_ms)

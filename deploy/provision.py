@@ -3,13 +3,16 @@
 Additive and idempotent so an operator can re-run it to grow a community: keys are never
 overwritten (broker.keys), nothing on disk is removed, a devcert is reissued only when it no
 longer matches the CA or device key or has expired, and the TOML summaries are rewritten from
-the keys on disk.
+the keys on disk and the market choices recorded in community.toml (each meter's energy
+source, the interval), which a re-run keeps unless it is given new ones.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,9 +21,18 @@ from nacl.signing import SigningKey
 
 from broker.keys import fsync_dir, public_hex, secret_dir, write_new_key, write_public
 from deploy.bus import ensure_bus
-from ledger.genesis import Genesis
+from ledger.genesis import (
+    DEFAULT_INTERVAL_S,
+    GENESIS_FILE,
+    NO_SOURCE,
+    Genesis,
+    MarketTerms,
+    MeterEntry,
+    default_reveal_s,
+    read_genesis,
+)
 from ledger.validator import secret_validator_dir
-from wire.messages import DevCert, open_message
+from wire.messages import SELL_SOURCES, DevCert, open_message
 from wire.reasons import Reject
 
 DAY_MS = 86_400_000
@@ -33,16 +45,20 @@ METERS = range(1, 10_000)
 ACCOUNTS = range(0, 10_000)
 VALIDATORS = range(1, 10_000)
 VALID_DAYS = range(1, 36_501)
+INTERVAL_S = range(1, 86_401)
+NO_SOURCE_WORD = "none"  # --source METER=none: the meter no longer sells
+COMMUNITY_NAME = "community.toml"
 
 _COMMUNITY_HEADER = """\
 # An spb-energy community, written by `spb-deploy provision` from the keys on disk.
 # Public keys only, no secrets: safe to hand to validators and operators.
-# Regenerated on every run, so edits here are lost.
+# Regenerated on every run, so edits here are lost, except [market] and each meter's
+# source, which the next run keeps (change them with --interval-s, --reveal-s, --source).
 
 """
 _METER_HEADER = """\
 # What meter {id} needs besides its secrets (device.key, account.key beside this file).
-# Public keys only; written by `spb-deploy provision`.
+# Public keys and the market's terms; written by `spb-deploy provision`.
 
 """
 
@@ -58,6 +74,7 @@ class Meter:
     account_pk: str | None
     devcert_nbf: int
     devcert_exp: int
+    source: str | None = None  # what it sells on the market (wire.messages.SELL_SOURCES); None: cannot sell
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +93,14 @@ class Validator:
 
 
 @dataclass(frozen=True, slots=True)
+class Market:
+    """The market's terms that provisioning chooses (the rest are ledger.genesis.MarketTerms defaults)."""
+
+    interval_s: int = DEFAULT_INTERVAL_S
+    reveal_s: int = default_reveal_s(DEFAULT_INTERVAL_S)
+
+
+@dataclass(frozen=True, slots=True)
 class Community:
     """What community.toml says, as values; public keys are hex like in the file."""
 
@@ -84,10 +109,20 @@ class Community:
     meters: tuple[Meter, ...]
     accounts: tuple[Account, ...]
     validators: tuple[Validator, ...]
+    market: Market = Market()
 
     @property
     def toml_path(self) -> Path:
-        return self.root / "community.toml"
+        return self.root / COMMUNITY_NAME
+
+    def market_terms(self) -> MarketTerms:
+        """The genesis' market section: every household meter (one with an account), its account and source."""
+        meters = tuple(
+            MeterEntry(m.id, bytes.fromhex(m.account_pk), m.source or NO_SOURCE)
+            for m in self.meters
+            if m.account_pk is not None
+        )
+        return MarketTerms(meters, interval_s=self.market.interval_s, reveal_s=self.market.reveal_s)
 
 
 def meter_id(i: int) -> str:
@@ -108,6 +143,9 @@ def provision(
     new_ca: bool = False,
     monitors: tuple[str, ...] = (),
     broker_hosts: tuple[str, ...] = (),
+    sources: Mapping[str, str] | None = None,
+    interval_s: int | None = None,
+    reveal_s: int | None = None,
 ) -> Community:
     """Make sure the CA, `meters` meters, `accounts` accounts and `validators` validators exist.
 
@@ -115,6 +153,12 @@ def provision(
     counts are kept and described too. New devcerts are valid from `now_ms - CLOCK_SKEW_MS`
     to `now_ms + valid_days`. A missing CA key is replaced only with `new_ca` once devcerts
     exist, since meters flashed with the old CA would no longer trust the new meters.
+
+    The market (docs/PROTOCOL.md §9): `sources` registers what a household meter sells
+    (meter id -> one of wire.messages.SELL_SOURCES, or NO_SOURCE: it can no longer sell);
+    `interval_s` and `reveal_s` are the market's interval and sealed-bid reveal window.
+    What is not given is kept from community.toml (a meter not named keeps its source, none
+    at first; reveal_s follows a new interval_s unless given).
 
     The bus's certificates and broker configs follow (deploy.bus): `monitors` names
     read-only monitoring users to add, `broker_hosts` the names the main broker is reached by.
@@ -139,7 +183,8 @@ def provision(
             "or pass --new-ca to make a new CA and reissue every devcert "
             "(every meter must then be reflashed)"
         )
-    ca = write_new_key(secret_dir(ca_key.parent) / ca_key.name)
+    recorded_market, recorded_sources = _recorded(root / COMMUNITY_NAME)
+    market = _market(recorded_market, interval_s, reveal_s)
     n_meters = max([meters, *_on_disk(root / "meters", "m[0-9][0-9][0-9][0-9]", "device.key")])
     n_accounts = max(
         [
@@ -149,16 +194,20 @@ def provision(
         ]
     )
     n_validators = max([validators, *(i + 1 for i in _on_disk(root / "validators", "v[0-9]*", "validator.key"))])
+    source_of = _sources({**recorded_sources, **(sources or {})}, n_meters, n_accounts)
+    _same_as_the_chain(root, market, source_of)
 
+    ca = write_new_key(secret_dir(ca_key.parent) / ca_key.name)
     validity = (now_ms - CLOCK_SKEW_MS, now_ms + valid_days * DAY_MS)
     validator_list = [_validator(root, i) for i in range(n_validators)]
     meter_list = [
-        _meter(root, i, ca, i <= n_accounts, now_ms, validity, validator_list) for i in range(1, n_meters + 1)
+        _meter(root, i, ca, i <= n_accounts, now_ms, validity, validator_list, source_of.get(meter_id(i)), market)
+        for i in range(1, n_meters + 1)
     ]
     account_list = [Account(account_id(i), m.account_pk, m.id) for i, m in enumerate(meter_list, 1) if m.account_pk]
     account_list += [_loose_account(root, i) for i in range(n_meters + 1, n_accounts + 1)]
 
-    community = Community(root, public_hex(ca), tuple(meter_list), tuple(account_list), tuple(validator_list))
+    community = Community(root, public_hex(ca), tuple(meter_list), tuple(account_list), tuple(validator_list), market)
     write_public(community.toml_path, _community_toml(community))
     ensure_bus(
         root, [m.id for m in meter_list], [v.index for v in validator_list], now_ms, valid_days, monitors, broker_hosts
@@ -167,7 +216,9 @@ def provision(
 
 
 def community_genesis(community: Community, units: int, block_ms: int) -> Genesis:
-    """The ledger genesis of a community: its CA, every account with `units`, its validators.
+    """The ledger genesis of a community: its CA, every account with `units`, its validators,
+    and the market section (every household meter with its account and source), which also
+    turns on proof of delivery: every trade settles only against export its seller's meter proved.
 
     Written beside community.toml, it makes the community dir a ledger dir as well
     (validators/vI/validator.key is where `spb-ledger run` looks for validator I's key).
@@ -177,7 +228,70 @@ def community_genesis(community: Community, units: int, block_ms: int) -> Genesi
         {bytes.fromhex(a.pk): units for a in community.accounts},
         [bytes.fromhex(v.pk) for v in community.validators],
         block_ms,
+        community.market_terms(),
     )
+
+
+def _recorded(path: Path) -> tuple[Market | None, dict[str, str]]:
+    """The market and the meters' sources an earlier run recorded in community.toml (none before the first)."""
+    try:
+        doc = tomllib.loads(path.read_text())
+        rows = doc.get("market")
+        market = None if rows is None else Market(int(rows["interval_s"]), int(rows["reveal_s"]))
+        return market, {str(m["id"]): str(m["source"]) for m in doc.get("meters", []) if "source" in m}
+    except FileNotFoundError:
+        return None, {}
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ProvisionError(f"{path}: cannot read the recorded market and sources ({exc}); fix or remove it") from None
+
+
+def _market(recorded: Market | None, interval_s: int | None, reveal_s: int | None) -> Market:
+    """The terms given, else the recorded ones; a new interval without a reveal window gets its default."""
+    interval = interval_s if interval_s is not None else recorded.interval_s if recorded else DEFAULT_INTERVAL_S
+    if reveal_s is None:
+        reveal_s = recorded.reveal_s if recorded and recorded.interval_s == interval else default_reveal_s(interval)
+    if interval not in INTERVAL_S:
+        raise ValueError(f"interval_s must be in {INTERVAL_S.start}..{INTERVAL_S.stop - 1}, not {interval}")
+    MarketTerms(interval_s=interval, reveal_s=reveal_s)  # GenesisError (a ValueError) unless the genesis takes them
+    return Market(interval, reveal_s)
+
+
+def _same_as_the_chain(root: Path, market: Market, source_of: dict[str, str]) -> None:
+    """Refuse market terms or sources that differ from the genesis already in DIR.
+
+    A chain's genesis never changes: a meter told it sells wind while the genesis registers it
+    without a source would have every ask refused (`not-source`).
+    """
+    if not (root / GENESIS_FILE).exists():
+        return
+    terms = read_genesis(root).market
+    if terms is None:  # a v1 chain: no market to disagree with
+        return
+    if (terms.interval_s, terms.reveal_s) != (market.interval_s, market.reveal_s):
+        raise ProvisionError(
+            f"{root / GENESIS_FILE} fixes interval_s {terms.interval_s} and reveal_s {terms.reveal_s}; "
+            "a chain's genesis never changes"
+        )
+    for entry in terms.meters:
+        if source_of.get(entry.meter, NO_SOURCE) != entry.source:
+            raise ProvisionError(
+                f"{root / GENESIS_FILE} registers {entry.meter} with source {entry.source or NO_SOURCE_WORD}; "
+                "a chain's genesis never changes"
+            )
+
+
+def _sources(sources: dict[str, str], n_meters: int, n_accounts: int) -> dict[str, str]:
+    """Each meter's source, checked to name a household meter: only a meter with an account can sell."""
+    households = {meter_id(i) for i in range(1, min(n_meters, n_accounts) + 1)}
+    for meter, source in sources.items():
+        if source != NO_SOURCE and source not in SELL_SOURCES:
+            raise ValueError(
+                f"{meter}: a source is one of {', '.join(SELL_SOURCES)} or {NO_SOURCE_WORD}, not {source!r}"
+            )
+        if meter not in households:
+            why = "no such meter" if meter not in {meter_id(i) for i in range(1, n_meters + 1)} else "it has no account"
+            raise ProvisionError(f"{meter} cannot be given a source: {why} (--meters, --accounts)")
+    return {meter: source for meter, source in sources.items() if source != NO_SOURCE}
 
 
 def _meter(
@@ -188,9 +302,12 @@ def _meter(
     now_ms: int,
     validity: tuple[int, int],
     validators: list[Validator],
+    source: str | None,
+    market: Market,
 ) -> Meter:
-    """One meter's state dir, self-contained so it can be flashed later: its keys, and the
-    CA and validator keys it checks births, CoEs and ledger statuses against."""
+    """One meter's state dir, self-contained so it can be flashed later: its keys, the CA and
+    validator keys it checks births, CoEs and ledger statuses against, and the market's terms
+    it times its export records and orders by (its source: what its asks may offer)."""
     mid = meter_id(i)
     home = secret_dir(secret_dir(root / "meters") / mid)
     device = write_new_key(home / "device.key")
@@ -205,9 +322,12 @@ def _meter(
         "device_pk": public_hex(device),
         "account_pk": account_pk,
         "validators": [v.pk for v in validators],
+        "source": source,
+        "interval_s": market.interval_s,
+        "reveal_s": market.reveal_s,
     }
     write_public(home / "meter.toml", _METER_HEADER.format(id=mid) + tomli_w.dumps(_without_none(meter)))
-    return Meter(mid, public_hex(device), account_pk, cert.nbf, cert.exp)
+    return Meter(mid, public_hex(device), account_pk, cert.nbf, cert.exp, source)
 
 
 def _devcert(
@@ -277,7 +397,7 @@ def _community_toml(c: Community) -> str:
 
     An empty list leaves its key out.
     """
-    parts = [_COMMUNITY_HEADER, tomli_w.dumps({"ca": {"pk": c.ca_pk}})]
+    parts = [_COMMUNITY_HEADER, tomli_w.dumps({"ca": {"pk": c.ca_pk}, "market": asdict(c.market)})]
     for name, rows in (("meters", c.meters), ("accounts", c.accounts), ("validators", c.validators)):
         parts += [f"\n[[{name}]]\n{tomli_w.dumps(_without_none(asdict(row)))}" for row in rows]
     return "".join(parts)

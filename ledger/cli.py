@@ -21,12 +21,24 @@ from broker.args import BROKER_HELP, broker_url, hex_bytes, parse_hex
 from broker.clock import wall_ms
 from broker.keys import KeyFileError, public_hex, write_new_key
 from ledger.audit import AuditFailure, audit
-from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, Genesis, GenesisError, read_genesis, write_genesis
+from ledger.genesis import (
+    DEFAULT_BLOCK_MS,
+    DEFAULT_INTERVAL_S,
+    MAX_UNITS,
+    NO_SOURCE,
+    Genesis,
+    GenesisError,
+    MarketTerms,
+    MeterEntry,
+    default_reveal_s,
+    read_genesis,
+    write_genesis,
+)
 from ledger.proof import ProofError, check_proof, make_proof
 from ledger.store import LedgerStore, StoreError
 from ledger.validator import ValidatorIdentity, secret_validator_dir
 from wire.cose import MAX_MESSAGE
-from wire.messages import BODY_TYPES, Ctp, CtpState, open_message
+from wire.messages import BODY_TYPES, SELL_SOURCES, Ctp, CtpState, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -98,16 +110,42 @@ def _account_arg(text: str) -> tuple[bytes, int]:
 _ctp_id_arg = hex_bytes(16, "16-byte CTP id")
 
 
+def _meter_arg(text: str) -> MeterEntry:
+    """ID=HEX[:SOURCE] for init --meter: a household meter, its account key and what it sells."""
+    meter, sep, rest = text.partition("=")
+    key, _, source = rest.partition(":")
+    try:
+        if not sep or not meter or any(c in meter for c in "/+#\0"):
+            raise ValueError(f"{text[:80]!r} is not ID=HEX[:SOURCE]")
+        if source not in (*SELL_SOURCES, NO_SOURCE):
+            raise ValueError(f"{source!r} is not one of {', '.join(SELL_SOURCES)} (no :SOURCE: it cannot sell)")
+        return MeterEntry(meter, hex_key(key), source)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _market_terms(args: argparse.Namespace) -> MarketTerms | None:
+    """The genesis' market section if any market option was given, else None: a v1 chain."""
+    if not (args.market or args.meter or args.interval_s is not None or args.reveal_s is not None):
+        return None
+    interval_s = DEFAULT_INTERVAL_S if args.interval_s is None else args.interval_s
+    reveal_s = default_reveal_s(interval_s) if args.reveal_s is None else args.reveal_s
+    return MarketTerms(tuple(sorted(args.meter, key=lambda m: m.meter)), interval_s=interval_s, reveal_s=reveal_s)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     accounts = dict(args.account)
     if len(accounts) != len(args.account):
         raise GenesisError("an account is listed twice")
+    market = _market_terms(args)  # GenesisError before any key is written
     args.dir.mkdir(parents=True, exist_ok=True)
     keys = [write_new_key(secret_validator_dir(args.dir, i) / "validator.key") for i in range(args.validators)]
-    genesis = Genesis.build(args.ca, accounts, [bytes(k.verify_key) for k in keys], args.block_ms)
+    genesis = Genesis.build(args.ca, accounts, [bytes(k.verify_key) for k in keys], args.block_ms, market)
     written = write_genesis(args.dir, genesis)
     print(f"genesis    {genesis.hash.hex()} ({'written' if written else 'unchanged'})")
     print(f"accounts   {len(genesis.accounts)}, {genesis.total} units")
+    if market is not None:
+        print(f"market     interval {market.interval_s} s, reveal {market.reveal_s} s, {len(market.meters)} meter(s)")
     for i, key in enumerate(keys):
         print(f"validator  {i} {public_hex(key)}")
     return 0
@@ -237,6 +275,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BLOCK_MS,
         metavar="MS",
         help=f"shortest time between blocks (default {DEFAULT_BLOCK_MS})",
+    )
+    init.add_argument(
+        "--market",
+        action="store_true",
+        help="a chain with the market and proof of delivery (docs/PROTOCOL.md §9); implied by the options below",
+    )
+    init.add_argument(
+        "--meter",
+        type=_meter_arg,
+        action="append",
+        default=[],
+        metavar="ID=HEX[:SOURCE]",
+        help=f"a household meter: its id, its account's key and what it sells ({', '.join(SELL_SOURCES)}; "
+        "left out: nothing); only listed meters prove export (repeatable)",
+    )
+    init.add_argument(
+        "--interval-s", type=int, metavar="S", help=f"the market's interval (default {DEFAULT_INTERVAL_S})"
+    )
+    init.add_argument(
+        "--reveal-s",
+        type=int,
+        metavar="S",
+        help="the sealed-bid reveal window after a gate, shorter than the interval (default 60, or half the interval)",
     )
     init.set_defaults(run=cmd_init)
 

@@ -28,6 +28,8 @@ class GenesisError(ValueError):
     """A genesis file or argument that cannot start a ledger."""
 
 
+DEFAULT_INTERVAL_S = 300  # SETS's five-minute dispatch interval
+DEFAULT_REVEAL_S = 60
 NO_SOURCE = ""  # a meter registered without a source: it proves export but cannot ask
 
 
@@ -46,10 +48,10 @@ class MarketTerms:
     in intervals: interval k covers block times [k*interval_s*1000, (k+1)*interval_s*1000)."""
 
     meters: tuple[MeterEntry, ...] = ()  # sorted by meter id
-    interval_s: int = 300  # SETS's five-minute dispatch interval
+    interval_s: int = DEFAULT_INTERVAL_S
     ahead: int = 288  # orders for at most this many intervals after the current one
     grace: int = 1  # a fill's trade expires this many intervals after its interval ends
-    reveal_s: int = 60  # sealed bids of interval k are revealed in [gate, gate + reveal_s)
+    reveal_s: int = DEFAULT_REVEAL_S  # sealed bids of interval k are revealed in [gate, gate + reveal_s)
 
     def __post_init__(self) -> None:
         ids = [m.meter for m in self.meters]
@@ -103,6 +105,14 @@ class MarketTerms:
             raise GenesisError("market is a map of meters, interval_s, ahead, grace, reveal_s")
         meters = tuple(MeterEntry(meter, account, source) for meter, account, source in m["meters"])
         return cls(meters, m["interval_s"], m["ahead"], m["grace"], m["reveal_s"])
+
+
+def default_reveal_s(interval_s: int) -> int:
+    """The reveal window for an interval length: 60 s, as long as that leaves half the interval.
+
+    The window must be shorter than the interval (MarketTerms); a demo's 10 s interval gets 5 s.
+    """
+    return min(DEFAULT_REVEAL_S, interval_s // 2)
 
 
 @dataclass(frozen=True, slots=True)
