@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from broker.runtime import Mosquitto, common_settings
+from wire import topics
 
 TLS_PORT = 8883
 SETTINGS_NAME = "broker.toml"
@@ -39,14 +40,17 @@ pattern write spb/v1/meters/%u/birth
 pattern write spb/v1/meters/%u/reading
 pattern read spb/v1/meters/%u/coe/#
 """
-# What every meter shares with the others. coe/resp of other meters is writable because the
-# witness answers on the requester's topic (§7); the CoE inside is signed, so a forged one is
-# only refused by the requester, and a meter still reads only its own answers.
-_METER_SHARED = """\
-topic write spb/v1/tx/ctp
-topic write spb/v1/tx/erc
-topic write spb/v1/tx/cancel
-topic write spb/v1/tx/revoke
+# What every meter shares with the others. Every transaction topic (wire.topics.TX_TYPES, so a
+# new message type cannot be forgotten here): a household's meter sends its CTPs, ERCs, orders
+# and export records, each signed by the key the ledger checks, so a meter gains nothing by
+# sending another's. coe/resp of other meters is writable because the witness answers on the
+# requester's topic (§7); the CoE inside is signed, so a forged one is only refused by the
+# requester, and a meter still reads only its own answers. It reads what the ledger says
+# (statuses, the market's book and results) and the export records, after which a buyer's
+# meter sends an ERC refused as `oversold` again (docs/PROTOCOL.md §9.4).
+_METER_SHARED = (
+    "".join(f"topic write {topic}\n" for topic in topics.TX_TYPES)
+    + f"""\
 topic write spb/v1/meters/+/coe/req
 topic write spb/v1/meters/+/coe/resp
 topic read spb/v1/meters/+/state
@@ -55,13 +59,17 @@ topic read spb/v1/meters/+/reading
 topic read spb/v1/status/#
 topic read spb/v1/rejects
 topic read spb/v1/ledger/#
+topic read {topics.MARKET_ALL}
+topic read {topics.TX_EXPORT}
 """
-_VALIDATOR = """\
+)
+_VALIDATOR = f"""\
 topic read spb/v1/#
 topic write spb/v1/status/#
 topic write spb/v1/rejects
 topic write spb/v1/ledger/#
 topic write spb/v1/consensus/#
+topic write {topics.MARKET_ALL}
 """
 _MONITOR = "topic read spb/v1/#\n"
 # The operator publishes CA-signed revocations (docs/decisions/0004-revocation.md) and reads.

@@ -30,6 +30,7 @@ from deploy.provision import community_genesis, provision
 from ledger.genesis import write_genesis
 from tests.support.bus import REPO, Inbox, child_env, connected, read_line, wait_for
 from tests.support.ledger import RunningLedger, wait_online
+from wire import topics
 from wire.messages import open_message
 
 CONNACK_OK = b"\x20\x02\x00\x00"
@@ -122,11 +123,13 @@ def test_a_meter_speaks_only_for_itself(bus):
         "spb/v1/meters/m0001/coe/other",
         "spb/v1/other",
         "spb/v1/tx/other",
+        "spb/v1/market/7/result",
+        f"spb/v1/market/7/order/{'ab' * 16}",
     ]
     publish_all(a, forged)
     allowed = [
         "spb/v1/meters/m0001/reading",
-        "spb/v1/tx/ctp",
+        *topics.TX_TYPES,  # ctp, erc, cancel, revoke and the market's ask ... export
         "spb/v1/meters/m0002/coe/req",
         "spb/v1/meters/m0002/coe/resp",
     ]
@@ -146,10 +149,33 @@ def test_a_meter_reads_its_own_coe_answers_and_not_anothers(bus):
     assert wait_for(lambda: b.inbox.payloads()) == [b"for m0002"]  # the requester does get it
 
 
+def test_a_meter_reads_the_market_and_export_records_but_not_others_orders(bus):
+    """The book and results are public (§9.5); export records tell a buyer's meter when to
+    send an `oversold` ERC again (§9.4); other households' orders reach only the ledger."""
+    reader = bus("meters/m0001", ("spb/v1/#",))
+    seller, v0 = bus("meters/m0002"), bus("validators/v0")
+    publish_all(seller, ["spb/v1/tx/ask", "spb/v1/tx/bid", "spb/v1/tx/ctp"], b"not for m0001")
+    publish_all(seller, ["spb/v1/tx/export"], b"export")
+    publish_all(v0, [f"spb/v1/market/7/order/{'ab' * 16}", "spb/v1/market/7/result"], b"market")
+    assert sentinel(reader, seller, "spb/v1/meters/m0002/state") == [
+        ("spb/v1/tx/export", b"export"),
+        (f"spb/v1/market/7/order/{'ab' * 16}", b"market"),
+        ("spb/v1/market/7/result", b"market"),
+        ("spb/v1/meters/m0002/state", b"sentinel"),
+    ]
+
+
 def test_only_validators_write_ledger_topics(bus):
     watcher = bus("monitoring/monitor", ("spb/v1/#",))
     v0 = bus("validators/v0")
-    ledger_topics = [f"spb/v1/status/{'cd' * 16}", "spb/v1/rejects", "spb/v1/ledger/blocks", "spb/v1/consensus/commit"]
+    ledger_topics = [
+        f"spb/v1/status/{'cd' * 16}",
+        "spb/v1/rejects",
+        "spb/v1/ledger/blocks",
+        "spb/v1/consensus/commit",
+        f"spb/v1/market/7/order/{'cd' * 16}",
+        "spb/v1/market/7/result",
+    ]
     publish_all(v0, ["spb/v1/meters/v0/state", "spb/v1/meters/m0001/state", "spb/v1/tx/ctp"])
     publish_all(v0, ledger_topics, b"fine")
     assert sentinel(watcher, v0, "spb/v1/ledger/state") == [
@@ -164,7 +190,10 @@ def test_monitoring_reads_everything_and_writes_nothing(bus):
     everywhere = [
         "spb/v1/tx/ctp",
         "spb/v1/tx/revoke",
+        "spb/v1/tx/bid",
+        "spb/v1/tx/export",
         f"spb/v1/status/{'ef' * 16}",
+        "spb/v1/market/7/result",
         "spb/v1/rejects",
         "spb/v1/ledger/state",
         "spb/v1/consensus/x",
