@@ -1,18 +1,21 @@
 """`spb-deploy demo`: a whole community on one machine.
 
-Provisions three meters (a producer and two consumers) with a ledger genesis, starts a
-broker, the ledger and the three meters as real processes with emulated MCP3008s, and has
-the consumers buy the producer's energy with `spb-meter ctp` (deploy.market). Each meter's
-Sense HAT is drawn in the terminal, with a live line of balances from the ledger. The bus
-is watched like an operator's monitor would: every birth, reading, status and block is
-verified. Exits 0 only if every trade ended as planned (one is more than can be delivered
-before it expires, so it is refunded), the meters verified each other and went offline
-cleanly, and the ledger's chain passes its audit.
+Provisions three meters (a solar producer and two consumers) with a ledger genesis whose
+market has short intervals, starts a broker, the ledger and the three meters as real
+processes with emulated MCP3008s, and has the consumers buy the producer's energy with
+`spb-meter ctp`, then on the market: the producer asks and both consumers bid for one
+interval (deploy.market). Each meter's Sense HAT is drawn in the terminal, with a live line
+of balances from the ledger. The bus is watched like an operator's monitor would: every
+birth, reading, export record, status, order, clearing result and block is verified. Exits
+0 only if every trade ended as planned (one is more than can be delivered before it expires,
+so it is refunded), the interval cleared with fills that settled, the meters verified each
+other and went offline cleanly, and the ledger's chain passes its audit.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import subprocess
 import sys
@@ -31,7 +34,7 @@ from broker.client import BusClient
 from broker.clock import wall_ms
 from broker.runtime import Broker, find_mosquitto, free_port, start_broker, wait_or_kill
 from broker.secure import start_secure
-from deploy.market import LedgerWatch, Outcome, orders, trade
+from deploy.market import LedgerWatch, MarketOrder, MarketOutcome, Outcome, describe, market, orders, session, trade
 from deploy.provision import Community, community_genesis, provision
 from edge.peers import PeerTable
 from ledger.audit import AuditFailure, audit
@@ -46,6 +49,15 @@ from wire.verify import Verifier
 # (meter id, role, emulated power profile in W: + import, - export). 3600 W is 1 Wh a second.
 METERS = (("m0001", "producer", "-4000"), ("m0002", "consumer", "3600"), ("m0003", "consumer", "3600"))
 WH_PER_S = 1
+SOURCES = {"m0001": "solar"}  # what the producer sells on the market
+# The producer exports 11 Wh in a 10 s interval and asks 10 of them; one bid wants green
+# energy and pays more, so both products clear: green at 3 (6 Wh), open at 2 (the other 4 Wh).
+MARKET = (
+    MarketOrder("m0001", "ask", 10, 2),
+    MarketOrder("m0002", "bid", 6, 4, green=True),
+    MarketOrder("m0003", "bid", 6, 3),
+)
+INTERVAL_S = range(10, 61)  # shorter: less export than the ask; longer: the run outlasts --seconds
 OPENING_UNITS = 1_000  # each household's balance in the genesis
 
 
@@ -122,8 +134,8 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seconds",
         type=float,
-        default=120.0,
-        help="the longest the community runs; it stops earlier once every trade ended (default 120)",
+        default=180.0,
+        help="the longest the community runs; it stops earlier once every trade ended (default 180)",
     )
     p.add_argument(
         "--trades",
@@ -148,6 +160,14 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
         help="ledger validators, each its own process, reaching BFT consensus over the bus (default 4)",
     )
     p.add_argument("--reading-s", type=float, default=2.0, help="seconds between readings (default 2)")
+    p.add_argument(
+        "--interval-s",
+        type=int,
+        choices=INTERVAL_S,
+        default=10,
+        metavar="S",
+        help=f"the market's interval in the genesis, {INTERVAL_S.start}..{INTERVAL_S.stop - 1} (default 10)",
+    )
     p.add_argument("--headless", action="store_true", help="no live Sense HAT panel: just the log and the verdict")
     p.add_argument(
         "--embedded",
@@ -168,11 +188,20 @@ def run_demo(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     console = Console(highlight=False)
-    community = provision(args.dir, meters=len(METERS), accounts=None, validators=args.validators, now_ms=wall_ms())
+    community = provision(
+        args.dir,
+        meters=len(METERS),
+        accounts=None,
+        validators=args.validators,
+        now_ms=wall_ms(),
+        sources=SOURCES,
+        interval_s=args.interval_s,
+    )
     write_genesis(args.dir, community_genesis(community, OPENING_UNITS, block_ms=200))
     port = args.port or free_port()
     broker, url = _start_broker(community.root, port, args.embedded)
     outcomes: list[Outcome] = []
+    traded = MarketOutcome()
     try:
         console.print(
             f"[bold]community[/] {community.root} ({len(community.meters)} meters)   "
@@ -183,20 +212,28 @@ def run_demo(args: argparse.Namespace) -> int:
         watch = LedgerWatch(console, Verifier(cas=ca, validators=validators))
         watcher = BusClient("127.0.0.1", port, client_id="demo-monitor", clean_session=True)
         watcher.subscribe(topics.METERS_ALL, monitor.on_message)
-        for topic in (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE_ALL, topics.LEDGER_BLOCKS):
+        for topic in (
+            topics.STATUS_ALL,
+            topics.REJECTS,
+            topics.LEDGER_STATE_ALL,
+            topics.LEDGER_BLOCKS,
+            topics.MARKET_ALL,
+            topics.TX_EXPORT,
+        ):
             watcher.subscribe(topic, watch.on_message)
         watcher.connect()
         try:
             if not watcher.wait_connected(timeout=10):  # subscribed before any meter speaks
                 console.print("[bold red]demo failed[/]: the monitor could not subscribe")
                 return 1
-            codes = _run_community(args, community, url, monitor, watch, stop, outcomes)
+            codes = _run_community(args, community, url, monitor, watch, stop, outcomes, traded)
             monitor.all_offline.wait(timeout=10)
         finally:
             watcher.close()
     finally:
         broker.stop()
-    return _summary(console, monitor, watch, codes, outcomes, args.trades, _audit(args.dir, args.validators))
+    audited = _audit(args.dir, args.validators)
+    return _summary(console, monitor, watch, codes, outcomes, traded, args.trades, audited)
 
 
 def _start_broker(root: Path, port: int, embedded: bool) -> tuple[Broker, str]:
@@ -220,6 +257,7 @@ def _run_community(
     watch: LedgerWatch,
     stop: threading.Event,
     outcomes: list[Outcome],
+    traded: MarketOutcome,
 ) -> list[int]:
     """Run meters and ledger until the trades ended, args.seconds passed, or SIGINT/SIGTERM;
     their exit codes, meters first."""
@@ -256,14 +294,20 @@ def _run_community(
                 _start(["ledger.cli", "run", str(root), "--broker", url, "--validator", str(i)], f"v{i}", monitor)
             )
         producer = next(m for m in community.meters if m.id == METERS[0][0])
+        assert producer.account_pk is not None, "every demo meter has a household account"
         plan = orders(args.trades, tuple(m for m, role, _ in METERS if role == "consumer"), WH_PER_S)
-        traded = threading.Event()
-        threading.Thread(
-            target=trade,
-            args=(root, plan, producer.account_pk, watch, monitor.console, 60, outcomes, traded),
-            daemon=True,
-        ).start()
-        _watch_until(args, community, traded, stop)
+        console = monitor.console
+        direct = functools.partial(trade, root, plan, producer.account_pk, watch, console, 60, outcomes)
+        seller = bytes.fromhex(producer.account_pk)
+
+        def on_market() -> None:
+            """After the direct trades ended: their CTPs are not the market's fills."""
+            ctps = {bytes.fromhex(o.ctp) for o in outcomes if o.ctp}
+            market(root, MARKET, seller, community.market.interval_s, watch, console, traded, ctps)
+
+        done = threading.Event()
+        threading.Thread(target=session, args=(direct, on_market, done), daemon=True).start()
+        _watch_until(args, community, done, stop)
     finally:
         for proc, _ in procs:
             proc.send_signal(signal.SIGTERM)
@@ -368,6 +412,7 @@ def _summary(
     watch: LedgerWatch,
     codes: list[int],
     outcomes: list[Outcome],
+    traded: MarketOutcome,
     planned_trades: int,
     audited: str,
 ) -> int:
@@ -397,11 +442,14 @@ def _summary(
     console.print(trades)
     settled = sum(o.state == CtpState.SETTLED for o in outcomes)
     refunded = sum(o.state == CtpState.REFUNDED for o in outcomes)
+    cleared = "not cleared" if traded.result is None else f"cleared: {describe(traded.result)}"
+    fills = ", ".join(f"{t.hex()[:12]}… {state}" for t, state in traded.fills.items()) or "none"
+    console.print(f"market: interval #{traded.k} {cleared}; fill trades: {fills}")
     console.print(
         f"ledger: {settled} settled, {refunded} refunded, {watch.blocks} blocks, {watch.rejects} rejects, "
-        f"state {watch.ledger}; audit {audited}"
+        f"{watch.oversold} oversold (sent again), state {watch.ledger}; audit {audited}"
     )
-    planned = len(outcomes) == planned_trades and all(o.ok for o in outcomes)
+    planned = len(outcomes) == planned_trades and all(o.ok for o in outcomes) and traded.ok
     ok = ok and planned and watch.all_offline(len(codes) - len(METERS)) and audited.startswith("ok")
     console.print("[bold green]demo ok[/]" if ok else f"[bold red]demo failed[/] (exit codes {codes})")
     return 0 if ok else 1

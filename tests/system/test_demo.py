@@ -1,4 +1,5 @@
-"""`spb-deploy demo`: a three-meter community trading on this machine, end to end, with either broker."""
+"""`spb-deploy demo`: a three-meter community trading on this machine, end to end, with either broker:
+direct CTPs, then one market interval, every trade settled against the producer's proved export."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def run_demo(community, *args: str, trades: int = 2) -> tuple[subprocess.Complet
             "--dir",
             str(community),
             "--seconds",
-            "90",
+            "240",
             "--trades",
             str(trades),
             "--reading-s",
@@ -36,7 +37,7 @@ def run_demo(community, *args: str, trades: int = 2) -> tuple[subprocess.Complet
         env={**child_env(), "COLUMNS": "200"},
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=360,
     )
     return result, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
@@ -45,8 +46,10 @@ def run_demo(community, *args: str, trades: int = 2) -> tuple[subprocess.Complet
 def test_demo_trades_as_planned_and_exits_0(tmp_path, broker_args, trades):
     """The meters come online, verify each other, fetch CoEs from each other, and the consumers'
     trades end as planned: all settled by the meters' own ERCs but the last, which asks for
-    more than can arrive before it expires and is refunded. Every validator's chain passes
-    its audit, and they end at one head."""
+    more than can arrive before it expires and is refunded. The producer's meter proves its
+    export interval by interval; then it asks and both consumers bid for one interval, which
+    clears both products as deploy/demo.py's MARKET plans, and the fills settle too. Every
+    validator's chain passes its audit, and they end at one head."""
     community = tmp_path / "demo"
     result, report = run_demo(community, *broker_args, trades=trades)
     out = result.stdout
@@ -57,10 +60,14 @@ def test_demo_trades_as_planned_and_exits_0(tmp_path, broker_args, trades):
     assert "rejected" not in out, report
     assert (community / "community.toml").is_file()
     # four validators by default: each says offline at the one head every audit agrees on
+    market = re.search(
+        r"market: interval #\d+ cleared: green 3 × 6 Wh, open 2 × 4 Wh, 2 fill\(s\); fill trades: (.*)", out
+    )
+    assert market and re.fullmatch(r"\w+… settled, \w+… settled", market.group(1)), report
     summary = re.search(
-        rf"ledger: {trades - 1} settled, 1 refunded, \d+ blocks, 0 rejects, "
+        rf"ledger: {trades - 1} settled, 1 refunded, \d+ blocks, 0 rejects, \d+ oversold \(sent again\), "
         rf"state v0 offline (\d+), v1 offline (\d+), v2 offline (\d+), v3 offline (\d+); "
-        rf"audit ok on 4 validator\(s\), one head: height (\d+), {trades - 1} trades",
+        rf"audit ok on 4 validator\(s\), one head: height (\d+), {trades - 1 + 2} trades",
         out,
     )
     assert summary and len(set(summary.groups())) == 1, report
@@ -68,6 +75,8 @@ def test_demo_trades_as_planned_and_exits_0(tmp_path, broker_args, trades):
     assert len(ended) == trades and all(expected == got for _, expected, got in ended), report
     assert re.search(r"◆ ledger\s+status\s+CTP \w+… settled in block #\d+\s+validator signature ✓", out), report
     assert re.search(r"m000[23] confirms \d+ Wh for CTP \w+: ERC", out), report
+    assert re.search(r"◆ export\s+m0001 proves \d+ Wh exported in #\d+", out), report
+    assert re.search(r"◆ market\s+#\d+ bid\s+\w+… 6 Wh at 4: filled, 6 Wh filled", out), report
     for meter in METERS:
         assert re.search(rf"★ {meter}\s+birth\s+fw \S+, boot 1;", out), report
         seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", out, re.M)]
