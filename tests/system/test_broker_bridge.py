@@ -28,7 +28,8 @@ def test_a_trade_settles_across_two_bridged_brokers(tmp_path, procs, make_client
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed: apt-get install mosquitto", pytrace=False)
     root = tmp_path / "community"
-    community = provision(root, meters=3, accounts=None, validators=1, now_ms=wall_ms() - 60_000)
+    # 5 s market intervals: the trade settles once the producer proved its export (§9.4).
+    community = provision(root, meters=3, accounts=None, validators=1, now_ms=wall_ms() - 60_000, interval_s=5)
     write_genesis(root, community_genesis(community, 1_000, block_ms=200))
     main_port, east_port = free_port(), free_port()
     assert (
