@@ -99,6 +99,10 @@ class Market:
     interval_s: int = DEFAULT_INTERVAL_S
     reveal_s: int = default_reveal_s(DEFAULT_INTERVAL_S)
 
+    def terms(self, meters: tuple[MeterEntry, ...] = ()) -> MarketTerms:
+        """These choices with the genesis' defaults for the rest; GenesisError if it cannot take them."""
+        return MarketTerms(meters, interval_s=self.interval_s, reveal_s=self.reveal_s)
+
 
 @dataclass(frozen=True, slots=True)
 class Community:
@@ -122,7 +126,7 @@ class Community:
             for m in self.meters
             if m.account_pk is not None
         )
-        return MarketTerms(meters, interval_s=self.market.interval_s, reveal_s=self.market.reveal_s)
+        return self.market.terms(meters)
 
 
 def meter_id(i: int) -> str:
@@ -252,8 +256,9 @@ def _market(recorded: Market | None, interval_s: int | None, reveal_s: int | Non
         reveal_s = recorded.reveal_s if recorded and recorded.interval_s == interval else default_reveal_s(interval)
     if interval not in INTERVAL_S:
         raise ValueError(f"interval_s must be in {INTERVAL_S.start}..{INTERVAL_S.stop - 1}, not {interval}")
-    MarketTerms(interval_s=interval, reveal_s=reveal_s)  # GenesisError (a ValueError) unless the genesis takes them
-    return Market(interval, reveal_s)
+    market = Market(interval, reveal_s)
+    market.terms()  # GenesisError (a ValueError) unless the genesis takes them
+    return market
 
 
 def _same_as_the_chain(root: Path, market: Market, source_of: dict[str, str]) -> None:
@@ -306,9 +311,11 @@ def _meter(
     market: Market,
 ) -> Meter:
     """One meter's state dir, self-contained so it can be flashed later: its keys, the CA and
-    validator keys it checks births, CoEs and ledger statuses against, and the market's terms
-    it times its export records and orders by (its source: what its asks may offer)."""
+    validator keys it checks births, CoEs and ledger statuses against, and in `[market]` the
+    genesis' terms it times its export records and orders by and its source (what its asks
+    may offer; left out: none), which edge.config reads."""
     mid = meter_id(i)
+    terms = market.terms()
     home = secret_dir(secret_dir(root / "meters") / mid)
     device = write_new_key(home / "device.key")
     account_pk = None
@@ -322,9 +329,9 @@ def _meter(
         "device_pk": public_hex(device),
         "account_pk": account_pk,
         "validators": [v.pk for v in validators],
-        "source": source,
-        "interval_s": market.interval_s,
-        "reveal_s": market.reveal_s,
+        "market": _without_none(
+            {"interval_s": terms.interval_s, "reveal_s": terms.reveal_s, "grace": terms.grace, "source": source}
+        ),
     }
     write_public(home / "meter.toml", _METER_HEADER.format(id=mid) + tomli_w.dumps(_without_none(meter)))
     return Meter(mid, public_hex(device), account_pk, cert.nbf, cert.exp, source)

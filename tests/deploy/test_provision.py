@@ -141,8 +141,7 @@ def test_community_toml_matches_keys_on_disk(tmp_path):
             "device_pk": m["device_pk"],
             "account_pk": m["account_pk"],
             "validators": [v["pk"] for v in doc["validators"]],
-            "interval_s": 300,  # the market's defaults (test_market_terms.py)
-            "reveal_s": 60,
+            "market": {"interval_s": 300, "reveal_s": 60, "grace": 1},  # the defaults (test_provision_market.py)
         }
     assert doc["accounts"] == [
         {"id": "a0001", "pk": _pk(tmp_path / "meters/m0001/account.key"), "meter": "m0001"},

@@ -54,9 +54,9 @@ def test_sources_and_terms_are_recorded_in_community_toml_and_each_meter_toml(tm
     doc = _toml(community.toml_path)
     assert doc["market"] == {"interval_s": 60, "reveal_s": 20}
     assert [m.get("source") for m in doc["meters"]] == [None, "wind", None]
-    for meter, source in (("m0001", None), ("m0002", "wind")):
+    for meter, source in (("m0001", {}), ("m0002", {"source": "wind"})):
         config = _toml(tmp_path / "meters" / meter / "meter.toml")
-        assert (config.get("source"), config["interval_s"], config["reveal_s"]) == (source, 60, 20)
+        assert config["market"] == {"interval_s": 60, "reveal_s": 20, "grace": 1, **source}
 
 
 def test_a_rerun_keeps_what_it_is_not_told_and_changes_what_it_is(tmp_path):
