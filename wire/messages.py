@@ -445,6 +445,27 @@ class Cleared(Body):
     h: int = _req(_uint)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FillDocument(Body):
+    """What a market fill's trade record carries in place of a payer-signed CTP (§9.3):
+    unsigned, because every replica derives the same bytes from the ordered inputs. Not in
+    BODY_TYPES: no one sends it, so no topic or verifier may accept one (wire.market.open_fill
+    reads it back)."""
+
+    typ: ClassVar[str] = "fill"
+    id: bytes = _req(_BSTR16)
+    k: int = _req(_uint)
+    bid: bytes = _req(_BSTR32)
+    ask: bytes = _req(_BSTR32)
+    payer: bytes = _req(_BSTR32)
+    payee: bytes = _req(_BSTR32)
+    wh: int = _req(_positive)
+    amount: int = _req(_uint)
+    exp: int = _req(_uint)
+    meter: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     cls.typ: cls
     for cls in (
