@@ -110,8 +110,10 @@ def _one_of(values) -> Check:
 
 
 def _product(x: object) -> bool:
-    """[clearing price or null, Wh filled]: one product of a `cleared` result."""
-    return type(x) is list and len(x) == 2 and (x[0] is None or _uint(x[0])) and _uint(x[1])
+    """[clearing price or null, Wh filled]: one product of a `cleared` result. The price is
+    null exactly when nothing filled (every fill has Wh > 0 and sets the price), so
+    [null, 5] or [13, 0] is no result any clearing gives."""
+    return type(x) is list and len(x) == 2 and _uint(x[1]) and (x[0] is None if x[1] == 0 else _uint(x[0]))
 
 
 def _req(check: Check):
