@@ -97,6 +97,22 @@ def expected_type(topic: str) -> str | None:
     if topic == REJECTS:
         return "reject"
     if topic.startswith(f"{MARKET}/"):
-        return "cleared" if topic.endswith("/result") else "order"
+        return _market_type(topic[len(MARKET) + 1 :].split("/"))
     parsed = parse_meter_topic(topic)
     return METER_TYPES.get(parsed[1]) if parsed else None
+
+
+def _market_type(levels: list[str]) -> str | None:
+    """`cleared` for {k}/result, `order` for {k}/order/{32 hex}, None for anything else under
+    spb/v1/market/: a receiver insists on a typ only where a validator publishes one."""
+    if not (levels[0].isdigit() and levels[0].isascii()):
+        return None
+    if levels[1:] == ["result"]:
+        return "cleared"
+    if len(levels) == 3 and levels[1] == "order" and len(levels[2]) == 32 and _lower_hex(levels[2]):
+        return "order"
+    return None
+
+
+def _lower_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
