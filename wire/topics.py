@@ -71,12 +71,19 @@ def market_order(k: int, order_id: bytes) -> str:
     """Retained `order` status of one order of interval k."""
     if len(order_id) != 16:
         raise ValueError("an order id is 16 bytes")
-    return f"{MARKET}/{k}/order/{order_id.hex()}"
+    return f"{_interval(k)}/order/{order_id.hex()}"
 
 
 def market_result(k: int) -> str:
     """Retained `cleared` result of interval k."""
-    return f"{MARKET}/{k}/result"
+    return f"{_interval(k)}/result"
+
+
+def _interval(k: int) -> str:
+    """spb/v1/market/{k}: an interval is a uint, written in decimal as expected_type reads it."""
+    if type(k) is not int or k < 0:
+        raise ValueError(f"interval {k!r} is not a uint")
+    return f"{MARKET}/{k}"
 
 
 def parse_meter_topic(topic: str) -> tuple[str, str] | None:

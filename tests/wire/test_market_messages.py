@@ -387,6 +387,15 @@ def test_market_order_refuses_ids_that_are_not_16_bytes(order):
         topics.market_order(1, order)
 
 
+@pytest.mark.parametrize("k", [-1, True, "5", 5.0])
+def test_market_topics_refuse_an_interval_that_is_not_a_uint(k):
+    """-1 would publish under spb/v1/market/-1/, which expected_type gives no typ."""
+    with pytest.raises(ValueError):
+        topics.market_result(k)
+    with pytest.raises(ValueError):
+        topics.market_order(k, bytes(16))
+
+
 def test_market_topics_expect_order_and_cleared():
     oid = order_id_of(MARKET["ask_m0002"])
     assert topics.expected_type(topics.market_order(5966668, oid)) == "order"
