@@ -10,43 +10,30 @@ as another implementation would.
 
 from __future__ import annotations
 
-import json
 from hashlib import sha256
-from pathlib import Path
 
 import cbor2
 import pytest
-from nacl.signing import SigningKey
 
 from tests.data.make_vectors_ext import document
-from tests.support.wire import ALICE, BOB, CA, M2, NOW, VECTORS, body_map, pk, reason
+from tests.support.ext import EXT, EXT_PATH, EXT_VALID, EXT_VALIDATOR, SIGNER
+from tests.support.wire import (
+    CA,
+    M2,
+    NOW,
+    VECTORS,
+    body_map,
+    pk,
+    reason,
+)
 from wire.cose import MAX_MESSAGE
 from wire.market import open_fill
 from wire.messages import Rejection, Revoke
 from wire.reasons import BUSY
 from wire.verify import Verifier
 
-PATH = Path(__file__).resolve().parents[1] / "data" / "vectors-ext.json"
-EXT = json.loads(PATH.read_text())
-VALIDATOR = SigningKey(bytes.fromhex(EXT["keys"]["validator_v0"]["seed"]))
-EXT_VALID = {name: bytes.fromhex(h) for name, h in EXT["valid"].items()}
+VALIDATOR = EXT_VALIDATOR
 MARKET = EXT["market"]
-SIGNER = {
-    "reject_busy": VALIDATOR,
-    "revoke_m0002": CA,
-    "ask_m0002": BOB,
-    "bid_green": ALICE,
-    "bid_open": ALICE,
-    "bid_sealed": ALICE,
-    "seal": ALICE,
-    "reveal": ALICE,
-    "withdraw_bid_open": ALICE,
-    "export_m0002": M2,
-    "order_sealed_bid": VALIDATOR,
-    "order_filled_ask": VALIDATOR,
-    "cleared": VALIDATOR,
-    "status_held_fill": VALIDATOR,
-}
 
 
 def ext_verifier() -> Verifier:
@@ -56,7 +43,7 @@ def ext_verifier() -> Verifier:
 def test_the_file_is_exactly_what_its_generator_writes():
     """Byte for byte: regenerate with `python -m tests.data.make_vectors_ext` after a change
     made on purpose; any other difference is a change of the wire bytes."""
-    assert PATH.read_text() == document()
+    assert EXT_PATH.read_text() == document()
 
 
 def test_the_validator_seed_gives_its_published_key():

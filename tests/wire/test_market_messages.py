@@ -12,6 +12,7 @@ import pytest
 from paho.mqtt.client import topic_matches_sub
 
 from tests.data.make_vectors_ext import BUYER_METER, EXPORT_K, NONCE, VALIDATOR, fill_document, market_messages
+from tests.support.ext import SIGNER
 from tests.support.wire import (
     ALICE,
     BOB,
@@ -50,21 +51,6 @@ from wire.verify import Verifier
 
 MARKET = market_messages()
 NEW_TYPS = ("ask", "bid", "seal", "reveal", "withdraw", "export", "order", "cleared")
-# Who signs each vector (§9.2's table; order, cleared and status: a validator).
-SIGNER = {
-    "ask_m0002": BOB,
-    "bid_green": ALICE,
-    "bid_open": ALICE,
-    "bid_sealed": ALICE,
-    "seal": ALICE,
-    "reveal": ALICE,
-    "withdraw_bid_open": ALICE,
-    "export_m0002": M2,
-    "order_sealed_bid": VALIDATOR,
-    "order_filled_ask": VALIDATOR,
-    "cleared": VALIDATOR,
-    "status_held_fill": VALIDATOR,
-}
 # One vector per new typ.
 BY_TYP = {body_map(raw)["typ"]: name for name, raw in reversed(MARKET.items())}
 
