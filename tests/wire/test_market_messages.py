@@ -9,6 +9,8 @@ from hashlib import sha256
 
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.client import topic_matches_sub
 
 from tests.data.make_vectors_ext import BUYER_METER, EXPORT_K, NONCE, VALIDATOR, fill_document, market_messages
@@ -42,6 +44,7 @@ from wire.messages import (
     Order,
     OrderState,
     Reveal,
+    Seal,
     Side,
     Status,
     Withdraw,
@@ -115,6 +118,49 @@ def test_a_cleared_product_with_nothing_filled_is_null_and_zero():
     raw = Cleared(k=1, green=[None, 0], open=[7, 30], fills=1, t=NOW, h=2).sign(VALIDATOR)
     body = verifier().verify(raw, NOW, expect=Cleared).body
     assert (body.green, body.open) == ([None, 0], [7, 30])
+
+
+UINT = st.integers(0, (1 << 64) - 1)
+POSITIVE = st.integers(1, (1 << 64) - 1)
+KEY = st.binary(min_size=32, max_size=32)
+ID = st.binary(min_size=16, max_size=16)
+PRODUCT = st.one_of(st.just([None, 0]), st.lists(POSITIVE, min_size=2, max_size=2).map(lambda p: [p[0] - 1, p[1]]))
+BODIES = st.one_of(
+    st.builds(
+        Ask, seller=KEY, meter=st.text(), wh=POSITIVE, price=UINT, k=UINT, src=st.sampled_from(SELL_SOURCES), t=UINT
+    ),
+    st.builds(Bid, buyer=KEY, wh=POSITIVE, price=UINT, k=UINT, green=st.booleans(), meter=KEY, t=UINT),
+    st.builds(Seal, buyer=KEY, k=UINT, c=KEY, deposit=POSITIVE, t=UINT),
+    st.builds(Reveal, buyer=KEY, seal=ID, bid=st.binary(max_size=300), nonce=KEY, t=UINT),
+    st.builds(Withdraw, by=KEY, order=ID, t=UINT),
+    st.builds(Export, meter=st.text(), cert=st.binary(max_size=300), k=UINT, wh=UINT, total=UINT, t=UINT),
+    st.builds(
+        Order,
+        id=ID,
+        k=UINT,
+        side=st.sampled_from(Side),
+        state=st.sampled_from(OrderState),
+        filled=UINT,
+        t=UINT,
+        h=UINT,
+        wh=st.none() | POSITIVE,
+        price=st.none() | UINT,
+        src=st.none() | st.sampled_from(SELL_SOURCES),
+        green=st.none() | st.booleans(),
+        deposit=st.none() | POSITIVE,
+        msg=st.none() | KEY,
+    ),
+    st.builds(Cleared, k=UINT, green=PRODUCT, open=PRODUCT, fills=UINT, t=UINT, h=UINT),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(BODIES)
+def test_any_market_body_the_classes_build_opens_to_itself(body):
+    """Whatever fits the schema encodes, and the bytes open to an equal body of the same class."""
+    opened = open_message(sign_payload(body.encode(), ALICE))
+    assert type(opened.body) is type(body) and opened.body == body
+    assert opened.body.encode() == body.encode()
 
 
 # -- schema: each new field type -----------------------------------------------------------
