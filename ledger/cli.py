@@ -226,7 +226,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
         if len(raw) > MAX_BOOK:
             raise ValueError(f"the book is over {MAX_BOOK} bytes")
         try:
-            book = json.loads(raw)
+            book = json.loads(raw.decode())  # UTF-8 only, as RFC 8259 wants, not json's guess from the bytes
         except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ValueError(f"not a JSON book: {exc}") from None
         lines = clearing_lines(clear(*book_from_json(book)))
