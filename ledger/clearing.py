@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import TypeVar
 
 GREEN, OPEN = "green", "open"
@@ -146,9 +145,9 @@ def clear(bids: Iterable[BookBid], asks: Iterable[BookAsk]) -> Clearing:
     duplicate id: two orders with one id could not be told apart when the ledger settles.
     """
     bids, asks = sorted(bids, key=bid_priority), sorted(asks, key=ask_priority)
-    repeated = _repeated(chain((b.id for b in bids), (a.id for a in asks)))
-    if repeated is not None:
-        raise ValueError(f"order {repeated.hex()}: the id appears twice in the book")
+    ids = [b.id for b in bids] + [a.id for a in asks]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"order {_repeated(ids).hex()}: the id appears twice in the book")
     left = [ask.wh for ask in asks]  # what each ask (by its place in `asks`) still has to sell
     green, green_fills = _walk(
         GREEN, [b for b in bids if b.green], asks, [i for i, a in enumerate(asks) if a.source in RENEWABLE], left
@@ -164,15 +163,16 @@ def _walk(
     order, each with left[i] > 0 Wh). Takes the filled Wh off `left`; returns the product and
     its fills, priced once the walk has found its last bid and ask."""
     made: list[tuple[bytes, bytes, int]] = []
-    b = p = 0
+    b = p = total = 0
     need = bids[0].wh if bids else 0
     last_bid = last_ask = 0
     while b < len(bids) and p < len(places):
         bid, i = bids[b], places[p]
         if bid.price < asks[i].price:
             break
-        q = min(need, left[i])
+        q = need if need < left[i] else left[i]
         made.append((bid.id, asks[i].id, q))
+        total += q
         need -= q
         left[i] -= q
         last_bid, last_ask = bid.price, asks[i].price
@@ -184,19 +184,17 @@ def _walk(
     if not made:
         return Product(name, None, 0), []
     price = (last_bid + last_ask) // 2
-    return Product(name, price, sum(q for _, _, q in made)), [
-        Fill(name, bid, ask, q, q * price) for bid, ask, q in made
-    ]
+    return Product(name, price, total), [Fill(name, bid, ask, q, q * price) for bid, ask, q in made]
 
 
-def _repeated(ids: Iterable[bytes]) -> bytes | None:
-    """The first id seen twice, or None."""
+def _repeated(ids: list[bytes]) -> bytes:
+    """The first id seen twice in `ids`, which has one (only looked for when it has)."""
     seen: set[bytes] = set()
     for id in ids:
         if id in seen:
             return id
         seen.add(id)
-    return None
+    raise AssertionError("no id is repeated")
 
 
 def book_from_json(obj: object) -> tuple[list[BookBid], list[BookAsk]]:
@@ -212,8 +210,8 @@ def book_from_json(obj: object) -> tuple[list[BookBid], list[BookAsk]]:
     asks = _orders(book, "asks", BookAsk, "source")
     places = [f"bids[{n}]" for n in range(len(bids))] + [f"asks[{n}]" for n in range(len(asks))]
     ids = [b.id for b in bids] + [a.id for a in asks]
-    repeated = _repeated(ids)
-    if repeated is not None:
+    if len(set(ids)) != len(ids):
+        repeated = _repeated(ids)
         first, second = [place for place, id in zip(places, ids, strict=True) if id == repeated][:2]
         raise ValueError(f"{second}: id {repeated.hex()} is also the id of {first}")
     return bids, asks
