@@ -8,27 +8,7 @@ import json
 import pytest
 
 from ledger.cli import main
-
-BOOK = {
-    "bids": [
-        {"id": "02", "wh": 50, "price": 8, "green": False},
-        {"id": "01", "wh": 30, "price": 10, "green": True},
-        {"id": "03", "wh": 40, "price": 5, "green": False},
-    ],
-    "asks": [
-        {"id": "12", "wh": 50, "price": 7, "source": "fossil"},
-        {"id": "10", "wh": 100, "price": 5, "source": "solar"},
-        {"id": "11", "wh": 30, "price": 4, "source": "grid"},
-    ],
-}
-LINES = [
-    "product green price 7 wh 30",
-    "product open price 5 wh 90",
-    "fill green 01 10 30 210",
-    "fill open 02 11 30 150",
-    "fill open 02 10 20 100",
-    "fill open 03 10 40 200",
-]
+from tests.support.clearing import EXAMPLE_BOOK, EXAMPLE_LINES
 
 
 def clear(capsys, monkeypatch, tmp_path, book: bytes, from_stdin: bool = False) -> tuple[int, str, str]:
@@ -44,8 +24,8 @@ def clear(capsys, monkeypatch, tmp_path, book: bytes, from_stdin: bool = False) 
 
 @pytest.mark.parametrize("from_stdin", [False, True])
 def test_clear_prints_the_products_then_the_fills(capsys, monkeypatch, tmp_path, from_stdin):
-    code, out, err = clear(capsys, monkeypatch, tmp_path, json.dumps(BOOK).encode(), from_stdin)
-    assert (code, out.splitlines(), err) == (0, LINES, "")
+    code, out, err = clear(capsys, monkeypatch, tmp_path, json.dumps(EXAMPLE_BOOK).encode(), from_stdin)
+    assert (code, out.splitlines(), err) == (0, EXAMPLE_LINES, "")
 
 
 @pytest.mark.parametrize(
@@ -56,7 +36,7 @@ def test_clear_prints_the_products_then_the_fills(capsys, monkeypatch, tmp_path,
             "bids[0]: bid 01: wh must be an integer > 0, not True",
         ),
         (
-            json.dumps({"bids": BOOK["bids"], "asks": [*BOOK["asks"], {**BOOK["asks"][0], "id": "01"}]}),
+            json.dumps({**EXAMPLE_BOOK, "asks": [*EXAMPLE_BOOK["asks"], {**EXAMPLE_BOOK["asks"][0], "id": "01"}]}),
             "asks[3]: id 01 is also the id of bids[1]",
         ),
         ('{"bids": [], "asks": [', "not a JSON book: Expecting value: line 1 column 23 (char 22)"),

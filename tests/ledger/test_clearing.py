@@ -22,6 +22,7 @@ from ledger.clearing import (
     clear,
     clearing_lines,
 )
+from tests.support.clearing import EXAMPLE_BOOK, EXAMPLE_LINES
 
 
 def _ascending(x: bytes, y: bytes) -> int:
@@ -150,21 +151,8 @@ SOLAR, GRID, FOSSIL = b"\x10", b"\x11", b"\x12"
 
 
 def test_green_leftovers_are_sold_in_the_open_product_at_its_own_price():
-    result = clear(
-        [BookBid(G1, 30, 10, True), BookBid(O1, 50, 8, False), BookBid(O2, 40, 5, False)],
-        [BookAsk(SOLAR, 100, 5, "solar"), BookAsk(GRID, 30, 4, "grid"), BookAsk(FOSSIL, 50, 7, "fossil")],
-    )
-    # green: 01 (10) against the solar 10 (5): 30 Wh at floor(15/2) = 7. open: 02 (8) takes
-    # the grid's 30 at 4 and 20 of the solar's 70 left at 5, 03 (5) the solar's next 40 at 5;
-    # the last pair is 5 and 5. The fossil ask at 7 is never reached: cheaper Wh sufficed.
-    assert clearing_lines(result) == [
-        "product green price 7 wh 30",
-        "product open price 5 wh 90",
-        "fill green 01 10 30 210",
-        "fill open 02 11 30 150",
-        "fill open 02 10 20 100",
-        "fill open 03 10 40 200",
-    ]
+    result = clear(*book_from_json(EXAMPLE_BOOK))  # the arithmetic is in tests/support/clearing.py
+    assert clearing_lines(result) == EXAMPLE_LINES
     assert result.price_of("green") == 7 and result.price_of("open") == 5
     assert [result.filled_wh(i) for i in (G1, O1, O2, SOLAR, GRID, FOSSIL)] == [30, 50, 40, 90, 30, 0]
 
