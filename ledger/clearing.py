@@ -29,7 +29,9 @@ T = TypeVar("T")
 
 
 def _check_order(kind: str, id: object, wh: object, price: object) -> None:
-    """Refuses an order no walk could handle: a fill of 0 Wh, or a price below any ask.
+    """Refuses what the rule has no meaning for: an order of no Wh would make fills of
+    nothing, a negative price would pay a buyer for taking energy, and an empty id would
+    print as nothing in a fill's line.
 
     `type(...) is int` rather than isinstance, because True is an int to Python and a
     `wh: true` in a book is a mistake, not 1 Wh.
