@@ -126,6 +126,8 @@ def test_pay_as_clear_within_every_limit_and_nothing_filled_twice(book):
         assert (product.price is None) == (product.wh == 0)
     assert [p.name for p in result.products] == ["green", "open"]
     assert [f.product for f in result.fills] == sorted(f.product for f in result.fills)  # green's first
+    # A fill's trade id is derived from its bid and ask (PROTOCOL §9.3): one fill per pair.
+    assert len({(f.bid, f.ask) for f in result.fills}) == len(result.fills)
 
 
 @settings(max_examples=500, deadline=None)
