@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from wire.messages import RENEWABLE, SELL_SOURCES
+
+SOURCES = SELL_SOURCES  # an ask's source: the one its meter is registered with
 GREEN, OPEN = "green", "open"
-RENEWABLE = frozenset({"solar", "wind", "hydro"})
-SOURCES = ("solar", "wind", "hydro", "grid", "fossil")
 T = TypeVar("T")
 
 
