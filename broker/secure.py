@@ -45,9 +45,8 @@ pattern read spb/v1/meters/%u/coe/#
 # and export records, each signed by the key the ledger checks, so a meter gains nothing by
 # sending another's. coe/resp of other meters is writable because the witness answers on the
 # requester's topic (§7); the CoE inside is signed, so a forged one is only refused by the
-# requester, and a meter still reads only its own answers. It reads what the ledger says
-# (statuses, the market's book and results) and the export records, after which a buyer's
-# meter sends an ERC refused as `oversold` again (docs/PROTOCOL.md §9.4).
+# requester, and a meter still reads only its own answers. It reads what the ledger says:
+# statuses, and the market's book and results (public, docs/PROTOCOL.md §9.5).
 _METER_SHARED = (
     "".join(f"topic write {topic}\n" for topic in topics.TX_TYPES)
     + f"""\
@@ -60,7 +59,6 @@ topic read spb/v1/status/#
 topic read spb/v1/rejects
 topic read spb/v1/ledger/#
 topic read {topics.MARKET_ALL}
-topic read {topics.TX_EXPORT}
 """
 )
 _VALIDATOR = f"""\
