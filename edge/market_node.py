@@ -63,7 +63,7 @@ class MarketNode:
 
     # ---- the loop thread -----------------------------------------------------------------
 
-    def housekeeping(self, now: int, own_trades: set[bytes]) -> None:
+    def housekeeping(self, now: int) -> None:
         """Reveals and resends of our orders, fills to confirm, and subscriptions."""
         if self.account is None:
             return
@@ -72,7 +72,7 @@ class MarketNode:
             self._step(row, now)
         self.sales = self.store.sales(changed_since=now - RECENT_MS)
         for sale in self.sales:
-            if sale.state == CtpState.HELD and sale.order_id is None and sale.id not in own_trades:
+            if sale.state == CtpState.HELD and sale.order_id is None:
                 self._match(sale, now)
         self.sales = self.store.sales(changed_since=now - RECENT_MS)
         self.sale_progress = {

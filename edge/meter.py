@@ -187,13 +187,13 @@ class MeterNode:
     def housekeeping(self, now: int) -> None:
         """Trades: ERCs, cancels, resends, status subscriptions. Key ring: the next batch and its CoE."""
         self._dirty.clear()
+        self.market.housekeeping(now)  # first: a fill it turns into a trade is one of the rows below
         self.rows = self.store.trades(changed_since=now - trades.RESULT_MS)
         self.progress = {r.id: self.progress.get(r.id, r.delivered_wms) for r in self.rows if r.state in trades.OPEN}
         acted = [self._step(row, now) for row in self.rows if row.state in trades.OPEN]  # every one, no short cut
         if any(acted):
             self.rows = self.store.trades(changed_since=now - trades.RESULT_MS)  # with what the steps signed
         self._watch()
-        self.market.housekeeping(now, {r.id for r in self.rows})
         self._resend_exports(now)
         self._keep_keys(now)
         if self.led is not None:
