@@ -110,8 +110,10 @@ def _one_of(values) -> Check:
 
 
 def _product(x: object) -> bool:
-    """[clearing price or null, Wh filled]: one product of a `cleared` result."""
-    return type(x) is list and len(x) == 2 and (x[0] is None or _uint(x[0])) and _uint(x[1])
+    """[clearing price or null, Wh filled]: one product of a `cleared` result. The price is
+    null exactly when nothing filled (every fill has Wh > 0 and sets the price), so
+    [null, 5] or [13, 0] is no result any clearing gives."""
+    return type(x) is list and len(x) == 2 and _uint(x[1]) and (x[0] is None if x[1] == 0 else _uint(x[0]))
 
 
 def _req(check: Check):
@@ -443,6 +445,27 @@ class Cleared(Body):
     fills: int = _req(_uint)
     t: int = _req(_uint)
     h: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FillDocument(Body):
+    """What a market fill's trade record carries in place of a payer-signed CTP (§9.3):
+    unsigned, because every replica derives the same bytes from the ordered inputs. Not in
+    BODY_TYPES: no one sends it, so no topic or verifier may accept one (wire.market.open_fill
+    reads it back)."""
+
+    typ: ClassVar[str] = "fill"
+    id: bytes = _req(_BSTR16)
+    k: int = _req(_uint)
+    bid: bytes = _req(_BSTR32)
+    ask: bytes = _req(_BSTR32)
+    payer: bytes = _req(_BSTR32)
+    payee: bytes = _req(_BSTR32)
+    wh: int = _req(_positive)
+    amount: int = _req(_uint)
+    exp: int = _req(_uint)
+    meter: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
 
 
 BODY_TYPES: dict[str, type[Body]] = {

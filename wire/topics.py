@@ -71,12 +71,19 @@ def market_order(k: int, order_id: bytes) -> str:
     """Retained `order` status of one order of interval k."""
     if len(order_id) != 16:
         raise ValueError("an order id is 16 bytes")
-    return f"{MARKET}/{k}/order/{order_id.hex()}"
+    return f"{_interval(k)}/order/{order_id.hex()}"
 
 
 def market_result(k: int) -> str:
     """Retained `cleared` result of interval k."""
-    return f"{MARKET}/{k}/result"
+    return f"{_interval(k)}/result"
+
+
+def _interval(k: int) -> str:
+    """spb/v1/market/{k}: an interval is a uint, written in decimal as expected_type reads it."""
+    if type(k) is not int or k < 0:
+        raise ValueError(f"interval {k!r} is not a uint")
+    return f"{MARKET}/{k}"
 
 
 def parse_meter_topic(topic: str) -> tuple[str, str] | None:
@@ -97,6 +104,22 @@ def expected_type(topic: str) -> str | None:
     if topic == REJECTS:
         return "reject"
     if topic.startswith(f"{MARKET}/"):
-        return "cleared" if topic.endswith("/result") else "order"
+        return _market_type(topic[len(MARKET) + 1 :].split("/"))
     parsed = parse_meter_topic(topic)
     return METER_TYPES.get(parsed[1]) if parsed else None
+
+
+def _market_type(levels: list[str]) -> str | None:
+    """`cleared` for {k}/result, `order` for {k}/order/{32 hex}, None for anything else under
+    spb/v1/market/: a receiver insists on a typ only where a validator publishes one."""
+    if not (levels[0].isdigit() and levels[0].isascii()):
+        return None
+    if levels[1:] == ["result"]:
+        return "cleared"
+    if len(levels) == 3 and levels[1] == "order" and len(levels[2]) == 32 and _lower_hex(levels[2]):
+        return "order"
+    return None
+
+
+def _lower_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)

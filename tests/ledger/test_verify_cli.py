@@ -11,7 +11,8 @@ import pytest
 from deploy.provision import provision
 from ledger.cli import main
 from tests.support.bus import REPO, child_env
-from tests.support.wire import CA, INVALID, M1, NOW, TYP, VALID, pk
+from tests.support.ext import EXT, EXT_VALID, EXT_VALIDATOR
+from tests.support.wire import CA, INVALID, M1, NOW, TYP, VALID, body_map, pk
 
 CA_ARGS = ["--ca", pk(CA).hex(), "--now", str(NOW)]
 DEVICE_ARGS = ["--device", pk(M1).hex()]
@@ -67,6 +68,31 @@ def test_invalid_vector_prints_its_reason(capsys, message_file, vector):
     path = message_file(bytes.fromhex(vector["hex"]))
     code, out, _ = run_main(capsys, path, *CA_ARGS, *DEVICE_ARGS, "--expect", vector["typ"])
     assert (code, out) == (1, f"reject {vector['reason']}\n")
+
+
+EXT_ARGS = [*CA_ARGS, "--validator", pk(EXT_VALIDATOR).hex()]
+EXT_INVALID = [v for v in EXT["invalid"] if "hex" in v]
+
+
+@pytest.mark.parametrize("name", sorted(EXT_VALID))
+def test_each_extension_vector_prints_ok_as_its_typ(capsys, message_file, name):
+    """The market's types (and revoke, busy) need nothing new: BODY_TYPES and the Verifier
+    know them; validator-signed ones verify under --validator."""
+    raw = EXT_VALID[name]
+    typ = body_map(raw)["typ"]
+    code, out, _ = run_main(capsys, message_file(raw), *EXT_ARGS, "--expect", typ)
+    assert (code, out) == (0, f"ok {typ} {sha256(raw).hexdigest()}\n")
+
+
+@pytest.mark.parametrize("vector", EXT_INVALID, ids=[v["name"] for v in EXT_INVALID])
+def test_each_invalid_extension_vector_prints_its_reason(capsys, message_file, vector):
+    code, out, _ = run_main(capsys, message_file(bytes.fromhex(vector["hex"])), *EXT_ARGS, "--expect", vector["typ"])
+    assert (code, out) == (1, f"reject {vector['reason']}\n")
+
+
+def test_a_market_status_without_its_validator_key_is_signature(capsys, message_file):
+    code, out, _ = run_main(capsys, message_file(EXT_VALID["cleared"]), *CA_ARGS)
+    assert (code, out) == (1, "reject signature\n")
 
 
 def test_expecting_another_type_rejects_as_type(capsys, message_file):

@@ -139,3 +139,17 @@ def test_consensus_bench_prints_four_validators_beside_one_with_the_targets_and_
     ), out
     assert re.search(r"^target 4 validators >= 1,000 settled/s\s+(met|NOT met)", out, re.M), out
     assert re.search(r"^target 4 validators p50 < 300 ms at 100/s\s+(met|NOT met)", out, re.M), out
+
+
+def test_clearing_bench_prints_clear_beside_the_sort_of_the_same_book_and_the_ratio_at_other_sizes():
+    out = run_bench("bench/clearing.py", "--orders", "1000", "--runs", "1")
+    book = re.search(r"^book: 1,000 orders, ([\d,]+) bids \([\d,]+ green\), ([\d,]+) asks, seed 1$", out, re.M)
+    assert book and sum(int(n.replace(",", "")) for n in book.groups()) == 1000, out
+    for product in ("green", "open "):
+        assert re.search(rf"^  {product} price (\d+|-), [\d,]+ Wh$", out, re.M), out
+    sort = float(re.search(r"^sort bids and asks\s+([\d.]+) ms  \(bound, median of 1\)$", out, re.M).group(1))
+    clear = float(re.search(r"^clear\s+([\d.]+) ms  \(median of 1\)$", out, re.M).group(1))
+    ratio = float(re.search(r"^ratio clear/sort\s+([\d.]+)$", out, re.M).group(1))
+    assert sort > 0 and clear > 0 and abs(ratio - clear / sort) <= 0.01 + 0.01 * ratio, out
+    for n in ("100", "10,000"):
+        assert re.search(rf"^ratio at {n} orders\s+[\d.]+     \(sort [\d.]+ ms, clear [\d.]+ ms\)$", out, re.M), out

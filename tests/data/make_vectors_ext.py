@@ -1,0 +1,223 @@
+"""Writes tests/data/vectors-ext.json: the byte-exact vectors of this project's extensions
+of wire v1 (docs/PROTOCOL.md: decision 0004's revoke, decision 0008's busy and size limit,
+§9's market). Run by hand from the repository root after changing a vector on purpose:
+
+    .venv/bin/python -m tests.data.make_vectors_ext
+
+tests/wire/test_extension_vectors.py runs `document()` and requires the committed file to
+be exactly its output, so the file cannot drift from the code, and a change to the wire
+bytes of an extension shows up as a diff of this file.
+
+Everything is deterministic: Ed25519 signatures are, the keys are the seeds of
+tests/data/vectors.json plus the validator seed below, and the nonce and times are fixed.
+The market story the vectors tell (interval K = the one after vectors.json's `now`, with
+the default genesis terms): bob sells 500 Wh of solar from m0002 at 12; alice bids 400 Wh
+green at 15, 300 Wh open at 10, and 200 Wh at 14 in a sealed bid she reveals after the
+gate, and withdraws the bid at 10 before the gate (it would not have filled). Clearing
+fills 400 Wh green and 100 Wh open (the sealed bid), both at floor((15 + 12) / 2) =
+floor((14 + 12) / 2) = 13: the ask is filled, the sealed bid partial. m0002 proves 700 Wh of
+export for the last interval that ended before `now`.
+"""
+
+from __future__ import annotations
+
+import json
+from hashlib import sha256
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from tests.support.wire import ALICE, BOB, CA, M2, NOW, VALID, VECTORS, body_map, pk
+from wire.cose import MAX_MESSAGE, encode, message_hash, sign1
+from wire.market import commitment, fill_id, order_id
+from wire.messages import (
+    Ask,
+    Bid,
+    Cleared,
+    CtpState,
+    Export,
+    FillDocument,
+    Order,
+    OrderState,
+    Rejection,
+    Reveal,
+    Revoke,
+    Seal,
+    Side,
+    Status,
+    Withdraw,
+)
+from wire.reasons import BUSY
+
+PATH = Path(__file__).with_name("vectors-ext.json")
+VALIDATOR_SEED = bytes.fromhex("63b1a4a5c0d7340332a93bf5e1696f9d2429cf4f7d5867c7356407ed572381d6")
+VALIDATOR = SigningKey(VALIDATOR_SEED)
+
+# The genesis market terms the vectors assume: §9.1's defaults.
+INTERVAL_S, GRACE, REVEAL_S = 300, 1, 60
+INTERVAL_MS = INTERVAL_S * 1000
+K = NOW // INTERVAL_MS + 1  # orders at `now` are for the next interval, whose gate is still ahead
+GATE = K * INTERVAL_MS
+EXPORT_K = NOW // INTERVAL_MS - 1  # the last interval that ended before `now`
+REVEAL_T = GATE + 5_000
+CLEAR_T = GATE + REVEAL_S * 1000 + 1_000  # a seal was accepted, so k clears after the reveal window
+SEAL_H, CLEAR_H = 1200, 1262  # block heights of the seal's acceptance and of the clearing
+NONCE = sha256(b"spb vectors-ext: seal nonce").digest()
+BUYER_METER = bytes.fromhex(VECTORS["merkle"]["otk_root_64"])  # alice's m0001, as the v1 CTP names it
+
+
+def _bid(wh: int, price: int, green: bool) -> bytes:
+    return Bid(buyer=pk(ALICE), wh=wh, price=price, k=K, green=green, meter=BUYER_METER, t=NOW).sign(ALICE)
+
+
+def market_messages() -> dict[str, bytes]:
+    """The valid market vectors, in the order of the story above."""
+    ask = Ask(seller=pk(BOB), meter="m0002", wh=500, price=12, k=K, src="solar", t=NOW).sign(BOB)
+    bid_green, bid_open, bid_sealed = _bid(400, 15, True), _bid(300, 10, False), _bid(200, 14, False)
+    seal = Seal(buyer=pk(ALICE), k=K, c=commitment(bid_sealed, NONCE), deposit=3000, t=NOW).sign(ALICE)
+    seal_id = order_id(message_hash(seal))
+    fill = fill_document(bid_green, ask)
+    return {
+        "ask_m0002": ask,
+        "bid_green": bid_green,
+        "bid_open": bid_open,
+        "bid_sealed": bid_sealed,
+        "seal": seal,
+        "reveal": Reveal(buyer=pk(ALICE), seal=seal_id, bid=bid_sealed, nonce=NONCE, t=REVEAL_T).sign(ALICE),
+        "withdraw_bid_open": Withdraw(by=pk(ALICE), order=order_id(message_hash(bid_open)), t=NOW + 5_000).sign(ALICE),
+        "export_m0002": Export(
+            meter="m0002", cert=VALID["devcert_m0002"], k=EXPORT_K, wh=700, total=12_345, t=NOW
+        ).sign(M2),
+        "order_sealed_bid": Order(
+            id=seal_id,
+            k=K,
+            side=Side.BID,
+            state=OrderState.SEALED,
+            filled=0,
+            t=NOW,
+            h=SEAL_H,
+            deposit=3000,
+            msg=message_hash(seal),
+        ).sign(VALIDATOR),
+        "order_filled_ask": Order(
+            id=order_id(message_hash(ask)),
+            k=K,
+            side=Side.ASK,
+            state=OrderState.FILLED,
+            filled=500,
+            t=CLEAR_T,
+            h=CLEAR_H,
+            wh=500,
+            price=12,
+            src="solar",
+            msg=message_hash(ask),
+        ).sign(VALIDATOR),
+        "cleared": Cleared(k=K, green=[13, 400], open=[13, 100], fills=2, t=CLEAR_T, h=CLEAR_H).sign(VALIDATOR),
+        "status_held_fill": Status(
+            ctp=fill.id,
+            state=CtpState.HELD,
+            t=CLEAR_T,
+            h=CLEAR_H,
+            msg=sha256(fill.encode()).digest(),
+            payer=fill.payer,
+            payee=fill.payee,
+        ).sign(VALIDATOR),
+    }
+
+
+def fill_document(bid: bytes, ask: bytes) -> FillDocument:
+    """The green fill: 400 Wh of `bid` (alice's green bid) from `ask` (bob's) at 13."""
+    bid_hash, ask_hash = message_hash(bid), message_hash(ask)
+    return FillDocument(
+        id=fill_id(bid_hash, ask_hash),
+        k=K,
+        bid=bid_hash,
+        ask=ask_hash,
+        payer=pk(ALICE),
+        payee=pk(BOB),
+        wh=400,
+        amount=400 * 13,
+        exp=(K + 1 + GRACE) * INTERVAL_MS,
+        meter=BUYER_METER,
+        t=CLEAR_T,
+    )
+
+
+def _with(raw: bytes, key: SigningKey, **changes: object) -> bytes:
+    """A vector's body with some keys changed, signed again by `key`: for the bodies the
+    typed classes refuse to build."""
+    return sign1(encode({**body_map(raw), **changes}), key)
+
+
+def invalid_vectors(market: dict[str, bytes]) -> list[dict]:
+    """Each invalid vector with the reason §4 gives it, checked as the typ its topic carries."""
+    ask, bid = market["ask_m0002"], market["bid_green"]
+    cases = [
+        ("ask_wh_zero", "schema", _with(ask, BOB, wh=0)),
+        ("bid_wh_zero", "schema", _with(bid, ALICE, wh=0)),
+        ("bid_green_as_integer_1", "schema", _with(bid, ALICE, green=1)),
+        ("ask_unknown_source", "schema", _with(ask, BOB, src="nuclear")),
+        ("bid_unknown_key", "schema", _with(bid, ALICE, note="hi")),
+        ("export_meter_not_its_devcerts", "cert", _with(market["export_m0002"], M2, meter="m0001")),
+        ("ask_not_signed_by_seller", "signature", _with(ask, ALICE)),
+    ]
+    oversize = {"name": "ctp_over_64_kib", "typ": "ctp", "reason": "decode", "base": "ctp"}
+    return [
+        {**oversize, "pad": MAX_MESSAGE + 1 - len(VALID["ctp"])},
+        *(
+            {"name": name, "typ": body_map(raw)["typ"], "reason": reason, "hex": raw.hex()}
+            for name, reason, raw in cases
+        ),
+    ]
+
+
+def document() -> str:
+    """The whole file's text."""
+    market = market_messages()
+    hashes = {name: message_hash(market[name]) for name in ("ask_m0002", "bid_green", "bid_open", "bid_sealed", "seal")}
+    fill = fill_document(market["bid_green"], market["ask_m0002"])
+    valid = {
+        "reject_busy": Rejection(msg=bytes.fromhex(VECTORS["hashes"]["ctp"]), reason=BUSY, t=NOW).sign(VALIDATOR),
+        "revoke_m0002": Revoke(meter="m0002", pk=pk(M2), iss=pk(CA), t=NOW - 60_000).sign(CA),
+        **market,
+    }
+    doc = {
+        "about": ABOUT,
+        "keys": {"validator_v0": {"seed": VALIDATOR_SEED.hex(), "pk": pk(VALIDATOR).hex()}},
+        "valid": {name: raw.hex() for name, raw in valid.items()},
+        "market": {
+            "terms": {"interval_s": INTERVAL_S, "ahead": 288, "grace": GRACE, "reveal_s": REVEAL_S},
+            "k": K,
+            "gate": GATE,
+            "seal": {"bid": "bid_sealed", "nonce": NONCE.hex(), "c": commitment(market["bid_sealed"], NONCE).hex()},
+            "order_ids": {name: order_id(h).hex() for name, h in hashes.items()},
+            "fill": {
+                "bid": "bid_green",
+                "ask": "ask_m0002",
+                "bid_hash": hashes["bid_green"].hex(),
+                "ask_hash": hashes["ask_m0002"].hex(),
+                "id": fill.id.hex(),
+                "document": fill.encode().hex(),
+                "document_hash": sha256(fill.encode()).hexdigest(),
+            },
+        },
+        "invalid": invalid_vectors(market),
+    }
+    return json.dumps(doc, indent=1) + "\n"
+
+
+ABOUT = (
+    "Extensions of wire v1 owned by this project (docs/PROTOCOL.md): decision 0004's revoke, decision 0008's busy "
+    "and size limit, section 9's market. Keys, hashes and 'now' of vectors.json apply; validator_v0 signs reject, "
+    "order, cleared and status vectors; hex strings are raw bytes. The oversize vector is given as the v1 ctp "
+    "vector's bytes followed by 'pad' zero bytes. 'market' holds what a reader recomputes: the genesis terms "
+    "assumed, interval k of the orders and its gate (ms), the sealed bid's nonce and commitment c = "
+    "SHA-256(bid_sealed bytes || nonce), each order's id (first 16 bytes of its message hash), and the green "
+    "fill of bid_green against ask_m0002: id = first 16 bytes of SHA-256(bid hash || ask hash), its fill "
+    "document (deterministic CBOR, unsigned) and that document's SHA-256, the msg of status_held_fill. "
+    "Made by tests/data/make_vectors_ext.py."
+)
+
+
+if __name__ == "__main__":
+    PATH.write_text(document())
