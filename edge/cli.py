@@ -20,7 +20,7 @@ from typing import IO
 from broker.args import BROKER_HELP, broker_url, hex_bytes
 from broker.client import TlsFiles
 from broker.clock import wall_ms
-from edge import tx
+from edge import orders, tx
 from edge.config import MeterConfig
 from edge.display_drivers import DISPLAYS, Painter, SessionLed, open_display
 from edge.energy import WMS_PER_WH
@@ -169,6 +169,76 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"trade    {r.id.hex()}  {r.state}{reason}  {r.delivered_wms // WMS_PER_WH}/{r.wh} Wh  "
                 f"expires {_when(r.exp, now)}{'  ERC sent' if r.erc else ''}{'  cancel sent' if r.cancel else ''}"
             )
+        for k, _raw, wh, total, _sent, reason in reversed(store.exports(limit=5)):
+            print(f"export   interval {k}: {wh} Wh exported, {total} Wh in all{f' ({reason})' if reason else ''}")
+        _sales(store.sales())
+    return 0
+
+
+def _sales(sales: list) -> None:
+    """The meter's held sales, with its export counted against them (§9.4)."""
+    for s in sales:
+        if s.role != "sold":
+            continue
+        sold = "? Wh" if s.wh is None else f"{s.wh} Wh"
+        print(f"sale     {s.id.hex()}  {s.state}  {s.delivered_wms // WMS_PER_WH} Wh exported of {sold}")
+    held = [s for s in sales if s.role == "sold" and s.state == "held"]
+    if held:
+        owed = sum(s.wh or 0 for s in held) - sum(s.delivered_wms for s in held) // WMS_PER_WH
+        print(f"sales    {len(held)} held, {max(0, owed)} Wh still to export for them")
+
+
+def _market(state_dir: Path) -> MeterConfig:
+    try:
+        return MeterConfig.load(state_dir)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    identity, config, now = _identity(args.dir), _market(args.dir), wall_ms()
+    k = orders.interval_arg(args.interval, now, config.interval_s * 1000)
+    with closing(MeterStore(identity.db_path)) as store:
+        row = orders.new_ask(store, identity.account_key(), identity.meter, config.source, args.wh, args.price, k, now)
+    print(row.id.hex())
+    return 0
+
+
+def cmd_bid(args: argparse.Namespace) -> int:
+    identity, config, now = _identity(args.dir), _market(args.dir), wall_ms()
+    interval_ms = config.interval_s * 1000
+    k = orders.interval_arg(args.interval, now, interval_ms)
+    exp = (k + 1 + config.grace) * interval_ms  # the fills' expiry (§9.3): the batch's CoE must last
+    with closing(MeterStore(identity.db_path)) as store:
+        row = orders.new_bid(store, identity.account_key(), args.wh, args.price, k, args.green, args.sealed, exp, now)
+    print(row.id.hex())
+    return 0
+
+
+def cmd_orders(args: argparse.Namespace) -> int:
+    identity = _identity(args.dir)
+    with closing(MeterStore(identity.db_path)) as store:
+        fills: dict[bytes, list] = {}
+        for sale in store.sales():
+            if sale.order_id is not None:
+                fills.setdefault(sale.order_id, []).append(sale)
+        for r in store.orders():
+            kind = f"{r.side}{' sealed' if r.bid else ''}{' green' if r.green else ''}"
+            reason = f" ({r.reason})" if r.reason else ""
+            print(
+                f"order    {r.id.hex()}  interval {r.k}  {kind}  {r.wh} Wh at {r.price}  "
+                f"{r.state}{reason}  {r.filled} Wh filled{'  withdraw sent' if r.withdraw else ''}"
+            )
+            for sale in fills.get(r.id, []):
+                print(f"  fill   {sale.id.hex()}  {sale.wh} Wh  {sale.state}")
+    return 0
+
+
+def cmd_cancel_order(args: argparse.Namespace) -> int:
+    identity, config = _identity(args.dir), _market(args.dir)
+    with closing(MeterStore(identity.db_path)) as store:
+        orders.withdraw(store, identity.account_key(), args.order_id, config.interval_s * 1000, wall_ms())
+    print(f"withdraw of order {args.order_id.hex()} queued")
     return 0
 
 
@@ -254,10 +324,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     erc.set_defaults(run=cmd_erc)
 
+    ask = sub.add_parser("ask", help="offer this meter's export on the market (its registered source)")
+    _order_args(ask)
+    ask.set_defaults(run=cmd_ask)
+    bid = sub.add_parser("bid", help="bid for energy on the market, delivered to this meter")
+    _order_args(bid)
+    bid.add_argument("--green", action="store_true", help="only from renewable sources (solar, wind, hydro)")
+    bid.add_argument(
+        "--sealed", action="store_true", help="publish only a commitment and a deposit; the meter reveals it later"
+    )
+    bid.set_defaults(run=cmd_bid)
+    orders_ = sub.add_parser("orders", help="this meter's market orders, their state and fills")
+    orders_.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    orders_.set_defaults(run=cmd_orders)
+    cancel = sub.add_parser("cancel-order", help="withdraw an order before its interval begins")
+    cancel.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    cancel.add_argument("order_id", type=hex_bytes(16, "16-byte order id"), metavar="ID")
+    cancel.set_defaults(run=cmd_cancel_order)
+
     status = sub.add_parser("status", help="the meter's energy, keys, outbox and trades")
     status.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
     status.set_defaults(run=cmd_status)
     return parser
+
+
+def _order_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    parser.add_argument("wh", type=whole, metavar="WH", help="Wh")
+    parser.add_argument("price", type=whole, metavar="PRICE", help="units per Wh")
+    parser.add_argument(
+        "--interval", metavar="K|next", help="the trading interval (default: next, the first whose gate is ahead)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

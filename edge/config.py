@@ -3,6 +3,11 @@
 provision rewrites meter.toml (keys and trust anchors) on every run, so what an installer
 tunes by hand (calibration, display, rates) lives in a file of its own that nothing
 rewrites. Unknown keys are refused: a typo must not silently leave a default in force.
+
+The market's terms (interval_s, reveal_s, grace: the genesis's; source: the one this meter
+is registered with) are the community's, not the installer's: provision writes them into
+meter.toml's `[market]` table, read here under config.toml. A state dir without one gets
+the genesis defaults and no source (it cannot sell on the market).
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.display_drivers import DISPLAYS
+from wire.messages import SELL_SOURCES
 
 CONFIG_NAME = "config.toml"
+IDENTITY_NAME = "meter.toml"  # provision's; its optional [market] table holds the market terms
+MARKET_KEYS = ("interval_s", "reveal_s", "grace", "source")
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "int": int,
     "float": (int, float),
@@ -43,12 +51,18 @@ class MeterConfig:
     led_pin: int | None = 17  # GPIO of the "trading session open" LED; none: no LED
     night_start: int = 22  # local hours with the LED matrix in low light
     night_end: int = 7
+    # The market (docs/PROTOCOL.md §9.1), as provision writes them into meter.toml [market]:
+    interval_s: int = 300  # the genesis's trading interval: export records go out at its ends
+    reveal_s: int = 60  # the genesis's reveal window after a gate, for sealed bids
+    grace: int = 1  # intervals after its own that a fill may still be confirmed (§9.3 exp)
+    source: str = ""  # this meter's registered source; "" cannot sell (ask)
 
     @classmethod
     def load(cls, state_dir: Path, **overrides) -> MeterConfig:
         """config.toml (if any) over the defaults, then command-line overrides that are not None."""
         path = state_dir / CONFIG_NAME
-        values = tomllib.loads(path.read_text()) if path.exists() else {}
+        values = dict(_market_terms(state_dir / IDENTITY_NAME))
+        values.update(tomllib.loads(path.read_text()) if path.exists() else {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -83,5 +97,20 @@ class MeterConfig:
             raise ValueError("batch_size must be in 1..1024 (docs/PROTOCOL.md §3)")
         if self.coe_days < 1 or self.coe_per_hour < 1 or self.outbox_max < 1 or self.resend_s <= 0:
             raise ValueError("coe_days, coe_per_hour, outbox_max and resend_s must be positive")
+        if self.interval_s < 1 or self.reveal_s < 0 or self.grace < 0:
+            raise ValueError("interval_s must be positive, reveal_s and grace not negative")
+        if self.source and self.source not in SELL_SOURCES:
+            raise ValueError(f"source {self.source!r} is not one of {', '.join(SELL_SOURCES)} (or empty: none)")
         if self.display not in DISPLAYS:
             raise ValueError(f"display {self.display!r} is not one of {', '.join(DISPLAYS)}")
+
+
+def _market_terms(identity: Path) -> dict:
+    """meter.toml's [market] table (provision's), checked for unknown keys like config.toml."""
+    if not identity.exists():
+        return {}
+    terms = tomllib.loads(identity.read_text()).get("market", {})
+    unknown = sorted(set(terms) - set(MARKET_KEYS))
+    if unknown:
+        raise ValueError(f"{identity}: unknown market term(s) {', '.join(unknown)}")
+    return terms

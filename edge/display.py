@@ -25,6 +25,8 @@ DIM_YELLOW: Pixel = (64, 48, 0)
 ALIVE: Pixel = (0, 32, 0)  # idle's top-left pixel: the meter is running
 BLINK_MS = 500
 IDLE = "idle"  # a View's phase when no trade is shown
+SOLD = "sold"  # a View's phase for a held sale: the household should deliver (export) now
+YELLOW: Pixel = (255, 255, 0)
 
 # 5x7 glyphs, one hex byte per row from the top, bit 4 the leftmost column.
 FONT: dict[str, bytes] = {
@@ -70,8 +72,9 @@ GLYPH_LEFT, GLYPH_TOP = 1, 1  # the 5x7 glyph sits in columns 1-5, rows 1-7
 class View:
     """What the meter knows that the household should see.
 
-    phase: IDLE, or the CtpState of the trade shown (never `sent`); promised_wh is the held
-    CTP's energy, reason the §4 code of a rejection, power_w the power now (+import, -export).
+    phase: IDLE, SOLD, or the CtpState of the trade shown (never `sent`); promised_wh is the
+    held CTP's (or sale's) energy, reason the §4 code of a rejection, power_w the power now
+    (+import, -export).
     """
 
     online: bool
@@ -95,6 +98,8 @@ def render(view: View, now_ms: int, *, full_w: int = 5000) -> Frame:
 def _phase(view: View, full_w: int) -> list[Pixel]:
     if view.phase == CtpState.HELD:
         return _progress(view.delivered_wh, view.promised_wh)
+    if view.phase == SOLD:
+        return _sold(view.delivered_wh, view.promised_wh)
     if view.phase == CtpState.SETTLED:
         return [GREEN] * SIDE * SIDE
     if view.phase == CtpState.REFUNDED:
@@ -124,6 +129,15 @@ def _progress(delivered_wh: int, promised_wh: int) -> list[Pixel]:
     full = SIDE * SIDE
     lit = full if promised_wh <= 0 else max(0, min(full, full * delivered_wh // promised_wh))
     return [BLUE] * lit + [BLACK] * (full - lit)
+
+
+def _sold(exported_wh: int, sold_wh: int) -> list[Pixel]:
+    """Sold, deliver now: yellow (export's colour in idle's bar) rising from the bottom as the
+    export counted against the sale grows, over a dim yellow rest, so it never reads as a
+    buyer's blue fill from the top; Wh unknown (0) shows the dim rest alone."""
+    full = SIDE * SIDE
+    lit = 0 if sold_wh <= 0 else max(0, min(full, full * exported_wh // sold_wh))
+    return [DIM_YELLOW] * (full - lit) + [YELLOW] * lit
 
 
 def _letter(ch: str) -> list[Pixel]:

@@ -18,21 +18,23 @@ import time
 
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
-from edge import FIRMWARE_VERSION, coe, keyring, trades, tx
+from edge import FIRMWARE_VERSION, coe, export, keyring, trades, tx
 from edge.config import MeterConfig
-from edge.display import View, is_night
+from edge.display import IDLE, View, is_night
 from edge.energy import WMS_PER_WH
+from edge.market_node import MarketNode
 from edge.outbox import OutboxPump
 from edge.peers import PeerTable
 from edge.sampling import Integrator, Sense
 from edge.state_dir import MeterIdentity
 from edge.store import COE, MeterStore, TradeRow
 from wire import topics
-from wire.messages import Birth, Reading, Rejection, Status, open_message
+from wire.messages import Birth, Export, Reading, Rejection, Status, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
 log = logging.getLogger("spb.meter")
+RETRY_EXPORT = ("too-early", "busy")  # refusals of an export record that decided nothing for good
 HOUSEKEEPING_MS = 1000  # trades, key ring and subscriptions are looked after once a second
 ERROR_BACKOFF_S = 5
 
@@ -87,6 +89,10 @@ class MeterNode:
             tls=tls,
         )
         self.pump = OutboxPump(self.store, self.bus)
+        self.market = MarketNode(identity, config, self.store, self.bus, verifier, self._dirty)
+        self.interval_ms = config.interval_s * 1000
+        self._export_due: int | None = None  # when the accounted interval ends (export.next_end)
+        self._exports: dict[bytes, int] = {}  # hash of an export record -> its interval
         self.bus.on_connect.append(self._announce)
         handlers = {
             topics.every_meter("birth"): self._on_birth,
@@ -111,10 +117,13 @@ class MeterNode:
         start = monotonic_ms()
         next_sample, next_reading, next_house = float(start), start + reading_ms, start
         version = self.store.data_version()
+        self.prove_export(wall_ms())  # a record for the interval the meter stopped in, if it has ended
         while not stop.is_set():
             now = monotonic_ms()
             try:
                 reached = self.sample(now - start, now)
+                if self._export_due is None or wall_ms() >= self._export_due:
+                    self.prove_export(wall_ms())
                 if now >= next_reading:
                     self.publish_reading()
                     next_reading += reading_ms
@@ -140,9 +149,10 @@ class MeterNode:
         """Integrate one sample; True if a held trade just received all its energy."""
         w_in, w_out = self.sense(elapsed_ms)
         self.power_w = w_in - w_out
-        before = self.integrator.totals.wms_in
+        before = self.integrator.totals
         self.integrator.sample(w_in, w_out, now_mono)
-        imported = self.integrator.totals.wms_in - before
+        imported = self.integrator.totals.wms_in - before.wms_in
+        self.market.on_exported(self.integrator.totals.wms_out - before.wms_out)
         return bool(imported and trades.allocate(self.rows, self.progress, imported, wall_ms()))
 
     def publish_reading(self) -> int:
@@ -155,17 +165,36 @@ class MeterNode:
             )
             return topics.meter(self.id.meter, "reading"), reading.sign(self.id.device_key)
 
-        return self.store.commit_reading(totals, sign, self.progress)
+        seq = self.store.commit_reading(totals, sign, self.progress)
+        self.market.save_progress()
+        return seq
+
+    def prove_export(self, now: int) -> export.Due | None:
+        """At an interval's end, commit the totals and the export record for it (§9.4) at once."""
+
+        def sign(due: export.Due) -> bytes:
+            record = Export(meter=self.id.meter, cert=self.id.devcert, k=due.k, wh=due.wh, total=due.total, t=now)
+            return record.sign(self.id.device_key)
+
+        totals = self.integrator.totals
+        advance = lambda state: export.step(state, totals.wh_out, now, self.interval_ms)  # noqa: E731
+        due = self.store.commit_export(totals, self.progress, advance, sign, now)
+        self._export_due = export.next_end(self.store.export_state(), self.interval_ms)
+        if due is not None:
+            log.info("%s proves %d Wh exported in interval %d (total %d Wh)", self.id.meter, due.wh, due.k, due.total)
+        return due
 
     def housekeeping(self, now: int) -> None:
         """Trades: ERCs, cancels, resends, status subscriptions. Key ring: the next batch and its CoE."""
         self._dirty.clear()
+        self.market.housekeeping(now)  # first: a fill it turns into a trade is one of the rows below
         self.rows = self.store.trades(changed_since=now - trades.RESULT_MS)
         self.progress = {r.id: self.progress.get(r.id, r.delivered_wms) for r in self.rows if r.state in trades.OPEN}
         acted = [self._step(row, now) for row in self.rows if row.state in trades.OPEN]  # every one, no short cut
         if any(acted):
             self.rows = self.store.trades(changed_since=now - trades.RESULT_MS)  # with what the steps signed
         self._watch()
+        self._resend_exports(now)
         self._keep_keys(now)
         if self.led is not None:
             self.led.set(any(r.state in trades.OPEN for r in self.rows))
@@ -173,7 +202,7 @@ class MeterNode:
     def _step(self, row: TradeRow, now: int) -> bool:
         """Take the trade's next step, if it has one; whether it did."""
         delivered = self.progress[row.id]
-        step = trades.next_step(row, delivered, now, int(self.config.resend_s * 1000))
+        step = trades.next_step(row, delivered, now, int(self.config.resend_s * 1000), self.interval_ms)
         if step is None:
             return False
         if step not in (trades.ERC, trades.CANCEL) and (
@@ -212,6 +241,16 @@ class MeterNode:
             if raw
         }
 
+    def _resend_exports(self, now: int) -> None:
+        """Export records the ledger refused as too early (our clock ahead of its blocks') or
+        had no room for go again after resend_s; the others are watched for rejects."""
+        records = self.store.exports(limit=2 + self.config.grace)
+        self._exports = {hashlib.sha256(raw).digest(): k for k, raw, *_ in records}
+        for k, raw, _wh, _total, sent, reason in records:
+            if reason in RETRY_EXPORT and now - sent >= self.config.resend_s * 1000 and not self.store.queued(raw):
+                self.store.export_answered(k, "", now, resend=True)
+                log.info("%s sends its export record of interval %d again (%s)", self.id.meter, k, reason)
+
     def _keep_keys(self, now: int) -> None:
         newest = self.store.newest_batch()
         if keyring.wants_new_batch(newest, now):
@@ -238,7 +277,12 @@ class MeterNode:
         self.painter.show(self.view(now), is_night(hour, self.config.night_start, self.config.night_end))
 
     def view(self, now: int) -> View:
-        return trades.view(self.rows, self.progress, now, self.bus.connected.is_set(), self.power_w)
+        """A trade's outcome or progress first, then a sale to deliver, else idle."""
+        online = self.bus.connected.is_set()
+        shown = trades.view(self.rows, self.progress, now, online, self.power_w)
+        if shown.phase == IDLE:
+            return self.market.view(online, self.power_w) or shown
+        return shown
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Say `offline` ourselves: a clean DISCONNECT means the broker drops our will.
@@ -291,16 +335,26 @@ class MeterNode:
             self._dirty.set()
 
     def _on_reject(self, topic: str, payload: bytes, retained: bool) -> None:
-        ours = self._ours
+        ours, market_ours, exports = self._ours, self.market.ours, self._exports
         try:
-            if open_message(payload, Rejection).body.msg not in ours:
+            msg = open_message(payload, Rejection).body.msg
+            if msg not in ours and msg not in market_ours and msg not in exports:
                 return  # someone else's: not worth a signature check
             rejection = self.verifier.verify(payload, wall_ms(), expect=Rejection).body
         except Reject as exc:
             log.warning("%s rejected a reject: %s", self.id.meter, exc)
             return
-        ctp_id, kind = ours[rejection.msg]
-        row = self.store.update_trade(ctp_id, lambda r: trades.on_reject(r, kind, rejection.reason, wall_ms()))
+        now = wall_ms()
+        if msg in exports:
+            if rejection.reason != "duplicate":
+                self.store.export_answered(exports[msg], rejection.reason, now, resend=False)
+                log.info("%s: the ledger rejected export record %d: %s", self.id.meter, exports[msg], rejection.reason)
+            return
+        if msg in market_ours:
+            self.market.on_reject(*market_ours[msg], rejection.reason, now)
+            return
+        ctp_id, kind = ours[msg]
+        row = self.store.update_trade(ctp_id, lambda r: trades.on_reject(r, kind, rejection.reason, now))
         log.info("%s: the ledger rejected the %s of CTP %s: %s", self.id.meter, kind, ctp_id.hex(), rejection.reason)
         if row is not None:
             self._dirty.set()

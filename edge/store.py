@@ -14,6 +14,7 @@ write is one IMMEDIATE transaction, so they never interleave half-done changes.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from edge.energy import Totals
-from edge.keyring import Batch
+from edge.export import Due, ExportState
+from edge.keyring import Batch, NoKey
 from wire import topics
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counters VALUES ('boot', 0), ('seq', 0), ('wms_in', 0), ('wms_out', 0);
+INSERT OR IGNORE INTO counters VALUES ('boot', 0), ('seq', 0), ('wms_in', 0), ('wms_out', 0),
+                                      ('export_k', -1), ('export_mark', 0);
 CREATE TABLE IF NOT EXISTS peer_births (meter TEXT PRIMARY KEY, birth BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
                                    payload BLOB NOT NULL, kind TEXT NOT NULL);
@@ -44,6 +47,18 @@ CREATE TABLE IF NOT EXISTS trades (id BLOB PRIMARY KEY, ctp BLOB NOT NULL, batch
                                    UNIQUE (batch, idx));
 CREATE INDEX IF NOT EXISTS trades_open ON trades (state) WHERE state IN ('sent', 'held');
 CREATE INDEX IF NOT EXISTS trades_changed ON trades (changed);
+CREATE TABLE IF NOT EXISTS exports (k INTEGER PRIMARY KEY, raw BLOB NOT NULL, wh INTEGER NOT NULL,
+                                    total INTEGER NOT NULL, sent INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS orders (id BLOB PRIMARY KEY, side TEXT NOT NULL, k INTEGER NOT NULL,
+                                   wh INTEGER NOT NULL, price INTEGER NOT NULL, green INTEGER NOT NULL,
+                                   msg BLOB NOT NULL, bid BLOB, nonce BLOB, reveal BLOB, withdraw BLOB,
+                                   root BLOB, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+                                   filled INTEGER NOT NULL DEFAULT 0, status_t INTEGER NOT NULL DEFAULT 0,
+                                   sent INTEGER NOT NULL, created INTEGER NOT NULL, changed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sales (id BLOB PRIMARY KEY, role TEXT NOT NULL, payer BLOB NOT NULL,
+                                  payee BLOB NOT NULL, wh INTEGER, t INTEGER NOT NULL, state TEXT NOT NULL,
+                                  order_id BLOB, delivered_wms INTEGER NOT NULL DEFAULT 0,
+                                  changed INTEGER NOT NULL);
 """
 
 READING, TX, COE = "reading", "tx", "coe"  # outbox kinds; only readings may be dropped when full
@@ -81,7 +96,54 @@ class TradeRow(NamedTuple):
         return message
 
 
+class OrderRow(NamedTuple):
+    """A market order this meter placed (docs/PROTOCOL.md §9.2) and what the ledger said of it."""
+
+    id: bytes  # its order id: of the ask, the bid, or (sealed) the seal
+    side: str  # "ask" or "bid"
+    k: int
+    wh: int
+    price: int
+    green: int  # 0 or 1 (SQLite)
+    msg: bytes  # the signed message placed: ask, bid or seal
+    bid: bytes | None  # a sealed bid: the signed bid committed to, revealed after the gate
+    nonce: bytes | None  # ... and the commitment's nonce
+    reveal: bytes | None
+    withdraw: bytes | None
+    root: bytes | None  # a bid's CoE root: the key batch whose keys confirm its fills
+    state: str  # SENT until the ledger answers, then an OrderState, or "rejected"
+    reason: str
+    filled: int  # Wh filled, from the order's status
+    status_t: int  # the block time of its last status (fills of one clearing share it)
+    sent: int  # when a message of the order was last queued
+    created: int
+    changed: int
+
+    @property
+    def bid_id(self) -> bytes:
+        """The order id its bid trades under: a sealed bid's is that of the revealed bid (§9.2)."""
+        return self.id if self.bid is None else hashlib.sha256(self.bid).digest()[:16]
+
+
+class SaleRow(NamedTuple):
+    """A held trade naming this meter's account that the meter did not sign: a sale (role
+    "sold", it is the payee) or a fill of one of its bids (role "bought"), from statuses."""
+
+    id: bytes
+    role: str
+    payer: bytes
+    payee: bytes
+    wh: int | None  # None: the status did not say, nor an order of ours
+    t: int  # the block time that held it
+    state: str  # a CtpState
+    order_id: bytes | None  # our ask or bid it filled, once known
+    delivered_wms: int  # a sale's export counted against it
+    changed: int
+
+
 _TRADE_COLUMNS = ", ".join(TradeRow._fields)
+_ORDER_COLUMNS = ", ".join(OrderRow._fields)
+_SALE_COLUMNS = ", ".join(SaleRow._fields)
 _BATCH_COLUMNS = "id, root, seeds, next_idx, made, coe, coe_t, coe_exp"
 
 
@@ -131,18 +193,19 @@ class MeterStore:
         """Store the totals, the trades' delivered energy and the reading `sign(seq)` makes
         as (topic, payload), all in one transaction; return the reading's fresh seq."""
         with self.transaction() as db:
-            if totals.wms_in < self._get("wms_in") or totals.wms_out < self._get("wms_out"):
-                raise ValueError("energy totals never decrease")
+            self._save_totals(totals, progress)
             db.execute("UPDATE counters SET value = value + 1 WHERE name = 'seq'")
-            db.executemany(
-                "UPDATE counters SET value = ? WHERE name = ?", ((totals.wms_in, "wms_in"), (totals.wms_out, "wms_out"))
-            )
-            self._save_progress(progress)
             seq = self._get("seq")
             self._enqueue(*sign(seq), READING)
             return seq
 
-    def _save_progress(self, progress: dict[bytes, int]) -> None:
+    def _save_totals(self, totals: Totals, progress: dict[bytes, int]) -> None:
+        """The totals and the trades' delivered energy, inside the caller's transaction."""
+        if totals.wms_in < self._get("wms_in") or totals.wms_out < self._get("wms_out"):
+            raise ValueError("energy totals never decrease")
+        self._db.executemany(
+            "UPDATE counters SET value = ? WHERE name = ?", ((totals.wms_in, "wms_in"), (totals.wms_out, "wms_out"))
+        )
         self._db.executemany(
             "UPDATE trades SET delivered_wms = max(delivered_wms, ?) WHERE id = ?",
             ((wms, ctp_id) for ctp_id, wms in progress.items()),
@@ -276,18 +339,142 @@ class MeterStore:
 
         Deciding inside the transaction is what stops the running meter and `spb-meter erc`
         from both signing an ERC for one trade (which would use its one-time key twice)."""
+        queue = None if queue_topic is None else (lambda new: (queue_topic, new.message(queue_topic)))
+        return self._update("trades", TradeRow, ctp_id, make, queue)
+
+    def _update(self, table: str, cls, key: bytes, make, queue=None):
+        """One row of `table` (a `cls` whose first field is the key) changed by `make(current)
+        -> new or None`, and `queue(new) -> (topic, payload)` queued, in one transaction."""
+        columns = ", ".join(cls._fields)
         with self.transaction():
-            current = self._trade(ctp_id)
+            found = self._db.execute(f"SELECT {columns} FROM {table} WHERE {cls._fields[0]} = ?", (key,)).fetchone()
+            current = cls(*found) if found else None
             new = make(current) if current else None
             if new is None or new == current:
                 return None
             self._db.execute(
-                f"UPDATE trades SET {', '.join(f'{f} = ?' for f in TradeRow._fields[1:])} WHERE id = ?",
-                (*new[1:], ctp_id),
+                f"UPDATE {table} SET {', '.join(f'{f} = ?' for f in cls._fields[1:])} WHERE {cls._fields[0]} = ?",
+                (*new[1:], key),
             )
-            if queue_topic is not None:
-                self._enqueue(queue_topic, new.message(queue_topic), TX)
+            if queue is not None:
+                topic, payload = queue(new)
+                self._enqueue(topic, payload, TX)
             return new
+
+    def add_fill(self, sale_id: bytes, order: OrderRow, wh: int, exp: int, now: int) -> TradeRow:
+        """A fill of our bid becomes our trade to confirm, as if we had sent its CTP: a key of
+        the batch the bid named is reserved, the trade recorded held, and the sale row matched,
+        in one transaction. NoKey if that batch has no key left (the ledger refunds it at exp)."""
+        with self.transaction() as db:
+            found = db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE root = ? AND next_idx < length(seeds) / 32", (order.root,)
+            ).fetchone()
+            if found is None:
+                raise NoKey(f"no free key left in the batch bid {order.id.hex()} names")
+            batch = Batch(*found)
+            db.execute("UPDATE batches SET next_idx = next_idx + 1 WHERE id = ?", (batch.id,))
+            db.execute(
+                "INSERT INTO trades (id, ctp, batch, idx, wh, exp, state, sent, created, changed) "
+                "VALUES (?, x'', ?, ?, ?, ?, 'held', ?, ?, ?)",
+                (sale_id, batch.id, batch.next_idx, wh, exp, now, now, now),
+            )
+            db.execute("UPDATE sales SET order_id = ?, wh = ?, changed = ? WHERE id = ?", (order.id, wh, now, sale_id))
+            row = self._trade(sale_id)
+            assert row is not None, "inserted just above, in this transaction"
+            return row
+
+    # ---- export records ------------------------------------------------------------------
+
+    def export_state(self) -> ExportState:
+        with self._lock:
+            k = self._get("export_k")
+            return ExportState(None if k < 0 else k, self._get("export_mark"))
+
+    def commit_export(self, totals: Totals, progress: dict[bytes, int], advance, sign, now: int) -> Due | None:
+        """Store the totals and trade progress, `advance(state) -> (state, due)` and the record
+        `sign(due)` makes, in one transaction: the record is queued exactly when its interval
+        is closed, so a restart neither repeats nor skips one."""
+        with self.transaction() as db:
+            self._save_totals(totals, progress)
+            state, due = advance(self.export_state())
+            db.executemany(
+                "UPDATE counters SET value = ? WHERE name = ?",
+                ((-1 if state.k is None else state.k, "export_k"), (state.mark_wh, "export_mark")),
+            )
+            if due is not None:
+                raw = sign(due)
+                db.execute(
+                    "INSERT INTO exports (k, raw, wh, total, sent) VALUES (?, ?, ?, ?, ?)",
+                    (due.k, raw, due.wh, due.total, now),
+                )
+                self._enqueue(topics.TX_EXPORT, raw, TX)
+            return due
+
+    def exports(self, limit: int = 1000) -> list[tuple[int, bytes, int, int, int, str]]:
+        """The latest export records, newest first: (k, raw, wh, total, sent, reason)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT k, raw, wh, total, sent, reason FROM exports ORDER BY k DESC LIMIT ?", (limit,)
+            ).fetchall()
+
+    def export_answered(self, k: int, reason: str, now: int, resend: bool) -> None:
+        """The ledger refused record k for `reason`; `resend`: queue the same bytes again now."""
+        with self.transaction() as db:
+            db.execute("UPDATE exports SET reason = ?, sent = ? WHERE k = ?", (reason, now, k))
+            if resend:
+                (raw,) = db.execute("SELECT raw FROM exports WHERE k = ?", (k,)).fetchone()
+                self._enqueue(topics.TX_EXPORT, raw, TX)
+
+    # ---- market orders -------------------------------------------------------------------
+
+    def add_order(self, order: OrderRow, topic: str) -> OrderRow:
+        """Record an order we signed and queue its message on `topic`, at once."""
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({', '.join('?' * len(OrderRow._fields))})", order
+            )
+            self._enqueue(topic, order.msg, TX)
+            return order
+
+    def orders(self, changed_since: int | None = None) -> list[OrderRow]:
+        """All orders, oldest first; with changed_since, those changed at or after it."""
+        where, args = ("", ()) if changed_since is None else ("WHERE changed >= ?", (changed_since,))
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders {where} ORDER BY created, id", args)
+            return [OrderRow(*row) for row in rows.fetchall()]
+
+    def update_order(self, order_id: bytes, make, queue=None) -> OrderRow | None:
+        """As update_trade, for an order; `queue(new) -> (topic, payload)` or None."""
+        return self._update("orders", OrderRow, order_id, make, queue)
+
+    # ---- sales and fills, as statuses tell them ------------------------------------------
+
+    def add_sale(self, sale: SaleRow) -> bool:
+        """Record a held trade naming us that we did not sign; False if known already."""
+        with self._lock:
+            cur = self._db.execute(
+                f"INSERT OR IGNORE INTO sales ({_SALE_COLUMNS}) VALUES ({', '.join('?' * len(SaleRow._fields))})", sale
+            )
+            return cur.rowcount == 1
+
+    def sales(self, changed_since: int | None = None) -> list[SaleRow]:
+        """All sales and fills, oldest first; with changed_since, the held ones and those
+        changed at or after it."""
+        where, args = ("", ()) if changed_since is None else ("WHERE state = 'held' OR changed >= ?", (changed_since,))
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_SALE_COLUMNS} FROM sales {where} ORDER BY t, id", args)
+            return [SaleRow(*row) for row in rows.fetchall()]
+
+    def update_sale(self, sale_id: bytes, make) -> SaleRow | None:
+        return self._update("sales", SaleRow, sale_id, make)
+
+    def save_sale_progress(self, progress: dict[bytes, int]) -> None:
+        """Export counted against held sales; never backwards."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE sales SET delivered_wms = max(delivered_wms, ?) WHERE id = ?",
+                ((wms, sale_id) for sale_id, wms in progress.items()),
+            )
 
     # ---- peers ---------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from wire import topics
 from wire.messages import CtpState, Status
 from wire.reasons import TRANSIENT
 
+OVERSOLD = "erc oversold"  # a trade's reason after the ledger refused its ERC as oversold (§9.4)
+
 HELD, SETTLED, REFUNDED, REJECTED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED, CtpState.REJECTED
 OPEN = (SENT, HELD)
 RESULT_MS = 10_000  # how long the display shows a trade's outcome
@@ -66,13 +68,19 @@ def on_reject(row: TradeRow, kind: str, reason: str, now: int) -> TradeRow | Non
     ERC or cancel keeps the trade as it is (the reason is shown); it is sent again later
     if still useful, say a cancel that was `too-early` by the ledger's clock. A transient
     reason (`busy`: the ledger's pool was full, docs/PROTOCOL.md §4) decided nothing, so
-    even a CTP stays `sent` and goes again after resend_s (see next_step).
+    even a CTP stays `sent` and goes again after resend_s (see next_step). Neither is
+    `oversold` (§9.4): the seller's export for the trade is not proved yet, so the trade
+    stays held and the same ERC goes again after the next interval's end (OVERSOLD).
     """
     if reason == "duplicate":
         return None
     if kind == "ctp" and reason not in TRANSIENT:
         return row._replace(state=REJECTED, reason=reason, changed=now) if row.state == SENT else None
-    return row._replace(reason=f"{kind} {reason}") if row.state in OPEN else None
+    if row.state not in OPEN:
+        return None
+    if f"{kind} {reason}" == OVERSOLD:  # the next try waits for the end of the interval refused in
+        return row._replace(reason=OVERSOLD, sent=now)
+    return row._replace(reason=f"{kind} {reason}")
 
 
 def allocate(rows: list[TradeRow], progress: dict[bytes, int], wms: int, now: int) -> list[TradeRow]:
@@ -96,7 +104,7 @@ def allocate(rows: list[TradeRow], progress: dict[bytes, int], wms: int, now: in
     return complete
 
 
-def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int) -> str | None:
+def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int, interval_ms: int = 300_000) -> str | None:
     """What the trade needs now: ERC or CANCEL (a new signature), a topic to send its last
     message on again, or None.
 
@@ -104,9 +112,13 @@ def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int) -> st
     (the ledger refunds at expiry by itself; this is for when it did not) comes a cancel.
     A message still unanswered after resend_ms is sent again: the broker may have lost it.
     An unanswered CTP is sent again even after its expiry, because only an answer ends the
-    trade: the ledger holds it (if it got it in time) or rejects it as `expired`.
+    trade: the ledger holds it (if it got it in time) or rejects it as `expired`. An ERC
+    refused as `oversold` goes again once per interval, a tenth of an interval after the
+    next end (when the seller's meter has sent its export record for it), until expiry.
     """
     stale = now - row.sent >= resend_ms
+    if row.reason == OVERSOLD and row.erc is not None and row.cancel is None:
+        stale = now >= retry_after_oversold(row.sent, interval_ms)
     if row.state == SENT:
         return topics.TX_CTP if stale else None  # after exp too: the ledger's `expired` ends it
     if row.state != HELD:
@@ -120,6 +132,12 @@ def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int) -> st
     if row.cancel is not None:
         return topics.TX_CANCEL
     return topics.TX_ERC if row.erc is not None and now <= row.exp else None
+
+
+def retry_after_oversold(sent: int, interval_ms: int) -> int:
+    """When an ERC refused as oversold at `sent` goes again: after the interval `sent` is in
+    has ended and its export records have had a tenth of an interval to reach a block."""
+    return (sent // interval_ms + 1) * interval_ms + interval_ms // 10
 
 
 def view(rows: list[TradeRow], progress: dict[bytes, int], now: int, online: bool, power_w: int) -> View:

@@ -298,6 +298,10 @@ class Status(Body):
     # a sale, market fill or direct CTP, as soon as the buyer's money is held.
     payer: bytes | None = _opt(_BSTR32)
     payee: bytes | None = _opt(_BSTR32)
+    # ... and what was sold: the Wh the buyer's meter waits for and the seller's meter must
+    # export, and when the promise lapses (a fill's buyer never signed a CTP that says so).
+    wh: int | None = _opt(_uint)
+    exp: int | None = _opt(_uint)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
