@@ -3,7 +3,8 @@
 `init` writes a genesis, `run` is a validator on the bus, `balance`, `show`, `head`, `audit`
 and `proof` read a validator's database (also while it runs), `check-proof` needs only the
 genesis. `verify` is the operator's "why was this rejected?" tool: it runs exactly the
-stateless checks a validator runs and prints the §4 reason code.
+stateless checks a validator runs and prints the §4 reason code. `clear` prints the fills
+of one trading interval's order book (ledger/clearing.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from broker.args import BROKER_HELP, broker_url, hex_bytes, parse_hex
 from broker.clock import wall_ms
 from broker.keys import KeyFileError, public_hex, write_new_key
 from ledger.audit import AuditFailure, audit
+from ledger.clearing import book_from_json, clear, clearing_lines
 from ledger.genesis import DEFAULT_BLOCK_MS, MAX_UNITS, Genesis, GenesisError, read_genesis, write_genesis
 from ledger.proof import ProofError, check_proof, make_proof
 from ledger.store import LedgerStore, StoreError
@@ -208,6 +210,36 @@ def cmd_check_proof(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_BOOK = 64 << 20  # bytes of a book `clear` reads: a 10,000-order interval is about 1 MB
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    """A bad book is one line, `spb-ledger clear: <reason>`, and exit 1. Handled here rather
+    than through EXPECTED, whose lines do not name the command, and because a book's mistakes
+    are ValueErrors, which EXPECTED leaves as tracebacks for the other commands."""
+    try:
+        if args.file == "-":
+            raw = sys.stdin.buffer.read(MAX_BOOK + 1)
+        else:
+            with open(args.file, "rb") as f:
+                raw = f.read(MAX_BOOK + 1)
+        if len(raw) > MAX_BOOK:
+            raise ValueError(f"the book is over {MAX_BOOK} bytes")
+        try:
+            book = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"not a JSON book: {exc}") from None
+        lines = clearing_lines(clear(*book_from_json(book)))
+    except OSError as exc:
+        print(f"spb-ledger clear: {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"spb-ledger clear: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spb-ledger", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="the proof, or - for stdin")
     check.add_argument("--genesis", type=Path, required=True, metavar="PATH", help="the ledger dir or its genesis.cbor")
     check.set_defaults(run=cmd_check_proof)
+    clearing = sub.add_parser("clear", help="clear one trading interval's order book (JSON) and print its fills")
+    clearing.add_argument("file", help='the book, {"bids": [...], "asks": [...]}, or - for stdin')
+    clearing.set_defaults(run=cmd_clear)
     verify = sub.add_parser("verify", help="run the stateless checks of docs/PROTOCOL.md §4 on one message")
     verify.add_argument("file", help="file holding one raw message, or - for stdin")
     verify.add_argument(
