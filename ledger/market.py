@@ -168,7 +168,7 @@ class MarketState:
     def __init__(self, terms: MarketTerms):
         self.terms = terms
         self.orders: dict[bytes, OrderRecord] = {}
-        self.book_ids: dict[bytes, bytes] = {}  # order id in the book (a revealed bid's own) -> record id
+        self.revealed: dict[bytes, bytes] = {}  # a revealed bid's order id -> its seal's
         self.by_k: dict[int, list[bytes]] = {}  # interval -> its orders' ids, in the order accepted
         self.pending: dict[int, int] = {}  # interval with orders, not cleared yet -> its clearing time
         self.results: dict[int, Result] = {}
@@ -227,7 +227,7 @@ class MarketState:
                 return f"interval {k}, {source}: {sold} Wh sold of {minted} minted"
         for order in changes.orders.values():
             book_id = order.book_hash[:16]
-            if self.book_ids.get(book_id, order.id) != order.id:
+            if self.revealed.get(book_id, order.id) != order.id or (order.bid_raw and book_id in self.orders):
                 return f"order {book_id.hex()} is in the book twice"
         return None
 
@@ -236,7 +236,8 @@ class MarketState:
             if order.id not in self.orders:
                 self.by_k.setdefault(order.k, []).append(order.id)
             self.orders[order.id] = order
-            self.book_ids[order.book_hash[:16]] = order.id
+            if order.bid_raw:
+                self.revealed[order.book_hash[:16]] = order.id
         self.pending.update(changes.pending)
         for k, result in changes.results.items():
             self.results[k] = result

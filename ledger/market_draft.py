@@ -32,7 +32,7 @@ class MarketDraft:
     def __init__(self, draft: Draft, base: MarketState):
         self.draft, self.base, self.terms = draft, base, base.terms
         self.orders: dict[bytes, OrderRecord] = {}  # new or changed
-        self.book_ids: dict[bytes, bytes] = {}
+        self.revealed: dict[bytes, bytes] = {}
         self.by_k: dict[int, list[bytes]] = {}  # orders this draft accepted, per interval
         self.pending: dict[int, int] = {}
         self.results: dict[int, Result] = {}
@@ -46,7 +46,7 @@ class MarketDraft:
         return record if record is not None else self.base.orders.get(order_id)
 
     def in_book(self, book_id: bytes) -> bool:
-        return book_id in self.book_ids or book_id in self.base.book_ids or self.order(book_id) is not None
+        return book_id in self.revealed or book_id in self.base.revealed or self.order(book_id) is not None
 
     def clearing_time(self, k: int) -> int | None:
         return self.pending.get(k, self.base.pending.get(k))
@@ -195,12 +195,14 @@ class MarketDraft:
         self.by_k.setdefault(body.k, []).append(digest[:16])
         seal_wait = self.terms.reveal_s * 1000 if isinstance(body, Seal) else 0
         when = self.terms.gate(body.k) + seal_wait
-        if (self.clearing_time(body.k) or -1) < when:
+        current = self.clearing_time(body.k)
+        if current is None or current < when:  # a seal makes the interval wait for its reveal window
             self.pending[body.k] = when
 
     def _put(self, order: OrderRecord) -> None:
         self.orders[order.id] = order
-        self.book_ids[order.book_hash[:16]] = order.id
+        if order.bid_raw:
+            self.revealed[order.book_hash[:16]] = order.id
         self.draft.outputs.append(self.draft.output(topics.market_order(order.k, order.id), order.status()))
 
     # -- clearing (§9.3) --

@@ -36,7 +36,7 @@ def snapshot(state: LedgerState) -> tuple:
         (state.height, state.tip, state.t, state.balances, state.held, state.refused, state.revoked),
         dict(state.ctps),
         state.used_keys,
-        (market.orders, market.book_ids, market.by_k, market.pending, market.results),
+        (market.orders, market.revealed, market.by_k, market.pending, market.results),
         (market.exports, market.ks, market.tokens),
     )
 
