@@ -1,5 +1,7 @@
 """A simulated community that trades: households with accounts, meters and one-time key
-batches vouched for by CoEs, making signed CTPs, ERCs and cancels.
+batches vouched for by CoEs, making signed CTPs, ERCs and cancels, and on a market chain
+(docs/PROTOCOL.md §9) asks, bids, sealed bids and their reveals, withdrawals, the meters'
+export records and the ERCs of fills.
 
 Deterministic from a seed, so tests, benchmarks and the demo can make the same valid
 traffic a real community would, without Pi hardware. Keys are derived from the seed and
@@ -8,16 +10,18 @@ never written anywhere: nothing here is for a real deployment.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from hashlib import sha256
 from pathlib import Path
 
 from nacl.signing import SigningKey
 
 from broker.keys import write_file
-from ledger.genesis import Genesis, write_genesis
+from ledger.genesis import DEFAULT_INTERVAL_S, Genesis, MarketTerms, MeterEntry, default_reveal_s, write_genesis
 from ledger.validator import secret_validator_dir
+from wire.market import commitment, order_id_of
 from wire.merkle import MerkleTree
-from wire.messages import Cancel, Coe, Ctp, DevCert, Erc, open_message
+from wire.messages import Ask, Bid, Cancel, Coe, Ctp, DevCert, Erc, Export, Reveal, Seal, Withdraw, open_message
 
 YEAR_MS = 365 * 86_400_000
 BATCH = 64  # docs/PROTOCOL.md §3's default batch of one-time keys
@@ -50,7 +54,8 @@ class KeyBatch:
 
 
 class Household:
-    """An account and the meter that confirms what it buys."""
+    """An account and the meter that confirms what it buys (and, with a source, proves what
+    it sells: its export records, signed by the device key)."""
 
     def __init__(
         self,
@@ -60,9 +65,10 @@ class Household:
         account: SigningKey,
         device: SigningKey,
         devcert: bytes,
+        source: str = "",
     ):
         self.community, self.index, self.meter_id = community, index, meter_id
-        self.account, self.device, self.devcert = account, device, devcert
+        self.account, self.device, self.devcert, self.source = account, device, devcert, source
         self.batches: list[KeyBatch] = []
 
     @property
@@ -74,12 +80,15 @@ class Household:
 
 
 class SimCommunity:
-    """`households` households; household i's meter is witnessed by household i+1's."""
+    """`households` households; household i's meter is witnessed by household i+1's, and
+    registered in a market genesis with `sources[i]` (none beyond the list: it proves
+    export but cannot sell)."""
 
-    def __init__(self, households: int, now: int, seed: bytes = b"spb-energy simulation"):
+    def __init__(self, households: int, now: int, seed: bytes = b"spb-energy simulation", sources: Sequence[str] = ()):
         if households < 2:
             raise ValueError("a community needs two households: a CoE is signed by another meter")
         self.seed, self.now, self.ca = seed, now, _key(seed, "ca")
+        self.sources = tuple(sources)
         self.validator_keys = [_key(seed, "validator", i) for i in range(4)]
         self._ctps = 0
         self._reserved: dict[bytes, tuple[KeyBatch, int]] = {}  # CTP id -> the key its ERC will use
@@ -90,15 +99,30 @@ class SimCommunity:
         devcert = DevCert(
             meter=meter_id, pk=pk(device), iss=pk(self.ca), nbf=self.now - YEAR_MS, exp=self.now + YEAR_MS
         ).sign(self.ca)
-        return Household(self, i, meter_id, _key(self.seed, "account", i), device, devcert)
+        source = self.sources[i] if i < len(self.sources) else ""
+        return Household(self, i, meter_id, _key(self.seed, "account", i), device, devcert, source)
 
-    def genesis(self, balance: int, validators: int = 1, block_ms: int = 200) -> Genesis:
+    def market_terms(
+        self, interval_s: int = DEFAULT_INTERVAL_S, ahead: int = 288, grace: int = 1, reveal_s: int | None = None
+    ) -> MarketTerms:
+        """A genesis' market section: every household's meter under its account, with its source."""
+        meters = tuple(MeterEntry(h.meter_id, pk(h.account), h.source) for h in self.households)
+        reveal_s = default_reveal_s(interval_s) if reveal_s is None else reveal_s
+        return MarketTerms(meters, interval_s, ahead, grace, reveal_s)
+
+    def genesis(
+        self, balance: int, validators: int = 1, block_ms: int = 200, market: MarketTerms | None = None
+    ) -> Genesis:
+        """A v1 genesis, or with `market` (self.market_terms()) a market chain's."""
         accounts = {pk(h.account): balance for h in self.households}
-        return Genesis.build([pk(self.ca)], accounts, [pk(k) for k in self.validator_keys[:validators]], block_ms)
+        validator_keys = [pk(k) for k in self.validator_keys[:validators]]
+        return Genesis.build([pk(self.ca)], accounts, validator_keys, block_ms, market)
 
-    def ledger_dir(self, root: Path, balance: int, block_ms: int = 200, validators: int = 1) -> Path:
+    def ledger_dir(
+        self, root: Path, balance: int, block_ms: int = 200, validators: int = 1, market: MarketTerms | None = None
+    ) -> Path:
         """A ledger dir for `spb-ledger run`: this community's genesis and its validators' keys."""
-        write_genesis(root, self.genesis(balance, validators, block_ms))
+        write_genesis(root, self.genesis(balance, validators, block_ms, market))
         for i in range(validators):
             key = (bytes(self.validator_keys[i]).hex() + "\n").encode()
             write_file(secret_validator_dir(root, i) / "validator.key", key, 0o600, replace=True)
@@ -143,10 +167,20 @@ class SimCommunity:
             batch = self.households[by if by is not None else self._owner(ctp.payer)].batch
             reserved = (batch, batch.take())
         batch, idx = reserved
+        return self._erc(batch, idx, ctp.id, ctp.wh if wh is None else wh, t)
+
+    def fill_erc(self, bid_raw: bytes, fill_id: bytes, wh: int, t: int | None = None) -> bytes:
+        """The ERC of a fill of `bid_raw` (a fill's trade id: wire.market.fill_id), signed with
+        the next key of the batch the bid names, as the buyer's meter confirms a fill."""
+        bid: Bid = open_message(bid_raw, Bid).body
+        batch = next(b for h in self.households for b in h.batches if b.root == bid.meter)
+        return self._erc(batch, batch.take(), fill_id, wh, t)
+
+    def _erc(self, batch: KeyBatch, idx: int, trade_id: bytes, wh: int, t: int | None) -> bytes:
         key = batch.keys[idx]
         return Erc(
-            ctp=ctp.id,
-            wh=ctp.wh if wh is None else wh,
+            ctp=trade_id,
+            wh=wh,
             t=self.now if t is None else t,
             pk=pk(key),
             idx=idx,
@@ -161,3 +195,54 @@ class SimCommunity:
 
     def _owner(self, account: bytes) -> int:
         return next(h.index for h in self.households if pk(h.account) == account)
+
+    # -- the market (docs/PROTOCOL.md §9) --
+
+    def ask(self, seller: int, wh: int, price: int, k: int, src: str | None = None, t: int | None = None) -> bytes:
+        """An ask from the seller's meter, of its registered source unless `src` says otherwise."""
+        house = self.households[seller]
+        src = house.source if src is None else src
+        return Ask(seller=pk(house.account), meter=house.meter_id, wh=wh, price=price, k=k, src=src, t=self._t(t)).sign(
+            house.account
+        )
+
+    def bid(self, buyer: int, wh: int, price: int, k: int, green: bool = False, t: int | None = None) -> bytes:
+        """A bid naming the CoE root of the buyer meter's batch in use: its ERCs come from it."""
+        house = self.households[buyer]
+        return Bid(
+            buyer=pk(house.account), wh=wh, price=price, k=k, green=green, meter=house.batch.root, t=self._t(t)
+        ).sign(house.account)
+
+    def seal(self, bid_raw: bytes, deposit: int, t: int | None = None) -> tuple[bytes, bytes]:
+        """(the seal committing to a signed bid, its nonce): the nonce is derived from the seed
+        and the bid, so the same seed seals the same way."""
+        bid: Bid = open_message(bid_raw, Bid).body
+        account = self.households[self._owner(bid.buyer)].account
+        nonce = sha256(self.seed + b"/nonce/" + bid_raw).digest()
+        seal = Seal(buyer=bid.buyer, k=bid.k, c=commitment(bid_raw, nonce), deposit=deposit, t=self._t(t))
+        return seal.sign(account), nonce
+
+    def reveal(self, seal_raw: bytes, bid_raw: bytes, nonce: bytes, t: int | None = None) -> bytes:
+        seal: Seal = open_message(seal_raw, Seal).body
+        account = self.households[self._owner(seal.buyer)].account
+        return Reveal(buyer=seal.buyer, seal=order_id_of(seal_raw), bid=bid_raw, nonce=nonce, t=self._t(t)).sign(
+            account
+        )
+
+    def withdraw(self, order_raw: bytes, t: int | None = None, by: int | None = None) -> bytes:
+        """The withdrawal of an ask, bid or seal by its owner (or by household `by`)."""
+        body = open_message(order_raw).body
+        assert isinstance(body, (Ask, Bid, Seal)), "only orders are withdrawn"
+        owner = body.seller if isinstance(body, Ask) else body.buyer
+        account = self.households[self._owner(owner) if by is None else by].account
+        return Withdraw(by=pk(account), order=order_id_of(order_raw), t=self._t(t)).sign(account)
+
+    def export(self, meter: int, k: int, wh: int, total: int, t: int | None = None) -> bytes:
+        """Household `meter`'s export record of interval k, signed by its device key."""
+        house = self.households[meter]
+        return Export(meter=house.meter_id, cert=house.devcert, k=k, wh=wh, total=total, t=self._t(t)).sign(
+            house.device
+        )
+
+    def _t(self, t: int | None) -> int:
+        return self.now if t is None else t
