@@ -58,11 +58,12 @@ bench: venv mosquitto
 	$(BIN)/python bench/consensus.py
 	$(BIN)/python -m bench.flood
 
-# The consensus simulation: `make sim SEED=n` replays one seed exactly, `make sim` runs SEEDS from FIRST.
+# The consensus simulation: `make sim SEED=n` replays one seed exactly, `make sim` runs SEEDS from FIRST;
+# MARKET=1 runs them on a market chain with market traffic (ledger.sim_market).
 SEEDS ?= 500
 FIRST ?= 0
 sim: venv
-	$(BIN)/python -m ledger.sim $(if $(SEED),--seed $(SEED),--seeds $(SEEDS) --first $(FIRST))
+	$(BIN)/python -m ledger.sim $(if $(SEED),--seed $(SEED),--seeds $(SEEDS) --first $(FIRST))$(if $(MARKET), --market)
 
 clean:
 	rm -rf $(VENV) demo-community .pytest_cache .hypothesis

@@ -6,11 +6,15 @@ delayed, dropped, duplicated and reordered, validators crash and restart from wh
 persisted, the network splits into partitions, clocks are skewed, and one validator is
 Byzantine: Twins (two instances with one key, each talking to some of the others), forged
 or replayed seals and messages, or silence; with `--flood N`, one account also publishes N
-signed CTPs within 100 ms (issue 13). After every step the honest validators must
-agree on every height they both committed, keep balances + holds constant and settle no
-CTP twice; once the faults stop, every submitted transaction must be decided everywhere
-(junk refused at the door, a flooded CTP decided or refused as `busy`), and every honest
-validator must know it is caught up (Replica.caught_up).
+signed CTPs within 100 ms (issue 13); with `--market`, the chain has a market and the
+validators also order three intervals of market traffic (ledger.sim_market: orders, sealed
+bids, withdrawals, export records, the ERCs of fills, oversold attempts). After every step
+the honest validators must agree on every height they both committed, keep balances +
+holds constant and settle no trade twice; once the faults stop, every submitted transaction
+must be decided everywhere (junk refused at the door, a flooded CTP decided or refused as
+`busy`), and every honest validator must know it is caught up (Replica.caught_up). With a
+market, the honest validators end with the same market state, which keeps the market's
+invariants and is what a replay of their blocks into a fresh state gives.
 The same seed replays the same run exactly: nothing here reads a clock or the OS' randomness.
 """
 
@@ -27,12 +31,13 @@ from hashlib import sha256
 from ledger import consensus as c
 from ledger.block import Block, parse_trade, quorum
 from ledger.draft import replay
+from ledger.fill import trade_ctp
 from ledger.genesis import Genesis
 from ledger.replica import Decided, Persist, Refused, Replica, Send, Timing
+from ledger.sim_market import SOURCES, market_problems, market_traffic, replayed, snapshot
 from ledger.state import LedgerState
 from ledger.workload import SimCommunity
 from wire.cose import encode, load, message_hash
-from wire.messages import Ctp, open_message
 from wire.reasons import BUSY
 from wire.verify import Verifier
 
@@ -51,15 +56,23 @@ class Violation(AssertionError):
 class Workload:
     genesis: Genesis
     keys: tuple  # validator signing keys
-    txs: tuple[tuple[str, bytes], ...]
+    txs: tuple[tuple[str, bytes], ...]  # each sent at a random time in the first 10 s
+    timed: tuple[tuple[int, str, bytes], ...] = ()  # (ms after NOW to send it, typ, raw)
+
+    def all_txs(self) -> tuple[tuple[str, bytes], ...]:
+        return self.txs + tuple((typ, raw) for _, typ, raw in self.timed)
 
 
-@lru_cache(maxsize=1)
-def workload() -> Workload:
+@lru_cache(maxsize=2)
+def workload(market: bool = False) -> Workload:
     """The same signed traffic for every seed (signing is the slow part): trades that
     settle, one that expires, one cancelled, one short of funds, duplicates, junk (refused
-    at the door), a cancel of an unknown CTP and a forged ERC (rejected in blocks)."""
-    sim = SimCommunity(FLOODER + 1, NOW, seed=b"spb-energy consensus simulation")  # the flooder trades nothing here
+    at the door), a cancel of an unknown CTP and a forged ERC (rejected in blocks). With
+    `market`, on a market chain (where a CTP settles only against its payee's proved
+    export, so most of these are refunded), and the market's traffic besides."""
+    sim = SimCommunity(  # the flooder trades nothing here
+        FLOODER + 1, NOW, seed=b"spb-energy consensus simulation", sources=SOURCES if market else ()
+    )
     txs: list[tuple[str, bytes]] = []
     for i in range(6):
         ctp = sim.ctp(i % 5, (i + 1) % 5, 10 + i, 100 + i, exp=NOW + 25_000)
@@ -80,7 +93,11 @@ def workload() -> Workload:
         ("cancel", sim.cancel(sim.ctp(4, 0, 1, 1, exp=NOW + 25_000))),  # of a CTP never sent
         ("erc", forged[:-1] + bytes([forged[-1] ^ 1])),  # its block decides the signature
     ]
-    return Workload(sim.genesis(1_000, validators=N), tuple(sim.validator_keys[:N]), tuple(txs))
+    keys = tuple(sim.validator_keys[:N])
+    if market:
+        traffic = market_traffic(sim, NOW)
+        return Workload(traffic.genesis, keys, tuple(txs), traffic.timed)
+    return Workload(sim.genesis(1_000, validators=N), keys, tuple(txs))
 
 
 @lru_cache(maxsize=2)
@@ -107,21 +124,24 @@ class Node:
     tick_at: int | None = None
     peers: frozenset[int] | None = None  # a twin talks only to these
     checked: int = 0  # heights compared with the other honest validators'
-    settled: set = field(default_factory=set)  # CTP ids its chain settled
+    settled: set = field(default_factory=set)  # trade ids (CTPs and fills) its chain settled
+    reasons: dict = field(default_factory=dict)  # (typ, reject reason or None) -> inputs its blocks decided so
     unacked: dict = field(default_factory=dict)  # the broker's copy of its unacknowledged transactions
     refused: dict = field(default_factory=dict)  # transaction key -> the reason it was last turned away
 
 
 class Sim:
-    def __init__(self, seed: int, steps: int = 20_000, flood_size: int = 0):
+    def __init__(self, seed: int, steps: int = 20_000, flood_size: int = 0, market: bool = False):
         self.seed, self.rng = seed, random.Random(seed)
         rng = self.rng
-        self.w = workload()
+        self.market = market
+        self.w = workload(market)
         self.flood = flood(flood_size) if flood_size else ()
         self.t = NOW
         self.events: list = []
         self.seq = 0
-        self.steps_left = steps + 8 * flood_size  # a flood is that many more deliveries and messages
+        # A flood is that many more deliveries and messages; a market a minute of blocks more.
+        self.steps_left = steps + 8 * flood_size + (20_000 if market else 0)
         self.heal_at = NOW + rng.randint(5_000, 25_000)
         self.byzantine = rng.choice(BYZANTINE)
         self.bad = rng.randrange(N) if self.byzantine != "none" else None
@@ -162,6 +182,9 @@ class Sim:
         if self.partitioned:
             self._at(rng.randint(NOW, self.heal_at), ("partition", self._split()))
             self._at(self.heal_at, ("partition", None))
+        for after, typ, raw in self.w.timed:  # when its household or meter sends it
+            for node in self.nodes:
+                self._at(NOW + after + rng.randint(0, self.max_delay), ("tx", node, typ, raw))
 
     # -- the run --
 
@@ -192,7 +215,9 @@ class Sim:
         return (
             f"byzantine {self.byzantine} v{self.bad}, drop {self.drop}, dup {self.dup}, delay <= "
             f"{self.max_delay} ms, {self.crashes} crashes, partition {self.partitioned}, heal at "
-            f"{(self.heal_at - NOW) / 1000:.1f} s" + (f", flood of {len(self.flood)} CTPs" if self.flood else "")
+            f"{(self.heal_at - NOW) / 1000:.1f} s"
+            + (f", flood of {len(self.flood)} CTPs" if self.flood else "")
+            + (", market" if self.market else "")
         )
 
     def _step(self, event: tuple) -> None:
@@ -255,6 +280,8 @@ class Sim:
             elif isinstance(action, Decided):
                 node.chain.append(action.block)
                 assert action.block.header.height == len(node.chain)
+                for (typ, _), reason in zip(action.block.inputs, action.draft.reasons, strict=True):
+                    node.reasons[typ, reason] = node.reasons.get((typ, reason), 0) + 1
             elif isinstance(action, Send):
                 self._send(node, action)
             elif isinstance(action, Refused):
@@ -371,9 +398,9 @@ class Sim:
             for height in range(node.checked + 1, len(node.chain) + 1):
                 block = node.chain[height - 1]
                 for trade in block.trades:
-                    ctp_id = open_message(parse_trade(trade)[0], Ctp).body.id
+                    ctp_id = trade_ctp(parse_trade(trade)[0])[0].id  # a signed CTP or a fill document
                     if ctp_id in node.settled:
-                        raise Violation(f"seed {self.seed}: v{node.index} settles CTP {ctp_id.hex()} twice")
+                        raise Violation(f"seed {self.seed}: v{node.index} settles trade {ctp_id.hex()} twice")
                     node.settled.add(ctp_id)
                 digest = block.hash
                 seen = self.committed.setdefault(height, digest)
@@ -402,7 +429,7 @@ class Sim:
         refused = {key for node in honest for key in node.refused}
         for node in honest:
             decided = {(typ, message_hash(raw)) for block in node.chain for typ, raw in block.inputs}
-            for typ, raw in self.w.txs:
+            for typ, raw in self.w.all_txs():
                 key = (typ, message_hash(raw))
                 if key not in decided and node.refused.get(key, BUSY) == BUSY:
                     return False
@@ -416,16 +443,48 @@ class Sim:
         )
 
     def final_checks(self) -> None:
-        """At the end: each honest chain is sealed by a quorum, as anyone can check offline."""
+        """At the end: each honest chain is sealed by a quorum, as anyone can check offline;
+        with a market, the market checks (market_checks)."""
         for node in self.honest():
             for block in node.chain:
                 if block.valid_seals(self.w.genesis.validators) < quorum(len(self.w.genesis.validators)):
                     raise Violation(f"seed {self.seed}: v{node.index} block {block.header.height} lacks a quorum")
+        if self.market:
+            self.market_checks()
+
+    def market_checks(self) -> None:
+        """Every honest validator holds the same state, market included; it keeps the market's
+        invariants (ledger.sim_market.market_problems); and replaying the decided blocks into
+        a fresh state from the genesis gives that state again."""
+        honest, states = self.honest(), self.honest_states()
+        first = snapshot(states[0])
+        for node, state in zip(honest[1:], states[1:], strict=True):
+            differ = ", ".join(name for name, value in snapshot(state).items() if value != first[name])
+            if differ:
+                raise Violation(f"seed {self.seed}: v{node.index}'s {differ} differ from v{honest[0].index}'s")
+        problems = market_problems(states[0])
+        if problems:
+            raise Violation(f"seed {self.seed}: market invariants: {'; '.join(problems[:5])}")
+        again = snapshot(replayed(self.w.genesis, honest[0].chain))
+        differ = ", ".join(name for name, value in again.items() if value != first[name])
+        if differ:
+            raise Violation(f"seed {self.seed}: replaying the blocks gives other {differ}")
+
+    def honest_states(self) -> list[LedgerState]:
+        """Each honest validator's committed state: all are up when a run is done."""
+        states = [n.replica.state for n in self.honest() if n.replica is not None]
+        if len(states) != len(self.honest()):
+            raise Violation(f"seed {self.seed}: an honest validator is down at the end")
+        return states
+
+    def decided(self) -> dict[tuple[str, str | None], int]:
+        """(typ, reject reason or None) -> how many inputs an honest validator's blocks decided so."""
+        return dict(self.honest()[0].reasons)
 
 
-def run_seed(seed: int, flood_size: int = 0) -> tuple[int, int]:
+def run_seed(seed: int, flood_size: int = 0, market: bool = False) -> tuple[int, int]:
     """(steps, final height) of one seed; Violation if a property fails."""
-    sim = Sim(seed, flood_size=flood_size)
+    sim = Sim(seed, flood_size=flood_size, market=market)
     steps = sim.run()
     sim.final_checks()
     return steps, len(sim.honest()[0].chain)
@@ -437,18 +496,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=100, metavar="N")
     parser.add_argument("--first", type=int, default=0, metavar="S")
     parser.add_argument("--flood", type=int, default=0, metavar="N", help="one account also publishes N CTPs")
+    parser.add_argument("--market", action="store_true", help="a market chain, with market traffic besides")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     failed = 0
     for seed in seeds:
         try:
-            steps, height = run_seed(seed, args.flood)
+            steps, height = run_seed(seed, args.flood, args.market)
         except Violation as exc:
             failed += 1
             print(f"FAIL {exc}")
             continue
         if args.seed is not None:
-            print(f"seed {seed} ok: {Sim(seed, flood_size=args.flood).describe()}; {steps} steps, height {height}")
+            sim = Sim(seed, flood_size=args.flood, market=args.market)
+            print(f"seed {seed} ok: {sim.describe()}; {steps} steps, height {height}")
     if args.seed is None:
         print(f"{len(seeds) - failed} of {len(seeds)} seeds ok")
     return 1 if failed else 0
