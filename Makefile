@@ -52,6 +52,7 @@ format: venv
 bench: venv mosquitto
 	$(BIN)/python bench/protocol.py
 	$(BIN)/python bench/clearing.py
+	$(BIN)/python bench/market.py
 	$(BIN)/python bench/spb_paper.py
 	$(BIN)/python bench/saturation.py
 	$(BIN)/python bench/meter.py

@@ -33,7 +33,7 @@ from broker.client import BusClient
 from broker.clock import wall_ms
 from broker.runtime import Mosquitto, free_port, wait_or_kill
 from ledger.block import Block, Header, merkle_root
-from ledger.genesis import DEFAULT_BLOCK_MS
+from ledger.genesis import DEFAULT_BLOCK_MS, MarketTerms
 from ledger.workload import SimCommunity, pk
 from wire import topics
 from wire.cose import encode, sign1
@@ -78,12 +78,19 @@ def cpu_ticks(pid: int) -> dict[int, int]:
 
 class Cluster:
     """A temp dir with a Mosquitto and n validators of `community`'s ledger, each its own
-    `spb-ledger run --validator I`; `profiles[i]`, if given, is validator i's cProfile output."""
+    `spb-ledger run --validator I`; `profiles[i]`, if given, is validator i's cProfile output;
+    `market`, the genesis' market terms (None: a v1 chain)."""
 
     def __init__(
-        self, community: SimCommunity, n: int = 1, block_ms: int = DEFAULT_BLOCK_MS, profiles: list[Path] | None = None
+        self,
+        community: SimCommunity,
+        n: int = 1,
+        block_ms: int = DEFAULT_BLOCK_MS,
+        profiles: list[Path] | None = None,
+        market: MarketTerms | None = None,
     ):
         self.community, self.n, self.block_ms, self.profiles = community, n, block_ms, profiles
+        self.market = market
         self.tmp = tempfile.TemporaryDirectory(prefix="spb-bench-")
         self.dir = Path(self.tmp.name)
         self.root = self.dir / "ledger"
@@ -104,7 +111,7 @@ class Cluster:
 
     def start(self) -> None:
         self.broker.start(free_port(), self.dir / "mosquitto")
-        self.community.ledger_dir(self.root, BALANCE, self.block_ms, validators=self.n)
+        self.community.ledger_dir(self.root, BALANCE, self.block_ms, validators=self.n, market=self.market)
         online: set[str] = set()
         all_online = threading.Event()
         watcher = self.client("bench-ledger-state")

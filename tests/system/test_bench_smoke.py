@@ -153,3 +153,31 @@ def test_clearing_bench_prints_clear_beside_the_sort_of_the_same_book_and_the_ra
     assert sort > 0 and clear > 0 and abs(ratio - clear / sort) <= 0.01 + 0.01 * ratio, out
     for n in ("100", "10,000"):
         assert re.search(rf"^ratio at {n} orders\s+[\d.]+     \(sort [\d.]+ ms, clear [\d.]+ ms\)$", out, re.M), out
+
+
+def test_market_bench_prints_accepted_orders_beside_the_verify_bound():
+    out = run_bench(
+        "bench/market.py",
+        "--orders",
+        "60",
+        "--block",
+        "20",
+        "--e2e-orders",
+        "60",
+        "--rounds",
+        "1",
+        "--e2e-rounds",
+        "1",
+        "--seconds",
+        "0.05",
+    )
+    raw = int(re.search(r"^raw Ed25519 verify \(ask/bid length\)\s+(\d+) /s$", out, re.M).group(1))
+    bound = int(re.search(r"^bound \(1 verify per order\)\s+(\d+) orders/s$", out, re.M).group(1))
+    assert raw > 0 and bound == raw, out
+    for name in ("end to end over Mosquitto", "core: LedgerNode, no MQTT"):
+        found = re.search(f"^{name}\\s+(\\d+) orders/s\\s+ratio ([\\d.]+)$", out, re.M)
+        assert found, (name, out)
+        assert int(found.group(1)) > 0 and abs(float(found.group(2)) - int(found.group(1)) / bound) < 0.01
+    assert re.search(r"^core: \d+ us per accepted order \(60 orders, 20 per block\)$", out, re.M), out
+    cpu = r"^end to end, 60 orders per round, block_ms \d+: CPU during the run .* ledger [\d.]+ s"
+    assert re.search(cpu, out, re.M), out
