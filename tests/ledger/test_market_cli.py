@@ -60,3 +60,12 @@ def test_tokens_prints_one_line_per_registered_source(cleared, capsys):
         "solar minted 0 sold 0",
         "grid minted 0 sold 0",
     ]
+
+
+def test_a_settled_fill_has_a_proof_that_checks_offline(cleared, capsys, tmp_path_factory):
+    """A fill's trade carries its unsigned fill document: the seals alone vouch for it."""
+    root, _, _, _, fill = cleared
+    proof = tmp_path_factory.mktemp("proof") / "fill.json"
+    proof.write_text("\n".join(run(capsys, "proof", str(root), fill.ctp.id.hex())))
+    [line] = run(capsys, "check-proof", str(proof), "--genesis", str(root))
+    assert fill.ctp.id.hex() in line
