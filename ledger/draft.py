@@ -11,13 +11,12 @@ type is in docs/decisions/0002-ledger-v1.md, with revocations in 0004-revocation
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
 from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
-from ledger.fill import FillDoc
+from ledger.fill import FillDoc, fill_ctp
 from ledger.genesis import MAX_UNITS
 from ledger.market import MARKET_TYPES
 from ledger.market_draft import MarketDraft
@@ -151,7 +150,7 @@ class Draft:
         digest = message_hash(raw)
         index = self.known + self._new
         self._new += 1
-        self._put(CtpRecord(doc.ctp(), raw, digest, index, CtpState.HELD, self.height, digest, t=self.t, fill=doc))
+        self._put(CtpRecord(fill_ctp(doc), raw, digest, index, CtpState.HELD, self.height, digest, t=self.t, fill=doc))
 
     def _erc(self, opened: Opened[Erc], digest: bytes) -> None:
         erc: Erc = opened.body
@@ -218,10 +217,7 @@ class Draft:
     def _put(self, record: CtpRecord) -> None:
         """Record a change and announce it: only an applied message changes a status (§7)."""
         self.ctps[record.ctp.id] = record
-        status = Status(ctp=record.ctp.id, state=record.state, t=self.t, h=self.height, msg=record.by or None)
-        if self.market is not None and record.state == CtpState.HELD:  # the seller learns of its sale (§9)
-            status = replace(status, payer=record.ctp.payer, payee=record.ctp.payee)
-        self.outputs.append(self.output(topics.status(record.ctp.id), status))
+        self.outputs.append(self.output(topics.status(record.ctp.id), record.status(self.t, self.market is not None)))
 
     def output(self, topic: str, body: Body) -> Output:
         """A retained status of this block."""

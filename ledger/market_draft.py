@@ -15,7 +15,7 @@ from dataclasses import replace
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
-from ledger.fill import FillDoc, fill_id
+from ledger.fill import FillDoc, free_fill_id
 from ledger.market import Escrowed, ExportRecord, MarketChanges, MarketState, OrderRecord, Result, clear_book
 from wire import topics
 from wire.messages import Ask, Bid, DevCert, Export, Opened, OrderState, Reveal, Seal, Withdraw, open_message
@@ -223,7 +223,7 @@ class MarketDraft:
             bid, ask = bids[fill.bid], asks[fill.ask]
             assert bid.bid is not None
             doc = FillDoc(
-                id=fill_id(bid.book_hash, ask.hash, lambda i: draft.record(i) is not None),
+                id=free_fill_id(bid.book_hash, ask.hash, lambda i: draft.record(i) is not None),
                 k=k,
                 bid=bid.book_hash,
                 ask=ask.hash,

@@ -114,11 +114,8 @@ class LedgerNode:
             for ctp_id, (reason, msg, t) in rejected
             if since <= t <= last and ctp_id not in self.state.ctps
         ]
-        out += [
-            Status(ctp=r.ctp.id, state=r.state, t=times[r.height], h=r.height, msg=r.by or None)
-            for r in records
-            if since <= times[r.height] <= last
-        ]
+        market = self.state.genesis.market is not None
+        out += [r.status(times[r.height], market) for r in records if since <= times[r.height] <= last]
         return [LedgerOutboxRow(0, topics.status(s.ctp), s.sign(self.key), True, s.h or 0) for s in out]
 
     def close(self) -> None:

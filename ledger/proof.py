@@ -3,12 +3,15 @@
 `spb-ledger proof` writes a JSON document: the block header, its seals, the trade (the
 CTP's bytes and its ERC's hash) and the RFC 9162 audit path from the trade to the header's
 `txs` root. `check` needs nothing but the validator keys: the seals make the header final,
-the path puts the trade under it, the payer's signature makes the CTP genuine.
+the path puts the trade under it, the payer's signature makes the CTP genuine. A market
+fill's trade carries its unsigned fill document instead (docs/PROTOCOL.md §9.3): the
+validators derived it from the orders they ordered, so the seals alone vouch for it.
 """
 
 from __future__ import annotations
 
 from ledger.block import Block, BlockError, Header, parse_trade, quorum, trade_hash
+from ledger.fill import trade_ctp
 from ledger.store import LedgerStore
 from wire.merkle import MerkleTree, verify_inclusion
 from wire.messages import Ctp, open_message
@@ -47,12 +50,11 @@ def check_proof(doc: dict, validators: tuple[bytes, ...]) -> tuple[Header, Ctp]:
         seals = tuple((i, bytes.fromhex(sig)) for i, sig in doc["seals"])
         trade = bytes.fromhex(doc["trade"])
         ctp_raw, _erc_hash = parse_trade(trade)
-        opened = open_message(ctp_raw, Ctp)
+        ctp, fill = trade_ctp(ctp_raw)
         path = [bytes.fromhex(p) for p in doc["path"]]
         index, size = doc["index"], doc["size"]
     except (BlockError, Reject, KeyError, TypeError, ValueError) as exc:
         raise ProofError(f"malformed proof: {exc}") from None
-    ctp: Ctp = opened.body
     if doc.get("ctp") != ctp.id.hex() or doc.get("height") != header.height:
         raise ProofError("the proof's ctp or height does not match its contents")
     if Block(header, (), seals).valid_seals(validators) < quorum(len(validators)):
@@ -61,6 +63,6 @@ def check_proof(doc: dict, validators: tuple[bytes, ...]) -> tuple[Header, Ctp]:
         type(index) is int and type(size) is int and verify_inclusion(trade_hash(trade), index, size, path, header.txs)
     ):
         raise ProofError("the trade is not under the header's txs root")
-    if not opened.envelope.verifies(ctp.payer):
+    if fill is None and not open_message(ctp_raw, Ctp).envelope.verifies(ctp.payer):
         raise ProofError("the CTP is not signed by its payer")
     return header, ctp

@@ -20,7 +20,7 @@ from ledger.genesis import Genesis
 from ledger.market import MarketChanges, MarketState
 from wire.cose import encode
 from wire.merkle import MerkleTree, TreeChange
-from wire.messages import Ctp, CtpState
+from wire.messages import Ctp, CtpState, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,16 @@ class CtpRecord:
 
     def moved(self, state: CtpState, height: int, t: int, by: bytes, erc_pk: bytes | None = None) -> CtpRecord:
         return replace(self, state=state, height=height, t=t, by=by, erc_pk=erc_pk)
+
+    def status(self, t: int, market: bool) -> Status:
+        """Its retained status, published at block time t. In a market chain a `held` status
+        names the parties, the Wh and the expiry (§9): the seller's meter learns of its sale
+        and the buyer's of a fill, which it never signed a CTP for."""
+        status = Status(ctp=self.ctp.id, state=self.state, t=t, h=self.height, msg=self.by or None)
+        if not (market and self.state == CtpState.HELD):
+            return status
+        ctp = self.ctp
+        return replace(status, payer=ctp.payer, payee=ctp.payee, wh=ctp.wh, exp=ctp.exp)
 
 
 class BrokenInvariant(AssertionError):

@@ -27,12 +27,17 @@ def order_id_of(raw: bytes) -> bytes:
     return order_id(message_hash(raw))
 
 
-def fill_id(bid_hash: bytes, ask_hash: bytes) -> bytes:
+def fill_id(bid_hash: bytes, ask_hash: bytes, n: int = 0) -> bytes:
     """A fill's trade id: first 16 bytes of SHA-256(bid message hash || ask message hash).
-    Both hashes, so one bid filled by two asks (or the reverse) gives two trades."""
+    Both hashes, so one bid filled by two asks (or the reverse) gives two trades. If a CTP
+    took that id first (its id is the payer's choice and the book is public), the ledger
+    uses candidate n >= 1: SHA-256(bid hash || ask hash || n as 4 bytes, big-endian)[:16]."""
     if len(bid_hash) != 32 or len(ask_hash) != 32:
         raise ValueError("message hashes are 32 bytes")
-    return sha256(bid_hash + ask_hash).digest()[:ID_BYTES]
+    if not 0 <= n < 1 << 32:
+        raise ValueError("a fill id candidate is numbered in 0..2^32-1")
+    suffix = n.to_bytes(4, "big") if n else b""
+    return sha256(bid_hash + ask_hash + suffix).digest()[:ID_BYTES]
 
 
 def commitment(bid_raw: bytes, nonce: bytes) -> bytes:

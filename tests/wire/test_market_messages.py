@@ -122,18 +122,20 @@ def test_a_cleared_product_with_nothing_filled_is_null_and_zero():
 
 UINT = st.integers(0, (1 << 64) - 1)
 POSITIVE = st.integers(1, (1 << 64) - 1)
+ORDER_WH = st.integers(1, (1 << 32) - 1)  # an order's Wh (§9.2)
+COUNTER = st.integers(0, (1 << 63) - 1)  # an export's wh and total (§9.2)
 KEY = st.binary(min_size=32, max_size=32)
 ID = st.binary(min_size=16, max_size=16)
 PRODUCT = st.one_of(st.just([None, 0]), st.lists(POSITIVE, min_size=2, max_size=2).map(lambda p: [p[0] - 1, p[1]]))
 BODIES = st.one_of(
     st.builds(
-        Ask, seller=KEY, meter=st.text(), wh=POSITIVE, price=UINT, k=UINT, src=st.sampled_from(SELL_SOURCES), t=UINT
+        Ask, seller=KEY, meter=st.text(), wh=ORDER_WH, price=UINT, k=UINT, src=st.sampled_from(SELL_SOURCES), t=UINT
     ),
-    st.builds(Bid, buyer=KEY, wh=POSITIVE, price=UINT, k=UINT, green=st.booleans(), meter=KEY, t=UINT),
+    st.builds(Bid, buyer=KEY, wh=ORDER_WH, price=UINT, k=UINT, green=st.booleans(), meter=KEY, t=UINT),
     st.builds(Seal, buyer=KEY, k=UINT, c=KEY, deposit=POSITIVE, t=UINT),
     st.builds(Reveal, buyer=KEY, seal=ID, bid=st.binary(max_size=300), nonce=KEY, t=UINT),
     st.builds(Withdraw, by=KEY, order=ID, t=UINT),
-    st.builds(Export, meter=st.text(), cert=st.binary(max_size=300), k=UINT, wh=UINT, total=UINT, t=UINT),
+    st.builds(Export, meter=st.text(), cert=st.binary(max_size=300), k=UINT, wh=COUNTER, total=COUNTER, t=UINT),
     st.builds(
         Order,
         id=ID,
