@@ -26,14 +26,12 @@ import threading
 import time
 from pathlib import Path
 
-from saturation import RawVerify
+from saturation import Core, RawVerify
 
 from broker.clock import wall_ms
 from ledger.genesis import DEFAULT_BLOCK_MS, MarketTerms
-from ledger.node import LedgerNode
-from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
-from spb_paper import BALANCE, Bench, Cluster, cpu_report, wait
+from spb_paper import Bench, Cluster, cpu_report, wait
 from wire import topics
 from wire.messages import Order, OrderState, Rejection, open_message
 
@@ -69,25 +67,12 @@ def make_orders(c: SimCommunity, n: int, round_no: int) -> list[tuple[str, bytes
     return out
 
 
-class Core:
-    """A validator of a market chain without a bus (LedgerNode, as LedgerService drives it)."""
-
-    def __init__(self, c: SimCommunity, root: Path):
-        self.node = LedgerNode(ValidatorIdentity.load(c.ledger_dir(root, BALANCE, market=terms(c)), 0))
-        self.delivered: list[int] = []
-
-    def run(self, orders: list[tuple[str, bytes]], block: int) -> float:
-        """Accepted orders/s, `block` orders per block."""
-        start = time.perf_counter()
-        for i in range(0, len(orders), block):
-            decided = self.node.decide(orders[i : i + block], wall_ms(), self.delivered)
-            if any(decided.reasons):
-                raise Bench(f"rejected while deciding: {set(decided.reasons) - {None}}")
-            self.delivered = [row.seq for row in decided.queued]  # acknowledged before the next block
-        return len(orders) / (time.perf_counter() - start)
-
-    def close(self) -> None:
-        self.node.close()
+def core_rate(core: Core, orders: list[tuple[str, bytes]], block: int) -> float:
+    """Accepted orders/s of a validator without a bus, `block` orders per block."""
+    start = time.perf_counter()
+    for i in range(0, len(orders), block):
+        core.decide(orders[i : i + block])
+    return len(orders) / (time.perf_counter() - start)
 
 
 def end_to_end(
@@ -166,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             core_community = community(args.orders, b"market core")
             core_rounds = [make_orders(core_community, args.orders, r) for r in range(args.rounds)]
             with tempfile.TemporaryDirectory(prefix="spb-bench-market-") as tmp:
-                core = Core(core_community, Path(tmp) / "ledger")
+                core = Core(core_community, Path(tmp) / "ledger", terms(core_community))
                 try:
                     for orders in core_rounds:  # interleaved with the bound, as bench/protocol.py does
                         raw.measure(args.seconds)
-                        core_best = max(core_best, core.run(orders, args.block))
+                        core_best = max(core_best, core_rate(core, orders, args.block))
                 finally:
                     core.close()
     except Bench as exc:

@@ -30,7 +30,7 @@ from pathlib import Path
 from nacl.signing import SigningKey, VerifyKey
 
 from broker.clock import wall_ms
-from ledger.genesis import DEFAULT_BLOCK_MS
+from ledger.genesis import DEFAULT_BLOCK_MS, MarketTerms
 from ledger.node import LedgerNode
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
@@ -65,11 +65,19 @@ class RawVerify:
 
 
 class Core:
-    """A validator without a bus (LedgerNode, as LedgerService drives it), block after block."""
+    """A validator without a bus (LedgerNode, as LedgerService drives it), block after block;
+    on a market chain if `market` is given."""
 
-    def __init__(self, community: SimCommunity, root: Path):
-        self.node = LedgerNode(ValidatorIdentity.load(community.ledger_dir(root, BALANCE), 0))
+    def __init__(self, community: SimCommunity, root: Path, market: MarketTerms | None = None):
+        self.node = LedgerNode(ValidatorIdentity.load(community.ledger_dir(root, BALANCE, market=market), 0))
         self.delivered: list[int] = []  # outbox rows the broker would have acknowledged
+
+    def decide(self, batch: list[tuple[str, bytes]]) -> None:
+        """One block of `batch`, every message of which must be accepted."""
+        decided = self.node.decide(batch, wall_ms(), self.delivered)
+        if any(decided.reasons):
+            raise Bench(f"rejected while deciding: {set(decided.reasons) - {None}}")
+        self.delivered = [row.seq for row in decided.queued]  # acknowledged before the next block
 
     def run(self, trades: list[tuple[bytes, bytes]], block: int) -> float:
         """Settled trades/s: block k holds the CTPs of chunk k and the ERCs of chunk k-1."""
@@ -78,10 +86,7 @@ class Core:
         for k in range(len(chunks) + 1):
             batch = [("ctp", ctp) for ctp, _ in chunks[k]] if k < len(chunks) else []
             batch += [("erc", erc) for _, erc in chunks[k - 1]] if k > 0 else []
-            decided = self.node.decide(batch, wall_ms(), self.delivered)
-            if any(decided.reasons):
-                raise Bench(f"rejected while deciding: {set(decided.reasons) - {None}}")
-            self.delivered = [row.seq for row in decided.queued]  # acknowledged before the next block
+            self.decide(batch)
         return len(trades) / (time.perf_counter() - start)
 
     def close(self) -> None:

@@ -156,21 +156,8 @@ def test_clearing_bench_prints_clear_beside_the_sort_of_the_same_book_and_the_ra
 
 
 def test_market_bench_prints_accepted_orders_beside_the_verify_bound():
-    out = run_bench(
-        "bench/market.py",
-        "--orders",
-        "60",
-        "--block",
-        "20",
-        "--e2e-orders",
-        "60",
-        "--rounds",
-        "1",
-        "--e2e-rounds",
-        "1",
-        "--seconds",
-        "0.05",
-    )
+    sizes = ["--orders", "60", "--block", "20", "--e2e-orders", "60", "--rounds", "1", "--e2e-rounds", "1"]
+    out = run_bench("bench/market.py", *sizes, "--seconds", "0.05")
     raw = int(re.search(r"^raw Ed25519 verify \(ask/bid length\)\s+(\d+) /s$", out, re.M).group(1))
     bound = int(re.search(r"^bound \(1 verify per order\)\s+(\d+) orders/s$", out, re.M).group(1))
     assert raw > 0 and bound == raw, out
