@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 from ledger.block import Block, BlockError, parse_trade, quorum
 from ledger.draft import replay
+from ledger.fill import trade_ctp
+from ledger.market_audit import escrow, market_faults
 from ledger.state import BrokenInvariant, LedgerState
 from ledger.store import LedgerStore
-from wire.messages import Ctp, CtpState, open_message
+from wire.messages import CtpState
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -81,7 +83,10 @@ def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: dict[
     if rebuilt.trades != block.trades:
         raise fail("trades differ from the replay")
     for i, trade in enumerate(block.trades):
-        ctp_id = open_message(parse_trade(trade)[0], Ctp).body.id
+        try:
+            ctp_id = trade_ctp(parse_trade(trade)[0])[0].id
+        except (BlockError, Reject, ValueError) as exc:
+            raise fail(f"trade {i} holds no CTP or fill: {exc}") from None
         if ctp_id in settled:
             raise fail(f"CTP {ctp_id.hex()} settles twice")
         settled[ctp_id] = (h.height, i)
@@ -96,7 +101,7 @@ def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: dict[
 
 
 def _compare_tables(state: LedgerState, store: LedgerStore, settled: dict[bytes, tuple[int, int]]) -> None:
-    held: dict[bytes, int] = dict.fromkeys(state.balances, 0)
+    held: dict[bytes, int] = dict.fromkeys(state.balances, 0) | escrow(state.market)
     keys: set[bytes] = set()
     for record in state.ctps.values():
         if record.state == CtpState.HELD:
@@ -106,7 +111,7 @@ def _compare_tables(state: LedgerState, store: LedgerStore, settled: dict[bytes,
                 raise AuditFailure(record.height, "a one-time key confirmed two CTPs")
             keys.add(record.erc_pk)
     if held != state.held:
-        raise AuditFailure(state.height, "holds differ from the held CTPs")
+        raise AuditFailure(state.height, "holds differ from the held CTPs and the escrow of open orders")
     replayed = {pk: (state.balances[pk], state.held[pk]) for pk in state.balances}
     if replayed != store.accounts():
         raise AuditFailure(state.height, "stored balances differ from the replay")
@@ -119,3 +124,6 @@ def _compare_tables(state: LedgerState, store: LedgerStore, settled: dict[bytes,
         raise AuditFailure(state.height, "stored revocations differ from the replay")
     if settled != store.trades():
         raise AuditFailure(state.height, "stored trade index (used by proofs) differs from the chain")
+    fault = market_faults(state, store)
+    if fault is not None:
+        raise AuditFailure(state.height, fault)

@@ -15,15 +15,32 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ledger.market import MARKET_TYPES
 from wire.cose import MAX_MESSAGE
-from wire.messages import Body, Cancel, Ctp, Erc, Revoke, open_message
+from wire.messages import (
+    Ask,
+    Bid,
+    Body,
+    Cancel,
+    Ctp,
+    DevCert,
+    Erc,
+    Export,
+    Reveal,
+    Revoke,
+    Seal,
+    Withdraw,
+    open_message,
+)
 from wire.reasons import STATELESS, Reject
 from wire.verify import Verifier
 
-# Checks of §4 that read neither a clock nor the ledger: steps 1-3 for every message; for a
-# CTP, cancel or revoke every stateless check (an ERC's steps 4-6 read the clock, and a
-# `cert` or `coe` failure comes before `proof` and `signature` in §4's order).
+# Checks of §4 that read neither a clock nor the ledger: steps 1-3 for every message; for
+# every other type every stateless check, except an ERC's and an export's (their steps 4-6
+# read the clock: a `cert` or `coe` failure comes before `proof` and `signature` in §4's
+# order). On a chain without a market, a market message is `type` (docs/PROTOCOL.md §9).
 BY_BYTES = frozenset({"decode", "noncanonical", "type", "schema"})
+BY_CLOCK = frozenset({"erc", "export"})
 UNVERIFIED = b""  # the share of ERCs the door could not verify at its clock: their block decides them
 
 
@@ -34,14 +51,16 @@ class Verdict(NamedTuple):
 
 def decided_by_bytes(typ: str, reason: str | None) -> bool:
     """Whether every validator reaches this rejection from the message bytes alone."""
-    return reason in BY_BYTES or (typ != "erc" and reason in STATELESS)
+    return reason in BY_BYTES or (typ not in BY_CLOCK and reason in STATELESS)
 
 
-def claim(verifier: Verifier, typ: str, raw: bytes) -> Verdict:
+def claim(verifier: Verifier, typ: str, raw: bytes, market: bool = False) -> Verdict:
     """§4's steps 1-3 (a size check first, before decoding a byte) and the sender the
-    message names, unverified."""
+    message names, unverified. `market`: whether the chain's genesis has a market."""
     if len(raw) > MAX_MESSAGE:
         return Verdict("decode", UNVERIFIED)
+    if typ in MARKET_TYPES and not market:
+        return Verdict("type", UNVERIFIED)
     try:
         return Verdict(None, _sender(verifier, open_message(raw, typ).body))
     except Reject as exc:
@@ -61,6 +80,17 @@ def check(verifier: Verifier, typ: str, raw: bytes, now: int) -> Verdict:
 def _sender(verifier: Verifier, body: Body) -> bytes:
     if isinstance(body, (Ctp, Cancel)):
         return body.payer
+    if isinstance(body, Ask):
+        return body.seller
+    if isinstance(body, (Bid, Seal, Reveal)):
+        return body.buyer
+    if isinstance(body, Withdraw):
+        return body.by
+    if isinstance(body, Export):
+        try:
+            return open_message(body.cert, DevCert).body.pk  # the meter, as for a birth
+        except Reject:
+            return UNVERIFIED
     if isinstance(body, Erc):
         try:
             return verifier.coe_and_witness(body)[1].pk  # the meter that vouched for its one-time key

@@ -11,16 +11,21 @@ type is in docs/decisions/0002-ledger-v1.md, with revocations in 0004-revocation
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
 from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
+from ledger.fill import FillDoc
+from ledger.genesis import MAX_UNITS
+from ledger.market import MARKET_TYPES
+from ledger.market_draft import MarketDraft
 from ledger.state import Changes, CtpRecord, LedgerState
 from wire import topics
 from wire.cose import message_hash
-from wire.messages import Body, Cancel, Ctp, CtpState, Erc, Opened, Rejection, Revoke, Status, shown
-from wire.reasons import Reject
+from wire.messages import Ask, Bid, Body, Cancel, Ctp, CtpState, Erc, Opened, Rejection, Revoke, Seal, Status, shown
+from wire.reasons import STATEFUL, Reject
 from wire.verify import Verifier
 
 TX_KINDS = frozenset(topics.TX_TYPES.values())
@@ -70,6 +75,7 @@ class Draft:
         self.block: Block | None = None
         self._changes: Changes | None = None
         self._new = 0  # records appended to the tree by this draft
+        self.market = MarketDraft(self, base.market) if base.market is not None else None
 
     # -- reads through the draft to the committed state --
 
@@ -98,6 +104,8 @@ class Draft:
         digest = message_hash(raw)
         opened = reason = None
         try:
+            if typ in MARKET_TYPES and self.market is None:
+                raise Reject("type", f"{typ}: this chain has no market (its genesis has none)")
             opened = self.verifier.verify(raw, self.t, expect=typ)
             # verify(expect=typ) opened a body of typ's class, the one its handler takes
             handlers: dict[str, Callable[[Opened[Any], bytes], None]] = {
@@ -106,10 +114,11 @@ class Draft:
                 "cancel": self._cancel,
                 "revoke": self._revoke,
             }
+            if self.market is not None:
+                handlers |= self.market.handlers()
             handlers[typ](opened, digest)
         except Reject as exc:
-            signed_ctp = opened.body if opened is not None and isinstance(opened.body, Ctp) else None
-            self._reject(digest, exc.reason, signed_ctp)
+            self._reject(digest, exc.reason, opened.body if opened is not None else None)
             reason = exc.reason
         self.inputs.append((typ, raw))
         self.reasons.append(reason)
@@ -134,7 +143,15 @@ class Draft:
         self._move(ctp.payer, -ctp.amount, +ctp.amount)
         index = self.known + self._new
         self._new += 1
-        self._put(CtpRecord(ctp, opened.raw, digest, index, CtpState.HELD, self.height, digest))
+        self._put(CtpRecord(ctp, opened.raw, digest, index, CtpState.HELD, self.height, digest, t=self.t))
+
+    def hold_fill(self, doc: FillDoc) -> None:
+        """A market fill becomes a held trade (§9.3): its amount stays held from the bid's escrow."""
+        raw = doc.encode()
+        digest = message_hash(raw)
+        index = self.known + self._new
+        self._new += 1
+        self._put(CtpRecord(doc.ctp(), raw, digest, index, CtpState.HELD, self.height, digest, t=self.t, fill=doc))
 
     def _erc(self, opened: Opened[Erc], digest: bytes) -> None:
         erc: Erc = opened.body
@@ -155,13 +172,15 @@ class Draft:
             raise Reject("energy-short", f"{erc.wh} Wh received, {record.ctp.wh} Wh paid for")
         if self.t > record.ctp.exp:
             raise Reject("expired", f"CTP expired at {record.ctp.exp}, block time {self.t}")
+        if self.market is not None:
+            self.market.deliver(record)  # §9.4: oversold unless the payee proved the export
         ctp = record.ctp
         self._move(ctp.payer, 0, -ctp.amount)
         self._move(ctp.payee, +ctp.amount, 0)
         self.used_keys[erc.pk] = ctp.id
         self.trades.append(trade_bytes(record.raw, digest))
         self.settled.append(ctp.id)
-        self._put(record.moved(CtpState.SETTLED, self.height, digest, erc.pk))
+        self._put(record.moved(CtpState.SETTLED, self.height, self.t, digest, erc.pk))
 
     def _cancel(self, opened: Opened[Cancel], digest: bytes) -> None:
         cancel: Cancel = opened.body
@@ -190,7 +209,7 @@ class Draft:
 
     def _refund(self, record: CtpRecord, by: bytes) -> None:
         self._move(record.ctp.payer, +record.ctp.amount, -record.ctp.amount)
-        self._put(record.moved(CtpState.REFUNDED, self.height, by))
+        self._put(record.moved(CtpState.REFUNDED, self.height, self.t, by))
 
     def _move(self, pk: bytes, balance: int, held: int) -> None:
         self.balances[pk] = self.balance(pk) + balance
@@ -200,9 +219,15 @@ class Draft:
         """Record a change and announce it: only an applied message changes a status (§7)."""
         self.ctps[record.ctp.id] = record
         status = Status(ctp=record.ctp.id, state=record.state, t=self.t, h=self.height, msg=record.by or None)
-        self.outputs.append(Output(topics.status(record.ctp.id), status, True))
+        if self.market is not None and record.state == CtpState.HELD:  # the seller learns of its sale (§9)
+            status = replace(status, payer=record.ctp.payer, payee=record.ctp.payee)
+        self.outputs.append(self.output(topics.status(record.ctp.id), status))
 
-    def _reject(self, msg: bytes, reason: str, signed_ctp: Ctp | None) -> None:
+    def output(self, topic: str, body: Body) -> Output:
+        """A retained status of this block."""
+        return Output(topic, body, True)
+
+    def _reject(self, msg: bytes, reason: str, body: Body | None) -> None:
         """Every rejection goes to spb/v1/rejects.
 
         A CTP that an account of this ledger signed, rejected for a stateful reason, is
@@ -212,6 +237,13 @@ class Draft:
         key writes on a CTP's topic (§7) or fills the broker with retained statuses.
         """
         self.outputs.append(Output(topics.REJECTS, Rejection(msg=msg, reason=reason, t=self.t), False))
+        if isinstance(body, (Ask, Bid, Seal)) and self.market is not None:
+            owner = body.seller if isinstance(body, Ask) else body.buyer
+            if reason != "duplicate" and reason in STATEFUL and owner in self.base.balances:
+                # §9.2: final until the gate (capped: a too-far k's gate may not fit a 64-bit column)
+                self.refused[msg] = min(self.market.terms.gate(body.k), MAX_UNITS)
+            return
+        signed_ctp = body if isinstance(body, Ctp) else None
         if signed_ctp is None or reason == "duplicate" or signed_ctp.payer not in self.base.balances:
             return
         self.refused[msg] = signed_ctp.exp
@@ -229,12 +261,15 @@ class Draft:
 
         None when nothing was decided and nothing expired.
         """
+        if self.market is not None:
+            self.market.clear_due()  # before expiries: a fill is a trade of this block
         for record in self.base.expiring(self.t):
             current = self.record(record.ctp.id)
             assert current is not None, "an expiring record is in the base state"
             if current.state == CtpState.HELD:
                 self._refund(record, b"")
-        if not (self.inputs or self.ctps):
+        market = self.market.changes() if self.market is not None else None
+        if not (self.inputs or self.ctps or market):
             return None
         tree = self.base.tree.change({record.index: record.leaf() for record in self.ctps.values()})
         header = Header(
@@ -258,6 +293,7 @@ class Draft:
             ctp_rejects=dict(self.ctp_rejects),
             settled=tuple(self.settled),
             tree=tree,
+            market=market,
         )
         return self.block
 

@@ -227,7 +227,7 @@ class Replica:
         """Pool a transaction that passes the door (ledger.door) if its sender's share of
         the pool has room; else the reason it is turned away. Its signature is checked only
         if there is room, so a burst beyond a sender's share costs no more than decoding."""
-        claimed = door.claim(self.verifier, typ, raw)
+        claimed = door.claim(self.verifier, typ, raw, market=self.state.market is not None)
         if claimed.reason is not None:
             return claimed.reason
         if not self._room(claimed.sender, len(raw)):
@@ -316,9 +316,9 @@ class Replica:
             times.append(self.behind_since + self.timing.sync_ms)
         if not self.caught_up and self.heads is not None:
             times.append(self.sync_asked + self.timing.sync_ms)
-        exp = self.state.next_expiry()
-        if exp is not None and self.timer is None:
-            times.append(now + max(exp + 1 - self.wall, 0))
+        due = self.state.next_due()
+        if due is not None and self.timer is None:
+            times.append(now + max(due - self.wall, 0))
         return min(times) if times else None
 
     # -- the rounds --
@@ -342,10 +342,11 @@ class Replica:
         return out
 
     def _work(self, now: int) -> bool:
-        exp = self.state.next_expiry()
-        # An expiry is work once the wall clock has passed it, not merely the next block
-        # time (tip + 1 ms when the clock stands still or lags a proposer's block time).
-        return bool(self.pool) or (exp is not None and self.wall > exp)
+        due = self.state.next_due()
+        # An expiry or a clearing is work once the wall clock has reached its time, not
+        # merely the next block time (tip + 1 ms when the clock stands still or lags a
+        # proposer's block time).
+        return bool(self.pool) or (due is not None and self.wall >= due)
 
     def _block_time(self) -> int:
         """The time of a block we would propose now: the wall clock, after the tip's."""

@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from ledger.block import Header
+from ledger.fill import FillDoc
 from ledger.genesis import Genesis
+from ledger.market import MarketChanges, MarketState
 from wire.cose import encode
 from wire.merkle import MerkleTree, TreeChange
 from wire.messages import Ctp, CtpState
@@ -33,13 +35,17 @@ class CtpRecord:
     height: int  # block of the last change
     by: bytes  # hash of the message that caused the last change; b"" for a refund at expiry
     erc_pk: bytes | None = None  # one-time key of the ERC that settled it
+    # The time of block `height`: while held, when it was held, where a CTP's delivery
+    # window starts (§9.4). Not in the leaf: a v1 record is what it was.
+    t: int = 0
+    fill: FillDoc | None = None  # a market fill's document (its `raw`), None for a CTP
 
     def leaf(self) -> bytes:
         """The leaf data: what replicas agree on about this CTP."""
         return encode([self.ctp.id, self.hash, self.state, self.height, self.by])
 
-    def moved(self, state: CtpState, height: int, by: bytes, erc_pk: bytes | None = None) -> CtpRecord:
-        return replace(self, state=state, height=height, by=by, erc_pk=erc_pk)
+    def moved(self, state: CtpState, height: int, t: int, by: bytes, erc_pk: bytes | None = None) -> CtpRecord:
+        return replace(self, state=state, height=height, t=t, by=by, erc_pk=erc_pk)
 
 
 class BrokenInvariant(AssertionError):
@@ -62,6 +68,7 @@ class Changes:
     ctp_rejects: dict[bytes, tuple[str, bytes]]  # CTP id no one holds -> (reason, msg hash) of its `rejected` status
     settled: tuple[bytes, ...]  # the CTP id of each of the block's trades, in order
     tree: TreeChange  # the CTP-database tree's new leaves and nodes; tree.root == header.ctps
+    market: MarketChanges | None = None  # None on a v1 chain
 
 
 class LedgerState:
@@ -81,7 +88,9 @@ class LedgerState:
         self._expiry: list[tuple[int, bytes]] = []  # (exp, id) of CTPs that were held; lazily cleaned
         # Hashes of rejected payer-signed CTPs -> their exp: a copy is `duplicate` until then.
         # Consensus state: rejected messages are block inputs too (decision 0006).
+        # Orders rejected are kept here too, until their gate (docs/PROTOCOL.md §9.2).
         self.refused: dict[bytes, int] = {}
+        self.market = MarketState(genesis.market) if genesis.market is not None else None
 
     @classmethod
     def restore(
@@ -94,9 +103,13 @@ class LedgerState:
         records: Iterable[CtpRecord],
         refused: dict[bytes, int],
         revoked: dict[bytes, int],
+        market: MarketState | None = None,
     ) -> LedgerState:
         """A state from its stored tables (ledger.store); `records` in index order."""
         state = cls(genesis)
+        if (market is None) != (genesis.market is None):
+            raise ValueError("a market state is restored exactly when the genesis has a market")
+        state.market = market
         state.height, state.tip, state.t = height, tip, t
         state.refused, state.revoked = dict(refused), dict(revoked)
         for pk, balance, held in accounts:
@@ -123,6 +136,16 @@ class LedgerState:
             heapq.heappop(self._expiry)
         return self._expiry[0][0] if self._expiry else None
 
+    def next_due(self) -> int | None:
+        """The earliest block time at which a block has work without any input: the first
+        after a held CTP's expiry, or an interval's clearing time (§9.3). An idle ledger
+        makes a block then, so trades refund and intervals clear at their time."""
+        exp = self.next_expiry()
+        times = [exp + 1] if exp is not None else []
+        if self.market is not None and self.market.pending:
+            times.append(min(self.market.pending.values()))
+        return min(times, default=None)
+
     def expiring(self, t: int) -> list[CtpRecord]:
         """Held CTPs whose expiry has passed at block time t, in (exp, id) order. Read-only."""
         found, stack = [], [0] if self._expiry else []
@@ -146,6 +169,12 @@ class LedgerState:
         if header.prev != self.tip or changes.tree.base != self.tree.size:
             raise ValueError(f"changes for the block after {header.prev.hex()[:16]}, not this state's tip")
         self._check_money(changes)
+        if (changes.market is not None) != (self.market is not None):
+            raise ValueError("market changes on a chain without a market, or none on one with it")
+        if self.market is not None and changes.market is not None:
+            broken = self.market.check(changes.market)
+            if broken is not None:
+                raise BrokenInvariant(f"block {header.height}: {broken}")
         self.refused.update(changes.refused)
         for digest in [d for d, exp in self.refused.items() if exp < header.t]:
             del self.refused[digest]  # expired: a copy would be rejected `expired` anyway
@@ -155,6 +184,8 @@ class LedgerState:
         self.tree.apply(changes.tree)
         for record in changes.records.values():
             self._put(record)
+        if self.market is not None and changes.market is not None:
+            self.market.commit(changes.market)
         self.height, self.tip, self.t = header.height, header.hash, header.t
         self.next_expiry()  # drop settled and refunded CTPs from the heap's top
 

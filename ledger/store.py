@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ledger.block import BLOCK_V, Block, decode_inputs, encode_inputs
+from ledger.fill import FillDoc, trade_ctp
 from ledger.genesis import Genesis
+from ledger.market_store import load_market, write_market
 from ledger.state import BrokenInvariant, Changes, CtpRecord, LedgerState
 from wire.cose import message_hash
 from wire.merkle import MerkleTree
-from wire.messages import Ctp, CtpState, open_message
+from wire.messages import Ctp, CtpState
+from wire.reasons import Reject
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -35,6 +38,15 @@ CREATE TABLE IF NOT EXISTS rejected(id BLOB PRIMARY KEY, reason TEXT NOT NULL, m
                                     t INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS refused(hash BLOB PRIMARY KEY, exp INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS refused_by_exp ON refused(exp);
+CREATE TABLE IF NOT EXISTS orders(id BLOB PRIMARY KEY, k INTEGER NOT NULL, raw BLOB NOT NULL, hash BLOB NOT NULL,
+                                  state TEXT NOT NULL, filled INTEGER NOT NULL, height INTEGER NOT NULL,
+                                  by BLOB NOT NULL, bid BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS intervals(k INTEGER PRIMARY KEY, clear_t INTEGER NOT NULL, height INTEGER,
+                                     green_price INTEGER, green_wh INTEGER, open_price INTEGER,
+                                     open_wh INTEGER, fills INTEGER);
+CREATE TABLE IF NOT EXISTS exports(meter TEXT NOT NULL, k INTEGER NOT NULL, wh INTEGER NOT NULL,
+                                   total INTEGER NOT NULL, used INTEGER NOT NULL, height INTEGER NOT NULL,
+                                   PRIMARY KEY(meter, k));
 CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
                                   payload BLOB NOT NULL, retain INTEGER NOT NULL,
                                   height INTEGER NOT NULL, rank INTEGER NOT NULL);
@@ -122,15 +134,21 @@ class LedgerStore:
         tip = self.db.execute("SELECT height, hash, t FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
         height, tip_hash, t = tip if tip else (0, self.genesis.hash, 0)
         accounts = self.db.execute("SELECT pk, balance, held FROM accounts")
-        rows = self.db.execute("SELECT raw, hash, leaf, state, height, by, erc_pk FROM ctps ORDER BY leaf")
+        rows = self.db.execute(
+            "SELECT raw, hash, leaf, state, height, by, erc_pk, "
+            "COALESCE((SELECT t FROM blocks WHERE blocks.height = ctps.height), 0) FROM ctps ORDER BY leaf"
+        )
         records = (
-            CtpRecord(self._ctp(raw, h), raw, h, leaf, self._state(state, h), ht, by, erc_pk)
-            for raw, h, leaf, state, ht, by, erc_pk in rows
+            CtpRecord(ctp, raw, h, leaf, self._state(state, h), ht, by, erc_pk, t, fill)
+            for raw, h, leaf, state, ht, by, erc_pk, t in rows
+            for ctp, fill in [self._ctp(raw, h)]
         )
         refused = self.refusals()
+        terms = self.genesis.market
+        market = None if terms is None else load_market(self.db, terms, self._altered)
         try:
             return LedgerState.restore(
-                self.genesis, height, tip_hash, t, accounts, records, refused, self.revocations()
+                self.genesis, height, tip_hash, t, accounts, records, refused, self.revocations(), market
             )
         except BrokenInvariant as exc:
             raise StoreError(f"{self.path}: {exc}: run `spb-ledger audit`") from None
@@ -143,11 +161,18 @@ class LedgerStore:
             raise StoreError(f"CTP row {digest.hex()} has no state {value!r}: run `spb-ledger audit`") from None
 
     @staticmethod
-    def _ctp(raw: bytes, digest: bytes):
-        """A stored CTP, refusing one whose bytes are not those the chain committed to."""
+    def _ctp(raw: bytes, digest: bytes) -> tuple[Ctp, FillDoc | None]:
+        """A stored CTP, or a fill's CTP and document (ledger.fill), refusing one whose bytes
+        are not those the chain committed to."""
         if message_hash(raw) != digest:
             raise StoreError(f"CTP row {digest.hex()} was altered: run `spb-ledger audit`")
-        return open_message(raw, Ctp).body
+        try:
+            return trade_ctp(raw)
+        except (Reject, ValueError) as exc:
+            raise StoreError(f"CTP row {digest.hex()} holds no CTP: {exc}: run `spb-ledger audit`") from None
+
+    def _altered(self, what: str) -> StoreError:
+        return StoreError(f"{self.path}: {what}: run `spb-ledger audit`")
 
     def commit(
         self,
@@ -199,6 +224,8 @@ class LedgerStore:
             ((r.state, r.height, r.by, r.erc_pk, r.ctp.id) for r in changes.records.values() if r.index < known),
         )
         self.db.executemany("INSERT INTO revoked VALUES (?, ?)", changes.revoked.items())
+        if changes.market is not None:
+            write_market(self.db, changes.market)
         self.db.executemany(
             "INSERT INTO trades VALUES (?, ?, ?)", ((ctp_id, h.height, i) for i, ctp_id in enumerate(changes.settled))
         )

@@ -85,6 +85,16 @@ def _positive(x: object) -> bool:
     return type(x) is int and 0 < x < 1 << 64
 
 
+def _order_wh(x: object) -> bool:
+    """An order's Wh: > 0 and below 2^32, so that an interval's sums stay in 64-bit columns."""
+    return type(x) is int and 0 < x < 1 << 32
+
+
+def _counter(x: object) -> bool:
+    """An export record's Wh: a signed 64-bit integer's range, as the ledger stores it."""
+    return type(x) is int and 0 <= x < 1 << 63
+
+
 def _bool(x: object) -> bool:
     return type(x) is bool
 
@@ -345,7 +355,7 @@ class Ask(Body):
     typ: ClassVar[str] = "ask"
     seller: bytes = _req(_BSTR32)
     meter: str = _req(_text)
-    wh: int = _req(_positive)
+    wh: int = _req(_order_wh)
     price: int = _req(_uint)
     k: int = _req(_uint)
     src: str = _req(_one_of(SELL_SOURCES))
@@ -359,7 +369,7 @@ class Bid(Body):
 
     typ: ClassVar[str] = "bid"
     buyer: bytes = _req(_BSTR32)
-    wh: int = _req(_positive)
+    wh: int = _req(_order_wh)
     price: int = _req(_uint)
     k: int = _req(_uint)
     green: bool = _req(_bool)
@@ -411,8 +421,8 @@ class Export(Body):
     meter: str = _req(_text)
     cert: bytes = _req(_bytes)
     k: int = _req(_uint)
-    wh: int = _req(_uint)
-    total: int = _req(_uint)
+    wh: int = _req(_counter)
+    total: int = _req(_counter)
     t: int = _req(_uint)
 
 
