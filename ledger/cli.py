@@ -23,6 +23,7 @@ from broker.clock import wall_ms
 from broker.keys import KeyFileError, public_hex, write_new_key
 from ledger.audit import AuditFailure, audit
 from ledger.clearing import book_from_json, clear, clearing_lines
+from ledger.fill import trade_ctp
 from ledger.genesis import (
     DEFAULT_BLOCK_MS,
     DEFAULT_INTERVAL_S,
@@ -36,11 +37,12 @@ from ledger.genesis import (
     read_genesis,
     write_genesis,
 )
+from ledger.market_text import book_lines, interval_lines, token_lines
 from ledger.proof import ProofError, check_proof, make_proof
 from ledger.store import LedgerStore, StoreError
 from ledger.validator import ValidatorIdentity, secret_validator_dir
 from wire.cose import MAX_MESSAGE
-from wire.messages import BODY_TYPES, SELL_SOURCES, Ctp, CtpState, open_message
+from wire.messages import BODY_TYPES, SELL_SOURCES, CtpState
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -199,7 +201,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     row = store.ctp_row(args.ctp)
     if row is not None:
         raw, digest, state, height, by = row
-        ctp = open_message(raw, Ctp).body
+        ctp = trade_ctp(raw)[0]
         print(f"state {state}\nheight {height}")
         print(f"payer {ctp.payer.hex()}\npayee {ctp.payee.hex()}\namount {ctp.amount}\nwh {ctp.wh}\nexp {ctp.exp}")
         print(f"ctp-message {digest.hex()}")
@@ -212,6 +214,30 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 1
     reason, msg, t = rejected
     print(f"state {CtpState.REJECTED}\nreason {reason}\nmessage {msg.hex()}\nt {t}")
+    return 0
+
+
+def _market_state(args: argparse.Namespace):
+    state = _open_store(args).load()
+    if state.market is None:
+        raise StoreError("this ledger's genesis has no market")
+    return state
+
+
+def cmd_market(args: argparse.Namespace) -> int:
+    state = _market_state(args)
+    assert state.market is not None
+    lines = interval_lines(state.market) if args.interval is None else book_lines(state, args.interval)
+    for line in lines:
+        print(line)
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    state = _market_state(args)
+    assert state.market is not None
+    for line in token_lines(state.market, args.interval):
+        print(line)
     return 0
 
 
@@ -359,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
         query.add_argument("--validator", type=int, default=0, metavar="I", help="whose database (default 0)")
         query.set_defaults(run=globals()[f"cmd_{name}"])
 
+    market = sub.add_parser("market", help="one line per interval with orders, or one interval's book and result")
+    market.add_argument("dir", type=Path, metavar="DIR")
+    market.add_argument("--interval", type=int, metavar="K", help="this interval's orders, result and fills")
+    market.add_argument("--validator", type=int, default=0, metavar="I", help="whose database (default 0)")
+    market.set_defaults(run=cmd_market)
+    tokens = sub.add_parser("tokens", help="print `<source> minted <wh> sold <wh>` of one interval per source")
+    tokens.add_argument("dir", type=Path, metavar="DIR")
+    tokens.add_argument("--interval", type=int, required=True, metavar="K")
+    tokens.add_argument("--validator", type=int, default=0, metavar="I", help="whose database (default 0)")
+    tokens.set_defaults(run=cmd_tokens)
     check = sub.add_parser("check-proof", help="check a proof from `spb-ledger proof` offline")
     check.add_argument("file", help="the proof, or - for stdin")
     check.add_argument("--genesis", type=Path, required=True, metavar="PATH", help="the ledger dir or its genesis.cbor")
