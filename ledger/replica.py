@@ -591,9 +591,10 @@ class Replica:
         assert draft.block is not None, "_live_draft gives only a finished draft"
         block = draft.block.with_seals(seals)
         keys = [(typ, message_hash(raw)) for typ, raw in block.inputs]
-        for key in keys:
+        for key, reason in zip(keys, draft.reasons, strict=True):
             self._unpool(key)
-            self.recent[key] = now
+            if reason != "oversold":  # not final (§9.4): the buyer's meter sends the same ERC again
+                self.recent[key] = now
         head = itertools.islice(self.pool.values(), self.timing.max_inputs)
         self.next_forward = min((entry.due for entry in head), default=None) if self.n > 1 else None
         while self.recent and next(iter(self.recent.values())) < now - self.timing.recent_ms:
