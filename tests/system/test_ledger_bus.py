@@ -28,7 +28,7 @@ from ledger.validator import ValidatorIdentity
 from ledger.workload import YEAR_MS, SimCommunity, pk
 from tests.support.bus import Inbox, connected, wait_for
 from tests.support.ledger import NOW, RunningLedger, ctp_id, ledger_dir, wait_online
-from tests.support.market import REVEAL_S, I, K, Market, market_dir, order_id
+from tests.support.market import I, K, Market, market_dir, order_id
 from tests.support.wire import canonical_items, flip_bit, raw_map, sign_map, sign_payload
 from wire import topics
 from wire.cose import encode, message_hash

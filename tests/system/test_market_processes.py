@@ -341,13 +341,24 @@ def test_each_order_ends_as_the_clearing_says_with_the_clearings_block(story):
         state = "filled" if filled == body.wh else "partial" if filled else "unfilled"
         assert (order.state, order.filled, order.wh, order.price) == (state, filled, body.wh, body.price), name
         assert (order.t, order.h) == (s.result.t, s.result.h), f"{name}: the clearing block's time and height"
-        book_message = s.orders[name if name != "sealed" else "sealed bid"]
-        assert order.msg == message_hash(book_message), f"{name}: msg is H(its message), a revealed bid's (§9.5)"
     withdrawn, void = retained_order(s, "bid withdrawn"), retained_order(s, "unrevealed")
     assert (withdrawn.state, withdrawn.filled) == ("withdrawn", 0)
     assert (void.state, void.filled, void.wh, void.price, void.deposit) == ("void", 0, None, None, 10)
     assert s.reasons["reveal after the clearing"] == "not-open"
     assert s.reasons["ask after the gate"] == "gate-closed"
+
+
+def test_each_order_status_names_its_orders_message(story):
+    """§9.5: `msg` is H(the ask, bid or seal), a revealed bid's H(bid), whatever changed it
+    last (the clearing, a withdraw), as tests/data/vectors-ext.json's order_filled_ask has it."""
+    s = story
+    wrong = {}
+    for name in (n for n in s.orders if not n.endswith(" bid")):
+        message = s.orders["sealed bid" if name == "sealed" else name]
+        order = retained_order(s, name)
+        if order.msg != message_hash(message):
+            wrong[name] = (order.state, order.msg.hex() if order.msg else None, message_hash(message).hex())
+    assert wrong == {}, "name: (state, msg, H(message))"
 
 
 def test_a_sealed_bid_shows_its_deposit_until_its_reveal_in_the_window(story):
@@ -363,12 +374,16 @@ def test_a_sealed_bid_shows_its_deposit_until_its_reveal_in_the_window(story):
 def test_each_fill_is_held_naming_payer_payee_wh_and_exp_with_the_clearings_time(story):
     s = story
     assert s.result is not None
+    held = {name: next(st for st in s.v.trade_statuses(t.id) if st.state == "held") for name, t in s.trades.items()}
     for name, trade in s.trades.items():
-        held = next(st for st in s.v.trade_statuses(trade.id) if st.state == "held")
-        named = (held.payer, held.payee, held.wh, held.exp, held.msg)
-        assert named == (s.account(trade.payer), s.account(trade.payee), trade.wh, trade.exp, trade.msg), name
+        assert (held[name].payer, held[name].payee, held[name].msg) == (
+            s.account(trade.payer),
+            s.account(trade.payee),
+            trade.msg,
+        ), name
         if name != "ctp":
-            assert (held.t, held.h) == (s.result.t, s.result.h), f"{name}: held by the clearing block"
+            assert (held[name].t, held[name].h) == (s.result.t, s.result.h), f"{name}: held by the clearing block"
+    assert {n: (st.wh, st.exp) for n, st in held.items()} == {n: (t.wh, t.exp) for n, t in s.trades.items()}
 
 
 def settled_wh(s: Story, seller: int) -> int:
