@@ -22,6 +22,7 @@ from tests.support.consensus import VALIDATORS, Validators
 from wire import topics
 from wire.cose import message_hash
 from wire.messages import Cleared, Order, Rejection, Status
+from wire.reasons import Reject
 from wire.verify import Verifier
 
 SOURCES = ("solar", "solar", "grid", "", "", "")  # household i's meter
@@ -82,6 +83,17 @@ class MarketValidators(Validators):
             assert isinstance(status, Status) and topic == topics.status(status.ctp), topic
             if trade is None or status.ctp == trade:
                 found.append(status)
+        return found
+
+    def signers(self, trade: bytes) -> list[tuple[str, int, int]]:
+        """(state, height, index of the validator that signed it) of each status of a trade,
+        in arrival order: who published what, for a failure message."""
+        keys = self.genesis().validators
+        found = []
+        for t, p, _ in list(self.inbox.messages):
+            if t == topics.status(trade):
+                status = self.verifier.verify(p, wall_ms(), expect="status").body
+                found.append((status.state, status.h, next(i for i, key in enumerate(keys) if _signed(p, key))))
         return found
 
     def orders(self, order: bytes | None = None) -> list[Order]:
@@ -152,6 +164,14 @@ class MarketValidators(Validators):
         connected(client)
         wait_for(lambda: len(got) >= count, 10, lambda: f"{count} retained under {topic_filter}; got {sorted(got)}")
         return got
+
+
+def _signed(payload: bytes, validator: bytes) -> bool:
+    try:
+        Verifier(cas=[], validators=[validator]).verify(payload, wall_ms(), expect="status")
+    except Reject:
+        return False
+    return True
 
 
 def wait_clock(t: int, margin_s: float = 60) -> None:
