@@ -41,9 +41,12 @@ def terms(c: SimCommunity, **overrides) -> MarketTerms:
     return MarketTerms(meters, **options)
 
 
-def market_genesis(c: SimCommunity, balance: int = BALANCE, **overrides) -> Genesis:
+def market_genesis(
+    c: SimCommunity, balance: int = BALANCE, validators: int = 1, block_ms: int = 50, **overrides
+) -> Genesis:
     accounts = {pk(h.account): balance for h in c.households}
-    return Genesis.build([pk(c.ca)], accounts, [pk(c.validator_keys[0])], 50, terms(c, **overrides))
+    keys = [pk(k) for k in c.validator_keys[:validators]]
+    return Genesis.build([pk(c.ca)], accounts, keys, block_ms, terms(c, **overrides))
 
 
 class Market:
