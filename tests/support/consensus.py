@@ -17,6 +17,7 @@ from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
 from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
 from tests.support.ledger import publish_trades, settled_accounts, signed_trades, statuses, wait_online
+from tests.support.market import terms as market_terms
 from tests.support.procs import Procs
 from wire import topics
 from wire.messages import open_message
@@ -32,13 +33,22 @@ class Validators:
     WATCHED = (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE_ALL, topics.LEDGER_BLOCKS, topics.CONSENSUS_ALL)
 
     def __init__(
-        self, tmp_path: Path, port: int, make_client, trades: int, block_ms: int = 50, watched: tuple = WATCHED
+        self,
+        tmp_path: Path,
+        port: int,
+        make_client,
+        trades: int,
+        block_ms: int = 50,
+        watched: tuple = WATCHED,
+        market: dict | None = None,
     ):
-        """`watched`: the topics the inbox records (ledger/state at least, for start())."""
+        """`watched`: the topics the inbox records (ledger/state at least, for start());
+        `market`: a market chain, with these terms (tests/support/market.py `terms`)."""
         now = wall_ms()
         self.port = port
         self.community = SimCommunity(HOUSEHOLDS, now)
-        self.root = self.community.ledger_dir(tmp_path / "ledger", BALANCE, block_ms, validators=VALIDATORS)
+        terms = market_terms(self.community, **market) if market is not None else None
+        self.root = self.community.ledger_dir(tmp_path / "ledger", BALANCE, block_ms, VALIDATORS, terms)
         self.trades = signed_trades(self.community, trades, now)  # (ctp, erc, payer, payee, amount)
         self.inbox = Inbox()
         watcher = make_client(port, "watcher")
