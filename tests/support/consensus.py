@@ -17,7 +17,6 @@ from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
 from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
 from tests.support.ledger import publish_trades, settled_accounts, signed_trades, statuses, wait_online
-from tests.support.market import terms as market_terms
 from tests.support.procs import Procs
 from wire import topics
 from wire.messages import open_message
@@ -31,24 +30,16 @@ class Validators:
     """A community ledger with four validators, each its own process."""
 
     WATCHED = (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE_ALL, topics.LEDGER_BLOCKS, topics.CONSENSUS_ALL)
+    HOUSEHOLDS = HOUSEHOLDS
 
     def __init__(
-        self,
-        tmp_path: Path,
-        port: int,
-        make_client,
-        trades: int,
-        block_ms: int = 50,
-        watched: tuple = WATCHED,
-        market: dict | None = None,
+        self, tmp_path: Path, port: int, make_client, trades: int, block_ms: int = 50, watched: tuple = WATCHED
     ):
-        """`watched`: the topics the inbox records (ledger/state at least, for start());
-        `market`: a market chain, with these terms (tests/support/market.py `terms`)."""
+        """`watched`: the topics the inbox records (ledger/state at least, for start())."""
         now = wall_ms()
         self.port = port
-        self.community = SimCommunity(HOUSEHOLDS, now)
-        terms = market_terms(self.community, **market) if market is not None else None
-        self.root = self.community.ledger_dir(tmp_path / "ledger", BALANCE, block_ms, VALIDATORS, terms)
+        self.community = SimCommunity(self.HOUSEHOLDS, now)
+        self.root = self.ledger_dir(tmp_path / "ledger", block_ms)
         self.trades = signed_trades(self.community, trades, now)  # (ctp, erc, payer, payee, amount)
         self.inbox = Inbox()
         watcher = make_client(port, "watcher")
@@ -58,6 +49,10 @@ class Validators:
         self.procs = Procs(tmp_path / "logs")
         self.processes: dict[int, subprocess.Popen] = {}  # the running ones, by index
         self.households = connected(make_client(port, "households", max_inflight=1000))
+
+    def ledger_dir(self, root: Path, block_ms: int) -> Path:
+        """The validators' dir: genesis and keys (a v1 chain of the community's households)."""
+        return self.community.ledger_dir(root, BALANCE, block_ms, validators=VALIDATORS)
 
     # -- processes --
 

@@ -35,6 +35,7 @@ from tests.support.bus import Inbox, connected, wait_for
 from tests.support.consensus import VALIDATORS, Validators
 from tests.support.ledger import statuses
 from tests.support.market import Market, order_id
+from tests.support.market_bus import SOURCES, MarketValidators
 from wire import topics
 from wire.cose import message_hash
 from wire.messages import Body, Cleared, Order, Status, open_message
@@ -263,7 +264,6 @@ def test_a_broker_crash_mid_load_leaves_every_retained_status_right(validators, 
 
 # -- the market's retained topics: order statuses and interval results (issue 14) --
 
-MARKET = {"interval_s": 3, "ahead": 10, "grace": 1, "reveal_s": 1}  # 3 s intervals: a gate every 3 s
 ORDER_WAVES = 24
 FINAL = {"withdrawn", "filled", "partial", "unfilled", "void", "settled", "refunded", "cleared"}
 
@@ -304,13 +304,13 @@ class Answers:
 
 
 class MarketFeed:
-    """Orders in waves, from a thread: each wave's asks (the two sellers) and bids (the other
-    households) for the interval after next, then, once each is answered (a status or a
-    reject), withdrawals of every third open one. So orders stay open for seconds, some are
-    withdrawn, the others clear at their gate (filled, partial, unfilled), and fills are
-    held, then refunded at expiry: open orders and held fills for late copies to cross. What
-    is not answered within 10 s is published again, as a meter does: a broker crash loses
-    what it had acknowledged."""
+    """Orders in waves, from a thread: each wave's asks (of the households with a source) and
+    bids (of every household) for the interval after next, then, once each is answered (a
+    status or a reject), withdrawals of every third open one. So orders stay open for
+    seconds, some are withdrawn, the others clear at their gate (filled, partial, unfilled),
+    and fills are held, then refunded at expiry: open orders and held fills for late copies
+    to cross. What is not answered within 10 s is published again, as a meter does: a broker
+    crash loses what it had acknowledged."""
 
     def __init__(self, v: Validators, answers: Answers):
         self.v, self.answers, self.market = v, answers, Market(v.community)
@@ -332,8 +332,9 @@ class MarketFeed:
 
     def _wave(self, wave: int) -> None:
         m, k = self.market, self.terms.interval(wall_ms()) + 2
-        orders = [(h, topics.TX_ASK, m.ask(h, wh=5 + wave, price=3 + i, k=k)) for i, h in enumerate((0, 1, 0, 1))]
-        orders += [(h, topics.TX_BID, m.bid(h, wh=2 + h % 3 + wave, price=2 + h, k=k)) for h in range(2, 8)]
+        asks = ((0, 3), (1, 4), (2, 5), (0, 6))  # (household, price)
+        orders = [(h, topics.TX_ASK, m.ask(h, 5 + wave, price, k, src=SOURCES[h])) for h, price in asks]
+        orders += [(h, topics.TX_BID, m.bid(h, 2 + h % 3 + wave, 3 + h, k)) for h in range(len(SOURCES))]
         sent = {topics.market_order(k, order_id(raw)): (h, tx, raw) for h, tx, raw in orders}
         self._until_answered({t: (tx, raw) for t, (_, tx, raw) in sent.items()}, lambda t: self.answers.state(t))
         withdrawn = [t for t in sent if self.answers.state(t) == "open"][::3]
@@ -385,9 +386,7 @@ def test_market_statuses_survive_a_validator_killed_and_a_broker_crash(tmp_path,
     stand-ins, its outbox late when it returns), then the broker crashes back to a save
     (every validator restores the order statuses and results it lost). No order status or
     result goes back on the broker, and each retained one is what every validator stored."""
-    v = Validators(
-        tmp_path, mosquitto.port, make_client, 0, watched=(*Validators.WATCHED, topics.MARKET_ALL), market=MARKET
-    )
+    v = MarketValidators(tmp_path, mosquitto.port, make_client)
     try:
         answers = Answers(v.inbox)
         for i in range(VALIDATORS):
