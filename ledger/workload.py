@@ -14,7 +14,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from broker.keys import write_file
-from ledger.genesis import Genesis, write_genesis
+from ledger.genesis import Genesis, MarketTerms, write_genesis
 from ledger.validator import secret_validator_dir
 from wire.merkle import MerkleTree
 from wire.messages import Cancel, Coe, Ctp, DevCert, Erc, open_message
@@ -92,13 +92,19 @@ class SimCommunity:
         ).sign(self.ca)
         return Household(self, i, meter_id, _key(self.seed, "account", i), device, devcert)
 
-    def genesis(self, balance: int, validators: int = 1, block_ms: int = 200) -> Genesis:
+    def genesis(
+        self, balance: int, validators: int = 1, block_ms: int = 200, market: MarketTerms | None = None
+    ) -> Genesis:
+        """Its genesis: every household an account with `balance`; a market chain with `market`."""
         accounts = {pk(h.account): balance for h in self.households}
-        return Genesis.build([pk(self.ca)], accounts, [pk(k) for k in self.validator_keys[:validators]], block_ms)
+        keys = [pk(k) for k in self.validator_keys[:validators]]
+        return Genesis.build([pk(self.ca)], accounts, keys, block_ms, market)
 
-    def ledger_dir(self, root: Path, balance: int, block_ms: int = 200, validators: int = 1) -> Path:
+    def ledger_dir(
+        self, root: Path, balance: int, block_ms: int = 200, validators: int = 1, market: MarketTerms | None = None
+    ) -> Path:
         """A ledger dir for `spb-ledger run`: this community's genesis and its validators' keys."""
-        write_genesis(root, self.genesis(balance, validators, block_ms))
+        write_genesis(root, self.genesis(balance, validators, block_ms, market))
         for i in range(validators):
             key = (bytes(self.validator_keys[i]).hex() + "\n").encode()
             write_file(secret_validator_dir(root, i) / "validator.key", key, 0o600, replace=True)

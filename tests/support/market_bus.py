@@ -13,9 +13,7 @@ import signal
 from pathlib import Path
 
 from broker.clock import wall_ms
-from broker.keys import write_file
-from ledger.genesis import Genesis, MarketTerms, MeterEntry, write_genesis
-from ledger.validator import secret_validator_dir
+from ledger.genesis import MarketTerms, MeterEntry
 from ledger.workload import pk
 from tests.support.bus import connected, wait_for
 from tests.support.consensus import VALIDATORS, Validators
@@ -47,13 +45,7 @@ class MarketValidators(Validators):
         c = self.community
         meters = tuple(MeterEntry(h.meter_id, pk(h.account), SOURCES[h.index]) for h in c.households)
         terms = MarketTerms(meters, interval_s=INTERVAL_S, ahead=AHEAD, grace=GRACE, reveal_s=REVEAL_S)
-        accounts = {pk(h.account): BALANCE for h in c.households}
-        validators = [pk(k) for k in c.validator_keys[:VALIDATORS]]
-        write_genesis(root, Genesis.build([pk(c.ca)], accounts, validators, block_ms, terms))
-        for i in range(VALIDATORS):
-            key = (bytes(c.validator_keys[i]).hex() + "\n").encode()
-            write_file(secret_validator_dir(root, i) / "validator.key", key, 0o600, replace=True)
-        return root
+        return c.ledger_dir(root, BALANCE, block_ms, VALIDATORS, terms)
 
     # -- sending --
 
