@@ -93,7 +93,7 @@ class OrderRecord:
             src=body.src if isinstance(body, Ask) else None,
             green=bid.green if bid else None,
             deposit=body.deposit if isinstance(body, Seal) else None,
-            msg=self.by or None,
+            msg=self.book_hash,  # the order's own message (a revealed seal's: its bid's), §9.5
         )
 
 

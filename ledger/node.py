@@ -11,11 +11,14 @@ from nacl.signing import SigningKey
 
 from ledger.block import Block
 from ledger.draft import Draft
+from ledger.market import OrderRecord, Result
 from ledger.replica import Replica, Timing
+from ledger.state import CtpRecord
+from ledger.statuses import ctp_of, current
 from ledger.store import LedgerOutboxRow, LedgerStore
 from ledger.validator import ValidatorIdentity
 from wire import topics
-from wire.messages import CtpState, Status
+from wire.messages import Body, CtpState, Status
 from wire.verify import Verifier
 
 VOTES = "votes"  # store value: the replica's votes at its current height
@@ -90,33 +93,45 @@ class LedgerNode:
         return SoloDecision(block, queued, reasons)
 
     def current_statuses(
-        self, since: int = 0, ids: Iterable[bytes] | None = None, until: int | None = None
+        self, since: int = 0, of: Iterable[str] | None = None, until: int | None = None
     ) -> list[LedgerOutboxRow]:
-        """The retained status of every CTP whose status changed at a block time from `since`
-        to `until` (or of the CTPs `ids`), with the body it was first published with (time
-        and height of the last change), signed by this validator: the same bytes when it
-        published it, the same body under another signature otherwise. As outbox-like rows
-        (seq 0: in no outbox) whose height is the block of that change (0 for `rejected`,
-        which carries none), for the publishing rules of ledger.statuses."""
+        """The retained status of every CTP, order and interval result that changed at a block
+        time from `since` to `until` (or of the status topics `of`), with the body it was first
+        published with (time and height of the last change), signed by this validator: the
+        same bytes when it published it, the same body under another signature otherwise. As
+        outbox-like rows (seq 0: in no outbox) whose height is the block of that change (0 for
+        a CTP's `rejected`, which carries none), for the publishing rules of ledger.statuses."""
         last = self.state.t if until is None else until
+        market = self.state.market
         rejected: list[tuple[bytes, tuple[str, bytes, int]]]
-        if ids is None:
+        if of is None:
             times = self.store.block_times()
             rejected = list(self.store.rejections().items())
             records = list(self.state.ctps.values())
+            orders = list(market.orders.values()) if market is not None else []
+            results = list(market.results.values()) if market is not None else []
         else:
-            wanted = set(ids)
-            records = [self.state.ctps[i] for i in wanted if i in self.state.ctps]
+            wanted = set(of)
+            found = [r for topic in wanted if (r := current(self.state, topic)) is not None]
+            records = [r for r in found if isinstance(r, CtpRecord)]
+            orders = [r for r in found if isinstance(r, OrderRecord)]
+            results = [r for r in found if isinstance(r, Result)]
             times = {r.height: self.store.block_time(r.height) for r in records}
-            rejected = [(i, why) for i in wanted if i not in self.state.ctps and (why := self.store.rejection(i))]
-        out = [
-            Status(ctp=ctp_id, state=CtpState.REJECTED, t=t, reason=reason, msg=msg)
+            ids = {i for topic in wanted if (i := ctp_of(topic)) is not None and i not in self.state.ctps}
+            rejected = [(i, why) for i in ids if (why := self.store.rejection(i))]
+        out: list[tuple[str, Body, int]] = [
+            (topics.status(ctp_id), Status(ctp=ctp_id, state=CtpState.REJECTED, t=t, reason=reason, msg=msg), 0)
             for ctp_id, (reason, msg, t) in rejected
             if since <= t <= last and ctp_id not in self.state.ctps
         ]
-        market = self.state.genesis.market is not None
-        out += [r.status(times[r.height], market) for r in records if since <= times[r.height] <= last]
-        return [LedgerOutboxRow(0, topics.status(s.ctp), s.sign(self.key), True, s.h or 0) for s in out]
+        out += [
+            (topics.status(r.ctp.id), r.status(times[r.height], market is not None), r.height)
+            for r in records
+            if since <= times[r.height] <= last
+        ]
+        out += [(topics.market_order(o.k, o.id), o.status(), o.height) for o in orders if since <= o.t <= last]
+        out += [(topics.market_result(r.k), r.status(), r.height) for r in results if since <= r.t <= last]
+        return [LedgerOutboxRow(0, topic, body.sign(self.key), True, height) for topic, body, height in out]
 
     def close(self) -> None:
         self.store.close()

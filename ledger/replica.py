@@ -24,7 +24,7 @@ from ledger.block import Block, BlockError, Header, Input, decode_inputs, encode
 from ledger.draft import TX_KINDS, Draft, replay
 from ledger.state import LedgerState
 from wire.cose import MAX_MESSAGE, encode, load, message_hash
-from wire.reasons import BUSY, Reject
+from wire.reasons import BUSY, NOT_FINAL, Reject
 from wire.verify import Verifier
 
 MAX_BACKOFF = 5  # round timeouts (and forwarding intervals) double up to 32 times the first
@@ -591,9 +591,10 @@ class Replica:
         assert draft.block is not None, "_live_draft gives only a finished draft"
         block = draft.block.with_seals(seals)
         keys = [(typ, message_hash(raw)) for typ, raw in block.inputs]
-        for key in keys:
+        for key, reason in zip(keys, draft.reasons, strict=True):
             self._unpool(key)
-            self.recent[key] = now
+            if reason not in NOT_FINAL:  # an `oversold` ERC sent again is decided again (§9.4)
+                self.recent[key] = now
         head = itertools.islice(self.pool.values(), self.timing.max_inputs)
         self.next_forward = min((entry.due for entry in head), default=None) if self.n > 1 else None
         while self.recent and next(iter(self.recent.values())) < now - self.timing.recent_ms:

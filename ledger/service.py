@@ -13,11 +13,11 @@ by their distance from the proposer in rotation; a stand-in publishes only if th
 not appeared on spb/v1/ledger/blocks (which its publisher sends after the statuses) within
 rank x TAKEOVER_S, so a proposer that dies before publishing loses nothing.
 
-Whoever publishes, a CTP's retained status only moves forward: a block's statuses wait for
-the earlier blocks' announcements, nothing goes out while the validator is behind, late
-copies (stand-ins, an outbox left by a crash, restores) are current statuses only, and a
-restore covers only what the broker may have lost, read back from it on each connect
-(ledger.statuses, decision 0007).
+Whoever publishes, a retained status (a CTP's, an order's, an interval's result) only moves
+forward: a block's statuses wait for the earlier blocks' announcements, nothing goes out
+while the validator is behind, late copies (stand-ins, an outbox left by a crash, restores)
+are current statuses only, and a restore covers only what the broker may have lost, read
+back from it on each connect (ledger.statuses, decision 0007).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ledger.block import Block, BlockError
 from ledger.events import BlockAnnounced, ConsensusMessage, Event, ReadBack, Transaction
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Refused, Send, Timing
-from ledger.statuses import ANNOUNCE_WAIT_S, Gate, ctp_of, lost_since, open_to_change, superseded
+from ledger.statuses import ANNOUNCE_WAIT_S, Gate, is_status, lost_since, open_to_change, superseded
 from ledger.store import LedgerOutboxRow
 from ledger.validator import ValidatorIdentity
 from wire import topics
@@ -87,7 +87,7 @@ class LedgerService:
         self._stored: bytes | None = None  # what the broker retained on our state topic then
         self._resent: list[str] = []  # status topics with publishes in flight then: paho sends them again
         self._rows: deque[tuple[LedgerOutboxRow, bool, float]] = deque()  # (row, late, when queued) for the gate
-        self._late: dict[bytes, int] = {}  # CTP -> height of a late copy we sent that a block may supersede
+        self._late: dict[str, int] = {}  # status topic -> height of a late copy we sent that a block may supersede
         # (from, to) block times of the statuses to publish again once the gate opens: what the
         # broker may have lost; later ones go out with their own blocks.
         self._restore: tuple[int, int] | None = None
@@ -297,7 +297,7 @@ class LedgerService:
 
     def _queue(self, rows: list[LedgerOutboxRow], late: bool = False) -> None:
         """Publish rank-0 rows when the gate lets them; keep stand-in rows until they are due.
-        Late rows carry only each CTP's last status of their block: the others are old news."""
+        Late rows carry only each topic's last status of their block: the others are old news."""
         now = time.monotonic()
         announced = {h for h in {row.height for row in rows if row.rank > 0} if h in self._seen}
         for h in announced:
@@ -309,7 +309,7 @@ class LedgerService:
             if row.rank > 0:
                 _, waiting = self._standby.setdefault(row.height, (now + row.rank * TAKEOVER_S, []))
                 waiting.append(row)
-            elif late and ctp_of(row.topic) is not None and last[row.height, row.topic] != row.seq:
+            elif late and is_status(row.topic) and last[row.height, row.topic] != row.seq:
                 self._delivered.append(row.seq)
             else:
                 self._rows.append((row, late, now))
@@ -323,8 +323,7 @@ class LedgerService:
             if not self.gate.open(row.height, tip, caught_up, now > queued + ANNOUNCE_WAIT_S):
                 break
             self._rows.popleft()
-            ctp_id = ctp_of(row.topic)
-            if ctp_id is not None and superseded(self.node.state, ctp_id, row.height):
+            if superseded(self.node.state, row.topic, row.height):
                 if row.seq:
                     self._delivered.append(row.seq)  # its successor goes out with the block that made it
                 continue
@@ -339,25 +338,24 @@ class LedgerService:
 
     def _sent(self, topic: str, height: int, late: bool) -> None:
         """Remember a late status that a later block may supersede; one from its own block, or
-        a final one, is the newest we will have sent for its CTP."""
-        ctp_id = ctp_of(topic)
-        if ctp_id is None:
+        a final one, is the newest we will have sent on its topic."""
+        if not is_status(topic):
             return
-        if late and open_to_change(self.node.state, ctp_id):
-            self._late[ctp_id] = height
+        if late and open_to_change(self.node.state, topic):
+            self._late[topic] = height
         else:
-            self._late.pop(ctp_id, None)
+            self._late.pop(topic, None)
 
     def _supersede_late(self, decided: Decided) -> None:
-        """A late copy we sent may reach the broker after the status this block gives its CTP,
-        published by someone else: send that status too, after ours on our connection."""
+        """A late copy we sent may reach the broker after the status this block gives its topic
+        (a CTP, an order, an interval), published by someone else: send that status too, after
+        ours on our connection. Every change a block makes goes out on its retained topic."""
         if not self._late or decided.proposer == self.index:
             return  # ours are in this block's rows
-        draft = decided.draft
-        changed = [i for i in (*draft.ctps, *draft.ctp_rejects) if i in self._late]
+        changed = {out.topic for out in decided.draft.outputs if out.retain and out.topic in self._late}
         if changed:
             now = time.monotonic()
-            self._rows.extend((row, True, now) for row in self.node.current_statuses(ids=changed))
+            self._rows.extend((row, True, now) for row in self.node.current_statuses(of=changed))
 
     def _announced(self, payload: bytes) -> None:
         """A block on spb/v1/ledger/blocks: its publisher has announced it, stand in no more."""
@@ -414,7 +412,7 @@ class LedgerService:
         status topics in flight (see _read_back)."""
         while self._can_pump():
             topic, payload, retain, on_ack = self._outgoing.popleft()
-            if ctp_of(topic) is not None:
+            if is_status(topic):
                 with self._in_flight_lock:
                     self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
                 on_ack = functools.partial(self._status_acked, topic, on_ack)
@@ -439,16 +437,15 @@ class LedgerService:
         had not yet seen acknowledged (durable). `online` now, and again after a restore.
 
         Statuses that were in flight when the connection dropped were sent again by paho on
-        this one, maybe after newer statuses of their CTPs from other validators (QoS 1 does
-        not deduplicate): their CTPs' current statuses follow them, as late copies."""
+        this one, maybe after newer statuses on their topics from other validators (QoS 1 does
+        not deduplicate): their current statuses follow them, as late copies."""
         if connection != self._connection:
             return  # a later connect is being read back
         self.gate.reading = False
         self._carry(self.replica.rejoin(self.clock(), _mono()))
-        resent_ids = [ctp_id for topic in resent if (ctp_id := ctp_of(topic)) is not None]
-        if resent_ids:
+        if resent:
             now = time.monotonic()
-            self._rows.extend((row, True, now) for row in self.node.current_statuses(ids=resent_ids))
+            self._rows.extend((row, True, now) for row in self.node.current_statuses(of=resent))
         store = self.node.store
         since = lost_since(session, stored, self.node.state.height, store.block_time)
         pending = 0 if store.flag(RESTORE) else int(store.value(RESTORE_SINCE) or -1)
@@ -476,8 +473,9 @@ class LedgerService:
             self.node.store.set_flag(RESTORE, False)
 
     def _publish_restore(self) -> None:
-        """Publish the current status of every CTP changed since the restore's block time: the
-        gate is open, so this validator is caught up and nothing newer is announced."""
+        """Publish the current status of every CTP, order and result changed since the
+        restore's block time: the gate is open, so this validator is caught up and nothing
+        newer is announced."""
         (since, until), self._restore = self._restore or (0, 0), None
         statuses = self.node.current_statuses(since, until=until)
         log.info("publishing %d statuses again (block times %d to %d)", len(statuses), since, until)

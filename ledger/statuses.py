@@ -1,8 +1,10 @@
-"""When a validator may hand a status to the broker, pure: what keeps every CTP's retained
-status moving forward (docs/CONSENSUS.md "Statuses only move forward", decision 0007).
+"""When a validator may hand a status to the broker, pure: what keeps every retained status
+the ledger writes moving forward (docs/CONSENSUS.md "Statuses only move forward", decision
+0007): a CTP's status (spb/v1/status/{id}), and in a market chain an order's status
+(spb/v1/market/{k}/order/{id}) and an interval's result (spb/v1/market/{k}/result).
 
-A CTP's status topic is written by whichever validator publishes, on its own connection,
-and the broker keeps the last one it received. Three rules keep that last one the newest:
+Such a topic is written by whichever validator publishes, on its own connection, and the
+broker keeps the last one it received. Three rules keep that last one the newest:
 - **In block order.** A block's statuses go out only once every earlier block this
   validator decided has appeared on spb/v1/ledger/blocks, which its publisher sends after
   its statuses: so the broker has the older statuses before the newer ones (Gate).
@@ -10,7 +12,7 @@ and the broker keeps the last one it received. Three rules keep that last one th
   backlog of a new connection is read, not before the Replica says it is caught up, not
   while a later block than its own tip has been announced (Gate).
 - **Late copies are the current ones.** What goes out late (a stand-in, an outbox left by a
-  crash, a restore) is each CTP's current status only, never one a later block superseded
+  crash, a restore) is each topic's current status only, never one a later block superseded
   (`superseded`), and a copy that a later block can still supersede is followed by the new
   status from the same validator (ledger.service).
 
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ledger.state import LedgerState
+from ledger.market import Escrowed, OrderRecord, Result
+from ledger.state import CtpRecord, LedgerState
 from wire import topics
 from wire.messages import CtpState
 
@@ -30,7 +33,8 @@ from wire.messages import CtpState
 # the broker's copy of `online <h>` covers the statuses of blocks this much older than h.
 LATE_MS = 120_000
 ANNOUNCE_WAIT_S = 30.0  # a block's statuses wait at most this long for an earlier block's announcement
-_STATUS = topics.status(bytes(16))[:-32]  # the status topics' prefix
+_STATUS = topics.status(bytes(16))[:-32]  # the CTP status topics' prefix
+_MARKET = f"{topics.MARKET}/"  # the order status and result topics' prefix
 
 
 def lost_since(session_present: bool, stored: bytes | None, tip: int, block_time: Callable[[int], int]) -> int | None:
@@ -62,23 +66,60 @@ def lost_since(session_present: bool, stored: bytes | None, tip: int, block_time
     return max(0, block_time(height) - LATE_MS) if height else 0
 
 
+def is_status(topic: str) -> bool:
+    """Whether a topic is a retained status the ledger writes: a CTP's, an order's, a result."""
+    return topic.startswith(_STATUS) or topic.startswith(_MARKET)
+
+
 def ctp_of(topic: str) -> bytes | None:
-    """The CTP id of a status topic; None for any other topic."""
+    """The CTP id of a CTP status topic; None for any other topic."""
     return bytes.fromhex(topic[len(_STATUS) :]) if topic.startswith(_STATUS) else None
 
 
-def superseded(state: LedgerState, ctp_id: bytes, height: int) -> bool:
-    """Whether a status of this CTP from block `height` is older than its current one.
-    (A `rejected` status carries no height: pass 0, and a CTP held since supersedes it.)"""
-    record = state.ctps.get(ctp_id)
+def order_of(topic: str) -> bytes | None:
+    """The order id of an order status topic (spb/v1/market/{k}/order/{id}); None for any other."""
+    return bytes.fromhex(topic.rsplit("/", 1)[1]) if topics.expected_type(topic) == "order" else None
+
+
+def result_of(topic: str) -> int | None:
+    """The interval of a result topic (spb/v1/market/{k}/result); None for any other."""
+    return int(topic[len(_MARKET) :].split("/")[0]) if topics.expected_type(topic) == "cleared" else None
+
+
+def current(state: LedgerState, topic: str) -> CtpRecord | OrderRecord | Result | None:
+    """What the status on this topic is now made from: the CTP's, order's or interval's
+    record; None if there is none (yet), or the topic is no status."""
+    ctp_id = ctp_of(topic)
+    if ctp_id is not None:
+        return state.ctps.get(ctp_id)
+    market = state.market
+    if market is None:
+        return None
+    order_id = order_of(topic)
+    if order_id is not None:
+        return market.orders.get(order_id)
+    k = result_of(topic)
+    return None if k is None else market.results.get(k)
+
+
+def superseded(state: LedgerState, topic: str, height: int) -> bool:
+    """Whether a status on this topic from block `height` is older than the current one.
+    (A `rejected` CTP status carries no height: pass 0, and a CTP held since supersedes it.)"""
+    record = current(state, topic)
     return record is not None and record.height > height
 
 
-def open_to_change(state: LedgerState, ctp_id: bytes) -> bool:
-    """Whether a later block can still supersede this CTP's current status: `held`, or a
-    `rejected` id that a CTP can still take. Settled and refunded are final."""
-    record = state.ctps.get(ctp_id)
-    return record is None or record.state == CtpState.HELD
+def open_to_change(state: LedgerState, topic: str) -> bool:
+    """Whether a later block can still supersede the current status on this topic: a `held`
+    CTP, or a `rejected` id that a CTP can still take; a `sealed` or `open` order (a reveal,
+    a withdrawal or the clearing moves it). Settled and refunded CTPs, orders in any other
+    state and results are final."""
+    record = current(state, topic)
+    if isinstance(record, CtpRecord):
+        return record.state == CtpState.HELD
+    if isinstance(record, OrderRecord):
+        return record.state in Escrowed
+    return record is None and ctp_of(topic) is not None
 
 
 class Gate:

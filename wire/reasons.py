@@ -34,6 +34,11 @@ STATEFUL = (
 BUSY = "busy"
 TRANSIENT = (BUSY,)
 REASONS = frozenset(STATELESS + STATEFUL + TRANSIENT)
+# A verdict that the same bytes may overturn later (docs/PROTOCOL.md §9.4): the seller's
+# export may be proved after the ERC came, so its meter sends the same ERC again, and the
+# ledger decides it again instead of taking it for a broker's copy of a decided message.
+OVERSOLD = "oversold"
+NOT_FINAL = (OVERSOLD,)
 
 
 class Reject(Exception):

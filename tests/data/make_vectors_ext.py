@@ -121,6 +121,8 @@ def market_messages() -> dict[str, bytes]:
             msg=sha256(fill.encode()).digest(),
             payer=fill.payer,
             payee=fill.payee,
+            wh=fill.wh,
+            exp=fill.exp,
         ).sign(VALIDATOR),
     }
 

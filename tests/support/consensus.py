@@ -30,6 +30,7 @@ class Validators:
     """A community ledger with four validators, each its own process."""
 
     WATCHED = (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_STATE_ALL, topics.LEDGER_BLOCKS, topics.CONSENSUS_ALL)
+    HOUSEHOLDS = HOUSEHOLDS
 
     def __init__(
         self, tmp_path: Path, port: int, make_client, trades: int, block_ms: int = 50, watched: tuple = WATCHED
@@ -37,8 +38,8 @@ class Validators:
         """`watched`: the topics the inbox records (ledger/state at least, for start())."""
         now = wall_ms()
         self.port = port
-        self.community = SimCommunity(HOUSEHOLDS, now)
-        self.root = self.community.ledger_dir(tmp_path / "ledger", BALANCE, block_ms, validators=VALIDATORS)
+        self.community = SimCommunity(self.HOUSEHOLDS, now)
+        self.root = self.ledger_dir(tmp_path / "ledger", block_ms)
         self.trades = signed_trades(self.community, trades, now)  # (ctp, erc, payer, payee, amount)
         self.inbox = Inbox()
         watcher = make_client(port, "watcher")
@@ -48,6 +49,10 @@ class Validators:
         self.procs = Procs(tmp_path / "logs")
         self.processes: dict[int, subprocess.Popen] = {}  # the running ones, by index
         self.households = connected(make_client(port, "households", max_inflight=1000))
+
+    def ledger_dir(self, root: Path, block_ms: int) -> Path:
+        """The validators' dir: genesis and keys (a v1 chain of the community's households)."""
+        return self.community.ledger_dir(root, BALANCE, block_ms, validators=VALIDATORS)
 
     # -- processes --
 

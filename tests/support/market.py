@@ -12,10 +12,9 @@ from __future__ import annotations
 from hashlib import sha256
 from pathlib import Path
 
-from broker.keys import write_file
-from ledger.genesis import Genesis, MarketTerms, MeterEntry, write_genesis
+from ledger.genesis import Genesis, MarketTerms, MeterEntry
 from ledger.node import LedgerNode
-from ledger.validator import ValidatorIdentity, secret_validator_dir
+from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity, pk
 from tests.support.ledger import NOW
 from wire.cose import message_hash
@@ -41,9 +40,10 @@ def terms(c: SimCommunity, **overrides) -> MarketTerms:
     return MarketTerms(meters, **options)
 
 
-def market_genesis(c: SimCommunity, balance: int = BALANCE, **overrides) -> Genesis:
-    accounts = {pk(h.account): balance for h in c.households}
-    return Genesis.build([pk(c.ca)], accounts, [pk(c.validator_keys[0])], 50, terms(c, **overrides))
+def market_genesis(
+    c: SimCommunity, balance: int = BALANCE, validators: int = 1, block_ms: int = 50, **overrides
+) -> Genesis:
+    return c.genesis(balance, validators, block_ms, terms(c, **overrides))
 
 
 class Market:
@@ -103,11 +103,9 @@ class Market:
         ).sign(key)
 
 
-def market_dir(root: Path, c: SimCommunity, balance: int = BALANCE, **overrides) -> Path:
-    write_genesis(root, market_genesis(c, balance, **overrides))
-    key = (bytes(c.validator_keys[0]).hex() + "\n").encode()
-    write_file(secret_validator_dir(root, 0) / "validator.key", key, 0o600, replace=True)
-    return root
+def market_dir(root: Path, c: SimCommunity, balance: int = BALANCE, validators: int = 1, **overrides) -> Path:
+    """A market chain's ledger dir (block_ms 50): its genesis and its validators' keys."""
+    return c.ledger_dir(root, balance, 50, validators, terms(c, **overrides))
 
 
 class MarketChain:

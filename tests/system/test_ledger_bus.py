@@ -1,5 +1,6 @@
 """Every reject code of docs/PROTOCOL.md §4 and the status rules of §7, seen where a household
-sees them: on a real Mosquitto, published by a real LedgerService.
+sees them: on a real Mosquitto, published by a real LedgerService. The market's codes (§9.2)
+on a chain whose genesis has a market (`market_bus`), the others on a v1 chain (`bus`).
 
 Each test runs its own broker and ledger. The ledger reads only the test's `Clock`, so
 expiry is decided by block time the test sets, never by how fast the machine is.
@@ -27,10 +28,11 @@ from ledger.validator import ValidatorIdentity
 from ledger.workload import YEAR_MS, SimCommunity, pk
 from tests.support.bus import Inbox, connected, wait_for
 from tests.support.ledger import NOW, RunningLedger, ctp_id, ledger_dir, wait_online
+from tests.support.market import I, K, Market, market_dir, order_id
 from tests.support.wire import canonical_items, flip_bit, raw_map, sign_map, sign_payload
 from wire import topics
 from wire.cose import encode, message_hash
-from wire.messages import Cancel, Coe, Ctp, DevCert, Erc, Rejection, Status, open_message
+from wire.messages import Ask, Cancel, Coe, Ctp, DevCert, Erc, Order, Rejection, Status, Withdraw, open_message
 from wire.reasons import BUSY, REASONS, Reject
 from wire.verify import Verifier
 
@@ -57,17 +59,22 @@ class Bus:
     """A broker, a ledger on a test clock, a household client and a watcher of all the
     ledger publishes; statuses and rejects come back decoded and signature-checked."""
 
-    def __init__(self, tmp_path, port: int, make_client, read_retained, households: int = 4):
+    def __init__(self, tmp_path, port: int, make_client, read_retained, households: int = 4, market: bool = False):
+        """`market`: a genesis with tests.support.market's terms (households 0 and 1 sell
+        `solar` and `grid`), so a chain with the market and proof of delivery (§9)."""
         self.port, self.read_retained = port, read_retained
         self.community = SimCommunity(households, NOW)
-        self.root = ledger_dir(tmp_path / "ledger", self.community, balance=BALANCE)
+        self.market = Market(self.community)
+        make_dir = market_dir if market else ledger_dir
+        self.root = make_dir(tmp_path / "ledger", self.community, balance=BALANCE)
         self.genesis = ValidatorIdentity.load(self.root, 0, with_key=False).genesis
         self.validator = pk(self.community.validator_keys[0])
         self.verifier = Verifier(cas=[pk(self.community.ca)], validators=[self.validator])
         self.clock = Clock(NOW)
         self.inbox = Inbox()
         watcher = make_client(port, "watcher")
-        for topic_filter in (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_BLOCKS, topics.ledger_state(0)):
+        watched = (topics.STATUS_ALL, topics.REJECTS, topics.LEDGER_BLOCKS, topics.ledger_state(0), topics.MARKET_ALL)
+        for topic_filter in watched:
             watcher.subscribe(topic_filter, self.inbox)
         connected(watcher)
         self.ledger = self.start_ledger()
@@ -120,6 +127,25 @@ class Bus:
         self.wait_block(self.wait_status(ctp_id(ctp), "settled").h)
         return erc
 
+    def place(self, topic: str, raw: bytes, state: str, order: bytes | None = None) -> bytes:
+        """Send a market message and return once the order it moves (its own, or `order`'s
+        id) has an `order` status in `state` and that status's block arrived."""
+        order = order or order_id(raw)
+        self.send(topic, raw)
+        status = wait_for(
+            lambda: next((o for o in self.orders() if (o.id, o.state) == (order, state)), None),
+            10,
+            lambda: f"{state} for order {order.hex()}; saw {[(o.id.hex()[:8], o.state) for o in self.orders()]}",
+        )
+        self.wait_block(status.h)
+        return raw
+
+    def prove(self, raw: bytes) -> None:
+        """Send an export record and return once a block accepted it: an export gets no status."""
+        msg = self.send(topics.TX_EXPORT, raw)
+        self.barrier()
+        assert self.rejects(msg) == [], f"the export was rejected: {self.rejects(msg)}"
+
     # -- what the ledger published --
 
     def mark(self) -> int:
@@ -146,6 +172,19 @@ class Bus:
             if msg is None or r.msg == msg
         ]
 
+    def orders(self, since: int = 0) -> list[Order]:
+        """Every `order` status on spb/v1/market/{k}/order/{id} (signature-checked)."""
+        found = []
+        for topic, payload, _ in self.inbox.messages[since:]:
+            if topics.expected_type(topic) == "order":
+                order = self.verifier.verify(payload, self.clock.now, expect="order").body
+                assert topic == topics.market_order(order.k, order.id), "an order status on another order's topic"
+                found.append(order)
+        return found
+
+    def market_published(self, since: int = 0) -> list[str]:
+        return [t for t, _, _ in self.inbox.messages[since:] if t.startswith(f"{topics.MARKET}/")]
+
     def blocks(self, since: int = 0) -> list[Block]:
         return [Block.from_chain_bytes(p) for t, p, _ in self.inbox.messages[since:] if t == topics.LEDGER_BLOCKS]
 
@@ -157,9 +196,9 @@ class Bus:
             lambda: f"block {height}; saw {[b.header.height for b in self.blocks()]}",
         )
 
-    def wait_reject(self, msg: bytes) -> Rejection:
+    def wait_reject(self, msg: bytes, since: int = 0) -> Rejection:
         return wait_for(
-            lambda: next(iter(self.rejects(msg)), None),
+            lambda: next(iter(self.rejects(msg, since)), None),
             10,
             lambda: f"a reject of {msg.hex()[:16]}; saw {[(r.msg.hex()[:8], r.reason) for r in self.rejects()]}",
         )
@@ -171,17 +210,26 @@ class Bus:
             lambda: f"{state} for {ctp.hex()}; saw {[(s.ctp.hex()[:8], s.state) for s in self.statuses()]}",
         )
 
-    def retained(self, ctp: bytes) -> bytes:
-        """The retained status a newcomer on the CTP's topic gets first (signature-checked)."""
-        topic, payload, retained = self.read_retained(self.port, topics.status(ctp), f"reader-{next(self._readers)}")
-        assert retained and topic == topics.status(ctp)
-        self.verifier.verify(payload, self.clock.now, expect="status")
+    def retained(self, ctp: bytes | str) -> bytes:
+        """The retained message a newcomer on a CTP's status topic (or on the topic given, an
+        order's) gets first (signature-checked)."""
+        want = topics.status(ctp) if isinstance(ctp, bytes) else ctp
+        topic, payload, retained = self.read_retained(self.port, want, f"reader-{next(self._readers)}")
+        assert retained and topic == want
+        self.verifier.verify(payload, self.clock.now, expect=topics.expected_type(want))
         return payload
 
 
 @pytest.fixture
 def bus(tmp_path, mosquitto, make_client, read_retained):
     b = Bus(tmp_path, mosquitto.port, make_client, read_retained)
+    yield b
+    b.ledger.stop()
+
+
+@pytest.fixture
+def market_bus(tmp_path, mosquitto, make_client, read_retained):
+    b = Bus(tmp_path, mosquitto.port, make_client, read_retained, market=True)
     yield b
     b.ledger.stop()
 
@@ -243,21 +291,23 @@ class Case(NamedTuple):
     status byte for byte (KEPT), the new CTP gets a retained `rejected` status (REJECTED), or
     no status at all is published (NONE). `again`: the very bytes were decided already, so
     they are sent to a restarted ledger (one that has run since would take them for a broker
-    copy and acknowledge them silently, issue 6)."""
+    copy and acknowledge them silently, issue 6). `order`: on a market chain, the retained
+    status topic of an order that must stay byte for byte (no market topic moves at all)."""
 
     topic: str
     raw: bytes
     after: str = NONE
     ctp: bytes | None = None
     again: bool = False
+    order: str | None = None
 
 
-CASES: list[tuple[str, str, Callable[[Bus], Case]]] = []  # (id, reason, make)
+CASES: list[tuple[str, str, Callable[[Bus], Case], bool]] = []  # (id, reason, make, on a market chain)
 
 
-def case(reason: str, name: str):
+def case(reason: str, name: str, market: bool = False):
     def register(make: Callable[[Bus], Case]) -> Callable[[Bus], Case]:
-        CASES.append((f"{reason}/{name}", reason, make))
+        CASES.append((f"{reason}/{name}", reason, make, market))
         return make
 
     return register
@@ -511,6 +561,196 @@ def _(bus):
     return Case(topics.TX_CTP, ctp, NONE, ctp_id(ctp))
 
 
+@case("type", "ask-on-a-chain-without-market")
+def _(bus):
+    """A v1 chain keeps v1's rules: a market message is of no type it knows (§9)."""
+    return Case(topics.TX_ASK, bus.market.ask(0, wh=5, price=3))
+
+
+# ---- the market's codes (docs/PROTOCOL.md §9.2), on a chain whose genesis has a market -------
+# Interval K-1 holds NOW, so K's gate is K*I, later than NOW: the clock stands at NOW unless a
+# case moves it to K's gate for a reveal (clearing waits for the reveal window after it). A
+# reveal after that window has no case here: its block is one that clears K, which voids the
+# seal (tests/system/test_market_processes.py sends one over the bus).
+
+
+def order_topic(raw: bytes, k: int = K) -> str:
+    return topics.market_order(k, order_id(raw))
+
+
+def sealed_bid(bus: Bus, h: int = 0) -> tuple[bytes, bytes, bytes]:
+    """(seal, its bid, nonce) of household h for K, the seal accepted (its deposit held)."""
+    bid = bus.market.bid(h, wh=5, price=4)
+    seal, nonce = bus.market.seal(h, bid, deposit=20)
+    bus.place(topics.TX_SEAL, seal, "sealed")
+    return seal, bid, nonce
+
+
+@case("unknown-account", "ask-by-a-stranger", market=True)
+def _(bus):
+    ask = Ask(seller=pk(STRANGER), meter="m0001", wh=5, price=3, k=K, src="solar", t=NOW).sign(STRANGER)
+    return Case(topics.TX_ASK, ask)
+
+
+@case("duplicate", "bid-refused-before-is-refused-until-its-gate", market=True)
+def _(bus):
+    """A rejected order's bytes are final until its gate: a copy must not hold money later."""
+    bid = bus.market.bid(3, wh=BALANCE, price=2)
+    assert bus.wait_reject(bus.send(topics.TX_BID, bid)).reason == "insufficient-funds"
+    return Case(topics.TX_BID, bid, again=True)
+
+
+@case("duplicate", "ask-sent-again", market=True)
+def _(bus):
+    ask = bus.place(topics.TX_ASK, bus.market.ask(0, wh=5, price=3), "open")
+    return Case(topics.TX_ASK, ask, again=True, order=order_topic(ask))
+
+
+@case("insufficient-funds", "bid-escrow-over-the-free-balance", market=True)
+def _(bus):
+    bus.place(topics.TX_BID, bus.market.bid(3, wh=100, price=9), "open")  # 900 of 1000 held
+    return Case(topics.TX_BID, bus.market.bid(3, wh=101, price=1))
+
+
+@case("insufficient-funds", "seal-deposit-over-the-balance", market=True)
+def _(bus):
+    seal, _ = bus.market.seal(3, bus.market.bid(3, wh=1, price=1), deposit=BALANCE + 1)
+    return Case(topics.TX_SEAL, seal)
+
+
+@case("gate-closed", "ask-for-the-interval-under-way", market=True)
+def _(bus):
+    return Case(topics.TX_ASK, bus.market.ask(0, wh=5, price=3, k=K - 1))
+
+
+@case("gate-closed", "seal-for-a-past-interval", market=True)
+def _(bus):
+    seal, _ = bus.market.seal(2, bus.market.bid(2, wh=1, price=1, k=K - 2), deposit=1, k=K - 2)
+    return Case(topics.TX_SEAL, seal)
+
+
+@case("too-far", "bid-beyond-the-intervals-ahead", market=True)
+def _(bus):
+    return Case(topics.TX_BID, bus.market.bid(2, wh=1, price=1, k=K + 3))  # ahead = 3 from K - 1
+
+
+@case("not-source", "ask-from-a-meter-without-a-source", market=True)
+def _(bus):
+    return Case(topics.TX_ASK, bus.market.ask(2, wh=5, price=3, src="solar"))
+
+
+@case("not-source", "ask-naming-another-source", market=True)
+def _(bus):
+    return Case(topics.TX_ASK, bus.market.ask(0, wh=5, price=3, src="grid"))
+
+
+@case("not-source", "ask-for-another-accounts-meter", market=True)
+def _(bus):
+    return Case(topics.TX_ASK, bus.market.ask(1, wh=5, price=3, src="solar", meter="m0001"))
+
+
+@case("unknown-order", "withdraw-of-an-order-never-placed", market=True)
+def _(bus):
+    return Case(topics.TX_WITHDRAW, bus.market.withdraw(0, bus.market.bid(0, wh=1, price=1)))
+
+
+@case("unknown-order", "reveal-of-a-seal-never-placed", market=True)
+def _(bus):
+    bid = bus.market.bid(0, wh=1, price=1)
+    seal, nonce = bus.market.seal(0, bid, deposit=1)
+    return Case(topics.TX_REVEAL, bus.market.reveal(0, seal, bid, nonce))
+
+
+@case("not-owner", "withdraw-of-anothers-bid", market=True)
+def _(bus):
+    bid = bus.place(topics.TX_BID, bus.market.bid(0, wh=5, price=3), "open")
+    return Case(topics.TX_WITHDRAW, bus.market.withdraw(1, bid), order=order_topic(bid))
+
+
+@case("not-owner", "reveal-of-anothers-seal", market=True)
+def _(bus):
+    seal, bid, nonce = sealed_bid(bus, 0)
+    bus.clock.now = K * I
+    return Case(topics.TX_REVEAL, bus.market.reveal(1, seal, bid, nonce), order=order_topic(seal))
+
+
+@case("not-open", "withdraw-of-a-withdrawn-ask", market=True)
+def _(bus):
+    ask = bus.place(topics.TX_ASK, bus.market.ask(1, wh=5, price=3), "open")
+    bus.place(topics.TX_WITHDRAW, bus.market.withdraw(1, ask), "withdrawn", order_id(ask))
+    again = Withdraw(by=bus.market.account(1), order=order_id(ask), t=NOW + 1).sign(account(bus, 1))
+    return Case(topics.TX_WITHDRAW, again, order=order_topic(ask))
+
+
+@case("not-open", "reveal-of-a-withdrawn-seal", market=True)
+def _(bus):
+    seal, bid, nonce = sealed_bid(bus)
+    bus.place(topics.TX_WITHDRAW, bus.market.withdraw(0, seal), "withdrawn", order_id(seal))
+    bus.clock.now = K * I
+    return Case(topics.TX_REVEAL, bus.market.reveal(0, seal, bid, nonce), order=order_topic(seal))
+
+
+@case("too-early", "reveal-before-the-gate", market=True)
+def _(bus):
+    seal, bid, nonce = sealed_bid(bus)
+    return Case(topics.TX_REVEAL, bus.market.reveal(0, seal, bid, nonce), order=order_topic(seal))
+
+
+@case("too-early", "export-before-its-interval-ends", market=True)
+def _(bus):
+    return Case(topics.TX_EXPORT, bus.market.export(0, K - 1, wh=5, total=5))
+
+
+@case("reveal-mismatch", "wrong-nonce", market=True)
+def _(bus):
+    seal, bid, _ = sealed_bid(bus)
+    bus.clock.now = K * I
+    return Case(topics.TX_REVEAL, bus.market.reveal(0, seal, bid, bytes(32)), order=order_topic(seal))
+
+
+@case("reveal-mismatch", "bid-costs-more-than-the-deposit", market=True)
+def _(bus):
+    bid = bus.market.bid(0, wh=5, price=5)  # 25 > the deposit of 20
+    seal, nonce = bus.market.seal(0, bid, deposit=20)
+    bus.place(topics.TX_SEAL, seal, "sealed")
+    bus.clock.now = K * I
+    return Case(topics.TX_REVEAL, bus.market.reveal(0, seal, bid, nonce), order=order_topic(seal))
+
+
+@case("unknown-meter", "export-of-a-meter-the-genesis-does-not-register", market=True)
+def _(bus):
+    outsider = Market(SimCommunity(5, NOW))  # the same CA: household 4's meter m0005 is in no genesis here
+    return Case(topics.TX_EXPORT, outsider.export(4, K - 2, wh=1, total=1))
+
+
+@case("counter", "cumulative-total-goes-back", market=True)
+def _(bus):
+    bus.prove(bus.market.export(0, K - 3, wh=5, total=5))
+    return Case(topics.TX_EXPORT, bus.market.export(0, K - 2, wh=5, total=7))
+
+
+@case("counter", "interval-goes-back", market=True)
+def _(bus):
+    bus.prove(bus.market.export(0, K - 2, wh=5, total=5))
+    return Case(topics.TX_EXPORT, bus.market.export(0, K - 3, wh=1, total=6))
+
+
+@case("oversold", "erc-before-the-payee-proved-any-export", market=True)
+def _(bus):
+    """Rule 7: a direct CTP settles only against export its payee proved (§9.4)."""
+    ctp = bus.hold()
+    return Case(topics.TX_ERC, bus.community.erc(ctp), KEPT, ctp_id(ctp))
+
+
+@case("oversold", "erc-beyond-the-payees-export-in-the-window", market=True)
+def _(bus):
+    """Household 1's export of K - 1 proves 4 Wh; the CTP, held in K - 1, is for 5."""
+    ctp = bus.hold(wh=5)
+    bus.clock.now = K * I
+    bus.prove(bus.market.export(1, K - 1, wh=4, total=4))
+    return Case(topics.TX_ERC, bus.community.erc(ctp), KEPT, ctp_id(ctp))
+
+
 def test_forged_erc_and_coe_settle_when_nothing_is_replaced(bus):
     """The control for the cert/coe/proof/signature cases: each differs from a valid ERC in
     the one part it replaces."""
@@ -520,31 +760,35 @@ def test_forged_erc_and_coe_settle_when_nothing_is_replaced(bus):
 
 
 def test_the_cases_cover_every_reason_code():
-    """A reason code added to §4 needs a case here; `busy`, which needs a full pool, has its
-    own (tests/system/test_flood.py)."""
-    assert {reason for _, reason, _ in CASES} == REASONS - {BUSY}
+    """A reason code added to §4 (or §9.2) needs a case here; `busy`, which needs a full
+    pool, has its own (tests/system/test_flood.py)."""
+    assert {reason for _, reason, _, _ in CASES} == REASONS - {BUSY}
 
 
-@pytest.mark.parametrize("reason, make", [pytest.param(reason, make, id=name) for name, reason, make in CASES])
-def test_each_reject_reaches_the_bus_with_its_reason_and_message_hash(bus, reason, make):
+@pytest.mark.parametrize(
+    "reason, make, market", [pytest.param(reason, make, market, id=name) for name, reason, make, market in CASES]
+)
+def test_each_reject_reaches_the_bus_with_its_reason_and_message_hash(request, reason, make, market):
     """One signed reject per bad message on spb/v1/rejects, matched by H(m); a block that
     decides it alone and changes nothing (rejected messages are block inputs, issue 6), or,
     if its bytes alone reject it, no block at all: it is refused at the door (decision
     0008); and statuses as §7 says: a rejected CTP with a new id gets `rejected`, nothing
-    else moves."""
+    else moves (on a market chain, no order or result either)."""
+    bus = request.getfixturevalue("market_bus" if market else "bus")
     c = make(bus)
     if c.again:
         bus.ledger.stop()
         bus.ledger = bus.start_ledger()
     before = bus.retained(c.ctp) if c.after == KEPT else None
-    height, block_time, mark = bus.state.height, max(NOW, bus.state.t + 1), bus.mark()
+    kept_order = bus.retained(c.order) if c.order is not None else None
+    height, block_time, mark = bus.state.height, max(bus.clock.now, bus.state.t + 1), bus.mark()
     root = bus.state.root()
     at_door = decided_by_bytes(topics.TX_TYPES[c.topic], reason)
     msg = bus.send(c.topic, c.raw)
-    rejection = bus.wait_reject(msg)
+    rejection = bus.wait_reject(msg, since=mark)
     assert (rejection.reason, rejection.t) == (reason, bus.clock.now if at_door else block_time)
     barrier = bus.barrier()
-    assert [r.reason for r in bus.rejects(msg)] == [reason], "one reject per message"
+    assert [r.reason for r in bus.rejects(msg, since=mark)] == [reason], "one reject per message"
     new = bus.statuses(since=mark)
     if c.after == REJECTED:
         assert [(s.ctp, s.state, s.reason, s.msg) for s in new] == [(c.ctp, "rejected", reason, msg)]
@@ -553,6 +797,9 @@ def test_each_reject_reaches_the_bus_with_its_reason_and_message_hash(bus, reaso
         assert new == [], "only an applied message, or a CTP rejected under a new id, makes a status"
     if c.after == KEPT:
         assert bus.retained(c.ctp) == before, "a rejected message changed someone else's status"
+    assert bus.market_published(since=mark) == [], "a rejected message moved the market"
+    if c.order is not None:
+        assert bus.retained(c.order) == kept_order, "a rejected message changed an order's status"
     blocks = bus.blocks(since=mark)
     if at_door:
         assert blocks == [barrier] and bus.state.height == height + 1, "junk went into a block"

@@ -13,6 +13,9 @@ after a broker crash the validators also publish again the statuses it lost whil
 blocks come. There a status may go back for a moment, but only if its sender then publishes
 one at least as new: the validator sends the current status of every CTP it had in flight,
 and follows a late copy with its successor (docs/CONSENSUS.md, "Statuses only move forward").
+
+The same holds in a market chain for the order statuses and interval results (issue 14),
+checked with a load of orders across a validator's kill -9 and a broker crash.
 """
 
 from __future__ import annotations
@@ -21,23 +24,33 @@ import contextlib
 import io
 import signal
 import threading
+from collections.abc import Callable
 
 import pytest
 
+from broker.clock import wall_ms
 from ledger import cli
+from ledger.statuses import ctp_of, is_status
 from tests.support.bus import Inbox, connected, wait_for
 from tests.support.consensus import VALIDATORS, Validators
 from tests.support.ledger import statuses
+from tests.support.market import Market, order_id
+from tests.support.market_bus import SOURCES, MarketValidators
 from wire import topics
-from wire.messages import Status, open_message
+from wire.cose import message_hash
+from wire.messages import Body, Cleared, Order, Status, open_message
 
 # A CTP's statuses in the order they can follow each other: a `rejected` id can still be
-# held later by another message; settled and refunded end it. Block time t grows with h.
-RANK = {"rejected": 0, "held": 1, "settled": 2, "refunded": 2}
+# held later by another message; settled and refunded end it. An order is sealed, then open,
+# then in one of the final states; an interval's result is final. Block time t grows with h.
+RANK = {"rejected": 0, "held": 1, "settled": 2, "refunded": 2, "sealed": 0, "open": 1}
 
 
-def order(status: Status) -> tuple[int, int, int]:
-    return status.t, status.h or 0, RANK[status.state]
+def order(status: Body) -> tuple[int, int, int]:
+    """Where a status (a CTP's, an order's, a result) stands among those of its topic."""
+    assert isinstance(status, (Status, Order, Cleared))
+    state = status.state if isinstance(status, (Status, Order)) else "cleared"
+    return status.t, status.h or 0, RANK.get(state, 2)
 
 
 TRADES, WAVE = 600, 50
@@ -89,32 +102,26 @@ class Feed:
 
 
 def signer(v: Validators, payload: bytes) -> int:
-    opened = open_message(payload, "status")
+    opened = open_message(payload)
     return next(i for i, key in enumerate(v.genesis().validators) if opened.envelope.verifies(key))
 
 
 def backward_steps(v: Validators, restarts: list[int] = ()) -> list[str]:
-    """Each status that arrived after a newer one of its CTP, described, but for those that
+    """Each status that arrived after a newer one on its topic, described, but for those that
     arrived after a broker restart (`restarts`: the watcher's inbox positions then) and
     were followed by one from their sender at least as new (see the module's docstring)."""
-    stream = [
-        (at, open_message(p, "status").body, p)
-        for at, (t, p, _) in enumerate(v.inbox.messages)
-        if t.startswith(f"{topics.ROOT}/status/")
-    ]
-    newest: dict[bytes, Status] = {}
+    stream = [(at, t, open_message(p).body, p) for at, (t, p, _) in enumerate(v.inbox.messages) if is_status(t)]
+    newest: dict[str, Body] = {}
     found = []
-    for i, (at, status, payload) in enumerate(stream):
-        before = newest.get(status.ctp)
+    for i, (at, topic, status, payload) in enumerate(stream):
+        before = newest.get(topic)
         if before is not None and order(status) < order(before):
             by = signer(v, payload)
-            newer = [p for _, s, p in stream[i + 1 :] if s.ctp == status.ctp and order(s) >= order(before)]
+            newer = [p for _, t, s, p in stream[i + 1 :] if t == topic and order(s) >= order(before)]
             if not (restarts and at >= min(restarts) and any(signer(v, p) == by for p in newer)):
-                found.append(
-                    f"{status.ctp.hex()[:12]}: {status.state}@{status.h} by v{by} after {before.state}@{before.h}"
-                )
+                found.append(f"{topic[len(topics.ROOT) :]}: {order(status)} by v{by} after {order(before)}")
         if before is None or order(status) > order(before):
-            newest[status.ctp] = status
+            newest[topic] = status
     return found
 
 
@@ -133,15 +140,16 @@ def stop_and_drain(v: Validators) -> None:
     )
 
 
-def retained_statuses(port: int, make_client, count: int) -> dict[bytes, Status]:
-    """What a newly subscribed client gets on spb/v1/status/+: the broker's retained statuses."""
+def retained_statuses(port: int, make_client, count: int, filters=(topics.STATUS_ALL,)) -> dict[str, Body]:
+    """What a newly subscribed client gets on `filters`: the broker's retained statuses, by topic."""
     inbox = Inbox()
     reader = make_client(port, "status-reader")
-    reader.subscribe(topics.STATUS_ALL, inbox)
+    for topic in filters:
+        reader.subscribe(topic, inbox)
     connected(reader)
     inbox.wait_count(count, 30)
     assert all(retained for _, _, retained in inbox.messages), "a live status after every validator stopped"
-    return {s.ctp: s for s in (open_message(p, "status").body for _, p, _ in inbox.messages)}
+    return {t: open_message(p).body for t, p, _ in inbox.messages}
 
 
 def shown(v: Validators, validator: int, ctp_id: bytes) -> tuple[str, int]:
@@ -163,13 +171,31 @@ def check_statuses(v: Validators, feed: Feed, port: int, make_client, restarts: 
     stop_and_drain(v)
     assert backward_steps(v, restarts) == []
     ids = {open_message(ctp, "ctp").body.id for ctp, *_ in v.trades}
-    retained = retained_statuses(port, make_client, len(ids))
+    retained = {ctp_of(t): s for t, s in retained_statuses(port, make_client, len(ids)).items()}
     assert set(retained) == ids
     for i in range(VALIDATORS):
         on_disk = {ctp_id: shown(v, i, ctp_id) for ctp_id in ids}
-        on_broker = {ctp_id: (s.state, s.h) for ctp_id, s in retained.items()}
+        on_broker = {ctp_id: (s.state, s.h) for ctp_id, s in retained.items() if isinstance(s, Status)}
         assert on_disk == on_broker, f"validator {i} disagrees with the broker"
     v.check_everywhere()
+
+
+def save(mosquitto) -> None:
+    """Mosquitto saves its sessions and retained messages now (SIGUSR1)."""
+    mosquitto._process.send_signal(signal.SIGUSR1)
+    wait_for(lambda: any(mosquitto.data_dir.glob("*.db")), 10, "the broker's save")
+
+
+def crash(mosquitto, v: Validators) -> list[int]:
+    """kill -9 the broker and start it again on its last save; the watcher's inbox position
+    then (backward_steps' `restarts`)."""
+    restarts = [len(v.inbox.messages)]
+    mosquitto._process.kill()
+    mosquitto._process.wait()
+    mosquitto._process = None
+    mosquitto.start(mosquitto.port, mosquitto.data_dir)
+    assert v.households.wait_connected(30)
+    return restarts
 
 
 def start(v: Validators) -> Feed:
@@ -224,15 +250,9 @@ def test_a_broker_crash_mid_load_leaves_every_retained_status_right(validators, 
     v = validators
     feed = start(v)
     v.wait_settled(100)
-    mosquitto._process.send_signal(signal.SIGUSR1)  # Mosquitto saves now
-    wait_for(lambda: any(mosquitto.data_dir.glob("*.db")), 10, "the broker's save")
+    save(mosquitto)
     v.wait_settled(len(v.settled()) + 100)
-    restarts = [len(v.inbox.messages)]
-    mosquitto._process.kill()
-    mosquitto._process.wait()
-    mosquitto._process = None
-    mosquitto.start(mosquitto.port, mosquitto.data_dir)
-    assert v.households.wait_connected(30)
+    restarts = crash(mosquitto, v)
     settled = v.settled()
     assert len(settled) < len(v.trades), "the crash came after the load"
     for ctp, erc, *_ in v.trades:
@@ -240,3 +260,161 @@ def test_a_broker_crash_mid_load_leaves_every_retained_status_right(validators, 
             v.households.publish(topics.TX_CTP, ctp)
             v.households.publish(topics.TX_ERC, erc)
     check_statuses(v, feed, mosquitto.port, make_client, restarts)
+
+
+# -- the market's retained topics: order statuses and interval results (issue 14) --
+
+ORDER_WAVES = 24
+FINAL = {"withdrawn", "filled", "partial", "unfilled", "void", "settled", "refunded", "cleared"}
+
+
+class Answers:
+    """What the watcher saw of the market, read incrementally: each retained topic's newest
+    status and each message hash the ledger rejected."""
+
+    def __init__(self, inbox: Inbox):
+        self.inbox, self.read = inbox, 0
+        self.newest: dict[str, Body] = {}
+        self.rejected: set[bytes] = set()
+        self.lock = threading.Lock()  # read by the feed's thread and the test's
+
+    def update(self) -> None:
+        with self.lock:
+            messages = self.inbox.messages[self.read :]
+            self.read += len(messages)
+            for topic, payload, _ in messages:
+                if topic == topics.REJECTS:
+                    self.rejected.add(open_message(payload, "reject").body.msg)
+                elif is_status(topic):
+                    status = open_message(payload).body
+                    before = self.newest.get(topic)
+                    if before is None or order(status) > order(before):
+                        self.newest[topic] = status
+
+    def state(self, topic: str) -> str | None:
+        status = self.newest.get(topic)
+        return None if status is None else getattr(status, "state", "cleared")
+
+    def unfinished(self) -> list[str]:
+        """Topics whose newest status can still change, and intervals with orders but no result."""
+        self.update()
+        ks = {s.k for s in self.newest.values() if isinstance(s, Order)}
+        missing = [topics.market_result(k) for k in ks if topics.market_result(k) not in self.newest]
+        return [t for t in self.newest if self.state(t) not in FINAL] + missing
+
+
+class MarketFeed:
+    """Orders in waves, from a thread: each wave's asks (of the households with a source) and
+    bids (of every household) for the interval after next, then, once each is answered (a
+    status or a reject), withdrawals of every third open one. So orders stay open for
+    seconds, some are withdrawn, the others clear at their gate (filled, partial, unfilled),
+    and fills are held, then refunded at expiry: open orders and held fills for late copies
+    to cross. What is not answered within 10 s is published again, as a meter does: a broker
+    crash loses what it had acknowledged."""
+
+    def __init__(self, v: Validators, answers: Answers):
+        self.v, self.answers, self.market = v, answers, Market(v.community)
+        terms = v.genesis().market
+        assert terms is not None
+        self.terms = terms
+        self.waves = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="market-feed", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for wave in range(ORDER_WAVES):
+                self._wave(wave)
+                self.waves = wave + 1
+        except BaseException as exc:  # surfaced by done()
+            self.error = exc
+
+    def _wave(self, wave: int) -> None:
+        m, k = self.market, self.terms.interval(wall_ms()) + 2
+        asks = ((0, 3), (1, 4), (2, 5), (0, 6))  # (household, price)
+        orders = [(h, topics.TX_ASK, m.ask(h, 5 + wave, price, k, src=SOURCES[h])) for h, price in asks]
+        orders += [(h, topics.TX_BID, m.bid(h, 2 + h % 3 + wave, 3 + h, k)) for h in range(len(SOURCES))]
+        sent = {topics.market_order(k, order_id(raw)): (h, tx, raw) for h, tx, raw in orders}
+        self._until_answered({t: (tx, raw) for t, (_, tx, raw) in sent.items()}, lambda t: self.answers.state(t))
+        withdrawn = [t for t in sent if self.answers.state(t) == "open"][::3]
+        withdrawals = {t: (topics.TX_WITHDRAW, m.withdraw(sent[t][0], sent[t][2])) for t in withdrawn}
+        self._until_answered(withdrawals, lambda t: self.answers.state(t) != "open")
+
+    def _until_answered(self, sent: dict[str, tuple[str, bytes]], done: Callable[[str], object]) -> None:
+        """Publish (tx topic, message) per status topic until each is `done` or rejected."""
+
+        def unanswered() -> list[str]:
+            self.answers.update()
+            return [t for t, (_, raw) in sent.items() if not done(t) and message_hash(raw) not in self.answers.rejected]
+
+        for _ in range(6):
+            for topic in unanswered():
+                self.v.households.publish(*sent[topic])
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: not unanswered(), 10, "answers")
+                return
+        raise AssertionError(f"wave {self.waves}: {len(unanswered())} of {len(sent)} not answered in a minute")
+
+    def wait_waves(self, count: int) -> None:
+        wait_for(lambda: self.waves >= count or self.error, 120, f"{count} waves of orders")
+        if self.error is not None:
+            raise self.error
+
+    def done(self) -> None:
+        self.thread.join(300)
+        assert not self.thread.is_alive(), "the market feed did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def stored(v: Validators, i: int) -> dict[str, tuple[str, int]]:
+    """(state, height) on every status topic of validator i's database: CTPs (held ones
+    and fills), orders, results."""
+    store = v.store(i)
+    state = store.load()
+    store.close()
+    assert state.market is not None
+    out = {topics.status(r.ctp.id): (str(r.state), r.height) for r in state.ctps.values()}
+    out |= {topics.market_order(o.k, o.id): (str(o.state), o.height) for o in state.market.orders.values()}
+    out |= {topics.market_result(r.k): ("cleared", r.height) for r in state.market.results.values()}
+    return out
+
+
+def test_market_statuses_survive_a_validator_killed_and_a_broker_crash(tmp_path, mosquitto, make_client):
+    """Orders flow in waves; a validator is killed mid-load (its blocks' statuses go out from
+    stand-ins, its outbox late when it returns), then the broker crashes back to a save
+    (every validator restores the order statuses and results it lost). No order status or
+    result goes back on the broker, and each retained one is what every validator stored."""
+    v = MarketValidators(tmp_path, mosquitto.port, make_client)
+    try:
+        answers = Answers(v.inbox)
+        for i in range(VALIDATORS):
+            v.start(i)
+        feed = MarketFeed(v, answers)
+        feed.wait_waves(4)
+        v.kill(1)
+        feed.wait_waves(8)
+        save(mosquitto)
+        feed.wait_waves(12)
+        assert feed.waves < ORDER_WAVES, "the load ended before the crash"
+        restarts = crash(mosquitto, v)
+        v.start(1)
+        feed.done()
+        wait_for(lambda: not answers.unfinished(), 60, lambda: f"final statuses; not yet {answers.unfinished()[:5]}")
+        v.wait_heads_agree()
+        stop_and_drain(v)
+        assert backward_steps(v, restarts) == []
+        answers.update()
+        states = {answers.state(t) for t in answers.newest}
+        assert {"withdrawn", "filled", "unfilled", "refunded", "cleared"} <= states, states
+        filters = (topics.STATUS_ALL, topics.MARKET_ALL)
+        on_broker = retained_statuses(mosquitto.port, make_client, len(answers.newest), filters)
+        assert set(on_broker) == set(answers.newest)
+        on_broker_states = {t: (getattr(s, "state", "cleared"), s.h) for t, s in on_broker.items()}
+        for i in range(VALIDATORS):
+            assert stored(v, i) == on_broker_states, f"validator {i} disagrees with the broker"
+            out = v.cli("audit", str(v.root), "--validator", str(i))
+            assert out.startswith("audit ok"), out
+    finally:
+        v.close()
