@@ -8,9 +8,10 @@ it sells, two buyers), a sealed bid revealed after each gate and one revealed wi
 wrong nonce, a withdrawal and a withdrawal by someone else, orders refused for a wrong
 source, a closed gate or a lack of funds, every meter's export record after each interval
 (and one too early), the ERCs of the fills the clearing rule predicts (some before the
-seller's export: `oversold`, then a fresh ERC after it), and a direct CTP under proof of
-delivery. The fills are predicted with ledger.clearing.clear on the book as sent; in a
-run where faults closed a gate first, those ERCs are refused instead, as they would be.
+seller's export: `oversold`, then the same bytes again after it, as a meter resends
+them), and a direct CTP under proof of delivery. The fills are predicted with
+ledger.clearing.clear on the book as sent; in a run where faults closed a gate first,
+those ERCs are refused instead, as they would be.
 """
 
 from __future__ import annotations
@@ -94,10 +95,12 @@ def _interval(sim: SimCommunity, k: int, gate: int, totals: list[int]) -> list[t
     for bid, ask, wh in predicted_fills([*bids, sealed], asks):
         trade = fill_id(message_hash(bid), message_hash(ask))
         seller = open_message(ask, Ask).body.seller
-        if seller == pk(sim.households[0].account):  # confirmed before the export: oversold, then again
+        if seller == pk(sim.households[0].account):  # confirmed before the export: oversold, then the same again
             early = gate + REVEAL_S * 1000 + 1_500
-            out.append((early, "erc", sim.fill_erc(bid, trade, wh, t=sim.now + early)))
-        out.append((end + 2_500, "erc", sim.fill_erc(bid, trade, wh, t=sim.now + end + 2_500)))
+            erc = sim.fill_erc(bid, trade, wh, t=sim.now + early)
+            out += [(early, "erc", erc), (end + 2_500, "erc", erc)]
+        else:
+            out.append((end + 2_500, "erc", sim.fill_erc(bid, trade, wh, t=sim.now + end + 2_500)))
     return out
 
 
