@@ -593,7 +593,7 @@ class Replica:
         keys = [(typ, message_hash(raw)) for typ, raw in block.inputs]
         for key, reason in zip(keys, draft.reasons, strict=True):
             self._unpool(key)
-            if reason not in NOT_FINAL:  # an `oversold` ERC sent again is decided again (§9.4)
+            if reason not in NOT_FINAL:  # e.g. an `oversold` ERC sent again is decided again (§9.4)
                 self.recent[key] = now
         head = itertools.islice(self.pool.values(), self.timing.max_inputs)
         self.next_forward = min((entry.due for entry in head), default=None) if self.n > 1 else None

@@ -34,11 +34,14 @@ STATEFUL = (
 BUSY = "busy"
 TRANSIENT = (BUSY,)
 REASONS = frozenset(STATELESS + STATEFUL + TRANSIENT)
-# A verdict that the same bytes may overturn later (docs/PROTOCOL.md §9.4): the seller's
-# export may be proved after the ERC came, so its meter sends the same ERC again, and the
-# ledger decides it again instead of taking it for a broker's copy of a decided message.
+# Verdicts that the same bytes may overturn later: the seller's export may be proved after
+# the ERC came (`oversold`, docs/PROTOCOL.md §9.4), and time ends `too-early` (a reveal or an
+# export record from a meter whose clock runs ahead, a cancel before expiry). Senders send
+# the same bytes again, so the ledger decides them again instead of taking them for a
+# broker's copy of a decided message.
 OVERSOLD = "oversold"
-NOT_FINAL = (OVERSOLD,)
+TOO_EARLY = "too-early"
+NOT_FINAL = (OVERSOLD, TOO_EARLY)
 
 
 class Reject(Exception):

@@ -26,14 +26,6 @@ I = INTERVAL_S * 1000  # noqa: E741 - the protocol's name for it
 K = NOW // I + 1  # its gate is K * I, 10 s after NOW
 TIMING = Timing(block_ms=200)
 
-# Ledger bug, left to the ledger's owner: Replica._decide keeps out of `recent` only the
-# verdicts in wire.reasons.NOT_FINAL (`oversold`), so a reveal or an export record refused
-# `too-early` and sent again within recent_ms is acknowledged and dropped. Passes once a
-# `too-early` verdict of these types is not final either.
-TOO_EARLY_IS_FINAL = pytest.mark.xfail(
-    strict=True, reason="ledger/replica.py Replica._decide + wire/reasons.py NOT_FINAL: too-early is taken as final"
-)
-
 
 class OneValidator:
     """A one-validator market chain driven by hand: each submit is decided in its own block."""
@@ -80,7 +72,6 @@ class OneValidator:
         pytest.fail("no block within 5 s")
 
 
-@TOO_EARLY_IS_FINAL
 def test_a_reveal_refused_too_early_is_decided_when_it_comes_again_in_its_window():
     v = OneValidator()
     bid = v.c.bid(1, 10, 5, K)
@@ -91,7 +82,6 @@ def test_a_reveal_refused_too_early_is_decided_when_it_comes_again_in_its_window
     assert v.decide("reveal", reveal, K * I + 1_000) is None
 
 
-@TOO_EARLY_IS_FINAL
 def test_an_export_record_refused_too_early_is_decided_when_it_comes_again_after_the_interval():
     v = OneValidator()
     export = v.c.export(0, K, wh=30, total=30)

@@ -348,35 +348,3 @@ def test_a_lone_replica_proposes_the_clearing_block_at_the_gate_with_nothing_to_
         wall = NOW + replica.deadline(wall, wall - NOW)
     assert decided[1].block.inputs == () and decided[1].block.header.t == GATE
     assert replica.state.market.results[K].fills == 1
-
-
-def test_an_erc_refused_oversold_is_decided_again_when_its_meter_sends_it_again(c, m):
-    """A decided message arriving again within recent_ms is a broker's copy, acknowledged
-    unread; an `oversold` verdict is not final (§9.4), so the same ERC is decided again."""
-    genesis = market_genesis(c)
-    verifier = Verifier(cas=genesis.cas, validators=genesis.validators)
-    replica = Replica(LedgerState(genesis), verifier, 0, c.validator_keys[0], {}.get, Timing(block_ms=50), None, NOW, 0)
-    wall = NOW
-
-    def decide(typ: str, raw: bytes) -> str | None:
-        """Submit one message and run the replica until a block decides it: its reason."""
-        nonlocal wall
-        actions = replica.submit(typ, raw, wall, wall - NOW)
-        while True:
-            for action in actions:
-                if isinstance(action, Decided) and (typ, raw) in action.block.inputs:
-                    return action.draft.reasons[action.block.inputs.index((typ, raw))]
-            deadline = replica.deadline(wall, wall - NOW)
-            assert deadline is not None, f"the replica has nothing to do, {typ} undecided"
-            wall = NOW + deadline
-            actions = replica.tick(wall, wall - NOW)
-
-    ctp = c.ctp(3, 0, amount=10, wh=6, exp=NOW + 10 * I)
-    assert decide("ctp", ctp) is None
-    erc = c.erc(ctp)
-    assert decide("erc", erc) == "oversold"
-    wall = max(wall, (K + 1) * I)
-    assert decide("export", m.export(0, K, 6, 6)) is None
-    assert wall - NOW < Timing().recent_ms, "the same bytes come back while a copy would be ignored"
-    assert decide("erc", erc) is None
-    assert replica.state.record(open_message(ctp).body.id).state == CtpState.SETTLED
