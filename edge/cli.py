@@ -20,8 +20,8 @@ from typing import IO
 from broker.args import BROKER_HELP, broker_url, hex_bytes
 from broker.client import TlsFiles
 from broker.clock import wall_ms
-from edge import orders, tx
-from edge.config import MeterConfig
+from edge import orders, policy, tx
+from edge.config import CONFIG_NAME, IDENTITY_NAME, MeterConfig
 from edge.display_drivers import DISPLAYS, Painter, SessionLed, open_display
 from edge.energy import WMS_PER_WH
 from edge.meter import MeterNode
@@ -242,6 +242,22 @@ def cmd_cancel_order(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy(args: argparse.Namespace) -> int:
+    """Show the trading policy; with --set, change it first (all or nothing)."""
+    if not (args.dir / IDENTITY_NAME).exists():
+        raise CliError(f"{args.dir} is not a meter state dir from `spb-deploy provision`: no {IDENTITY_NAME}")
+    path = args.dir / CONFIG_NAME
+    try:
+        current = policy.load(path)
+        if args.set:
+            current = current.with_set(args.set)
+            policy.save(path, current)
+    except (ValueError, TypeError) as exc:  # TypeError: a table with a wrongly typed key
+        raise CliError(str(exc)) from None
+    print(current.render(), end="")
+    return 0
+
+
 def _when(t: int, now: int) -> str:
     delta = (t - now) // 1000
     return f"in {delta} s" if delta >= 0 else f"{-delta} s ago"
@@ -341,6 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
     cancel.add_argument("order_id", type=hex_bytes(16, "16-byte order id"), metavar="ID")
     cancel.set_defaults(run=cmd_cancel_order)
+
+    policy_ = sub.add_parser("policy", help="show the trading policy (config.toml [policy]); --set changes it")
+    policy_.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    policy_.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. mode=auto, buy_max_price=30, green_only=true (repeatable; all checked before any is written)",
+    )
+    policy_.set_defaults(run=cmd_policy)
 
     status = sub.add_parser("status", help="the meter's energy, keys, outbox and trades")
     status.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")

@@ -8,6 +8,9 @@ The market's terms (interval_s, reveal_s, grace: the genesis's; source: the one 
 is registered with) are the community's, not the installer's: provision writes them into
 meter.toml's `[market]` table, read here under config.toml. A state dir without one gets
 the genesis defaults and no source (it cannot sell on the market).
+
+config.toml's `[policy]` table is the household's trading policy (edge/policy.py): it is
+checked here too, so a meter with a bad one refuses to start, but read by edge.policy.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.display_drivers import DISPLAYS
+from edge.policy import TABLE as POLICY_TABLE
+from edge.policy import Policy
 from wire.messages import SELL_SOURCES
 
 CONFIG_NAME = "config.toml"
@@ -63,6 +68,7 @@ class MeterConfig:
         path = state_dir / CONFIG_NAME
         values = dict(_market_terms(state_dir / IDENTITY_NAME))
         values.update(tomllib.loads(path.read_text()) if path.exists() else {})
+        Policy.from_table(values.pop(POLICY_TABLE, {}), str(path))  # the agent's (edge.policy): checked here too
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
