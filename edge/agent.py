@@ -7,6 +7,7 @@ Rules (each one tested against generated inputs in tests/edge/test_agent.py):
 - manual mode places nothing: the household trades by hand, as before the agent.
 - at most one order per interval, and none for an interval that already has one of ours
   (the household's own, or the agent's from before a restart: placing is idempotent).
+- no order is over the wire's 2^32 - 1 Wh.
 - a surplus (forecast net Wh < 0) is asked at `sell_min_price`, for the surplus minus the
   reserve (`reserve_w` over the interval, rounded up to whole Wh), and only by a meter with
   a registered source.
@@ -27,6 +28,7 @@ from edge.store import SENT, OrderRow
 from wire.messages import OrderState, Side
 
 DAY_MS = 86_400_000
+MAX_ORDER_WH = (1 << 32) - 1  # an order's wh is below 2^32 (docs/PROTOCOL.md §9.2, `schema`)
 # Our bids whose escrow is still held or was paid: rejected, withdrawn, void or unfilled ones
 # got theirs back. A filled or partial bid counts its filled Wh at its own limit (an upper
 # bound of what the clearing price took), an open one all it escrowed.
@@ -86,7 +88,7 @@ def plan(
     if policy.mode != "auto" or any(row.k == k for row in orders):
         return []
     if forecast_wh < 0:
-        wh = -forecast_wh - reserve_wh(policy.reserve_w, interval_s)
+        wh = min(-forecast_wh - reserve_wh(policy.reserve_w, interval_s), MAX_ORDER_WH)
         if not can_sell or wh <= 0:
             return []
         return [OrderIntent(Side.ASK, k, wh, policy.sell_min_price)]
@@ -94,7 +96,7 @@ def plan(
     if forecast_wh == 0 or price == 0:
         return []
     money = min(policy.max_spend_per_day - spent_today, balance)
-    wh = min(forecast_wh, max(0, money) // price)
+    wh = min(forecast_wh, max(0, money) // price, MAX_ORDER_WH)
     if wh <= 0:
         return []
     return [OrderIntent(Side.BID, k, wh, price, policy.green_only, policy.sealed)]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 TABLE = "policy"
 MODES = ("manual", "auto")
+LIMIT = 1 << 63  # ints stay below: TOML's and the ledger's 64-bit integers
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class Policy:
             value = getattr(self, f.name)
             if f.type == "bool" and not isinstance(value, bool):
                 raise ValueError(f"policy {f.name} must be true or false, not {value!r}")
-            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"policy {f.name} must be a whole number >= 0, not {value!r}")
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < LIMIT):
+                raise ValueError(f"policy {f.name} must be a whole number in 0..2^63-1, not {value!r}")
             if f.type == "str" and value not in MODES:
                 raise ValueError(f"policy {f.name} must be one of {', '.join(MODES)}, not {value!r}")
 
@@ -87,7 +88,7 @@ def _parse(key: str, kind: str, text: str) -> object:
         return text == "true"
     if kind == "int":
         if not text.isdecimal() or not text.isascii():
-            raise ValueError(f"policy {key} must be a whole number >= 0, not {text!r}")
+            raise ValueError(f"policy {key} must be a whole number in 0..2^63-1, not {text!r}")
         return int(text)
     return text.strip('"')
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.agent import OrderIntent, plan, reserve_wh, spent_on_day
+from edge.agent import MAX_ORDER_WH, OrderIntent, plan, reserve_wh, spent_on_day
 from edge.policy import Policy
 from edge.store import SENT, OrderRow
 from wire.messages import OrderState, Side
@@ -50,6 +50,12 @@ def test_a_shortfall_is_bid_at_the_limit_within_budget_and_balance():
     assert plan(AUTO, 500, 239, [], 0, 7, INTERVAL_S, True) == [OrderIntent(Side.BID, 7, 23, 10)]
     assert plan(AUTO, 500, 10**6, [], 995, 7, INTERVAL_S, True) == []
     assert plan(AUTO, 500, 10**6, [], 2000, 7, INTERVAL_S, True) == []  # over budget: nothing, no error
+
+
+def test_no_order_is_over_the_wires_wh_limit():
+    rich = Policy(mode="auto", buy_max_price=1, max_spend_per_day=10**12)
+    assert plan(rich, 10**11, 10**12, [], 0, 7, INTERVAL_S, True)[0].wh == MAX_ORDER_WH
+    assert plan(rich, -(10**11), 0, [], 0, 7, INTERVAL_S, True)[0].wh == MAX_ORDER_WH
 
 
 def test_green_only_and_sealed_shape_the_bid():
@@ -101,8 +107,8 @@ order_rows = st.builds(
 
 @given(
     policies,
-    st.integers(-(10**6), 10**6),
-    st.integers(0, 10**8),
+    st.one_of(st.integers(-(10**6), 10**6), st.integers(-(10**11), 10**11)),
+    st.integers(0, 10**13),
     st.lists(order_rows, max_size=8),
     st.integers(0, 2 * PER_DAY),
     st.booleans(),
@@ -115,7 +121,7 @@ def test_the_plan_never_leaves_the_policy_the_budget_or_the_forecast(policy, for
     if policy.mode == "manual" or any(o.k == k for o in orders):
         assert intents == []
     for intent in intents:
-        assert intent.k == k and intent.wh > 0
+        assert intent.k == k and 0 < intent.wh <= MAX_ORDER_WH
         assert all(isinstance(v, int) for v in (intent.k, intent.wh, intent.price))
         if intent.side == Side.ASK:
             assert can_sell and intent.price >= policy.sell_min_price
