@@ -19,6 +19,7 @@ import time
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
 from edge import FIRMWARE_VERSION, coe, export, keyring, trades, tx
+from edge.agent_node import AgentNode
 from edge.config import MeterConfig
 from edge.display import IDLE, View, is_night
 from edge.energy import WMS_PER_WH
@@ -90,6 +91,7 @@ class MeterNode:
         )
         self.pump = OutboxPump(self.store, self.bus)
         self.market = MarketNode(identity, config, self.store, self.bus, verifier, self._dirty)
+        self.agent = AgentNode(identity, config, self.store, self.market.account)
         self.interval_ms = config.interval_s * 1000
         self._export_due: int | None = None  # when the accounted interval ends (export.next_end)
         self._exports: dict[bytes, int] = {}  # hash of an export record -> its interval
@@ -187,6 +189,7 @@ class MeterNode:
     def housekeeping(self, now: int) -> None:
         """Trades: ERCs, cancels, resends, status subscriptions. Key ring: the next batch and its CoE."""
         self._dirty.clear()
+        self.agent.tick(now, self.integrator.totals)  # first: the market looks after what it places
         self.market.housekeeping(now)  # first: a fill it turns into a trade is one of the rows below
         self.rows = self.store.trades(changed_since=now - trades.RESULT_MS)
         self.progress = {r.id: self.progress.get(r.id, r.delivered_wms) for r in self.rows if r.state in trades.OPEN}

@@ -443,6 +443,12 @@ class MeterStore:
             rows = self._db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders {where} ORDER BY created, id", args)
             return [OrderRow(*row) for row in rows.fetchall()]
 
+    def orders_from(self, k: int) -> list[OrderRow]:
+        """Orders for interval k and later, oldest first: the agent's day, without the years before."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE k >= ? ORDER BY created, id", (k,))
+            return [OrderRow(*row) for row in rows.fetchall()]
+
     def update_order(self, order_id: bytes, make, queue=None) -> OrderRow | None:
         """As update_trade, for an order; `queue(new) -> (topic, payload)` or None."""
         return self._update("orders", OrderRow, order_id, make, queue)
