@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from edge.display import SOLD as SALE_PHASE
 from edge.display import View
-from edge.energy import WMS_PER_WH
+from edge.energy import WMS_PER_WH, share_oldest_first
 from edge.store import SENT, OrderRow, SaleRow
 from wire import topics
 from wire.messages import CtpState, Order, OrderState, Side, Status
@@ -170,16 +170,7 @@ def match(sale: SaleRow, orders: list[OrderRow], sales: list[SaleRow]) -> tuple[
 def allocate_export(sales: list[SaleRow], progress: dict[bytes, int], wms: int) -> None:
     """Give newly exported energy to held sales of known Wh, oldest first, so two sales never
     count the same Wh. Updates `progress` (trade id -> W·ms) in place."""
-    for sale in sales:
-        if wms <= 0:
-            break
-        if sale.role != SOLD or sale.state != CtpState.HELD or sale.wh is None:
-            continue
-        have = progress.get(sale.id, sale.delivered_wms)
-        take = min(wms, sale.wh * WMS_PER_WH - have)
-        if take > 0:
-            progress[sale.id] = have + take
-            wms -= take
+    share_oldest_first((s for s in sales if s.role == SOLD and s.state == CtpState.HELD), progress, wms)
 
 
 def sale_view(sales: list[SaleRow], progress: dict[bytes, int], online: bool, power_w: int) -> View | None:

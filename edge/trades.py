@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 
 from edge.display import IDLE, View
-from edge.energy import WMS_PER_WH
+from edge.energy import WMS_PER_WH, share_oldest_first
 from edge.store import SENT, TradeRow
 from wire import topics
 from wire.messages import CtpState, Status
@@ -88,20 +88,8 @@ def allocate(rows: list[TradeRow], progress: dict[bytes, int], wms: int, now: in
     so two trades never count the same Wh; an expired one can no longer be confirmed and
     gets none. Updates `progress` (CTP id -> W·ms) in place; returns the trades that now
     have all their energy."""
-    complete = []
-    for row in rows:
-        if wms <= 0:
-            break
-        if row.state != HELD or row.erc is not None or now > row.exp:
-            continue
-        have = progress.get(row.id, row.delivered_wms)
-        take = min(wms, row.wh * WMS_PER_WH - have)
-        if take > 0:
-            progress[row.id] = have + take
-            wms -= take
-            if progress[row.id] == row.wh * WMS_PER_WH:
-                complete.append(row)
-    return complete
+    waiting = (row for row in rows if row.state == HELD and row.erc is None and now <= row.exp)
+    return list(share_oldest_first(waiting, progress, wms))
 
 
 def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int, interval_ms: int = 300_000) -> str | None:
