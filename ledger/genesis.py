@@ -10,7 +10,7 @@ its blocks must replay to the same verdicts forever (docs/decisions/0009-market.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 
@@ -52,6 +52,9 @@ class MarketTerms:
     ahead: int = 288  # orders for at most this many intervals after the current one
     grace: int = 1  # a fill's trade expires this many intervals after its interval ends
     reveal_s: int = DEFAULT_REVEAL_S  # sealed bids of interval k are revealed in [gate, gate + reveal_s)
+    # Lookups the ledger makes for every ask, export record and ERC, built once.
+    _by_id: dict[str, MeterEntry] = field(init=False, repr=False, compare=False)
+    _by_account: dict[bytes, tuple[MeterEntry, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ids = [m.meter for m in self.meters]
@@ -68,6 +71,11 @@ class MarketTerms:
                 raise GenesisError(f"market {name} is an integer in 0..1000000")
         if self.interval_s < 1 or self.reveal_s >= self.interval_s:
             raise GenesisError("market interval_s is at least 1 and reveal_s is shorter than it")
+        by_account: dict[bytes, tuple[MeterEntry, ...]] = {}
+        for m in self.meters:
+            by_account[m.account] = (*by_account.get(m.account, ()), m)
+        object.__setattr__(self, "_by_id", {m.meter: m for m in self.meters})
+        object.__setattr__(self, "_by_account", by_account)
 
     @property
     def interval_ms(self) -> int:
@@ -82,13 +90,11 @@ class MarketTerms:
         return k * self.interval_ms
 
     def meter(self, meter_id: str) -> MeterEntry | None:
-        return self._by_id().get(meter_id)
+        return self._by_id.get(meter_id)
 
     def meters_of(self, account: bytes) -> tuple[MeterEntry, ...]:
-        return tuple(m for m in self.meters if m.account == account)
-
-    def _by_id(self) -> dict[str, MeterEntry]:
-        return {m.meter: m for m in self.meters}
+        """The account's meters, by id."""
+        return self._by_account.get(account, ())
 
     def to_map(self) -> dict:
         return {

@@ -175,11 +175,10 @@ class MarketState:
         self.exports: dict[tuple[str, int], ExportRecord] = {}
         self.ks: dict[str, list[int]] = {}  # meter -> intervals of its export records, ascending
         self.tokens: dict[tuple[int, str], list[int]] = {}  # (k, source) -> [minted, sold]
-        self._meters = {m.meter: m for m in terms.meters}
 
     def meter(self, meter_id: str) -> MeterEntry | None:
-        """The genesis entry of a meter (MarketTerms.meter, without building its map per call)."""
-        return self._meters.get(meter_id)
+        """The genesis entry of a meter."""
+        return self.terms.meter(meter_id)
 
     @classmethod
     def restore(
