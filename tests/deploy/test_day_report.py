@@ -200,3 +200,11 @@ def test_with_matplotlib_the_plot_is_a_png_of_ten_by_five_inches(tmp_path):
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (1000, 500)
     assert 20_000 < len(data) < 500_000  # drawn, not blank, and small enough for the README
+
+
+def test_a_day_where_nothing_cleared_still_draws_a_png(tmp_path):
+    """No price at all and every Wh zero: no axis without range, no warning (warnings are errors here)."""
+    pytest.importorskip("matplotlib", reason="the `plot` extra is not installed: the PNG cannot be drawn")
+    quiet = [IntervalRow(i, f"{i:02d}:00", 0, 0, 0, None, None) for i in range(24)]
+    for name, rows in (("quiet", quiet), ("empty", [])):
+        assert write_plot(rows, tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
