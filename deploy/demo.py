@@ -32,12 +32,12 @@ from rich.text import Text
 
 from broker.client import BusClient
 from broker.clock import wall_ms
-from broker.runtime import Broker, find_mosquitto, free_port, start_broker, wait_or_kill
-from broker.secure import start_secure
+from broker.runtime import free_port, wait_or_kill
+from deploy.day import add_day_arguments, run_day
 from deploy.market import LedgerWatch, MarketOrder, MarketOutcome, Outcome, describe, market, orders, session, trade
 from deploy.provision import Community, community_genesis, provision
+from deploy.runs import audit_validators, start_community_broker
 from edge.peers import PeerTable
-from ledger.audit import AuditFailure, audit
 from ledger.genesis import write_genesis
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
@@ -58,6 +58,8 @@ MARKET = (
     MarketOrder("m0003", "bid", 6, 3),
 )
 INTERVAL_S = range(10, 61)  # shorter: less export than the ask; longer: the run outlasts --seconds
+DAY_INTERVAL_S = range(2, 61)  # --day: the agent orders a tenth of an interval (>= 1 s) before the gate
+DAY_DEFAULT_S = 3  # 48 intervals of 3 s: a day in under three minutes
 OPENING_UNITS = 1_000  # each household's balance in the genesis
 
 
@@ -163,11 +165,12 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--interval-s",
         type=int,
-        choices=INTERVAL_S,
-        default=10,
+        choices=DAY_INTERVAL_S,
         metavar="S",
-        help=f"the market's interval in the genesis, {INTERVAL_S.start}..{INTERVAL_S.stop - 1} (default 10)",
+        help=f"the market's interval in the genesis, {INTERVAL_S.start}..{INTERVAL_S.stop - 1} (default 10); "
+        f"with --day {DAY_INTERVAL_S.start}..{DAY_INTERVAL_S.stop - 1} (default {DAY_DEFAULT_S})",
     )
+    add_day_arguments(p)
     p.add_argument("--headless", action="store_true", help="no live Sense HAT panel: just the log and the verdict")
     p.add_argument(
         "--embedded",
@@ -184,6 +187,15 @@ def _at_least_two(text: str) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.day:
+        return run_day(args, args.interval_s or DAY_DEFAULT_S)
+    if args.interval_s is None:
+        args.interval_s = 10
+    elif args.interval_s not in INTERVAL_S:
+        print(
+            f"spb-deploy demo: --interval-s is {INTERVAL_S.start}..{INTERVAL_S.stop - 1} without --day", file=sys.stderr
+        )
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -199,7 +211,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     write_genesis(args.dir, community_genesis(community, OPENING_UNITS, block_ms=200))
     port = args.port or free_port()
-    broker, url = _start_broker(community.root, port, args.embedded)
+    broker, url = start_community_broker(community.root, port, args.embedded)
     outcomes: list[Outcome] = []
     traded = MarketOutcome()
     try:
@@ -232,21 +244,8 @@ def run_demo(args: argparse.Namespace) -> int:
             watcher.close()
     finally:
         broker.stop()
-    audited = _audit(args.dir, args.validators)
+    audited = audit_validators(args.dir, args.validators)
     return _summary(console, monitor, watch, codes, outcomes, traded, args.trades, audited)
-
-
-def _start_broker(root: Path, port: int, embedded: bool) -> tuple[Broker, str]:
-    """Mosquitto with the community's TLS config and ACL, plain `port` a read-only loopback
-    listener; with `embedded` (or no Mosquitto) the embedded broker, open and plain on `port`.
-
-    Returns the broker and the URL meters and the ledger connect to.
-    """
-    if embedded or find_mosquitto() is None:
-        broker = start_broker(port, root / "broker" / "data", embedded=True)
-        return broker, f"127.0.0.1:{port}"
-    broker = start_secure(root / "broker", free_port(), local_port=port)
-    return broker, broker.url
 
 
 def _run_community(
@@ -375,25 +374,6 @@ def _start(module_args: list[str], name: str, monitor: Monitor):
     reader = threading.Thread(target=_relay, args=(proc, name, monitor), daemon=True)
     reader.start()
     return proc, reader
-
-
-def _audit(root: Path, validators: int) -> str:
-    """`spb-ledger audit` of every validator's database after the run, and whether their heads
-    agree: 'ok ...' or why not."""
-    heads = set()
-    for i in range(validators):
-        try:
-            identity = ValidatorIdentity.load(root, i, with_key=False)
-            store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
-            report = audit(store)
-            heads.add(store.head())
-        except AuditFailure as exc:
-            return f"v{i} failed at height {exc.height}: {exc.what}"
-        except Exception as exc:  # the verdict, not a traceback: the demo is for people watching
-            return f"v{i} failed: {exc}"
-    if len(heads) != 1:
-        return f"failed: the validators' heads differ: {sorted(h[0] for h in heads)}"
-    return f"ok on {validators} validator(s), one head: height {report.height}, {report.trades} trades"
 
 
 def _relay(proc: subprocess.Popen, name: str, monitor: Monitor) -> None:

@@ -13,7 +13,7 @@ import errno
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import tomli_w
@@ -219,20 +219,21 @@ def provision(
     return community
 
 
-def community_genesis(community: Community, units: int, block_ms: int) -> Genesis:
+def community_genesis(community: Community, units: int, block_ms: int, tariff: int = 0) -> Genesis:
     """The ledger genesis of a community: its CA, every account with `units`, its validators,
     and the market section (every household meter with its account and source), which also
     turns on proof of delivery: every trade settles only against export its seller's meter proved.
 
     Written beside community.toml, it makes the community dir a ledger dir as well
     (validators/vI/validator.key is where `spb-ledger run` looks for validator I's key).
+    `tariff`: the flat grid price the community compares its market with (0: none).
     """
     return Genesis.build(
         [bytes.fromhex(community.ca_pk)],
         {bytes.fromhex(a.pk): units for a in community.accounts},
         [bytes.fromhex(v.pk) for v in community.validators],
         block_ms,
-        community.market_terms(),
+        replace(community.market_terms(), tariff=tariff),
     )
 
 

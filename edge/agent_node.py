@@ -14,7 +14,9 @@ edge.orders, so each order is recorded and queued in one transaction and the out
   A policy made bad by hand is logged and nothing is placed (the meter refused it at start).
 - The forecast's history is in memory, from the totals at each interval boundary as the loop
   sees them (within a housekeeping period, ~1 s); an interval the meter did not see whole
-  (the one it booted in) is not recorded. After a restart the agent therefore places nothing
+  (the one it booted in) is not recorded. The interval under way, 90% measured when the
+  plan is made, counts as the latest, extrapolated to its whole length (`_with_current`).
+  After a restart the agent therefore places nothing
   until an interval has been measured whole: it errs towards not trading.
 - The meter learns no account balance from the bus, so the bid is bounded by the daily
   budget only; a bid above the free balance is rejected `insufficient` by the ledger and
@@ -72,7 +74,7 @@ class AgentNode:
         mine = self.store.orders_from(first_of_day)
         spent = agent.spent_on_day(mine, day, self.interval_ms)
         budget_left = max(0, current.max_spend_per_day - spent)  # no balance known: see the module
-        guess = forecast.forecast(self.history, target, self.config.interval_s)
+        guess = forecast.forecast(self._with_current(now, totals), target, self.config.interval_s)
         intents = agent.plan(
             current, guess, budget_left, mine, spent, target, self.config.interval_s, bool(self.config.source)
         )
@@ -85,6 +87,20 @@ class AgentNode:
         if mark is not None and mark[0] == k - 1 and mark[2]:
             self.history = forecast.record(self.history, mark[0], net - mark[1], self.config.interval_s)
         self._mark = (k, net, mark is not None and mark[0] == k - 1)
+
+    def _with_current(self, now: int, totals: Totals) -> forecast.History:
+        """The history with the interval under way as its latest: what it measured so far,
+        extrapolated to the whole interval (once at least half of it was seen). The plan is
+        made 90% into the interval before the target, and without it the forecast would lag
+        a whole interval more behind a rising or setting sun."""
+        mark = self._mark
+        k = now // self.interval_ms
+        elapsed = now - k * self.interval_ms
+        if mark is None or mark[0] != k or not mark[2] or elapsed < self.interval_ms // 2:
+            return self.history
+        so_far = totals.wh_in - totals.wh_out - mark[1]
+        whole = abs(so_far) * self.interval_ms // elapsed  # truncated toward zero, as forecast does
+        return forecast.record(self.history, k, whole if so_far >= 0 else -whole, self.config.interval_s)
 
     def _place(self, intent: agent.OrderIntent, now: int) -> bool:
         assert self.account is not None

@@ -122,10 +122,19 @@ def next_step(row: TradeRow, delivered_wms: int, now: int, resend_ms: int, inter
     return topics.TX_ERC if row.erc is not None and now <= row.exp else None
 
 
+RECORD_MS = 1_000  # the least time an export record sent at an interval's end takes into a block
+
+
 def retry_after_oversold(sent: int, interval_ms: int) -> int:
-    """When an ERC refused as oversold at `sent` goes again: after the interval `sent` is in
-    has ended and its export records have had a tenth of an interval to reach a block."""
-    return (sent // interval_ms + 1) * interval_ms + interval_ms // 10
+    """When an ERC refused as oversold at `sent` goes again: once the export records of the
+    next interval end have had a tenth of an interval, and at least RECORD_MS, to reach a
+    block. Refused within that margin after an end, the records of that end may still be on
+    their way: it goes again at the margin's end, not an interval later (a fill's ERC that
+    comes as its interval ends would otherwise miss its expiry). With a few seconds'
+    intervals (`demo --day`) a tenth alone is less than a block round."""
+    margin = max(interval_ms // 10, RECORD_MS)
+    last_end = sent // interval_ms * interval_ms
+    return last_end + margin if sent < last_end + margin else last_end + interval_ms + margin
 
 
 def view(rows: list[TradeRow], progress: dict[bytes, int], now: int, online: bool, power_w: int) -> View:

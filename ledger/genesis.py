@@ -52,6 +52,9 @@ class MarketTerms:
     ahead: int = 288  # orders for at most this many intervals after the current one
     grace: int = 1  # a fill's trade expires this many intervals after its interval ends
     reveal_s: int = DEFAULT_REVEAL_S  # sealed bids of interval k are revealed in [gate, gate + reveal_s)
+    # The flat grid tariff (units per Wh) the community compares its market with; 0: none.
+    # Informational: no rule uses it, so it is absent from the map when 0 (older genesis hashes stay).
+    tariff: int = 0
     # Lookups the ledger makes for every ask, export record and ERC, built once.
     _by_id: dict[str, MeterEntry] = field(init=False, repr=False, compare=False)
     _by_account: dict[bytes, tuple[MeterEntry, ...]] = field(init=False, repr=False, compare=False)
@@ -65,7 +68,7 @@ class MarketTerms:
                 raise GenesisError("a market meter is a non-empty id and a 32-byte account key")
             if m.source != NO_SOURCE and m.source not in SELL_SOURCES:
                 raise GenesisError(f"meter {m.meter}: source is one of {', '.join(SELL_SOURCES)} or none")
-        for name in ("interval_s", "ahead", "grace", "reveal_s"):
+        for name in ("interval_s", "ahead", "grace", "reveal_s", "tariff"):
             value = getattr(self, name)
             if not (type(value) is int and 0 <= value <= 1_000_000):
                 raise GenesisError(f"market {name} is an integer in 0..1000000")
@@ -97,20 +100,26 @@ class MarketTerms:
         return self._by_account.get(account, ())
 
     def to_map(self) -> dict:
-        return {
+        m = {
             "meters": [[m.meter, m.account, m.source] for m in self.meters],
             "interval_s": self.interval_s,
             "ahead": self.ahead,
             "grace": self.grace,
             "reveal_s": self.reveal_s,
         }
+        if self.tariff:
+            m["tariff"] = self.tariff
+        return m
 
     @classmethod
     def from_map(cls, m: dict) -> MarketTerms:
-        if type(m) is not dict or set(m) != {"meters", "interval_s", "ahead", "grace", "reveal_s"}:
-            raise GenesisError("market is a map of meters, interval_s, ahead, grace, reveal_s")
+        keys = {"meters", "interval_s", "ahead", "grace", "reveal_s"}
+        if type(m) is not dict or not keys <= set(m) <= keys | {"tariff"}:
+            raise GenesisError("market is a map of meters, interval_s, ahead, grace, reveal_s and optionally tariff")
+        if "tariff" in m and not (type(m["tariff"]) is int and m["tariff"] > 0):
+            raise GenesisError("market tariff, when present, is a positive integer (absent means none)")
         meters = tuple(MeterEntry(meter, account, source) for meter, account, source in m["meters"])
-        return cls(meters, m["interval_s"], m["ahead"], m["grace"], m["reveal_s"])
+        return cls(meters, m["interval_s"], m["ahead"], m["grace"], m["reveal_s"], m.get("tariff", 0))
 
 
 def default_reveal_s(interval_s: int) -> int:

@@ -55,17 +55,18 @@ def test_the_agent_bids_the_forecast_shortfall_once_before_the_gate_through_the_
     _measure(node.agent, k0, [(0, 0), (5, 0), (25, 0)])  # k0 not whole; k0+1: 20 Wh imported
     assert node.agent.lead_ms == 3000  # a tenth of 10 s is shorter than the 3 s floor
     early = (k0 + 3) * IMS - node.agent.lead_ms - 1
-    assert node.agent.tick(early, _wh(25)) == []  # not yet a tenth before the gate
+    assert node.agent.tick(early, _wh(39)) == []  # not yet a tenth before the gate
     assert node.store.orders_from(k0) == []
-    assert node.agent.tick(early + 1, _wh(25)) == [OrderIntent(Side.BID, k0 + 3, 20, 2)]
+    # k0+2 under way, 7 s in: 14 Wh so far, 20 over the whole interval, as k0+1
+    assert node.agent.tick(early + 1, _wh(39)) == [OrderIntent(Side.BID, k0 + 3, 20, 2)]
     [row] = node.store.orders_from(k0)
     assert (row.side, row.k, row.wh, row.price, row.green, row.bid) == ("bid", k0 + 3, 20, 2, 0, None)
     assert node.store.queued(row.msg)  # the outbox sends it
-    assert node.agent.tick(early + 2, _wh(25)) == []  # planned once
+    assert node.agent.tick(early + 2, _wh(39)) == []  # planned once
 
     restarted = AgentNode(node.id, node.config, node.store, node.market.account)
     restarted.history = node.agent.history  # the same forecast: only the store can stop it
-    assert restarted.tick(early + 3, _wh(25)) == []
+    assert restarted.tick(early + 3, _wh(39)) == []
     assert len(node.store.orders_from(k0)) == 1
 
 
@@ -81,21 +82,35 @@ def test_a_surplus_is_asked_a_policy_change_applies_at_the_next_interval(node):
     policy.save(path, Policy(mode="auto", sell_min_price=3, reserve_w=360))  # 360 W over 10 s: 1 Wh kept
     k0 = wall_ms() // IMS + 1
     _measure(node.agent, k0, [(0, 0), (0, 0), (0, 8)])  # k0+1: 8 Wh exported
-    assert node.agent.tick((k0 + 3) * IMS - 1, _wh(0, 8)) == [OrderIntent(Side.ASK, k0 + 3, 7, 3)]
+    # k0+2 under way, 9.999 s in: 8 Wh out so far, as k0+1
+    assert node.agent.tick((k0 + 3) * IMS - 1, _wh(0, 16)) == [OrderIntent(Side.ASK, k0 + 3, 7, 3)]
     [row] = node.store.orders_from(k0)
     assert (row.side, row.wh, row.price) == ("ask", 7, 3) and node.store.queued(row.msg)
 
     policy.save(path, Policy(mode="manual", sell_min_price=3))
     assert node.agent.tick((k0 + 3) * IMS + 100, _wh(0, 16)) == []  # k0+2 measured: 8 Wh out
-    assert node.agent.tick((k0 + 4) * IMS - 1, _wh(0, 16)) == []
+    assert node.agent.tick((k0 + 4) * IMS - 1, _wh(0, 24)) == []
     assert len(node.store.orders_from(k0)) == 1
 
 
 def test_the_meter_runs_the_agent_in_its_housekeeping(node):
     policy.save(node.id.root / "config.toml", Policy(mode="auto", buy_max_price=1, max_spend_per_day=100))
     k0 = wall_ms() // IMS + 1
-    _measure(node.agent, k0, [(0, 0), (0, 0), (4, 0)])
-    node.housekeeping((k0 + 3) * IMS - 1)  # the integrator's totals are 0: the agent's own, from _measure
+    _measure(node.agent, k0, [(0, 4), (0, 4), (0, 0)])  # k0+1: net 4 Wh in
+    node.housekeeping((k0 + 3) * IMS - 1)  # the integrator's totals are 0: k0+2 is 0 so far
     [row] = node.store.orders_from(k0)
-    assert (row.side, row.k, row.wh) == ("bid", k0 + 3, 4)
+    assert (row.side, row.k, row.wh) == ("bid", k0 + 3, (4 + 0) // 2)
     assert topics.market_order(row.k, row.id) in node.market._watched  # followed in the same housekeeping
+
+
+def test_the_interval_under_way_counts_extrapolated_once_half_measured(node):
+    """The plan is made 90% into the interval before the target: what that interval measured
+    so far, scaled to its length, is the latest of the recent intervals (toward zero)."""
+    k0 = wall_ms() // IMS + 1
+    _measure(node.agent, k0, [(0, 0), (0, 0), (0, 30)])  # k0+1: 30 Wh out
+    before = node.agent.history
+    assert node.agent._with_current((k0 + 2) * IMS + IMS // 2 - 1, _wh(0, 40)) == before  # not half yet
+    now = (k0 + 2) * IMS + 3 * IMS // 4
+    assert dict(node.agent._with_current(now, _wh(0, 40)).net)[k0 + 2] == -13  # 10 Wh in 3/4: 13.3
+    assert dict(node.agent._with_current(now, _wh(7, 30)).net)[k0 + 2] == 9  # 7 Wh in: 9.3
+    assert node.agent.history == before  # the plan's view only

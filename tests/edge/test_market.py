@@ -17,7 +17,7 @@ from edge.market import BOUGHT, REVEAL
 from edge.market import SOLD as SOLD_ROLE
 from edge.state_dir import MeterIdentity
 from edge.store import SENT, MeterStore, OrderRow, SaleRow, TradeRow
-from edge.trades import OVERSOLD, next_step, on_reject, retry_after_oversold
+from edge.trades import OVERSOLD, RECORD_MS, next_step, on_reject, retry_after_oversold
 from edge.tx import TradeError
 from tests.support.meter import add_witnessed_batch
 from wire import topics
@@ -179,6 +179,14 @@ def test_an_oversold_erc_goes_again_once_per_interval_after_its_end_until_expiry
     assert next_step(again, 5 * WMS_PER_WH, retry + IMS - 1, RESEND, IMS) is None
     assert next_step(again, 5 * WMS_PER_WH, retry + IMS, RESEND, IMS) == topics.TX_ERC
     assert next_step(again._replace(sent=GATE + 5 * IMS - 1), 0, GATE + 7 * IMS, RESEND, IMS) == "cancel"  # expired
+
+
+def test_with_short_intervals_the_oversold_retry_still_leaves_a_block_round_for_the_records():
+    """A tenth of a 3 s interval is 300 ms, less than a record takes into a block: at least RECORD_MS."""
+    assert retry_after_oversold(GATE + 1_100, 3_000) == GATE + 3_000 + RECORD_MS
+    assert retry_after_oversold(GATE + 100, 3_000) == GATE + RECORD_MS  # the end's records may be on their way
+    assert retry_after_oversold(GATE + 100, 300_000) == GATE + 30_000
+    assert retry_after_oversold(GATE + 30_000, 300_000) == GATE + 300_000 + 30_000
 
 
 # ---- signing orders into a store ----------------------------------------------------------

@@ -1,0 +1,43 @@
+"""What both of `spb-deploy demo`'s runs need around their processes: the broker and the audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from broker.runtime import Broker, find_mosquitto, free_port, start_broker
+from broker.secure import start_secure
+from ledger.audit import AuditFailure, audit
+from ledger.store import LedgerStore
+from ledger.validator import ValidatorIdentity
+
+
+def start_community_broker(root: Path, port: int, embedded: bool) -> tuple[Broker, str]:
+    """Mosquitto with the community's TLS config and ACL, plain `port` a read-only loopback
+    listener; with `embedded` (or no Mosquitto) the embedded broker, open and plain on `port`.
+
+    Returns the broker and the URL meters and the ledger connect to.
+    """
+    if embedded or find_mosquitto() is None:
+        broker = start_broker(port, root / "broker" / "data", embedded=True)
+        return broker, f"127.0.0.1:{port}"
+    broker = start_secure(root / "broker", free_port(), local_port=port)
+    return broker, broker.url
+
+
+def audit_validators(root: Path, validators: int) -> str:
+    """`spb-ledger audit` of every validator's database after the run, and whether their heads
+    agree: 'ok ...' or why not."""
+    heads = set()
+    for i in range(validators):
+        try:
+            identity = ValidatorIdentity.load(root, i, with_key=False)
+            store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
+            report = audit(store)
+            heads.add(store.head())
+        except AuditFailure as exc:
+            return f"v{i} failed at height {exc.height}: {exc.what}"
+        except Exception as exc:  # the verdict, not a traceback: the demo is for people watching
+            return f"v{i} failed: {exc}"
+    if len(heads) != 1:
+        return f"failed: the validators' heads differ: {sorted(h[0] for h in heads)}"
+    return f"ok on {validators} validator(s), one head: height {report.height}, {report.trades} trades"
