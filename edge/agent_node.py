@@ -16,9 +16,13 @@ edge.orders, so each order is recorded and queued in one transaction and the out
   sees them (within a housekeeping period, ~1 s); an interval the meter did not see whole
   (the one it booted in) is not recorded. After a restart the agent therefore places nothing
   until an interval has been measured whole: it errs towards not trading.
-- The meter learns no account balance from the bus, so the bid is bounded by the daily
-  budget only; a bid above the free balance is rejected `insufficient` by the ledger and
-  changes nothing (shown by `spb-meter orders`), and the agent does not retry that interval.
+- A bid is bounded by the daily budget left and by the account's free balance, from the
+  newest account status the ledger published (decision 0010, kept in the store by
+  edge.market_node) less the escrow of our bids it has not answered yet (edge.account
+  `spendable`). Before the meter ever got a status (a new meter, the bus not reached yet) the
+  budget alone bounds it: a bid above the free balance is then rejected
+  `insufficient-funds` by the ledger and changes nothing (shown by `spb-meter orders`), and
+  the agent does not retry that interval.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from edge import agent, forecast, market, orders, policy
+from edge.account import spendable
 from edge.config import CONFIG_NAME, MeterConfig
 from edge.energy import Totals
 from edge.state_dir import MeterIdentity
@@ -71,10 +76,11 @@ class AgentNode:
         first_of_day = -(-day * agent.DAY_MS // self.interval_ms)  # the day's first interval
         mine = self.store.orders_from(first_of_day)
         spent = agent.spent_on_day(mine, day, self.interval_ms)
-        budget_left = max(0, current.max_spend_per_day - spent)  # no balance known: see the module
+        known = self.store.account()
+        money = max(0, current.max_spend_per_day - spent) if known is None else spendable(known.balance, mine)
         guess = forecast.forecast(self.history, target, self.config.interval_s)
         intents = agent.plan(
-            current, guess, budget_left, mine, spent, target, self.config.interval_s, bool(self.config.source)
+            current, guess, money, mine, spent, target, self.config.interval_s, bool(self.config.source)
         )
         return [intent for intent in intents if self._place(intent, now)]
 
