@@ -143,8 +143,8 @@ class LedgerState:
         state.market = market
         state.height, state.tip, state.t = height, tip, t
         state.refused, state.revoked = dict(refused), dict(revoked)
-        for pk, balance, held, height, t in accounts:
-            state.balances[pk], state.held[pk], state.moved_at[pk] = balance, held, (height, t)
+        for pk, balance, held, moved_h, moved_t in accounts:
+            state.balances[pk], state.held[pk], state.moved_at[pk] = balance, held, (moved_h, moved_t)
         records = list(records)
         if [r.index for r in records] != list(range(len(records))):
             raise ValueError("CTP records are not leaves 0..n-1 in order")
