@@ -68,6 +68,7 @@ topic write spb/v1/rejects
 topic write spb/v1/ledger/#
 topic write spb/v1/consensus/#
 topic write {topics.MARKET_ALL}
+topic write {topics.ACCOUNT_ALL}
 """
 _MONITOR = "topic read spb/v1/#\n"
 # The operator publishes CA-signed revocations (docs/decisions/0004-revocation.md) and reads.
@@ -87,6 +88,9 @@ class Identities:
     operators: tuple[str, ...] = ()
     bridges: tuple[str, ...] = ()
     revoked: frozenset[str] = frozenset()
+    # Meter CN -> its household's account key (hex): the one account status it may read
+    # (docs/PROTOCOL.md §9.6; a household's balance is no neighbour's business).
+    accounts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,10 +127,13 @@ def acl(ids: Identities) -> str:
         (ids.operators, _OPERATOR),
         (ids.bridges, _BRIDGE),
     )
+    accounts = dict(ids.accounts)
     for names, grants in sections:
         for cn in sorted(set(names) - ids.revoked):
             # Only meters own a subtree: cancel the %u patterns for everyone else.
             own = "" if grants is _METER_SHARED else f"topic deny spb/v1/meters/{cn}/#\n"
+            if grants is _METER_SHARED and cn in accounts:
+                own = f"topic read {topics.account(bytes.fromhex(accounts[cn]))}\n"
             lines.append(f"\nuser {cn}\n{grants}{own}")
     return "".join(lines)
 

@@ -99,6 +99,7 @@ def ensure_bus(
         operators=(OPERATOR,),
         bridges=tuple(f"bridge-{s.name}" for s in brokers if s.bridge_to),
         revoked=frozenset(revoked),
+        accounts=_accounts(root, meters),
     )
     serials = {
         int(serial, 16): dt.datetime.fromtimestamp(r.t / 1000, dt.UTC) for r in revoked.values() for serial in r.serials
@@ -155,6 +156,18 @@ def read_revoked(root: Path) -> dict[str, Revoked]:
     path = root / REVOKED_NAME
     rows = tomllib.loads(path.read_text()).get("revoked", []) if path.exists() else []
     return {row["id"]: Revoked(row["id"], row["t"], tuple(row["serials"])) for row in rows}
+
+
+def _accounts(root: Path, meters: list[str]) -> tuple[tuple[str, str], ...]:
+    """(meter, account key hex) of each meter whose household has an account, from the
+    meter.toml provisioning wrote: the account status each meter may read."""
+    found = []
+    for mid in meters:
+        path = root / "meters" / mid / "meter.toml"
+        account = tomllib.loads(path.read_text()).get("account_pk") if path.exists() else None
+        if account:
+            found.append((mid, account))
+    return tuple(found)
 
 
 def _client(ca: Authority, home: Path, cn: str, now: dt.datetime, days: int) -> None:

@@ -18,9 +18,13 @@ edge.orders, so each order is recorded and queued in one transaction and the out
   plan is made, counts as the latest, extrapolated to its whole length (`_with_current`).
   After a restart the agent therefore places nothing
   until an interval has been measured whole: it errs towards not trading.
-- The meter learns no account balance from the bus, so the bid is bounded by the daily
-  budget only; a bid above the free balance is rejected `insufficient` by the ledger and
-  changes nothing (shown by `spb-meter orders`), and the agent does not retry that interval.
+- A bid is bounded by the daily budget left and by the account's free balance, from the
+  newest account status the ledger published (decision 0010, kept in the store by
+  edge.market_node) less the escrow of our bids it has not answered yet (edge.account
+  `spendable`). Before the meter ever got a status (a new meter, the bus not reached yet) the
+  budget alone bounds it: a bid above the free balance is then rejected
+  `insufficient-funds` by the ledger and changes nothing (shown by `spb-meter orders`), and
+  the agent does not retry that interval.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from edge import agent, forecast, market, orders, policy
+from edge.account import spendable
 from edge.config import CONFIG_NAME, MeterConfig
 from edge.energy import Totals
 from edge.state_dir import MeterIdentity
@@ -50,12 +55,13 @@ class AgentNode:
         self.lead_ms = min(max(self.interval_ms // LEAD, MIN_LEAD_MS), self.interval_ms // 2)
         self.policy_path: Path = identity.root / CONFIG_NAME
         self.history = forecast.History()
-        self._mark: tuple[int, int, bool] | None = None  # (k, net Wh total seen first in k, seen from k's start)
+        # (k, net Wh total seen first in k, seen from k's start, when): where k's energy is counted from
+        self._mark: tuple[int, int, bool, int] | None = None
         self._planned: int | None = None  # the last interval planned in this run
 
     def tick(self, now: int, totals: Totals) -> list[agent.OrderIntent]:
         """Called by the loop's housekeeping; the orders placed now, if any."""
-        self._observe(now // self.interval_ms, totals.wh_in - totals.wh_out)
+        self._observe(now // self.interval_ms, totals.wh_in - totals.wh_out, now)
         target = now // self.interval_ms + 1
         if target == self._planned or now < target * self.interval_ms - self.lead_ms:
             return []
@@ -73,30 +79,33 @@ class AgentNode:
         first_of_day = -(-day * agent.DAY_MS // self.interval_ms)  # the day's first interval
         mine = self.store.orders_from(first_of_day)
         spent = agent.spent_on_day(mine, day, self.interval_ms)
-        budget_left = max(0, current.max_spend_per_day - spent)  # no balance known: see the module
+        known = self.store.account()
+        money = max(0, current.max_spend_per_day - spent) if known is None else spendable(known.balance, mine)
         guess = forecast.forecast(self._with_current(now, totals), target, self.config.interval_s)
         intents = agent.plan(
-            current, guess, budget_left, mine, spent, target, self.config.interval_s, bool(self.config.source)
+            current, guess, money, mine, spent, target, self.config.interval_s, bool(self.config.source)
         )
         return [intent for intent in intents if self._place(intent, now)]
 
-    def _observe(self, k: int, net: int) -> None:
+    def _observe(self, k: int, net: int, now: int) -> None:
         mark = self._mark
         if mark is not None and mark[0] == k:
             return
         if mark is not None and mark[0] == k - 1 and mark[2]:
             self.history = forecast.record(self.history, mark[0], net - mark[1], self.config.interval_s)
-        self._mark = (k, net, mark is not None and mark[0] == k - 1)
+        self._mark = (k, net, mark is not None and mark[0] == k - 1, now)
 
     def _with_current(self, now: int, totals: Totals) -> forecast.History:
-        """The history with the interval under way as its latest: what it measured so far,
-        extrapolated to the whole interval (once at least half of it was seen). The plan is
-        made 90% into the interval before the target, and without it the forecast would lag
-        a whole interval more behind a rising or setting sun."""
+        """The history with the interval under way as its latest: what it measured since its
+        first look at it, extrapolated to the whole interval (once it watched at least half).
+        The plan is made 90% into the interval before the target, and without it the forecast
+        would lag a whole interval more behind a rising or setting sun."""
         mark = self._mark
         k = now // self.interval_ms
-        elapsed = now - k * self.interval_ms
-        if mark is None or mark[0] != k or not mark[2] or elapsed < self.interval_ms // 2:
+        if mark is None or mark[0] != k:
+            return self.history
+        elapsed = now - mark[3]
+        if elapsed < self.interval_ms // 2:
             return self.history
         so_far = totals.wh_in - totals.wh_out - mark[1]
         whole = abs(so_far) * self.interval_ms // elapsed  # truncated toward zero, as forecast does

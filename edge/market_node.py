@@ -1,5 +1,6 @@
-"""The market on the meter's bus: its orders' statuses, sealed-bid reveals, and the held
-trades that name its account (fills of its bids to confirm, sales to deliver).
+"""The market on the meter's bus: its orders' statuses, sealed-bid reveals, the held trades
+that name its account (fills of its bids to confirm, sales to deliver), and its account's
+money (the ledger's account status, decision 0010: `balance()`).
 
 The adapter around edge.market for edge.meter.MeterNode, which owns the loop, the store and
 the bus: housekeeping() runs on the loop thread (it signs), the on_* handlers on paho's
@@ -23,11 +24,12 @@ import threading
 from broker.client import BusClient
 from broker.clock import wall_ms
 from edge import market, orders
+from edge.account import accept
 from edge.config import MeterConfig
 from edge.display import View
 from edge.keyring import NoKey
 from edge.state_dir import MeterIdentity
-from edge.store import MeterStore, OrderRow, SaleRow
+from edge.store import AccountRow, MeterStore, OrderRow, SaleRow
 from wire import topics
 from wire.messages import CtpState, Order, Status
 from wire.reasons import Reject
@@ -58,8 +60,16 @@ class MarketNode:
         self._sale_topics: frozenset[str] = frozenset()  # statuses of held sales we follow
         self._watched: set[str] = set()  # order status topics subscribed to
         self.ours: dict[bytes, tuple[str, bytes]] = {}  # hash of our market message -> (kind, order id)
+        self._money: AccountRow | None = store.account()  # the newest account status, stored: known offline too
         if self.account is not None:
             bus.subscribe(topics.STATUS_ALL, self._on_any_status)
+            bus.subscribe(topics.account(self.account_pk), self._on_account)
+
+    def balance(self) -> int | None:
+        """The household's free units as the ledger's newest account status says (§9.6);
+        None before any status reached this meter (or it has no account)."""
+        money = self._money
+        return None if money is None else money.balance
 
     # ---- the loop thread -----------------------------------------------------------------
 
@@ -180,6 +190,17 @@ class MarketNode:
                 self.dirty.set()
         elif self.store.update_sale(status.ctp, lambda s: market.on_sale_status(s, status, now)) is not None:
             self.dirty.set()
+
+    def _on_account(self, topic: str, payload: bytes, retained: bool) -> None:
+        """Our account's status: kept if newer than the one we have (by height, then time)."""
+        try:
+            money = accept(self.verifier, topic, payload, self._now(), self.account_pk)
+        except Reject as exc:
+            log.warning("%s rejected an account status on %s: %s", self.id.meter, topic, exc)
+            return
+        if self.store.save_account(money):
+            self._money = money
+            log.info("%s: balance %d units free, %d held (block %d)", self.id.meter, money.balance, money.held, money.h)
 
     def _now(self) -> int:
         return wall_ms()

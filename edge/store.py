@@ -1,4 +1,5 @@
-"""The meter's durable state in SQLite (DIR/meter.db): counters, outbox, key ring, trades, peers.
+"""The meter's durable state in SQLite (DIR/meter.db): counters, outbox, key ring, trades, peers,
+and the household account's last status.
 
 It must survive power cuts:
 - a reading's `seq` is never reused across reboots (§4), the cumulative Wh never go
@@ -55,6 +56,9 @@ CREATE TABLE IF NOT EXISTS orders (id BLOB PRIMARY KEY, side TEXT NOT NULL, k IN
                                    root BLOB, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
                                    filled INTEGER NOT NULL DEFAULT 0, status_t INTEGER NOT NULL DEFAULT 0,
                                    sent INTEGER NOT NULL, created INTEGER NOT NULL, changed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS account (one INTEGER PRIMARY KEY CHECK (one = 0), balance INTEGER NOT NULL,
+                                    held INTEGER NOT NULL, t INTEGER NOT NULL, h INTEGER NOT NULL,
+                                    raw BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sales (id BLOB PRIMARY KEY, role TEXT NOT NULL, payer BLOB NOT NULL,
                                   payee BLOB NOT NULL, wh INTEGER, t INTEGER NOT NULL, state TEXT NOT NULL,
                                   order_id BLOB, delivered_wms INTEGER NOT NULL DEFAULT 0,
@@ -139,6 +143,16 @@ class SaleRow(NamedTuple):
     order_id: bytes | None  # our ask or bid it filled, once known
     delivered_wms: int  # a sale's export counted against it
     changed: int
+
+
+class AccountRow(NamedTuple):
+    """The newest account status the ledger published for this meter's household (§9.6)."""
+
+    balance: int  # free units
+    held: int  # units in holds
+    t: int  # block time
+    h: int  # block height
+    raw: bytes  # the validator-signed status
 
 
 _TRADE_COLUMNS = ", ".join(TradeRow._fields)
@@ -481,6 +495,25 @@ class MeterStore:
                 "UPDATE sales SET delivered_wms = max(delivered_wms, ?) WHERE id = ?",
                 ((wms, sale_id) for sale_id, wms in progress.items()),
             )
+
+    # ---- the household account's money, as the ledger says it --------------------------
+
+    def save_account(self, row: AccountRow) -> bool:
+        """Keep `row` if it is newer (by block height, then time) than the one stored; whether
+        it was. An older copy the broker delivers again never replaces a newer one."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO account VALUES (0, ?, ?, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET "
+                "balance = excluded.balance, held = excluded.held, t = excluded.t, h = excluded.h, raw = excluded.raw "
+                "WHERE (excluded.h, excluded.t) > (h, t)",
+                row,
+            )
+            return cur.rowcount == 1
+
+    def account(self) -> AccountRow | None:
+        with self._lock:
+            found = self._db.execute("SELECT balance, held, t, h, raw FROM account").fetchone()
+        return AccountRow(*found) if found else None
 
     # ---- peers ---------------------------------------------------------------------------
 

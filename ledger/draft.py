@@ -10,7 +10,7 @@ type is in docs/decisions/0002-ledger-v1.md, with revocations in 0004-revocation
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
@@ -20,7 +20,7 @@ from ledger.fill import FillDoc, fill_ctp
 from ledger.genesis import MAX_UNITS
 from ledger.market import MARKET_TYPES
 from ledger.market_draft import MarketDraft
-from ledger.state import Changes, CtpRecord, LedgerState
+from ledger.state import AccountRecord, Changes, CtpRecord, LedgerState
 from wire import topics
 from wire.cose import message_hash
 from wire.messages import Ask, Bid, Body, Cancel, Ctp, CtpState, Erc, Opened, Rejection, Revoke, Seal, Status, shown
@@ -278,6 +278,7 @@ class Draft:
         )
         self.block = Block(header, tuple(self.trades), (), tuple(self.inputs))
         accounts = self.balances.keys() | self.held.keys()
+        moved = self._moved(accounts)
         self._changes = Changes(
             header,
             balances={pk: self.balance(pk) for pk in accounts},
@@ -290,8 +291,27 @@ class Draft:
             settled=tuple(self.settled),
             tree=tree,
             market=market,
+            moved=moved,
         )
+        for pk in sorted(moved):
+            money = AccountRecord(pk, self.balance(pk), self.holding(pk), self.height, self.t)
+            self.outputs.append(self.output(topics.account(pk), money.status()))
         return self.block
+
+    def _moved(self, touched: Iterable[bytes]) -> frozenset[bytes]:
+        """The accounts whose `account` status this block publishes (docs/PROTOCOL.md §9.6): in
+        a market chain, those whose (balance, held) it changes, and in its first block all of
+        them, so every account has a retained status from then on. A v1 chain publishes none."""
+        if self.market is None:
+            return frozenset()
+        if self.height == 1:
+            return frozenset(self.base.balances)
+        base = self.base
+        return frozenset(
+            pk
+            for pk in touched
+            if (self.balance(pk), self.holding(pk)) != (base.balances.get(pk, 0), base.held.get(pk, 0))
+        )
 
     @property
     def changes(self) -> Changes:

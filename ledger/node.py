@@ -13,7 +13,7 @@ from ledger.block import Block
 from ledger.draft import Draft
 from ledger.market import OrderRecord, Result
 from ledger.replica import Replica, Timing
-from ledger.state import CtpRecord
+from ledger.state import AccountRecord, CtpRecord
 from ledger.statuses import ctp_of, current
 from ledger.store import LedgerOutboxRow, LedgerStore
 from ledger.validator import ValidatorIdentity
@@ -95,7 +95,7 @@ class LedgerNode:
     def current_statuses(
         self, since: int = 0, of: Iterable[str] | None = None, until: int | None = None
     ) -> list[LedgerOutboxRow]:
-        """The retained status of every CTP, order and interval result that changed at a block
+        """The retained status of every CTP, order, interval result and account that changed at a block
         time from `since` to `until` (or of the status topics `of`), with the body it was first
         published with (time and height of the last change), signed by this validator: the
         same bytes when it published it, the same body under another signature otherwise. As
@@ -110,12 +110,14 @@ class LedgerNode:
             records = list(self.state.ctps.values())
             orders = list(market.orders.values()) if market is not None else []
             results = list(market.results.values()) if market is not None else []
+            accounts = [] if market is None else [self.state.account(pk) for pk in self.state.balances]
         else:
             wanted = set(of)
             found = [r for topic in wanted if (r := current(self.state, topic)) is not None]
             records = [r for r in found if isinstance(r, CtpRecord)]
             orders = [r for r in found if isinstance(r, OrderRecord)]
             results = [r for r in found if isinstance(r, Result)]
+            accounts = [r for r in found if isinstance(r, AccountRecord)]
             times = {r.height: self.store.block_time(r.height) for r in records}
             ids = {i for topic in wanted if (i := ctp_of(topic)) is not None and i not in self.state.ctps}
             rejected = [(i, why) for i in ids if (why := self.store.rejection(i))]
@@ -131,6 +133,9 @@ class LedgerNode:
         ]
         out += [(topics.market_order(o.k, o.id), o.status(), o.height) for o in orders if since <= o.t <= last]
         out += [(topics.market_result(r.k), r.status(), r.height) for r in results if since <= r.t <= last]
+        out += [
+            (topics.account(a.pk), a.status(), a.height) for a in accounts if a and a.height and since <= a.t <= last
+        ]
         return [LedgerOutboxRow(0, topic, body.sign(self.key), True, height) for topic, body, height in out]
 
     def close(self) -> None:

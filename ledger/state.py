@@ -20,7 +20,7 @@ from ledger.genesis import Genesis
 from ledger.market import MarketChanges, MarketState
 from wire.cose import encode
 from wire.merkle import MerkleTree, TreeChange
-from wire.messages import Ctp, CtpState, Status
+from wire.messages import AccountStatus, Ctp, CtpState, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,20 @@ class CtpRecord:
         return replace(status, payer=ctp.payer, payee=ctp.payee, wh=ctp.wh, exp=ctp.exp)
 
 
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """One account's money as its retained `account` status tells it (docs/PROTOCOL.md §9.6)."""
+
+    pk: bytes
+    balance: int  # free units
+    held: int  # units in holds
+    height: int  # block of its last status (0: none yet)
+    t: int  # that block's time
+
+    def status(self) -> AccountStatus:
+        return AccountStatus(account=self.pk, balance=self.balance, held=self.held, t=self.t, h=self.height)
+
+
 class BrokenInvariant(AssertionError):
     """Committing these changes would break a ledger invariant: a bug, never bad input."""
 
@@ -79,6 +93,9 @@ class Changes:
     settled: tuple[bytes, ...]  # the CTP id of each of the block's trades, in order
     tree: TreeChange  # the CTP-database tree's new leaves and nodes; tree.root == header.ctps
     market: MarketChanges | None = None  # None on a v1 chain
+    # Accounts whose `account` status this block publishes (docs/PROTOCOL.md §9.6): their
+    # (balance, held) changed, or, in a market chain's first block, all of them.
+    moved: frozenset[bytes] = frozenset()
 
 
 class LedgerState:
@@ -91,6 +108,9 @@ class LedgerState:
         self.t = 0  # time of the last block
         self.balances: dict[bytes, int] = dict(genesis.accounts)
         self.held: dict[bytes, int] = dict.fromkeys(self.balances, 0)  # per payer
+        # Per account, (height, time) of the block its last `account` status came from (§9.6);
+        # (0, 0): none yet. What keeps that retained status moving forward (ledger.statuses).
+        self.moved_at: dict[bytes, tuple[int, int]] = dict.fromkeys(self.balances, (0, 0))
         self.ctps: dict[bytes, CtpRecord] = {}  # every CTP ever held; record.index is its leaf
         self.used_keys: dict[bytes, bytes] = {}  # one-time ERC key -> the CTP it settled
         self.revoked: dict[bytes, int] = {}  # device key -> revocation time (decision 0004)
@@ -109,21 +129,22 @@ class LedgerState:
         height: int,
         tip: bytes,
         t: int,
-        accounts: Iterable[tuple[bytes, int, int]],
+        accounts: Iterable[tuple[bytes, int, int, int, int]],
         records: Iterable[CtpRecord],
         refused: dict[bytes, int],
         revoked: dict[bytes, int],
         market: MarketState | None = None,
     ) -> LedgerState:
-        """A state from its stored tables (ledger.store); `records` in index order."""
+        """A state from its stored tables (ledger.store); `records` in index order, `accounts`
+        as (key, balance, held, height and time of its last account status)."""
         state = cls(genesis)
         if (market is None) != (genesis.market is None):
             raise ValueError("a market state is restored exactly when the genesis has a market")
         state.market = market
         state.height, state.tip, state.t = height, tip, t
         state.refused, state.revoked = dict(refused), dict(revoked)
-        for pk, balance, held in accounts:
-            state.balances[pk], state.held[pk] = balance, held
+        for pk, balance, held, moved_h, moved_t in accounts:
+            state.balances[pk], state.held[pk], state.moved_at[pk] = balance, held, (moved_h, moved_t)
         records = list(records)
         if [r.index for r in records] != list(range(len(records))):
             raise ValueError("CTP records are not leaves 0..n-1 in order")
@@ -136,6 +157,12 @@ class LedgerState:
 
     def record(self, ctp_id: bytes) -> CtpRecord | None:
         return self.ctps.get(ctp_id)
+
+    def account(self, pk: bytes) -> AccountRecord | None:
+        """An account's money and the block of its last status; None for no account of this ledger."""
+        if pk not in self.balances:
+            return None
+        return AccountRecord(pk, self.balances[pk], self.held[pk], *self.moved_at[pk])
 
     def root(self) -> bytes:
         return self.tree.root()
@@ -190,6 +217,7 @@ class LedgerState:
             del self.refused[digest]  # expired: a copy would be rejected `expired` anyway
         self.balances.update(changes.balances)
         self.held.update(changes.held)
+        self.moved_at.update(dict.fromkeys(changes.moved, (header.height, header.t)))
         self.revoked.update(changes.revoked)
         self.tree.apply(changes.tree)
         for record in changes.records.values():

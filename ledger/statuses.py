@@ -1,7 +1,8 @@
 """When a validator may hand a status to the broker, pure: what keeps every retained status
 the ledger writes moving forward (docs/CONSENSUS.md "Statuses only move forward", decision
 0007): a CTP's status (spb/v1/status/{id}), and in a market chain an order's status
-(spb/v1/market/{k}/order/{id}) and an interval's result (spb/v1/market/{k}/result).
+(spb/v1/market/{k}/order/{id}), an interval's result (spb/v1/market/{k}/result) and an
+account's money (spb/v1/account/{key}, decision 0010).
 
 Such a topic is written by whichever validator publishes, on its own connection, and the
 broker keeps the last one it received. Three rules keep that last one the newest:
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ledger.market import Escrowed, OrderRecord, Result
-from ledger.state import CtpRecord, LedgerState
+from ledger.state import AccountRecord, CtpRecord, LedgerState
 from wire import topics
 from wire.messages import CtpState
 
@@ -35,6 +36,7 @@ LATE_MS = 120_000
 ANNOUNCE_WAIT_S = 30.0  # a block's statuses wait at most this long for an earlier block's announcement
 _STATUS = topics.status(bytes(16))[:-32]  # the CTP status topics' prefix
 _MARKET = f"{topics.MARKET}/"  # the order status and result topics' prefix
+_ACCOUNT = f"{topics.ACCOUNT}/"  # the account status topics' prefix
 
 
 def lost_since(session_present: bool, stored: bytes | None, tip: int, block_time: Callable[[int], int]) -> int | None:
@@ -67,8 +69,9 @@ def lost_since(session_present: bool, stored: bytes | None, tip: int, block_time
 
 
 def is_status(topic: str) -> bool:
-    """Whether a topic is a retained status the ledger writes: a CTP's, an order's, a result."""
-    return topic.startswith(_STATUS) or topic.startswith(_MARKET)
+    """Whether a topic is a retained status the ledger writes: a CTP's, an order's, a result,
+    an account's."""
+    return topic.startswith(_STATUS) or topic.startswith(_MARKET) or topic.startswith(_ACCOUNT)
 
 
 def ctp_of(topic: str) -> bytes | None:
@@ -86,15 +89,23 @@ def result_of(topic: str) -> int | None:
     return int(topic[len(_MARKET) :].split("/")[0]) if topics.expected_type(topic) == "cleared" else None
 
 
-def current(state: LedgerState, topic: str) -> CtpRecord | OrderRecord | Result | None:
-    """What the status on this topic is now made from: the CTP's, order's or interval's
-    record; None if there is none (yet), or the topic is no status."""
+def account_of(topic: str) -> bytes | None:
+    """The account key of an account status topic (spb/v1/account/{key}); None for any other."""
+    return bytes.fromhex(topic[len(_ACCOUNT) :]) if topics.expected_type(topic) == "account" else None
+
+
+def current(state: LedgerState, topic: str) -> CtpRecord | OrderRecord | Result | AccountRecord | None:
+    """What the status on this topic is now made from: the CTP's, order's, interval's or
+    account's record; None if there is none (yet), or the topic is no status."""
     ctp_id = ctp_of(topic)
     if ctp_id is not None:
         return state.ctps.get(ctp_id)
     market = state.market
     if market is None:
         return None
+    pk = account_of(topic)
+    if pk is not None:
+        return state.account(pk)
     order_id = order_of(topic)
     if order_id is not None:
         return market.orders.get(order_id)
@@ -112,9 +123,11 @@ def superseded(state: LedgerState, topic: str, height: int) -> bool:
 def open_to_change(state: LedgerState, topic: str) -> bool:
     """Whether a later block can still supersede the current status on this topic: a `held`
     CTP, or a `rejected` id that a CTP can still take; a `sealed` or `open` order (a reveal,
-    a withdrawal or the clearing moves it). Settled and refunded CTPs, orders in any other
-    state and results are final."""
+    a withdrawal or the clearing moves it); an account (any block may move its money).
+    Settled and refunded CTPs, orders in any other state and results are final."""
     record = current(state, topic)
+    if isinstance(record, AccountRecord):
+        return True
     if isinstance(record, CtpRecord):
         return record.state == CtpState.HELD
     if isinstance(record, OrderRecord):

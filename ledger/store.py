@@ -28,7 +28,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks(height INTEGER PRIMARY KEY, hash BLOB NOT NULL, t INTEGER NOT NULL,
                                   chain BLOB NOT NULL, inputs BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS accounts(pk BLOB PRIMARY KEY, balance INTEGER NOT NULL, held INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts(pk BLOB PRIMARY KEY, balance INTEGER NOT NULL, held INTEGER NOT NULL,
+                                    height INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS ctps(id BLOB PRIMARY KEY, leaf INTEGER NOT NULL UNIQUE, raw BLOB NOT NULL,
                                 hash BLOB NOT NULL, state TEXT NOT NULL, height INTEGER NOT NULL,
                                 by BLOB NOT NULL, erc_pk BLOB UNIQUE);
@@ -85,6 +86,7 @@ class LedgerStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
+            self._add_account_heights()
             self._adopt(genesis)
         try:
             row = self.db.execute("SELECT value FROM meta WHERE key = 'genesis'").fetchone()
@@ -103,7 +105,16 @@ class LedgerStore:
             if self.db.execute("SELECT 1 FROM meta WHERE key = 'genesis'").fetchone() is None:
                 self.db.execute("INSERT INTO meta VALUES ('genesis', ?)", (genesis.hash,))
                 self.db.execute("INSERT INTO meta VALUES ('format', ?)", (BLOCK_V,))
-                self.db.executemany("INSERT INTO accounts VALUES (?, ?, 0)", genesis.accounts)
+                self.db.executemany("INSERT INTO accounts (pk, balance, held) VALUES (?, ?, 0)", genesis.accounts)
+
+    def _add_account_heights(self) -> None:
+        """A database from before account statuses (decision 0010) gets the column saying which
+        block each account's status comes from: its tip, the newest block that may have moved it."""
+        if any(column[1] == "height" for column in self.db.execute("PRAGMA table_info(accounts)")):
+            return
+        with self._transaction():
+            self.db.execute("ALTER TABLE accounts ADD COLUMN height INTEGER NOT NULL DEFAULT 0")
+            self.db.execute("UPDATE accounts SET height = (SELECT COALESCE(max(height), 0) FROM blocks)")
 
     def close(self) -> None:
         self.db.close()
@@ -133,7 +144,10 @@ class LedgerStore:
     def load(self) -> LedgerState:
         tip = self.db.execute("SELECT height, hash, t FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
         height, tip_hash, t = tip if tip else (0, self.genesis.hash, 0)
-        accounts = self.db.execute("SELECT pk, balance, held FROM accounts")
+        accounts = self.db.execute(
+            "SELECT pk, balance, held, height, "
+            "COALESCE((SELECT t FROM blocks WHERE blocks.height = accounts.height), 0) FROM accounts"
+        )
         rows = self.db.execute(
             "SELECT raw, hash, leaf, state, height, by, erc_pk, "
             "COALESCE((SELECT t FROM blocks WHERE blocks.height = ctps.height), 0) FROM ctps ORDER BY leaf"
@@ -210,6 +224,7 @@ class LedgerStore:
             "UPDATE accounts SET balance = ?, held = ? WHERE pk = ?",
             ((changes.balances[pk], changes.held[pk], pk) for pk in changes.balances),
         )
+        self.db.executemany("UPDATE accounts SET height = ? WHERE pk = ?", ((h.height, pk) for pk in changes.moved))
         known = changes.known  # records below this leaf existed: only their state changed
         self.db.executemany(
             "INSERT INTO ctps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -462,6 +462,20 @@ class Cleared(Body):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class AccountStatus(Body):
+    """A validator's retained word on one account (spb/v1/account/{key hex}, decision 0010):
+    its free `balance` and the units in its `held` (CTPs held and orders' escrow) after block
+    `h` at block time `t`. A household's meter learns from it what its agent may bid."""
+
+    typ: ClassVar[str] = "account"
+    account: bytes = _req(_BSTR32)
+    balance: int = _req(_uint)
+    held: int = _req(_uint)
+    t: int = _req(_uint)
+    h: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class FillDocument(Body):
     """What a market fill's trade record carries in place of a payer-signed CTP (§9.3):
     unsigned, because every replica derives the same bytes from the ordered inputs. Not in
@@ -487,6 +501,7 @@ BODY_TYPES: dict[str, type[Body]] = {
     for cls in (
         *(DevCert, CoeRequest, Coe, Ctp, Erc, Cancel, Birth, Status, Rejection, Reading, Revoke),
         *(Ask, Bid, Seal, Reveal, Withdraw, Export, Order, Cleared),
+        AccountStatus,
     )
 }
 

@@ -24,6 +24,8 @@ STATUS_ALL = f"{ROOT}/status/+"
 METERS_ALL = f"{ROOT}/meters/#"
 MARKET = f"{ROOT}/market"
 MARKET_ALL = f"{MARKET}/#"
+ACCOUNT = f"{ROOT}/account"  # one retained `account` status per account: decision 0010
+ACCOUNT_ALL = f"{ACCOUNT}/#"
 
 ONLINE = b"online"
 OFFLINE = b"offline"
@@ -79,6 +81,13 @@ def market_result(k: int) -> str:
     return f"{_interval(k)}/result"
 
 
+def account(pk: bytes) -> str:
+    """Retained `account` status of the account whose key is `pk` (64 lowercase hex)."""
+    if len(pk) != 32:
+        raise ValueError("an account key is 32 bytes")
+    return f"{ACCOUNT}/{pk.hex()}"
+
+
 def _interval(k: int) -> str:
     """spb/v1/market/{k}: an interval is a uint, written in decimal as expected_type reads it."""
     if type(k) is not int or k < 0:
@@ -105,6 +114,9 @@ def expected_type(topic: str) -> str | None:
         return "reject"
     if topic.startswith(f"{MARKET}/"):
         return _market_type(topic[len(MARKET) + 1 :].split("/"))
+    if topic.startswith(f"{ACCOUNT}/"):
+        key = topic[len(ACCOUNT) + 1 :]
+        return "account" if len(key) == 64 and _lower_hex(key) else None
     parsed = parse_meter_topic(topic)
     return METER_TYPES.get(parsed[1]) if parsed else None
 

@@ -15,6 +15,7 @@ from typing import Any, overload
 
 from wire.merkle import NodeMemo, verify_inclusion
 from wire.messages import (
+    AccountStatus,
     Ask,
     Bid,
     Birth,
@@ -125,7 +126,7 @@ class Verifier:
             return (body.buyer,)
         if isinstance(body, Withdraw):
             return (body.by,)
-        if isinstance(body, (Status, Rejection, Order, Cleared)):
+        if isinstance(body, (Status, Rejection, Order, Cleared, AccountStatus)):
             return self.validators
         if isinstance(body, Revoke):
             return (self._ca(body.iss, "revoke"),)

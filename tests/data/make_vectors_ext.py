@@ -16,7 +16,9 @@ green at 15, 300 Wh open at 10, and 200 Wh at 14 in a sealed bid she reveals aft
 gate, and withdraws the bid at 10 before the gate (it would not have filled). Clearing
 fills 400 Wh green and 100 Wh open (the sealed bid), both at floor((15 + 12) / 2) =
 floor((14 + 12) / 2) = 13: the ask is filled, the sealed bid partial. m0002 proves 700 Wh of
-export for the last interval that ended before `now`.
+export for the last interval that ended before `now`. After the clearing alice's account
+status (decision 0010) shows both fills' amounts held, 400·13 + 100·13 = 6500, and the rest
+of her genesis 100,000 free: the withdrawn bid's and the sealed bid's unused escrow are back.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.support.wire import ALICE, BOB, CA, M2, NOW, VALID, VECTORS, body_map
 from wire.cose import MAX_MESSAGE, encode, message_hash, sign1
 from wire.market import commitment, fill_id, order_id
 from wire.messages import (
+    AccountStatus,
     Ask,
     Bid,
     Cleared,
@@ -63,6 +66,7 @@ REVEAL_T = GATE + 5_000
 CLEAR_T = GATE + REVEAL_S * 1000 + 1_000  # a seal was accepted, so k clears after the reveal window
 SEAL_H, CLEAR_H = 1200, 1262  # block heights of the seal's acceptance and of the clearing
 NONCE = sha256(b"spb vectors-ext: seal nonce").digest()
+ALICE_UNITS = 100_000  # alice's genesis balance in the story
 BUYER_METER = bytes.fromhex(VECTORS["merkle"]["otk_root_64"])  # alice's m0001, as the v1 CTP names it
 
 
@@ -124,7 +128,14 @@ def market_messages() -> dict[str, bytes]:
             wh=fill.wh,
             exp=fill.exp,
         ).sign(VALIDATOR),
+        "account_alice": account_after_clearing(),
     }
+
+
+def account_after_clearing() -> bytes:
+    """alice's account status of the clearing block: both fills' amounts held, the rest free."""
+    held = 400 * 13 + 100 * 13
+    return AccountStatus(account=pk(ALICE), balance=ALICE_UNITS - held, held=held, t=CLEAR_T, h=CLEAR_H).sign(VALIDATOR)
 
 
 def fill_document(bid: bytes, ask: bytes) -> FillDocument:
@@ -211,12 +222,14 @@ def document() -> str:
 ABOUT = (
     "Extensions of wire v1 owned by this project (docs/PROTOCOL.md): decision 0004's revoke, decision 0008's busy "
     "and size limit, section 9's market. Keys, hashes and 'now' of vectors.json apply; validator_v0 signs reject, "
-    "order, cleared and status vectors; hex strings are raw bytes. The oversize vector is given as the v1 ctp "
+    "order, cleared, status and account vectors; hex strings are raw bytes. The oversize vector is given as the v1 ctp "
     "vector's bytes followed by 'pad' zero bytes. 'market' holds what a reader recomputes: the genesis terms "
     "assumed, interval k of the orders and its gate (ms), the sealed bid's nonce and commitment c = "
     "SHA-256(bid_sealed bytes || nonce), each order's id (first 16 bytes of its message hash), and the green "
     "fill of bid_green against ask_m0002: id = first 16 bytes of SHA-256(bid hash || ask hash), its fill "
     "document (deterministic CBOR, unsigned) and that document's SHA-256, the msg of status_held_fill. "
+    "account_alice is alice's account status (decision 0010) of the clearing block, her genesis balance being "
+    "100000: both fills' amounts held, the rest free. "
     "Made by tests/data/make_vectors_ext.py."
 )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from broker.clock import wall_ms
+from broker.keys import load_key
 from deploy.provision import provision
 from edge import policy
 from edge.agent import OrderIntent
@@ -19,7 +20,7 @@ from edge.state_dir import MeterIdentity
 from edge.store import MeterStore
 from tests.support.meter import add_witnessed_batch
 from wire import topics
-from wire.messages import Side
+from wire.messages import AccountStatus, Side
 
 IMS = 10_000
 
@@ -114,3 +115,25 @@ def test_the_interval_under_way_counts_extrapolated_once_half_measured(node):
     assert dict(node.agent._with_current(now, _wh(0, 40)).net)[k0 + 2] == -13  # 10 Wh in 3/4: 13.3
     assert dict(node.agent._with_current(now, _wh(7, 30)).net)[k0 + 2] == 9  # 7 Wh in: 9.3
     assert node.agent.history == before  # the plan's view only
+
+
+def test_the_bid_is_capped_by_the_free_balance_the_ledger_last_told_less_unanswered_bids(node):
+    """Decision 0010: 20 Wh short at 2 per Wh, a budget of 1000, but 31 units free: 15 Wh."""
+    policy.save(node.id.root / "config.toml", Policy(mode="auto", buy_max_price=2, max_spend_per_day=1000))
+    validator = load_key(node.id.root.parents[1] / "validators" / "v0" / "validator.key")
+    me = node.market.account_pk
+    node.market._on_account(
+        topics.account(me), AccountStatus(account=me, balance=31, held=69, t=1, h=3).sign(validator), True
+    )
+    assert node.market.balance() == 31
+    k0 = wall_ms() // IMS + 1
+    _measure(node.agent, k0, [(0, 0), (5, 0), (25, 0), (45, 0)])  # 20 Wh a whole interval
+    assert node.agent.tick((k0 + 4) * IMS - 1, _wh(65)) == [OrderIntent(Side.BID, k0 + 4, 15, 2)]
+    # That bid is not answered yet: its 30 units are not free for the next one, whatever the status said.
+    node.agent.tick((k0 + 4) * IMS + 100, _wh(65))
+    assert node.agent.tick((k0 + 5) * IMS - 1, _wh(65)) == []
+    node.market._on_account(
+        topics.account(me), AccountStatus(account=me, balance=500, held=0, t=2, h=4).sign(validator), False
+    )
+    node.agent.tick((k0 + 5) * IMS + 100, _wh(85))
+    assert node.agent.tick((k0 + 6) * IMS - 1, _wh(105)) == [OrderIntent(Side.BID, k0 + 6, 20, 2)]

@@ -12,13 +12,13 @@ import pytest
 from ledger.draft import Draft
 from ledger.replica import Decided
 from ledger.service import LedgerService
-from ledger.statuses import ctp_of, is_status
+from ledger.statuses import account_of, ctp_of, is_status
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
 from tests.support.ledger import NOW
 from tests.support.market import I, K, Market, market_dir, order_id
 from wire import topics
-from wire.messages import open_message
+from wire.messages import AccountStatus, open_message
 
 
 class Recorded:
@@ -28,6 +28,7 @@ class Recorded:
         self.service = LedgerService(ValidatorIdentity.load(root, 0), "127.0.0.1", 1, clock=lambda: NOW)
         self.node = self.service.node
         self.sent: list[tuple[str, object]] = []
+        self.accounts: dict[str, tuple[int, int, int]] = {}
         monkeypatch.setattr(self.service, "_send", lambda topic, payload, *_: self._record(topic, payload))
         self.service.gate.reading = False  # its connection's backlog is read
 
@@ -36,10 +37,16 @@ class Recorded:
             self.sent.append((topic, open_message(payload).body))
 
     def take(self) -> list[tuple[str, str]]:
-        """(topic, state) of the statuses sent since the last take."""
-        out = [(topic, getattr(body, "state", "cleared")) for topic, body in self.sent]
+        """(topic, state) of the order, result and CTP statuses sent since the last take (and
+        the account statuses into `accounts`: topic -> (balance, held, h))."""
+        out = [(topic, getattr(body, "state", "cleared")) for topic, body in self.sent if account_of(topic) is None]
+        self.accounts = {t: (b.balance, b.held, b.h) for t, b in self.sent if isinstance(b, AccountStatus)}
         self.sent.clear()
         return out
+
+    def late(self) -> dict[str, int]:
+        """The service's late copies that a block may supersede, but for accounts'."""
+        return {topic: h for topic, h in self.service._late.items() if account_of(topic) is None}
 
     def decided_by_another(self, t: int, *messages: tuple[str, bytes]) -> None:
         """A block of another validator's proposal, caught up: it announces nothing here."""
@@ -81,12 +88,12 @@ def test_a_late_open_order_is_followed_by_each_next_status(v, m):
     asked, bade = topics.market_order(K, order_id(ask)), topics.market_order(K, order_id(bid))
     v.service._queue(rows, late=True)  # as a stand-in, or the outbox a crash left
     assert v.take() == [(asked, "open"), (bade, "open")]
-    assert v.service._late == {asked: 1, bade: 1}, "an open order can still change"
+    assert v.late() == {asked: 1, bade: 1}, "an open order can still change"
     v.decided_by_another(NOW + 1, ("withdraw", m.withdraw(3, bid)))
-    assert v.take() == [(bade, "withdrawn")] and v.service._late == {asked: 1}
+    assert v.take() == [(bade, "withdrawn")] and v.late() == {asked: 1}
     v.decided_by_another(GATE)  # the clearing: the ask found no bid
     assert v.take() == [(asked, "unfilled")], "the result was never sent late: its proposer sends it"
-    assert v.service._late == {}
+    assert v.late() == {}
 
 
 def test_a_late_copy_a_later_block_superseded_is_dropped(v, m):
@@ -102,7 +109,7 @@ def test_a_late_copy_a_later_block_superseded_is_dropped(v, m):
 def test_statuses_of_its_own_blocks_are_not_followed_up(v, m):
     bid = m.bid(3, 8, 7)
     v.service._queue(v.node.decide([("bid", bid)], NOW).queued)
-    assert v.take() == [(topics.market_order(K, order_id(bid)), "open")] and v.service._late == {}
+    assert v.take() == [(topics.market_order(K, order_id(bid)), "open")] and v.late() == {}
     v.decided_by_another(NOW + 1, ("withdraw", m.withdraw(3, bid)))
     assert v.take() == []
 
@@ -123,7 +130,7 @@ def test_a_restore_carries_orders_and_results_and_its_open_orders_are_followed_u
     }
     [fill] = [t for t in sent if ctp_of(t) is not None]
     assert sent[fill] == "held", "the fill's trade"
-    assert v.service._late == {later: 1, fill: 2}, "the open order and the held fill can still change"
+    assert v.late() == {later: 1, fill: 2}, "the open order and the held fill can still change"
     v.decided_by_another(GATE + I)  # K + 1 clears: its result is news, its ask is a late copy's successor
     assert v.take() == [(later, "unfilled")]
 
@@ -137,3 +144,17 @@ def test_statuses_in_flight_at_a_reconnect_are_followed_by_their_current_ones(v,
     v.service._read_back(1, True, b"offline", [asked, result])  # the broker kept all else: no restore
     v.service._release()  # as the main loop does next
     assert sorted(v.take()) == sorted([(asked, "unfilled"), (result, "cleared")])
+
+
+def test_a_late_account_status_is_followed_by_the_next_one(v, m):
+    """Any block may move an account's money, so a late copy of its status is always followed
+    by the status of the next block that changes it, even when another validator proposed it."""
+    bid = m.bid(3, 8, 7)
+    v.service._queue(v.node.decide([("bid", bid)], NOW).queued, late=True)
+    assert v.take() == [(topics.market_order(K, order_id(bid)), "open")]
+    buyer = topics.account(m.account(3))
+    assert v.accounts[buyer] == (1000 - 56, 56, 1) and len(v.accounts) == 4, "block 1: every account"
+    assert {t for t in v.service._late if account_of(t)} == set(v.accounts)
+    v.decided_by_another(NOW + 1, ("withdraw", m.withdraw(3, bid)))
+    v.take()
+    assert v.accounts == {buyer: (1000, 0, 2)}, "only the account that block changed"

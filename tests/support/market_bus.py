@@ -33,12 +33,14 @@ BALANCE = 10_000
 
 
 class MarketValidators(Validators):
-    """Validators (tests.support.consensus) of a market chain, watching its market topics too."""
+    """Validators (tests.support.consensus) of a market chain, watching its market topics and
+    account statuses too."""
 
     HOUSEHOLDS = len(SOURCES)
 
     def __init__(self, tmp_path: Path, port: int, make_client):
-        super().__init__(tmp_path, port, make_client, 0, watched=(*Validators.WATCHED, topics.MARKET_ALL))
+        watched = (*Validators.WATCHED, topics.MARKET_ALL, topics.ACCOUNT_ALL)
+        super().__init__(tmp_path, port, make_client, 0, watched=watched)
         self.verifier = Verifier(cas=[pk(self.community.ca)], validators=self.genesis().validators)
 
     def ledger_dir(self, root: Path, block_ms: int) -> Path:

@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,7 @@ def test_a_meter_speaks_only_for_itself(bus):
         "spb/v1/tx/other",
         "spb/v1/market/7/result",
         f"spb/v1/market/7/order/{'ab' * 16}",
+        f"spb/v1/account/{'ab' * 32}",
     ]
     publish_all(a, forged)
     allowed = [
@@ -162,6 +164,29 @@ def test_a_meter_reads_the_market_but_not_the_transactions_of_others(bus):
     ]
 
 
+def test_a_meter_reads_its_own_account_status_and_no_neighbours(bus, broker, community, make_client):
+    """§9.6: balances are private; validators write them; monitors and the loopback listener read them."""
+    own, neighbour = (topics.account(bytes.fromhex(account_pk(community, mid))) for mid in ("m0001", "m0002"))
+    reader = bus("meters/m0001", ("spb/v1/#",))
+    monitor = bus("monitoring/monitor", (topics.ACCOUNT_ALL,))
+    anonymous = make_client(broker.local_port, "anonymous")
+    anonymous.inbox = Inbox()
+    anonymous.subscribe(topics.ACCOUNT_ALL, anonymous.inbox)
+    connected(anonymous)
+    v0, neighbours_meter = bus("validators/v0"), bus("meters/m0002")
+    publish_all(neighbours_meter, [neighbour, own])  # a meter writes no account status, not even its own
+    publish_all(v0, [neighbour, own], b"money")
+    assert sentinel(reader, v0, own) == [(own, b"money"), (own, b"sentinel")]
+    for watcher in (monitor, anonymous):
+        wait_for(lambda w=watcher: (own, b"sentinel") in [m[:2] for m in w.inbox.messages])
+        assert [m[:2] for m in watcher.inbox.messages] == [(neighbour, b"money"), (own, b"money"), (own, b"sentinel")]
+
+
+def account_pk(community: Path, meter: str) -> str:
+    """The household account key provisioning wrote for a meter."""
+    return tomllib.loads((community / "meters" / meter / "meter.toml").read_text())["account_pk"]
+
+
 def test_only_validators_write_ledger_topics(bus):
     watcher = bus("monitoring/monitor", ("spb/v1/#",))
     v0 = bus("validators/v0")
@@ -172,6 +197,7 @@ def test_only_validators_write_ledger_topics(bus):
         "spb/v1/consensus/commit",
         f"spb/v1/market/7/order/{'cd' * 16}",
         "spb/v1/market/7/result",
+        f"spb/v1/account/{'cd' * 32}",
     ]
     publish_all(v0, ["spb/v1/meters/v0/state", "spb/v1/meters/m0001/state", "spb/v1/tx/ctp"])
     publish_all(v0, ledger_topics, b"fine")

@@ -45,7 +45,7 @@ from tests.support.market_bus import BALANCE, GRACE, REVEAL_S, SOURCES, I, Marke
 from wire import topics
 from wire.cose import message_hash
 from wire.market import fill_id, order_id_of
-from wire.messages import Cleared, Order, Status, open_message
+from wire.messages import AccountStatus, Cleared, Order, Status, open_message
 
 SOLAR_1, SOLAR_2, GRID, BUYER_1, BUYER_2, BUYER_3 = range(6)
 LEAD_MS = I  # orders go out at least one interval before their gate
@@ -298,6 +298,7 @@ def read_back(s: Story, make_client) -> None:
     s.retained = v.read_retained(make_client, f"{topics.MARKET}/{k}/#", order_topics + 1, "market reader")
     for trade in s.trades.values():
         s.retained |= v.read_retained(make_client, topics.status(trade.id), 1, f"reader {trade.id.hex()}")
+    s.retained |= v.read_retained(make_client, topics.ACCOUNT_ALL, len(SOURCES), "account reader")
     for i in range(VALIDATORS):
         store = v.store(i)
         s.states.append(store.load())
@@ -464,6 +465,15 @@ def test_every_validator_agrees_audits_and_keeps_the_money(story):
         assert {a: (state.balances[a], state.held.get(a, 0)) for a in expected} == {
             a: (units, 0) for a, units in expected.items()
         }, f"validator {i}: every trade settled or refunded, every escrow released"
+    # What each household's meter reads (decision 0010): the same money, from the block that last moved it.
+    retained = {
+        a: s.v.verifier.verify(s.retained[topics.account(a)], wall_ms(), expect=AccountStatus).body for a in expected
+    }
+    assert {a: (r.balance, r.held) for a, r in retained.items()} == {a: (units, 0) for a, units in expected.items()}
+    for i, state in enumerate(s.states):
+        assert {a: (r.h, r.t) for a, r in retained.items()} == {a: state.moved_at[a] for a in expected}, (
+            f"validator {i}"
+        )
 
 
 def test_tokens_show_sold_within_minted(story):

@@ -38,7 +38,7 @@ from tests.support.market import Market, order_id
 from tests.support.market_bus import SOURCES, MarketValidators
 from wire import topics
 from wire.cose import message_hash
-from wire.messages import Body, Cleared, Order, Status, open_message
+from wire.messages import AccountStatus, Body, Cleared, Order, Status, open_message
 
 # A CTP's statuses in the order they can follow each other: a `rejected` id can still be
 # held later by another message; settled and refunded end it. An order is sealed, then open,
@@ -47,10 +47,14 @@ RANK = {"rejected": 0, "held": 1, "settled": 2, "refunded": 2, "sealed": 0, "ope
 
 
 def order(status: Body) -> tuple[int, int, int]:
-    """Where a status (a CTP's, an order's, a result) stands among those of its topic."""
-    assert isinstance(status, (Status, Order, Cleared))
-    state = status.state if isinstance(status, (Status, Order)) else "cleared"
-    return status.t, status.h or 0, RANK.get(state, 2)
+    """Where a status (a CTP's, an order's, a result, an account's) stands among those of its topic."""
+    assert isinstance(status, (Status, Order, Cleared, AccountStatus))
+    return status.t, status.h or 0, RANK.get(label(status), 2)
+
+
+def label(status: Body) -> str:
+    """A status's state; a result's and an account's (always final as a topic's word) their typ."""
+    return status.state if isinstance(status, (Status, Order)) else status.typ
 
 
 TRADES, WAVE = 600, 50
@@ -265,7 +269,7 @@ def test_a_broker_crash_mid_load_leaves_every_retained_status_right(validators, 
 # -- the market's retained topics: order statuses and interval results (issue 14) --
 
 ORDER_WAVES = 24
-FINAL = {"withdrawn", "filled", "partial", "unfilled", "void", "settled", "refunded", "cleared"}
+FINAL = {"withdrawn", "filled", "partial", "unfilled", "void", "settled", "refunded", "cleared", "account"}
 
 
 class Answers:
@@ -293,7 +297,7 @@ class Answers:
 
     def state(self, topic: str) -> str | None:
         status = self.newest.get(topic)
-        return None if status is None else getattr(status, "state", "cleared")
+        return None if status is None else label(status)
 
     def unfinished(self) -> list[str]:
         """Topics whose newest status can still change, and intervals with orders but no result."""
@@ -378,14 +382,24 @@ def stored(v: Validators, i: int) -> dict[str, tuple[str, int]]:
     out = {topics.status(r.ctp.id): (str(r.state), r.height) for r in state.ctps.values()}
     out |= {topics.market_order(o.k, o.id): (str(o.state), o.height) for o in state.market.orders.values()}
     out |= {topics.market_result(r.k): ("cleared", r.height) for r in state.market.results.values()}
+    out |= {topics.account(pk): ("account", h) for pk, (h, _) in state.moved_at.items() if h}
     return out
+
+
+def balances(v: Validators, i: int) -> dict[str, tuple[int, int]]:
+    """Account status topic -> (balance, held) in validator i's database."""
+    store = v.store(i)
+    accounts = store.accounts()
+    store.close()
+    return {topics.account(pk): money for pk, money in accounts.items()}
 
 
 def test_market_statuses_survive_a_validator_killed_and_a_broker_crash(tmp_path, mosquitto, make_client):
     """Orders flow in waves; a validator is killed mid-load (its blocks' statuses go out from
     stand-ins, its outbox late when it returns), then the broker crashes back to a save
-    (every validator restores the order statuses and results it lost). No order status or
-    result goes back on the broker, and each retained one is what every validator stored."""
+    (every validator restores the order statuses, results and account statuses it lost). No
+    order status, result or account status goes back on the broker, and each retained one is
+    what every validator stored."""
     v = MarketValidators(tmp_path, mosquitto.port, make_client)
     try:
         answers = Answers(v.inbox)
@@ -408,12 +422,15 @@ def test_market_statuses_survive_a_validator_killed_and_a_broker_crash(tmp_path,
         answers.update()
         states = {answers.state(t) for t in answers.newest}
         assert {"withdrawn", "filled", "unfilled", "refunded", "cleared"} <= states, states
-        filters = (topics.STATUS_ALL, topics.MARKET_ALL)
+        filters = (topics.STATUS_ALL, topics.MARKET_ALL, topics.ACCOUNT_ALL)
         on_broker = retained_statuses(mosquitto.port, make_client, len(answers.newest), filters)
         assert set(on_broker) == set(answers.newest)
-        on_broker_states = {t: (getattr(s, "state", "cleared"), s.h) for t, s in on_broker.items()}
+        on_broker_states = {t: (label(s), s.h) for t, s in on_broker.items()}
+        money = {t: (s.balance, s.held) for t, s in on_broker.items() if isinstance(s, AccountStatus)}
+        assert len(money) == MarketValidators.HOUSEHOLDS, "every account's money is retained"
         for i in range(VALIDATORS):
             assert stored(v, i) == on_broker_states, f"validator {i} disagrees with the broker"
+            assert balances(v, i) == money, f"validator {i}'s balances are not the retained ones"
             out = v.cli("audit", str(v.root), "--validator", str(i))
             assert out.startswith("audit ok"), out
     finally:
