@@ -96,10 +96,11 @@ class Street:
         self.validators: dict[int, subprocess.Popen] = {}
         self.meters: dict[str, subprocess.Popen] = {}
         self.broker: Mosquitto = start_secure(self.root / "broker", free_port())
+        assert self.broker.port is not None, "start_secure started it"
         self.inbox = Inbox()
         self.monitor = BusClient(
             "127.0.0.1",
-            self.broker.port,  # type: ignore[arg-type]
+            self.broker.port,
             DEFAULT_MONITOR,
             clean_session=False,
             reconnect_min_delay=0.05,
