@@ -112,7 +112,13 @@ def message(row: OrderRow, topic: str) -> bytes:
 
 
 def watched(row: OrderRow, now: int, interval_ms: int, grace: int) -> bool:
-    """Whether the order's status still matters: until its fills' trades expire."""
+    """Whether the order's status (or a reject of it) still matters: until its fills' trades
+    expire, and however late until the ledger ended it. An answer can come after the expiry
+    (a broker outage across the gate: the clearing, or the `gate-closed` reject of an order
+    queued meanwhile, only comes once the bus is back); unwatched, the order would stay
+    `sent` or `open` in the store for good."""
+    if row.state in (SENT, OrderState.SEALED, OrderState.OPEN):
+        return True
     return row.state not in (REJECTED, OrderState.WITHDRAWN, OrderState.VOID) and now <= fill_exp(
         row.k, interval_ms, grace
     )

@@ -58,10 +58,14 @@ class MarketNode:
         self.sales: list[SaleRow] = []
         self.sale_progress: dict[bytes, int] = {}  # held sale -> W·ms exported for it (ahead of the store)
         self._sale_topics: frozenset[str] = frozenset()  # statuses of held sales we follow
+        self._recorded: set[str] = set()  # ... of sales paho's thread recorded since housekeeping read them
         self._watched: set[str] = set()  # order status topics subscribed to
         self.ours: dict[bytes, tuple[str, bytes]] = {}  # hash of our market message -> (kind, order id)
         self._money: AccountRow | None = store.account()  # the newest account status, stored: known offline too
         if self.account is not None:
+            # Before the first connect: an end status queued for us while we were down must pass the filter.
+            held = store.sales(changed_since=self._now())  # the held ones
+            self._sale_topics = frozenset(topics.status(s.id) for s in held if s.state == CtpState.HELD)
             bus.subscribe(topics.STATUS_ALL, self._on_any_status)
             bus.subscribe(topics.account(self.account_pk), self._on_account)
 
@@ -89,6 +93,7 @@ class MarketNode:
             s.id: self.sale_progress.get(s.id, s.delivered_wms) for s in self.sales if s.state == CtpState.HELD
         }
         self._sale_topics = frozenset(topics.status(s.id) for s in self.sales if s.state == CtpState.HELD)
+        self._recorded -= {topics.status(s.id) for s in self.sales}  # in _sale_topics now, or ended
         self._watch(now)
 
     def _step(self, row: OrderRow, now: int) -> None:
@@ -175,7 +180,7 @@ class MarketNode:
 
     def _on_any_status(self, topic: str, payload: bytes, retained: bool) -> None:
         """Every trade's status: only those naming our account, or about a sale we follow."""
-        if self.account_pk not in payload and topic not in self._sale_topics:
+        if self.account_pk not in payload and topic not in self._sale_topics and topic not in self._recorded:
             return  # the cheap filter: most statuses are other households' trades
         now = self._now()
         try:
@@ -186,6 +191,7 @@ class MarketNode:
         sale = market.sale_of(status, topic, self.account_pk, now)
         if sale is not None:
             if self.store.trade(sale.id) is None and self.store.add_sale(sale):  # not our own CTP
+                self._recorded.add(topic)  # its end may come before housekeeping follows it (after an outage)
                 log.info("%s: trade %s held naming us (%s)", self.id.meter, sale.id.hex(), sale.role)
                 self.dirty.set()
         elif self.store.update_sale(status.ctp, lambda s: market.on_sale_status(s, status, now)) is not None:

@@ -238,3 +238,13 @@ def test_an_ask_needs_a_registered_source(meter):
         orders.new_ask(store, identity.account_key(), identity.meter, "", 3, 2, 10, wall_ms())
     row = orders.new_ask(store, identity.account_key(), identity.meter, "solar", 3, 2, 10, wall_ms())
     assert row.id == hashlib.sha256(row.msg).digest()[:16]
+
+
+def test_an_order_is_watched_until_the_ledger_ended_it_however_late():
+    """An answer after the fills' expiry (a broker outage across the gate) still ends it."""
+    late = market.fill_exp(K, IMS, 1) + 1
+    for state in (SENT, OrderState.SEALED, OrderState.OPEN):
+        assert market.watched(order(state), late, IMS, 1), state
+    for state in (OrderState.FILLED, OrderState.UNFILLED, "rejected"):
+        assert not market.watched(order(state), late, IMS, 1), state
+    assert market.watched(order(OrderState.FILLED), late - 1, IMS, 1)
