@@ -1,4 +1,4 @@
-"""bench/protocol.py runs and prints its ratio; speed itself is never asserted in the suite."""
+"""The benches run briefly and print their figures consistently; speed itself is never asserted in the suite."""
 
 from __future__ import annotations
 
@@ -82,8 +82,8 @@ def test_saturation_bench_prints_settled_rates_and_ratios_against_the_verify_bou
     assert re.search(r"^core: \d+ us per settled trade \(100 trades, 25 per block\)", out, re.M), out
 
 
-def test_meter_bench_prints_cpu_per_hour_and_peak_rss_against_the_budget():
-    out = run_bench("bench/meter.py", "--seconds", "2", "--warmup", "1")
+def test_meter_bench_prints_cpu_per_hour_and_peak_rss_against_the_budget_alone_and_with_the_agent():
+    out = run_bench("bench/meter.py", "--seconds", "2", "--warmup", "1", "--interval-s", "5")
     assert re.search(
         r"^start-up CPU \(until online\)\s+[\d.]+ s\s+a bare python importing the same modules: "
         r"[\d.]+ s$",
@@ -98,6 +98,26 @@ def test_meter_bench_prints_cpu_per_hour_and_peak_rss_against_the_budget():
     rss_ratio = float(re.search(r"^rss ([\d.]+) of budget  \(< 60 MB", out, re.M).group(1))
     assert abs(cpu_ratio - float(steady.group(1)) / 72) < 0.01 and abs(rss_ratio - float(rss.group(1)) / 60) < 0.01
     assert float(rss.group(1)) > 0
+
+    # The agent's phase: its first order ends the warm-up, so at least one was placed, a bid
+    # (the measured meter imports), and the ledger refused none.
+    placed = re.search(r"^  in all, since it started\s+(\d+)\s+bid (\d+), (\d+) Wh; (.*)$", out, re.M)
+    in_window = re.search(r"^agent orders placed in the window\s+(\d+)\s+", out, re.M)
+    assert placed and in_window, out
+    assert int(placed.group(1)) == int(placed.group(2)) >= 1 and int(placed.group(3)) > 0, out
+    assert int(in_window.group(1)) < int(placed.group(1)) and "rejected" not in placed.group(4), out
+    assert re.search(r"^ +no market +agent +agent-no +bound +budget$", out, re.M), out
+    cpu = re.search(r"^steady CPU \(s/h\)\s+([\d.]+)\s+([\d.]+)\s+([+-][\d.]+)\s+[\d.]+\s+72\.0$", out, re.M)
+    peak = re.search(r"^peak RSS \(VmHWM, MB\)\s+([\d.]+)\s+([\d.]+)\s+([+-][\d.]+)\s+[\d.]+\s+60\.0$", out, re.M)
+    assert cpu and peak, out
+    for row, alone in ((cpu, steady), (peak, rss)):  # the first column is the no-market phase's
+        assert (
+            row.group(1) == alone.group(1)
+            and abs(float(row.group(3)) - (float(row.group(2)) - float(row.group(1)))) <= 0.2
+        )
+    agent_cpu = float(re.search(r"^cpu with the agent ([\d.]+) of budget  \(< 72 CPU s", out, re.M).group(1))
+    agent_rss = float(re.search(r"^rss with the agent ([\d.]+) of budget  \(< 60 MB", out, re.M).group(1))
+    assert abs(agent_cpu - float(cpu.group(2)) / 72) < 0.01 and abs(agent_rss - float(peak.group(2)) / 60) < 0.01
 
 
 def test_consensus_bench_prints_four_validators_beside_one_with_the_targets_and_the_checks():
