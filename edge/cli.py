@@ -22,7 +22,7 @@ from broker.client import TlsFiles
 from broker.clock import wall_ms
 from edge import orders, policy, tx
 from edge.config import CONFIG_NAME, IDENTITY_NAME, MeterConfig
-from edge.display_drivers import DISPLAYS, Painter, SessionLed, open_display
+from edge.display_drivers import DISPLAYS, Painter, SessionLed, open_display, open_input
 from edge.energy import WMS_PER_WH
 from edge.meter import MeterNode
 from edge.sampling import PowerProfile
@@ -120,12 +120,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         led=SessionLed(config.led_pin),
         tls=TlsFiles.in_dir(args.state_dir) if tls else None,
     )
+    screen_input = open_input(painter.driver, painter.on_event, keys_fd(args.display_out, sys.stdin))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    node.run(stop)
+    try:
+        node.run(stop)
+    finally:
+        if screen_input is not None:
+            screen_input.close()  # the terminal back as it was
     lock.close()
     return 0
+
+
+def keys_fd(display_out: Path | None, stdin: IO | None) -> int | None:
+    """The terminal the screens' keys are read from: stdin, if it is a terminal and the frames
+    are drawn on it too. Never a terminal the frames do not go to: the demo runs six meters in
+    the background with the user's terminal as their stdin, and none may read its keys or put
+    it in cbreak mode."""
+    return stdin.fileno() if display_out is None and stdin is not None and stdin.isatty() else None
 
 
 def cmd_ctp(args: argparse.Namespace) -> int:

@@ -105,7 +105,7 @@ def _phase(view: View, full_w: int) -> list[Pixel]:
     if view.phase == CtpState.REFUNDED:
         return [AMBER] * SIDE * SIDE
     if view.phase == CtpState.REJECTED:
-        return _letter(view.reason[:1].upper())
+        return glyph(view.reason[:1].upper(), WHITE, RED)
     return _idle(view.power_w, full_w)
 
 
@@ -140,12 +140,13 @@ def _sold(exported_wh: int, sold_wh: int) -> list[Pixel]:
     return [DIM_YELLOW] * (full - lit) + [YELLOW] * lit
 
 
-def _letter(ch: str) -> list[Pixel]:
-    pixels = [RED] * SIDE * SIDE
+def glyph(ch: str, ink: Pixel, background: Pixel) -> list[Pixel]:
+    """The letter `ch` (FONT, "?" for one it lacks) in `ink` on a matrix of `background`."""
+    pixels = [background] * SIDE * SIDE
     for y, bits in enumerate(FONT.get(ch, FONT["?"])):
         for x in range(5):
             if bits >> (4 - x) & 1:
-                pixels[(GLYPH_TOP + y) * SIDE + GLYPH_LEFT + x] = WHITE
+                pixels[(GLYPH_TOP + y) * SIDE + GLYPH_LEFT + x] = ink
     return pixels
 
 

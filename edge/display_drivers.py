@@ -14,10 +14,12 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import NamedTuple, Protocol, TextIO
 
 from broker.clock import wall_ms
-from edge.display import SIDE, Frame, View, dim, render
+from edge.display import SIDE, Frame, View, dim
+from edge.display_input import JoystickInput, ScreenSelector, TerminalKeys
+from edge.display_screens import Market, Scales, render_screen
 
 log = logging.getLogger("spb.meter")
 
@@ -143,28 +145,75 @@ def open_display(name: str, out: TextIO | Path | None = None) -> Driver:
         return NoDisplay()
 
 
+class Shown(NamedTuple):
+    """What the painter is asked to draw: everything display_screens.render_screen takes but the
+    screen (the selector's) and the time (the painter's)."""
+
+    view: View
+    low_light: bool
+    market: Market
+    scales: Scales
+
+
+NO_MARKET = Market()  # a meter without market activity: the NOW screen is edge.display's frame
+DEFAULT_SCALES = Scales()
+
+
+class ScreenInput(Protocol):
+    def close(self) -> None: ...
+
+
+def open_input(driver: Driver, on_event: Callable[[str], None], keys_fd: int | None) -> ScreenInput | None:
+    """What moves the screens for `driver`: a Sense HAT's (or sense_emu's) joystick; for the
+    terminal, the keys read from keys_fd (the caller passes its stdin only when the frames are
+    drawn to that same terminal, so meters run in the background, as the demo runs six, never
+    read or reconfigure a terminal they do not own); else None, the NOW screen stays.
+
+    A joystick that cannot be opened costs a warning, like a display that cannot."""
+    if isinstance(driver, SenseHatDisplay):
+        try:
+            return JoystickInput(driver.hat, on_event)
+        except Exception as exc:  # no evdev joystick device, whatever the library raises
+            log.warning("joystick unavailable, the screens stay on NOW: %s: %s", type(exc).__name__, exc)
+            return None
+    if isinstance(driver, TerminalDisplay) and keys_fd is not None:
+        return TerminalKeys(keys_fd, on_event)
+    return None
+
+
 class Painter:
     """Owns a driver on a daemon thread, so a slow or stuck display never delays the caller
-    (the meter's 10 Hz sampling loop): show() only hands over the latest view.
+    (the meter's 10 Hz sampling loop): show() only hands over the latest view and market.
 
-    The thread renders with the clock, draws only what changed and, while offline, wakes every
-    BLINK_POLL_S so the blink animates. A failing driver is logged (once until it recovers).
+    The thread renders the selected screen (display_screens) with the clock, draws only what
+    changed and, while offline, wakes every BLINK_POLL_S so the blink animates. on_event (the
+    joystick's or the keys' thread) moves the selector and wakes it at once. A failing driver
+    is logged (once until it recovers).
     """
 
     def __init__(self, driver: Driver):
         self.driver = driver
+        self.selector = ScreenSelector()
         self._cond = threading.Condition()
-        self._latest: tuple[View, bool] | None = None
+        self._latest: Shown | None = None
         self._fresh = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="display", daemon=True)
         self._thread.start()
 
-    def show(self, view: View, low_light: bool) -> None:
+    def show(self, view: View, low_light: bool, market: Market = NO_MARKET, scales: Scales = DEFAULT_SCALES) -> None:
+        shown = Shown(view, low_light, market, scales)
         with self._cond:
-            if (view, low_light) != self._latest:
-                self._latest, self._fresh = (view, low_light), True
+            if shown != self._latest:
+                self._latest, self._fresh = shown, True
                 self._cond.notify()
+
+    def on_event(self, event: str) -> None:
+        """A joystick move or key (display_screens.NEXT, PREV, HOME): the next screen, drawn now."""
+        self.selector.on_event(event)
+        with self._cond:
+            self._fresh = True
+            self._cond.notify()
 
     def close(self, timeout_s: float = 2.0) -> None:
         with self._cond:
@@ -179,18 +228,19 @@ class Painter:
             log.exception("display driver failed to close")
 
     def _run(self) -> None:
-        latest: tuple[View, bool] | None = None
+        latest: Shown | None = None
         drawn, failing = None, False
         while True:
             with self._cond:
-                blinking = latest is not None and not latest[0].online
+                blinking = latest is not None and not latest.view.online
                 self._cond.wait_for(lambda: self._fresh or self._closed, BLINK_POLL_S if blinking else None)
                 if self._closed:
                     return
                 latest, self._fresh = self._latest, False
-            assert latest is not None, "woken by show() or, blinking, with a view shown already"
-            view, low_light = latest
-            frame = render(view, wall_ms())
+            if latest is None:
+                continue  # a screen chosen before the meter showed anything: drawn with the first view
+            view, low_light, market, scales = latest
+            frame = render_screen(self.selector.screen, market, view, wall_ms(), scales)
             if (frame, low_light) == drawn:
                 continue
             try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.display import BLACK, BLUE, DIM_YELLOW, GREEN, RED, SIDE, WHITE, YELLOW, Frame, Pixel, View, render
+from edge.display import BLACK, BLUE, DIM_YELLOW, GREEN, RED, SIDE, WHITE, YELLOW, Frame, Pixel, View, glyph, render
 
 NOW, TODAY, BALANCE, GREEN_SHARE = "now", "today", "balance", "green"
 SCREENS = (NOW, TODAY, BALANCE, GREEN_SHARE)  # the joystick's cycle, in order
@@ -28,6 +28,7 @@ BOUGHT, SOLD = "bought", "sold"  # a fill's side
 LIT_PIXEL = SIDE - 1  # the top-right pixel: on whenever an order or trade is open
 OPEN: Pixel = WHITE
 GREY: Pixel = (24, 24, 24)  # a bar's unlit rest: the scale is visible in the dark
+UNKNOWN: Pixel = (96, 96, 96)  # the '?' of a balance the meter does not know: dim, and steady
 BUY_COLOUR, SELL_COLOUR = BLUE, YELLOW  # import blue, export yellow, as in idle's bar
 PRICE_ROW = SIDE - 1
 
@@ -39,7 +40,8 @@ class Market:
     order_side: ASK, BID or "" (no open order), at order_price units per Wh. fill_side:
     BOUGHT, SOLD or "" (no fill to show), fill_wh at the clearing price fill_price, fill_green
     whether it came from a renewable seller. The day so far: bought_wh / sold_wh, green_wh of
-    the bought Wh renewable, and the account's balance. open: an order or trade is open.
+    the bought Wh renewable, and the account's balance, None while the meter does not know it.
+    open: an order or trade is open.
     """
 
     order_side: str = ""
@@ -51,7 +53,7 @@ class Market:
     bought_wh: int = 0
     sold_wh: int = 0
     green_wh: int = 0
-    balance: int = 0
+    balance: int | None = 0
     open: bool = False
 
 
@@ -85,7 +87,7 @@ def render_screen(screen: str, market: Market, view: View, now_ms: int, scales: 
     if screen == TODAY:
         pixels = _today(market, scales)
     elif screen == BALANCE:
-        pixels = _bar(market.balance, scales.full_balance, SIDE * SIDE, WHITE)
+        pixels = _balance(market.balance, scales)
     elif screen == GREEN_SHARE:
         pixels = _green_share(market)
     else:
@@ -138,6 +140,15 @@ def _today(market: Market, scales: Scales) -> list[Pixel]:
     half = SIDE * SIDE // 2
     sold = _bar(market.sold_wh, scales.full_day_wh, half, YELLOW)
     return _bar(market.bought_wh, scales.full_day_wh, half, BUY_COLOUR) + [DIM_YELLOW if p == GREY else p for p in sold]
+
+
+def _balance(balance: int | None, scales: Scales) -> list[Pixel]:
+    """The balance as a white bar over the whole matrix; unknown (None), a dim '?' on the grey
+    rest, never an empty bar that would read as a balance of 0. Steady, not blinking: a blink
+    is the offline signal."""
+    if balance is None:
+        return glyph("?", UNKNOWN, GREY)
+    return _bar(balance, scales.full_balance, SIDE * SIDE, WHITE)
 
 
 def _green_share(market: Market) -> list[Pixel]:

@@ -18,10 +18,11 @@ import time
 
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
-from edge import FIRMWARE_VERSION, coe, export, keyring, trades, tx
+from edge import FIRMWARE_VERSION, coe, export, keyring, market_screen, policy, trades, tx
 from edge.agent_node import AgentNode
 from edge.config import MeterConfig
 from edge.display import IDLE, View, is_night
+from edge.display_screens import Market, Scales
 from edge.energy import WMS_PER_WH
 from edge.market_node import MarketNode
 from edge.outbox import OutboxPump
@@ -95,6 +96,9 @@ class MeterNode:
         self.interval_ms = config.interval_s * 1000
         self._export_due: int | None = None  # when the accounted interval ends (export.next_end)
         self._exports: dict[bytes, int] = {}  # hash of an export record -> its interval
+        self.screen_market = Market(balance=None)  # what the market screens show, made in housekeeping
+        self.scales: Scales = Scales(full_w=config.import_full_w)
+        self._market_made_of: tuple | None = None  # (interval, orders, sales, balance) screen_market is of
         self.bus.on_connect.append(self._announce)
         handlers = {
             topics.every_meter("birth"): self._on_birth,
@@ -199,8 +203,9 @@ class MeterNode:
         self._watch()
         self._resend_exports(now)
         self._keep_keys(now)
+        self._make_screen_market(now)
         if self.led is not None:
-            self.led.set(any(r.state in trades.OPEN for r in self.rows))
+            self.led.set(any(r.state in trades.OPEN for r in self.rows) or self.screen_market.open)
 
     def _step(self, row: TradeRow, now: int) -> bool:
         """Take the trade's next step, if it has one; whether it did."""
@@ -273,11 +278,37 @@ class MeterNode:
         self._asked = (waiting.id, now)
         log.info("%s asks %s for a CoE of batch #%d", self.id.meter, witness, waiting.id)
 
+    def _make_screen_market(self, now: int) -> None:
+        """The market screens' record (edge.market_screen), made again only when what it is made
+        of changed: the interval, the market's rows as its housekeeping just read them, the
+        balance. So the day's orders are read from SQLite a few times an interval, not every
+        second, and never on the 10 Hz frame path (_show hands over what is made here). The
+        scales follow the policy, read again at each new interval as the agent reads it."""
+        k = now // self.interval_ms
+        made_of = (k, self.market.orders, self.market.sales, self.market.balance())
+        if made_of == self._market_made_of:
+            return
+        if self._market_made_of is None or self._market_made_of[0] != k:
+            self.scales = market_screen.scales(self.config.import_full_w, self.config.interval_s, self._policy())
+        self._market_made_of = made_of
+        orders = self.store.orders_from(market_screen.first_interval(now, self.interval_ms))
+        self.screen_market = market_screen.market_record(
+            orders, self.market.sales, now, self.interval_ms, made_of[3], self.config.source
+        )
+
+    def _policy(self) -> policy.Policy:
+        """The household's policy for the scales; a bad one (the agent logs it) keeps the defaults."""
+        try:
+            return policy.load(self.agent.policy_path)
+        except (ValueError, OSError):
+            return policy.Policy()
+
     def _show(self, now: int) -> None:
         if self.painter is None:
             return
         hour = time.localtime(now // 1000).tm_hour
-        self.painter.show(self.view(now), is_night(hour, self.config.night_start, self.config.night_end))
+        night = is_night(hour, self.config.night_start, self.config.night_end)
+        self.painter.show(self.view(now), night, self.screen_market, self.scales)
 
     def view(self, now: int) -> View:
         """A trade's outcome or progress first, then a sale to deliver, else idle."""

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge.display import ALIVE, BLACK, BLUE, DIM_YELLOW, GREEN, RED, WHITE, YELLOW, Frame, View, render
+from edge.display import BLACK, BLUE, GREEN, RED, WHITE, Frame, View, render
 from edge.display_drivers import RecordingDisplay
 from edge.display_input import JoystickInput, ScreenSelector, TerminalKeys
 from edge.display_screens import (
@@ -31,18 +31,10 @@ from edge.display_screens import (
     next_screen,
     render_screen,
 )
-from tests.support.screens import WatchedSelector
+from tests.support.screens import WatchedSelector, frame_of
 
 WAIT_S = 5.0  # generous: only a broken adapter ever waits this long
 ONLINE = View(online=True, phase="idle")
-COLOURS = {".": BLACK, "-": GREY, "B": BLUE, "Y": YELLOW, "y": DIM_YELLOW, "G": GREEN, "W": WHITE, "R": RED}
-COLOURS |= {"a": ALIVE}
-
-
-def frame_of(*rows: str) -> Frame:
-    """Eight rows of eight legend characters (COLOURS) as a frame, so an expectation reads like the matrix."""
-    assert len(rows) == 8 and all(len(r) == 8 for r in rows), rows
-    return tuple(COLOURS[ch] for row in rows for ch in row)
 
 
 def shown(screen: str, market: Market, view: View = ONLINE, now_ms: int = 0) -> Frame:

@@ -19,9 +19,10 @@ import struct
 import pytest
 
 from edge.display import View
-from edge.display_drivers import EmuDisplay
+from edge.display_drivers import EmuDisplay, Painter, open_input
 from edge.display_input import JoystickInput
-from edge.display_screens import BALANCE, NEXT, PREV, SCREENS, TODAY, Market, render_screen
+from edge.display_screens import BALANCE, NEXT, NOW, PREV, SCREENS, TODAY, Market, render_screen
+from tests.support.bus import wait_for
 from tests.support.screens import WatchedSelector
 
 sense_emu = pytest.importorskip(
@@ -60,12 +61,16 @@ def rgb565(frame) -> list[list[int]]:
     return [[r & 0xF8, g & 0xFC, b & 0xF8] for r, g, b in frame]
 
 
-# sense_emu 1.2.1 reads its font with Pillow's getdata, deprecated in Pillow 12: its warning, not ours.
-@pytest.mark.filterwarnings("ignore:Image.Image.getdata is deprecated:DeprecationWarning")
-# SenseHat() opens its sensor registers and has no close: the files go when it is collected.
-@pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in.*emu-(imu|pressure|humidity):pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = [
+    # sense_emu 1.2.1 reads its font with Pillow's getdata, deprecated in Pillow 12: its warning, not ours.
+    pytest.mark.filterwarnings("ignore:Image.Image.getdata is deprecated:DeprecationWarning"),
+    # SenseHat() opens its sensor registers and has no close: the files go when it is collected.
+    pytest.mark.filterwarnings(
+        r"ignore:Exception ignored in.*emu-(imu|pressure|humidity):pytest.PytestUnraisableExceptionWarning"
+    ),
+]
+
+
 def test_screens_and_joystick_through_sense_emus_real_api(emulator):
     hat = sense_emu.SenseHat()
     display = EmuDisplay(hat)
@@ -90,3 +95,33 @@ def test_screens_and_joystick_through_sense_emus_real_api(emulator):
         display.close()  # not hat.stick.close(): see JoystickInput.close
         del hat, display
         gc.collect()  # here, under this test's filters, not in whichever test runs next
+
+
+def wait_shown(hat, pixels: list[list[int]], what: str) -> None:
+    """Until the emulator's screen holds `pixels` (the painter draws on a thread of its own)."""
+    wait_for(lambda: hat.get_pixels() == pixels, WAIT_S, lambda: f"{what} on the emulator: {hat.get_pixels()}")
+
+
+def test_the_meters_painter_draws_on_sense_emu_and_its_joystick_moves_the_screen(emulator):
+    """As `spb-meter run --display emu` wires them: the painter's driver, and open_input's joystick
+    calling the painter, which draws the next screen at once."""
+    hat = sense_emu.SenseHat()
+    painter = Painter(EmuDisplay(hat))
+    joystick = open_input(painter.driver, painter.on_event, None)
+    market = Market(order_side="bid", order_price=60, sold_wh=5000, balance=None, open=True)
+    try:
+        assert isinstance(joystick, JoystickInput)
+        painter.show(ONLINE, False, market)
+        now = rgb565(render_screen(NOW, market, ONLINE, 0))
+        wait_shown(hat, now, "NOW")
+        hello, client = emulator.recvfrom(64)
+        assert hello == b"hello"
+        emulator.sendto(struct.pack("llHHI", 0, 0, EV_KEY, KEY_RIGHT, PRESS), client)
+        today = rgb565(render_screen(TODAY, market, ONLINE, 0))
+        wait_shown(hat, today, "TODAY")
+    finally:
+        if joystick is not None:
+            joystick.close()
+        painter.close()
+        del hat, painter
+        gc.collect()

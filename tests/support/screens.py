@@ -1,11 +1,23 @@
-"""A screen selector that also records its events, for tests that wait on input arriving on another
-thread (a pipe's keys, sense_emu's joystick) instead of sleeping."""
+"""Helpers of the screens' tests: frames written like the matrix, and a screen selector that also
+records its events, for tests that wait on input arriving on another thread (a pipe's keys,
+sense_emu's joystick) instead of sleeping."""
 
 from __future__ import annotations
 
 import threading
 
+from edge.display import ALIVE, BLACK, BLUE, DIM_YELLOW, GREEN, RED, WHITE, YELLOW, Frame
 from edge.display_input import ScreenSelector
+from edge.display_screens import GREY, UNKNOWN
+
+COLOURS = {".": BLACK, "-": GREY, "B": BLUE, "Y": YELLOW, "y": DIM_YELLOW, "G": GREEN, "W": WHITE, "R": RED}
+COLOURS |= {"a": ALIVE, "?": UNKNOWN}
+
+
+def frame_of(*rows: str) -> Frame:
+    """Eight rows of eight legend characters (COLOURS) as a frame, so an expectation reads like the matrix."""
+    assert len(rows) == 8 and all(len(r) == 8 for r in rows), rows
+    return tuple(COLOURS[ch] for row in rows for ch in row)
 
 
 class WatchedSelector:
