@@ -30,7 +30,7 @@ mosquitto:
 	else echo "make test needs Mosquitto: run 'sudo apt-get install mosquitto'"; exit 1; fi
 
 demo: venv
-	$(BIN)/spb-deploy demo
+	$(BIN)/spb-deploy demo --day
 
 test: venv mosquitto
 	$(BIN)/python -m pytest -q

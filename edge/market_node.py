@@ -153,10 +153,6 @@ class MarketNode:
     def view(self, online: bool, power_w: int) -> View | None:
         return market.sale_view(self.sales, self.sale_progress, online, power_w)
 
-    def balance(self) -> int | None:
-        """The account's balance as the ledger last said, None while unknown (the BALANCE screen's '?')."""
-        return None  # until the meter stores the ledger's retained account-balance status
-
     # ---- paho's thread -------------------------------------------------------------------
 
     def on_reject(self, kind: str, order_id: bytes, reason: str, now: int) -> None:
