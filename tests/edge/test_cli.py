@@ -22,7 +22,7 @@ from wire.messages import open_message
         ["--reading-s", "-1"],
         ["--reading-s", "nan"],
         ["--fake-w", "1.5"],
-        ["--fake-w", "2000000"],
+        ["--fake-w", "200000000"],
         ["--broker", "nohost"],
     ],
 )
