@@ -107,3 +107,37 @@ def test_a_rerun_judges_itself_only_on_live_messages(tmp_path):
         first_seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", first.stdout, re.M)]
         second_seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", second.stdout, re.M)]
         assert min(second_seqs) > max(first_seqs), report
+
+
+def test_a_streets_day_trades_on_its_own_and_reports_the_table_and_the_plot(tmp_path):
+    """`demo --day` (make demo's default), shortened to 12 intervals: six meters place every
+    order themselves, the intervals clear, every fill ends settled or refunded as the energy
+    allowed, the audits pass, and the day ends as a table per household and a PNG plot."""
+    community = tmp_path / "street"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "deploy.cli", "demo", "--day", "--headless", "--dir", str(community),
+            "--intervals", "12", "--seconds", "240",
+        ],
+        cwd=REPO,
+        env={**child_env(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )  # fmt: skip
+    out = result.stdout
+    report = f"exit {result.returncode}\nstdout:\n{out}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, report
+    assert "demo ok" in out and "The street's day, per household" in out, report
+    assert len(re.findall(r"agent: (ask|bid) \d+ Wh", out)) >= 12, report  # nobody typed an order
+    assert re.search(r"\d\d:\d\d  #\d+  cleared: ", out), report
+    fills = re.search(
+        r"market: (\d+) fills in the day: (\d+) settled, (\d+) refunded \((\d+) late\), (\d+) unfinished", out
+    )
+    assert fills, report
+    total, settled, refunded, late, unfinished = map(int, fills.groups())
+    assert settled >= 1 and settled + refunded == total and late == unfinished == 0, report
+    for meter in ("m0001", "m0002", "m0003", "m0004", "m0005", "m0006"):
+        assert re.search(rf"│ {meter} ", out), report
+    assert (community / "day.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), report
+    assert "audit ok on 4 validator(s)" in out, report
