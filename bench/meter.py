@@ -91,6 +91,11 @@ def thread_ns(pid: int) -> dict[int, int]:
     return out
 
 
+def snapshot(pid: int) -> tuple[float, dict[int, int], int, float, int]:
+    """What a window's start and end read: CPU s, per-thread ns, RSS now, monotonic s, wall ms."""
+    return cpu_s(pid), thread_ns(pid), status_bytes(pid, "VmRSS"), time.monotonic(), wall_ms()
+
+
 def status_bytes(pid: int, key: str = "VmHWM") -> int:
     """VmHWM (peak RSS) or VmRSS (RSS now) in bytes."""
     with open(f"/proc/{pid}/status") as f:
@@ -208,23 +213,11 @@ def phase(root: Path, args: argparse.Namespace, market: bool) -> tuple[Run, list
             measured.wait_for(PLACED, 4 * args.interval_s + 30, "order placed by its agent")
         for child in children:
             child.check_alive()
-        cpu0, threads0, rss0, t0, w0 = (
-            cpu_s(pid),
-            thread_ns(pid),
-            status_bytes(pid, "VmRSS"),
-            time.monotonic(),
-            wall_ms(),
-        )
+        cpu0, threads0, rss0, t0, w0 = snapshot(pid)
         time.sleep(args.seconds)
         for child in children:
             child.check_alive()
-        cpu1, threads1, rss1, t1, w1 = (
-            cpu_s(pid),
-            thread_ns(pid),
-            status_bytes(pid, "VmRSS"),
-            time.monotonic(),
-            wall_ms(),
-        )
+        cpu1, threads1, rss1, t1, w1 = snapshot(pid)
         rss, log = status_bytes(pid), measured.text()
         if not broker.running():
             raise Bench(f"mosquitto died: {broker.exit_report()}")

@@ -36,11 +36,11 @@ from rich.text import Text
 
 from broker.client import BusClient
 from broker.clock import wall_ms
-from broker.runtime import free_port, wait_or_kill
+from broker.runtime import free_port
 from deploy import day_ledger, day_street
 from deploy.day_report import day_table, write_plot
 from deploy.provision import Community, community_genesis, provision
-from deploy.runs import audit_validators, start_community_broker
+from deploy.runs import audit_validators, start_community_broker, stop_all
 from edge import policy
 from edge.config import CONFIG_NAME
 from edge.peers import PeerTable
@@ -236,13 +236,7 @@ def _run_street(args, community: Community, url: str, start: int, n: int, interv
             with Live(get_renderable=lambda: _panel(root), refresh_per_second=4, transient=False):
                 wait()
     finally:
-        for proc, _ in procs:
-            proc.send_signal(signal.SIGTERM)
-        codes = []
-        for proc, reader in procs:
-            wait_or_kill(proc, 15)
-            codes.append(proc.returncode)
-            reader.join(timeout=5)
+        codes = stop_all(procs)
     return codes
 
 

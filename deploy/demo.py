@@ -32,11 +32,11 @@ from rich.text import Text
 
 from broker.client import BusClient
 from broker.clock import wall_ms
-from broker.runtime import free_port, wait_or_kill
+from broker.runtime import free_port
 from deploy.day import add_day_arguments, run_day
 from deploy.market import LedgerWatch, MarketOrder, MarketOutcome, Outcome, describe, market, orders, session, trade
 from deploy.provision import Community, community_genesis, provision
-from deploy.runs import audit_validators, start_community_broker
+from deploy.runs import audit_validators, start_community_broker, stop_all
 from edge.peers import PeerTable
 from ledger.genesis import write_genesis
 from ledger.store import LedgerStore
@@ -308,13 +308,7 @@ def _run_community(
         threading.Thread(target=session, args=(direct, on_market, done), daemon=True).start()
         _watch_until(args, community, done, stop)
     finally:
-        for proc, _ in procs:
-            proc.send_signal(signal.SIGTERM)
-        codes = []
-        for proc, reader in procs:
-            wait_or_kill(proc, 15)
-            codes.append(proc.returncode)
-            reader.join(timeout=5)
+        codes = stop_all(procs)
     return codes
 
 

@@ -1,10 +1,13 @@
-"""What both of `spb-deploy demo`'s runs need around their processes: the broker and the audit."""
+"""What both of `spb-deploy demo`'s runs need around their processes: the broker, stopping, the audit."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import threading
 from pathlib import Path
 
-from broker.runtime import Broker, find_mosquitto, free_port, start_broker
+from broker.runtime import Broker, find_mosquitto, free_port, start_broker, wait_or_kill
 from broker.secure import start_secure
 from ledger.audit import AuditFailure, audit
 from ledger.store import LedgerStore
@@ -41,3 +44,16 @@ def audit_validators(root: Path, validators: int) -> str:
     if len(heads) != 1:
         return f"failed: the validators' heads differ: {sorted(h[0] for h in heads)}"
     return f"ok on {validators} validator(s), one head: height {report.height}, {report.trades} trades"
+
+
+def stop_all(procs: list[tuple[subprocess.Popen, threading.Thread]]) -> list[int]:
+    """SIGTERM every process at once (meters go offline cleanly), then wait for each (killed
+    after 15 s) and its log reader: their exit codes, in order."""
+    for proc, _ in procs:
+        proc.send_signal(signal.SIGTERM)
+    codes = []
+    for proc, reader in procs:
+        wait_or_kill(proc, 15)
+        codes.append(proc.returncode)
+        reader.join(timeout=5)
+    return codes
