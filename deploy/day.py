@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -208,11 +209,12 @@ def _run_street(args, community: Community, url: str, start: int, n: int, interv
     root = community.root
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
-    procs: list[tuple[subprocess.Popen, threading.Thread]] = []
+    validators: list[tuple[subprocess.Popen, threading.Thread]] = []
+    meters: list[tuple[subprocess.Popen, threading.Thread]] = []
     interval_s = interval_ms // 1000
     try:
         for i in range(len(community.validators)):
-            procs.append(
+            validators.append(
                 _start(["ledger.cli", "run", str(root), "--broker", url, "--validator", str(i)], f"v{i}", logs, console)
             )
         for home in day_street.STREET:
@@ -222,7 +224,7 @@ def _run_street(args, community: Community, url: str, start: int, n: int, interv
                 "--fake-start-ms", str(start), "--reading-s", "1", "--resend-s", "2",
                 "--display", "terminal", "--display-out", str(root / "meters" / home.meter / "display.ans"),
             ]  # fmt: skip
-            procs.append(_start(command, home.meter, logs, console))
+            meters.append(_start(command, home.meter, logs, console))
         end = start + (n + SETTLE_INTERVALS) * interval_ms
         deadline = wall_ms() + int(args.seconds * 1000)
 
@@ -236,8 +238,37 @@ def _run_street(args, community: Community, url: str, start: int, n: int, interv
             with Live(get_renderable=lambda: _panel(root), refresh_per_second=4, transient=False):
                 wait()
     finally:
-        codes = stop_all(procs)
+        # The meters first: the validators then decide what is still in flight (a last export
+        # record, an ERC) and reach one head before they stop, instead of one block apart.
+        codes = stop_all(meters)
+        settle(community.root, len(validators))
+        codes = stop_all(validators) + codes
     return codes
+
+
+def settle(root: Path, validators: int, timeout_s: float = 15.0) -> None:
+    """Wait until every validator's database has the same head for half a second (nothing more
+    is coming once the meters stopped), at most timeout_s; the audit says if they never did."""
+    deadline, agreed_since = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        heads: set[tuple[int, bytes, bytes] | None] = set()
+        for i in range(validators):
+            try:
+                identity = ValidatorIdentity.load(root, i, with_key=False)
+                store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
+                try:
+                    heads.add(store.head())
+                finally:
+                    store.close()
+            except Exception:  # a database being written: look again
+                heads.add(None)
+        if len(heads) == 1 and None not in heads:
+            agreed_since = agreed_since or time.monotonic()
+            if time.monotonic() - agreed_since >= 0.5:
+                return
+        else:
+            agreed_since = None
+        time.sleep(0.1)
 
 
 def _start(module_args: list[str], name: str, logs: Path, console: Console):
