@@ -46,10 +46,11 @@ from edge import policy
 from edge.config import CONFIG_NAME
 from edge.peers import PeerTable
 from ledger.genesis import write_genesis
+from ledger.market_audit import oversold_tokens
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from wire import topics
-from wire.messages import Cleared, Erc, open_message
+from wire.messages import Cleared, CtpState, Erc, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -60,14 +61,14 @@ SETTLE_INTERVALS = 3  # after the day: the last fills' delivery, grace and expir
 @dataclass
 class StreetWatch:
     """What the street publishes, verified: every meter's readings (for its import over the
-    day) and each interval's clearing result, printed as it comes."""
+    day; its export is in the ledger's records) and each interval's clearing result, printed
+    as it comes."""
 
     console: Console
     peers: PeerTable
     verifier: Verifier
     labels: dict[int, str]
     readings: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # meter -> (t, Wh in)
-    exported: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # meter -> (t, Wh out)
     offline: set[str] = field(default_factory=set)
     confirmed: set[bytes] = field(default_factory=set)  # trades an ERC was sent for
     rejects: int = 0
@@ -90,7 +91,6 @@ class StreetWatch:
                 elif leaf == "reading" and not retained:
                     r = self.peers.on_reading(meter, payload, now)
                     self.readings.setdefault(meter, []).append((r.t, r.wh_in))
-                    self.exported.setdefault(meter, []).append((r.t, r.wh_out))
             except Reject as exc:
                 self.rejects += 1
                 self.console.print(f"[red]✗ {meter} {leaf} rejected: {exc.reason}[/] {exc.detail}")
@@ -310,13 +310,15 @@ def _report(
         state = store.load()
     finally:
         store.close()
+    market = state.market
+    assert market is not None, "the street's genesis has a market"
     end = start + len(ks) * interval_ms
     accounts = {m.id: bytes.fromhex(m.account_pk) for m in community.meters if m.account_pk}
     homes = [
         day_ledger.Home(
             h.meter, h.kind, accounts[h.meter],
             day_ledger.imported_between(watch.readings.get(h.meter, []), start, end) or 0,
-            day_ledger.imported_between(watch.exported.get(h.meter, []), start, end) or 0,
+            day_ledger.exported_in(market, h.meter, ks),
         )
         for h in day_street.STREET
     ]  # fmt: skip
@@ -331,9 +333,9 @@ def _report(
         assert doc is not None
         why = refund.why or "[red]the energy was there: the confirmation came too late[/]"
         console.print(f"refunded  #{doc.k} fill {doc.id.hex()[:12]}… {doc.wh} Wh: {why}")
-    unfinished, oversold = day_ledger.unfinished(state, ks), day_ledger.oversold(state)
+    unfinished, oversold = day_ledger.unfinished(state, ks), oversold_tokens(market)
     late = [r for r in refunds if not r.why]
-    settled = sum(r.state == "settled" for r in fills)
+    settled = sum(r.state == CtpState.SETTLED for r in fills)
     console.print(
         f"market: {len(fills)} fills in the day: {settled} settled, {len(refunds)} refunded "
         f"({len(late)} late), {len(unfinished)} unfinished; tokens oversold: {', '.join(oversold) or 'none'}; "

@@ -20,7 +20,8 @@ from wire.messages import RENEWABLE, Ask, CtpState
 
 @dataclass(frozen=True)
 class Home:
-    """A household as the report names it, and the Wh its meter measured over the day."""
+    """A household as the report names it, and the Wh its meter measured over the day
+    (import from its readings, export from its export records)."""
 
     meter: str
     kind: str
@@ -105,18 +106,6 @@ def unfinished(state: LedgerState, ks: range) -> list[CtpRecord]:
     return [r for r in day_fills(state, ks) if r.state not in (CtpState.SETTLED, CtpState.REFUNDED)]
 
 
-def oversold(state: LedgerState) -> list[str]:
-    """(k, source) where settled trades used more tokens than export minted: must be none
-    (the ledger asserts it at every commit; the demo checks the state it ended with)."""
-    market = state.market
-    assert market is not None
-    return [
-        f"#{k} {src}: sold {sold} > minted {minted}"
-        for (k, src), (minted, sold) in market.tokens.items()
-        if sold > minted
-    ]
-
-
 def refunds(state: LedgerState, ks: range, confirmed: Set[bytes]) -> list[Refund]:
     """Every refunded fill of the day with why the energy did not allow it: the seller's meter
     proved less export in k than its asks' fills took, or the buyer's meter never confirmed
@@ -144,6 +133,11 @@ def refunds(state: LedgerState, ks: range, confirmed: Set[bytes]) -> list[Refund
             why = ""
         out.append(Refund(r, why))
     return out
+
+
+def exported_in(market: MarketState, meter: str, ks: range) -> int:
+    """The Wh the meter proved exported in the intervals `ks`: its signed export records."""
+    return sum(record.wh for (m, k), record in market.exports.items() if m == meter and k in ks)
 
 
 def imported_between(readings: Sequence[tuple[int, int]], start: int, end: int) -> int | None:

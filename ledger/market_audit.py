@@ -70,10 +70,17 @@ def _delivery(market: MarketState) -> str | None:
     for record in market.exports.values():
         if not 0 <= record.used <= record.wh:
             return f"meter {record.meter} in {record.k}: {record.used} Wh used of {record.wh} proved"
-    for (k, source), (minted, sold) in market.tokens.items():
-        if sold > minted:
-            return f"interval {k}, {source}: {sold} Wh sold of {minted} minted"
-    return None
+    return next(iter(oversold_tokens(market)), None)
+
+
+def oversold_tokens(market: MarketState) -> list[str]:
+    """Every (interval, source) whose settled trades used more export than was proved: none,
+    on an honest chain (MarketState asserts it at each commit)."""
+    return [
+        f"interval {k}, {source}: {sold} Wh sold of {minted} minted"
+        for (k, source), (minted, sold) in market.tokens.items()
+        if sold > minted
+    ]
 
 
 def _tables(market: MarketState, store: LedgerStore) -> str | None:
