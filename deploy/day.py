@@ -41,14 +41,12 @@ from broker.runtime import free_port
 from deploy import day_ledger, day_street
 from deploy.day_report import day_table, write_plot
 from deploy.provision import Community, community_genesis, provision
-from deploy.runs import audit_validators, start_community_broker, stop_all
+from deploy.runs import audit_validators, start_community_broker, stop_all, validator_store
 from edge import policy
 from edge.config import CONFIG_NAME
 from edge.peers import PeerTable
 from ledger.genesis import write_genesis
 from ledger.market_audit import oversold_tokens
-from ledger.store import LedgerStore
-from ledger.validator import ValidatorIdentity
 from wire import topics
 from wire.messages import Cleared, CtpState, Erc, open_message
 from wire.reasons import Reject
@@ -254,12 +252,8 @@ def settle(root: Path, validators: int, timeout_s: float = 15.0) -> None:
         heads: set[tuple[int, bytes, bytes] | None] = set()
         for i in range(validators):
             try:
-                identity = ValidatorIdentity.load(root, i, with_key=False)
-                store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
-                try:
+                with validator_store(root, i) as store:
                     heads.add(store.head())
-                finally:
-                    store.close()
             except Exception:  # a database being written: look again
                 heads.add(None)
         if len(heads) == 1 and None not in heads:
@@ -304,12 +298,8 @@ def _panel(root: Path):
 def _report(
     args, console, community: Community, watch: StreetWatch, ks: range, start: int, interval_ms: int, codes, audited
 ) -> int:
-    identity = ValidatorIdentity.load(community.root, 0, with_key=False)
-    store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
-    try:
+    with validator_store(community.root, 0) as store:
         state = store.load()
-    finally:
-        store.close()
     market = state.market
     assert market is not None, "the street's genesis has a market"
     end = start + len(ks) * interval_ms

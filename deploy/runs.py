@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from broker.runtime import Broker, find_mosquitto, free_port, start_broker, wait_or_kill
@@ -27,16 +29,26 @@ def start_community_broker(root: Path, port: int, embedded: bool) -> tuple[Broke
     return broker, broker.url
 
 
+@contextmanager
+def validator_store(root: Path, i: int) -> Iterator[LedgerStore]:
+    """Validator i's database, read-only (also while it runs), closed after use."""
+    identity = ValidatorIdentity.load(root, i, with_key=False)
+    store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def audit_validators(root: Path, validators: int) -> str:
     """`spb-ledger audit` of every validator's database after the run, and whether their heads
     agree: 'ok ...' or why not."""
     heads = set()
     for i in range(validators):
         try:
-            identity = ValidatorIdentity.load(root, i, with_key=False)
-            store = LedgerStore(identity.db_path, identity.genesis, readonly=True)
-            report = audit(store)
-            heads.add(store.head())
+            with validator_store(root, i) as store:
+                report = audit(store)
+                heads.add(store.head())
         except AuditFailure as exc:
             return f"v{i} failed at height {exc.height}: {exc.what}"
         except Exception as exc:  # the verdict, not a traceback: the demo is for people watching
