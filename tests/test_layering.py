@@ -1,5 +1,5 @@
 """The packages' layering, read from their imports with `ast`: wire < broker < {edge, ledger}
-< deploy. A package imports only packages below it (edge and ledger not each other), and
+< monitor < deploy. A package imports only packages below it (edge and ledger not each other), and
 wire/, the pure protocol, imports no other project package and nothing that does I/O or reads
 a clock: those belong to the adapters (broker.clock, ledger.service, edge.meter, ...).
 
@@ -19,7 +19,8 @@ BELOW = {  # package: the project packages it may import (itself aside)
     "broker": {"wire"},
     "edge": {"wire", "broker"},
     "ledger": {"wire", "broker"},
-    "deploy": {"wire", "broker", "edge", "ledger"},
+    "monitor": {"wire", "broker", "edge", "ledger"},
+    "deploy": {"wire", "broker", "edge", "ledger", "monitor"},
 }
 PROJECT = {*BELOW, "tests", "bench"}  # top-level names that are this repository's own code
 # What wire/ may not import: the network, threads, processes, files, databases, clocks and
