@@ -78,7 +78,8 @@ STREET = (
 
 
 class Street:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, local_port: int | None = None):
+        """local_port: also the broker's anonymous read-only listener on 127.0.0.1 (monitors)."""
         self.community: Community = provision(
             tmp / "street",
             meters=len(STREET),
@@ -95,7 +96,7 @@ class Street:
         self.procs = Procs(tmp / "logs")
         self.validators: dict[int, subprocess.Popen] = {}
         self.meters: dict[str, subprocess.Popen] = {}
-        self.broker: Mosquitto = start_secure(self.root / "broker", free_port())
+        self.broker: Mosquitto = start_secure(self.root / "broker", free_port(), local_port=local_port)
         assert self.broker.port is not None, "start_secure started it"
         self.inbox = Inbox()
         self.monitor = BusClient(

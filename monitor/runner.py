@@ -1,0 +1,55 @@
+"""What every spb-monitor command does around its own work: listen on a port, connect the
+feed to the bus, and run until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from broker.args import tcp_port
+from broker.client import BusClient
+from monitor.feed import Feed, connect
+
+CONNECT_TIMEOUT_S = 30
+
+
+def port_arguments(p: argparse.ArgumentParser, default_host: str = "127.0.0.1") -> None:
+    """--port and --host of an HTTP listener (port 0: any free one, printed on stdout)."""
+    p.add_argument("--port", type=_port_or_zero, required=True, metavar="P", help="TCP port to serve on (0: any free)")
+    p.add_argument("--host", default=default_host, help=f"address to listen on (default {default_host})")
+
+
+def _port_or_zero(text: str) -> int:
+    return 0 if text == "0" else tcp_port(text)
+
+
+def until_signalled() -> threading.Event:
+    """An event set by SIGINT or SIGTERM: a monitor stops cleanly on either."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@contextmanager
+def connected_feed(args: argparse.Namespace, **options) -> Iterator[tuple[Feed, BusClient]]:
+    """The community's feed, subscribed to the whole tree; closed on the way out. Waits for the
+    first connection (the broker's retained values follow it), so a typo in the URL fails fast."""
+    feed = Feed.of_community(args.dir)
+    client = connect(feed, args.dir, args.broker, args.identity, **options)
+    try:
+        if not client.wait_connected(CONNECT_TIMEOUT_S):
+            raise OSError(f"cannot connect to {args.broker.host}:{args.broker.port} within {CONNECT_TIMEOUT_S} s")
+        yield feed, client
+    finally:
+        client.close()
+
+
+def say(text: str) -> None:
+    """One line on stdout at once: tests and the demo read the bound port from it."""
+    print(text, flush=True)
+    sys.stdout.flush()
