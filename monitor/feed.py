@@ -9,6 +9,7 @@ called with each message's verdict while it is held, so they see messages in bus
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ def connect(
     """A clean-session subscription to the whole protocol tree: retained values first (the
     current state of every meter, trade, order and validator), then everything live."""
     tls = TlsFiles.in_dir(identity_dir(root, identity)) if url.tls else None
-    cn = identity if url.tls else (client_id or f"spb-monitor-{wall_ms() % 1_000_000}")
+    cn = identity if url.tls else (client_id or f"spb-monitor-{os.getpid()}")
     client = BusClient(url.host, url.port, cn, clean_session=True, tls=tls, will=will)
     client.subscribe(f"{topics.ROOT}/#", feed.on_message)
     client.connect()

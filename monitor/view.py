@@ -23,7 +23,7 @@ from edge.peers import PeerTable
 from ledger import consensus
 from ledger.block import Block, BlockError, quorum
 from ledger.genesis import Genesis
-from monitor.records import record
+from monitor.records import PRODUCTS, record
 from wire import topics
 from wire.messages import CtpState, OrderState
 from wire.reasons import Reject
@@ -93,6 +93,12 @@ class CommunityView:
     recent_rejects: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_REJECTS))
     unverified: Counter[str] = field(default_factory=Counter)  # messages we refused, by reason
     transactions: Counter[str] = field(default_factory=Counter)  # verified transactions, by typ
+    # Monotonic totals for Prometheus counters: each trade counted once per state it reached,
+    # each interval's result once.
+    trade_states: Counter[str] = field(default_factory=Counter)
+    cleared_wh: Counter[str] = field(default_factory=Counter)  # by product: green, open
+    fills: int = 0
+    block_gaps_ms: list[int] = field(default_factory=lambda: [0, 0])  # [sum, count] between consecutive blocks
     _finished: deque[str] = field(default_factory=deque)  # final trades, oldest first: forgotten past RECENT_TRADES
     meter_of: dict[str, str] = field(init=False)  # account key hex -> its meter (a market genesis names them)
 
@@ -165,6 +171,10 @@ class CommunityView:
             self.orders[r["id"]] = r
             self._forget_orders()
         elif kind == "cleared":
+            if r["k"] not in self.results and (not self.results or r["k"] > min(self.results)):
+                self.fills += r["fills"]
+                for product in PRODUCTS:
+                    self.cleared_wh[product] += r[product]["wh"]
             self.results[r["k"]] = r
             for k in sorted(self.results)[:-RECENT_INTERVALS]:
                 del self.results[k]
@@ -186,7 +196,10 @@ class CommunityView:
         trade = r["ctp"]
         if "payer" in r:
             self.parties[trade] = (r["payer"], r["payee"], r.get("wh", 0))
-        was_final = trade in self.trades and self.trades[trade]["state"] in FINAL_TRADE
+        before = self.trades.get(trade)
+        was_final = before is not None and before["state"] in FINAL_TRADE
+        if before is None or before["state"] != r["state"]:
+            self.trade_states[r["state"]] += 1
         self.trades[trade] = r
         if r["state"] in FINAL_TRADE and not was_final:
             self._finished.append(trade)
@@ -234,6 +247,9 @@ class CommunityView:
             "hash": block.header.hash.hex(),
         }
         if not self.blocks or self.blocks[-1]["height"] < r["height"]:
+            if self.blocks and self.blocks[-1]["height"] + 1 == r["height"]:
+                self.block_gaps_ms[0] += r["t_ms"] - self.blocks[-1]["t_ms"]
+                self.block_gaps_ms[1] += 1
             self.blocks.append(r)
         return Verified(topic, "block", r, False)
 
