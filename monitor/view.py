@@ -69,6 +69,7 @@ def retained_topic(topic: str) -> bool:
 
 @dataclass
 class ValidatorSeen:
+    said: bool = False  # its retained state arrived: online or offline, we know
     online: bool = False
     height: int = 0
     round: int = 0  # the highest round heard at its height: 0 is the normal case
@@ -224,7 +225,7 @@ class CommunityView:
         if index not in self.validators or not words or words[0] not in ("online", "offline"):
             raise Reject("decode", f"{topic}: not a validator's `online H` or `offline [H]`")
         seen = self.validators[index]
-        seen.online = words[0] == "online"
+        seen.said, seen.online = True, words[0] == "online"
         if len(words) > 1 and words[1].isdigit():
             seen.height = max(seen.height, int(words[1]))
         state = {"validator": name, "online": seen.online, "height": seen.height}
