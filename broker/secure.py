@@ -230,7 +230,7 @@ acl_file {config_dir / LOCAL_ACL_NAME}
 """)
     if settings.bridge_to is not None:
         parts.append(f"""
-# Bridge to the broker at {settings.bridge_to}: the whole tree both ways, over TLS, as bridge-{settings.name}.
+# Bridge to the broker at {settings.bridge_to}: the whole spb/v1 tree both ways, over TLS, as bridge-{settings.name}.
 # Not spb-json/# nor homeassistant/#: a mirror runs beside each broker that needs them.
 connection bridge-{settings.name}
 address {settings.bridge_to}
