@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast check format bench sim venv mosquitto clean
+.PHONY: demo test test-fast check format bench sim venv mosquitto browser clean
 
 venv: $(STAMP)
 
@@ -29,10 +29,19 @@ mosquitto:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
 	else echo "make test needs Mosquitto: run 'sudo apt-get install mosquitto'"; exit 1; fi
 
+# The dashboard's browser tests drive Debian's chromium through playwright (tests/support/browser.py):
+# playwright's own browser download is never used.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "make test needs Chromium: run 'sudo apt-get install chromium'"; exit 1; fi
+
 demo: venv
 	$(BIN)/spb-deploy demo --day
 
-test: venv mosquitto
+test: venv mosquitto browser
 	$(BIN)/python -m pytest -q
 
 # The fast lane: no broker, no processes (everything under tests/system is `integration`).
@@ -67,4 +76,4 @@ sim: venv
 	$(BIN)/python -m ledger.sim $(if $(SEED),--seed $(SEED),--seeds $(SEEDS) --first $(FIRST))$(if $(MARKET), --market)
 
 clean:
-	rm -rf $(VENV) demo-community .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-community .pytest_cache .hypothesis tests/artifacts

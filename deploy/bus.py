@@ -9,8 +9,14 @@ and configs always describe the community as it is. Layout:
                                            acl, acl-local, broker.toml, mosquitto.conf
     DIR/brokers/<name>/                    a bridged broker: the same plus bridge.crt + .key
     DIR/meters/<id>/, DIR/validators/vI/,  mqtt.crt + mqtt.key (CN = the identity) and ca.crt
-    DIR/monitoring/<name>/, DIR/operator/
+    DIR/monitoring/<name>/, DIR/operator/,
+    DIR/mirror/
     DIR/revoked.toml                       revoked meters: id, time, certificate serials
+
+The mirror (`spb-monitor mirror`, CN `mirror`) is made on every run like the operator: it
+reads spb/v1 and alone writes the JSON tree and Home Assistant's discovery configs
+(broker.secure). Its dir is DIR/mirror/ (broker.secure.mirror_dir), not DIR/monitoring/mirror/,
+since every dir under DIR/monitoring/ is taken for a read-only monitoring user.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from deploy.pki import Authority, cert_serial
 CLIENT_CERT, CLIENT_KEY = "mqtt.crt", "mqtt.key"
 REVOKED_NAME = "revoked.toml"
 OPERATOR = "operator"
+MIRROR = secure.MIRROR
 DEFAULT_MONITOR = "monitor"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -71,24 +78,25 @@ def ensure_bus(
     ca = Authority.ensure(secret_dir(root / "ca") / "mqtt-ca.key", root / "broker" / secure.CA_CERT, now)
     revoked = read_revoked(root)
     monitor_names = sorted(
-        set(monitors) | {p.name for p in (root / "monitoring").glob("*") if p.is_dir()} or {DEFAULT_MONITOR}
+        set(monitors) | {p.name for p in (root / secure.MONITORING).glob("*") if p.is_dir()} or {DEFAULT_MONITOR}
     )
     for name in monitor_names:
         if (
             not secure.NAME_CN.fullmatch(name)
-            or name == OPERATOR
+            or name in (OPERATOR, MIRROR)
             or name.startswith("bridge-")
             or secure.METER_CN.fullmatch(name)
             or secure.VALIDATOR_CN.fullmatch(name)
         ):
             raise ValueError(
                 f"monitoring user {name!r}: use lower-case letters, digits and '-', "
-                "and no name shaped like a meter (m0001), a validator (v0), 'operator' or 'bridge-...'"
+                "and no name shaped like a meter (m0001), a validator (v0), 'operator', 'mirror' or 'bridge-...'"
             )
     clients = {mid: root / "meters" / mid for mid in meters if mid not in revoked}
     clients |= {f"v{i}": root / "validators" / f"v{i}" for i in validators}
-    clients |= {name: secret_dir(secret_dir(root / "monitoring") / name) for name in monitor_names}
+    clients |= {name: secret_dir(secret_dir(root / secure.MONITORING) / name) for name in monitor_names}
     clients[OPERATOR] = secret_dir(root / OPERATOR)
+    clients[MIRROR] = secret_dir(secure.mirror_dir(root))
     for cn, home in clients.items():
         _client(ca, home, cn, now, valid_days)
     brokers = _broker_settings(root, hosts)
@@ -96,6 +104,7 @@ def ensure_bus(
         meters=tuple(meters),
         validators=tuple(f"v{i}" for i in validators),
         monitors=tuple(monitor_names),
+        mirrors=(MIRROR,),
         operators=(OPERATOR,),
         bridges=tuple(f"bridge-{s.name}" for s in brokers if s.bridge_to),
         revoked=frozenset(revoked),

@@ -96,7 +96,7 @@ def add_provision(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME",
         help="a read-only monitoring user with a certificate in DIR/monitoring/NAME (repeat; "
-        "the first run makes `monitor`)",
+        "the first run makes `monitor`; `spb-monitor mirror` has its own, always made, in DIR/mirror)",
     )
     p.add_argument(
         "--broker-host",

@@ -1,5 +1,5 @@
 """The bus's X.509 PKI: a broker CA, the broker's server certificate, one client certificate
-per meter, validator, monitoring user, operator and bridge, and the CRL of revoked ones.
+per meter, validator, monitoring user, operator, mirror and bridge, and the CRL of revoked ones.
 
 Separate from the manufacturer CA (Ed25519, devcerts): this one only decides who may talk
 to the broker. ECDSA P-256, which every TLS stack and MQTT broker accepts. Like the rest of

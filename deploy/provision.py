@@ -165,7 +165,8 @@ def provision(
     at first; reveal_s follows a new interval_s unless given).
 
     The bus's certificates and broker configs follow (deploy.bus): `monitors` names
-    read-only monitoring users to add, `broker_hosts` the names the main broker is reached by.
+    read-only monitoring users to add, `broker_hosts` the names the main broker is reached by;
+    the operator and the JSON mirror (DIR/mirror, broker.secure.mirror_dir) are always there.
     """
     accounts = meters if accounts is None else accounts
     for name, value, allowed in (

@@ -20,8 +20,13 @@ from tests.support.meter import RunningMeter
 from tests.support.procs import Procs
 from tests.support.rootfs import session_wheel
 
+# browser_page (a page in headless chromium) lives beside its helpers; the import of
+# playwright waits until a test asks for it.
+pytest_plugins = ("tests.support.browser",)
+
 SYSTEM = Path(__file__).resolve().parent / "system"
-STARTS_PROCESSES = {"mosquitto", "run_meter", "procs", "wheel"}  # the fixtures below that run processes
+# The fixtures that run processes: those below, and the browser's.
+STARTS_PROCESSES = {"mosquitto", "run_meter", "procs", "wheel", "browser_page"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

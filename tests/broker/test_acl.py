@@ -1,5 +1,6 @@
 """broker.secure.acl: the account statuses' grants (docs/PROTOCOL.md §7 and §9.6, decision
-0010), as text; tests/system/test_broker_security.py proves them on a real Mosquitto."""
+0010) and the mirror's JSON tree (issue 16), as text; tests/system/test_broker_security.py
+and tests/system/test_mirror_acl.py prove them on a real Mosquitto."""
 
 from __future__ import annotations
 
@@ -45,3 +46,49 @@ def test_a_meter_reads_its_own_account_status_only():
 def test_a_revoked_meter_reads_no_account():
     ids = secure.Identities(meters=("m0001",), accounts=(("m0001", A1),), revoked=frozenset({"m0001"}))
     assert sections(secure.acl(ids)) == {"m0001": ["topic deny #"]}
+
+
+def test_only_the_mirror_writes_the_json_tree_and_discovery_configs():
+    """Issue 16: the mirror reads spb/v1 and writes only spb-json/# and homeassistant/#;
+    monitoring users and the loopback listener read them; meters see none of it."""
+    ids = secure.Identities(
+        meters=("m0001",),
+        validators=("v0",),
+        monitors=("monitor",),
+        mirrors=("mirror",),
+        operators=("operator",),
+        bridges=("bridge-east",),
+        accounts=(("m0001", A1),),
+    )
+    acl = sections(secure.acl(ids))
+    assert acl["mirror"] == [
+        "topic read spb/v1/#",
+        "topic write spb-json/#",
+        "topic write homeassistant/#",
+        "topic deny spb/v1/meters/mirror/#",  # cancels the meters' %u patterns
+    ]
+    assert acl["monitor"] == [
+        "topic read spb/v1/#",
+        "topic read spb-json/#",
+        "topic read homeassistant/#",
+        "topic deny spb/v1/meters/monitor/#",
+    ]
+    json_grants = {
+        cn: [g for g in grants if g.split()[2].startswith(("spb-json/", "homeassistant/"))]
+        for cn, grants in acl.items()
+    }
+    assert {cn: grants for cn, grants in json_grants.items() if grants} == {
+        "mirror": ["topic write spb-json/#", "topic write homeassistant/#"],
+        "monitor": ["topic read spb-json/#", "topic read homeassistant/#"],
+    }  # meters, validators, the operator and bridges: none (the JSON tree is not bridged)
+    local = secure.local_acl().splitlines()
+    assert [line for line in local if line.startswith("topic")] == [
+        "topic read spb/v1/#",
+        "topic read spb-json/#",
+        "topic read homeassistant/#",
+    ]
+
+
+def test_the_mirror_s_files_are_beside_the_operator_s_not_among_monitoring_users(tmp_path):
+    assert secure.mirror_dir(tmp_path) == tmp_path / "mirror"
+    assert secure.monitor_dir(tmp_path, "monitor") == tmp_path / "monitoring" / "monitor"

@@ -10,7 +10,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
+from broker import secure
+from broker.client import TlsFiles
 from broker.keys import load_key, public_hex, write_new_key
 from deploy import cli
 from deploy.cli import main
@@ -58,7 +62,7 @@ def test_layout_and_modes(tmp_path):
                 for f in ("device.key", "devcert.cbor", "account.key", "meter.toml", *tls)
             ),
             *(f"validators/{v}/{f}" for v in ("v0", "v1") for f in ("validator.key", *tls)),
-            *(f"{who}/{f}" for who in ("monitoring/monitor", "operator") for f in tls),
+            *(f"{who}/{f}" for who in ("monitoring/monitor", "operator", "mirror") for f in tls),
             *(
                 f"broker/{f}"
                 for f in (
@@ -87,6 +91,7 @@ def test_layout_and_modes(tmp_path):
         "monitoring",
         "monitoring/monitor",
         "operator",
+        "mirror",
         "broker",
     ):
         assert _mode(tmp_path / d) == 0o700, d
@@ -158,6 +163,27 @@ def test_rerun_changes_no_key_or_devcert_byte(tmp_path):
     assert _files(tmp_path) == before
     provision(tmp_path, meters=2, accounts=3, validators=2, now_ms=NOW + DAY_MS, valid_days=99)
     assert _secrets(_files(tmp_path)) == _secrets(before)
+
+
+def test_the_mirror_identity_is_made_once_and_kept(tmp_path):
+    """Issue 16: DIR/mirror holds the JSON mirror's client certificate (CN mirror), which the ACL
+    lets write only spb-json/# and homeassistant/#; a re-run keeps its key and certificate."""
+    provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=NOW, valid_days=10)
+    home = secure.mirror_dir(tmp_path)
+    assert TlsFiles.in_dir(home) == TlsFiles(home / "ca.crt", home / "mqtt.crt", home / "mqtt.key")
+    cert = x509.load_pem_x509_certificate((home / "mqtt.crt").read_bytes())
+    assert [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["mirror"]
+    assert (home / "ca.crt").read_bytes() == (tmp_path / "broker/ca.crt").read_bytes()
+    assert "\nuser mirror\ntopic read spb/v1/#\ntopic write spb-json/#\n" in (tmp_path / "broker/acl").read_text()
+    before = {name: data for name, data in _files(tmp_path).items() if name.startswith("mirror/")}
+    provision(tmp_path, meters=2, accounts=None, validators=1, now_ms=NOW + DAY_MS, valid_days=10, monitors=("ha",))
+    assert {name: data for name, data in _files(tmp_path).items() if name.startswith("mirror/")} == before
+    assert not (tmp_path / "monitoring/mirror").exists()
+
+
+def test_no_monitoring_user_may_take_the_mirror_s_name(tmp_path):
+    with pytest.raises(ValueError, match="monitoring user 'mirror'"):
+        provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=NOW, monitors=("mirror",))
 
 
 def test_growing_keeps_earlier_meters(tmp_path):
