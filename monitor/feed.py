@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker import secure
 from broker.args import BrokerUrl
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
@@ -28,7 +29,7 @@ DEFAULT_IDENTITY = "monitor"  # deploy.bus makes DIR/monitoring/monitor at the f
 
 def identity_dir(root: Path, name: str) -> Path:
     """Where a monitoring identity's certificate is: DIR/monitoring/NAME (DIR/mirror for the mirror)."""
-    return root / "mirror" if name == "mirror" else root / "monitoring" / name
+    return secure.mirror_dir(root) if name == secure.MIRROR else secure.monitor_dir(root, name)
 
 
 @dataclass
