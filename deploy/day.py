@@ -42,6 +42,7 @@ from deploy import day_ledger, day_street
 from deploy.day_report import day_table, write_plot
 from deploy.provision import Community, community_genesis, provision
 from deploy.runs import audit_validators, start_community_broker, stop_all, validator_store
+from deploy.watchers import Watchers
 from edge import policy
 from edge.config import CONFIG_NAME
 from edge.peers import PeerTable
@@ -168,6 +169,7 @@ def run_day(args: argparse.Namespace, interval_s: int) -> int:
     broker, url = start_community_broker(community.root, port, args.embedded)
     ca, validators = [bytes.fromhex(community.ca_pk)], [bytes.fromhex(v.pk) for v in community.validators]
     watch = StreetWatch(console, PeerTable(Verifier(cas=ca)), Verifier(cas=ca, validators=validators), labels)
+    watchers = Watchers.choose(args.validators, port)
     codes: list[int] = []
     try:
         console.print(
@@ -175,6 +177,8 @@ def run_day(args: argparse.Namespace, interval_s: int) -> int:
             f"{n} intervals of {interval_s} s (each {24 * 60 // n} min of the day), from #{k0}; "
             f"broker {broker.kind} on {url}, read-only on mqtt://127.0.0.1:{port}; logs in {community.root / 'logs'}"
         )
+        for line in watchers.lines():
+            console.print(line)
         watcher = BusClient("127.0.0.1", port, client_id="demo-street", clean_session=True)
         watcher.subscribe(topics.METERS_ALL, watch.on_meter)
         watcher.subscribe(topics.MARKET_ALL, watch.on_result)
@@ -184,7 +188,7 @@ def run_day(args: argparse.Namespace, interval_s: int) -> int:
             if not watcher.wait_connected(timeout=10):
                 console.print("[bold red]demo failed[/]: the monitor could not subscribe")
                 return 1
-            codes = _run_street(args, community, url, start, n, interval_ms, stop, console)
+            codes = _run_street(args, community, url, watchers, (start, n, interval_ms), stop, console)
         finally:
             watcher.close()
     finally:
@@ -202,19 +206,33 @@ def configure(state_dir: Path, home: day_street.Household, n: int, interval_s: i
     policy.save(path, replace(home.policy, reserve_w=home.policy.reserve_w * speed))
 
 
-def _run_street(args, community: Community, url: str, start: int, n: int, interval_ms: int, stop, console) -> list[int]:
-    """Start validators and meters, run the day and its settling tail, stop them: their exit codes."""
+def _run_street(
+    args, community: Community, url: str, watchers: Watchers, day: tuple[int, int, int], stop, console
+) -> list[int]:
+    """Start validators, monitors and meters, run the day (start, intervals, interval ms) and
+    its settling tail, stop them: their exit codes."""
     root = community.root
+    start, n, interval_ms = day
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     validators: list[tuple[subprocess.Popen, threading.Thread]] = []
     meters: list[tuple[subprocess.Popen, threading.Thread]] = []
+    monitors: list[tuple[subprocess.Popen, threading.Thread]] = []
     interval_s = interval_ms // 1000
     try:
         for i in range(len(community.validators)):
-            validators.append(
-                _start(["ledger.cli", "run", str(root), "--broker", url, "--validator", str(i)], f"v{i}", logs, console)
-            )
+            command = [
+                "ledger.cli",
+                "run",
+                str(root),
+                "--broker",
+                url,
+                "--validator",
+                str(i),
+                *watchers.validator_args(i),
+            ]
+            validators.append(_start(command, f"v{i}", logs, console))
+        monitors = [_start(command, name, logs, console) for command, name in watchers.commands(root, url)]
         for home in day_street.STREET:
             command = [
                 "edge.cli", "run", "--state-dir", str(root / "meters" / home.meter), "--broker", url,
@@ -240,7 +258,7 @@ def _run_street(args, community: Community, url: str, start: int, n: int, interv
         # record, an ERC) and reach one head before they stop, instead of one block apart.
         codes = stop_all(meters)
         settle(community.root, len(validators))
-        codes = stop_all(validators) + codes
+        codes = stop_all(validators) + codes + stop_all(monitors)
     return codes
 
 
