@@ -42,7 +42,7 @@ from deploy import day_ledger, day_street
 from deploy.day_report import day_table, write_plot
 from deploy.provision import Community, community_genesis, provision
 from deploy.runs import audit_validators, start_community_broker, stop_all, validator_store
-from deploy.watchers import Watchers
+from deploy.watchers import PROMETHEUS_NAME, Watchers
 from edge import policy
 from edge.config import CONFIG_NAME
 from edge.peers import PeerTable
@@ -170,6 +170,7 @@ def run_day(args: argparse.Namespace, interval_s: int) -> int:
     ca, validators = [bytes.fromhex(community.ca_pk)], [bytes.fromhex(v.pk) for v in community.validators]
     watch = StreetWatch(console, PeerTable(Verifier(cas=ca)), Verifier(cas=ca, validators=validators), labels)
     watchers = Watchers.choose(args.validators, port)
+    (community.root / PROMETHEUS_NAME).write_text(watchers.prometheus_config())
     codes: list[int] = []
     try:
         console.print(

@@ -17,6 +17,7 @@ from broker.runtime import free_port
 
 DASHBOARD_PORT = 8765  # preferred; another free one when taken
 METRICS_PORT = 9465
+PROMETHEUS_NAME = "prometheus.yml"  # in the community dir
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,18 @@ class Watchers:
     def validator_args(self, i: int) -> list[str]:
         return ["--metrics-port", str(self.validators[i])]
 
+    def prometheus_config(self) -> str:
+        """A prometheus.yml scraping the community and every validator: `prometheus
+        --config.file DIR/prometheus.yml`, then import docs/grafana/spb-community.json."""
+        validators = ", ".join(f'"127.0.0.1:{p}"' for p in self.validators)
+        return (
+            "# Written by `spb-deploy demo --day` for this run's ports.\n"
+            "global:\n  scrape_interval: 5s\n"
+            "scrape_configs:\n"
+            f'  - job_name: spb-community\n    static_configs:\n      - targets: ["127.0.0.1:{self.metrics}"]\n'
+            f"  - job_name: spb-validators\n    static_configs:\n      - targets: [{validators}]\n"
+        )
+
     def lines(self) -> list[str]:
         """Where to look, for the console."""
         validators = " ".join(f"http://127.0.0.1:{p}/metrics" for p in self.validators)
@@ -55,6 +68,8 @@ class Watchers:
             f"[bold]dashboard[/]  http://127.0.0.1:{self.dashboard}/  (verified data only; works offline)",
             f"[bold]metrics[/]    http://127.0.0.1:{self.metrics}/metrics  (the community, for Prometheus/Grafana)",
             f"[bold]validators[/] {validators}",
+            f"[bold]Prometheus[/] prometheus --config.file {PROMETHEUS_NAME} in the community dir; Grafana: import "
+            "docs/grafana/spb-community.json",
             f"[bold]JSON[/]       mosquitto_sub -h 127.0.0.1 -p {local_port} -t 'spb-json/v1/#' -v"
             "  (Home Assistant: MQTT integration on this broker, discovery prefix homeassistant)",
         ]

@@ -4,8 +4,11 @@ idea of it."""
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -81,3 +84,24 @@ def test_the_exporter_agrees_with_the_ledger(street, local_url, monitor_process)
         watts = samples[("spb_meter_power_watts", (("meter", h.meter),))]
         assert abs(watts - h.watts) <= abs(h.watts) // 100 + 1, (h.meter, watts)
     assert not any(name == "spb_unverified_messages_total" for name, _ in samples), "every message verified"
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_the_exporter_has(street, local_url, monitor_process):
+    """docs/grafana/spb-community.json, imported as is, draws every panel from the exporter
+    (once there was a reading and a clearing to tell)."""
+    board = json.loads((Path(__file__).parents[3] / "docs" / "grafana" / "spb-community.json").read_text())
+    asked = {
+        name
+        for panel in board["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bspb_[a-z_]+", target["expr"])
+    }
+    assert len(asked) >= 10
+    _, line = monitor_process("metrics", "--broker", local_url, "--port", "0", ready="metrics ")
+
+    def missing() -> set[str]:
+        exposed = {name for name, _ in scrape(line.split()[1])}
+        # absent until something happens, declared all the same: refused messages, rejects
+        return asked - exposed - {"spb_unverified_messages_total", "spb_ledger_rejects_total"}
+
+    wait_for(lambda: not missing(), 60, lambda: f"the exporter lacks {missing()}{street.procs.logs()}", interval=0.3)
