@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import logging
 import signal
 import sys
@@ -169,36 +170,119 @@ def cmd_erc(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     identity = _identity(args.dir)
     with closing(MeterStore(identity.db_path)) as store:
-        totals, now = store.totals(), wall_ms()
-        print(f"meter    {identity.meter}: {totals.wh_in} Wh imported, {totals.wh_out} Wh exported")
-        dropped = ", ".join(f"{n} {why}" for why, n in store.dropped().items()) or "none"
-        print(f"outbox   {store.outbox_size()} message(s) waiting for the broker; dropped: {dropped}")
-        for b in store.batches():
-            coe = f"CoE valid until {_when(b.coe_exp, now)}" if b.coe_exp is not None else "waiting for a CoE"
-            print(f"keys     batch #{b.id}: {b.size - b.next_idx} of {b.size} one-time keys free, {coe}")
-        for r in store.trades():
-            reason = f" ({r.reason})" if r.reason else ""
-            print(
-                f"trade    {r.id.hex()}  {r.state}{reason}  {r.delivered_wms // WMS_PER_WH}/{r.wh} Wh  "
-                f"expires {_when(r.exp, now)}{'  ERC sent' if r.erc else ''}{'  cancel sent' if r.cancel else ''}"
-            )
-        for k, _raw, wh, total, _sent, reason in reversed(store.exports(limit=5)):
-            print(f"export   interval {k}: {wh} Wh exported, {total} Wh in all{f' ({reason})' if reason else ''}")
-        _sales(store.sales())
+        facts = status_facts(identity.meter, store, wall_ms())
+    if args.json:
+        print(json.dumps(facts))
+    else:
+        print("\n".join(status_lines(facts)))
     return 0
 
 
-def _sales(sales: list) -> None:
-    """The meter's held sales, with its export counted against them (§9.4)."""
-    for s in sales:
-        if s.role != "sold":
-            continue
-        sold = "? Wh" if s.wh is None else f"{s.wh} Wh"
-        print(f"sale     {s.id.hex()}  {s.state}  {s.delivered_wms // WMS_PER_WH} Wh exported of {sold}")
+def status_facts(meter: str, store: MeterStore, now: int) -> dict:
+    """What `spb-meter status` reports, read once: JSON values whose keys carry their units
+    (`_wh`, `_ms` since the epoch, `_units`), for `--json` (Node-RED, scripts) and the text
+    alike. Holds a little more than the text shows: the account status and the orders (which
+    `spb-meter orders` prints) and bought fills besides sales."""
+    totals, account = store.totals(), store.account()
+    return {
+        "meter": meter,
+        "t_ms": now,  # when these were read: the text's "in 12 s" and "3 s ago" are from it
+        "wh_in": totals.wh_in,
+        "wh_out": totals.wh_out,
+        "outbox": {"messages": store.outbox_size(), "dropped": store.dropped()},  # dropped: reason -> count
+        "key_batches": [
+            {"batch": b.id, "keys": b.size, "keys_free": b.size - b.next_idx, "coe_exp_ms": b.coe_exp}
+            for b in store.batches()
+        ],
+        "trades": [
+            {
+                "ctp": r.id.hex(),
+                "state": r.state,
+                "reason": r.reason or None,
+                "wh": r.wh,
+                "delivered_wh": r.delivered_wms // WMS_PER_WH,
+                "exp_ms": r.exp,
+                "erc_sent": r.erc is not None,
+                "cancel_sent": r.cancel is not None,
+            }
+            for r in store.trades()
+        ],
+        "exports": [  # the last five records, oldest first
+            {"interval": k, "wh": wh, "total_wh": total, "reason": reason or None}
+            for k, _raw, wh, total, _sent, reason in reversed(store.exports(limit=5))
+        ],
+        "sales": _sale_facts(store.sales()),
+        "account": None
+        if account is None
+        else {"balance_units": account.balance, "held_units": account.held, "t_ms": account.t, "h": account.h},
+        "orders": [
+            {
+                "order": r.id.hex(),
+                "side": r.side,
+                "interval": r.k,
+                "wh": r.wh,
+                "price_units_per_wh": r.price,
+                "green": bool(r.green),
+                "sealed": r.bid is not None,
+                "state": r.state,
+                "reason": r.reason or None,
+                "filled_wh": r.filled,
+                "withdraw_sent": r.withdraw is not None,
+            }
+            for r in store.orders()
+        ],
+    }
+
+
+def _sale_facts(sales: list) -> dict:
+    """The meter's sales and fills; for its held sales, the export still owed (§9.4)."""
     held = [s for s in sales if s.role == "sold" and s.state == "held"]
-    if held:
-        owed = sum(s.wh or 0 for s in held) - sum(s.delivered_wms for s in held) // WMS_PER_WH
-        print(f"sales    {len(held)} held, {max(0, owed)} Wh still to export for them")
+    owed = sum(s.wh or 0 for s in held) - sum(s.delivered_wms for s in held) // WMS_PER_WH
+    return {
+        "held": len(held),
+        "held_wh_to_export": max(0, owed),
+        "list": [
+            {
+                "ctp": s.id.hex(),
+                "role": s.role,
+                "state": s.state,
+                "wh": s.wh,  # None: neither the status nor an order of ours said
+                "delivered_wh": s.delivered_wms // WMS_PER_WH,
+            }
+            for s in sales
+        ],
+    }
+
+
+def status_lines(facts: dict) -> list[str]:
+    """`spb-meter status` as text, from status_facts."""
+    now = facts["t_ms"]
+    outbox = facts["outbox"]
+    dropped = ", ".join(f"{n} {why}" for why, n in outbox["dropped"].items()) or "none"
+    lines = [
+        f"meter    {facts['meter']}: {facts['wh_in']} Wh imported, {facts['wh_out']} Wh exported",
+        f"outbox   {outbox['messages']} message(s) waiting for the broker; dropped: {dropped}",
+    ]
+    for b in facts["key_batches"]:
+        coe = f"CoE valid until {_when(b['coe_exp_ms'], now)}" if b["coe_exp_ms"] is not None else "waiting for a CoE"
+        lines.append(f"keys     batch #{b['batch']}: {b['keys_free']} of {b['keys']} one-time keys free, {coe}")
+    for r in facts["trades"]:
+        reason = f" ({r['reason']})" if r["reason"] else ""
+        lines.append(
+            f"trade    {r['ctp']}  {r['state']}{reason}  {r['delivered_wh']}/{r['wh']} Wh  "
+            f"expires {_when(r['exp_ms'], now)}{'  ERC sent' * r['erc_sent']}{'  cancel sent' * r['cancel_sent']}"
+        )
+    for e in facts["exports"]:
+        reason = f" ({e['reason']})" if e["reason"] else ""
+        lines.append(f"export   interval {e['interval']}: {e['wh']} Wh exported, {e['total_wh']} Wh in all{reason}")
+    sales = facts["sales"]
+    for s in sales["list"]:
+        if s["role"] == "sold":
+            sold = "? Wh" if s["wh"] is None else f"{s['wh']} Wh"
+            lines.append(f"sale     {s['ctp']}  {s['state']}  {s['delivered_wh']} Wh exported of {sold}")
+    if sales["held"]:
+        lines.append(f"sales    {sales['held']} held, {sales['held_wh_to_export']} Wh still to export for them")
+    return lines
 
 
 def _market(state_dir: Path) -> MeterConfig:
@@ -391,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="the meter's energy, keys, outbox and trades")
     status.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    status.add_argument(
+        "--json", action="store_true", help="one JSON object on stdout, units in its keys (wh_in, exp_ms, ...)"
+    )
     status.set_defaults(run=cmd_status)
     return parser
 

@@ -114,6 +114,13 @@ def _account_arg(text: str) -> tuple[bytes, int]:
 _ctp_id_arg = hex_bytes(16, "16-byte CTP id")
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: let the system choose)."""
+    if not text.isdecimal() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a port number from 0 to 65535")
+    return int(text)
+
+
 def _meter_arg(text: str) -> MeterEntry:
     """ID=HEX[:SOURCE] for init --meter: a household meter, its account key and what it sells."""
     meter, sep, rest = text.partition("=")
@@ -162,8 +169,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     Event the main thread was itself inside would deadlock; sigwait needs no handler. The
     signals are blocked before any thread starts, so every thread inherits that.
     """
+    from ledger import metrics
     from ledger.service import LedgerService  # paho and the bus only for the one command that needs them
 
+    if args.metrics_port is not None and not metrics.available():
+        print(f"spb-ledger: --metrics-port needs prometheus-client: {metrics.INSTALL}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
@@ -172,6 +183,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     host, port, tls = args.broker
     identity = ValidatorIdentity.load(args.dir, args.validator)
     service = LedgerService(identity, host, port, tls=TlsFiles.in_dir(identity.home) if tls else None)
+    if args.metrics_port is not None:
+        bound = service.serve_metrics(args.metrics_port, args.metrics_host)
+        # The port bound, for --metrics-port 0: tests and supervisors read it from this line.
+        logging.getLogger("spb.ledger").info("metrics on http://%s:%d/metrics", args.metrics_host, bound)
 
     def wait_for_signal() -> None:
         signal.sigwait(stop_signals)
@@ -369,6 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=BROKER_HELP.replace("state dir", "validator's dir (DIR/validators/vI)"),
     )
     run.add_argument("--validator", type=int, default=0, metavar="I")
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="P",
+        help="serve Prometheus metrics (spb_ledger_*) on this port; 0: a free one, logged (needs spb-energy[metrics])",
+    )
+    run.add_argument(
+        "--metrics-host", default="127.0.0.1", metavar="H", help="the address to serve metrics on (default 127.0.0.1)"
+    )
     run.set_defaults(run=cmd_run)
 
     for name, help_text, arg, arg_type in (

@@ -152,6 +152,8 @@ class Replica:
         # rejoin(): f + 1 peers answered a catch-up request up to their tips (see rejoin).
         self.caught_up = self.n == 1
         self.heads: set[int] | None = None  # peers that did; None until the first rejoin()
+        self.round_changes = 0  # rounds left (ROUND_CHANGE sent), for the adapter's metrics
+        self.catch_ups = 0  # catch-up answers that brought at least one block, likewise
         self.out: list[Action] = []
         now = self._clocks(now, mono)
         self._height()
@@ -406,6 +408,7 @@ class Replica:
 
     def _round_change(self, r: int, now: int) -> None:
         """Leave for round r: tell everyone, with what we prepared so a committed block survives."""
+        self.round_changes += 1
         self._enter(r, now)
         self._persist()
         attachments: dict = {}
@@ -744,6 +747,7 @@ class Replica:
             if self.h == before:
                 return
         if self.h > first:
+            self.catch_ups += 1
             self.sync_asked = now - self.timing.sync_ms
             self._ask_sync(now)  # there may be more than one answer holds (in blocks or in bytes)
         elif not items and self.heads is not None and m.sender != self.index and not self.caught_up:

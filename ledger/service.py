@@ -35,6 +35,7 @@ from broker.clock import wall_ms
 from broker.pacing import OnAck, PublishWindow
 from ledger.block import Block, BlockError
 from ledger.events import BlockAnnounced, ConsensusMessage, Event, ReadBack, Transaction
+from ledger.metrics import Health, LedgerMetrics
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Refused, Send, Timing
 from ledger.statuses import ANNOUNCE_WAIT_S, Gate, is_status, lost_since, open_to_change, superseded
@@ -112,6 +113,9 @@ class LedgerService:
             tls=tls,
         )
         self._window = PublishWindow(self.bus, WINDOW, on_ack=self._room)
+        self.metrics: LedgerMetrics | None = None  # serve_metrics() sets it
+        self._blocks = {True: 0, False: 0}  # blocks decided since start: caught up (True) or not
+        self._last_t = self.node.state.t  # block time of the tip, for the seconds between blocks
         self.bus.on_connect.append(self._on_connect)
         for topic, typ in topics.TX_TYPES.items():
             self.bus.subscribe_deferred(topic, self._receiver(typ))
@@ -119,6 +123,28 @@ class LedgerService:
         if len(genesis.validators) > 1:
             self.bus.subscribe_deferred(topics.CONSENSUS_ALL, self._consensus)
             self.bus.subscribe_deferred(topics.LEDGER_BLOCKS, self._block_seen)
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve this validator's Prometheus metrics on host:port (0: a free one), before
+        run(); the port bound. Needs the `metrics` extra (ledger.metrics.available)."""
+        self.metrics = LedgerMetrics(self.health, self.index, self.identity.genesis.hash.hex())
+        self.metrics.time_verify(self.node.verifier)
+        return self.metrics.serve(port, host)
+
+    def health(self) -> Health:
+        """The numbers behind the metrics' gauges and counters. Called on the metrics server's
+        thread: each is a read of an int or a length that the main loop writes whole."""
+        state, replica = self.node.state, self.replica
+        return Health(
+            height=state.height,
+            block_t_ms=state.t,
+            blocks_proposed=self._blocks[False],
+            blocks_caught_up=self._blocks[True],
+            round_changes=replica.round_changes,
+            catch_ups=replica.catch_ups,
+            pending=len(replica.pool),
+            outbox=len(self._rows) + len(self._outgoing) + self._window.in_flight,
+        )
 
     def stop(self) -> None:
         """Ask run() to finish what it is doing and shut down (safe from a signal handler)."""
@@ -167,6 +193,8 @@ class LedgerService:
         self.bus.close()
         self._forget_delivered()
         self.node.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     # -- from the network thread --
 
@@ -288,6 +316,10 @@ class LedgerService:
             "" if decided.proposer is not None else " (caught up)",
         )
         self.gate.decided(block.header.height)
+        self._blocks[decided.proposer is None] += 1
+        if self.metrics is not None and block.header.height > 1:  # not since the genesis' t of 0
+            self.metrics.block_interval(block.header.t - self._last_t)
+        self._last_t = block.header.t
         self._supersede_late(decided)
         self._queue(rows)
         self._say_online()
@@ -416,6 +448,8 @@ class LedgerService:
                 with self._in_flight_lock:
                     self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
                 on_ack = functools.partial(self._status_acked, topic, on_ack)
+            if self.metrics is not None:
+                on_ack = self.metrics.timed_ack(on_ack)
             self._window.publish(topic, payload, retain, on_ack)
 
     def _status_acked(self, topic: str, on_ack: OnAck | None, mid: int) -> None:
