@@ -3,13 +3,15 @@ direct CTPs, then one market interval, every trade settled against the producer'
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
-from tests.support.bus import REPO, child_env
+from tests.support.bus import REPO, child_env, wait_for
 
 METERS = ("m0001", "m0002", "m0003")
 
@@ -126,19 +128,31 @@ def test_a_rerun_judges_itself_only_on_live_messages(mosquitto_run):
 def test_a_streets_day_trades_on_its_own_and_reports_the_table_and_the_plot(tmp_path):
     """`demo --day` (make demo's default), shortened to 8 intervals: six meters place every
     order themselves, the intervals clear, every fill ends settled or refunded as the energy
-    allowed, the audits pass, and the day ends as a table per household and a PNG plot."""
+    allowed, the audits pass, and the day ends as a table per household and a PNG plot.
+    While it runs, the dashboard and the metrics it prints are where it says."""
     community = tmp_path / "street"
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "deploy.cli", "demo", "--day", "--headless", "--dir", str(community),
-            "--intervals", "8", "--seconds", "240",
-        ],
-        cwd=REPO,
-        env={**child_env(), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=360,
-    )  # fmt: skip
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with stdout.open("w") as out_file, stderr.open("w") as err_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "deploy.cli", "demo", "--day", "--headless", "--dir", str(community),
+                "--intervals", "8", "--seconds", "240",
+            ],
+            cwd=REPO,
+            env={**child_env(), "COLUMNS": "200"},
+            stdout=out_file,
+            stderr=err_file,
+            text=True,
+        )  # fmt: skip
+    try:
+        watched = watch_the_monitors(stdout, community)
+        proc.wait(360)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout.read_text(), stderr.read_text())
+    assert watched["validators"] == 4 and watched["meters"] == 6, watched
     out = result.stdout
     report = f"exit {result.returncode}\nstdout:\n{out}\nstderr:\n{result.stderr}"
     assert result.returncode == 0, report
@@ -155,3 +169,44 @@ def test_a_streets_day_trades_on_its_own_and_reports_the_table_and_the_plot(tmp_
         assert re.search(rf"│ {meter} ", out), report
     assert (community / "day.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), report
     assert "audit ok on 4 validator(s)" in out, report
+
+
+def watch_the_monitors(stdout, community) -> dict[str, int]:
+    """Read the dashboard's and the exporter's addresses off the demo's output, then wait until
+    the exporter tells of four validators past block 1 and six meters online, and the
+    dashboard serves its page and a snapshot naming the six meters."""
+    found: dict[str, str] = {}
+
+    def addresses() -> bool:
+        text = stdout.read_text()
+        for name, pattern in (
+            ("dashboard", r"dashboard\s+(http://\S+/)"),
+            ("metrics", r"metrics\s+(http://\S+/metrics)"),
+        ):
+            match = re.search(pattern, text)
+            if match:
+                found[name] = match.group(1)
+        return len(found) == 2
+
+    wait_for(addresses, 60, lambda: f"the demo to print its monitors: {stdout.read_text()}")
+
+    def counts() -> dict[str, int] | None:
+        try:
+            with urllib.request.urlopen(found["metrics"], timeout=5) as response:
+                text = response.read().decode()
+            with urllib.request.urlopen(found["dashboard"], timeout=5) as response:
+                page = response.read().decode()
+            with urllib.request.urlopen(found["dashboard"] + "api/snapshot", timeout=5) as response:
+                snapshot = json.loads(response.read())
+        except OSError:
+            return None  # still starting
+        heights = re.findall(r'^spb_validator_height\{validator="v\d"\} (\d+)', text, re.M)
+        online = re.findall(r'^spb_meter_online\{meter="m\d+"\} 1\.0', text, re.M)
+        meters = {m["meter"] for m in snapshot["meters"]}
+        if "<html" in page.lower() and len(online) == 6 and len(meters) == 6 and sum(int(h) > 1 for h in heights) == 4:
+            return {"validators": len(heights), "meters": len(online)}
+        return None
+
+    watched = wait_for(counts, 120, lambda: f"the monitors to tell of the street: {stdout.read_text()}", interval=0.5)
+    assert watched is not None
+    return watched
