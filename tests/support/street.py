@@ -132,9 +132,9 @@ class Street:
     def meter_dir(self, meter: str) -> Path:
         return self.root / "meters" / meter
 
-    def start_validator(self, i: int) -> None:
+    def start_validator(self, i: int, *options: object) -> None:
         self.validators[i] = self.procs.start(
-            f"v{i}", "ledger.cli", "run", self.root, "--broker", self.broker.url, "--validator", i
+            f"v{i}", "ledger.cli", "run", self.root, "--broker", self.broker.url, "--validator", i, *options
         )
 
     def start_meter(self, h: Household) -> None:

@@ -11,6 +11,7 @@ A test starts its own `spb-monitor` process (`monitor_process`) and waits on wha
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 from collections.abc import Iterator
 
@@ -31,7 +32,7 @@ def street(tmp_path_factory) -> Iterator[Street]:
     try:
         mark = len(s.inbox.messages)
         for i in range(VALIDATORS):
-            s.start_validator(i)
+            s.start_validator(i, "--metrics-port", "0")  # each logs `metrics on http://H:P/metrics`
         for h in STREET:
             s.start_meter(h)
         s.wait_online(mark)
@@ -73,3 +74,19 @@ def monitor_process(street: Street):
     for proc in started:
         street.procs.stop(proc)
         assert proc.returncode == 0, street.procs.logs()
+
+
+@pytest.fixture(scope="package")
+def validator_metrics(street: Street) -> list[str]:
+    """Each validator's own /metrics URL, read off its log."""
+
+    def urls() -> list[str] | None:
+        found = [
+            re.search(r"metrics on (http://\S+/metrics)", (street.procs.log_dir / f"v{i}.log").read_text())
+            for i in range(VALIDATORS)
+        ]
+        return [m.group(1) for m in found if m] if all(found) else None
+
+    found = wait_for(urls, 30, lambda: f"each validator's metrics address{street.procs.logs()}", interval=0.1)
+    assert found is not None
+    return found
