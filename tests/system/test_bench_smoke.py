@@ -188,3 +188,12 @@ def test_market_bench_prints_accepted_orders_beside_the_verify_bound():
     assert re.search(r"^core: \d+ us per accepted order \(60 orders, 20 per block\)$", out, re.M), out
     cpu = r"^end to end, 60 orders per round, block_ms \d+: CPU during the run .* ledger [\d.]+ s"
     assert re.search(cpu, out, re.M), out
+
+
+def test_monitor_bench_prints_the_views_rates_beside_the_verify_bound():
+    out = run_bench("-m", "bench.monitor", "--seconds", "0.05")
+    bound = int(re.search(r"^raw Ed25519 verify \(bound\)\s+([\d,]+) /s", out, re.M).group(1).replace(",", ""))
+    for name in ("reading", "status"):
+        rate, ratio = re.search(rf"^view: {name}\s+([\d,]+) /s\s+([\d.]+)x the bound", out, re.M).groups()
+        assert abs(int(rate.replace(",", "")) / bound - float(ratio)) < 0.01, out
+    assert re.search(r"keeps up with at one reading per 10 s: [\d,]+ \(one core\)", out), out
