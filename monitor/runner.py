@@ -36,10 +36,13 @@ def until_signalled() -> threading.Event:
 
 
 @contextmanager
-def connected_feed(args: argparse.Namespace, **options) -> Iterator[tuple[Feed, BusClient]]:
+def connected_feed(args: argparse.Namespace, feed: Feed | None = None, **options) -> Iterator[tuple[Feed, BusClient]]:
     """The community's feed, subscribed to the whole tree; closed on the way out. Waits for the
-    first connection (the broker's retained values follow it), so a typo in the URL fails fast."""
-    feed = Feed.of_community(args.dir)
+    first connection (the broker's retained values follow it), so a typo in the URL fails fast.
+
+    A caller whose listeners must see every message passes its own `feed` with them attached:
+    the retained values arrive before this returns, too early for a listener added after."""
+    feed = Feed.of_community(args.dir) if feed is None else feed
     client = connect(feed, args.dir, args.broker, args.identity, **options)
     try:
         if not client.wait_connected(CONNECT_TIMEOUT_S):
