@@ -214,6 +214,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Mirror until SIGINT or SIGTERM; exit 0 after saying `offline` and logging what we did."""
     stop = until_signalled()
+    if not args.broker.tls:
+        log.warning(
+            "plain MQTT: fine for a development broker, but a community broker's read-only listener drops "
+            "what the mirror publishes (mqtts:// with DIR/mirror writes the JSON tree)"
+        )
     feed = Feed.of_community(args.dir)
     mirror = Mirror(feed.view)
     work: queue.SimpleQueue[list[Output] | None] = queue.SimpleQueue()

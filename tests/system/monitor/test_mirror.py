@@ -16,17 +16,24 @@ reject's JSON is in, the forgery's JSON would be in too.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from nacl.signing import SigningKey
 
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
+from broker.runtime import find_mosquitto, free_port
+from broker.secure import start_secure
+from deploy.provision import community_genesis, provision
 from ledger.block import Block
+from ledger.genesis import write_genesis
 from monitor.mirror import MIRROR_STATE, SENSORS, discovery
 from monitor.records import record
 from monitor.view import retained_topic
 from tests.support.bus import Inbox, connected, wait_for
+from tests.support.procs import Procs
 from tests.support.street import STREET, Street
 from wire import topics
 from wire.cose import message_hash
@@ -212,3 +219,40 @@ def test_the_mirror_republishes_only_what_verifies(street, monitor_process):
         wait_for(lambda: (MIRROR_STATE, b"offline", False) in live.messages, 10, "the mirror's `offline`")
     finally:
         live_reader.close()
+
+
+def test_after_a_broker_lost_its_state_the_mirror_says_it_all_again(tmp_path):
+    """A broker restarted without its persistence file has no retained value left: on its
+    reconnect the mirror publishes `online`, every discovery config and summary again."""
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto", pytrace=False)
+    community = provision(tmp_path / "community", meters=2, accounts=None, validators=1, now_ms=wall_ms())
+    write_genesis(community.root, community_genesis(community, 1_000, block_ms=200))
+    broker = start_secure(community.root / "broker", free_port(), local_port=free_port())
+    procs = Procs(tmp_path / "logs")
+    assert broker.port is not None and broker.local_port is not None, "start_secure started both listeners"
+    try:
+        client = BusClient("127.0.0.1", broker.local_port, "restart-reader", clean_session=True)
+        inbox = Inbox()
+        client.subscribe("spb-json/#", inbox)
+        client.subscribe("homeassistant/#", inbox)
+        connected(client)
+        proc = procs.start("mirror", "monitor.cli", "mirror", community.root, "--broker", broker.url)
+        configs = {t for m in ("m0001", "m0002") for t, _, _ in discovery(m)}
+
+        def said_all(since: int) -> bool:
+            got = {t: p for t, p, _ in inbox.messages[since:]}
+            return configs <= set(got) and got.get(MIRROR_STATE) == b"online"
+
+        wait_for(lambda: said_all(0), 30, lambda: f"discovery and online{procs.logs()}", interval=0.05)
+        broker.stop()
+        assert broker.data_dir is not None
+        (Path(broker.data_dir) / "mosquitto.db").unlink()
+        mark = len(inbox.messages)
+        broker.start(broker.port, broker.data_dir)
+        wait_for(lambda: said_all(mark), 60, lambda: f"discovery and online again{procs.logs()}", interval=0.05)
+        procs.stop(proc)
+        client.close()
+    finally:
+        procs.kill_all()
+        broker.stop()
