@@ -93,6 +93,7 @@ class CommunityView:
     rejects: Counter[str] = field(default_factory=Counter)  # the ledger's rejects, by reason
     recent_rejects: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_REJECTS))
     unverified: Counter[str] = field(default_factory=Counter)  # messages we refused, by reason
+    recent_unverified: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_REJECTS))
     transactions: Counter[str] = field(default_factory=Counter)  # verified transactions, by typ
     # Monotonic totals for Prometheus counters: each trade counted once per state it reached,
     # each interval's result once.
@@ -116,6 +117,7 @@ class CommunityView:
             return self._apply(topic, payload, now)
         except Reject as exc:
             self.unverified[exc.reason] += 1
+            self.recent_unverified.append({"topic": topic, "reason": exc.reason, "detail": exc.detail, "t_ms": now})
             return Unverified(topic, exc.reason, exc.detail)
 
     def _apply(self, topic: str, payload: bytes, now: int) -> Seen:
@@ -310,6 +312,7 @@ class CommunityView:
             "rejects": dict(self.rejects),
             "recent_rejects": list(self.recent_rejects),
             "unverified": dict(self.unverified),
+            "recent_unverified": list(self.recent_unverified),  # topic and reason only: never the data
             "transactions": dict(self.transactions),
             "interval_s": self.genesis.market.interval_s if self.genesis.market else None,
         }

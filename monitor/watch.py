@@ -115,6 +115,8 @@ def _problems(snap: dict[str, Any]) -> Text:
     refused = ", ".join(f"{reason} {n}" for reason, n in sorted(snap["unverified"].items())) or "none"
     text = Text(f"ledger rejects: {rejects}\n")
     text.append(f"unverified, not shown: {refused}", style="red" if snap["unverified"] else "dim")
+    for refusal in snap["recent_unverified"][-3:]:
+        text.append(f"\n  ✗ {refusal['topic']}: {refusal['reason']} ({refusal['detail']})", style="red")
     return text
 
 

@@ -76,9 +76,9 @@ def test_a_status_signed_by_anyone_else_is_refused_and_changes_nothing():
     assert isinstance(seen, Unverified) and seen.reason == "signature"
     after = v.snapshot()
     assert after["unverified"] == {"signature": 1}
-    assert {k: x for k, x in after.items() if k != "unverified"} == {
-        k: x for k, x in before.items() if k != "unverified"
-    }
+    assert [(r["topic"], r["reason"]) for r in after["recent_unverified"]] == [(topics.status(TRADE), "signature")]
+    told = ("unverified", "recent_unverified")
+    assert {k: x for k, x in after.items() if k not in told} == {k: x for k, x in before.items() if k not in told}
 
 
 def test_an_older_status_delivered_late_changes_nothing():
