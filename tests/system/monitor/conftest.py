@@ -10,6 +10,7 @@ A test starts its own `spb-monitor` process (`monitor_process`) and waits on wha
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from collections.abc import Iterator
 
@@ -18,6 +19,10 @@ import pytest
 from broker.runtime import find_mosquitto, free_port
 from tests.support.bus import wait_for
 from tests.support.street import STREET, VALIDATORS, Street
+
+# Monitor processes are numbered across the package: each has its own log, so a test waiting
+# for `ready` cannot read the line an earlier test's process wrote.
+_numbers = itertools.count()
 
 
 @pytest.fixture(scope="package")
@@ -52,7 +57,7 @@ def monitor_process(street: Street):
     started: list[subprocess.Popen] = []
 
     def start(command: str, *args: object, ready: str | None = None):
-        name = f"monitor-{command}-{len(started)}"
+        name = f"monitor-{command}-{next(_numbers)}"
         proc = street.procs.start(name, "monitor.cli", command, street.root, *args)
         started.append(proc)
         if ready is None:
