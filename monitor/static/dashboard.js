@@ -116,7 +116,7 @@ function bookOrder(a, b) {
   return a.side === "ask" ? pa - pb : pb - pa;
 }
 
-function renderBook(orders) {
+function renderBook(orders, intervalS) {
   const ks = [...new Set(orders.map((o) => o.k))].sort((a, b) => b - a).slice(0, BOOK_INTERVALS);
   const shown = orders.filter((o) => ks.includes(o.k)).sort(bookOrder).slice(0, BOOK_ROWS);
   const rows = shown.map((o) => {
@@ -124,7 +124,7 @@ function renderBook(orders) {
     return el(
       "tr",
       { "data-order": o.id, "data-state": o.state },
-      cell(String(o.k)),
+      cell(el("span", { title: `interval ${o.k}`, text: intervalS ? clock(o.k * intervalS * 1000) : String(o.k) })),
       cell(o.side),
       cell(fmt(o.wh), "num"),
       cell(fmt(o.price_units_per_wh), "num"),
@@ -140,7 +140,7 @@ function renderBook(orders) {
 function renderChart(results, intervalS) {
   const box = document.getElementById("chart");
   const shown = results.slice(-CHART_INTERVALS);
-  const W = 560, H = 220, left = 40, right = 12, top = 20, bottom = 34;
+  const W = 560, H = 190, left = 40, right = 16, top = 20, bottom = 34;
   const plotW = W - left - right, plotH = H - top - bottom;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, id: "chart-svg" });
   const ks = shown.map((r) => r.k);
@@ -150,7 +150,8 @@ function renderChart(results, intervalS) {
   const volumes = shown.map((r) => (r.green?.wh || 0) + (r.open?.wh || 0));
   const pMax = Math.max(1, Math.ceil((Math.max(0, ...prices) * 1.2) || 1));
   const vMax = Math.max(1, ...volumes);
-  const x = (k) => left + (kMax === kMin ? plotW / 2 : ((k - kMin) / (kMax - kMin)) * plotW);
+  const pad = 14; // the first and last intervals' points and bars clear the axes
+  const x = (k) => left + pad + (kMax === kMin ? (plotW - 2 * pad) / 2 : ((k - kMin) / (kMax - kMin)) * (plotW - 2 * pad));
   const y = (p) => top + plotH - (p / pMax) * plotH;
 
   // y axis: price ticks and gridlines
@@ -177,7 +178,8 @@ function renderChart(results, intervalS) {
   for (let i = 0; i < ticks; i++) {
     const r = shown[Math.round((i * (shown.length - 1)) / Math.max(1, ticks - 1))];
     const label = intervalS ? clock(r.k * intervalS * 1000) : String(r.k);
-    root.append(svg("text", { class: "label", x: x(r.k), y: top + plotH + 14, "text-anchor": "middle" }, label));
+    const anchor = ticks > 1 && i === ticks - 1 ? "end" : ticks > 1 && i === 0 ? "start" : "middle";
+    root.append(svg("text", { class: "label", x: x(r.k), y: top + plotH + 14, "text-anchor": anchor }, label));
   }
   root.append(
     svg("text", { class: "label", x: left + plotW / 2, y: H - 3, "text-anchor": "middle" }, "interval (start time)"),
@@ -192,7 +194,8 @@ function renderChart(results, intervalS) {
     }
     for (const r of pts) {
       const p = r[product].price_units_per_wh;
-      const point = svg("circle", { class: `point ${product}`, cx: x(r.k), cy: y(p), r: 3.5, "data-k": r.k });
+      const radius = product === "green" ? 5.5 : 3; // green rings the open point when both clear at one price
+      const point = svg("circle", { class: `point ${product}`, cx: x(r.k), cy: y(p), r: radius, "data-k": r.k });
       point.append(svg("title", {}, `interval ${r.k}, ${product}: ${p} u/Wh for ${fmt(r[product].wh)} Wh`));
       root.append(point);
     }
@@ -249,7 +252,7 @@ function renderCounts(id, counts) {
 function render(snap) {
   renderMeters(snap.meters || []);
   renderTrades(snap.trades || []);
-  renderBook(snap.orders || []);
+  renderBook(snap.orders || [], snap.interval_s);
   renderChart(snap.results || [], snap.interval_s);
   renderValidators(snap.validators || []);
   renderBlocks(snap.blocks || []);
