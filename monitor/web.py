@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     stop = until_signalled()  # uvicorn hands its captured SIGTERM or SIGINT back here on its way out
     with connected_feed(args) as (feed, _client):
         app = make_app(feed)
-        listener = socket.create_server((args.host, args.port))  # bound here: --port 0 learns its port
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        listener = socket.create_server((args.host, args.port), family=family)  # bound here: --port 0 learns its port
         server = DashboardServer(
             uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"), app.state.changes
         )
