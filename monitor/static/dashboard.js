@@ -171,6 +171,12 @@ function renderChart(results, intervalS) {
     root.append(bar);
   });
 
+  if (shown.length) {
+    const yBar = top + plotH - plotH * 0.33;
+    root.append(svg("line", { class: "gridline", x1: W - right - 4, x2: W - right, y1: yBar, y2: yBar }));
+    root.append(svg("text", { class: "label", x: W - right, y: yBar - 3, "text-anchor": "end" }, `${fmt(vMax)} Wh`));
+  }
+
   // x axis: the intervals' start times
   root.append(svg("line", { class: "axis", x1: left, x2: W - right, y1: top + plotH, y2: top + plotH }));
   root.append(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: top + plotH }));
