@@ -319,7 +319,7 @@ class CommunityView:
 
     def _named(self, trade: dict[str, Any]) -> dict[str, Any]:
         """A trade's status with its parties' meters and Wh, from the status or its CTP."""
-        payer, payee, wh = self.parties.get(trade["ctp"], ("", "", 0))
+        payer, payee, wh = self.parties.get(trade["ctp"], ("", "", None))
         names = {"payer_meter": self.meter_of.get(payer), "payee_meter": self.meter_of.get(payee)}
         return trade | names | {"trade_wh": wh}
 

@@ -1,84 +1,20 @@
 """spb-monitor web against the running street (tests/system/monitor/conftest.py), in Debian's
 headless chromium through playwright: the page shows the six meters, its trade list follows a
 trade to `settled` live, its chart draws a cleared interval, and it throws nothing and asks
-nothing of the internet. A screenshot goes to the artifact dir (dashboard.png) for a person.
-
-The browser helper below is local until tests/support/browser.py (its `browser_page` fixture,
-the same BrowserPage interface) is on this branch; then the local one goes.
+nothing of the internet. A screenshot goes to the artifact dir for a person.
+Chromium comes from tests/support/browser.py's `browser_page` fixture.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
-from tests.support.bus import REPO
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 # The page's CSP forbids eval, so every wait below is a function (playwright compiles those
 # itself) rather than an expression (which it evaluates with eval, in the page).
 FIRST_SETTLED_MS = 90_000  # the street starts trading some intervals (6 s) after it is up
 ROWS = "#trades tr[data-state=settled]"
-
-
-def artifact_dir() -> Path:
-    path = Path(os.environ.get("SPB_ARTIFACTS") or REPO / "tests" / "artifacts")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@dataclass
-class BrowserPage:
-    page: object
-    errors: list[str] = field(default_factory=list)
-    blocked: list[str] = field(default_factory=list)
-
-    def assert_clean(self) -> None:
-        assert (self.errors, self.blocked) == ([], []), f"errors {self.errors}, off-machine requests {self.blocked}"
-
-
-@pytest.fixture
-def browser_page() -> Iterator[BrowserPage]:
-    """A 1280x800 page collecting console and page errors, refusing and recording every request
-    for anything but loopback."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 800}, service_workers="block")
-            page = context.new_page()
-            watched = BrowserPage(page)
-            page.on("console", lambda m: m.type == "error" and watched.errors.append(f"console: {m.text}"))
-            page.on("pageerror", lambda e: watched.errors.append(f"pageerror: {e}"))
-
-            def route(r) -> None:
-                if urlsplit(r.request.url).hostname in ("127.0.0.1", "localhost", "::1"):
-                    r.fallback()
-                else:
-                    watched.blocked.append(r.request.url)
-                    r.abort("blockedbyclient")
-
-            context.route("**/*", route)
-            yield watched
-            context.close()
-        finally:
-            browser.close()
 
 
 def test_the_dashboard_follows_the_street_live(monitor_process, local_url, browser_page):
@@ -98,7 +34,8 @@ def test_the_dashboard_follows_the_street_live(monitor_process, local_url, brows
     ).json_value()
     page.wait_for_function("() => document.querySelectorAll('#chart circle.point').length > 0", timeout=30_000)
     page.wait_for_function("() => document.querySelectorAll('#validators .dot.on').length === 4", timeout=30_000)
-    page.screenshot(path=artifact_dir() / "dashboard.png")
+    shot = browser_page.screenshot()  # tests/artifacts/ (or $SPB_ARTIFACTS), kept for a person to look at
+    assert shot.read_bytes().startswith(b"\x89PNG")
 
     row = page.locator(f'#trades tr[data-trade="{newly}"]')
     assert "→" in row.inner_text(), "a trade names its payer's and payee's meters"
