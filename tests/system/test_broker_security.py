@@ -22,20 +22,20 @@ import pytest
 from broker import secure
 from broker.client import TlsFiles
 from broker.clock import wall_ms
-from broker.runtime import find_mosquitto, free_port
+from broker.runtime import free_port
 from deploy import access
 from deploy.access import REVOCATIONS
 from deploy.cli import main as deploy_main
 from deploy.pki import Authority
 from deploy.provision import community_genesis, provision
 from ledger.genesis import write_genesis
+from tests.support.acl_bus import broker, bus, publish_all, sentinel
 from tests.support.bus import REPO, Inbox, child_env, connected, read_line, wait_for
 from tests.support.ledger import RunningLedger, wait_online
 from wire import topics
 from wire.messages import open_message
 
 CONNACK_OK = b"\x20\x02\x00\x00"
-FORGED = b"forged"
 
 
 @pytest.fixture
@@ -47,45 +47,6 @@ def community(tmp_path) -> Path:
         community_genesis(provision(root, meters=3, accounts=None, validators=1, now_ms=wall_ms()), 1_000, block_ms=50),
     )
     return root
-
-
-@pytest.fixture
-def broker(community):
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed: apt-get install mosquitto", pytrace=False)
-    running = secure.start_secure(community / "broker", free_port(), local_port=free_port())
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def bus(broker, community, make_client):
-    """bus(who, subscribe=()): a connected client with `who`'s certificate (e.g. "meters/m0001"),
-    its subscriptions feeding the returned client's .inbox."""
-
-    def connect(who: str, subscribe: tuple[str, ...] = ()):
-        client = make_client(
-            broker.port, who.replace("/", "-"), clean_session=True, tls=TlsFiles.in_dir(community / who)
-        )
-        client.inbox = Inbox()
-        for topic_filter in subscribe:
-            client.subscribe(topic_filter, client.inbox)
-        return connected(client)
-
-    return connect
-
-
-def publish_all(client, topics_: list[str], payload: bytes = FORGED) -> None:
-    for info in [client.publish(topic, payload) for topic in topics_]:
-        assert client.wait_acked(info, 10)
-
-
-def sentinel(watcher, sender, topic: str) -> list[tuple[str, bytes]]:
-    """Send an allowed message and return everything the watcher got up to and including it."""
-    publish_all(sender, [topic], b"sentinel")
-    wait_for(lambda: (topic, b"sentinel") in [(t, p) for t, p, _ in watcher.inbox.messages])
-    got = [(t, p) for t, p, _ in watcher.inbox.messages]
-    return got[: got.index((topic, b"sentinel")) + 1]
 
 
 def handshake(port: int, ca: Path, cert: Path | None = None, key: Path | None = None, tls: bool = True) -> bytes | str:
@@ -346,3 +307,6 @@ def test_revoking_an_unknown_meter_changes_nothing(community, capsys):
 def test_a_monitoring_user_cannot_be_named_like_another_kind(tmp_path, name):
     with pytest.raises(ValueError, match="monitoring user"):
         provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=wall_ms(), monitors=(name,))
+
+
+__all__ = ["broker", "bus"]  # fixtures used by name

@@ -5,28 +5,23 @@ Assistant discovery configs on homeassistant/...: only its certificate (DIR/mirr
 there, it may write nothing of spb/v1, monitoring users and the anonymous loopback listener
 read both trees, and meters read neither. Mosquitto acknowledges a denied publish like any
 other and routes a message before acknowledging it, so each check publishes what must be
-refused, waits for the PUBACKs, then has an allowed sender publish a marker that the watcher
-may read, and looks at everything the watcher got up to that marker.
+refused, waits for the PUBACKs, then has an allowed sender publish a sentinel that the watcher
+may read, and looks at everything the watcher got up to it (tests.support.acl_bus).
 """
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
 
-from broker import secure
-from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
-from broker.runtime import find_mosquitto, free_port
 from deploy.provision import provision
-from tests.support.bus import Inbox, connected, wait_for
+from tests.support.acl_bus import LOCAL, broker, bus, publish_all, sentinel
 
 JSON_AND_DISCOVERY = ("spb-json/#", "homeassistant/#")
 READING_JSON = "spb-json/v1/meters/m0001/reading"
 DISCOVERY = "homeassistant/sensor/spb_m0001_reading/config"
-LOCAL = "local"  # `who` for an anonymous client of the loopback listener
 
 
 @pytest.fixture
@@ -34,51 +29,6 @@ def community(tmp_path) -> Path:
     root = tmp_path / "community"
     provision(root, meters=2, accounts=None, validators=1, now_ms=wall_ms())
     return root
-
-
-@pytest.fixture
-def broker(community):
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed: apt-get install mosquitto", pytrace=False)
-    running = secure.start_secure(community / "broker", free_port(), local_port=free_port())
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def bus(broker, community, make_client):
-    """bus(who, subscribe=()): a connected client, its subscriptions feeding its .inbox. `who`
-    is a dir of the community holding TLS files (e.g. "meters/m0001", "mirror"), or LOCAL."""
-
-    anonymous = itertools.count()
-
-    def connect(who: str, subscribe: tuple[str, ...] = ()) -> BusClient:
-        if who == LOCAL:
-            client = make_client(broker.local_port, f"anonymous-{next(anonymous)}")
-        else:
-            tls = TlsFiles.in_dir(community / who)
-            client = make_client(broker.port, who.replace("/", "-"), clean_session=True, tls=tls)
-        client.inbox = Inbox()
-        for topic_filter in subscribe:
-            client.subscribe(topic_filter, client.inbox)
-        return connected(client)
-
-    return connect
-
-
-def publish_all(client: BusClient, topics: list[str], payload: bytes = b"forged") -> None:
-    for info in [client.publish(topic, payload) for topic in topics]:
-        assert client.wait_acked(info, 10)
-
-
-def up_to_marker(watcher: BusClient, sender: BusClient, topic: str) -> list[tuple[str, bytes]]:
-    """Send an allowed marker and return everything the watcher got up to and including it."""
-    publish_all(sender, [topic], b"marker")
-    got = wait_for(
-        lambda: (topic, b"marker") in (seen := [m[:2] for m in watcher.inbox.messages]) and seen,
-        message=lambda: f"the marker on {topic}; got {watcher.inbox.messages}",
-    )
-    return got[: got.index((topic, b"marker")) + 1]
 
 
 def test_the_mirror_s_trees_reach_monitors_and_the_local_listener_and_no_meter(bus):
@@ -90,13 +40,13 @@ def test_the_mirror_s_trees_reach_monitors_and_the_local_listener_and_no_meter(b
     publish_all(mirror, [READING_JSON], b'{"kwh": 1}')
     publish_all(mirror, [DISCOVERY], b'{"state_topic": "spb-json/v1/meters/m0001/reading"}')
     for watcher in (monitor, local):
-        assert up_to_marker(watcher, mirror, "spb-json/v1/marker") == [
+        assert sentinel(watcher, mirror, "spb-json/v1/marker") == [
             (READING_JSON, b'{"kwh": 1}'),
             (DISCOVERY, b'{"state_topic": "spb-json/v1/meters/m0001/reading"}'),
-            ("spb-json/v1/marker", b"marker"),
+            ("spb-json/v1/marker", b"sentinel"),
         ]
-    assert up_to_marker(meter, bus("meters/m0002"), "spb/v1/meters/m0002/state") == [
-        ("spb/v1/meters/m0002/state", b"marker")
+    assert sentinel(meter, bus("meters/m0002"), "spb/v1/meters/m0002/state") == [
+        ("spb/v1/meters/m0002/state", b"sentinel")
     ]
 
 
@@ -116,11 +66,14 @@ def test_the_mirror_writes_nothing_of_the_protocol(bus):
         ],
     )
     meter = bus("meters/m0001")
-    assert up_to_marker(watcher, meter, "spb/v1/meters/m0001/state") == [("spb/v1/meters/m0001/state", b"marker")]
+    assert sentinel(watcher, meter, "spb/v1/meters/m0001/state") == [("spb/v1/meters/m0001/state", b"sentinel")]
 
 
 @pytest.mark.parametrize("who", ["meters/m0001", "validators/v0", "monitoring/monitor", "operator", LOCAL])
 def test_only_the_mirror_writes_the_json_tree_and_discovery_configs(bus, who):
     watcher = bus(LOCAL if who == "monitoring/monitor" else "monitoring/monitor", JSON_AND_DISCOVERY)
     publish_all(bus(who), [READING_JSON, "spb-json/v1/tx/ctp", DISCOVERY, "homeassistant/status"])
-    assert up_to_marker(watcher, bus("mirror"), "spb-json/v1/marker") == [("spb-json/v1/marker", b"marker")]
+    assert sentinel(watcher, bus("mirror"), "spb-json/v1/marker") == [("spb-json/v1/marker", b"sentinel")]
+
+
+__all__ = ["broker", "bus"]  # fixtures used by name
