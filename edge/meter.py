@@ -394,6 +394,8 @@ class MeterNode:
             self._dirty.set()
 
     def _on_coe_request(self, topic: str, payload: bytes, retained: bool) -> None:
+        if retained:
+            return _left_retained(topic)
         now = wall_ms()
         try:
             requester, raw = self.witness.answer(payload, self.store.roots(), now)
@@ -405,6 +407,8 @@ class MeterNode:
         log.info("%s witnessed a key batch of %s", self.id.meter, requester)
 
     def _on_coe(self, topic: str, payload: bytes, retained: bool) -> None:
+        if retained:
+            return _left_retained(topic)
         now = wall_ms()
         waiting = self.store.newest_batch()
         if waiting is None or waiting.coe is not None:
@@ -464,3 +468,10 @@ class MeterNode:
 
     def _on_state(self, topic: str, payload: bytes, retained: bool) -> None:
         self._peer_message(topic, payload, self.peers.on_state)
+
+
+def _left_retained(topic: str) -> None:
+    """A retained copy of a CoE request or answer: §7 sends neither retained, so it is what a
+    client left on the broker, delivered again at every subscribe; answering or refusing it
+    each time would only mislead (the live one, if it was live, came as such)."""
+    log.debug("ignored a retained message on %s", topic)

@@ -42,6 +42,7 @@ BLOCK_TIME = PREFIX + "block_time_seconds"
 BLOCKS = PREFIX + "blocks"  # counter, label how=proposed|caught_up
 ROUND_CHANGES = PREFIX + "round_changes"  # counter
 CATCH_UPS = PREFIX + "catch_ups"  # counter
+RETAINED_IGNORED = PREFIX + "retained_transactions_ignored"  # counter
 PENDING = PREFIX + "pending_transactions"
 OUTBOX = PREFIX + "outbox_depth"
 VERIFY = PREFIX + "transaction_verify_seconds"  # histogram
@@ -67,6 +68,7 @@ class Health(NamedTuple):
     catch_ups: int  # catch-up answers that brought it at least one block
     pending: int  # transactions in its pool
     outbox: int  # messages to publish the broker has not acknowledged: waiting or in flight
+    retained_ignored: int = 0  # retained copies on transaction topics, not taken as transactions
 
 
 def available() -> bool:
@@ -185,6 +187,11 @@ class _HealthCollector:
             ROUND_CHANGES, "Rounds this validator left (ROUND_CHANGE sent)", value=h.round_changes
         )
         yield CounterMetricFamily(CATCH_UPS, "Catch-up answers from peers that brought blocks", value=h.catch_ups)
+        yield CounterMetricFamily(
+            RETAINED_IGNORED,
+            "Retained copies on transaction topics, ignored (junk a client left)",
+            value=h.retained_ignored,
+        )
         yield GaugeMetricFamily(PENDING, "Transactions in the pool, not yet in a block", value=h.pending)
         yield GaugeMetricFamily(
             OUTBOX, "Messages to publish not yet acknowledged by the broker (waiting or in flight)", value=h.outbox

@@ -103,6 +103,7 @@ class LedgerService:
         self._in_flight: dict[str, int] = {}  # status topic -> its unacknowledged publishes
         self._in_flight_lock = threading.Lock()  # never held while calling paho (see PublishWindow)
         self.state_topic = topics.ledger_state(self.index)
+        self.retained_ignored = 0  # retained copies on transaction topics: junk, not transactions
         self.bus = BusClient(
             host,
             port,
@@ -144,6 +145,7 @@ class LedgerService:
             catch_ups=replica.catch_ups,
             pending=len(replica.pool),
             outbox=len(self._rows) + len(self._outgoing) + self._window.in_flight,
+            retained_ignored=self.retained_ignored,
         )
 
     def stop(self) -> None:
@@ -200,10 +202,29 @@ class LedgerService:
 
     def _receiver(self, typ: str):
         def receive(topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
+            if retained:
+                self._ignore_retained(topic, payload, ack)
+                return
             self._events.append(Transaction(typ, payload, ack))
             self._wake.set()
 
         return receive
+
+    def _ignore_retained(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
+        """A retained copy on a transaction topic: never a transaction (§7: not retained). The
+        broker keeps whatever a client published with the retain flag and delivers it again on
+        every subscribe, so deciding it would give one more block and reject after each
+        reconnect, forever. Its sender's live publish, if there was one, came to us as such."""
+        ack()
+        self.retained_ignored += 1
+        if self.retained_ignored == 1 or self.retained_ignored % 1000 == 0:
+            log.warning(
+                "ignored a retained message on %s (%s, %d in all): transactions are never retained; "
+                "clear it with an empty retained publish",
+                topic,
+                message_hash(payload).hex()[:16],
+                self.retained_ignored,
+            )
 
     def _consensus(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         ack()  # a lost consensus message costs a round at most; the votes are on disk already

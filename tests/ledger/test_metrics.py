@@ -30,6 +30,7 @@ HEALTH = Health(
     catch_ups=1,
     pending=4,
     outbox=6,
+    retained_ignored=8,
 )
 
 
@@ -78,6 +79,7 @@ def test_the_exposition_holds_every_metric_after_events():
     assert got[("spb_ledger_catch_ups_total", ())] == 1
     assert got[("spb_ledger_pending_transactions", ())] == 4
     assert got[("spb_ledger_outbox_depth", ())] == 6
+    assert got[("spb_ledger_retained_transactions_ignored_total", ())] == 8
     assert got[("spb_ledger_transaction_verify_seconds_count", ())] == 2
     assert acked == [17]
     assert got[("spb_ledger_puback_seconds_count", ())] == 2

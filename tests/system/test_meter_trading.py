@@ -184,6 +184,35 @@ def test_three_meters_get_their_coes_from_each_other(tmp_path, start_node, bus, 
     ] == []
 
 
+def test_coe_messages_left_retained_on_the_broker_are_ignored_at_every_start(tmp_path, start_node, bus, caplog):
+    """§7 sends CoE requests and answers live only. A copy someone left retained is delivered
+    again at every subscribe: a meter ignores it, rather than witnessing or refusing it anew at
+    each start (issue 17: retained junk misleads)."""
+    caplog.set_level(logging.INFO, logger="spb.meter")
+    community = make_community(tmp_path, meters=2)
+    ids = [m.id for m in community.meters]
+    inbox, client = bus(topics.METERS_ALL)
+    running = {m: start_node(meter_dir(community, m), FAST) for m in ids}
+    wait_for(lambda: all(any(b.coe for b in r.node.store.batches()) for r in running.values()), 30, "both CoEs")
+    left = [(t, p) for t, p, _ in list(inbox.messages) if t.endswith(("/coe/req", "/coe/resp"))]
+    assert {t.rsplit("/", 1)[1] for t, _ in left} == {"req", "resp"}
+    for info in [client.publish(topic, payload, retain=True) for topic, payload in left]:
+        assert client.wait_acked(info, 10)
+    for r in running.values():
+        r.stop()
+    caplog.clear()
+    restarted = [start_node(meter_dir(community, m), FAST).node for m in ids]
+    wait_for(lambda: all(node.bus.connected.is_set() for node in restarted), 20, "both meters back")
+    # Retained copies come right after the SUBACK, before anything published later: a live
+    # request (garbage, refused) is the sentinel after which every retained one was handled.
+    client.publish(topics.meter(ids[0], "coe/req"), b"live junk")
+    said = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
+    wait_for(lambda: any("refused a CoE request" in m for m in said()), 20, lambda: f"the refusal; {said()}")
+    assert [m for m in said() if " witnessed " in m or " refused " in m or " got the CoE " in m] == [
+        next(m for m in said() if "refused a CoE request" in m)
+    ]
+
+
 def test_a_lone_meter_waits_for_its_coe_until_a_peer_comes_online(tmp_path, start_node, bus):
     """A meter with no online peer makes batch #1 and waits for its CoE: it asks nobody (a
     meter never vouches for itself), `spb-meter status` says so and `spb-meter ctp` refuses
