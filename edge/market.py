@@ -130,11 +130,14 @@ def fill_exp(k: int, interval_ms: int, grace: int) -> int:
 
 
 def sale_of(status: Status, topic: str, account: bytes, now: int) -> SaleRow | None:
-    """A held status naming `account` as payer or payee, as a sale or fill; else None.
+    """A status naming `account` as payer or payee, as a sale or fill; else None. Held, or
+    already settled or refunded: in a market chain every status of a trade names its parties
+    (§9), and the final one may be the only one we see (a `held` status superseded before it
+    was published never is, decision 0007), so a sale can be known first at its end.
 
     `wh` is read if the status carries it (a proposed optional key), else left to match."""
     if (
-        status.state != CtpState.HELD
+        status.state not in (CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED)
         or topic != topics.status(status.ctp)
         or account not in (status.payer, status.payee)
     ):
@@ -142,7 +145,7 @@ def sale_of(status: Status, topic: str, account: bytes, now: int) -> SaleRow | N
     assert status.payer is not None and status.payee is not None, "one of them is our account"
     role = SOLD if status.payee == account else BOUGHT
     wh = getattr(status, "wh", None)
-    return SaleRow(status.ctp, role, status.payer, status.payee, wh, status.t, CtpState.HELD, None, 0, now)
+    return SaleRow(status.ctp, role, status.payer, status.payee, wh, status.t, status.state, None, 0, now)
 
 
 def on_sale_status(sale: SaleRow, status: Status, now: int) -> SaleRow | None:

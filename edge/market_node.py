@@ -188,13 +188,14 @@ class MarketNode:
         except Reject as exc:
             log.warning("%s rejected a status on %s: %s", self.id.meter, topic, exc)
             return
+        if self.store.update_sale(status.ctp, lambda s: market.on_sale_status(s, status, now)) is not None:
+            self.dirty.set()  # a sale we follow ended
+            return
         sale = market.sale_of(status, topic, self.account_pk, now)
-        if sale is not None:
-            if self.store.trade(sale.id) is None and self.store.add_sale(sale):  # not our own CTP
+        if sale is not None and self.store.trade(sale.id) is None and self.store.add_sale(sale):  # not our own CTP
+            if sale.state == CtpState.HELD:
                 self._recorded.add(topic)  # its end may come before housekeeping follows it (after an outage)
-                log.info("%s: trade %s held naming us (%s)", self.id.meter, sale.id.hex(), sale.role)
-                self.dirty.set()
-        elif self.store.update_sale(status.ctp, lambda s: market.on_sale_status(s, status, now)) is not None:
+            log.info("%s: trade %s %s naming us (%s)", self.id.meter, sale.id.hex(), sale.state, sale.role)
             self.dirty.set()
 
     def _on_account(self, topic: str, payload: bytes, retained: bool) -> None:

@@ -48,11 +48,14 @@ class CtpRecord:
         return replace(self, state=state, height=height, t=t, by=by, erc_pk=erc_pk)
 
     def status(self, t: int, market: bool) -> Status:
-        """Its retained status, published at block time t. In a market chain a `held` status
-        names the parties, the Wh and the expiry (§9): the seller's meter learns of its sale
-        and the buyer's of a fill, which it never signed a CTP for."""
+        """Its retained status, published at block time t. In a market chain every status of a
+        held trade names the parties, the Wh and the expiry (§9): the seller's meter learns of
+        its sale and the buyer's of a fill, which it never signed a CTP for, and how it ended
+        even when the `held` status never went out (a block's status is not published once a
+        later block superseded it, decision 0007: a clearing late enough for its fills to be
+        refunded in the next block)."""
         status = Status(ctp=self.ctp.id, state=self.state, t=t, h=self.height, msg=self.by or None)
-        if not (market and self.state == CtpState.HELD):
+        if not market:
             return status
         ctp = self.ctp
         return replace(status, payer=ctp.payer, payee=ctp.payee, wh=ctp.wh, exp=ctp.exp)

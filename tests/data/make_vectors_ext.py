@@ -128,6 +128,17 @@ def market_messages() -> dict[str, bytes]:
             wh=fill.wh,
             exp=fill.exp,
         ).sign(VALIDATOR),
+        # Nobody confirmed it by its expiry: the refund names the parties too (§9, issue 17).
+        "status_refunded_fill": Status(
+            ctp=fill.id,
+            state=CtpState.REFUNDED,
+            t=fill.exp + 1,
+            h=CLEAR_H + 700,
+            payer=fill.payer,
+            payee=fill.payee,
+            wh=fill.wh,
+            exp=fill.exp,
+        ).sign(VALIDATOR),
         "account_alice": account_after_clearing(),
     }
 
@@ -228,6 +239,9 @@ ABOUT = (
     "SHA-256(bid_sealed bytes || nonce), each order's id (first 16 bytes of its message hash), and the green "
     "fill of bid_green against ask_m0002: id = first 16 bytes of SHA-256(bid hash || ask hash), its fill "
     "document (deterministic CBOR, unsigned) and that document's SHA-256, the msg of status_held_fill. "
+    "status_refunded_fill is that fill's refund at its expiry, a block after which nobody confirmed it: "
+    "like every status of a market chain's trade it names payer, payee, wh and exp; no msg (no message "
+    "caused it). "
     "account_alice is alice's account status (decision 0010) of the clearing block, her genesis balance being "
     "100000: both fills' amounts held, the rest free. "
     "Made by tests/data/make_vectors_ext.py."

@@ -126,6 +126,24 @@ def test_a_held_status_naming_us_is_a_sale_or_a_fill():
     assert market.sale_of(held(OTHER, ME), topics.status(b"g" * 16), ME, GATE) is None  # on another id's topic
 
 
+def test_a_final_status_naming_us_is_a_sale_known_at_its_end():
+    """A held status superseded before it was published never is (decision 0007): the seller
+    learns of the sale from its settled or refunded status, which names the parties (§9)."""
+    topic = topics.status(b"f" * 16)
+    ended = Status(ctp=b"f" * 16, state=CtpState.REFUNDED, t=GATE + 900, h=12, payer=OTHER, payee=ME, wh=3, exp=GATE)
+    sale = market.sale_of(ended, topic, ME, GATE + 901)
+    assert sale is not None and (sale.role, sale.state, sale.wh, sale.t) == (
+        SOLD_ROLE,
+        CtpState.REFUNDED,
+        3,
+        GATE + 900,
+    )
+    rejected = Status(ctp=b"f" * 16, state=CtpState.REJECTED, t=GATE, reason="insufficient-funds")
+    assert market.sale_of(rejected, topic, ME, GATE) is None
+    v1 = Status(ctp=b"f" * 16, state=CtpState.SETTLED, t=GATE, h=12)  # a v1 chain's: names nobody
+    assert market.sale_of(v1, topic, ME, GATE) is None
+
+
 def sale(role: str, id: bytes = b"f" * 16, t: int = GATE + 100, wh: int | None = None, order_id=None) -> SaleRow:
     return SaleRow(id, role, ME, OTHER, wh, t, CtpState.HELD, order_id, 0, t)
 

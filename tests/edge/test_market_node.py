@@ -130,6 +130,23 @@ def test_a_sale_ended_before_housekeeping_followed_it_still_ends(setup):
     assert [(s.id, s.state) for s in node.store.sales()] == [(sale_id, CtpState.REFUNDED)]
 
 
+def test_a_sale_whose_held_status_never_came_is_known_by_its_end(setup):
+    """A clearing late enough that the next block refunds its fills: the held status was
+    superseded before it went out, so the seller's meter sees only the refund, which names
+    it (§9). It records the sale as ended, once; a copy changes nothing."""
+    node, validator = setup
+    me = bytes(node.id.account_key().verify_key)
+    sale_id = b"L" * 16
+    refunded = Status(
+        ctp=sale_id, state=CtpState.REFUNDED, t=2000, h=6, payer=b"b" * 32, payee=me, wh=4, exp=1900
+    ).sign(validator)
+    for _ in range(2):
+        node.market._on_any_status(topics.status(sale_id), refunded, False)
+    [sale] = node.store.sales()
+    assert (sale.id, sale.role, sale.state, sale.wh) == (sale_id, "sold", CtpState.REFUNDED, 4)
+    assert node.store.trade(sale_id) is None, "nothing of ours to confirm"
+
+
 def test_a_restarted_meter_follows_its_held_sales_before_it_connects(setup):
     """An end status queued for the meter while it was down comes before any housekeeping."""
     node, validator = setup

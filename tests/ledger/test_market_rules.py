@@ -228,6 +228,20 @@ def test_an_idle_ledger_clears_at_the_gate(chain, m):
     assert chain.state.next_due() == (K + 2) * I + 1, "next: the fill's expiry"
 
 
+def test_every_status_of_a_fill_names_its_parties_the_final_one_too(chain, m):
+    """§9: a block's status that a later block superseded before its validator could publish
+    it is never published (decision 0007), so a fill's `refunded` may be the only status its
+    seller's meter sees: it names the parties, the Wh and the expiry like the `held` one."""
+    chain.block(NOW, ("ask", m.ask(0, 10, 5)), ("bid", m.bid(3, 8, 7)))
+    chain.block(GATE)
+    [fill] = fills(chain)
+    chain.block(fill.ctp.exp + 1)  # nobody confirmed it: refunded at its expiry
+    statuses = published(chain, topics.status(fill.ctp.id))
+    assert [s.state for s in statuses] == [CtpState.HELD, CtpState.REFUNDED]
+    for status in statuses:
+        assert (status.payer, status.payee, status.wh, status.exp) == (m.account(3), m.account(0), 8, fill.ctp.exp)
+
+
 def test_green_bids_take_renewable_asks_first(chain, m):
     solar, grid = m.ask(0, 5, 3), m.ask(1, 5, 1)
     green, plain = m.bid(3, 5, 9, green=True), m.bid(2, 5, 9)

@@ -30,5 +30,6 @@ SIGNER: dict[str, SigningKey] = {
     "order_filled_ask": EXT_VALIDATOR,
     "cleared": EXT_VALIDATOR,
     "status_held_fill": EXT_VALIDATOR,
+    "status_refunded_fill": EXT_VALIDATOR,
     "account_alice": EXT_VALIDATOR,
 }

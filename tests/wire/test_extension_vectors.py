@@ -153,6 +153,15 @@ def test_the_held_status_of_the_fill_names_its_parties_and_document():
     assert status["msg"] == sha256(bytes.fromhex(fill["document"])).digest() == bytes.fromhex(fill["document_hash"])
 
 
+def test_the_refund_of_the_fill_names_its_parties_too():
+    held, refunded = body_map(EXT_VALID["status_held_fill"]), body_map(EXT_VALID["status_refunded_fill"])
+    assert (refunded["ctp"], refunded["state"], refunded["h"]) == (held["ctp"], "refunded", held["h"] + 700)
+    assert {k: refunded[k] for k in ("payer", "payee", "wh", "exp")} == {
+        k: held[k] for k in ("payer", "payee", "wh", "exp")
+    }
+    assert "msg" not in refunded and refunded["t"] == held["exp"] + 1
+
+
 def test_the_order_statuses_show_what_section_9_5_allows():
     """The sealed bid's shows its deposit and neither wh nor price; the filled ask's all of it."""
     sealed, filled = body_map(EXT_VALID["order_sealed_bid"]), body_map(EXT_VALID["order_filled_ask"])
