@@ -8,7 +8,7 @@ interval (deploy.market). Each meter's Sense HAT is drawn in the terminal, with 
 of balances from the ledger. The bus is watched like an operator's monitor would: every
 birth, reading, export record, status, order, clearing result and block is verified. The
 meters verify each other's births (their CoE witnesses), never each other's readings: those
-tell when a household is home, so only its own meter, the ledger and monitors see them
+tell when a household is home, so no meter reads them: only the ledger and monitors do
 (docs/decisions/0012-neighbour-privacy.md). Exits 0 only if every trade ended as planned
 (one is more than can be delivered before it expires, so it is refunded), the interval
 cleared with fills that settled, each meter verified its peers' births and went offline
@@ -225,7 +225,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         console.print(
             "[bold]privacy[/] meters verify each other's births, not readings: this monitor verifies "
-            "every reading; a household's are for its own meter, the ledger and monitors (decision 0012)"
+            "every reading; no meter reads a household's, only the ledger and monitors (decision 0012)"
         )
         ca, validators = [bytes.fromhex(community.ca_pk)], [bytes.fromhex(v.pk) for v in community.validators]
         monitor = Monitor(console, PeerTable(Verifier(cas=ca)))
