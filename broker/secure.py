@@ -2,7 +2,8 @@
 
 Zero trust on the bus: every client shows a certificate from the community's broker CA, its
 CN becomes its username and client id, and the ACL (docs/PROTOCOL.md §7, with the amendments in
-docs/decisions/0005-broker-security.md) lets a meter speak only for itself, validators alone
+docs/decisions/0005-broker-security.md) lets a meter speak only for itself and read only what it
+uses (no neighbour's readings: docs/decisions/0012-neighbour-privacy.md), validators alone
 write what the ledger says, monitoring users read without writing, and the monitoring mirror
 (`spb-monitor mirror`) alone writes the JSON tree beside the protocol's. Pure text rendering;
 provisioning (deploy/) makes the certificates and writes these files.
@@ -44,31 +45,40 @@ JSON_ALL = "spb-json/#"
 DISCOVERY_ALL = "homeassistant/#"
 
 # A meter's own subtree, by %u: it writes its state, birth and readings, and reads the CoE
-# requests it is asked to witness and the answers to its own.
+# requests it is asked to witness and the answers to its own. Not its own readings: it made them.
 _METER_PATTERNS = """\
 pattern write spb/v1/meters/%u/state
 pattern write spb/v1/meters/%u/birth
 pattern write spb/v1/meters/%u/reading
-pattern read spb/v1/meters/%u/coe/#
+pattern read spb/v1/meters/%u/coe/req
+pattern read spb/v1/meters/%u/coe/resp
 """
-# What every meter shares with the others. Every transaction topic (wire.topics.TX_TYPES, so a
-# new message type cannot be forgotten here): a household's meter sends its CTPs, ERCs, orders
-# and export records, each signed by the key the ledger checks, so a meter gains nothing by
-# sending another's. coe/resp of other meters is writable because the witness answers on the
-# requester's topic (§7); the CoE inside is signed, so a forged one is only refused by the
-# requester, and a meter still reads only its own answers. It reads what the ledger says:
-# statuses, and the market's book and results (public, docs/PROTOCOL.md §9.5).
+# What every meter shares with the others: only what a running meter subscribes to (edge/),
+# each read for the reason beside it; the table of docs/PROTOCOL.md §7 is the contract
+# (tests/broker/test_acl.py checks one against the other), docs/decisions/0012 the why.
+# Every transaction topic (wire.topics.TX_TYPES, so a new message type cannot be forgotten
+# here): a household's meter sends its CTPs, ERCs, orders and export records, each signed by
+# the key the ledger checks, so a meter gains nothing by sending another's. coe/resp of other
+# meters is writable because the witness answers on the requester's topic (§7); the CoE inside
+# is signed, so a forged one is only refused by the requester, and a meter still reads only
+# its own answers. No neighbour's readings (decision 0012: they tell when a household is home),
+# no transaction, no block (it carries every export record), no other household's account.
 _METER_SHARED = (
     "".join(f"topic write {topic}\n" for topic in topics.TX_TYPES)
     + f"""\
 topic write spb/v1/meters/+/coe/req
 topic write spb/v1/meters/+/coe/resp
-topic read spb/v1/meters/+/state
+# peers' births (devcerts, device keys): the meters that may witness its CoEs
 topic read spb/v1/meters/+/birth
-topic read spb/v1/meters/+/reading
+# peers' online states: which of them to ask now
+topic read spb/v1/meters/+/state
+# its trades and sales: the market's fills get ids it cannot know in advance (decision 0009)
 topic read spb/v1/status/#
+# the refusals of its own messages, matched by message hash
 topic read spb/v1/rejects
-topic read spb/v1/ledger/#
+# whether the ledger is up: no household's data (no meter code reads it yet; a display may)
+topic read {topics.LEDGER_STATE_ALL}
+# its orders' statuses and the results: the book is public (docs/PROTOCOL.md 9.5)
 topic read {topics.MARKET_ALL}
 """
 )
@@ -153,7 +163,8 @@ def acl(ids: Identities) -> str:
             # Only meters own a subtree: cancel the %u patterns for everyone else.
             own = "" if grants is _METER_SHARED else f"topic deny spb/v1/meters/{cn}/#\n"
             if grants is _METER_SHARED and cn in accounts:
-                own = f"topic read {topics.account(bytes.fromhex(accounts[cn]))}\n"
+                account = topics.account(bytes.fromhex(accounts[cn]))
+                own = f"# its household's money, to plan its bids (docs/PROTOCOL.md 9.6)\ntopic read {account}\n"
             lines.append(f"\nuser {cn}\n{grants}{own}")
     return "".join(lines)
 
@@ -162,7 +173,8 @@ def local_acl() -> str:
     """The loopback development listener: anonymous clients read the tree and write nothing.
 
     They read the mirror's JSON tree and discovery configs too: that is how Home Assistant,
-    Grafana or Telegraf on the broker's own host consume the community.
+    Grafana or Telegraf on the broker's own host consume the community. Every household's
+    readings with them, to any process on that host: development only (decision 0012).
     """
     return (
         "# Generated by spb-energy (broker.secure.local_acl); edits are overwritten.\n"

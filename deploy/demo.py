@@ -6,10 +6,13 @@ processes with emulated MCP3008s, and has the consumers buy the producer's energ
 `spb-meter ctp`, then on the market: the producer asks and both consumers bid for one
 interval (deploy.market). Each meter's Sense HAT is drawn in the terminal, with a live line
 of balances from the ledger. The bus is watched like an operator's monitor would: every
-birth, reading, export record, status, order, clearing result and block is verified. Exits
-0 only if every trade ended as planned (one is more than can be delivered before it expires,
-so it is refunded), the interval cleared with fills that settled, the meters verified each
-other and went offline cleanly, and the ledger's chain passes its audit.
+birth, reading, export record, status, order, clearing result and block is verified. The
+meters verify each other's births (their CoE witnesses), never each other's readings: those
+tell when a household is home, so no meter reads them: only the ledger and monitors do
+(docs/decisions/0012-neighbour-privacy.md). Exits 0 only if every trade ended as planned
+(one is more than can be delivered before it expires, so it is refunded), the interval
+cleared with fills that settled, each meter verified its peers' births and went offline
+cleanly, the monitor verified every meter's readings, and the ledger's chain passes its audit.
 """
 
 from __future__ import annotations
@@ -70,12 +73,13 @@ class Seen:
     rejects: int = 0
     state: str = "?"  # the live state; a previous run's retained one does not count
     last: str = ""
-    peer_readings: int = 0  # readings of other meters that this meter verified itself ("verified peer")
+    peer_births: int = 0  # births of other meters that this meter verified itself ("peers' births")
 
 
 @dataclass
 class Monitor:
-    """Verifies and prints what the meters publish (a read-only bus client).
+    """Verifies and prints what the meters publish (a read-only bus client): the signed
+    readings too, which the meters themselves no longer see of each other (decision 0012).
 
     Retained births still teach it device keys, but only live messages count towards the
     verdict: a rerun must not pass on what the previous run left on the broker.
@@ -218,6 +222,10 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(
             f"[bold]community[/] {community.root} ({len(community.meters)} meters)   "
             f"[bold]broker[/] {broker.kind} on {url}, read-only for anyone on mqtt://127.0.0.1:{port}"
+        )
+        console.print(
+            "[bold]privacy[/] meters verify each other's births, not readings: this monitor verifies "
+            "every reading; no meter reads a household's, only the ledger and monitors (decision 0012)"
         )
         ca, validators = [bytes.fromhex(community.ca_pk)], [bytes.fromhex(v.pk) for v in community.validators]
         monitor = Monitor(console, PeerTable(Verifier(cas=ca)))
@@ -371,12 +379,12 @@ def _start(module_args: list[str], name: str, monitor: Monitor):
 
 
 def _relay(proc: subprocess.Popen, name: str, monitor: Monitor) -> None:
-    """Show a process's own log, dimmed, and count the peer readings each meter verified."""
+    """Show a process's own log, dimmed, and count the peers' births each meter verified."""
     assert proc.stdout is not None, "_start pipes it"
     for line in proc.stdout:
         with monitor.lock:
-            if " verified reading " in line:
-                monitor.seen.setdefault(name, Seen()).peer_readings += 1
+            if " verified birth of " in line:
+                monitor.seen.setdefault(name, Seen()).peer_births += 1
             monitor.console.print(Text("    " + line.rstrip(), style="dim"))
 
 
@@ -391,15 +399,13 @@ def _summary(
     audited: str,
 ) -> int:
     table = Table(title="What the monitor verified")
-    for column in ("meter", "births", "readings", "rejects", "verified peer", "Wh in/out", "state"):
+    for column in ("meter", "births", "readings", "rejects", "peers' births", "Wh in/out", "state"):
         table.add_column(column)
     ok = all(code == 0 for code in codes)
     for meter, _, _ in METERS:
         s = monitor.seen.get(meter, Seen())
-        table.add_row(meter, str(s.births), str(s.readings), str(s.rejects), str(s.peer_readings), s.last, s.state)
-        ok = (
-            ok and s.births >= 1 and s.readings >= 2 and s.peer_readings >= 1 and not s.rejects and s.state == "offline"
-        )
+        table.add_row(meter, str(s.births), str(s.readings), str(s.rejects), str(s.peer_births), s.last, s.state)
+        ok = ok and s.births >= 1 and s.readings >= 2 and s.peer_births >= 1 and not s.rejects and s.state == "offline"
     console.print(table)
     trades = Table(title="Trades")
     for column in ("CTP", "buyer", "units", "Wh", "expected", "ended"):

@@ -100,9 +100,11 @@ class MeterNode:
         self.scales: Scales = Scales(full_w=config.import_full_w)
         self._market_made_of: tuple | None = None  # (interval, orders, sales, balance) screen_market is of
         self.bus.on_connect.append(self._announce)
+        # Peers' births and states, not their readings: a meter needs witnesses for its CoEs,
+        # and a neighbour's readings would tell it when that household is home (the broker
+        # lets it read none: docs/decisions/0012-neighbour-privacy.md; monitors verify them).
         handlers = {
             topics.every_meter("birth"): self._on_birth,
-            topics.every_meter("reading"): self._on_reading,
             topics.every_meter("state"): self._on_state,
             topics.REJECTS: self._on_reject,
             topics.meter(identity.meter, "coe/req"): self._on_coe_request,
@@ -448,21 +450,6 @@ class MeterNode:
             birth = self.peers.on_birth(peer, raw, wall_ms())
             self.store.save_peer_birth(peer, raw)
             log.info("%s verified birth of %s (fw %s, boot %d)", self.id.meter, peer, birth.fw, birth.boot)
-
-        self._peer_message(topic, payload, handle)
-
-    def _on_reading(self, topic: str, payload: bytes, retained: bool) -> None:
-        def handle(peer: str, raw: bytes) -> None:
-            r = self.peers.on_reading(peer, raw, wall_ms())
-            log.info(
-                "%s verified reading #%d of %s: %d Wh in, %d Wh out, %+d W",
-                self.id.meter,
-                r.seq,
-                peer,
-                r.wh_in,
-                r.wh_out,
-                r.w,
-            )
 
         self._peer_message(topic, payload, handle)
 

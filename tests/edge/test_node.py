@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from broker import secure
 from broker.clock import wall_ms
 from deploy.provision import provision
 from edge import tx
@@ -13,6 +14,7 @@ from edge.energy import WMS_PER_WH
 from edge.meter import MeterNode
 from edge.state_dir import MeterIdentity
 from edge.store import MeterStore
+from tests.support import acl_table
 from tests.support.meter import add_witnessed_batch
 from wire import topics
 
@@ -91,3 +93,13 @@ def test_a_state_dir_without_validators_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="no ledger validators"):
         MeterIdentity.load(toml.parent)
+
+
+def test_the_meter_reads_no_reading_and_subscribes_only_to_what_the_acl_lets_it_read(node):
+    """Decision 0012: peers' births and states, not their readings (nor its own); and every
+    filter it subscribes to is one the broker's ACL lets a meter read (docs/PROTOCOL.md §7)."""
+    filters = set(node.bus._subscriptions)
+    assert not [f for f in filters if f.endswith("/reading")]
+    assert {topics.every_meter("birth"), topics.every_meter("state"), topics.account(node.market.account_pk)} <= filters
+    ids = secure.Identities(meters=("m0001",), accounts=(("m0001", node.market.account_pk.hex()),))
+    assert {f: "read" in acl_table.may(secure.acl(ids), "m0001", f) for f in filters} == dict.fromkeys(filters, True)

@@ -63,24 +63,26 @@ def test_demo_trades_as_planned_and_exits_0_with_the_embedded_amqtt(tmp_path):
 
 
 def check_tour(community, result: subprocess.CompletedProcess, report: str, *, embedded: bool, trades: int) -> None:
-    """The meters come online, verify each other, fetch CoEs from each other, and the consumers'
+    """The meters come online, verify each other's births (not readings: decision 0012), fetch
+    CoEs from each other, the monitor verifies every meter's readings, and the consumers'
     trades end as planned: all settled by the meters' own ERCs but the last, which asks for
     more than can arrive before it expires and is refunded. The producer's meter proves its
     export interval by interval; then it asks and both consumers bid for one interval, which
     clears both products as deploy/demo.py's MARKET plans, and the fills settle too. Every
     validator's chain passes its audit, and they end at one head."""
     out = result.stdout
+    flat = " ".join(out.split())  # the console wraps long lines at its width
 
     assert result.returncode == 0, report
     assert "demo ok" in out, report
     assert ("broker embedded" if embedded else "broker mosquitto") in out, report
+    assert "meters verify each other's births, not readings: this monitor verifies every reading" in flat, report
     # The only rejection is `oversold`: an ERC that came before its seller's export record
     # for the interval, sent again after it (docs/PROTOCOL.md §9.4).
     rejections = [line for line in out.splitlines() if "rejected" in line]
     assert all(line.rstrip().endswith(": oversold") for line in rejections), report
     assert (community / "community.toml").is_file()
     # four validators by default: each says offline at the one head every audit agrees on
-    flat = " ".join(out.split())  # the console wraps long lines at its width
     market = re.search(
         r"market: interval #\d+ cleared: green 3 × 6 Wh, open 2 × 4 Wh, 2 fill\(s\); fill trades: (\w+… \w+, \w+… \w+)",
         flat,
@@ -103,7 +105,9 @@ def check_tour(community, result: subprocess.CompletedProcess, report: str, *, e
         assert re.search(rf"★ {meter}\s+birth\s+fw \S+, boot 1;", out), report
         seqs = [int(s) for s in re.findall(rf"^\s*{meter}\s+reading\s+#(\d+)", out, re.M)]
         assert len(seqs) >= 2 and seqs == sorted(set(seqs)), report
-        assert re.search(rf"{meter} verified reading #\d+ of m000[123]", out), report
+        # Peers' births (their CoE witnesses), never their readings: those only the monitor verifies.
+        assert re.search(rf"{meter} verified birth of m000[123] ", out), report
+        assert not re.search(rf"{meter} verified reading", out), report
         assert re.search(rf"{meter} got the CoE of key batch #1", out), report
         assert re.search(rf"● {meter}\s+state\s+online", out), report
         assert re.search(rf"● {meter}\s+state\s+offline", out), report
