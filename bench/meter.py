@@ -281,7 +281,7 @@ def report_alone(run: Run, args: argparse.Namespace, bare: tuple[float, int], ad
     )
     print(
         f"peer: CoE from {SELLER} {'yes' if 'got the CoE' in run.log else 'not yet'}; "
-        f"verified {run.log.count('verified reading #')} reading(s) of {SELLER}"
+        f"verified the birth of {SELLER}: {'yes' if f'verified birth of {SELLER}' in run.log else 'not yet'}"
     )
     budget_lines("", run)
 
