@@ -14,17 +14,18 @@ one side effect.
 
 The rule:
 - In step: the wall clock is where the last time used plus the monotonic time since says
-  it should be, within `tolerance_ms`, and not before the last time used. Then the wall
-  clock is used. Tolerance covers NTP's slewing (at most 0.5 ms/s) between reads, which
+  it should be, within `tolerance_ms`, and not before its last reading. Then the wall clock
+  is used (never before the last time used). Tolerance covers NTP's slewing (at most 0.5 ms/s) between reads, which
   come at least once a minute, with room to spare; it stays well under the replica's
   `max_skew_ms` (5 s), so what the guard lets through the other validators accept.
-- A jump: the wall clock is before the last time used (backwards at all), or more than
+- A jump: the wall clock is before its last reading (backwards at all), or more than
   `tolerance_ms` away from where it should be. From then on the time used keeps advancing
   from the last good one by the monotonic clock alone, one WARNING says how far the wall
   clock jumped, `jumps` counts it and `offset_ms` says how far the wall clock is from the
   time used.
-- Back in step: a wall clock that returns to where it should be (the jump was undone) is
-  used again at once, with no alarm.
+- Back in step: a wall clock that returns to where it should be (the jump was undone, or
+  a step back was smaller than `tolerance_ms`) is used again at the next read, with no
+  second alarm.
 - Accepted: a wall clock that stays at its new offset (within `tolerance_ms`) for
   `settle_ms` of monotonic time is believed from then on: a real correction (a clock that
   was wrong at start, a validator restored from a snapshot) is not ignored for good. It may
@@ -57,6 +58,7 @@ class ClockGuard:
         self.jumps = 0  # jumps seen since start
         self.offset_ms = 0  # the wall clock minus the time used, at the last read
         self._used: int | None = None  # the time returned by the last read
+        self._wall = 0  # the wall clock at the last read
         self._mono = 0  # the monotonic clock at the last read
         self._since: int | None = None  # while out of step: the monotonic time the current offset began
 
@@ -68,15 +70,18 @@ class ClockGuard:
         """The time to use now (ms since the epoch) for a wall clock reading `wall` at
         monotonic time `mono` (ms, any origin; never decreasing)."""
         if self._used is None:
-            self._used, self._mono = wall, mono
+            self._used, self._wall, self._mono = wall, wall, mono
             return wall
         expected = self._used + max(0, mono - self._mono)
         offset = wall - expected  # how far the wall clock is from where it should be
-        self._mono = mono
-        if wall >= self._used and abs(offset) <= self.tolerance_ms:
+        stepped_back = self._since is None and wall < self._wall
+        self._wall, self._mono = wall, mono
+        if abs(offset) <= self.tolerance_ms and not stepped_back:
             if self._since is not None:
                 log.warning("the wall clock is back in step (%+.3f s from the time used)", offset / 1000)
-            return self._use(wall)
+            # Never before the last time used: the wall and the monotonic clock are read one
+            # after the other, so coming back in step may find the wall clock a little behind.
+            return self._use(max(wall, self._used))
         if self._since is None or abs(offset - self.offset_ms) > self.tolerance_ms:
             self.jumps += 1
             self._since = mono
@@ -96,6 +101,6 @@ class ClockGuard:
         self._used, self.offset_ms = expected, offset
         return expected
 
-    def _use(self, wall: int) -> int:
-        self._used, self._since, self.offset_ms = wall, None, 0
-        return wall
+    def _use(self, time: int) -> int:
+        self._used, self._since, self.offset_ms = time, None, 0
+        return time

@@ -55,11 +55,24 @@ def test_a_backward_jump_is_held_off_and_undone_without_a_second_alarm(caplog):
     assert "back in step" in caplog.records[1].getMessage() and len(caplog.records) == 2
 
 
-def test_even_a_small_step_back_is_a_jump():
+def test_even_a_small_step_back_is_a_jump_and_time_never_goes_back():
     guard = ClockGuard(tolerance_ms=1000)
     guard.read(T0, 0)
     assert guard.read(T0 - 10, 0) == T0  # never before the time already used
     assert guard.jumps == 1 and guard.offset_ms == -10
+    assert guard.read(T0 - 5, 5) == T0  # back in step, but not before the time used...
+    assert guard.in_step and guard.read(T0 + 20, 30) == T0 + 20  # ...until the wall clock passes it
+    assert guard.jumps == 1
+
+
+def test_an_undone_jump_a_little_behind_is_no_second_jump():
+    """The wall and monotonic clocks are read one after the other: a read delayed between
+    the two makes the wall clock seem a few ms behind when it comes back."""
+    guard = ClockGuard()
+    guard.read(T0, 0)
+    guard.read(T0 + HOUR + 1000, 1000)
+    assert guard.read(T0 + 1997, 2000) == T0 + 1997  # after the last time used (T0 + 1000)
+    assert guard.in_step and guard.jumps == 1
 
 
 def test_a_new_time_kept_for_settle_ms_is_believed():
