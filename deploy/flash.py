@@ -2,7 +2,8 @@
 
 Everything goes into the mounted partitions, nothing runs on the card until it boots: SPI
 and I2C on, the hostname, a `spb-meter` system user, the meter's state dir, the project's
-wheel with a first-boot install, and a hardened spb-meter.service.
+wheel with a first-boot install, and a hardened spb-meter.service that starts once NTP has
+set the clock (or gave up after TIME_SYNC_WAIT).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ INSTALL = Install(prefix="/opt/spb-meter", extras="pi", apt=("python3-venv", "py
 # The groups owning /dev/gpiochip*, /dev/spidev*, /dev/i2c-*, the Sense HAT's /dev/fb* and its joystick.
 DEVICE_GROUPS = ("gpio", "spi", "i2c", "video", "input")
 INTERFACES = ("spi", "i2c_arm")  # the MCP3008 is on SPI; the Sense HAT's sensors on I2C
+# time-sync.target means "NTP has set the clock" only with this enabled; Raspberry Pi OS ships
+# it (systemd-timesyncd sets the clock), disabled. Its [Install] says WantedBy=sysinit.target.
+TIME_WAIT_SYNC = "systemd-time-wait-sync.service"
+TIME_SYNC_WAIT = "5min"  # how long a booting meter waits for NTP before it meters anyway
 
 
 def enable_interfaces(config: bytes, params: tuple[str, ...] = INTERFACES) -> bytes:
@@ -80,8 +85,10 @@ def meter_unit(meter: str, broker: BrokerUrl, groups: tuple[str, ...]) -> str:
 # Written by `spb-deploy flash-meter`; re-flashing replaces it.
 [Unit]
 Description=spb-energy meter {meter}
-Wants=network-online.target {INSTALL.service}
-After=network-online.target {INSTALL.service}
+# time-sync.target: signed births and readings carry the NTP time, not what a Pi without a
+# battery clock boots with (edge.clock_check still refuses a clock before the devcert's).
+Wants=network-online.target time-sync.target {INSTALL.service}
+After=network-online.target time-sync.target {INSTALL.service}
 # A meter never gives up: at first boot it waits for the install, later for the hardware.
 StartLimitIntervalSec=0
 
@@ -100,6 +107,18 @@ RestartSec=5
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+
+def time_wait_sync_limit() -> str:
+    """A drop-in for systemd-time-wait-sync.service: its wait, unbounded as shipped, ends
+    after TIME_SYNC_WAIT, so a meter with no network at boot still meters (a failed wait
+    still lets time-sync.target, which only orders, be reached)."""
+    return f"""\
+# Written by `spb-deploy flash-meter`: spb-meter.service starts after time-sync.target, which
+# waits for this service. Without NTP it would wait for ever, and the meter would not meter.
+[Service]
+TimeoutStartSec={TIME_SYNC_WAIT}
 """
 
 
@@ -123,6 +142,8 @@ def flash_meter(state: Path, boot: Path, root: Path, broker: BrokerUrl, wheel: P
     tree.copy_files(state, STATE, owner)
     INSTALL.write(tree, wheel)
     tree.unit("spb-meter.service", meter_unit(meter, broker, account.groups), enable=("spb-meter.service",))
+    tree.link(f"/etc/systemd/system/sysinit.target.wants/{TIME_WAIT_SYNC}", f"/usr/lib/systemd/system/{TIME_WAIT_SYNC}")
+    tree.file(f"/etc/systemd/system/{TIME_WAIT_SYNC}.d/spb-meter.conf", time_wait_sync_limit().encode())
     tree.file("/etc/systemd/journald.conf.d/spb-meter.conf", journald_limits("the meter", "64M", "1month").encode())
     return boot_tree, tree
 

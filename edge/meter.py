@@ -18,7 +18,7 @@ import time
 
 from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
-from edge import FIRMWARE_VERSION, coe, export, keyring, market_screen, policy, trades, tx
+from edge import FIRMWARE_VERSION, clock_check, coe, export, keyring, market_screen, policy, trades, tx
 from edge.agent_node import AgentNode
 from edge.config import MeterConfig
 from edge.display import IDLE, View, is_night
@@ -62,6 +62,7 @@ class MeterNode:
         self.painter, self.led = painter, led
         self.store = MeterStore(identity.db_path, outbox_max=config.outbox_max)
         self.boot = self.store.next_boot()
+        self.clock_floor = clock_check.floor_of(identity.devcert)  # a wall clock before it is surely wrong
         self.integrator = Integrator(self.store.totals(), max_gap_ms=max(2000, int(2000 / config.sample_hz)))
         verifier = Verifier(cas=[identity.ca_pk], validators=identity.validators)
         self.verifier = verifier
@@ -119,6 +120,14 @@ class MeterNode:
         """Sample, publish and trade until `stop` is set, then go offline cleanly."""
         totals = self.integrator.totals
         log.info("%s boot %d, %d Wh in, %d Wh out so far", self.id.meter, self.boot, totals.wh_in, totals.wh_out)
+        # Nothing is signed with a time (the birth on connect, readings, export records,
+        # key batches) until the clock is plausible: a signature cannot be taken back.
+        if not clock_check.wait_for_clock(wall_ms, self.clock_floor, stop):
+            for device in (self.painter, self.led):  # stopped first: nothing signed, never connected
+                if device is not None:
+                    device.close()
+            self.store.close()
+            return
         self.bus.connect()
         period_ms = 1000 / self.config.sample_hz
         reading_ms = int(self.config.reading_s * 1000)

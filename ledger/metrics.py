@@ -49,6 +49,8 @@ VERIFY = PREFIX + "transaction_verify_seconds"  # histogram
 PUBACK = PREFIX + "puback_seconds"  # histogram
 BLOCK_INTERVAL = PREFIX + "block_interval_seconds"  # histogram
 INFO = PREFIX + "validator_info"
+CLOCK_JUMPS = PREFIX + "clock_jumps"  # counter
+CLOCK_OFFSET = PREFIX + "clock_offset_seconds"
 
 # An Ed25519 check takes tens of µs; a cached one (a block's replay) about a µs.
 VERIFY_BUCKETS = (1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
@@ -69,6 +71,8 @@ class Health(NamedTuple):
     pending: int  # transactions in its pool
     outbox: int  # messages to publish the broker has not acknowledged: waiting or in flight
     retained_ignored: int = 0  # retained copies on transaction topics, not taken as transactions
+    clock_jumps: int = 0  # wall clock jumps the clock guard held off (ledger.clock_guard)
+    clock_offset_ms: int = 0  # the wall clock minus the time the validator uses: 0 unless held off
 
 
 def available() -> bool:
@@ -195,4 +199,14 @@ class _HealthCollector:
         yield GaugeMetricFamily(PENDING, "Transactions in the pool, not yet in a block", value=h.pending)
         yield GaugeMetricFamily(
             OUTBOX, "Messages to publish not yet acknowledged by the broker (waiting or in flight)", value=h.outbox
+        )
+        yield CounterMetricFamily(
+            CLOCK_JUMPS,
+            "Wall clock jumps held off: block times followed the monotonic clock instead",
+            value=h.clock_jumps,
+        )
+        yield GaugeMetricFamily(
+            CLOCK_OFFSET,
+            "The wall clock minus the time this validator uses, seconds: not 0 while a jump is held off",
+            value=h.clock_offset_ms / 1000,
         )

@@ -5,7 +5,8 @@ acknowledged (PUBACK) only after the block that decided them is on disk, so the 
 keeps anything the validators have not made durable and sends it again after a crash:
 nothing is lost, and since the database holds all of a block or none of it, nothing is
 applied twice. Consensus messages go out on spb/v1/consensus/..., after the votes they
-carry are on disk. The one clock is read here.
+carry are on disk. The one clock is read here, through a ClockGuard (ledger.clock_guard)
+that holds off a wall clock jumping away from the monotonic one.
 
 Statuses are published once per change: by the validator whose proposal the block was.
 Every validator writes the block's statuses to its outbox, the others as stand-ins ranked
@@ -34,6 +35,7 @@ from broker.client import BusClient, TlsFiles
 from broker.clock import wall_ms
 from broker.pacing import OnAck, PublishWindow
 from ledger.block import Block, BlockError
+from ledger.clock_guard import ClockGuard
 from ledger.events import BlockAnnounced, ConsensusMessage, Event, ReadBack, Transaction
 from ledger.metrics import Health, LedgerMetrics
 from ledger.node import VOTES, LedgerNode
@@ -67,12 +69,16 @@ class LedgerService:
         clock: Callable[[], int] = wall_ms,
         tls: TlsFiles | None = None,
         timing: Timing | None = None,
+        guard: ClockGuard | None = None,
     ):
         genesis = identity.genesis
-        self.identity, self.clock = identity, clock
+        # The real wall clock always goes through a guard; a test's clock, which it freezes
+        # and moves at will, only through one it is given.
+        self.guard = guard if guard is not None or clock is not wall_ms else ClockGuard()
+        self._wall, self.identity = clock, identity
         self.index = identity.index
         self.node = LedgerNode(identity)
-        self.replica = self.node.replica(timing or Timing(block_ms=genesis.block_ms), clock(), _mono())
+        self.replica = self.node.replica(timing or Timing(block_ms=genesis.block_ms), self.clock(), _mono())
         self._events: deque[Transaction] = deque()  # from the network thread
         # Consensus messages, announcements and read-backs: handled before any transaction
         # waiting in _events, so a burst of transactions does not hold a proposal back until
@@ -125,6 +131,11 @@ class LedgerService:
             self.bus.subscribe_deferred(topics.CONSENSUS_ALL, self._consensus)
             self.bus.subscribe_deferred(topics.LEDGER_BLOCKS, self._block_seen)
 
+    def clock(self) -> int:
+        """The wall clock, ms since the epoch, as the guard lets it through: every read."""
+        wall = self._wall()
+        return wall if self.guard is None else self.guard.read(wall, _mono())
+
     def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve this validator's Prometheus metrics on host:port (0: a free one), before
         run(); the port bound. Needs the `metrics` extra (ledger.metrics.available)."""
@@ -135,7 +146,7 @@ class LedgerService:
     def health(self) -> Health:
         """The numbers behind the metrics' gauges and counters. Called on the metrics server's
         thread: each is a read of an int or a length that the main loop writes whole."""
-        state, replica = self.node.state, self.replica
+        state, replica, guard = self.node.state, self.replica, self.guard
         return Health(
             height=state.height,
             block_t_ms=state.t,
@@ -146,6 +157,8 @@ class LedgerService:
             pending=len(replica.pool),
             outbox=len(self._rows) + len(self._outgoing) + self._window.in_flight,
             retained_ignored=self.retained_ignored,
+            clock_jumps=0 if guard is None else guard.jumps,
+            clock_offset_ms=0 if guard is None else guard.offset_ms,
         )
 
     def stop(self) -> None:

@@ -102,6 +102,8 @@ def test_every_file_mode_and_owner(community, card, stand_in_wheel, capsys):
                 "etc/systemd/system",
                 "etc/systemd/journald.conf.d",
                 "etc/systemd/system/multi-user.target.wants",
+                "etc/systemd/system/sysinit.target.wants",
+                "etc/systemd/system/systemd-time-wait-sync.service.d",
             ),
             (493, (0, 0)),
         ),
@@ -109,6 +111,8 @@ def test_every_file_mode_and_owner(community, card, stand_in_wheel, capsys):
         "etc/systemd/system/spb-meter-install.service": (0o644, (0, 0)),
         "etc/systemd/journald.conf.d/spb-meter.conf": (0o644, (0, 0)),
         "etc/systemd/system/multi-user.target.wants/spb-meter.service": (0o777, (0, 0)),
+        "etc/systemd/system/sysinit.target.wants/systemd-time-wait-sync.service": (0o777, (0, 0)),
+        "etc/systemd/system/systemd-time-wait-sync.service.d/spb-meter.conf": (0o644, (0, 0)),
         "etc/passwd": (0o644, (0, 0)),
         "etc/group": (0o644, (0, 0)),
         "etc/hosts": (0o644, (0, 0)),
@@ -127,6 +131,11 @@ def test_every_file_mode_and_owner(community, card, stand_in_wheel, capsys):
         got["etc/systemd/system/multi-user.target.wants/spb-meter.service"][5]
         == "/etc/systemd/system/spb-meter.service"
     )
+    assert (  # enabled, so that time-sync.target waits for NTP to set the clock
+        got["etc/systemd/system/sysinit.target.wants/systemd-time-wait-sync.service"][5]
+        == "/usr/lib/systemd/system/systemd-time-wait-sync.service"
+    )
+    assert b"\nTimeoutStartSec=5min\n" in got["etc/systemd/system/systemd-time-wait-sync.service.d/spb-meter.conf"][5]
 
     assert (root / "etc/hostname").read_text() == "m0001\n"
     assert (root / "etc/hosts").read_text() == HOSTS.replace("127.0.1.1\t\traspberrypi", "127.0.1.1\tm0001")
@@ -156,7 +165,8 @@ def test_every_file_mode_and_owner(community, card, stand_in_wheel, capsys):
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/spb-meter",
         "NoNewPrivileges=yes",
-        "Wants=network-online.target spb-meter-install.service",
+        "Wants=network-online.target time-sync.target spb-meter-install.service",
+        "After=network-online.target time-sync.target spb-meter-install.service",
         "WantedBy=multi-user.target",
     ):
         assert f"\n{line}\n" in unit, line

@@ -31,6 +31,8 @@ HEALTH = Health(
     pending=4,
     outbox=6,
     retained_ignored=8,
+    clock_jumps=2,
+    clock_offset_ms=-3_600_000,
 )
 
 
@@ -80,6 +82,8 @@ def test_the_exposition_holds_every_metric_after_events():
     assert got[("spb_ledger_pending_transactions", ())] == 4
     assert got[("spb_ledger_outbox_depth", ())] == 6
     assert got[("spb_ledger_retained_transactions_ignored_total", ())] == 8
+    assert got[("spb_ledger_clock_jumps_total", ())] == 2
+    assert got[("spb_ledger_clock_offset_seconds", ())] == -3600
     assert got[("spb_ledger_transaction_verify_seconds_count", ())] == 2
     assert acked == [17]
     assert got[("spb_ledger_puback_seconds_count", ())] == 2
@@ -119,6 +123,9 @@ def test_a_service_serves_its_health_on_a_free_port(tmp_path):
     assert got[("spb_ledger_pending_transactions", ())] == 0
     assert got[("spb_ledger_outbox_depth", ())] == 0
     assert got[("spb_ledger_blocks_total", (("how", "proposed"),))] == 0
+    assert got[("spb_ledger_clock_jumps_total", ())] == 0  # the real clock, guarded: in step
+    assert got[("spb_ledger_clock_offset_seconds", ())] == 0
+    assert service.guard is not None
     genesis = service.identity.genesis.hash.hex()
     assert got[("spb_ledger_validator_info", (("genesis", genesis), ("validator", "0")))] == 1
 
