@@ -61,8 +61,10 @@ def ledger_unit(port: int) -> str:
 # Written by `spb-deploy server`; re-running replaces it. One instance per validator: spb-ledger@I.
 [Unit]
 Description=spb-energy ledger, validator %i
-Wants=network-online.target {INSTALL.service} spb-broker.service
-After=network-online.target {INSTALL.service} spb-broker.service
+# time-sync.target: a validator's clock guard (ledger.clock_guard) catches a jump while it
+# runs, not a clock that is already wrong when it starts.
+Wants=network-online.target {INSTALL.service} spb-broker.service time-sync.target
+After=network-online.target {INSTALL.service} spb-broker.service time-sync.target
 StartLimitIntervalSec=0
 
 [Service]

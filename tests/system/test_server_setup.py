@@ -189,6 +189,9 @@ def test_every_file_mode_and_owner(community, root, wheel):
             "Wants=network-online.target spb-energy-install.service",
         ):
             assert f"\n{line}" in unit, line
+    assert (
+        "\nAfter=network-online.target spb-energy-install.service spb-broker.service time-sync.target\n" in ledger_unit
+    )
     assert "\nUser=spb-ledger\n" in ledger_unit and "\nReadWritePaths=/var/lib/spb-ledger\n" in ledger_unit
     assert "\nUser=mosquitto\n" in broker and "\nReadWritePaths=/var/lib/spb-broker\n" in broker
     script = (root / "opt/spb-energy/install.sh").read_text()
