@@ -129,8 +129,8 @@ class Report:
     seed: int
     minutes: float
     faults: list[tuple[Fault, str]] = field(default_factory=list)  # each with what happened
-    tx_sent: Counter[str] = field(default_factory=Counter)  # distinct messages on the bus, by type
-    rejected: Counter[str] = field(default_factory=Counter)  # distinct messages, by reason
+    tx_sent: dict[str, int] = field(default_factory=dict)  # distinct messages on the bus, by type
+    rejected: dict[str, int] = field(default_factory=dict)  # distinct messages, by reason
     direct_sent: int = 0  # `spb-meter ctp` runs that queued a CTP
     direct_accepted: int = 0
     fills: int = 0
@@ -197,8 +197,8 @@ def table(r: Report) -> Table:
     t.add_row("trades refunded", str(r.refunded), "")
     t.add_row("accepted, never ended", str(len(r.unended)), ", ".join(r.unended[:3]))
     t.add_row("settled twice", str(len(r.settled_twice)), ", ".join(r.settled_twice[:3]))
-    for sent, answer in r.hostile:
-        t.add_row(f"  hostile {sent}", "", answer)
+    for (sent, answer), n in sorted(Counter(r.hostile).items()):
+        t.add_row(f"  hostile {sent}", str(n), answer)
     t.add_row("readings sent", str(r.readings_sent), f"{r.readings_pending} still in an outbox")
     t.add_row("readings received", str(r.readings_received), f"lost {len(r.readings_lost)}")
     t.add_row("money at the start", str(r.money_start), "")

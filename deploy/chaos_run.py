@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import random
 import signal
@@ -27,7 +28,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from nacl.signing import SigningKey
@@ -61,6 +63,7 @@ BLOCK_MS = 200
 OPENING = 100_000  # every account's units in the genesis
 GRACE = 1  # the genesis' default: a fill of k expires at the end of k + 1 + GRACE
 HOSTILE = "m0009"
+REPORT_NAME = "chaos-report.json"  # the table's figures, for tests and tools
 TAIL_S = 120  # the longest the settling tail waits, after the last expiry, for every trade to end
 
 
@@ -212,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     return run(p.parse_args(argv))
 
 
+def add_chaos(subparsers: argparse._SubParsersAction) -> None:
+    """`spb-deploy chaos`: the same run as `python -m deploy.chaos`."""
+    p = subparsers.add_parser("chaos", help="run a community under a seeded schedule of faults and check it")
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="the schedule's seed (default 1)")
     p.add_argument("--minutes", type=float, default=5.0, help="how long the faults go on (default 5)")
@@ -286,9 +296,11 @@ def run(args: argparse.Namespace) -> int:
         broker.stop()
     _read_back(r)
     console.print(chaos.table(r.report))
+    (root / REPORT_NAME).write_text(json.dumps(asdict(r.report), indent=1, default=str) + "\n")
     broken = chaos.verdict(r.report)
     for what in broken:
         console.print(f"[red]✗ {what}[/]")
+    console.print(f"figures in {root / REPORT_NAME}, logs in {root / 'logs'}")
     console.print("[bold green]chaos ok[/]" if not broken else f"[bold red]chaos failed[/] (seed {args.seed})")
     return 0 if not broken else 1
 
@@ -343,7 +355,7 @@ def _apply(r: Run, f: chaos.Fault) -> str:
         time.sleep(f.seconds)  # the outage itself
         r.broker.start(port, data_dir)
         return f"away {f.seconds} s, back on port {port}"
-    return _hostile(r)
+    return _hostile(r, f)
 
 
 def _direct_ctp(r: Run, c: chaos.DirectCtp) -> None:
@@ -361,13 +373,14 @@ def _direct_ctp(r: Run, c: chaos.DirectCtp) -> None:
     )
 
 
-def _hostile(r: Run) -> str:
+def _hostile(r: Run, f: chaos.Fault) -> str:
     """m0009's certificate publishes garbage, an oversized payload, a replay of a real CTP
     from the bus and a CTP forged with a wrong key."""
     assert r.broker.port is not None and r.report is not None
-    rng = random.Random(f"hostile-{r.args.seed}")
+    rng = random.Random(f"hostile-{r.args.seed}-{f.at_s}")  # new bytes each time: no copy of the last attack
     with r.bus.lock:
-        captured = r.bus.ctps[0] if r.bus.ctps else None
+        captured = rng.choice(r.bus.ctps) if r.bus.ctps else None
+        first = next(iter(r.bus.tx.values()), None)  # no CTP yet: replay any real transaction
     if captured is not None:
         real = open_message(captured, Ctp).body
     else:  # no direct CTP yet: forge one between two real accounts
@@ -390,6 +403,9 @@ def _hostile(r: Run) -> str:
     ]
     if captured is not None:
         sends.append(("replay", topics.TX_CTP, captured))
+    elif first is not None:
+        typ, payload = first
+        sends.append(("replay", next(t for t, kind in topics.TX_TYPES.items() if kind == typ), payload))
     client = BusClient(
         "127.0.0.1", r.broker.port, HOSTILE, clean_session=True, tls=TlsFiles.in_dir(r.meter_dir(HOSTILE))
     )
@@ -498,11 +514,11 @@ def _read_back(r: Run) -> None:
     rep.readings_received = len(r.bus.readings)
     rep.readings_lost = _readings_missing(r, sent)
     hostile = {hashlib.sha256(p).digest() for what, p in r.hostile_sent if what != "replay"}
-    rep.tx_sent.update(typ for digest, (typ, _) in r.bus.tx.items() if digest not in hostile)
+    rep.tx_sent = dict(Counter(typ for digest, (typ, _) in r.bus.tx.items() if digest not in hostile))
     reasons: dict[bytes, set[str]] = {}
     for rejection in r.bus.rejections:
         reasons.setdefault(rejection.msg, set()).add(rejection.reason)
-    rep.rejected.update(reason for why in reasons.values() for reason in why)
+    rep.rejected = dict(Counter(reason for why in reasons.values() for reason in why))
     states: list[LedgerState] = []
     for i in range(VALIDATORS):
         with validator_store(r.root, i) as store:
