@@ -148,7 +148,7 @@ class Bus:
                 digest = hashlib.sha256(payload).digest()
                 if digest not in self.tx:
                     self.tx[digest] = (topics.TX_TYPES[topic], payload)
-                    if typ == "ctp":
+                    if typ == "ctp" and _decodes(payload, Ctp):
                         self.ctps.append(payload)
             elif topic == topics.REJECTS:
                 self._open(payload, Rejection, self.rejections)
@@ -170,6 +170,14 @@ class Bus:
             self.bad_readings.append(f"{topic}: {exc.reason}")
             return
         self.readings.add((r.meter, r.seq))
+
+
+def _decodes(payload: bytes, kind) -> bool:
+    try:
+        open_message(payload, kind)
+    except Reject:
+        return False
+    return True
 
 
 @dataclass
@@ -378,9 +386,11 @@ def _hostile(r: Run, f: chaos.Fault) -> str:
     from the bus and a CTP forged with a wrong key."""
     assert r.broker.port is not None and r.report is not None
     rng = random.Random(f"hostile-{r.args.seed}-{f.at_s}")  # new bytes each time: no copy of the last attack
+    ours = {payload for _, payload in r.hostile_sent}
     with r.bus.lock:
-        captured = rng.choice(r.bus.ctps) if r.bus.ctps else None
-        first = next(iter(r.bus.tx.values()), None)  # no CTP yet: replay any real transaction
+        real_ctps = [p for p in r.bus.ctps if p not in ours]  # a meter's, not an earlier attack's
+        first = next((m for m in r.bus.tx.values() if m[1] not in ours), None)  # no CTP yet: any real transaction
+    captured = rng.choice(real_ctps) if real_ctps else None
     if captured is not None:
         real = open_message(captured, Ctp).body
     else:  # no direct CTP yet: forge one between two real accounts
