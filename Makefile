@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast check format bench sim venv mosquitto browser clean
+.PHONY: demo test test-fast check format bench sim chaos venv mosquitto browser clean
 
 venv: $(STAMP)
 
@@ -75,6 +75,12 @@ SEEDS ?= 500
 FIRST ?= 0
 sim: venv
 	$(BIN)/python -m ledger.sim $(if $(SEED),--seed $(SEED),--seeds $(SEEDS) --first $(FIRST))$(if $(MARKET), --market)
+
+# The community on this machine under a seeded schedule of faults (deploy/chaos.py): one table,
+# exit 0 only if money, trades, readings, heads and audits held. `make chaos SEED=n` replays a seed.
+MINUTES ?= 5
+chaos: venv mosquitto
+	$(BIN)/python -m deploy.chaos --seed $(or $(SEED),1) --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) demo-community .pytest_cache .hypothesis tests/artifacts

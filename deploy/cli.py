@@ -16,6 +16,7 @@ from broker.clock import wall_ms
 from broker.keys import KeyFileError
 from deploy.access import add_bridge_command, add_revoke
 from deploy.bus import meter_id_arg
+from deploy.chaos_run import add_chaos
 from deploy.demo import add_demo
 from deploy.flash import add_flash_meter
 from deploy.provision import (
@@ -176,6 +177,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_demo,
     add_flash_meter,
     add_server,
+    add_chaos,
 )
 
 

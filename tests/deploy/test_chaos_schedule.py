@@ -1,0 +1,96 @@
+"""The chaos run's pure part (deploy.chaos): a seed's schedule, and the verdict on a run's figures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from deploy.chaos import (
+    KINDS,
+    RECOVERY_S,
+    Fault,
+    Report,
+    ValidatorEnd,
+    direct_ctps,
+    schedule,
+    table,
+    verdict,
+)
+
+METERS = tuple(f"m{i:04d}" for i in range(1, 9))
+
+
+def plan(seed: int, minutes: float = 5) -> list[Fault]:
+    return schedule(seed, minutes, 4, METERS, "m0009")
+
+
+def test_the_same_seed_gives_the_same_schedule():
+    assert plan(7) == plan(7)
+    assert direct_ctps(7, 5, METERS[4:], METERS[:4]) == direct_ctps(7, 5, METERS[4:], METERS[:4])
+    assert plan(7) != plan(8)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_kind_comes_even_in_a_minute_and_faults_never_overlap(seed):
+    faults = plan(seed, minutes=1)
+    assert {f.kind for f in faults} == set(KINDS)
+    ends = [f.at_s + f.seconds + RECOVERY_S[f.kind] for f in faults]
+    assert all(end <= nxt.at_s for end, nxt in zip(ends, faults[1:], strict=False)), faults
+    assert ends[-1] <= 60
+
+
+def test_a_longer_run_draws_more_faults_on_real_targets():
+    faults = plan(3, minutes=5)
+    assert len(faults) > 2 * len(KINDS)
+    targets = {f.target for f in faults}
+    assert targets <= {"v0", "v1", "v2", "v3", "broker", "m0009", *METERS}
+
+
+def good() -> Report:
+    r = Report(seed=1, minutes=1, money_start=900, settled=3, refunded=1, readings_sent=10, readings_received=10)
+    r.validators = [ValidatorEnd(f"v{i}", 40, "ab" * 32, "ok: 4 trades", 900) for i in range(4)]
+    r.exit_codes = {"v0": 0, "m0001": 0}
+    return r
+
+
+def test_a_run_that_kept_every_promise_passes():
+    assert verdict(good()) == []
+
+
+@pytest.mark.parametrize(
+    "break_it, words",
+    [
+        (lambda r: setattr(r.validators[2], "money", 899), "money not conserved"),
+        (lambda r: r.settled_twice.append("abc"), "settled twice"),
+        (lambda r: r.unended.append("CTP abc held"), "never ended"),
+        (lambda r: r.readings_lost.append("m0003 #17"), "lost"),
+        (lambda r: setattr(r.validators[1], "height", 39), "heads differ"),
+        (lambda r: setattr(r.validators[3], "audit", "failed at height 3: balance"), "v3 audit"),
+        (lambda r: r.hostile_accepted.append("forged"), "hostile"),
+        (lambda r: r.exit_codes.update(m0001=-9), "did not stop cleanly"),
+        (lambda r: r.__dict__.update(settled=0, refunded=0), "nothing was tested"),
+    ],
+)
+def test_a_broken_invariant_fails_the_run(break_it, words):
+    r = good()
+    break_it(r)
+    broken = verdict(r)
+    assert len(broken) == 1 and words in broken[0], broken
+
+
+def test_the_table_names_the_seed():
+    r = good()
+    r.faults = [(Fault(1.0, KINDS[0], "v1"), "killed")]
+    rows = table(r).columns[0]._cells
+    assert "seed" in rows and "readings sent" in rows
+
+
+def test_the_report_is_json():
+    """The run writes its figures beside the table (chaos-report.json) for tests and tools."""
+    r = good()
+    r.faults = [(Fault(1.0, KINDS[0], "v1"), "killed")]
+    r.tx_sent, r.rejected, r.hostile = {"ctp": 3}, {"decode": 2}, [("garbage", "rejected: decode")]
+    back = json.loads(json.dumps(asdict(r), default=str))
+    assert back["tx_sent"] == {"ctp": 3} and back["faults"][0][0]["kind"] == KINDS[0]
