@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 
+import pytest
+
 from broker.clock import wall_ms
 from deploy.provision import provision
 from edge import meter
@@ -36,7 +38,10 @@ class PiClock:
         self.synced.set()
 
 
-def test_a_meter_waits_for_the_clock_before_signing(tmp_path, mosquitto, make_client, run_meter, monkeypatch, caplog):
+@pytest.fixture
+def pi(tmp_path, mosquitto, make_client, run_meter, monkeypatch):
+    """(start, inbox, clock): a provisioned m0001 whose every clock read is a PiClock, a watcher
+    of the meters' topics, and start() running its MeterNode."""
     provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=wall_ms() - 60_000)
     identity = MeterIdentity.load(tmp_path / "meters/m0001")
     inbox = Inbox()
@@ -46,8 +51,16 @@ def test_a_meter_waits_for_the_clock_before_signing(tmp_path, mosquitto, make_cl
     clock = PiClock()
     monkeypatch.setattr(meter, "wall_ms", clock)  # every clock read of the meter's node
 
+    def start():
+        return run_meter(identity, MeterConfig(reading_s=0.2), lambda _elapsed: (100, 0))
+
+    return start, inbox, clock
+
+
+def test_a_meter_waits_for_the_clock_before_signing(pi, caplog):
+    start, inbox, clock = pi
     with caplog.at_level(logging.INFO, "spb.meter"):
-        running = run_meter(identity, MeterConfig(reading_s=0.2), lambda _elapsed: (100, 0))
+        running = start()
         wait_for(lambda: clock.wrong_reads >= 3, 10, "the meter checking its clock again")  # 2 s of waiting
         assert not running.node.bus.connected.is_set()
         assert inbox.messages == []  # no birth, no reading, not even `online`
@@ -72,18 +85,11 @@ def test_a_meter_waits_for_the_clock_before_signing(tmp_path, mosquitto, make_cl
     )
 
 
-def test_a_meter_stopped_while_it_waits_stops_at_once(tmp_path, mosquitto, make_client, run_meter, monkeypatch):
+def test_a_meter_stopped_while_it_waits_stops_at_once(pi):
     """systemctl stop during the wait: the loop ends without signing anything (no reading
     of the energy so far, no `offline`: it never said `online`)."""
-    provision(tmp_path, meters=1, accounts=None, validators=1, now_ms=wall_ms() - 60_000)
-    identity = MeterIdentity.load(tmp_path / "meters/m0001")
-    inbox = Inbox()
-    watcher = make_client(mosquitto.port, "watcher")
-    watcher.subscribe(topics.METERS_ALL, inbox)
-    connected(watcher)
-    clock = PiClock()
-    monkeypatch.setattr(meter, "wall_ms", clock)
-    running = run_meter(identity, MeterConfig(reading_s=0.2), lambda _elapsed: (100, 0))
+    start, inbox, clock = pi
+    running = start()
     wait_for(lambda: clock.wrong_reads >= 2, 10, "the meter checking its clock again")
     running.stop()
     assert inbox.messages == [] and clock.wrong_reads >= 2
