@@ -29,6 +29,14 @@ def tcp_port(text: str) -> int:
     return int(text)
 
 
+def listen_port(text: str) -> int:
+    """A TCP port to serve on, 0..65535: 0 lets the system choose a free one (the server then
+    says which it bound)."""
+    if not text.isdecimal() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a port number from 0 to 65535")
+    return int(text)
+
+
 def broker_url(text: str) -> BrokerUrl:
     """mqtts://HOST:PORT, mqtt://HOST:PORT or HOST:PORT (plain) of a broker."""
     scheme, sep, rest = text.partition("://")

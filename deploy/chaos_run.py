@@ -540,8 +540,7 @@ def _read_back(r: Run) -> None:
             except AuditFailure as exc:
                 verdict = f"failed at height {exc.height}: {exc.what}"
         states.append(state)
-        money = sum(state.balances.values()) + sum(state.held.values())
-        rep.validators.append(chaos.ValidatorEnd(f"v{i}", height, digest.hex(), verdict, money))
+        rep.validators.append(chaos.ValidatorEnd(f"v{i}", height, digest.hex(), verdict, state.total()))
     state = states[0]
     assert state.market is not None
     records = state.ctps.values()

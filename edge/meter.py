@@ -123,10 +123,7 @@ class MeterNode:
         # Nothing is signed with a time (the birth on connect, readings, export records,
         # key batches) until the clock is plausible: a signature cannot be taken back.
         if not clock_check.wait_for_clock(wall_ms, self.clock_floor, stop):
-            for device in (self.painter, self.led):  # stopped first: nothing signed, never connected
-                if device is not None:
-                    device.close()
-            self.store.close()
+            self._release()  # stopped first: nothing signed, never connected
             return
         self.bus.connect()
         period_ms = 1000 / self.config.sample_hz
@@ -349,6 +346,10 @@ class MeterNode:
             log.warning("%s: broker did not acknowledge offline within %.0f s", self.id.meter, timeout_s)
         self.pump.forget_acked()  # PUBACKs come in order (MQTT 3.1.1 §4.6): all before `offline` are in
         self.bus.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Close the display, the LED and the store: the last thing a stopping meter does."""
         for device in (self.painter, self.led):
             if device is not None:
                 device.close()

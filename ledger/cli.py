@@ -18,7 +18,7 @@ import threading
 import tomllib
 from pathlib import Path
 
-from broker.args import BROKER_HELP, broker_url, hex_bytes, parse_hex
+from broker.args import BROKER_HELP, broker_url, hex_bytes, listen_port, parse_hex
 from broker.clock import wall_ms
 from broker.keys import KeyFileError, public_hex, write_new_key
 from ledger.audit import AuditFailure, audit
@@ -112,13 +112,6 @@ def _account_arg(text: str) -> tuple[bytes, int]:
 
 
 _ctp_id_arg = hex_bytes(16, "16-byte CTP id")
-
-
-def _port(text: str) -> int:
-    """A TCP port, 0 to 65535 (0: let the system choose)."""
-    if not text.isdecimal() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a port number from 0 to 65535")
-    return int(text)
 
 
 def _meter_arg(text: str) -> MeterEntry:
@@ -386,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validator", type=int, default=0, metavar="I")
     run.add_argument(
         "--metrics-port",
-        type=_port,
+        type=listen_port,
         metavar="P",
         help="serve Prometheus metrics (spb_ledger_*) on this port; 0: a free one, logged (needs spb-energy[metrics])",
     )

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from broker.args import tcp_port
+from broker.args import listen_port
 from broker.client import BusClient
 from monitor.feed import Feed, connect
 
@@ -19,12 +18,8 @@ CONNECT_TIMEOUT_S = 30
 
 def port_arguments(p: argparse.ArgumentParser, default_host: str = "127.0.0.1") -> None:
     """--port and --host of an HTTP listener (port 0: any free one, printed on stdout)."""
-    p.add_argument("--port", type=_port_or_zero, required=True, metavar="P", help="TCP port to serve on (0: any free)")
+    p.add_argument("--port", type=listen_port, required=True, metavar="P", help="TCP port to serve on (0: any free)")
     p.add_argument("--host", default=default_host, help=f"address to listen on (default {default_host})")
-
-
-def _port_or_zero(text: str) -> int:
-    return 0 if text == "0" else tcp_port(text)
 
 
 def until_signalled() -> threading.Event:
@@ -55,4 +50,3 @@ def connected_feed(args: argparse.Namespace, feed: Feed | None = None, **options
 def say(text: str) -> None:
     """One line on stdout at once: tests and the demo read the bound port from it."""
     print(text, flush=True)
-    sys.stdout.flush()

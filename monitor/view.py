@@ -23,6 +23,7 @@ from edge.peers import PeerTable
 from ledger import consensus
 from ledger.block import Block, BlockError, quorum
 from ledger.genesis import Genesis
+from ledger.statuses import is_status
 from monitor.records import PRODUCTS, record
 from wire import topics
 from wire.messages import CtpState, OrderState
@@ -63,8 +64,7 @@ def retained_topic(topic: str) -> bool:
     parsed = topics.parse_meter_topic(topic)
     if parsed is not None:
         return parsed[1] in RETAINED_LEAVES
-    typ = topics.expected_type(topic)
-    return typ in ("status", "order", "cleared", "account") or topic.startswith(topics.LEDGER_STATE_ALL[:-1])
+    return is_status(topic) or topic.startswith(topics.LEDGER_STATE_ALL[:-1])
 
 
 @dataclass

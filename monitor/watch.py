@@ -19,7 +19,7 @@ from rich.text import Text
 
 from monitor.records import PRODUCTS
 from monitor.runner import connected_feed, until_signalled
-from monitor.view import FINAL_TRADE
+from monitor.view import FINAL_TRADE, OPEN_ORDER
 
 REFRESH_S = 0.5
 SHOWN_TRADES = 12
@@ -81,7 +81,7 @@ def _market(snap: dict[str, Any]) -> Table:
         table.add_column(column, justify="right")
     book: dict[int, list[int]] = {}
     for order in snap["orders"]:
-        if order["state"] in ("open", "sealed"):
+        if order["state"] in OPEN_ORDER:
             book.setdefault(order["k"], [0, 0])[order["side"] == "bid"] += 1
     results = {r["k"]: r for r in snap["results"]}
     for k in sorted(set(results) | set(book))[-SHOWN_INTERVALS:]:
