@@ -41,8 +41,10 @@ MONITORING = "monitoring"
 # Beside the signed protocol: the mirror republishes each verified spb/v1/<path> message as
 # JSON on spb-json/v1/<path> and announces it to Home Assistant (MQTT discovery) under
 # homeassistant/. Informative only (docs/PROTOCOL.md §7), so nothing in spb/v1 reads it.
-JSON_ALL = "spb-json/#"
-DISCOVERY_ALL = "homeassistant/#"
+JSON_TREE = "spb-json"
+DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's default MQTT discovery prefix
+JSON_ALL = f"{JSON_TREE}/#"
+DISCOVERY_ALL = f"{DISCOVERY_PREFIX}/#"
 
 # A meter's own subtree, by %u: it writes its state, birth and readings, and reads the CoE
 # requests it is asked to witness and the answers to its own. Not its own readings: it made them.

@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from broker import secure
 from monitor.feed import Feed
 from monitor.runner import connected_feed, say, until_signalled
 from monitor.view import CommunityView, Seen, Unverified, Verified
@@ -33,8 +34,8 @@ from wire.messages import CtpState
 log = logging.getLogger(__name__)
 
 IDENTITY = "mirror"  # DIR/mirror: reads spb/v1/#, alone writes spb-json/# and homeassistant/#
-JSON_ROOT = "spb-json/v1"
-DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's default discovery prefix
+JSON_ROOT = f"{secure.JSON_TREE}/v1"
+DISCOVERY_PREFIX = secure.DISCOVERY_PREFIX
 MIRROR_STATE = f"{JSON_ROOT}/mirror/state"  # `online`, or `offline` (our will), retained
 ONLINE, OFFLINE = "online", "offline"
 WILL = (MIRROR_STATE, OFFLINE.encode(), True)
