@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -42,16 +43,33 @@ def clock_wrong(now: int, floor: int) -> str | None:
     return None
 
 
-def wait_for_clock(read: Callable[[], int], floor: int, stop: threading.Event, retry_s: float = RETRY_S) -> bool:
+def wait_for_clock(
+    read: Callable[[], int],
+    floor: int,
+    stop: threading.Event,
+    retry_s: float = RETRY_S,
+    tick: Callable[[], None] | None = None,
+    tick_s: float = RETRY_S,
+) -> bool:
     """Return once read() is plausible (True), checking every retry_s, or when `stop` is set
-    first (False). Says once that it waits and once that the wait is over."""
+    first (False). Says once that it waits and once that the wait is over. Meanwhile calls
+    tick() every tick_s: the meter counts energy while it may not sign (a Pi waits for NTP
+    up to minutes at boot, and what flowed then is still the household's)."""
     waited = False
     while (why := clock_wrong(read(), floor)) is not None:
         if not waited:
             log.warning("waiting for the clock: %s; checking every %g s", why, retry_s)
             waited = True
-        if stop.wait(retry_s):
-            return False
+        deadline = time.monotonic() + retry_s
+        while True:
+            left = deadline - time.monotonic()
+            step = left if tick is None else min(left, tick_s)
+            if stop.wait(max(0.0, step)):
+                return False
+            if tick is not None:
+                tick()
+            if step >= left:
+                break
     if waited:
         log.info("the clock is set: %s", shown(read()))
     return True

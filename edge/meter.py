@@ -76,6 +76,7 @@ class MeterNode:
             per_hour=config.coe_per_hour,
         )
         self.power_w = 0
+        self._saved_unsigned = 0  # monotonic ms the totals counted before the clock was set were last saved
         self.progress: dict[bytes, int] = {}  # open trade -> W·ms delivered (ahead of the store)
         self.rows: list[TradeRow] = []  # open trades and recent outcomes, from the store
         self._watched: set[str] = set()  # status topics subscribed to
@@ -120,15 +121,19 @@ class MeterNode:
         """Sample, publish and trade until `stop` is set, then go offline cleanly."""
         totals = self.integrator.totals
         log.info("%s boot %d, %d Wh in, %d Wh out so far", self.id.meter, self.boot, totals.wh_in, totals.wh_out)
-        # Nothing is signed with a time (the birth on connect, readings, export records,
-        # key batches) until the clock is plausible: a signature cannot be taken back.
-        if not clock_check.wait_for_clock(wall_ms, self.clock_floor, stop):
-            self._release()  # stopped first: nothing signed, never connected
-            return
-        self.bus.connect()
         period_ms = 1000 / self.config.sample_hz
         reading_ms = int(self.config.reading_s * 1000)
         start = monotonic_ms()
+        # Nothing is signed with a time (the birth on connect, readings, export records,
+        # key batches) until the clock is plausible: a signature cannot be taken back. The
+        # energy is counted meanwhile, and the first reading after the wait carries it.
+        if not clock_check.wait_for_clock(
+            wall_ms, self.clock_floor, stop, tick=lambda: self._count_unsigned(start), tick_s=period_ms / 1000
+        ):
+            self.store.save_totals(self.integrator.totals)  # stopped first: nothing signed, never connected
+            self._release()
+            return
+        self.bus.connect()
         next_sample, next_reading, next_house = float(start), start + reading_ms, start
         version = self.store.data_version()
         self.prove_export(wall_ms())  # a record for the interval the meter stopped in, if it has ended
@@ -168,6 +173,17 @@ class MeterNode:
         imported = self.integrator.totals.wms_in - before.wms_in
         self.market.on_exported(self.integrator.totals.wms_out - before.wms_out)
         return bool(imported and trades.allocate(self.rows, self.progress, imported, wall_ms()))
+
+    def _count_unsigned(self, start: int) -> None:
+        """Integrate one sample while the clock is not yet plausible: the energy only, not the
+        trades' progress or the interval's export (both are judged by wall time)."""
+        now = monotonic_ms()
+        w_in, w_out = self.sense(now - start)
+        self.power_w = w_in - w_out
+        self.integrator.sample(w_in, w_out, now)
+        if now - self._saved_unsigned >= HOUSEKEEPING_MS:  # a kill -9 loses a second of it at most
+            self.store.save_totals(self.integrator.totals)
+            self._saved_unsigned = now
 
     def publish_reading(self) -> int:
         """Commit the totals, trade progress and a signed reading (into the outbox) at once."""

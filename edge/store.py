@@ -213,6 +213,11 @@ class MeterStore:
             self._enqueue(*sign(seq), READING)
             return seq
 
+    def save_totals(self, totals: Totals) -> None:
+        """Store the energy totals alone: what a meter counted while it could not sign."""
+        with self.transaction():
+            self._save_totals(totals, {})
+
     def _save_totals(self, totals: Totals, progress: dict[bytes, int]) -> None:
         """The totals and the trades' delivered energy, inside the caller's transaction."""
         if totals.wms_in < self._get("wms_in") or totals.wms_out < self._get("wms_out"):

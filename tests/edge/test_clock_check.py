@@ -64,3 +64,27 @@ def test_a_stop_ends_the_wait():
     clock = Clock(wrong=10**9)
     assert not wait_for_clock(clock, NBF, stop, retry_s=60)
     assert clock.reads == 1
+
+
+def test_the_wait_ticks_between_checks_and_the_stop_ends_it():
+    """The meter counts energy while it waits: tick() runs between checks, and a stop during
+    the ticks ends the wait at once."""
+    stop = threading.Event()
+    ticks = []
+
+    def tick() -> None:
+        ticks.append(1)
+        if len(ticks) == 25:
+            stop.set()
+
+    clock = Clock(wrong=10**9)
+    assert not wait_for_clock(clock, NBF, stop, retry_s=0.01, tick=tick, tick_s=0.001)
+    assert len(ticks) == 25
+    assert clock.reads >= 3  # it went on checking the clock between ticks (every 10 ms, 1 ms ticks)
+
+
+def test_a_tick_longer_than_the_retry_still_checks_at_each_retry():
+    clock = Clock(wrong=3)
+    ticks = []
+    assert wait_for_clock(clock, NBF - 3_600_000 * 24 * 365, threading.Event(), retry_s=0, tick=lambda: ticks.append(1))
+    assert clock.reads == 5 and len(ticks) == 3  # one tick per wrong read, none once it is right

@@ -1,6 +1,6 @@
 """A meter whose clock says 1970 at start (a Pi without a battery clock, before NTP) on a
 real Mosquitto: it signs nothing and does not even connect until the clock is set, then its
-birth and first reading carry the real time."""
+birth and first reading carry the real time, and the energy counted while it waited."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from deploy.provision import provision
 from edge import meter
 from edge.config import MeterConfig
 from edge.state_dir import MeterIdentity
+from edge.store import MeterStore
 from tests.support.bus import Inbox, connected, wait_for
 from wire import topics
 from wire.messages import open_message
+
+IMPORT_W = 36_000  # 10 Wh a second: a second of waiting is 10 Wh, a reading period 2 Wh
 
 
 class PiClock:
@@ -52,13 +55,13 @@ def pi(tmp_path, mosquitto, make_client, run_meter, monkeypatch):
     monkeypatch.setattr(meter, "wall_ms", clock)  # every clock read of the meter's node
 
     def start():
-        return run_meter(identity, MeterConfig(reading_s=0.2), lambda _elapsed: (100, 0))
+        return run_meter(identity, MeterConfig(reading_s=0.2), lambda _elapsed: (IMPORT_W, 0))
 
-    return start, inbox, clock
+    return start, inbox, clock, identity
 
 
 def test_a_meter_waits_for_the_clock_before_signing(pi, caplog):
-    start, inbox, clock = pi
+    start, inbox, clock, _ = pi
     with caplog.at_level(logging.INFO, "spb.meter"):
         running = start()
         wait_for(lambda: clock.wrong_reads >= 3, 10, "the meter checking its clock again")  # 2 s of waiting
@@ -78,6 +81,7 @@ def test_a_meter_waits_for_the_clock_before_signing(pi, caplog):
     assert clock.set_at is not None
     assert birth.t >= clock.set_at and reading.t >= clock.set_at
     assert reading.seq == 1  # the first reading of the meter's life: none was signed in 1970
+    assert reading.wh_in >= 10  # at least a second of the 2 s waited was counted, not just the 0.2 s after
     waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for the clock")]
     assert len(waits) == 1, waits  # once, though it checked every second
     assert waits[0].startswith(
@@ -88,8 +92,9 @@ def test_a_meter_waits_for_the_clock_before_signing(pi, caplog):
 def test_a_meter_stopped_while_it_waits_stops_at_once(pi):
     """systemctl stop during the wait: the loop ends without signing anything (no reading
     of the energy so far, no `offline`: it never said `online`)."""
-    start, inbox, clock = pi
+    start, inbox, clock, identity = pi
     running = start()
     wait_for(lambda: clock.wrong_reads >= 2, 10, "the meter checking its clock again")
     running.stop()
     assert inbox.messages == [] and clock.wrong_reads >= 2
+    assert MeterStore(identity.db_path).totals().wms_in > 0  # what it counted is kept for the next start
