@@ -243,6 +243,7 @@ class Report:
     revoked: str = ""  # "m0007 at <ms>": the meter revoked mid-run
     revoked_seen_after: int = 0  # its transactions on the bus after the revocation
     revoked_accepted: list[str] = field(default_factory=list)  # ...that the ledger accepted
+    revoked_through: list[str] = field(default_factory=list)  # its messages after: what, how long after
     hostile: list[tuple[str, str]] = field(default_factory=list)  # (what was sent, how the ledger answered)
     hostile_accepted: list[str] = field(default_factory=list)
     money_start: int = 0
@@ -317,6 +318,8 @@ def table(r: Report) -> Table:
         t.add_row("revoked meter", r.revoked, "")
         t.add_row("  its readings after", str(r.readings_after_revocation), f"{r.readings_refused} refused (expected)")
         t.add_row("  its transactions after", str(r.revoked_seen_after), f"{len(r.revoked_accepted)} accepted")
+        if r.revoked_through:
+            t.add_row("  came through", str(len(r.revoked_through)), ", ".join(r.revoked_through[:4]))
     t.add_row("money at the start", str(r.money_start), "")
     for v in r.validators:
         t.add_row(f"{v.name} money at the end", str(v.money), "")

@@ -238,7 +238,7 @@ class Run:
     ctp_procs: list[subprocess.Popen] = field(default_factory=list)
     hostile_sent: list[tuple[str, bytes]] = field(default_factory=list)  # (what, payload)
     proxies: dict[str, FaultProxy] = field(default_factory=dict)  # each validator's and meter's way to the broker
-    revoked: tuple[str, int, int] | None = None  # (meter, revocation time, last seq the monitor had then)
+    revoked: tuple[str, int] | None = None  # (meter, revocation time)
     report: chaos.Report | None = None
 
     @property
@@ -468,11 +468,9 @@ def _end(r: Run, f: chaos.Fault) -> str:
 def _revoke(r: Run, meter: str) -> str:
     """`spb-deploy revoke DIR METER --broker URL` while the meter trades: CRL and ACL
     rewritten, the broker SIGHUPed, the CA's revoke message sent to the ledger."""
-    with r.bus.lock:
-        last = max((seq for m, seq in r.bus.readings if m == meter), default=0)
     try:
         entry, message, reloaded = revoke_meter(r.root, meter, wall_ms())
-        r.revoked = (meter, entry.t, last)
+        r.revoked = (meter, entry.t)
         publish_revocation(r.root, message, broker_url(r.broker.url))
     except Exception as exc:  # the verdict names a fault that could not be applied
         return f"failed: {exc!r}"
@@ -634,7 +632,14 @@ def _readings_missing(r: Run, sent: dict[str, tuple[int, set[int]]]) -> list[str
 
 
 def _expected_last(r: Run, meter: str, last: int) -> int:
-    return min(last, r.revoked[2]) if r.revoked and r.revoked[0] == meter else last
+    """The last seq of `meter` that must reach the monitor: all, or for the revoked meter the
+    last that reached it within REVOKE_GRACE_MS of the revocation."""
+    if r.revoked is None or r.revoked[0] != meter:
+        return last
+    until = r.revoked[1] + REVOKE_GRACE_MS
+    with r.bus.lock:
+        before = [seq for (m, seq), ms in r.bus.reading_seen_ms.items() if m == meter and ms <= until]
+    return min(last, max(before, default=0))
 
 
 def _read_back(r: Run) -> None:
@@ -650,11 +655,14 @@ def _read_back(r: Run) -> None:
         f"{meter}: {len(waiting)} reading(s) without a birth" for meter, waiting in r.bus.unborn.items()
     ]
     if r.revoked:
-        meter, _, expected = r.revoked
+        meter, t = r.revoked
         last, pending = sent[meter]
+        expected = _expected_last(r, meter, last)
         got = {seq for m, seq in r.bus.readings if m == meter}
         rep.readings_refused = sum(seq not in got and seq not in pending for seq in range(expected + 1, last + 1))
-        rep.readings_after_revocation = sum(seq > expected for seq in got)
+        late = sorted(seq for seq in got if seq > expected)
+        rep.readings_after_revocation = len(late)
+        rep.revoked_through += [f"reading #{seq} +{r.bus.reading_seen_ms[meter, seq] - t} ms" for seq in late]
     hostile = {hashlib.sha256(p).digest() for what, p in r.hostile_sent if what != "replay"}
     rep.tx_sent = dict(Counter(typ for digest, (typ, _) in r.bus.tx.items() if digest not in hostile))
     reasons: dict[bytes, set[str]] = {}
@@ -709,7 +717,7 @@ def _after_revocation(r: Run, state: LedgerState) -> None:
     assert rep is not None and state.market is not None
     if r.revoked is None:
         return
-    meter, t, _ = r.revoked
+    meter, t = r.revoked
     rep.revoked = f"{meter} at {t}"
     key = r.account[meter]
     accepted = {rec.hash for rec in state.ctps.values()} | {o.hash for o in state.market.orders.values()}
@@ -724,6 +732,7 @@ def _after_revocation(r: Run, state: LedgerState) -> None:
         if signer != key:
             continue
         rep.revoked_seen_after += 1
+        rep.revoked_through.append(f"{typ} {digest.hex()[:12]} +{r.bus.tx_seen_ms[digest] - t} ms")
         if digest in accepted:
             rep.revoked_accepted.append(f"{typ} {digest.hex()[:12]}")
 
