@@ -71,6 +71,7 @@ REPORT_NAME = "chaos-report.json"  # the table's figures, for tests and tools
 # A message the revoked meter published just before its revocation may reach the monitor
 # just after: what comes later than this is after the revocation.
 REVOKE_GRACE_MS = 2000
+SIGNERS = ("payer", "seller", "buyer", "by")  # the body field naming the account key that signs it
 TAIL_S = 120  # the longest the settling tail waits, after the last expiry, for every trade to end
 
 
@@ -726,10 +727,11 @@ def _after_revocation(r: Run, state: LedgerState) -> None:
             continue
         try:
             body = open_message(payload).body
+            signer = next((getattr(body, name) for name in SIGNERS if hasattr(body, name)), None)
+            if signer != key:
+                continue
+            r.bus.verifier.verify(payload, wall_ms())  # signed by it: the hostile client forges CTPs naming it
         except Reject:
-            continue
-        signer = next((getattr(body, name) for name in ("payer", "seller", "buyer", "by") if hasattr(body, name)), None)
-        if signer != key:
             continue
         rep.revoked_seen_after += 1
         rep.revoked_through.append(f"{typ} {digest.hex()[:12]} +{r.bus.tx_seen_ms[digest] - t} ms")
