@@ -7,9 +7,13 @@ seed's faults. A ninth meter, m0009, is provisioned but never runs: its certific
 hostile client's (a client with a running meter's certificate would take over that meter's
 session, the broker makes the CN the client id).
 
+Each validator and meter reaches the broker through its own deploy.fault_proxy (the
+network faults) and reads its wall clock through broker.clock's offset-file test hook (the
+clock jumps); the revocation is what `spb-deploy revoke --broker` does.
+
 A monitor (the community's `monitor` certificate, a persistent session, so the broker keeps
-what it missed across a broker restart) records every reading, transaction, rejection and
-status. At the end the agents stop ordering, every held trade ends by its expiry, the meters
+what it missed across a broker restart) records every reading (verified against its meter's
+birth), transaction, rejection and status. At the end the agents stop ordering, every held trade ends by its expiry, the meters
 and the validators stop cleanly, and the databases are read back into a deploy.chaos.Report.
 """
 
