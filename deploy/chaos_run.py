@@ -13,8 +13,9 @@ clock jumps); the revocation is what `spb-deploy revoke --broker` does.
 
 A monitor (the community's `monitor` certificate, a persistent session, so the broker keeps
 what it missed across a broker restart) records every reading (verified against its meter's
-birth), transaction, rejection and status. At the end the agents stop ordering, every held trade ends by its expiry, the meters
-and the validators stop cleanly, and the databases are read back into a deploy.chaos.Report.
+birth), transaction, rejection and status. At the end the agents stop ordering, every held
+trade ends by its expiry, the meters and the validators stop cleanly, and the databases are
+read back into a deploy.chaos.Report.
 """
 
 from __future__ import annotations
