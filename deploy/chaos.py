@@ -7,18 +7,20 @@ run itself, processes, bus and databases, is deploy.chaos_run; `python -m deploy
 
 The same seed gives the same schedule, so a failing run is replayed with its seed (the wall
 clock, the OS scheduler and the broker still order things differently from run to run: a
-seed fixes what happens and when, not every interleaving). Each fault is recoverable and
-ends before the next one starts: a process killed with SIGKILL is started again on its
-state dir at once; a paused validator gets SIGCONT; the broker comes back on its port and
-persistence dir. Not done in this version: network faults on loopback, clock jumps and a
-meter revoked mid-run (docs/RELIABILITY.md).
+seed fixes what happens and when, not every interleaving). Faults come in two lanes. The
+first is one fault at a time, each recovered from before the next: a process killed with
+SIGKILL is started again on its state dir at once; a paused validator gets SIGCONT; the
+broker comes back on its port and persistence dir; a meter is revoked (once). The second,
+beside it, breaks the network (deploy.fault_proxy: delay, partition, cut) and the clocks
+(broker.clock's test hook) of validators and meters; the lanes overlap, but never two
+validators are down at once (`down`: QBFT's f = 1 of 4).
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rich.table import Table
 
@@ -27,13 +29,48 @@ KILL_METER = "kill -9 meter"
 BROKER_RESTART = "broker restart"
 PAUSE_VALIDATOR = "SIGSTOP validator"
 HOSTILE = "hostile client"
-KINDS = (KILL_VALIDATOR, KILL_METER, BROKER_RESTART, PAUSE_VALIDATOR, HOSTILE)
-# Seconds the system gets after a fault ends before the next one starts: a killed process
-# boots and catches up, the clients' reconnect backoff (1 s, doubling) finds the broker again.
-RECOVERY_S = {KILL_VALIDATOR: 5.0, KILL_METER: 5.0, BROKER_RESTART: 8.0, PAUSE_VALIDATOR: 4.0, HOSTILE: 2.0}
+REVOKE_METER = "meter revoked"
+NET_DELAY = "network delay"
+PARTITION = "network partition"
+CUT = "connections cut"
+CLOCK_JUMP = "clock jump"
+# Two lanes of faults. The first is one fault at a time, each recovered before the next; the
+# second (the network and the clocks) runs beside it, so faults overlap, but never two
+# validators down at once (QBFT's f = 1 of 4): see `down`.
+FIRST_LANE = (KILL_VALIDATOR, KILL_METER, BROKER_RESTART, PAUSE_VALIDATOR, HOSTILE, REVOKE_METER)
+SECOND_LANE = (NET_DELAY, PARTITION, CUT, CLOCK_JUMP)
+KINDS = FIRST_LANE + SECOND_LANE
+ONCE = (REVOKE_METER,)  # a revoked meter stays revoked: one per run
+# Seconds the system gets after a fault ends before the next one of its lane starts: a killed
+# process boots and catches up, the clients' reconnect backoff (1 s, doubling) finds the broker again.
+RECOVERY_S = {
+    KILL_VALIDATOR: 5.0,
+    KILL_METER: 5.0,
+    BROKER_RESTART: 8.0,
+    PAUSE_VALIDATOR: 4.0,
+    HOSTILE: 2.0,
+    REVOKE_METER: 2.0,
+    NET_DELAY: 3.0,
+    PARTITION: 5.0,
+    CUT: 4.0,
+    CLOCK_JUMP: 3.0,
+}
 OUTAGE_S = (2.0, 4.0)  # how long the broker stays away
 PAUSE_S = (2.0, 5.0)  # how long a validator stays stopped
-GAP_S = (1.0, 3.0)  # quiet time between one fault's recovery and the next fault
+PARTITION_S = (3.0, 8.0)  # how long a client's bytes stop moving (under the 30 s keepalive: a stall)
+DELAY_S = (4.0, 10.0)  # how long a client's link is slow
+DELAY_MS = (100, 600)  # added each way
+JUMP_S = (4.0, 12.0)  # how long a wall clock stays jumped (under ClockGuard's 60 s: never believed)
+JUMP_MS = (10_000, 120_000)  # how far, forward or back
+GAP_S = (1.0, 3.0)  # quiet time between one fault's recovery and the next fault of its lane
+# How long each fault that lasts lasts.
+SPANS = {
+    BROKER_RESTART: OUTAGE_S,
+    PAUSE_VALIDATOR: PAUSE_S,
+    PARTITION: PARTITION_S,
+    NET_DELAY: DELAY_S,
+    CLOCK_JUMP: JUMP_S,
+}
 CTP_EVERY_S = (3.0, 6.0)  # a direct CTP from some consumer to some producer this often
 CTP_WH = (1, 4)  # Wh a direct CTP buys (a consumer imports 1 Wh in about a second or two)
 CTP_PRICE = 5  # units per Wh of a direct CTP
@@ -43,12 +80,31 @@ CTP_EXPIRY_S = 20  # a direct CTP lapses (its money returns) after this long
 @dataclass(frozen=True)
 class Fault:
     """One fault: `at_s` seconds after the chaos window opened, on `target` (v0.., m0001..,
-    the broker, the hostile identity), lasting `seconds` (an outage, a pause; 0: at once)."""
+    the broker, the hostile identity), lasting `seconds` (an outage, a pause, a partition, a
+    delay, a jumped clock; 0: at once); `amount` is a delay's ms each way or a clock jump's
+    ms (negative: back)."""
 
     at_s: float
     kind: str
     target: str
     seconds: float = 0.0
+    amount: int = 0
+
+    @property
+    def end_s(self) -> float:
+        """When the next fault of its lane may start: the fault over and recovered from."""
+        return self.at_s + self.seconds + RECOVERY_S[self.kind]
+
+
+VALIDATOR_DOWN = (KILL_VALIDATOR, PAUSE_VALIDATOR, PARTITION, CUT, NET_DELAY)
+
+
+def down(f: Fault) -> tuple[str, float, float] | None:
+    """(validator, from, until) if `f` takes a validator out of consensus: killed, stopped,
+    cut off, partitioned or slowed (counted as down to be safe), until it has recovered."""
+    if f.kind in VALIDATOR_DOWN and f.target.startswith("v"):
+        return f.target, f.at_s, f.end_s
+    return None
 
 
 @dataclass(frozen=True)
@@ -63,37 +119,75 @@ class DirectCtp:
 
 
 def schedule(seed: int, minutes: float, validators: int, meters: tuple[str, ...], hostile: str) -> list[Fault]:
-    """The faults of a run, in time order, none overlapping another's recovery.
+    """The faults of a run, in time order: two lanes, each one fault at a time.
 
-    Each kind of fault comes once first, in an order the seed shuffles (so even a one-minute
-    run has every kind), then kinds the seed draws until the window of `minutes` is full.
+    In each lane every kind comes once first, in an order the seed shuffles (so even a
+    one-minute run has every kind), then kinds the seed draws until the window of `minutes`
+    is full. A second-lane fault that would take a validator down while the first lane has
+    another one down is moved onto that same validator, or onto a meter.
     """
     rng = random.Random(seed)
+    vs = tuple(f"v{i}" for i in range(validators))
+    first = _lane(rng, minutes, FIRST_LANE, vs, meters, hostile)
+    second = _lane(rng, minutes, SECOND_LANE, vs, meters, hostile)
+    busy = [d for d in map(down, first) if d]
+    placed = []
+    for f in second:
+        d = down(f)
+        if d:
+            overlapping = {v for v, start, end in busy if start < d[2] and d[1] < end}
+            if len(overlapping) == 1:
+                f = replace(f, target=overlapping.pop())
+            elif overlapping:
+                f = replace(f, target=rng.choice(meters))
+        placed.append(f)
+    return sorted(first + placed, key=lambda f: (f.at_s, KINDS.index(f.kind)))
+
+
+def _lane(
+    rng: random.Random,
+    minutes: float,
+    kinds: tuple[str, ...],
+    vs: tuple[str, ...],
+    meters: tuple[str, ...],
+    hostile: str,
+) -> list[Fault]:
     window = minutes * 60
-    first = list(KINDS)
+    first = list(kinds)
     rng.shuffle(first)
+    again = [k for k in kinds if k not in ONCE]
     faults: list[Fault] = []
     t = rng.uniform(*GAP_S)
     while True:
-        kind = first.pop(0) if first else rng.choice(KINDS)
-        if kind in (KILL_VALIDATOR, PAUSE_VALIDATOR):
-            target = f"v{rng.randrange(validators)}"
-        elif kind == KILL_METER:
-            target = rng.choice(meters)
-        elif kind == BROKER_RESTART:
-            target = "broker"
-        else:
-            target = hostile
-        seconds = 0.0
-        if kind == BROKER_RESTART:
-            seconds = round(rng.uniform(*OUTAGE_S), 1)
-        elif kind == PAUSE_VALIDATOR:
-            seconds = round(rng.uniform(*PAUSE_S), 1)
-        end = t + seconds + RECOVERY_S[kind]
-        if end > window and len(faults) >= len(KINDS):
+        kind = first.pop(0) if first else rng.choice(again)
+        f = _draw(rng, kind, round(t, 1), vs, meters, hostile)
+        if f.end_s > window and len(faults) >= len(kinds):
             return faults
-        faults.append(Fault(round(t, 1), kind, target, seconds))
-        t = end + rng.uniform(*GAP_S)
+        faults.append(f)
+        t = f.end_s + rng.uniform(*GAP_S)
+
+
+def _draw(
+    rng: random.Random, kind: str, at_s: float, vs: tuple[str, ...], meters: tuple[str, ...], hostile: str
+) -> Fault:
+    """One fault of `kind` at `at_s`: its target, how long, how much."""
+    if kind in (KILL_VALIDATOR, PAUSE_VALIDATOR):
+        target = rng.choice(vs)
+    elif kind in (KILL_METER, REVOKE_METER):
+        target = rng.choice(meters)
+    elif kind in SECOND_LANE:
+        target = rng.choice(vs + meters)
+    elif kind == BROKER_RESTART:
+        target = "broker"
+    else:
+        target = hostile
+    seconds = round(rng.uniform(*SPANS[kind]), 1) if kind in SPANS else 0.0
+    amount = 0
+    if kind == NET_DELAY:
+        amount = rng.randint(*DELAY_MS)
+    elif kind == CLOCK_JUMP:
+        amount = rng.choice((-1, 1)) * rng.randint(*JUMP_MS)
+    return Fault(at_s, kind, target, seconds, amount)
 
 
 def direct_ctps(
@@ -143,6 +237,13 @@ class Report:
     readings_received: int = 0  # distinct (meter, seq) the monitor got
     readings_lost: list[str] = field(default_factory=list)  # "m0003 #17"
     readings_pending: int = 0  # still in an outbox at the end (not yet sent: not lost)
+    readings_unverified: list[str] = field(default_factory=list)  # failed §4 at the monitor: why
+    readings_refused: int = 0  # the revoked meter's, after its revocation, that never came (expected)
+    readings_after_revocation: int = 0  # the revoked meter's, after its revocation, that came anyway
+    revoked: str = ""  # "m0007 at <ms>": the meter revoked mid-run
+    revoked_seen_after: int = 0  # its transactions on the bus after the revocation
+    revoked_accepted: list[str] = field(default_factory=list)  # ...that the ledger accepted
+    revoked_through: list[str] = field(default_factory=list)  # its messages after: what, how long after
     hostile: list[tuple[str, str]] = field(default_factory=list)  # (what was sent, how the ledger answered)
     hostile_accepted: list[str] = field(default_factory=list)
     money_start: int = 0
@@ -162,6 +263,14 @@ def verdict(r: Report) -> list[str]:
         broken.append(f"{len(r.unended)} accepted transaction(s) never ended: {', '.join(r.unended[:5])}")
     if r.readings_lost:
         broken.append(f"{len(r.readings_lost)} reading(s) lost: {', '.join(r.readings_lost[:10])}")
+    if r.readings_unverified:
+        bad = r.readings_unverified
+        broken.append(f"{len(bad)} reading(s) failed verification: {'; '.join(bad[:5])}")
+    if r.revoked_accepted:
+        broken.append(f"the ledger accepted the revoked meter's transactions: {', '.join(r.revoked_accepted[:5])}")
+    failed = [f"{f.kind} {f.target}: {outcome}" for f, outcome in r.faults if outcome.startswith("failed")]
+    if failed:
+        broken.append(f"faults not applied: {'; '.join(failed)}")
     if len({(v.height, v.head) for v in r.validators}) != 1:
         broken.append("the validators' heads differ")
     broken += [f"{v.name} audit: {v.audit}" for v in r.validators if not v.audit.startswith("ok")]
@@ -200,7 +309,17 @@ def table(r: Report) -> Table:
     for (sent, answer), n in sorted(Counter(r.hostile).items()):
         t.add_row(f"  hostile {sent}", str(n), answer)
     t.add_row("readings sent", str(r.readings_sent), f"{r.readings_pending} still in an outbox")
-    t.add_row("readings received", str(r.readings_received), f"lost {len(r.readings_lost)}")
+    t.add_row(
+        "readings received",
+        str(r.readings_received),
+        f"lost {len(r.readings_lost)}, failed verification {len(r.readings_unverified)}",
+    )
+    if r.revoked:
+        t.add_row("revoked meter", r.revoked, "")
+        t.add_row("  its readings after", str(r.readings_after_revocation), f"{r.readings_refused} refused (expected)")
+        t.add_row("  its transactions after", str(r.revoked_seen_after), f"{len(r.revoked_accepted)} accepted")
+        if r.revoked_through:
+            t.add_row("  came through", str(len(r.revoked_through)), ", ".join(r.revoked_through[:4]))
     t.add_row("money at the start", str(r.money_start), "")
     for v in r.validators:
         t.add_row(f"{v.name} money at the end", str(v.money), "")

@@ -7,10 +7,15 @@ seed's faults. A ninth meter, m0009, is provisioned but never runs: its certific
 hostile client's (a client with a running meter's certificate would take over that meter's
 session, the broker makes the CN the client id).
 
+Each validator and meter reaches the broker through its own deploy.fault_proxy (the
+network faults) and reads its wall clock through broker.clock's offset-file test hook (the
+clock jumps); the revocation is what `spb-deploy revoke --broker` does.
+
 A monitor (the community's `monitor` certificate, a persistent session, so the broker keeps
-what it missed across a broker restart) records every reading, transaction, rejection and
-status. At the end the agents stop ordering, every held trade ends by its expiry, the meters
-and the validators stop cleanly, and the databases are read back into a deploy.chaos.Report.
+what it missed across a broker restart) records every reading (verified against its meter's
+birth), transaction, rejection and status. At the end the agents stop ordering, every held
+trade ends by its expiry, the meters and the validators stop cleanly, and the databases are
+read back into a deploy.chaos.Report.
 """
 
 from __future__ import annotations
@@ -35,13 +40,16 @@ from pathlib import Path
 from nacl.signing import SigningKey
 from rich.console import Console
 
+from broker.args import broker_url
 from broker.client import BusClient, TlsFiles
-from broker.clock import wall_ms
+from broker.clock import OFFSET_ENV, wall_ms
 from broker.runtime import Mosquitto, find_mosquitto, free_port
 from broker.secure import start_secure
 from deploy import chaos
+from deploy.access import publish_revocation, revoke_meter
 from deploy.bus import DEFAULT_MONITOR
 from deploy.day import settle
+from deploy.fault_proxy import HOST, FaultProxy
 from deploy.provision import community_genesis, provision
 from deploy.runs import validator_store
 from edge import policy
@@ -52,8 +60,9 @@ from ledger.genesis import write_genesis
 from ledger.state import LedgerState
 from wire import topics
 from wire.cose import MAX_MESSAGE
-from wire.messages import Ctp, CtpState, OrderState, Reading, Rejection, Status, open_message
+from wire.messages import Birth, Ctp, CtpState, DevCert, OrderState, Reading, Rejection, Status, open_message
 from wire.reasons import Reject
+from wire.verify import Verifier
 
 REPO = Path(__file__).resolve().parents[1]
 VALIDATORS = 4
@@ -64,6 +73,10 @@ OPENING = 100_000  # every account's units in the genesis
 GRACE = 1  # the genesis' default: a fill of k expires at the end of k + 1 + GRACE
 HOSTILE = "m0009"
 REPORT_NAME = "chaos-report.json"  # the table's figures, for tests and tools
+# A message the revoked meter published just before its revocation may reach the monitor
+# just after: what comes later than this is after the revocation.
+REVOKE_GRACE_MS = 2000
+SIGNERS = ("payer", "seller", "buyer", "by")  # the body field naming the account key that signs it
 TAIL_S = 120  # the longest the settling tail waits, after the last expiry, for every trade to end
 
 
@@ -95,8 +108,9 @@ CONSUMERS = tuple(h.meter for h in STREET if h.watts > 0)
 class Child:
     """A `python -m ...` process of the run, logging to logs/NAME.log, restartable."""
 
-    def __init__(self, name: str, args: list[str], logs: Path) -> None:
+    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str] | None = None) -> None:
         self.name, self.args, self.logs = name, args, logs
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen:
@@ -104,7 +118,7 @@ class Child:
             return subprocess.Popen(
                 [sys.executable, "-m", *self.args],
                 cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
+                env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -129,14 +143,25 @@ class Child:
 
 
 class Bus:
-    """The monitor's record of the bus, appended on paho's thread."""
+    """The monitor's record of the bus, appended on paho's thread.
 
-    def __init__(self) -> None:
+    Readings are verified (§4 in full, wire.verify) against the device key in their meter's
+    birth: one that fails counts as not received, and its reason is kept. A reading that
+    comes before its meter's birth (the broker delivers the retained birth on subscribe, so
+    only after a meter's first start) waits for it.
+    """
+
+    def __init__(self, verifier: Verifier) -> None:
         self.lock = threading.Lock()
+        self.verifier = verifier
         self.tx: dict[bytes, tuple[str, bytes]] = {}  # H(payload) -> (typ, payload), first copy
+        self.tx_seen_ms: dict[bytes, int] = {}  # H(payload) -> when the monitor first saw it
         self.ctps: list[bytes] = []  # CTP payloads in arrival order: the hostile client replays one
         self.readings: set[tuple[str, int]] = set()
+        self.reading_seen_ms: dict[tuple[str, int], int] = {}
         self.bad_readings: list[str] = []
+        self.device_keys: dict[str, bytes] = {}  # meter -> the device key of its last verified birth
+        self.unborn: dict[str, list[bytes]] = {}  # readings waiting for their meter's birth
         self.rejections: list[Rejection] = []
         self.statuses: list[Status] = []
         self.online: set[str] = set()  # the topics that said `online` last
@@ -148,6 +173,7 @@ class Bus:
                 digest = hashlib.sha256(payload).digest()
                 if digest not in self.tx:
                     self.tx[digest] = (topics.TX_TYPES[topic], payload)
+                    self.tx_seen_ms[digest] = wall_ms()
                     if typ == "ctp" and _decodes(payload, Ctp):
                         self.ctps.append(payload)
             elif topic == topics.REJECTS:
@@ -156,6 +182,8 @@ class Bus:
                 self._open(payload, Status, self.statuses)
             elif typ == "reading":
                 self._reading(topic, payload)
+            elif typ == "birth":
+                self._birth(topic, payload)
             elif topic.startswith(f"{topics.ROOT}/ledger/state/") or topic.endswith("/state"):
                 (self.online.add if payload.startswith(topics.ONLINE) else self.online.discard)(topic)
 
@@ -163,13 +191,35 @@ class Bus:
         with contextlib.suppress(Reject):  # validators' messages: steps 1-3 are enough for counting
             into.append(open_message(payload, kind).body)
 
-    def _reading(self, topic: str, payload: bytes) -> None:
+    def _birth(self, topic: str, payload: bytes) -> None:
+        meter = topics.parse_meter_topic(topic)
         try:
-            r = open_message(payload, Reading).body
+            birth = self.verifier.verify(payload, wall_ms(), Birth).body
         except Reject as exc:
-            self.bad_readings.append(f"{topic}: {exc.reason}")
+            self.bad_readings.append(f"{topic}: birth {exc.reason}")
+            return
+        if meter is None or birth.meter != meter[0]:
+            self.bad_readings.append(f"{topic}: birth of {birth.meter}")
+            return
+        self.device_keys[birth.meter] = open_message(birth.cert, DevCert).body.pk
+        for waiting in self.unborn.pop(birth.meter, []):
+            self._reading(topic.rsplit("/", 1)[0] + "/reading", waiting)
+
+    def _reading(self, topic: str, payload: bytes) -> None:
+        meter = topics.parse_meter_topic(topic)
+        name = meter[0] if meter else topic
+        if name not in self.device_keys:
+            self.unborn.setdefault(name, []).append(payload)
+            return
+        try:
+            r = self.verifier.verify(payload, wall_ms(), Reading, device_key=self.device_keys[name]).body
+            if r.meter != name:
+                raise Reject("signature", f"a reading of {r.meter} on {topic}")
+        except Reject as exc:
+            self.bad_readings.append(f"{topic}: {exc.reason} {exc.detail}")
             return
         self.readings.add((r.meter, r.seq))
+        self.reading_seen_ms.setdefault((r.meter, r.seq), wall_ms())
 
 
 def _decodes(payload: bytes, kind) -> bool:
@@ -193,6 +243,8 @@ class Run:
     meters: dict[str, Child] = field(default_factory=dict)
     ctp_procs: list[subprocess.Popen] = field(default_factory=list)
     hostile_sent: list[tuple[str, bytes]] = field(default_factory=list)  # (what, payload)
+    proxies: dict[str, FaultProxy] = field(default_factory=dict)  # each validator's and meter's way to the broker
+    revoked: tuple[str, int] | None = None  # (meter, revocation time)
     report: chaos.Report | None = None
 
     @property
@@ -202,16 +254,33 @@ class Run:
     def meter_dir(self, meter: str) -> Path:
         return self.root / "meters" / meter
 
+    def via_proxy(self, name: str) -> str:
+        """The broker URL `name` connects to: its own FaultProxy, on 127.0.0.1 like the
+        broker, so the broker's certificate still names the host the client dials."""
+        assert self.broker.port is not None
+        proxy = self.proxies.setdefault(name, FaultProxy(self.broker.port))
+        return f"mqtts://{HOST}:{proxy.port}"
+
+    def clock_env(self, name: str) -> dict[str, str]:
+        """broker.clock's test hook: `name`'s wall clock is the real one plus this file's ms."""
+        return {OFFSET_ENV: str(self.root / "clocks" / f"{name}.offset")}
+
+    def jump_clock(self, name: str, ms: int) -> None:
+        path = self.root / "clocks" / f"{name}.offset"
+        path.with_suffix(".tmp").write_text(f"{ms}\n")
+        path.with_suffix(".tmp").replace(path)  # atomic: a reader sees the old offset or the new one
+
     def start_validator(self, i: int) -> None:
-        args = ["ledger.cli", "run", str(self.root), "--broker", self.broker.url, "--validator", str(i)]
-        self.validators[f"v{i}"] = Child(f"v{i}", args, self.logs)
+        name = f"v{i}"
+        args = ["ledger.cli", "run", str(self.root), "--broker", self.via_proxy(name), "--validator", str(i)]
+        self.validators[name] = Child(name, args, self.logs, self.clock_env(name))
 
     def start_meter(self, h: Household) -> None:
         args = [
-            "edge.cli", "run", "--state-dir", str(self.meter_dir(h.meter)), "--broker", self.broker.url,
+            "edge.cli", "run", "--state-dir", str(self.meter_dir(h.meter)), "--broker", self.via_proxy(h.meter),
             "--adc", "fake", f"--fake-w={h.watts}", "--reading-s", "2", "--resend-s", "2",
         ]  # fmt: skip
-        self.meters[h.meter] = Child(h.meter, args, self.logs)
+        self.meters[h.meter] = Child(h.meter, args, self.logs, self.clock_env(h.meter))
 
     def say(self, text: str) -> None:
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
@@ -268,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
     (root / "logs").mkdir(exist_ok=True)
     broker = start_secure(root / "broker", free_port())
     assert broker.port is not None
-    bus = Bus()
+    bus = Bus(Verifier(cas=genesis.cas, validators=genesis.validators))
     monitor = BusClient(
         "127.0.0.1",
         broker.port,
@@ -280,10 +349,11 @@ def run(args: argparse.Namespace) -> int:
     )
     for topic_filter in (topics.TX_ALL, topics.REJECTS, topics.STATUS_ALL, topics.LEDGER_STATE_ALL):
         monitor.subscribe(topic_filter, bus.on_message)
-    for leaf in ("reading", "state"):
+    for leaf in ("reading", "state", "birth"):
         monitor.subscribe(topics.every_meter(leaf), bus.on_message)
     account = {m.id: bytes.fromhex(m.account_pk) for m in community.meters if m.account_pk}
     r = Run(args, console, root, broker, monitor, bus, account)
+    (root / "clocks").mkdir()
     r.report = chaos.Report(seed=args.seed, minutes=args.minutes, money_start=sum(dict(genesis.accounts).values()))
     console.print(
         f"[bold]chaos[/]: seed {args.seed}, {args.minutes:g} min of faults; {VALIDATORS} validators, "
@@ -302,6 +372,8 @@ def run(args: argparse.Namespace) -> int:
                 child.proc.wait(10)
         monitor.close()
         broker.stop()
+        for proxy in r.proxies.values():
+            proxy.close()
     _read_back(r)
     console.print(chaos.table(r.report))
     (root / REPORT_NAME).write_text(json.dumps(asdict(r.report), indent=1, default=str) + "\n")
@@ -324,46 +396,91 @@ def _run(r: Run) -> None:
         raise SystemExit(f"not online within 90 s: {sorted(want - r.bus.online)}; logs in {r.logs}")
     r.say("everyone online: the faults begin")
     faults = chaos.schedule(r.args.seed, r.args.minutes, VALIDATORS, tuple(h.meter for h in STREET), HOSTILE)
-    window = max(r.args.minutes * 60, max(f.at_s + f.seconds + chaos.RECOVERY_S[f.kind] for f in faults))
-    plan: list[chaos.Fault | chaos.DirectCtp] = [
-        *faults,
-        *chaos.direct_ctps(r.args.seed, window / 60, CONSUMERS, PRODUCERS),
-    ]
-    plan.sort(key=lambda e: e.at_s)
+    window = max(r.args.minutes * 60, max(f.end_s for f in faults))
+    # Each fault begins at at_s and, if it lasts, ends at at_s + seconds: faults of the two
+    # lanes interleave. (time, order, what): ends before begins at the same instant.
+    plan: list[tuple[float, int, chaos.Fault | chaos.DirectCtp, bool]] = []
+    for f in faults:
+        plan.append((f.at_s, 1, f, True))
+        if f.seconds:
+            plan.append((f.at_s + f.seconds, 0, f, False))
+    plan += [(c.at_s, 2, c, True) for c in chaos.direct_ctps(r.args.seed, window / 60, CONSUMERS, PRODUCERS)]
+    plan.sort(key=lambda e: (e[0], e[1]))
     start = time.monotonic()
-    for event in plan:
-        delay = start + event.at_s - time.monotonic()
+    for at_s, _, event, begin in plan:
+        delay = start + at_s - time.monotonic()
         if delay > 0:
             time.sleep(delay)  # the schedule's time: a scenario, not a wait on a condition
         if isinstance(event, chaos.DirectCtp):
             _direct_ctp(r, event)
-        else:
-            outcome = _apply(r, event)
+        elif begin:
+            outcome = _begin(r, event)
             r.report.faults.append((event, outcome))
-            r.say(f"+{event.at_s:5.1f} s  {event.kind} {event.target} {event.seconds or ''}: {outcome}")
+            what = f"{event.kind} {event.target} {event.seconds or ''} {event.amount or ''}"
+            r.say(f"+{event.at_s:5.1f} s  {what}: {outcome}")
+        else:
+            r.say(f"+{at_s:5.1f} s  {event.kind} {event.target}: {_end(r, event)}")
     time.sleep(max(0.0, start + window - time.monotonic()))
     _tail(r)
 
 
-def _apply(r: Run, f: chaos.Fault) -> str:
+def _begin(r: Run, f: chaos.Fault) -> str:
     if f.kind == chaos.KILL_VALIDATOR:
         return r.validators[f.target].kill_9_and_restart()
     if f.kind == chaos.KILL_METER:
         return r.meters[f.target].kill_9_and_restart()
     if f.kind == chaos.PAUSE_VALIDATOR:
-        proc = r.validators[f.target].proc
-        proc.send_signal(signal.SIGSTOP)
-        time.sleep(f.seconds)  # the pause itself
-        proc.send_signal(signal.SIGCONT)
-        return f"stopped {f.seconds} s, continued"
+        r.validators[f.target].proc.send_signal(signal.SIGSTOP)
+        return f"stopped for {f.seconds} s"
+    if f.kind == chaos.BROKER_RESTART:
+        r.broker.stop()
+        return f"stopped for {f.seconds} s"
+    if f.kind == chaos.NET_DELAY:
+        r.proxies[f.target].delay(f.amount)
+        return f"+{f.amount} ms each way for {f.seconds} s"
+    if f.kind == chaos.PARTITION:
+        r.proxies[f.target].partition(True)
+        return f"no bytes either way for {f.seconds} s"
+    if f.kind == chaos.CUT:
+        return f"{r.proxies[f.target].cut()} connection(s) closed"
+    if f.kind == chaos.CLOCK_JUMP:
+        r.jump_clock(f.target, f.amount)
+        return f"wall clock {f.amount / 1000:+.1f} s for {f.seconds} s"
+    if f.kind == chaos.REVOKE_METER:
+        return _revoke(r, f.target)
+    return _hostile(r, f)
+
+
+def _end(r: Run, f: chaos.Fault) -> str:
+    if f.kind == chaos.PAUSE_VALIDATOR:
+        r.validators[f.target].proc.send_signal(signal.SIGCONT)
+        return "continued"
     if f.kind == chaos.BROKER_RESTART:
         port, data_dir = r.broker.port, r.broker.data_dir
         assert port is not None and data_dir is not None
-        r.broker.stop()
-        time.sleep(f.seconds)  # the outage itself
         r.broker.start(port, data_dir)
-        return f"away {f.seconds} s, back on port {port}"
-    return _hostile(r, f)
+        return f"back on port {port}"
+    if f.kind == chaos.NET_DELAY:
+        r.proxies[f.target].delay(0)
+        return "delay over"
+    if f.kind == chaos.PARTITION:
+        r.proxies[f.target].partition(False)
+        return "bytes move again"
+    assert f.kind == chaos.CLOCK_JUMP, f
+    r.jump_clock(f.target, 0)
+    return "wall clock back"
+
+
+def _revoke(r: Run, meter: str) -> str:
+    """`spb-deploy revoke DIR METER --broker URL` while the meter trades: CRL and ACL
+    rewritten, the broker SIGHUPed, the CA's revoke message sent to the ledger."""
+    try:
+        entry, message, reloaded = revoke_meter(r.root, meter, wall_ms())
+        r.revoked = (meter, entry.t)
+        publish_revocation(r.root, message, broker_url(r.broker.url))
+    except Exception as exc:  # the verdict names a fault that could not be applied
+        return f"failed: {exc!r}"
+    return f"revoked at {entry.t}, {len(reloaded)} broker(s) reloaded, revoke on the bus"
 
 
 def _direct_ctp(r: Run, c: chaos.DirectCtp) -> None:
@@ -374,7 +491,7 @@ def _direct_ctp(r: Run, c: chaos.DirectCtp) -> None:
         subprocess.Popen(
             [sys.executable, "-m", *args, "--expiry", str(chaos.CTP_EXPIRY_S)],
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO), **r.clock_env(c.buyer)},  # the buyer's clock signs it
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -475,6 +592,8 @@ def _still_open(r: Run, last_exp: int) -> str:
     if held or state.market.pending:
         return f"held {held}, pending intervals {sorted(state.market.pending)}"
     for h in STREET:
+        if r.revoked and h.meter == r.revoked[0]:
+            continue  # refused by the broker: what it still has open, it cannot send
         meter = MeterStore(r.meter_dir(h.meter) / "meter.db")
         try:
             open_orders = [o.id.hex()[:12] for o in meter.orders() if o.state in (SENT, OrderState.OPEN)]
@@ -504,14 +623,29 @@ def _readings_sent(r: Run) -> dict[str, tuple[int, set[int]]]:
 
 
 def _readings_missing(r: Run, sent: dict[str, tuple[int, set[int]]]) -> list[str]:
+    """Readings a store used that the monitor never verified and that are not in the outbox.
+
+    A revoked meter is expected up to the last seq the monitor had when it was revoked:
+    later ones the broker refuses (counted apart, `_after_revocation`)."""
     with r.bus.lock:
         got = set(r.bus.readings)
     return [
         f"{meter} #{seq}"
         for meter, (last, pending) in sent.items()
-        for seq in range(1, last + 1)
+        for seq in range(1, _expected_last(r, meter, last) + 1)
         if (meter, seq) not in got and seq not in pending
     ]
+
+
+def _expected_last(r: Run, meter: str, last: int) -> int:
+    """The last seq of `meter` that must reach the monitor: all, or for the revoked meter the
+    last that reached it within REVOKE_GRACE_MS of the revocation."""
+    if r.revoked is None or r.revoked[0] != meter:
+        return last
+    until = r.revoked[1] + REVOKE_GRACE_MS
+    with r.bus.lock:
+        before = [seq for (m, seq), ms in r.bus.reading_seen_ms.items() if m == meter and ms <= until]
+    return min(last, max(before, default=0))
 
 
 def _read_back(r: Run) -> None:
@@ -523,6 +657,18 @@ def _read_back(r: Run) -> None:
     rep.readings_pending = sum(len(pending) for _, pending in sent.values())
     rep.readings_received = len(r.bus.readings)
     rep.readings_lost = _readings_missing(r, sent)
+    rep.readings_unverified = list(r.bus.bad_readings) + [
+        f"{meter}: {len(waiting)} reading(s) without a birth" for meter, waiting in r.bus.unborn.items()
+    ]
+    if r.revoked:
+        meter, t = r.revoked
+        last, pending = sent[meter]
+        expected = _expected_last(r, meter, last)
+        got = {seq for m, seq in r.bus.readings if m == meter}
+        rep.readings_refused = sum(seq not in got and seq not in pending for seq in range(expected + 1, last + 1))
+        late = sorted(seq for seq in got if seq > expected)
+        rep.readings_after_revocation = len(late)
+        rep.revoked_through += [f"reading #{seq} +{r.bus.reading_seen_ms[meter, seq] - t} ms" for seq in late]
     hostile = {hashlib.sha256(p).digest() for what, p in r.hostile_sent if what != "replay"}
     rep.tx_sent = dict(Counter(typ for digest, (typ, _) in r.bus.tx.items() if digest not in hostile))
     reasons: dict[bytes, set[str]] = {}
@@ -558,6 +704,7 @@ def _read_back(r: Run) -> None:
     ]
     rep.unended += [f"escrow {pk.hex()[:12]} {n}" for pk, n in state.held.items() if n]
     rep.settled_twice = _settled_twice(r, states)
+    _after_revocation(r, state)
     hashes = {hashlib.sha256(p).digest(): what for what, p in r.hostile_sent}
     for what, payload in r.hostile_sent:
         why = reasons.get(hashlib.sha256(payload).digest())
@@ -567,6 +714,34 @@ def _read_back(r: Run) -> None:
         for rec in records
         if rec.hash in hashes and hashes[rec.hash] != "replay"
     ]
+
+
+def _after_revocation(r: Run, state: LedgerState) -> None:
+    """The revoked meter's transactions (signed by its account key) that the monitor first
+    saw more than REVOKE_GRACE_MS after the revocation, and which of those the ledger took."""
+    rep = r.report
+    assert rep is not None and state.market is not None
+    if r.revoked is None:
+        return
+    meter, t = r.revoked
+    rep.revoked = f"{meter} at {t}"
+    key = r.account[meter]
+    accepted = {rec.hash for rec in state.ctps.values()} | {o.hash for o in state.market.orders.values()}
+    for digest, (typ, payload) in r.bus.tx.items():
+        if r.bus.tx_seen_ms[digest] <= t + REVOKE_GRACE_MS:
+            continue
+        try:
+            body = open_message(payload).body
+            signer = next((getattr(body, name) for name in SIGNERS if hasattr(body, name)), None)
+            if signer != key:
+                continue
+            r.bus.verifier.verify(payload, wall_ms())  # signed by it: the hostile client forges CTPs naming it
+        except Reject:
+            continue
+        rep.revoked_seen_after += 1
+        rep.revoked_through.append(f"{typ} {digest.hex()[:12]} +{r.bus.tx_seen_ms[digest] - t} ms")
+        if digest in accepted:
+            rep.revoked_accepted.append(f"{typ} {digest.hex()[:12]}")
 
 
 def _settled_twice(r: Run, states: list[LedgerState]) -> list[str]:
