@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -44,10 +45,14 @@ def find_mosquitto() -> str | None:
 
 
 AUTOSAVE_S = 60  # how often Mosquitto saves its sessions and retained messages
-# The largest payload the broker passes on (Mosquitto's message_size_limit): room for the
-# ledger's largest consensus message (ledger.replica.Timing caps them in bytes, at 1 MiB at
-# most: a catch-up answer), and far above a transaction's 64 KiB (docs/PROTOCOL.md §4).
+# The largest MQTT packet the broker reads (Mosquitto's max_packet_size; a PUBLISH's topic
+# and headers count, a few dozen bytes): room for the ledger's largest consensus message
+# (ledger.replica.Timing caps them in bytes, at 1 MiB at most: a catch-up answer), and far
+# above a transaction's 64 KiB (docs/PROTOCOL.md §4).
 MESSAGE_SIZE_LIMIT = 2 * 1024 * 1024
+# What Mosquitto 2.0 logs (at `notice`) when it refuses a larger packet and disconnects its
+# sender: the one place an oversized publish is counted (it has no $SYS counter for it).
+OVERSIZE_LINE = re.compile(r"Client (\S+) disconnected due to oversize packet\.")
 # QoS 1 messages in flight to one client (Mosquitto's max_inflight_messages): a validator
 # acknowledges a pooled transaction only once it is decided, so its pool must stay well
 # below this (ledger.replica.Timing.pool_max), or a full pool would hold every slot and the
@@ -77,9 +82,12 @@ def common_settings(data_dir: str | Path, run_as: str | None = None) -> str:
     data_dir = Path(data_dir).resolve()
     run_as = run_as or pwd.getpwuid(os.geteuid()).pw_name
     return f"""\
-# A larger payload is dropped on arrival (a QoS 1 one still gets its PUBACK), not stored and
-# fanned out to every subscriber: the ledger's largest message is well below this.
-message_size_limit {MESSAGE_SIZE_LIMIT}
+# A larger packet is refused as its header arrives, before Mosquitto allocates its bytes,
+# and its sender disconnected, with one `notice` line naming it (broker.runtime.OVERSIZE_LINE,
+# counted by oversize_refusals): the ledger's largest message is well below this.
+# message_size_limit would instead read the whole payload (up to 256 MB) into memory, then
+# drop it and acknowledge it, logged only at `debug` and counted nowhere (decision 0014).
+max_packet_size {MESSAGE_SIZE_LIMIT}
 
 # Queued QoS 1 messages and persistent sessions survive a broker restart.
 persistence true
@@ -256,6 +264,12 @@ class Mosquitto(Broker):
 
     def _log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def oversize_refusals(log_text: str) -> collections.Counter[str]:
+    """How many oversized packets Mosquitto refused, by client id (with mutual TLS, the
+    certificate's CN), from its log: it keeps no counter of them (decision 0014)."""
+    return collections.Counter(match[1] for match in OVERSIZE_LINE.finditer(log_text))
 
 
 def wait_or_kill(process: subprocess.Popen, timeout: float) -> bool:

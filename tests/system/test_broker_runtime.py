@@ -33,7 +33,7 @@ def test_generated_config_is_what_mosquitto_runs(mosquitto):
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
         f"max_inflight_messages {MAX_INFLIGHT}",
-        f"message_size_limit {MESSAGE_SIZE_LIMIT}",
+        f"max_packet_size {MESSAGE_SIZE_LIMIT}",
         f"log_dest file {mosquitto.data_dir.resolve() / LOG_NAME}",
     ):
         assert line in lines
