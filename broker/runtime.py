@@ -58,6 +58,10 @@ OVERSIZE_LINE = re.compile(r"Client (\S+) disconnected due to oversize packet\."
 # below this (ledger.replica.Timing.pool_max), or a full pool would hold every slot and the
 # consensus messages queued behind it would never arrive: the stall of issue 13.
 MAX_INFLIGHT = 50_000
+# What the broker queues for one client beyond its in-flight window (max_queued_messages,
+# max_queued_bytes): see common_settings and docs/decisions/0014-rate-limits.md.
+MAX_QUEUED_MESSAGES = 10_000
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 def mosquitto_config(port: int, data_dir: str | Path, host: str = DEFAULT_HOST) -> str:
@@ -100,11 +104,18 @@ autosave_interval {AUTOSAVE_S}
 # (the option does nothing for non-root users).
 user {run_as}
 
-# Mosquitto's default of 1000 queued messages per client silently drops QoS 1 bursts
-# for offline persistent clients (a meter or the ledger away for a while), so allow a
-# million; max_queued_bytes 0 sets no byte limit on top.
-max_queued_messages 1000000
-max_queued_bytes 0
+# Queued QoS 1 messages per client beyond those in flight, for a session that is offline
+# (or a client that reads too slowly): newer ones are dropped and counted in
+# $SYS/broker/publish/messages/dropped. Global in Mosquitto 2.0, so one bound for validators
+# and meters (decision 0014, bench/queues.py): each queued message costs the broker about
+# 100 bytes per client beside its payload, so 1 000 000 let 100 offline sessions of a
+# 20 000-message burst take 210 MiB. A validator's backlog beyond this is not lost: the other
+# validators decide it, catch-up brings the blocks, and a meter sends an unanswered
+# transaction again (resend_s); Mosquitto's default of 1000 would drop a validator's
+# transactions after a few seconds of a busy outage, far more often.
+max_queued_messages {MAX_QUEUED_MESSAGES}
+# And their payload bytes: 64 MiB holds 128 of the largest consensus messages.
+max_queued_bytes {MAX_QUEUED_BYTES}
 # 20 (the default) caps a client draining its backlog at 20 messages per round trip, and
 # the ledger acknowledges a transaction only once the block deciding it is on disk, so
 # every pooled transaction is in flight at once: allow {MAX_INFLIGHT}, above the most a
