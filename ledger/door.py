@@ -120,6 +120,7 @@ class Rates:
     def __init__(self, per_s: int, burst: int, senders: int) -> None:
         self.per_s, self.full, self.senders = per_s, burst * 1000, senders
         self.levels: dict[bytes, tuple[int, int]] = {}  # sender -> (thousandths, at ms)
+        self.prune_at = senders  # doubles with what a pruning kept: each take costs O(1), amortized
 
     def allows(self, sender: bytes, now: int) -> bool:
         """Whether the sender may pool one more transaction at monotonic time `now` (ms)."""
@@ -127,10 +128,12 @@ class Rates:
 
     def take(self, sender: bytes, now: int) -> None:
         """The sender pooled one: a token less. Buckets that refilled are forgotten once
-        more than `senders` are kept (a full bucket is what a sender never seen gets)."""
+        more than `senders` are kept (a full bucket is what a sender never seen gets); what
+        is left is every sender that pooled within the last burst / per_s seconds."""
         self.levels[sender] = (self._level(sender, now) - 1000, now)
-        if len(self.levels) > self.senders:
+        if len(self.levels) > self.prune_at:
             self.levels = {s: v for s, v in self.levels.items() if self._level(s, now) < self.full}
+            self.prune_at = max(self.senders, 2 * len(self.levels))
 
     def _level(self, sender: bytes, now: int) -> int:
         level, at = self.levels.get(sender, (self.full, now))

@@ -70,3 +70,14 @@ def test_forgeries_do_not_spend_another_senders_rate(community):
     assert {a.reason for raw in forged for a in refused(r.submit("ctp", raw, NOW))} == {"signature"}
     assert [refused(r.submit("ctp", raw, NOW)) for raw in ctps(community, 20)] == [[]] * 20
     assert r.pooled_by == {pk(community.households[0].account): 20}
+
+
+def test_pruning_is_amortized_when_no_bucket_has_refilled():
+    """Many senders, none refilled: the buckets are looked over again only once they doubled."""
+    rates = door.Rates(per_s=1, burst=1, senders=4)
+    for i in range(5):
+        rates.take(bytes([i]), 0)
+    assert len(rates.levels) == 5 and rates.prune_at == 10
+    for i in range(5, 10):
+        rates.take(bytes([i]), 0)
+    assert len(rates.levels) == 10 and rates.prune_at == 10
