@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None, out: Callable[[str], object] = print) ->
     for name in names:
         for subscribers in cases:
             r = case(SETTINGS[name], subscribers, args.subscribers, args.messages, payload)
-            burst = "never" if r["burst_s"] is None else f"{r['burst_s']:.2f}"
+            burst = "never" if r["burst_s"] is None else f"{r['burst_s']:.3f}"
             if subscribers == "none":
                 bound = r["burst_s"]
             slower = "" if bound is None or r["burst_s"] is None else f" ({r['burst_s'] / bound:.1f}x)"
