@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -44,15 +45,23 @@ def find_mosquitto() -> str | None:
 
 
 AUTOSAVE_S = 60  # how often Mosquitto saves its sessions and retained messages
-# The largest payload the broker passes on (Mosquitto's message_size_limit): room for the
-# ledger's largest consensus message (ledger.replica.Timing caps them in bytes, at 1 MiB at
-# most: a catch-up answer), and far above a transaction's 64 KiB (docs/PROTOCOL.md §4).
+# The largest MQTT packet the broker reads (Mosquitto's max_packet_size; a PUBLISH's topic
+# and headers count, a few dozen bytes): room for the ledger's largest consensus message
+# (ledger.replica.Timing caps them in bytes, at 1 MiB at most: a catch-up answer), and far
+# above a transaction's 64 KiB (docs/PROTOCOL.md §4).
 MESSAGE_SIZE_LIMIT = 2 * 1024 * 1024
+# What Mosquitto 2.0 logs (at `notice`) when it refuses a larger packet and disconnects its
+# sender: the one place an oversized publish is counted (it has no $SYS counter for it).
+OVERSIZE_LINE = re.compile(r"Client (\S+) disconnected due to oversize packet\.")
 # QoS 1 messages in flight to one client (Mosquitto's max_inflight_messages): a validator
 # acknowledges a pooled transaction only once it is decided, so its pool must stay well
 # below this (ledger.replica.Timing.pool_max), or a full pool would hold every slot and the
 # consensus messages queued behind it would never arrive: the stall of issue 13.
 MAX_INFLIGHT = 50_000
+# What the broker queues for one client beyond its in-flight window (max_queued_messages,
+# max_queued_bytes): see common_settings and docs/decisions/0014-rate-limits.md.
+MAX_QUEUED_MESSAGES = 10_000
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 def mosquitto_config(port: int, data_dir: str | Path, host: str = DEFAULT_HOST) -> str:
@@ -77,9 +86,12 @@ def common_settings(data_dir: str | Path, run_as: str | None = None) -> str:
     data_dir = Path(data_dir).resolve()
     run_as = run_as or pwd.getpwuid(os.geteuid()).pw_name
     return f"""\
-# A larger payload is dropped on arrival (a QoS 1 one still gets its PUBACK), not stored and
-# fanned out to every subscriber: the ledger's largest message is well below this.
-message_size_limit {MESSAGE_SIZE_LIMIT}
+# A larger packet is refused as its header arrives, before Mosquitto allocates its bytes,
+# and its sender disconnected, with one `notice` line naming it (broker.runtime.OVERSIZE_LINE,
+# counted by oversize_refusals): the ledger's largest message is well below this.
+# message_size_limit would instead read the whole payload (up to 256 MB) into memory, then
+# drop it and acknowledge it, logged only at `debug` and counted nowhere (decision 0014).
+max_packet_size {MESSAGE_SIZE_LIMIT}
 
 # Queued QoS 1 messages and persistent sessions survive a broker restart.
 persistence true
@@ -92,11 +104,18 @@ autosave_interval {AUTOSAVE_S}
 # (the option does nothing for non-root users).
 user {run_as}
 
-# Mosquitto's default of 1000 queued messages per client silently drops QoS 1 bursts
-# for offline persistent clients (a meter or the ledger away for a while), so allow a
-# million; max_queued_bytes 0 sets no byte limit on top.
-max_queued_messages 1000000
-max_queued_bytes 0
+# Queued QoS 1 messages per client beyond those in flight, for a session that is offline
+# (or a client that reads too slowly): newer ones are dropped and counted in
+# $SYS/broker/publish/messages/dropped. Global in Mosquitto 2.0, so one bound for validators
+# and meters (decision 0014, bench/queues.py): each queued message costs the broker about
+# 100 bytes per client beside its payload, so 1 000 000 let 100 offline sessions of a
+# 20 000-message burst take 210 MiB. A validator's backlog beyond this is not lost: the other
+# validators decide it, catch-up brings the blocks, and a meter sends an unanswered
+# transaction again (resend_s); Mosquitto's default of 1000 would drop a validator's
+# transactions after a few seconds of a busy outage, far more often.
+max_queued_messages {MAX_QUEUED_MESSAGES}
+# And their payload bytes: 64 MiB holds 128 of the largest consensus messages.
+max_queued_bytes {MAX_QUEUED_BYTES}
 # 20 (the default) caps a client draining its backlog at 20 messages per round trip, and
 # the ledger acknowledges a transaction only once the block deciding it is on disk, so
 # every pooled transaction is in flight at once: allow {MAX_INFLIGHT}, above the most a
@@ -256,6 +275,12 @@ class Mosquitto(Broker):
 
     def _log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def oversize_refusals(log_text: str) -> collections.Counter[str]:
+    """How many oversized packets Mosquitto refused, by client id (with mutual TLS, the
+    certificate's CN), from its log: it keeps no counter of them (decision 0014)."""
+    return collections.Counter(match[1] for match in OVERSIZE_LINE.finditer(log_text))
 
 
 def wait_or_kill(process: subprocess.Popen, timeout: float) -> bool:

@@ -104,3 +104,37 @@ def announcer(digest: bytes, n: int) -> int:
     """The validator that publishes the reject of a message refused before any block: one
     copy, not n. Spread over the validators by the message hash."""
     return int.from_bytes(digest[:4], "big") % n
+
+
+class Rates:
+    """A token bucket per sender: how many of its transactions the door may still pool now.
+
+    A sender may pool `burst` transactions at once and `per_s` a second after that; beyond
+    it, its transactions are refused `busy` (docs/decisions/0014-rate-limits.md), so one
+    identity gets at most that share of the blocks however fast it publishes. Tokens are
+    taken only for a verified sender, so forgeries naming another sender cannot spend its
+    rate. Kept in thousandths of a transaction: integers, exact. Each validator keeps its
+    own buckets, as it keeps its own pool: `busy` is not a verdict, and need not agree.
+    """
+
+    def __init__(self, per_s: int, burst: int, senders: int) -> None:
+        self.per_s, self.full, self.senders = per_s, burst * 1000, senders
+        self.levels: dict[bytes, tuple[int, int]] = {}  # sender -> (thousandths, at ms)
+        self.prune_at = senders  # doubles with what a pruning kept: each take costs O(1), amortized
+
+    def allows(self, sender: bytes, now: int) -> bool:
+        """Whether the sender may pool one more transaction at monotonic time `now` (ms)."""
+        return self._level(sender, now) >= 1000
+
+    def take(self, sender: bytes, now: int) -> None:
+        """The sender pooled one: a token less. Buckets that refilled are forgotten once
+        more than `senders` are kept (a full bucket is what a sender never seen gets); what
+        is left is every sender that pooled within the last burst / per_s seconds."""
+        self.levels[sender] = (self._level(sender, now) - 1000, now)
+        if len(self.levels) > self.prune_at:
+            self.levels = {s: v for s, v in self.levels.items() if self._level(s, now) < self.full}
+            self.prune_at = max(self.senders, 2 * len(self.levels))
+
+    def _level(self, sender: bytes, now: int) -> int:
+        level, at = self.levels.get(sender, (self.full, now))
+        return min(self.full, level + max(0, now - at) * self.per_s)

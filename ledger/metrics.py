@@ -43,6 +43,7 @@ BLOCKS = PREFIX + "blocks"  # counter, label how=proposed|caught_up
 ROUND_CHANGES = PREFIX + "round_changes"  # counter
 CATCH_UPS = PREFIX + "catch_ups"  # counter
 RETAINED_IGNORED = PREFIX + "retained_transactions_ignored"  # counter
+THROTTLED = PREFIX + "throttled_transactions"  # counter
 PENDING = PREFIX + "pending_transactions"
 OUTBOX = PREFIX + "outbox_depth"
 VERIFY = PREFIX + "transaction_verify_seconds"  # histogram
@@ -72,6 +73,7 @@ class Health(NamedTuple):
     outbox: int  # messages to publish the broker has not acknowledged: waiting or in flight
     retained_ignored: int = 0  # retained copies on transaction topics, not taken as transactions
     clock_jumps: int = 0  # wall clock jumps the clock guard held off (ledger.clock_guard)
+    throttled: int = 0  # transactions refused `busy` beyond their sender's rate (ledger.door.Rates)
     clock_offset_ms: int = 0  # the wall clock minus the time the validator uses: 0 unless held off
 
 
@@ -195,6 +197,9 @@ class _HealthCollector:
             RETAINED_IGNORED,
             "Retained copies on transaction topics, ignored (junk a client left)",
             value=h.retained_ignored,
+        )
+        yield CounterMetricFamily(
+            THROTTLED, "Transactions refused busy beyond their sender's rate (per identity)", value=h.throttled
         )
         yield GaugeMetricFamily(PENDING, "Transactions in the pool, not yet in a block", value=h.pending)
         yield GaugeMetricFamily(

@@ -53,6 +53,8 @@ class Timing:
     pool_per_sender: int = 1024  # pending transactions of one sender (the key that signed them)
     pool_max: int = 8192  # pending transactions in all: below the broker's in-flight window (broker.runtime)
     pool_bytes: int = 32 * 1024 * 1024  # their bytes in all
+    rate_per_s: int = 100  # transactions one sender may pool per second after its burst (ledger.door.Rates)
+    rate_burst: int = 1000  # transactions one sender may pool at once: about its share of the pool
 
     def __post_init__(self) -> None:
         if self.block_bytes < BLOCK_OVERHEAD + INPUT_OVERHEAD + MAX_MESSAGE:
@@ -141,6 +143,8 @@ class Replica:
         self.pool: OrderedDict[Key, _Pending] = OrderedDict()  # in arrival order
         self.pooled_by: dict[bytes, int] = {}  # sender -> its transactions in the pool
         self.pooled_bytes = 0
+        self.rates = door.Rates(timing.rate_per_s, timing.rate_burst, timing.pool_max)
+        self.throttled = 0  # transactions refused `busy` beyond their sender's rate, for the adapter's metrics
         self.next_forward: int | None = None  # the earliest forward time at the pool's head
         self.recent: OrderedDict[Key, int] = OrderedDict()  # decided key -> when
         self.future: list[c.Signed] = []  # messages for the next heights, kept for when we get there
@@ -232,18 +236,22 @@ class Replica:
         claimed = door.claim(self.verifier, typ, raw, market=self.state.market is not None)
         if claimed.reason is not None:
             return claimed.reason
-        if not self._room(claimed.sender, len(raw)):
+        if not self._room(claimed.sender, len(raw), now):
             return BUSY
         checked = door.check(self.verifier, typ, raw, self.wall)
         if checked.reason is not None:
             return checked.reason
-        if checked.sender != claimed.sender and not self._room(checked.sender, len(raw)):
+        if checked.sender != claimed.sender and not self._room(checked.sender, len(raw), now):
             return BUSY
+        self.rates.take(checked.sender, now)
         self._pool(typ, raw, key, checked.sender, now, forwards)
         return None
 
-    def _room(self, sender: bytes, size: int) -> bool:
+    def _room(self, sender: bytes, size: int, now: int) -> bool:
         t = self.timing
+        if not self.rates.allows(sender, now):
+            self.throttled += 1
+            return False
         return (
             self.pooled_by.get(sender, 0) < t.pool_per_sender
             and len(self.pool) < t.pool_max

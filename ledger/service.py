@@ -157,6 +157,7 @@ class LedgerService:
             pending=len(replica.pool),
             outbox=len(self._rows) + len(self._outgoing) + self._window.in_flight,
             retained_ignored=self.retained_ignored,
+            throttled=replica.throttled,
             clock_jumps=0 if guard is None else guard.jumps,
             clock_offset_ms=0 if guard is None else guard.offset_ms,
         )

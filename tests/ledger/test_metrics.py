@@ -31,6 +31,7 @@ HEALTH = Health(
     pending=4,
     outbox=6,
     retained_ignored=8,
+    throttled=9,
     clock_jumps=2,
     clock_offset_ms=-3_600_000,
 )
@@ -82,6 +83,7 @@ def test_the_exposition_holds_every_metric_after_events():
     assert got[("spb_ledger_pending_transactions", ())] == 4
     assert got[("spb_ledger_outbox_depth", ())] == 6
     assert got[("spb_ledger_retained_transactions_ignored_total", ())] == 8
+    assert got[("spb_ledger_throttled_transactions_total", ())] == 9
     assert got[("spb_ledger_clock_jumps_total", ())] == 2
     assert got[("spb_ledger_clock_offset_seconds", ())] == -3600
     assert got[("spb_ledger_transaction_verify_seconds_count", ())] == 2

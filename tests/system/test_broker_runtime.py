@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from broker.runtime import LOG_NAME, MAX_INFLIGHT, MESSAGE_SIZE_LIMIT, EmbeddedBroker, free_port, mosquitto_config
+from broker.runtime import (
+    LOG_NAME,
+    MAX_INFLIGHT,
+    MAX_QUEUED_BYTES,
+    MAX_QUEUED_MESSAGES,
+    MESSAGE_SIZE_LIMIT,
+    EmbeddedBroker,
+    free_port,
+    mosquitto_config,
+)
 from tests.support.bus import REPO, Inbox, child_env, connected, read_line, wait_for
 from wire import topics
 
@@ -30,15 +39,17 @@ def test_generated_config_is_what_mosquitto_runs(mosquitto):
         "allow_anonymous true",
         "persistence true",
         f"persistence_location {mosquitto.data_dir.resolve()}/",
-        "max_queued_messages 1000000",
-        "max_queued_bytes 0",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         f"max_inflight_messages {MAX_INFLIGHT}",
-        f"message_size_limit {MESSAGE_SIZE_LIMIT}",
+        f"max_packet_size {MESSAGE_SIZE_LIMIT}",
         f"log_dest file {mosquitto.data_dir.resolve() / LOG_NAME}",
     ):
         assert line in lines
     # The reason for the limit sits in the comment block right above it.
-    assert re.search(r"\n# [^\n]*default of 1000 [^\n]*\n(#[^\n]*\n)*max_queued_messages 1000000\n", config)
+    assert re.search(
+        r"\n# [^\n]*\$SYS/broker/publish/messages/dropped[^\n]*\n(#[^\n]*\n)*max_queued_messages \d+\n", config
+    )
 
     mosquitto.stop()
     assert (mosquitto.data_dir / "mosquitto.db").is_file()

@@ -16,15 +16,18 @@ numbers it measured are printed (`-s`); `python -m bench.flood` measures the sam
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.clock import wall_ms
-from broker.runtime import MESSAGE_SIZE_LIMIT
+from broker.runtime import MESSAGE_SIZE_LIMIT, oversize_refusals
 from broker.secure import BrokerSettings, mosquitto_conf
 from ledger.block import Block
 from ledger.replica import Timing
@@ -178,6 +181,10 @@ def test_a_burst_of_ctps_from_one_account_does_not_stop_the_ledger(validators, m
     assert peak < BROKER_RSS_LIMIT, f"broker RSS peaked at {peak >> 20} MiB"
     assert answered_then < FLOOD, "the flood was over before the honest trade: it was not sent during it"
     assert all(reason == "busy" for reason in reasons), reasons
+    # Each validator pools at most its rate of the flooder's CTPs (decision 0014), and a block
+    # holds only what some validator pooled: a bound whatever the machine's speed.
+    rate = Timing()
+    assert held <= 4 * (rate.rate_burst + rate.rate_per_s * math.ceil(drained_s)), "the flooder was not throttled"
     assert all(len(outcomes.reasons.get(h, ())) <= 1 for h in flood_hashes), "one reject per message, not one each"
     head = v.wait_heads_agree(timeout=30)
     assert head[0] == max(outcomes.heights)
@@ -217,20 +224,37 @@ def test_a_sender_beyond_its_share_hears_busy_once_per_message(tmp_path, mosquit
         ledger.stop()
 
 
-def test_the_broker_drops_a_payload_over_its_limit_and_passes_one_below(tmp_path, mosquitto, make_client):
+def test_the_broker_refuses_a_packet_over_its_limit_counts_it_and_passes_one_below(tmp_path, mosquitto, make_client):
     """The issue's 16 MB payload on spb/v1/tx/ctp never reaches a subscriber (no validator
-    stores or even reads it), and the broker does not keep it; 1 MiB passes (the ledger's
-    largest messages are below 2 MiB). The TLS configuration has the same limit."""
+    stores or even reads it): the broker refuses it from its header, before reading it, and
+    disconnects its sender, and its log counts it by client id (decision 0014). 1 MiB passes
+    (the ledger's largest messages are below 2 MiB), and other clients' connections stay up.
+    The TLS configuration has the same limit, for all its listeners."""
     inbox = Inbox()
     reader = make_client(mosquitto.port, "reader")
     reader.subscribe(topics.TX_CTP, inbox)
     connected(reader)
     writer = connected(make_client(mosquitto.port, "writer"))
     rss = PeakRss(mosquitto.pid)
-    for payload in (b"\xff" * (16 << 20), b"\xfe" * (1 << 20), b"after"):
-        assert writer.wait_acked(writer.publish(topics.TX_CTP, payload), 30), "acknowledged, as QoS 1 asks"
+    dropped = threading.Event()
+    hostile = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="hostile", protocol=mqtt.MQTTv311)
+    hostile.on_disconnect = lambda *_: dropped.set()
+    hostile.connect("127.0.0.1", mosquitto.port)
+    hostile.loop_start()
+    try:
+        hostile.publish(topics.TX_CTP, b"\xff" * (16 << 20), qos=1)
+        assert dropped.wait(30), "the broker kept the connection of a client sending 16 MB"
+    finally:
+        hostile.loop_stop()
+    for payload in (b"\xfe" * (1 << 20), b"after"):
+        assert writer.wait_acked(writer.publish(topics.TX_CTP, payload), 30)
     inbox.wait_count(2, 30)
     assert [len(p) for p in inbox.payloads()] == [1 << 20, 5]
-    assert rss.stop() - rss.first < 16 << 20, "the broker held on to the dropped payload"
-    conf = mosquitto_conf(BrokerSettings(), tmp_path / "config", tmp_path / "data")
-    assert f"message_size_limit {MESSAGE_SIZE_LIMIT}" in conf.splitlines()
+    assert rss.stop() - rss.first < 16 << 20, "the broker read the refused payload into memory"
+    wait_for(lambda: oversize_refusals(mosquitto.log_path.read_text()) == {"hostile": 1}, 10, "the refusal logged")
+    assert reader.connected.is_set() and writer.connected.is_set()
+    conf = mosquitto_conf(BrokerSettings(local_port=1884), tmp_path / "config", tmp_path / "data")
+    lines = conf.splitlines()
+    # Global in Mosquitto 2.0 (`man mosquitto.conf`), so it covers the loopback listener too.
+    assert lines.count(f"max_packet_size {MESSAGE_SIZE_LIMIT}") == 1
+    assert [line for line in lines if line.startswith("listener ")] == ["listener 8883 ", "listener 1884 127.0.0.1"]
