@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
+from ledger.archive import FINAL
 from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
 from ledger.fill import FillDoc, fill_ctp
 from ledger.genesis import MAX_UNITS
@@ -65,7 +66,7 @@ class Draft:
         self.revoked: dict[bytes, int] = {}  # device keys revoked by this draft -> revocation time
         self.inputs: list[Input] = []  # decided messages, applied or rejected, in order
         self.reasons: list[str | None] = []  # per input: its reject reason, or None
-        self.known = len(base.ctps)  # records below this leaf exist before the draft
+        self.known = base.tree.size  # records below this leaf exist before the draft
         self.trades: list[bytes] = []
         self.settled: list[bytes] = []  # the CTP id of each trade
         self.outputs: list[Output] = []
@@ -89,7 +90,7 @@ class Draft:
         return self.held.get(pk, self.base.held.get(pk, 0))
 
     def key_used(self, pk: bytes) -> bool:
-        return pk in self.used_keys or pk in self.base.used_keys
+        return pk in self.used_keys or self.base.key_used(pk)
 
     def revoked_at(self, pk: bytes) -> int | None:
         return self.revoked.get(pk, self.base.revoked.get(pk))
@@ -292,6 +293,7 @@ class Draft:
             tree=tree,
             market=market,
             moved=moved,
+            pruned=self.base.tree.sealing(tree, [r.index for r in self.ctps.values() if r.state in FINAL]),
         )
         for pk in sorted(moved):
             money = AccountRecord(pk, self.balance(pk), self.holding(pk), self.height, self.t)

@@ -1,0 +1,79 @@
+"""A validator holds in RAM only what can still change, and starts from its stored snapshot
+without reading finished history (docs/decisions/0013-bounded-memory.md)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from ledger.node import LedgerNode
+from ledger.store import LedgerStore, StoreError
+from ledger.validator import ValidatorIdentity
+from ledger.workload import SimCommunity
+from tests.support.ledger import NOW, Chain, ctp_id
+from wire.messages import CtpState
+
+
+def settled_chain(tmp_path, trades: int = 40) -> tuple[Chain, SimCommunity, list[bytes]]:
+    community = SimCommunity(4, NOW)
+    chain = Chain(tmp_path, community)
+    ctps = [community.ctp(i % 4, (i + 1) % 4, amount=1, wh=1, exp=NOW + 60_000) for i in range(trades)]
+    chain.block(NOW, *(("ctp", c) for c in ctps))
+    chain.block(NOW + 1, *(("erc", community.erc(c)) for c in ctps[: trades - 2]))
+    return chain, community, ctps
+
+
+def restarted(chain: Chain) -> Chain:
+    """The same validator, started again from its database."""
+    again = Chain.__new__(Chain)
+    again.node = LedgerNode(ValidatorIdentity.load(chain.identity.root, 0))
+    again.identity, again.store, again.state = again.node.identity, again.node.store, again.node.state
+    return again
+
+
+def test_finished_trades_leave_ram_and_their_tree_paths_with_them(tmp_path):
+    chain, _, ctps = settled_chain(tmp_path)
+    state = chain.state
+    assert set(state.open) == {ctp_id(c) for c in ctps[-2:]}, "only the two held CTPs stay in RAM"
+    assert len(state.ctps) == state.tree.size == 40 and state.ctps[ctp_id(ctps[0])].state == CtpState.SETTLED
+    kept = sum(len(level) for level in state.tree.levels)
+    assert kept <= 2 * 2 * state.tree.size.bit_length(), "two open paths and the frontier, not every node"
+    stored = chain.store.db.execute("SELECT count(*) FROM tree").fetchone()[0]
+    assert stored == kept, "the stored snapshot is the tree in RAM"
+
+
+def test_finished_trades_still_decide_blocks_after_a_restart(tmp_path):
+    """Their copies are `duplicate`, their ERCs' keys `replay`/`not-held`, a cancel `not-held`:
+    answered by the archive (SQLite), as they were when every record was in RAM."""
+    chain, community, ctps = settled_chain(tmp_path)
+    first_erc = community.erc(ctps[0])  # the same CTP's ERC under that meter's next key
+    chain.node.close()
+    chain = restarted(chain)
+    assert set(chain.state.open) == {ctp_id(c) for c in ctps[-2:]}
+    reasons = chain.block(NOW + 2, ("ctp", ctps[0]), ("erc", first_erc), ("erc", community.erc(ctps[-1])))
+    assert reasons == ["duplicate", "not-held", None]
+    assert chain.state.root() == chain.node.store.head()[2]
+
+
+def test_a_restart_rejects_a_snapshot_that_is_not_the_tips_tree(tmp_path):
+    chain, _, _ = settled_chain(tmp_path)
+    path, genesis = chain.identity.db_path, chain.identity.genesis
+    chain.node.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE tree SET hash = zeroblob(32) WHERE (k, j) = (SELECT k, j FROM tree LIMIT 1)")
+    with pytest.raises(StoreError, match="tree is not the tip's"):
+        LedgerStore(path, genesis).load()
+
+
+def test_a_database_from_before_snapshots_gets_one_built_once(tmp_path):
+    chain, _, _ = settled_chain(tmp_path)
+    path, genesis, root = chain.identity.db_path, chain.identity.genesis, chain.state.root()
+    kept = sorted(chain.store.db.execute("SELECT k, j, hash FROM tree"))
+    chain.node.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM tree")
+        db.execute("DELETE FROM meta WHERE key = 'snapshot'")
+    store = LedgerStore(path, genesis)
+    assert sorted(store.db.execute("SELECT k, j, hash FROM tree")) == kept
+    assert store.load().root() == root
