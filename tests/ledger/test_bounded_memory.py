@@ -7,11 +7,13 @@ import sqlite3
 
 import pytest
 
+from ledger.draft import MAX_HOLD_MS
 from ledger.node import LedgerNode
 from ledger.store import LedgerStore, StoreError
 from ledger.validator import ValidatorIdentity
-from ledger.workload import SimCommunity
+from ledger.workload import SimCommunity, pk
 from tests.support.ledger import NOW, Chain, ctp_id
+from wire.cose import message_hash
 from wire.messages import CtpState
 
 
@@ -77,3 +79,28 @@ def test_a_database_from_before_snapshots_gets_one_built_once(tmp_path):
     store = LedgerStore(path, genesis)
     assert sorted(store.db.execute("SELECT k, j, hash FROM tree")) == kept
     assert store.load().root() == root
+
+
+def test_a_ctp_may_not_hold_money_for_more_than_a_day(tmp_path):
+    """A member signing far-future expiries must not grow what every validator remembers:
+    `far-expiry`, not remembered, and the same bytes are held once within a day."""
+    community = SimCommunity(2, NOW)
+    chain = Chain(tmp_path, community, balance=10)
+    far = community.ctp(0, 1, amount=5, wh=1, exp=NOW + MAX_HOLD_MS + 1)
+    edge = community.ctp(0, 1, amount=5, wh=1, exp=NOW + 1 + MAX_HOLD_MS)
+    assert chain.block(NOW, ("ctp", far)) == ["far-expiry"]
+    assert chain.state.refused == {} and chain.store.rejection(ctp_id(far)) is None
+    assert chain.state.balances[pk(community.households[0].account)] == 10
+    assert chain.block(NOW + 1, ("ctp", edge)) == [None], "exactly a day ahead is allowed"
+    assert chain.block(NOW + 2, ("ctp", far)) == [None], "not final: the same bytes hold once within a day"
+
+
+def test_a_refused_ctp_leaves_memory_within_a_day(tmp_path):
+    """The refused memory holds at most a day of rejected intake."""
+    community = SimCommunity(2, NOW)
+    chain = Chain(tmp_path, community, balance=10)
+    poor = community.ctp(0, 1, amount=50, wh=1, exp=NOW + MAX_HOLD_MS)
+    assert chain.block(NOW, ("ctp", poor)) == ["insufficient-funds"]
+    assert chain.state.refused == {message_hash(poor): NOW + MAX_HOLD_MS}
+    assert chain.block(NOW + MAX_HOLD_MS + 1, ("ctp", poor)) == ["expired"]  # any block forgets it
+    assert chain.state.refused == {} and chain.store.refusals() == {}
