@@ -231,11 +231,13 @@ class LedgerState:
 
     def commit(self, changes: Changes) -> None:
         """Take a decided block's changes (made on this state: the block follows the tip),
-        after checking that they keep the money invariant."""
+        after checking that they keep the money invariant and lead to the header's CTP root."""
         header = changes.header
         if header.prev != self.tip or changes.tree.base != self.tree.size:
             raise ValueError(f"changes for the block after {header.prev.hex()[:16]}, not this state's tip")
         self._check_money(changes)
+        if changes.tree.root != header.ctps:
+            raise BrokenInvariant(f"block {header.height}: its CTP-database changes do not lead to its header's root")
         if (changes.market is not None) != (self.market is not None):
             raise ValueError("market changes on a chain without a market, or none on one with it")
         if self.market is not None and changes.market is not None:
@@ -250,7 +252,7 @@ class LedgerState:
         self.moved_at.update(dict.fromkeys(changes.moved, (header.height, header.t)))
         self.revoked.update(changes.revoked)
         self.tree.apply(changes.tree)
-        if self.tree.root() != header.ctps:
+        if self.tree.root() != header.ctps:  # a tree that took the change wrongly: a bug
             raise BrokenInvariant(f"block {header.height}: the CTP-database root is not the header's")
         finished = [r for r in changes.records.values() if r.state in FINAL]
         for record in changes.records.values():

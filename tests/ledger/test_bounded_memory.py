@@ -4,11 +4,13 @@ without reading finished history (docs/decisions/0013-bounded-memory.md)."""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
-from ledger.draft import MAX_HOLD_MS
+from ledger.draft import MAX_HOLD_MS, Draft
 from ledger.node import LedgerNode
+from ledger.state import BrokenInvariant
 from ledger.store import LedgerStore, StoreError
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity, pk
@@ -104,3 +106,17 @@ def test_a_refused_ctp_leaves_memory_within_a_day(tmp_path):
     assert chain.state.refused == {message_hash(poor): NOW + MAX_HOLD_MS}
     assert chain.block(NOW + MAX_HOLD_MS + 1, ("ctp", poor)) == ["expired"]  # any block forgets it
     assert chain.state.refused == {} and chain.store.refusals() == {}
+
+
+def test_a_commit_refuses_changes_whose_tree_is_not_the_headers(tmp_path):
+    """The CTP-database root is an invariant of every commit, like money (§5)."""
+    community = SimCommunity(2, NOW)
+    chain = Chain(tmp_path, community)
+    draft = Draft(chain.state, chain.verifier, NOW)
+    draft.add("ctp", community.ctp(0, 1, amount=1, wh=1, exp=NOW + 1_000))
+    assert draft.finish() is not None
+    header = replace(draft.changes.header, ctps=bytes(32))
+    before = (chain.state.root(), dict(chain.state.balances), chain.state.tree.size)
+    with pytest.raises(BrokenInvariant, match="root"):
+        chain.state.commit(replace(draft.changes, header=header))
+    assert (chain.state.root(), chain.state.balances, chain.state.tree.size) == before
