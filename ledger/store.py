@@ -408,24 +408,32 @@ _FINISHED = f"state IN ('{CtpState.SETTLED}', '{CtpState.REFUNDED}')"
 
 class SqliteArchive:
     """The finished CTPs of a validator's database (ledger.archive.Archive): looked up by
-    the primary key or the one-time key's unique index, never all loaded."""
+    the primary key or the one-time key's unique index, never all loaded.
+
+    It reads through a connection of its own, so a state loaded by a tool stays readable
+    after the tool closed the store. It sees what the store committed (WAL): a block's rows
+    are written before the state commits it, and nothing decides in between."""
 
     def __init__(self, store: LedgerStore):
         self.store = store
+        self.db = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+
+    def __del__(self) -> None:
+        self.db.close()  # with the state that used it: explicitly, so no warning says it leaked
 
     def record(self, ctp_id: bytes) -> CtpRecord | None:
-        row = self.store.db.execute(f"{_RECORD} WHERE id = ? AND {_FINISHED}", (ctp_id,)).fetchone()
+        row = self.db.execute(f"{_RECORD} WHERE id = ? AND {_FINISHED}", (ctp_id,)).fetchone()
         return None if row is None else self.store._record(*row)
 
     def ctp_for_key(self, pk: bytes) -> bytes | None:
-        row = self.store.db.execute("SELECT id FROM ctps WHERE erc_pk = ?", (pk,)).fetchone()
+        row = self.db.execute("SELECT id FROM ctps WHERE erc_pk = ?", (pk,)).fetchone()
         return None if row is None else row[0]
 
     def put(self, records: Iterable[CtpRecord]) -> None:
         """Nothing to do: LedgerStore.commit wrote them in the block's transaction."""
 
     def records(self) -> Iterator[CtpRecord]:
-        rows = self.store.db.execute(f"{_RECORD} WHERE {_FINISHED} ORDER BY leaf").fetchall()
+        rows = self.db.execute(f"{_RECORD} WHERE {_FINISHED} ORDER BY leaf").fetchall()
         return (self.store._record(*row) for row in rows)
 
 
