@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
+from ledger.archive import FINAL
 from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
 from ledger.fill import FillDoc, fill_ctp
 from ledger.genesis import MAX_UNITS
@@ -24,10 +25,14 @@ from ledger.state import AccountRecord, Changes, CtpRecord, LedgerState
 from wire import topics
 from wire.cose import message_hash
 from wire.messages import Ask, Bid, Body, Cancel, Ctp, CtpState, Erc, Opened, Rejection, Revoke, Seal, Status, shown
-from wire.reasons import STATEFUL, Reject
+from wire.reasons import FAR_EXPIRY, NOT_FINAL, STATEFUL, Reject
 from wire.verify import Verifier
 
 TX_KINDS = frozenset(topics.TX_TYPES.values())
+# A CTP may hold its payer's money for at most this long after the block that takes it
+# (docs/PROTOCOL.md §4, docs/decisions/0013-bounded-memory.md): what bounds how long a
+# held CTP and a rejected one's hash stay in a validator's memory.
+MAX_HOLD_MS = 86_400_000
 
 
 def replay(base: LedgerState, verifier: Verifier, t: int, inputs: tuple[Input, ...]) -> Draft:
@@ -65,7 +70,7 @@ class Draft:
         self.revoked: dict[bytes, int] = {}  # device keys revoked by this draft -> revocation time
         self.inputs: list[Input] = []  # decided messages, applied or rejected, in order
         self.reasons: list[str | None] = []  # per input: its reject reason, or None
-        self.known = len(base.ctps)  # records below this leaf exist before the draft
+        self.known = base.tree.size  # records below this leaf exist before the draft
         self.trades: list[bytes] = []
         self.settled: list[bytes] = []  # the CTP id of each trade
         self.outputs: list[Output] = []
@@ -89,7 +94,7 @@ class Draft:
         return self.held.get(pk, self.base.held.get(pk, 0))
 
     def key_used(self, pk: bytes) -> bool:
-        return pk in self.used_keys or pk in self.base.used_keys
+        return pk in self.used_keys or self.base.key_used(pk)
 
     def revoked_at(self, pk: bytes) -> int | None:
         return self.revoked.get(pk, self.base.revoked.get(pk))
@@ -135,6 +140,8 @@ class Draft:
             raise Reject("duplicate", "another CTP already has this id")
         if ctp.exp < self.t:
             raise Reject("expired", f"CTP expired at {ctp.exp}, block time {self.t}")
+        if ctp.exp > self.t + MAX_HOLD_MS:
+            raise Reject(FAR_EXPIRY, f"CTP expires at {ctp.exp}, more than {MAX_HOLD_MS} ms after block time {self.t}")
         if digest in self.refused or digest in self.base.refused:
             raise Reject("duplicate", "this CTP was rejected before: a rejection is final")
         if self.balance(ctp.payer) < ctp.amount:
@@ -230,7 +237,11 @@ class Draft:
         remembered until its expiry (a copy the broker redelivers later must not hold money
         the payer was told is free) and, if no CTP holds its id, gets a retained `rejected`
         status. Forged CTPs and strangers' CTPs get neither, so no one without an account
-        key writes on a CTP's topic (§7) or fills the broker with retained statuses.
+        key writes on a CTP's topic (§7) or fills the broker with retained statuses. Nor does
+        a `far-expiry`: not final, it is decided again when sent again. A CTP whose exp is
+        more than MAX_HOLD_MS ahead is not remembered either: it failed a check that no later
+        block passes (an unknown payee, a taken id) or it is `far-expiry` again. So every hash
+        remembered leaves memory within MAX_HOLD_MS (decision 0013).
         """
         self.outputs.append(Output(topics.REJECTS, Rejection(msg=msg, reason=reason, t=self.t), False))
         if isinstance(body, (Ask, Bid, Seal)) and self.market is not None:
@@ -240,9 +251,10 @@ class Draft:
                 self.refused[msg] = min(self.market.terms.gate(body.k), MAX_UNITS)
             return
         signed_ctp = body if isinstance(body, Ctp) else None
-        if signed_ctp is None or reason == "duplicate" or signed_ctp.payer not in self.base.balances:
-            return
-        self.refused[msg] = signed_ctp.exp
+        if signed_ctp is None or reason in ("duplicate", *NOT_FINAL) or signed_ctp.payer not in self.base.balances:
+            return  # a `far-expiry` is not final: the same bytes are decided again, so not remembered
+        if signed_ctp.exp <= self.t + MAX_HOLD_MS:
+            self.refused[msg] = signed_ctp.exp
         if self.record(signed_ctp.id) is None:
             ctp_id = signed_ctp.id
             self.ctp_rejects[ctp_id] = (reason, msg)
@@ -292,6 +304,7 @@ class Draft:
             tree=tree,
             market=market,
             moved=moved,
+            pruned=self.base.tree.sealing(tree, [r.index for r in self.ctps.values() if r.state in FINAL]),
         )
         for pk in sorted(moved):
             money = AccountRecord(pk, self.balance(pk), self.holding(pk), self.height, self.t)

@@ -14,12 +14,13 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from ledger.archive import FINAL, Archive, CtpView, MemoryArchive, UsedKeys
 from ledger.block import Header
 from ledger.fill import FillDoc
 from ledger.genesis import Genesis
 from ledger.market import MarketChanges, MarketState
 from wire.cose import encode
-from wire.merkle import MerkleTree, TreeChange
+from wire.merkle import PrunedTree, TreeChange
 from wire.messages import AccountStatus, Ctp, CtpState, Status
 
 
@@ -99,12 +100,15 @@ class Changes:
     # Accounts whose `account` status this block publishes (docs/PROTOCOL.md §9.6): their
     # (balance, held) changed, or, in a market chain's first block, all of them.
     moved: frozenset[bytes] = frozenset()
+    # Tree nodes (level, index) no later block needs once this block's finished CTPs are final
+    # (PrunedTree.sealing): dropped from RAM and from the stored snapshot alike.
+    pruned: tuple[tuple[int, int], ...] = ()
 
 
 class LedgerState:
     """Everything a validator knows after its last committed block."""
 
-    def __init__(self, genesis: Genesis):
+    def __init__(self, genesis: Genesis, archive: Archive | None = None):
         self.genesis = genesis
         self.height = 0
         self.tip = genesis.hash  # hash of the last header (the genesis hash before block 1)
@@ -114,16 +118,29 @@ class LedgerState:
         # Per account, (height, time) of the block its last `account` status came from (§9.6);
         # (0, 0): none yet. What keeps that retained status moving forward (ledger.statuses).
         self.moved_at: dict[bytes, tuple[int, int]] = dict.fromkeys(self.balances, (0, 0))
-        self.ctps: dict[bytes, CtpRecord] = {}  # every CTP ever held; record.index is its leaf
-        self.used_keys: dict[bytes, bytes] = {}  # one-time ERC key -> the CTP it settled
+        # Held CTPs, the only ones a block can change; finished ones are in the archive
+        # (docs/decisions/0013-bounded-memory.md). record.index is its leaf.
+        self.open: dict[bytes, CtpRecord] = {}
+        self.archive: Archive = archive if archive is not None else MemoryArchive()
         self.revoked: dict[bytes, int] = {}  # device key -> revocation time (decision 0004)
-        self.tree = MerkleTree()
+        self.tree = PrunedTree()  # only open leaves' paths: finished subtrees are their hash
         self._expiry: list[tuple[int, bytes]] = []  # (exp, id) of CTPs that were held; lazily cleaned
         # Hashes of rejected payer-signed CTPs -> their exp: a copy is `duplicate` until then.
         # Consensus state: rejected messages are block inputs too (decision 0006).
         # Orders rejected are kept here too, until their gate (docs/PROTOCOL.md §9.2).
         self.refused: dict[bytes, int] = {}
         self.market = MarketState(genesis.market) if genesis.market is not None else None
+
+    @property
+    def ctps(self) -> CtpView:
+        """Every CTP ever held (CTP id -> record), open ones from RAM, finished ones read from
+        the archive: for tools and tests that read history, not for a block's decisions."""
+        return CtpView(self.open, self.archive, lambda: self.tree.size)
+
+    @property
+    def used_keys(self) -> UsedKeys:
+        """One-time ERC key -> the CTP it settled (from the archive: only finished CTPs have one)."""
+        return UsedKeys(self.archive)
 
     @classmethod
     def restore(
@@ -133,14 +150,18 @@ class LedgerState:
         tip: bytes,
         t: int,
         accounts: Iterable[tuple[bytes, int, int, int, int]],
-        records: Iterable[CtpRecord],
+        open_records: Iterable[CtpRecord],
+        tree: PrunedTree,
         refused: dict[bytes, int],
         revoked: dict[bytes, int],
         market: MarketState | None = None,
+        archive: Archive | None = None,
     ) -> LedgerState:
-        """A state from its stored tables (ledger.store); `records` in index order, `accounts`
-        as (key, balance, held, height and time of its last account status)."""
-        state = cls(genesis)
+        """A state from its stored tables (ledger.store): the open CTP records, the pruned
+        tree's nodes (the snapshot, whose root must be the tip's), `accounts` as (key,
+        balance, held, height and time of its last account status). Reads nothing of the
+        finished history: that stays in `archive`."""
+        state = cls(genesis, archive)
         if (market is None) != (genesis.market is None):
             raise ValueError("a market state is restored exactly when the genesis has a market")
         state.market = market
@@ -148,18 +169,24 @@ class LedgerState:
         state.refused, state.revoked = dict(refused), dict(revoked)
         for pk, balance, held, moved_h, moved_t in accounts:
             state.balances[pk], state.held[pk], state.moved_at[pk] = balance, held, (moved_h, moved_t)
-        records = list(records)
-        if [r.index for r in records] != list(range(len(records))):
-            raise ValueError("CTP records are not leaves 0..n-1 in order")
-        state.tree = MerkleTree([r.leaf() for r in records])
-        for record in records:
+        state.tree = tree
+        for record in open_records:
+            if record.state in FINAL or not 0 <= record.index < tree.size:
+                raise ValueError(f"CTP {record.ctp.id.hex()} is not open or has no leaf in the tree")
             state._put(record)
+        if sorted(r.index for r in state.open.values()) != tree.open:
+            raise ValueError("the tree's open leaves are not the open CTP records")
         if state.total() != genesis.total:
             raise BrokenInvariant(f"balances + holds are {state.total()}, the genesis total is {genesis.total}")
         return state
 
     def record(self, ctp_id: bytes) -> CtpRecord | None:
-        return self.ctps.get(ctp_id)
+        record = self.open.get(ctp_id)
+        return record if record is not None else self.archive.record(ctp_id)
+
+    def key_used(self, pk: bytes) -> bool:
+        """Whether an ERC with this one-time key settled a CTP already."""
+        return self.archive.ctp_for_key(pk) is not None
 
     def account(self, pk: bytes) -> AccountRecord | None:
         """An account's money and the block of its last status; None for no account of this ledger."""
@@ -172,7 +199,7 @@ class LedgerState:
 
     def next_expiry(self) -> int | None:
         """The earliest `exp` of a CTP that may still be held: a block is due after it."""
-        while self._expiry and self.ctps[self._expiry[0][1]].state != CtpState.HELD:
+        while self._expiry and self._expiry[0][1] not in self.open:
             heapq.heappop(self._expiry)
         return self._expiry[0][0] if self._expiry else None
 
@@ -193,10 +220,10 @@ class LedgerState:
             i = stack.pop()
             exp, ctp_id = self._expiry[i]
             if exp < t:
-                if self.ctps[ctp_id].state == CtpState.HELD:
+                if ctp_id in self.open:
                     found.append((exp, ctp_id))
                 stack += [c for c in (2 * i + 1, 2 * i + 2) if c < len(self._expiry)]
-        return [self.ctps[ctp_id] for _, ctp_id in sorted(found)]
+        return [self.open[ctp_id] for _, ctp_id in sorted(found)]
 
     def total(self) -> int:
         """Balances + holds: equal to the genesis total after every block (§5)."""
@@ -204,11 +231,13 @@ class LedgerState:
 
     def commit(self, changes: Changes) -> None:
         """Take a decided block's changes (made on this state: the block follows the tip),
-        after checking that they keep the money invariant."""
+        after checking that they keep the money invariant and lead to the header's CTP root."""
         header = changes.header
         if header.prev != self.tip or changes.tree.base != self.tree.size:
             raise ValueError(f"changes for the block after {header.prev.hex()[:16]}, not this state's tip")
         self._check_money(changes)
+        if changes.tree.root != header.ctps:
+            raise BrokenInvariant(f"block {header.height}: its CTP-database changes do not lead to its header's root")
         if (changes.market is not None) != (self.market is not None):
             raise ValueError("market changes on a chain without a market, or none on one with it")
         if self.market is not None and changes.market is not None:
@@ -223,8 +252,13 @@ class LedgerState:
         self.moved_at.update(dict.fromkeys(changes.moved, (header.height, header.t)))
         self.revoked.update(changes.revoked)
         self.tree.apply(changes.tree)
+        if self.tree.root() != header.ctps:  # a tree that took the change wrongly: a bug
+            raise BrokenInvariant(f"block {header.height}: the CTP-database root is not the header's")
+        finished = [r for r in changes.records.values() if r.state in FINAL]
         for record in changes.records.values():
             self._put(record)
+        self.archive.put(finished)
+        self.tree.seal((r.index for r in finished), changes.pruned)
         if self.market is not None and changes.market is not None:
             self.market.commit(changes.market)
         self.height, self.tip, self.t = header.height, header.hash, header.t
@@ -247,10 +281,12 @@ class LedgerState:
             raise BrokenInvariant(f"block {changes.header.height} leaves a balance or hold negative")
 
     def _put(self, record: CtpRecord) -> None:
-        """Take a record whose leaf is in self.tree."""
+        """Take a record whose leaf is in self.tree: an open one stays in RAM, a finished one
+        leaves it (the caller gives it to the archive)."""
         ctp_id = record.ctp.id
-        if ctp_id not in self.ctps and record.state == CtpState.HELD:
+        if record.state in FINAL:
+            self.open.pop(ctp_id, None)
+            return
+        if ctp_id not in self.open:
             heapq.heappush(self._expiry, (record.ctp.exp, ctp_id))
-        self.ctps[ctp_id] = record
-        if record.erc_pk is not None:
-            self.used_keys[record.erc_pk] = ctp_id
+        self.open[ctp_id] = record

@@ -5,22 +5,29 @@ transaction (WAL, synchronous=FULL): after `kill -9` the database holds either a
 block or none of it, and whatever was announced is still in the outbox until the broker
 acknowledged it. The tables mirror LedgerState so a restart does not replay the chain;
 `spb-ledger audit` replays it and compares.
+
+Start-up reads only what can still change (docs/decisions/0013-bounded-memory.md): the
+accounts, the held CTPs (a partial index), the refused hashes, the market, and the pruned
+CTP-database tree, whose nodes the `tree` table holds as a snapshot rewritten in every
+block's transaction. Finished CTPs stay in `ctps` and are read one at a time, by index,
+through SqliteArchive.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from ledger.archive import FINAL
 from ledger.block import BLOCK_V, Block, decode_inputs, encode_inputs
 from ledger.fill import FillDoc, trade_ctp
 from ledger.genesis import Genesis
 from ledger.market_store import load_market, write_market
 from ledger.state import BrokenInvariant, Changes, CtpRecord, LedgerState
 from wire.cose import message_hash
-from wire.merkle import MerkleTree
+from wire.merkle import MerkleTree, PrunedTree, TreeChange
 from wire.messages import Ctp, CtpState
 from wire.reasons import Reject
 
@@ -33,6 +40,9 @@ CREATE TABLE IF NOT EXISTS accounts(pk BLOB PRIMARY KEY, balance INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS ctps(id BLOB PRIMARY KEY, leaf INTEGER NOT NULL UNIQUE, raw BLOB NOT NULL,
                                 hash BLOB NOT NULL, state TEXT NOT NULL, height INTEGER NOT NULL,
                                 by BLOB NOT NULL, erc_pk BLOB UNIQUE);
+CREATE INDEX IF NOT EXISTS ctps_held ON ctps(leaf) WHERE state = 'held';
+CREATE TABLE IF NOT EXISTS tree(k INTEGER NOT NULL, j INTEGER NOT NULL, hash BLOB NOT NULL,
+                                PRIMARY KEY(k, j)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS revoked(pk BLOB PRIMARY KEY, t INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS trades(ctp BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected(id BLOB PRIMARY KEY, reason TEXT NOT NULL, msg BLOB NOT NULL,
@@ -99,12 +109,15 @@ class LedgerStore:
                 f"{self.path} was written by an older ledger (block format {self.value('format') or 1}, "
                 f"this one writes {BLOCK_V}): start a new ledger dir"
             )
+        if not readonly:
+            self._add_tree_snapshot()
 
     def _adopt(self, genesis: Genesis) -> None:
         with self._transaction():
             if self.db.execute("SELECT 1 FROM meta WHERE key = 'genesis'").fetchone() is None:
                 self.db.execute("INSERT INTO meta VALUES ('genesis', ?)", (genesis.hash,))
                 self.db.execute("INSERT INTO meta VALUES ('format', ?)", (BLOCK_V,))
+                self.db.execute("INSERT INTO meta VALUES ('snapshot', 1)")
                 self.db.executemany("INSERT INTO accounts (pk, balance, held) VALUES (?, ?, 0)", genesis.accounts)
 
     def _add_account_heights(self) -> None:
@@ -115,6 +128,20 @@ class LedgerStore:
         with self._transaction():
             self.db.execute("ALTER TABLE accounts ADD COLUMN height INTEGER NOT NULL DEFAULT 0")
             self.db.execute("UPDATE accounts SET height = (SELECT COALESCE(max(height), 0) FROM blocks)")
+
+    def _add_tree_snapshot(self) -> None:
+        """A database from before snapshots gets its pruned tree built once from every leaf."""
+        if self.value("snapshot") is not None:
+            return
+        with self._transaction():
+            rows = self.db.execute("SELECT raw, hash, leaf, state, height, by, erc_pk, 0 FROM ctps ORDER BY leaf")
+            records = [self._record(*row) for row in rows]
+            tree = PrunedTree([r.leaf() for r in records])
+            finished = [r.index for r in records if r.state in FINAL]
+            tree.seal(finished, tree.sealing(TreeChange(tree.size, tree.size, (), tree.root()), finished))
+            self.db.execute("DELETE FROM tree")
+            self.db.executemany("INSERT INTO tree VALUES (?, ?, ?)", tree.nodes())
+            self.db.execute("INSERT INTO meta VALUES ('snapshot', 1)")
 
     def close(self) -> None:
         self.db.close()
@@ -142,30 +169,47 @@ class LedgerStore:
     # -- the state --
 
     def load(self) -> LedgerState:
+        """The state at the tip, from the open state alone: nothing here reads or hashes the
+        finished history, so start-up time does not grow with it."""
         tip = self.db.execute("SELECT height, hash, t FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
         height, tip_hash, t = tip if tip else (0, self.genesis.hash, 0)
         accounts = self.db.execute(
             "SELECT pk, balance, held, height, "
             "COALESCE((SELECT t FROM blocks WHERE blocks.height = accounts.height), 0) FROM accounts"
         )
-        rows = self.db.execute(
-            "SELECT raw, hash, leaf, state, height, by, erc_pk, "
-            "COALESCE((SELECT t FROM blocks WHERE blocks.height = ctps.height), 0) FROM ctps ORDER BY leaf"
-        )
-        records = (
-            CtpRecord(ctp, raw, h, leaf, self._state(state, h), ht, by, erc_pk, t, fill)
-            for raw, h, leaf, state, ht, by, erc_pk, t in rows
-            for ctp, fill in [self._ctp(raw, h)]
-        )
+        held = [self._record(*row) for row in self.db.execute(f"{_RECORD} WHERE state = 'held' ORDER BY leaf")]
+        nodes = self.db.execute("SELECT k, j, hash FROM tree")
+        tree = PrunedTree.from_nodes(self.tree_size(), nodes, [r.index for r in held])
+        if tree.root() != self.head()[2] or not tree.consistent():
+            raise StoreError(f"{self.path}: the stored CTP-database tree is not the tip's: run `spb-ledger audit`")
         refused = self.refusals()
         terms = self.genesis.market
         market = None if terms is None else load_market(self.db, terms, self._altered)
         try:
             return LedgerState.restore(
-                self.genesis, height, tip_hash, t, accounts, records, refused, self.revocations(), market
+                self.genesis,
+                height,
+                tip_hash,
+                t,
+                accounts,
+                held,
+                tree,
+                refused,
+                self.revocations(),
+                market,
+                SqliteArchive(self),
             )
         except BrokenInvariant as exc:
             raise StoreError(f"{self.path}: {exc}: run `spb-ledger audit`") from None
+
+    def tree_size(self) -> int:
+        """Leaves in the CTP-database tree: one per CTP ever held (an index lookup)."""
+        return self.db.execute("SELECT COALESCE(max(leaf) + 1, 0) FROM ctps").fetchone()[0]
+
+    def _record(self, raw, digest, leaf, state, height, by, erc_pk, t) -> CtpRecord:
+        """A `ctps` row (as _RECORD selects it) as a record, checked against its hash."""
+        ctp, fill = self._ctp(raw, digest)
+        return CtpRecord(ctp, raw, digest, leaf, self._state(state, digest), height, by, erc_pk, t, fill)
 
     @staticmethod
     def _state(value: str, digest: bytes) -> CtpState:
@@ -208,6 +252,7 @@ class LedgerStore:
             )
             self.db.executemany("INSERT OR REPLACE INTO refused VALUES (?, ?)", changes.refused.items())
             self.db.execute("DELETE FROM refused WHERE exp < ?", (t,))
+            self._write_tree(changes)
             # Numbered after the highest seq ever used (AUTOINCREMENT's counter), never reused.
             row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
             first = (row[0] if row else 0) + 1
@@ -244,6 +289,14 @@ class LedgerStore:
         self.db.executemany(
             "INSERT INTO trades VALUES (?, ?, ?)", ((ctp_id, h.height, i) for i, ctp_id in enumerate(changes.settled))
         )
+
+    def _write_tree(self, changes: Changes) -> None:
+        """Keep the stored pruned tree equal to the state's after this block: its snapshot."""
+        self.db.executemany(
+            "INSERT OR REPLACE INTO tree VALUES (?, ?, ?)",
+            ((k, j, digest) for k, level in enumerate(changes.tree.nodes) for j, digest in level.items()),
+        )
+        self.db.executemany("DELETE FROM tree WHERE k = ? AND j = ?", changes.pruned)
 
     def forget(self, delivered: list[int]) -> None:
         """Drop outbox rows the broker acknowledged (when no block is coming to carry it)."""
@@ -344,6 +397,44 @@ class LedgerStore:
         """A read transaction: queries inside it see one committed state, however many blocks
         a running ledger writes meanwhile (WAL)."""
         return _Transaction(self.db, "BEGIN")
+
+
+_RECORD = (
+    "SELECT raw, hash, leaf, state, height, by, erc_pk, "
+    "COALESCE((SELECT t FROM blocks WHERE blocks.height = ctps.height), 0) FROM ctps"
+)
+_FINISHED = f"state IN ('{CtpState.SETTLED}', '{CtpState.REFUNDED}')"
+
+
+class SqliteArchive:
+    """The finished CTPs of a validator's database (ledger.archive.Archive): looked up by
+    the primary key or the one-time key's unique index, never all loaded.
+
+    It reads through a connection of its own, so a state loaded by a tool stays readable
+    after the tool closed the store. It sees what the store committed (WAL): a block's rows
+    are written before the state commits it, and nothing decides in between."""
+
+    def __init__(self, store: LedgerStore):
+        self.store = store
+        self.db = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+
+    def __del__(self) -> None:
+        self.db.close()  # with the state that used it: explicitly, so no warning says it leaked
+
+    def record(self, ctp_id: bytes) -> CtpRecord | None:
+        row = self.db.execute(f"{_RECORD} WHERE id = ? AND {_FINISHED}", (ctp_id,)).fetchone()
+        return None if row is None else self.store._record(*row)
+
+    def ctp_for_key(self, pk: bytes) -> bytes | None:
+        row = self.db.execute("SELECT id FROM ctps WHERE erc_pk = ?", (pk,)).fetchone()
+        return None if row is None else row[0]
+
+    def put(self, records: Iterable[CtpRecord]) -> None:
+        """Nothing to do: LedgerStore.commit wrote them in the block's transaction."""
+
+    def records(self) -> Iterator[CtpRecord]:
+        rows = self.db.execute(f"{_RECORD} WHERE {_FINISHED} ORDER BY leaf").fetchall()
+        return (self.store._record(*row) for row in rows)
 
 
 class _Transaction:

@@ -6,7 +6,8 @@ CTP-database roots. Pure functions over bytes; no padding of the last node, as t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import bisect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 
@@ -262,3 +263,104 @@ class NodeMemo:
             if len(self._memo) < self._limit:
                 self._memo[key] = digest
         return digest
+
+
+class PrunedTree(MerkleTree):
+    """A MerkleTree that forgets the inside of subtrees whose leaves will never change.
+
+    The ledger's CTP database grows by a leaf per CTP forever, but a settled or refunded
+    CTP's leaf is final. A complete subtree of final leaves is kept as its hash alone, the
+    way an RFC 9162 log keeps its frontier: what stays is the paths of the leaves that may
+    still change (`open` ones) and the hashes beside them, O(open x log n) nodes however
+    long the history. Roots and changes are byte-identical to MerkleTree's for the same
+    leaves; changing a leaf that was sealed is an error (its siblings may be gone), and so
+    is an inclusion proof through a pruned node (rebuild a MerkleTree from stored leaves).
+
+    `levels[k]` is a dict here (index -> hash); `open` lists the open leaves in order, so
+    sealing a leaf finds in O(log n) bisections which subtrees became final.
+    """
+
+    def __init__(self, leaves: Sequence[bytes] = ()):
+        self.open: list[int] = []
+        self.levels: list[dict[int, bytes]] = [{}]  # type: ignore[assignment]
+        self.size = 0
+        self.set_leaves(dict(enumerate(leaves)))
+
+    @classmethod
+    def from_nodes(cls, size: int, nodes: Iterable[tuple[int, int, bytes]], open_leaves: Iterable[int]) -> PrunedTree:
+        """A pruned tree from its stored nodes (level, index, hash) and its open leaves."""
+        tree = cls()
+        tree.size = size
+        for k, j, digest in nodes:
+            while len(tree.levels) <= k:
+                tree.levels.append({})
+            tree.levels[k][j] = digest
+        tree.open = sorted(open_leaves)
+        return tree
+
+    def apply(self, change: TreeChange) -> None:
+        if change.base != self.size:
+            raise ValueError(f"a change of a tree of {change.base} leaves, not of {self.size}")
+        for k, nodes in enumerate(change.nodes):
+            if not nodes:
+                break
+            if k == len(self.levels):
+                self.levels.append({})
+            self.levels[k].update(nodes)
+        self.open.extend(range(self.size, change.size))  # a new leaf is open until sealed
+        self.size = change.size
+
+    def sealing(self, change: TreeChange, indices: Iterable[int]) -> tuple[tuple[int, int], ...]:
+        """The nodes (level, index) to drop once `change` is applied and the leaves `indices`
+        are final: the children of every complete subtree whose leaves are then all final.
+        Pure, so a block's draft computes it and a store drops the same nodes as the state."""
+        gone = set(indices)
+        size = change.size
+
+        def open_under(k: int, j: int) -> bool:
+            lo, hi = j << k, (j + 1) << k
+            at = bisect.bisect_left(self.open, lo)
+            while at < len(self.open) and self.open[at] < hi:
+                if self.open[at] not in gone:
+                    return True
+                at += 1
+            return any(i not in gone for i in range(max(lo, change.base), min(hi, size)))
+
+        def exists(k: int, j: int) -> bool:
+            return (k < len(change.nodes) and j in change.nodes[k]) or (k < len(self.levels) and j in self.levels[k])
+
+        dropped: dict[tuple[int, int], None] = {}
+        for index in sorted(gone):
+            k = 1
+            while size >> k > index >> k and not open_under(k, index >> k):
+                j = index >> k
+                dropped |= {(k - 1, c): None for c in (2 * j, 2 * j + 1) if exists(k - 1, c)}
+                k += 1
+        return tuple(dropped)
+
+    def seal(self, indices: Iterable[int], dropped: Iterable[tuple[int, int]]) -> None:
+        """Mark leaves final and drop the nodes `sealing` named for them."""
+        gone = set(indices)
+        self.open = [i for i in self.open if i not in gone] if gone else self.open
+        for k, j in dropped:
+            del self.levels[k][j]
+
+    def consistent(self) -> bool:
+        """Whether every kept node is the hash of its children where they are kept: with the
+        root, what makes a stored snapshot the tree of its leaves (O(kept) hashes)."""
+        for k in range(1, len(self.levels)):
+            below = self.levels[k - 1]
+            for j, digest in self.levels[k].items():
+                left, right = below.get(2 * j), below.get(2 * j + 1)
+                if left is not None and right is not None and node_hash(left, right) != digest:
+                    return False
+        return True
+
+    def nodes(self) -> Iterator[tuple[int, int, bytes]]:
+        """Every node kept, as (level, index, hash): what a store writes as a snapshot."""
+        for k, level in enumerate(self.levels):
+            for j, digest in level.items():
+                yield k, j, digest
+
+    def truncate(self, size: int) -> None:
+        raise ValueError("a pruned tree cannot be truncated: its sealed leaves are gone")

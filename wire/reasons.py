@@ -28,6 +28,8 @@ STATEFUL = (
     "unknown-meter",  # an export record from a meter the genesis does not register
     "counter",  # an export record's interval or cumulative counter goes back
     "oversold",  # the payee's proved export does not cover this trade's energy
+    # Bounded memory (docs/decisions/0013-bounded-memory.md):
+    "far-expiry",  # a CTP's exp is more than a day after the block time
 )
 # Not a verdict on the message (an extension of §4, docs/decisions/0008-bounded-inputs.md):
 # the ledger had no room for it and did not decide it; the sender may send it again later.
@@ -36,12 +38,14 @@ TRANSIENT = (BUSY,)
 REASONS = frozenset(STATELESS + STATEFUL + TRANSIENT)
 # Verdicts that the same bytes may overturn later: the seller's export may be proved after
 # the ERC came (`oversold`, docs/PROTOCOL.md §9.4), and time ends `too-early` (a reveal or an
-# export record from a meter whose clock runs ahead, a cancel before expiry). Senders send
+# export record from a meter whose clock runs ahead, a cancel before expiry) and
+# `far-expiry` (a CTP whose exp is too far after the block time, decision 0013). Senders send
 # the same bytes again, so the ledger decides them again instead of taking them for a
 # broker's copy of a decided message.
 OVERSOLD = "oversold"
 TOO_EARLY = "too-early"
-NOT_FINAL = (OVERSOLD, TOO_EARLY)
+FAR_EXPIRY = "far-expiry"  # not yet: once its exp is within a day, the same bytes may hold
+NOT_FINAL = (OVERSOLD, TOO_EARLY, FAR_EXPIRY)
 
 
 class Reject(Exception):

@@ -199,12 +199,15 @@ def test_audit_names_the_first_bad_height(chain, capsys, sql, params, height, wh
 
 
 def test_a_restart_refuses_a_ctp_row_whose_bytes_were_altered(chain):
-    """The store loads CTPs from their rows: bytes that no longer hash to the committed
-    hash must not become what an ERC settles."""
+    """The store reads CTPs from their rows, held ones at start-up and finished ones when a
+    block asks about them: bytes that no longer hash to the committed hash must not become
+    what an ERC settles or a duplicate check answers."""
     tamper(chain, "UPDATE ctps SET raw = ? WHERE leaf = 1", chain.first)
     identity = chain.identity
+    store = LedgerStore(identity.db_path, identity.genesis)
+    [ctp_id] = store.db.execute("SELECT id FROM ctps WHERE leaf = 1").fetchone()
     with pytest.raises(StoreError, match="altered"):
-        LedgerStore(identity.db_path, identity.genesis).load()
+        store.load().record(ctp_id)
 
 
 def test_a_restart_refuses_balances_that_are_not_the_genesis_total(chain):

@@ -566,10 +566,11 @@ def run_plan(plan: list) -> None:
                     check_invariants(state, block, settled_ever, by_hash, times, verifier)
                     check_against_oracle(state, oracle)
                 if mode == "restart":  # a restarted validator goes on from its tables, not the chain
+                    view = state_view(state)  # read before its store (it may be the archive) closes
                     store.close()
                     store = LedgerStore(Path(tmp) / "ledger.db", genesis)
                     loaded = store.load()
-                    assert state_view(loaded) == state_view(state) and loaded.refused == state.refused
+                    assert state_view(loaded) == view and loaded.refused == state.refused
                     state = loaded
             check_end(state, oracle, store, verifier, trades, verdicts)
         finally:

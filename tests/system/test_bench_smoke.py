@@ -197,3 +197,15 @@ def test_monitor_bench_prints_the_views_rates_beside_the_verify_bound():
         rate, ratio = re.search(rf"^view: {name}\s+([\d,]+) /s\s+([\d.]+)x the bound", out, re.M).groups()
         assert abs(int(rate.replace(",", "")) / bound - float(ratio)) < 0.01, out
     assert re.search(r"keeps up with at one reading per 10 s: [\d,]+ \(one core\)", out), out
+
+
+def test_ledger_memory_bench_prints_start_up_and_rss_per_history_beside_the_target():
+    out = run_bench("bench/ledger_memory.py", "--sizes", "300,3000", "--open", "5", "--per-block", "100", "--runs", "1")
+    rows = re.findall(r"^\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert [int(r[0].replace(",", "")) for r in rows] == [300, 3000], out
+    assert all(int(r[4]) == 5 for r in rows), "each database ends with its held CTPs open"
+    assert all(int(r[3]) <= 4 * 5 * 12 + 12 for r in rows), "the tree keeps open paths and the frontier only"
+    summary = r"^3,000 vs 300 trades: start-up ([\d.]+)x, peak RSS ([\d.]+)x \(target: within 1.5x\) (met|NOT met)$"
+    ratio = re.search(summary, out, re.M)
+    assert ratio, out
+    assert abs(float(ratio.group(2)) - float(rows[1][2]) / float(rows[0][2])) < 0.02

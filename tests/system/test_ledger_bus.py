@@ -523,6 +523,12 @@ def _(bus):
     return Case(topics.TX_CTP, ctp, REJECTED, ctp_id(ctp))
 
 
+@case("far-expiry", "ctp-holding-money-for-more-than-a-day")
+def _(bus):
+    ctp = bus.community.ctp(0, 1, amount=10, wh=1, exp=NOW + 2 * 86_400_000)
+    return Case(topics.TX_CTP, ctp, NONE, ctp_id(ctp))  # not final: no retained `rejected`
+
+
 @case("too-early", "cancel-before-expiry")
 def _(bus):
     ctp = bus.hold()
