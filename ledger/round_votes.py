@@ -24,7 +24,7 @@ class RoundVotes(Generic[V]):
         self._by: dict[Slot, dict[int, V]] = {}  # (round, digest) -> sender -> its vote
         self._of: dict[int, dict[int, bytes]] = {}  # sender -> round -> the digest it voted for there
 
-    def add(self, sender: int, r: int, d: bytes, vote: V) -> Slot | bool | None:
+    def add(self, sender: int, r: int, d: bytes, vote: V) -> Slot | Literal[False] | None:
         """Keep `vote`, replacing the sender's earlier one in round r. False if r is below
         the sender's `rounds` highest (nothing kept); else the slot of the vote it pushed
         out (the sender's lowest round), or None."""
