@@ -10,9 +10,10 @@ that holds off a wall clock jumping away from the monotonic one.
 
 Statuses are published once per change: by the validator whose proposal the block was.
 Every validator writes the block's statuses to its outbox, the others as stand-ins ranked
-by their distance from the proposer in rotation; a stand-in publishes only if the block has
-not appeared on spb/v1/ledger/blocks (which its publisher sends after the statuses) within
-rank x TAKEOVER_S, so a proposer that dies before publishing loses nothing.
+by their distance from the proposer in rotation; a stand-in publishes unless, within
+rank x TAKEOVER_S, the block has appeared on spb/v1/ledger/blocks (which its publisher sends
+after the statuses) and a sample of its statuses read back from the broker is there
+(ledger.stand_in): so a proposer that dies before publishing, or withholds, loses nothing.
 
 Whoever publishes, a retained status (a CTP's, an order's, an interval's result) only moves
 forward: a block's statuses wait for the earlier blocks' announcements, nothing goes out
@@ -364,6 +365,7 @@ class LedgerService:
             self.metrics.block_interval(block.header.t - self._last_t)
         self._last_t = block.header.t
         self._supersede_late(decided)
+        self._check_seen(None)
         self._queue(rows)
         self._say_online()
 
@@ -456,8 +458,11 @@ class LedgerService:
         for topic in sample or ():
             self.bus.subscribe_deferred(topic, self._status_seen)
 
-    def _check_seen(self, topic: str, payload: bytes) -> None:
-        done, unwatched = self._published.seen(topic, payload, lambda t, h: superseded(self.node.state, t, h))
+    def _check_seen(self, topic: str | None, payload: bytes = b"") -> None:
+        """A status read back (None: a block decided here, which may have changed one)."""
+        newer = functools.partial(superseded, self.node.state)
+        check = self._published
+        done, unwatched = check.recheck(newer) if topic is None else check.seen(topic, payload, newer)
         for height in done:
             self.node.store.drop_standby(height)
         for t in unwatched:

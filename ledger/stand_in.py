@@ -60,6 +60,17 @@ class PublishedCheck:
                     done.append(height)
         return done, self._end(done)
 
+    def recheck(self, newer: Callable[[str, int], bool]) -> tuple[list[int], list[str]]:
+        """After a block is decided here: the checks it completes because it changed a topic
+        whose newer status the broker already sent (no message will come again for it)."""
+        done = []
+        for height, check in list(self._checks.items()):
+            for topic in [t for t in check.wanted if newer(t, height)]:
+                del check.wanted[topic]
+            if not check.wanted:
+                done.append(height)
+        return done, self._end(done)
+
     def overdue(self, now: float) -> tuple[list[tuple[int, list[LedgerOutboxRow]]], list[str]]:
         """Blocks whose statuses did not all show in time: (height, rows) to publish, and the
         topics no longer checked."""
