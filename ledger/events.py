@@ -31,6 +31,14 @@ class BlockAnnounced:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusSeen:
+    """A status a stand-in reads back to check that an announced block's statuses went out."""
+
+    topic: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ReadBack:
     """The echo of this validator's probe on a new connection: what the broker kept before it
     (see LedgerService._on_connect)."""
@@ -41,4 +49,4 @@ class ReadBack:
     resent: list[str]  # status topics in flight when the connection dropped
 
 
-Event = Transaction | ConsensusMessage | BlockAnnounced | ReadBack
+Event = Transaction | ConsensusMessage | BlockAnnounced | StatusSeen | ReadBack

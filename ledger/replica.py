@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -22,6 +22,7 @@ from ledger import consensus as c
 from ledger import door
 from ledger.block import Block, BlockError, Header, Input, decode_inputs, encode_inputs, quorum, seal, seal_valid
 from ledger.draft import TX_KINDS, Draft, replay
+from ledger.round_votes import RoundVotes
 from ledger.state import LedgerState
 from wire.cose import MAX_MESSAGE, encode, load, message_hash
 from wire.reasons import BUSY, NOT_FINAL, Reject
@@ -31,6 +32,9 @@ MAX_BACKOFF = 5  # round timeouts (and forwarding intervals) double up to 32 tim
 Key = tuple[str, bytes]  # (typ, message hash): what a transaction is, whoever forwarded it
 INPUT_OVERHEAD = 16  # CBOR bytes around one input in a block's inputs, at most ([typ, raw] heads, typ)
 BLOCK_OVERHEAD = 1024  # a proposed block's header and array heads, at most
+# Rounds of each kind of vote (and proposed blocks) kept per sender at one height: its highest
+# (ledger.round_votes). Honest rounds only go up, so older ones no longer matter.
+ROUNDS_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -180,9 +184,11 @@ class Replica:
         self.proposed_in: set[int] = set()
         self.candidates: dict[bytes, _Candidate] = {}
         self.live: tuple[bytes, Draft] | None = None  # the last candidate replayed, to decide it without a replay
-        self.prepares: dict[tuple[int, bytes], dict[int, bytes]] = {}
-        self.commits: dict[tuple[int, bytes], dict[int, bytes]] = {}  # seals
-        self.rcs: dict[int, dict[int, c.Signed]] = {}
+        # Each bounded per sender, so a Byzantine validator's rounds and digests cannot fill memory.
+        self.prepares: RoundVotes[bytes] = RoundVotes(ROUNDS_KEPT)
+        self.commits: RoundVotes[bytes] = RoundVotes(ROUNDS_KEPT)  # seals
+        self.rcs: RoundVotes[c.Signed] = RoundVotes(ROUNDS_KEPT)  # by round only (digest b"")
+        self.proposals: RoundVotes[None] = RoundVotes(ROUNDS_KEPT)  # which candidates proposers sent
         self.behind_since: int | None = None  # when a message for the next height arrived
 
     def votes(self) -> bytes:
@@ -374,7 +380,7 @@ class Replica:
             return None
         if r == 0:
             return max(now, self.last_proposal + self.timing.block_ms) if self._work(now) else None
-        rcs = self.rcs.get(r, {})
+        rcs = self.rcs.in_round(r)
         if len(rcs) < self.q or not (self._work(now) or any(m.pr >= 0 for m in rcs.values())):
             return None
         return now
@@ -383,7 +389,7 @@ class Replica:
         r = self.round
         justification = {}
         if r > 0:
-            rcs = sorted(self.rcs[r].values(), key=lambda m: m.pr, reverse=True)[: self.q]
+            rcs = sorted(self.rcs.in_round(r).values(), key=lambda m: m.pr, reverse=True)[: self.q]
             justification["rcs"] = [m.signed for m in rcs]
             best = rcs[0]
             if best.pr >= 0:  # a block may have been committed in an earlier round: propose it again
@@ -394,7 +400,7 @@ class Replica:
         self._live_draft(None)
         draft = Draft(self.state, self.verifier, self._block_time())
         size = BLOCK_OVERHEAD
-        for count, entry in enumerate(self.pool.values()):
+        for count, entry in enumerate(self._proposable()):
             size += len(entry.raw) + INPUT_OVERHEAD
             if count == self.timing.max_inputs or size > self.timing.block_bytes:
                 break  # the rest waits for the next block, in arrival order
@@ -406,6 +412,10 @@ class Replica:
         self.candidates[block.hash] = candidate
         self.live = (block.hash, draft)
         self._send_proposal(r, block.hash, candidate, now, justification)
+
+    def _proposable(self) -> Iterable[_Pending]:
+        """What a fresh proposal takes, in order: the pool (ledger.sim's censor takes less)."""
+        return self.pool.values()
 
     def _send_proposal(self, r: int, d: bytes, candidate: _Candidate, now: int, justification: dict) -> None:
         self.proposed_in.add(r)
@@ -479,6 +489,11 @@ class Replica:
             or len(candidate.raw) > self.timing.block_bytes
         ):
             return
+        kept = self.proposals.add(m.sender, m.r, m.d, None)
+        if kept is False:
+            return  # a round far below the proposer's latest ones
+        if kept is not None:
+            self._forget_candidate(kept[1])
         if m.d not in self.candidates:
             self.candidates[m.d] = candidate
             self._check_decided(now)  # its commits may have come first
@@ -560,7 +575,7 @@ class Replica:
         return draft
 
     def _on_prepare(self, m: c.Signed, now: int) -> None:
-        self.prepares.setdefault((m.r, m.d), {})[m.sender] = m.signed
+        self.prepares.add(m.sender, m.r, m.d, m.signed)
         self._check_prepared(now)
 
     def _check_prepared(self, now: int) -> None:
@@ -577,7 +592,7 @@ class Replica:
         self._broadcast(c.make(self.key, self.index, c.COMMIT, self.h, r, d, seal=commit_seal), now)
 
     def _on_commit(self, m: c.Signed, now: int) -> None:
-        self.commits.setdefault((m.r, m.d), {})[m.sender] = m.seal
+        self.commits.add(m.sender, m.r, m.d, m.seal)
         self._check_decided(now)
 
     def _check_decided(self, now: int) -> None:
@@ -588,7 +603,7 @@ class Replica:
             header = candidate.header.encode()
             good = {(i, s) for i, s in seals.items() if seal_valid(header, i, s, self.validators)}
             for i, _ in set(seals.items()) - good:
-                del seals[i]  # a forged seal: that validator's real one may still come
+                self.commits.drop(i, r, d)  # a forged seal: that validator's real one may still come
             if len(good) >= self.q:
                 self._decide(d, good, self.proposer(self.h, r), now)
                 return
@@ -632,15 +647,22 @@ class Replica:
             if candidate is None:
                 return
             self.candidates.setdefault(m.d, candidate)
-        self.rcs.setdefault(m.r, {})[m.sender] = m
+        self.rcs.add(m.sender, m.r, b"", m)
         # f+1 validators are past our round: one of them is honest, so follow them
-        highest: dict[int, int] = {}
-        for r, by in self.rcs.items():
-            for sender in by:
-                highest[sender] = max(highest.get(sender, 0), r)
-        ahead = sorted((r for r in highest.values() if r > self.round), reverse=True)
+        ahead = sorted((r for r in self.rcs.highest().values() if r > self.round), reverse=True)
         if len(ahead) > self.f:
             self._round_change(ahead[self.f], now)
+
+    def _forget_candidate(self, d: bytes) -> None:
+        """Drop a block a proposer sent in a round it has since proposed ROUNDS_KEPT rounds
+        above, unless something still needs it: our votes, a round change that carries it, or
+        another proposal of it. A quorum's commits for a dropped block are no loss: the
+        decided block comes back with its seals through catch-up."""
+        needed = {x[1] for x in (self.accepted, self.prepared, self.live) if x is not None}
+        needed |= self.proposals.digests()
+        needed |= {rc.d for _, by in self.rcs.items() for rc in by.values()}
+        if d not in needed:
+            self.candidates.pop(d, None)
 
     def _prepared_block(self, m: c.Signed) -> _Candidate | None:
         """The block a round change says its sender prepared, if it hashes to the digest and

@@ -10,9 +10,10 @@ that holds off a wall clock jumping away from the monotonic one.
 
 Statuses are published once per change: by the validator whose proposal the block was.
 Every validator writes the block's statuses to its outbox, the others as stand-ins ranked
-by their distance from the proposer in rotation; a stand-in publishes only if the block has
-not appeared on spb/v1/ledger/blocks (which its publisher sends after the statuses) within
-rank x TAKEOVER_S, so a proposer that dies before publishing loses nothing.
+by their distance from the proposer in rotation; a stand-in publishes unless, within
+rank x TAKEOVER_S, the block has appeared on spb/v1/ledger/blocks (which its publisher sends
+after the statuses) and a sample of its statuses read back from the broker is there
+(ledger.stand_in): so a proposer that dies before publishing, or withholds, loses nothing.
 
 Whoever publishes, a retained status (a CTP's, an order's, an interval's result) only moves
 forward: a block's statuses wait for the earlier blocks' announcements, nothing goes out
@@ -36,10 +37,11 @@ from broker.clock import wall_ms
 from broker.pacing import OnAck, PublishWindow
 from ledger.block import Block, BlockError
 from ledger.clock_guard import ClockGuard
-from ledger.events import BlockAnnounced, ConsensusMessage, Event, ReadBack, Transaction
+from ledger.events import BlockAnnounced, ConsensusMessage, Event, ReadBack, StatusSeen, Transaction
 from ledger.metrics import Health, LedgerMetrics
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Refused, Send, Timing
+from ledger.stand_in import PublishedCheck
 from ledger.statuses import ANNOUNCE_WAIT_S, Gate, is_status, lost_since, open_to_change, superseded
 from ledger.store import LedgerOutboxRow
 from ledger.validator import ValidatorIdentity
@@ -103,6 +105,7 @@ class LedgerService:
         self._delivered: deque[int] = deque()  # outbox seqs the broker acknowledged
         self._standby: dict[int, tuple[float, list[LedgerOutboxRow]]] = {}  # height -> (when due, its rows)
         self._seen: deque[int] = deque(maxlen=1024)  # heights announced on ledger/blocks, maybe before we decided them
+        self._published = PublishedCheck()  # stand-ins reading back announced blocks' statuses (decision 0015)
         # Publishes wait here until fewer than WINDOW are unacknowledged: paho numbers them
         # with 16-bit ids and refuses more (an outbox or status restore can be far larger).
         self._outgoing: deque[tuple[str, bytes, bool, OnAck | None]] = deque()
@@ -260,6 +263,11 @@ class LedgerService:
         self._messages.append(BlockAnnounced(payload))
         self._wake.set()
 
+    def _status_seen(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
+        ack()
+        self._messages.append(StatusSeen(topic, payload))
+        self._wake.set()
+
     def _on_connect(self) -> None:
         """Subscribed again: read back what the broker kept before publishing anything it may
         have lost. We subscribe to our own state topic, then send a probe to ourselves: the
@@ -298,6 +306,8 @@ class LedgerService:
                     self._carry(self.replica.receive(raw, self.clock(), _mono()))
                 case BlockAnnounced(raw):
                     self._announced(raw)
+                case StatusSeen(topic, raw):
+                    self._check_seen(topic, raw)
                 case ReadBack(connection, session, stored, resent):
                     self._read_back(connection, session, stored, resent)
 
@@ -356,6 +366,7 @@ class LedgerService:
             self.metrics.block_interval(block.header.t - self._last_t)
         self._last_t = block.header.t
         self._supersede_late(decided)
+        self._check_seen(None)
         self._queue(rows)
         self._say_online()
 
@@ -368,7 +379,7 @@ class LedgerService:
         now = time.monotonic()
         announced = {h for h in {row.height for row in rows if row.rank > 0} if h in self._seen}
         for h in announced:
-            self.node.store.drop_standby(h)
+            self._check_published(h, [row for row in rows if row.height == h and row.rank > 0], now)
         last = {(row.height, row.topic): row.seq for row in rows} if late else {}
         for row in rows:
             if row.height in announced:
@@ -435,8 +446,28 @@ class LedgerService:
             return
         self._seen.append(height)
         self.gate.announced_block(height)
-        if self._standby.pop(height, None) is not None:
+        standby = self._standby.pop(height, None)
+        if standby is not None:
+            self._check_published(height, standby[1], time.monotonic())
+
+    def _check_published(self, height: int, rows: list[LedgerOutboxRow], now: float) -> None:
+        """Block `height` was announced: stand in no more once a sample of its statuses shows
+        on the broker (a proposer may announce a block and withhold its statuses)."""
+        sample = self._published.start(height, rows, now + rows[0].rank * TAKEOVER_S)
+        if sample is None:
             self.node.store.drop_standby(height)
+        for topic in sample or ():
+            self.bus.subscribe_deferred(topic, self._status_seen)
+
+    def _check_seen(self, topic: str | None, payload: bytes = b"") -> None:
+        """A status read back (None: a block decided here, which may have changed one)."""
+        newer = functools.partial(superseded, self.node.state)
+        check = self._published
+        done, unwatched = check.recheck(newer) if topic is None else check.seen(topic, payload, newer)
+        for height in done:
+            self.node.store.drop_standby(height)
+        for t in unwatched:
+            self.bus.unsubscribe(t)
 
     def _stand_in(self) -> None:
         """Publish the outputs of blocks whose publisher has been silent too long."""
@@ -451,6 +482,12 @@ class LedgerService:
                 "block %d was not announced: publishing its %d messages in its proposer's place", height, len(rows)
             )
             self._queue([row._replace(rank=0) for row in rows], late=True)
+        withheld, unwatched = self._published.overdue(now)
+        for t in unwatched:
+            self.bus.unsubscribe(t)
+        for height, rows in withheld:
+            log.warning("block %d was announced without its statuses: publishing its %d messages", height, len(rows))
+            self._queue([row._replace(rank=0) for row in rows], late=True)
 
     def _idle_s(self, deadline: int | None) -> float:
         """Seconds to sleep: until the replica's next deadline or a stand-in is due (at most a minute)."""
@@ -462,6 +499,9 @@ class LedgerService:
             waits.append(overdue)
         if self._standby:
             waits.append(min(due for due, _ in self._standby.values()) - time.monotonic())
+        checked = self._published.next_due()
+        if checked is not None:
+            waits.append(checked - time.monotonic())
         return max(0.0, min(waits))
 
     # -- publishing --

@@ -34,6 +34,7 @@ from ledger.draft import replay
 from ledger.fill import trade_ctp
 from ledger.genesis import Genesis
 from ledger.replica import Decided, Persist, Refused, Replica, Send, Timing
+from ledger.sim_hostile import MODES, replica_class
 from ledger.sim_market import SOURCES, market_problems, market_traffic, replayed, snapshot
 from ledger.state import LedgerState
 from ledger.workload import SimCommunity
@@ -131,7 +132,9 @@ class Node:
 
 
 class Sim:
-    def __init__(self, seed: int, steps: int = 20_000, flood_size: int = 0, market: bool = False):
+    def __init__(
+        self, seed: int, steps: int = 20_000, flood_size: int = 0, market: bool = False, byzantine: str | None = None
+    ):
         self.seed, self.rng = seed, random.Random(seed)
         rng = self.rng
         self.market = market
@@ -144,6 +147,8 @@ class Sim:
         self.steps_left = steps + 8 * flood_size + (20_000 if market else 0)
         self.heal_at = NOW + rng.randint(5_000, 25_000)
         self.byzantine = rng.choice(BYZANTINE)
+        if byzantine is not None:  # a mode chosen, not drawn: the other seeds draw as they did
+            self.byzantine = byzantine
         self.bad = rng.randrange(N) if self.byzantine != "none" else None
         self.drop = rng.choice((0.0, 0.05, 0.2))
         self.dup = rng.choice((0.0, 0.05, 0.2))
@@ -163,6 +168,8 @@ class Sim:
         self.committed: dict[int, bytes] = {}  # height -> the block hash honest validators committed
         self.captured: list[bytes] = []  # consensus traffic a forger replays
         self.groups: list[frozenset[int]] | None = None  # the partition in force
+        self.lead = 0  # ms: how far a decided block's time was ahead of every honest clock, at most
+        self.decided_at: dict[tuple[str, bytes], int] = {}  # transaction -> the height honest chains decided it
         for node in self.nodes:
             if not (self.byzantine == "silent" and node.byzantine):
                 self._start(node)
@@ -256,7 +263,7 @@ class Sim:
         for block in node.chain:
             state.commit(replay(state, verifier, block.header.t, block.inputs).changes)
         chain = node.chain
-        node.replica = Replica(
+        node.replica = (replica_class(self.byzantine) if node.byzantine else Replica)(
             state,
             verifier,
             node.index,
@@ -280,6 +287,8 @@ class Sim:
             elif isinstance(action, Decided):
                 node.chain.append(action.block)
                 assert action.block.header.height == len(node.chain)
+                if not node.byzantine:
+                    self._measure(action.block)
                 for (typ, _), reason in zip(action.block.inputs, action.draft.reasons, strict=True):
                     node.reasons[typ, reason] = node.reasons.get((typ, reason), 0) + 1
             elif isinstance(action, Send):
@@ -296,6 +305,24 @@ class Sim:
             if node.tick_at is None or at < node.tick_at:
                 node.tick_at = at
                 self._at(at, ("tick", node, at))
+
+    def _measure(self, block: Block) -> None:
+        """What hostile proposers cost (ledger.sim_hostile): the block time's lead over the
+        honest clocks, and the height at which each transaction was decided."""
+        clocks = [self.t + node.skew for node in self.honest()]
+        self.lead = max(self.lead, block.header.t - max(clocks))
+        for typ, raw in block.inputs:
+            self.decided_at.setdefault((typ, message_hash(raw)), block.header.height)
+
+    def censored_waits(self) -> dict[tuple[str, bytes], int]:
+        """For each transaction a censor left out and that was decided: how many heights
+        after the first block it was left out of."""
+        left_out: dict = {}
+        for node in self.nodes:
+            if node.byzantine and node.replica is not None:
+                for key, h in getattr(node.replica, "left_out", {}).items():
+                    left_out[key] = min(h, left_out.get(key, h))
+        return {key: self.decided_at[key] - h for key, h in left_out.items() if key in self.decided_at}
 
     def _send(self, sender: Node, action: Send) -> None:
         payloads = [action.payload]
@@ -482,9 +509,9 @@ class Sim:
         return dict(self.honest()[0].reasons)
 
 
-def run_seed(seed: int, flood_size: int = 0, market: bool = False) -> tuple[int, int]:
+def run_seed(seed: int, flood_size: int = 0, market: bool = False, byzantine: str | None = None) -> tuple[int, int]:
     """(steps, final height) of one seed; Violation if a property fails."""
-    sim = Sim(seed, flood_size=flood_size, market=market)
+    sim = Sim(seed, flood_size=flood_size, market=market, byzantine=byzantine)
     steps = sim.run()
     sim.final_checks()
     return steps, len(sim.honest()[0].chain)
@@ -497,18 +524,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, metavar="S")
     parser.add_argument("--flood", type=int, default=0, metavar="N", help="one account also publishes N CTPs")
     parser.add_argument("--market", action="store_true", help="a market chain, with market traffic besides")
+    parser.add_argument("--byzantine", choices=BYZANTINE + MODES, help="this Byzantine mode (default: one per seed)")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     failed = 0
     for seed in seeds:
         try:
-            steps, height = run_seed(seed, args.flood, args.market)
+            steps, height = run_seed(seed, args.flood, args.market, args.byzantine)
         except Violation as exc:
             failed += 1
             print(f"FAIL {exc}")
             continue
         if args.seed is not None:
-            sim = Sim(seed, flood_size=args.flood, market=args.market)
+            sim = Sim(seed, flood_size=args.flood, market=args.market, byzantine=args.byzantine)
             print(f"seed {seed} ok: {sim.describe()}; {steps} steps, height {height}")
     if args.seed is None:
         print(f"{len(seeds) - failed} of {len(seeds)} seeds ok")
