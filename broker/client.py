@@ -396,7 +396,13 @@ class BusClient:
         self._pubacks.acked(mid, reason_code)
 
     def _handle_unmatched(self, client, userdata, message) -> None:
+        """A message no filter of ours matches: the broker kept a subscription this client
+        dropped (a persistent session from before a crash, an unsubscribe still in flight).
+        A manual_ack client acknowledges it anyway, or each would hold one of the broker's
+        in-flight slots for this client for good."""
         log.debug("no handler for message on %s", message.topic)
+        if self._manual_ack and message.qos > 0:
+            client.ack(message.mid, message.qos)
 
 
 class _Pending:

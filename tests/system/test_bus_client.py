@@ -176,3 +176,31 @@ def test_an_unsubscribe_made_offline_reaches_the_broker_at_the_next_connect(mosq
     assert not [r for r in caplog.records if r.getMessage() == f"no handler for message on {TEST_TOPIC}"], (
         "the broker still delivered the dropped filter"
     )
+
+
+def test_a_manual_ack_client_acknowledges_what_no_filter_of_its_matches(mosquitto, make_client, caplog):
+    """A validator's session kept a subscription its new run no longer has (a stand-in killed
+    while it watched a status topic): what arrives on it is acknowledged anyway, so it holds
+    no in-flight slot and is not sent again at the next connect."""
+    caplog.set_level(logging.DEBUG, logger="broker.client")
+    orphan = TEST_TOPIC + "/orphan"
+    first = make_client(mosquitto.port, "validator", manual_ack=True)
+    first.subscribe(orphan, lambda *_: None)
+    connected(first)
+    first.close()  # the session keeps the subscription
+
+    second = connected(make_client(mosquitto.port, "validator", manual_ack=True))
+    publisher = connected(make_client(mosquitto.port, "pub"))
+    publisher.publish(orphan, b"unmatched")
+    wait_for(
+        lambda: any(r.getMessage() == f"no handler for message on {orphan}" for r in caplog.records),
+        message="the message on the filter only the broker remembers",
+    )
+    second.close()
+
+    inbox = Inbox()
+    third = make_client(mosquitto.port, "validator", manual_ack=True)
+    third.subscribe(orphan, inbox)
+    connected(third)
+    publisher.publish(orphan, b"after")
+    assert inbox.wait_count(1) == [(orphan, b"after", False)]  # "unmatched" was acknowledged: not sent again
