@@ -37,6 +37,10 @@ class MarketArchive(Protocol):
         """The seal of interval k whose revealed bid has this id in the book."""
         ...
 
+    def order_ids(self, k: int) -> list[bytes]:
+        """The ids of interval k's orders it holds, in the order accepted."""
+        ...
+
     def result(self, k: int) -> Result | None: ...
 
     def export(self, meter: str, k: int) -> ExportRecord | None: ...
@@ -88,6 +92,7 @@ class MemoryArchive:
         self._keys: dict[bytes, bytes] = {}
         self._orders: dict[bytes, OrderRecord] = {}
         self._seals: dict[bytes, bytes] = {}  # a revealed bid's id in the book -> its seal's
+        self._by_k: dict[int, list[bytes]] = {}
         self._results: dict[int, Result] = {}
         self._exports: dict[tuple[str, int], ExportRecord] = {}
         self._ks: dict[str, list[int]] = {}  # meter -> intervals of its records here, ascending
@@ -113,6 +118,9 @@ class MemoryArchive:
     def seal_of(self, book_id: bytes, k: int) -> bytes | None:
         return self._seals.get(book_id)
 
+    def order_ids(self, k: int) -> list[bytes]:
+        return list(self._by_k.get(k, ()))
+
     def result(self, k: int) -> Result | None:
         return self._results.get(k)
 
@@ -125,6 +133,8 @@ class MemoryArchive:
 
     def put_market(self, orders: list[OrderRecord], results: list[Result], exports: list[ExportRecord]) -> None:
         for order in orders:
+            if order.id not in self._orders:
+                self._by_k.setdefault(order.k, []).append(order.id)
             self._orders[order.id] = order
             if order.bid_raw:
                 self._seals[message_hash(order.bid_raw)[:16]] = order.id

@@ -376,7 +376,7 @@ class IntervalOrders(Mapping[int, list[bytes]]):
         kept = self._market._by_k.get(k)
         if kept is not None:
             return kept
-        ids = self.all().get(k) if k < self._market.horizon else None
+        ids = self._market.archive.order_ids(k) if k < self._market.horizon else None
         if not ids:
             raise KeyError(k)
         return ids

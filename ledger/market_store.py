@@ -104,6 +104,9 @@ class SqliteMarketArchive:
                 return order_id
         return None
 
+    def order_ids(self, k: int) -> list[bytes]:
+        return [i for (i,) in self.db.execute("SELECT id FROM orders WHERE k = ? ORDER BY rowid", (k,))]
+
     def result(self, k: int) -> Result | None:
         row = self.db.execute(f"{_RESULT} WHERE k = ? AND height IS NOT NULL", (k,)).fetchone()
         return None if row is None else _result(*row)

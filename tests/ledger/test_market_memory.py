@@ -84,6 +84,12 @@ def test_any_traffic_decides_alike_whatever_the_market_keeps_in_ram(data):
             assert history(pruned) == history(reference)
         assert market_of(reference).horizon == 0 and not market_of(reference).archive.all_orders()
         assert history(chain.state) == history(reference), "the validator's (SQLite archive) market is the same"
+        for market in (market_of(chain.state), market_of(pruned)):  # one record at a time, as statuses ask
+            ref = market_of(reference)
+            assert {k: market.results.get(k) for k in ref.results} == ref.results.all()
+            assert {i: market.orders.get(i) for i in ref.orders} == ref.orders.all()
+            assert {k: market.by_k.get(k) for k in ref.by_k} == {k: list(v) for k, v in ref.by_k.items()}
+            assert {key: market.tokens.get(key) for key in ref.tokens} == dict(ref.tokens.items())
         assert kept(pruned) == kept(chain.state), "a dict archive and SQLite keep the same in RAM"
         restored = chain.store.load()
         market_of(restored).keep_ms = 0
