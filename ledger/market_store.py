@@ -65,11 +65,14 @@ def load_market(
     a row that is not what the chain wrote."""
     horizon = first_kept(terms, t)
     pending = dict(db.execute("SELECT k, clear_t FROM intervals WHERE height IS NULL"))
-    rows = db.execute(
-        f"SELECT rowid, {_ORDER} FROM orders WHERE k >= ? UNION ALL SELECT rowid, {_ORDER} FROM orders "
-        "WHERE k < ? AND k IN (SELECT k FROM intervals WHERE height IS NULL) ORDER BY 1",
-        (horizon, horizon),
-    )
+    rows = [
+        *db.execute(f"SELECT rowid, {_ORDER} FROM orders WHERE k >= ?", (horizon,)),
+        *db.execute(
+            f"SELECT rowid, {_ORDER} FROM orders WHERE k IN (SELECT k FROM intervals WHERE height IS NULL AND k < ?)",
+            (horizon,),
+        ),
+    ]  # two index searches, sorted here: an ORDER BY rowid made SQLite scan the whole table instead
+    rows.sort(key=lambda row: row[0])
     orders = [_order(fail, *row[1:]) for row in rows]
     results = [_result(*row) for row in db.execute(f"{_RESULT} WHERE k >= ? AND height IS NOT NULL", (horizon,))]
     exports: dict[tuple[str, int], ExportRecord] = {}
