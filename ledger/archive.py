@@ -12,20 +12,58 @@ state uses changes no decision.
 
 from __future__ import annotations
 
+import bisect
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from wire.cose import message_hash
 from wire.messages import CtpState
 
 if TYPE_CHECKING:
+    from ledger.market import ExportRecord, OrderRecord, Result
     from ledger.state import CtpRecord
 
 FINAL = frozenset({CtpState.SETTLED, CtpState.REFUNDED})  # a record in these states never changes
 
 
-class Archive(Protocol):
-    """The finished CTP records of the committed chain."""
+class MarketArchive(Protocol):
+    """The market's records that left RAM (ledger.market.MarketState): the orders of cleared
+    intervals behind the state's horizon, and those intervals' results and export records."""
+
+    def order(self, order_id: bytes) -> OrderRecord | None: ...
+
+    def seal_of(self, book_id: bytes, k: int) -> bytes | None:
+        """The seal of interval k whose revealed bid has this id in the book."""
+        ...
+
+    def order_ids(self, k: int) -> list[bytes]:
+        """The ids of interval k's orders it holds, in the order accepted."""
+        ...
+
+    def result(self, k: int) -> Result | None: ...
+
+    def export(self, meter: str, k: int) -> ExportRecord | None: ...
+
+    def export_ks(self, meter: str, first: int, last: int) -> list[int]:
+        """Intervals first..last (inclusive) of the meter's export records, ascending."""
+        ...
+
+    def put_market(self, orders: list[OrderRecord], results: list[Result], exports: list[ExportRecord]) -> None:
+        """Take what left RAM, in the order accepted (the SQLite archive has it already)."""
+        ...
+
+    def all_orders(self) -> Iterable[tuple[bytes, OrderRecord]]:
+        """Every order it holds, for tools that read all history; so are the two below."""
+        ...
+
+    def all_results(self) -> Iterable[tuple[int, Result]]: ...
+
+    def all_exports(self) -> Iterable[tuple[tuple[str, int], ExportRecord]]: ...
+
+
+class Archive(MarketArchive, Protocol):
+    """The finished CTP records of the committed chain, and the market's old records."""
 
     def record(self, ctp_id: bytes) -> CtpRecord | None:
         """The finished record with this id, None if there is none."""
@@ -52,6 +90,12 @@ class MemoryArchive:
     def __init__(self) -> None:
         self._records: dict[bytes, CtpRecord] = {}
         self._keys: dict[bytes, bytes] = {}
+        self._orders: dict[bytes, OrderRecord] = {}
+        self._seals: dict[bytes, bytes] = {}  # a revealed bid's id in the book -> its seal's
+        self._by_k: dict[int, list[bytes]] = {}
+        self._results: dict[int, Result] = {}
+        self._exports: dict[tuple[str, int], ExportRecord] = {}
+        self._ks: dict[str, list[int]] = {}  # meter -> intervals of its records here, ascending
 
     def record(self, ctp_id: bytes) -> CtpRecord | None:
         return self._records.get(ctp_id)
@@ -67,6 +111,90 @@ class MemoryArchive:
 
     def records(self) -> Iterator[CtpRecord]:
         return iter(sorted(self._records.values(), key=lambda r: r.index))
+
+    def order(self, order_id: bytes) -> OrderRecord | None:
+        return self._orders.get(order_id)
+
+    def seal_of(self, book_id: bytes, k: int) -> bytes | None:
+        return self._seals.get(book_id)
+
+    def order_ids(self, k: int) -> list[bytes]:
+        return list(self._by_k.get(k, ()))
+
+    def result(self, k: int) -> Result | None:
+        return self._results.get(k)
+
+    def export(self, meter: str, k: int) -> ExportRecord | None:
+        return self._exports.get((meter, k))
+
+    def export_ks(self, meter: str, first: int, last: int) -> list[int]:
+        ks = self._ks.get(meter, [])
+        return ks[bisect.bisect_left(ks, first) : bisect.bisect_right(ks, last)]
+
+    def put_market(self, orders: list[OrderRecord], results: list[Result], exports: list[ExportRecord]) -> None:
+        for order in orders:
+            if order.id not in self._orders:
+                self._by_k.setdefault(order.k, []).append(order.id)
+            self._orders[order.id] = order
+            if order.bid_raw:
+                self._seals[message_hash(order.bid_raw)[:16]] = order.id
+        self._results.update((r.k, r) for r in results)
+        for record in exports:
+            if (record.meter, record.k) not in self._exports:
+                bisect.insort(self._ks.setdefault(record.meter, []), record.k)
+            self._exports[record.meter, record.k] = record
+
+    def all_orders(self) -> Iterable[tuple[bytes, OrderRecord]]:
+        return self._orders.items()
+
+    def all_results(self) -> Iterable[tuple[int, Result]]:
+        return self._results.items()
+
+    def all_exports(self) -> Iterable[tuple[tuple[str, int], ExportRecord]]:
+        return self._exports.items()
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class HistoryView(Mapping[K, V]):
+    """A market map as it was when it held all history: the records in RAM, then the
+    archive's (ledger.market.MarketState). Lookups by key are one read; iterating reads all
+    history, so only tools and tests iterate."""
+
+    def __init__(self, kept: dict[K, V], find: Callable[[K], V | None], every: Callable[[], Iterable[tuple[K, V]]]):
+        self._kept, self._find, self._every = kept, find, every
+
+    def __getitem__(self, key: K) -> V:
+        value = self._kept.get(key)
+        if value is None:
+            value = self._find(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return self[key] is not None  # type: ignore[index]
+        except (KeyError, TypeError):
+            return False
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.all())
+
+    def __len__(self) -> int:
+        return len(self.all())
+
+    def values(self) -> list[V]:  # type: ignore[override]
+        return list(self.all().values())
+
+    def items(self) -> list[tuple[K, V]]:  # type: ignore[override]
+        return list(self.all().items())
+
+    def all(self) -> dict[K, V]:
+        """Every record, the archive's first (in the order they left RAM), RAM's winning."""
+        return {**dict(self._every()), **self._kept}
 
 
 class CtpView(Mapping[bytes, "CtpRecord"]):

@@ -41,19 +41,24 @@ class MarketDraft:
 
     # -- reads through the overlay --
 
-    def order(self, order_id: bytes) -> OrderRecord | None:
+    def order(self, order_id: bytes, k: int | None = None) -> OrderRecord | None:
+        """The order with this id (k: its interval, if known; see MarketState.order)."""
         record = self.orders.get(order_id)
-        return record if record is not None else self.base.orders.get(order_id)
+        return record if record is not None else self.base.order(order_id, k)
 
-    def in_book(self, book_id: bytes) -> bool:
-        return book_id in self.revealed or book_id in self.base.revealed or self.order(book_id) is not None
+    def in_book(self, book_id: bytes, k: int) -> bool:
+        """Whether an order of interval k (an order's id is its hash: a copy's interval is the
+        same) or a revealed bid has this id in the book."""
+        return (
+            book_id in self.revealed or self.base.seal_of(book_id, k) is not None or self.order(book_id, k) is not None
+        )
 
     def clearing_time(self, k: int) -> int | None:
         return self.pending.get(k, self.base.pending.get(k))
 
     def export(self, meter: str, k: int) -> ExportRecord | None:
         record = self.exports.get((meter, k))
-        return record if record is not None else self.base.exports.get((meter, k))
+        return record if record is not None else self.base.export(meter, k)
 
     def last_export(self, meter: str) -> ExportRecord | None:
         ks = self.ks.get(meter)
@@ -81,7 +86,7 @@ class MarketDraft:
     def ask(self, opened: Opened[Ask], digest: bytes) -> None:
         ask = opened.body
         self._known_account(ask.seller)
-        self._not_duplicate(digest)
+        self._not_duplicate(digest, ask.k)
         entry = self.base.meter(ask.meter)
         if entry is None or entry.account != ask.seller or not entry.source or entry.source != ask.src:
             raise Reject("not-source", f"meter {ask.meter!r} is not the seller's, registered with source {ask.src}")
@@ -93,7 +98,7 @@ class MarketDraft:
         """A bid or a seal: the same checks, escrow wh*price or the deposit."""
         body = opened.body
         self._known_account(body.buyer)
-        self._not_duplicate(digest)
+        self._not_duplicate(digest, body.k)
         self._gate_open(body.k)
         self._not_too_far(body.k)
         escrow = body.wh * body.price if isinstance(body, Bid) else body.deposit
@@ -118,7 +123,7 @@ class MarketDraft:
         if t >= gate + self.terms.reveal_s * 1000:
             raise Reject("gate-closed", f"the reveal window closed at {gate + self.terms.reveal_s * 1000}")
         bid = self._revealed_bid(reveal, seal.body)
-        if self.in_book(sha256(reveal.bid).digest()[:16]):
+        if self.in_book(sha256(reveal.bid).digest()[:16], bid.k):
             raise Reject("duplicate", "the revealed bid is an order of the book already")
         self._put(seal.moved(OrderState.OPEN, self.draft.height, t, digest, bid_raw=reveal.bid, bid=bid))
 
@@ -172,8 +177,8 @@ class MarketDraft:
         if pk not in self.draft.base.balances:
             raise Reject("unknown-account", "the order's owner is not an account of this ledger")
 
-    def _not_duplicate(self, digest: bytes) -> None:
-        if self.in_book(digest[:16]):
+    def _not_duplicate(self, digest: bytes, k: int) -> None:
+        if self.in_book(digest[:16], k):
             raise Reject("duplicate", "this order was accepted before")
         if digest in self.draft.refused or digest in self.draft.base.refused:
             raise Reject("duplicate", "this order was rejected before: a rejection is final until its gate")
@@ -215,7 +220,7 @@ class MarketDraft:
 
     def _clear(self, k: int) -> None:
         draft = self.draft
-        records = [self.order(i) for i in (*self.base.by_k.get(k, ()), *self.by_k.get(k, ()))]
+        records = [self.order(i) for i in (*self.base._by_k.get(k, ()), *self.by_k.get(k, ()))]  # pending: in RAM
         bids, asks, clearing = clear_book(r for r in records if r is not None and r.state == OrderState.OPEN)
         paid: dict[bytes, int] = {}
         exp = self.terms.gate(k + 1 + self.terms.grace)
@@ -276,7 +281,7 @@ class MarketDraft:
 
     def _window(self, record: CtpRecord) -> list[tuple[str, int]]:
         if record.fill is not None:
-            ask = self.order(record.fill.ask[:16])
+            ask = self.order(record.fill.ask[:16], record.fill.k)
             assert ask is not None and isinstance(ask.body, Ask), "a fill's ask is an order"
             meter, k = ask.body.meter, record.fill.k
             return [(meter, k)] if self.export(meter, k) is not None else []

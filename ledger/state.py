@@ -129,7 +129,7 @@ class LedgerState:
         # Consensus state: rejected messages are block inputs too (decision 0006).
         # Orders rejected are kept here too, until their gate (docs/PROTOCOL.md §9.2).
         self.refused: dict[bytes, int] = {}
-        self.market = MarketState(genesis.market) if genesis.market is not None else None
+        self.market = MarketState(genesis.market, self.archive) if genesis.market is not None else None
 
     @property
     def ctps(self) -> CtpView:
@@ -260,7 +260,7 @@ class LedgerState:
         self.archive.put(finished)
         self.tree.seal((r.index for r in finished), changes.pruned)
         if self.market is not None and changes.market is not None:
-            self.market.commit(changes.market)
+            self.market.commit(changes.market, header.t)
         self.height, self.tip, self.t = header.height, header.hash, header.t
         self.next_expiry()  # drop settled and refunded CTPs from the heap's top
 

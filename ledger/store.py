@@ -24,7 +24,7 @@ from ledger.archive import FINAL
 from ledger.block import BLOCK_V, Block, decode_inputs, encode_inputs
 from ledger.fill import FillDoc, trade_ctp
 from ledger.genesis import Genesis
-from ledger.market_store import load_market, write_market
+from ledger.market_store import SqliteMarketArchive, load_market, write_market
 from ledger.state import BrokenInvariant, Changes, CtpRecord, LedgerState
 from wire.cose import message_hash
 from wire.merkle import MerkleTree, PrunedTree, TreeChange
@@ -52,9 +52,11 @@ CREATE INDEX IF NOT EXISTS refused_by_exp ON refused(exp);
 CREATE TABLE IF NOT EXISTS orders(id BLOB PRIMARY KEY, k INTEGER NOT NULL, raw BLOB NOT NULL, hash BLOB NOT NULL,
                                   state TEXT NOT NULL, filled INTEGER NOT NULL, height INTEGER NOT NULL,
                                   by BLOB NOT NULL, bid BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS orders_by_k ON orders(k);
 CREATE TABLE IF NOT EXISTS intervals(k INTEGER PRIMARY KEY, clear_t INTEGER NOT NULL, height INTEGER,
                                      green_price INTEGER, green_wh INTEGER, open_price INTEGER,
                                      open_wh INTEGER, fills INTEGER);
+CREATE INDEX IF NOT EXISTS intervals_pending ON intervals(k) WHERE height IS NULL;
 CREATE TABLE IF NOT EXISTS exports(meter TEXT NOT NULL, k INTEGER NOT NULL, wh INTEGER NOT NULL,
                                    total INTEGER NOT NULL, used INTEGER NOT NULL, height INTEGER NOT NULL,
                                    PRIMARY KEY(meter, k));
@@ -184,7 +186,8 @@ class LedgerStore:
             raise StoreError(f"{self.path}: the stored CTP-database tree is not the tip's: run `spb-ledger audit`")
         refused = self.refusals()
         terms = self.genesis.market
-        market = None if terms is None else load_market(self.db, terms, self._altered)
+        archive = SqliteArchive(self)
+        market = None if terms is None else load_market(self.db, terms, self._altered, archive, t)
         try:
             return LedgerState.restore(
                 self.genesis,
@@ -197,7 +200,7 @@ class LedgerStore:
                 refused,
                 self.revocations(),
                 market,
-                SqliteArchive(self),
+                archive,
             )
         except BrokenInvariant as exc:
             raise StoreError(f"{self.path}: {exc}: run `spb-ledger audit`") from None
@@ -406,9 +409,10 @@ _RECORD = (
 _FINISHED = f"state IN ('{CtpState.SETTLED}', '{CtpState.REFUNDED}')"
 
 
-class SqliteArchive:
+class SqliteArchive(SqliteMarketArchive):
     """The finished CTPs of a validator's database (ledger.archive.Archive): looked up by
-    the primary key or the one-time key's unique index, never all loaded.
+    the primary key or the one-time key's unique index, never all loaded; and the market's
+    records behind its horizon (SqliteMarketArchive).
 
     It reads through a connection of its own, so a state loaded by a tool stays readable
     after the tool closed the store. It sees what the store committed (WAL): a block's rows
@@ -416,7 +420,7 @@ class SqliteArchive:
 
     def __init__(self, store: LedgerStore):
         self.store = store
-        self.db = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+        super().__init__(sqlite3.connect(store.path, isolation_level=None, check_same_thread=False), store._altered)
 
     def __del__(self) -> None:
         self.db.close()  # with the state that used it: explicitly, so no warning says it leaked

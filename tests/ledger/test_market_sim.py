@@ -75,7 +75,7 @@ def test_the_market_traffic_trades_across_the_seeds():
 def test_the_market_checks_catch_a_replica_whose_market_differs():
     s = next(s for s in runs()[0] if s.byzantine == "none")
     s.market_checks()
-    exports = market(s.honest_states()[1]).exports
+    exports = market(s.honest_states()[1])._exports  # in RAM: what the checks read first
     (key, export), *_ = exports.items()
     exports[key] = replace(export, used=export.used + 1)
     with pytest.raises(sim.Violation, match="exports differ"):
@@ -88,11 +88,11 @@ def test_the_market_checks_catch_holds_that_are_not_the_escrow_and_oversold_expo
     states = s.honest_states()
     (key, export), *_ = market(states[0]).exports.items()
     for state in states:  # all alike: only the invariants can tell
-        market(state).exports[key] = replace(export, used=export.wh + 1)
+        market(state)._exports[key] = replace(export, used=export.wh + 1)
     with pytest.raises(sim.Violation, match=f"{export.wh + 1} Wh used of {export.wh} proved"):
         s.market_checks()
     for state in states:
-        market(state).exports[key] = export
+        market(state)._exports[key] = export
     account = next(iter(states[0].held))
     for state in states:
         state.held[account] += 1
