@@ -69,6 +69,7 @@ bench: venv mosquitto
 	$(BIN)/python -m bench.flood
 	$(BIN)/python -m bench.queues
 	$(BIN)/python bench/ledger_memory.py
+	$(BIN)/python bench/ledger_memory.py --market 1000,100000
 	$(BIN)/python -m bench.monitor
 
 # The consensus simulation: `make sim SEED=n` replays one seed exactly, `make sim` runs SEEDS from FIRST;
