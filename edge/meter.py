@@ -206,6 +206,11 @@ class MeterNode:
             record = Export(meter=self.id.meter, cert=self.id.devcert, k=due.k, wh=due.wh, total=due.total, t=now)
             return record.sign(self.id.device_key)
 
+        # A record still refused as too early goes again first: the ledger takes a meter's
+        # records in interval order only (`counter`), so once the next one is in, the earlier
+        # one, and the trades sold against its Wh, would be lost (seen in a chaos run after a
+        # clock jump forward: the record was signed early, retried only after the next).
+        self._resend_exports(now, at_once=True)
         totals = self.integrator.totals
         advance = lambda state: export.step(state, totals.wh_out, now, self.interval_ms)  # noqa: E731
         due = self.store.commit_export(totals, self.progress, advance, sign, now)
@@ -273,13 +278,15 @@ class MeterNode:
             if raw
         }
 
-    def _resend_exports(self, now: int) -> None:
+    def _resend_exports(self, now: int, at_once: bool = False) -> None:
         """Export records the ledger refused as too early (our clock ahead of its blocks') or
-        had no room for go again after resend_s; the others are watched for rejects."""
+        had no room for go again after resend_s, or `at_once`; the others are watched for
+        rejects."""
         records = self.store.exports(limit=2 + self.config.grace)
         self._exports = {hashlib.sha256(raw).digest(): k for k, raw, *_ in records}
+        wait_ms = 0 if at_once else self.config.resend_s * 1000
         for k, raw, _wh, _total, sent, reason in records:
-            if reason in RETRY_EXPORT and now - sent >= self.config.resend_s * 1000 and not self.store.queued(raw):
+            if reason in RETRY_EXPORT and now - sent >= wait_ms and not self.store.queued(raw):
                 self.store.export_answered(k, "", now, resend=True)
                 log.info("%s sends its export record of interval %d again (%s)", self.id.meter, k, reason)
 

@@ -142,3 +142,21 @@ def test_a_meter_off_across_interval_ends_sends_what_it_measured_and_invents_not
     assert again.prove_export(now + 5 * IMS) == Due(now // IMS + 4, 2, 5)
     assert [r.k for r in records(again)] == [now // IMS, now // IMS + 4]
     again.store.close()
+
+
+def test_a_record_refused_too_early_goes_again_before_the_next_one(community):
+    """The ledger takes a meter's records in interval order only (`counter`): a record it
+    refused as too early (the meter's clock was ahead) is queued again, before the next
+    interval's, at that interval's end, not resend_s later when the next is already in."""
+    node = node_of(community)
+    now = (wall_ms() // IMS + 1) * IMS
+    node.prove_export(now)
+    export_seconds(node, 0, 2)
+    k = now // IMS
+    assert node.prove_export(now + IMS) == Due(k, 2, 2)
+    node.store.export_answered(k, "too-early", now + IMS + 100, resend=False)  # the ledger's answer
+    node.store.delivered([r.seq for r in node.store.outbox_after(0, 1000)])  # the broker had it
+    export_seconds(node, 2_000, 3)  # 3 Wh more, the samples going on where they stopped
+    assert node.prove_export(now + 2 * IMS) == Due(k + 1, 3, 5)  # well within resend_s of the refusal
+    assert [r.k for r in records(node)] == [k, k + 1]  # the earlier first, in one go
+    node.store.close()
