@@ -205,7 +205,8 @@ def test_a_sender_beyond_its_share_hears_busy_once_per_message(tmp_path, mosquit
     ledger = RunningLedger(root, mosquitto.port, timing=Timing(block_ms=60_000, pool_per_sender=2))
     try:
         wait_for(lambda: any(p.startswith(b"online") for _, p, _ in inbox.messages), 10, "the ledger online")
-        burst = [community.ctp(0, 1, amount=1, wh=1, exp=NOW + 3_600_000) for _ in range(5)]
+        exp = wall_ms() + 3_600_000  # the ledger runs on the real clock: within a day of it (far-expiry)
+        burst = [community.ctp(0, 1, amount=1, wh=1, exp=exp) for _ in range(5)]
         sender = connected(make_client(mosquitto.port, "household"))
         sender.publish(topics.TX_CTP, burst[0])
         wait_status(inbox, open_message(burst[0], "ctp").body.id, "held")  # block 1, and last for a minute
@@ -215,7 +216,7 @@ def test_a_sender_beyond_its_share_hears_busy_once_per_message(tmp_path, mosquit
         for digest in busy:
             assert wait_reject(inbox, digest).reason == "busy"
         # Once another sender's CTP is pooled, the ledger has looked at everything before it.
-        sender.publish(topics.TX_CTP, community.ctp(1, 0, amount=1, wh=1, exp=NOW + 3_600_000))
+        sender.publish(topics.TX_CTP, community.ctp(1, 0, amount=1, wh=1, exp=exp))
         wait_for(lambda: ledger.service.replica.pooled_by.get(pk(community.households[1].account)), 10, "pooled")
         assert [r.msg for r in rejections(inbox)] == busy, "one reject per refused message, none for the pooled"
         assert {s.ctp for s in statuses(inbox)} == {open_message(burst[0], "ctp").body.id}
