@@ -268,14 +268,19 @@ def main() -> int:
             f"{size:>15,} {r['start_s']:>11.3f} {r['maxrss_kb'] / 1024:>12.1f} {r['tree_nodes']:>11} {r['open']:>5} "
             f"{r['lookup_ms']:>10.3f} {r['db_mb']:>8.1f}"
         )
+    print_ratio(rows, "trades")
+    return 0
+
+
+def print_ratio(rows: list[tuple[int, dict]], what: str) -> None:
+    """The largest history's start-up and peak RSS over the smallest's, beside the target."""
     (small, s), (large, b) = rows[0], rows[-1]
     time_ratio, rss_ratio = b["start_s"] / s["start_s"], b["maxrss_kb"] / s["maxrss_kb"]
     ok = time_ratio <= TARGET and rss_ratio <= TARGET
     print(
-        f"{large:,} vs {small:,} trades: start-up {time_ratio:.2f}x, peak RSS {rss_ratio:.2f}x "
+        f"{large:,} vs {small:,} {what}: start-up {time_ratio:.2f}x, peak RSS {rss_ratio:.2f}x "
         f"(target: within {TARGET}x) {'met' if ok else 'NOT met'}"
     )
-    return 0
 
 
 def market_main(sizes: list[int], runs: int, keep: Path | None) -> int:
@@ -297,13 +302,7 @@ def market_main(sizes: list[int], runs: int, keep: Path | None) -> int:
             f"{size:>14,} {r['start_s']:>11.4f} {r['maxrss_kb'] / 1024:>12.1f} {r['orders']:>14} "
             f"{r['lookup_ms']:>10.3f} {r['db_mb']:>7.1f}"
         )
-    (small, s), (large, b) = rows[0], rows[-1]
-    time_ratio, rss_ratio = b["start_s"] / s["start_s"], b["maxrss_kb"] / s["maxrss_kb"]
-    ok = time_ratio <= TARGET and rss_ratio <= TARGET
-    print(
-        f"{large:,} vs {small:,} intervals: start-up {time_ratio:.2f}x, peak RSS {rss_ratio:.2f}x "
-        f"(target: within {TARGET}x) {'met' if ok else 'NOT met'}"
-    )
+    print_ratio(rows, "intervals")
     return 0
 
 

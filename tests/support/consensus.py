@@ -6,8 +6,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from broker.clock import wall_ms
 from ledger import consensus as c
@@ -179,3 +183,44 @@ class Validators:
         # restarted validator) sends only a CTP's current status, never a superseded one.
         announced = {s.ctp for s in statuses(self.inbox)}
         assert announced == {open_message(ctp, "ctp").body.id for ctp, *_ in self.trades}
+
+
+@contextmanager
+def stood_in_for(v: Validators, keep: Callable[[Any], bool]) -> Iterator[dict[int, set[int]]]:
+    """Four validators of v's community as threads of this process, validator 0 publishing
+    only the outbox rows `keep` lets through; once all four are online, v's first 40 trades
+    go out in 8 waves of 5 (so that heights go round the rotation, and validator 0 proposes),
+    each settled. Yields who signed the statuses seen, by height; the validators stop after."""
+    from ledger.service import LedgerService
+
+    services = [LedgerService(ValidatorIdentity.load(v.root, i), "127.0.0.1", v.port) for i in range(VALIDATORS)]
+    muted = services[0]
+    muted._queue = lambda rows, late=False, queue=muted._queue: queue([r for r in rows if keep(r)], late)
+    threads = [threading.Thread(target=s.run, daemon=True) for s in services]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(
+            lambda: (
+                {t for t, p, _ in v.inbox.messages if p.startswith(b"online")}
+                >= {topics.ledger_state(i) for i in range(VALIDATORS)}
+            ),
+            30,
+            "four validators online",
+        )
+        for wave in range(8):
+            v.publish(v.trades[5 * wave : 5 * wave + 5])
+            v.wait_settled(5 * wave + 5, timeout=60)
+        keys = v.genesis().validators
+        signers_by_height: dict[int, set[int]] = {}
+        for t, p, _ in v.inbox.messages:
+            if t.startswith(topics.ROOT + "/status/"):
+                opened = open_message(p, "status")
+                signers = {i for i, key in enumerate(keys) if opened.envelope.verifies(key)}
+                signers_by_height.setdefault(opened.body.h, set()).update(signers)
+        yield signers_by_height
+    finally:
+        for s in services:
+            s.stop()
+        for t in threads:
+            t.join(15)
