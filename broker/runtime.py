@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -32,11 +33,35 @@ CONFIG_NAME = "mosquitto.conf"
 LOG_NAME = "mosquitto.log"
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PICKED_PORT = 10_000  # above the well-known and registered services people run
+
+
+def ephemeral_ports() -> range:
+    """The ports the OS gives clients as their source ports (Linux's, or its default)."""
+    try:
+        low, high = map(int, EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port that was free a moment ago (the OS picks it; another process may still take it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port that was free a moment ago (another process may still take it), below the
+    OS's ephemeral range. A port the OS picks (bind to 0) lies in that range, and a client
+    reconnecting to it while nothing listens (a broker restart) may be given that very port
+    as its own source port and connect to itself (TCP simultaneous open): a test run saw paho
+    do so once over loopback, then fail its TLS handshake against itself."""
+    below = ephemeral_ports().start
+    for _ in range(200):
+        port = random.randrange(LOWEST_PICKED_PORT, below) if below > LOWEST_PICKED_PORT + 1000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError(f"no free port between {LOWEST_PICKED_PORT} and {below} on {host}")
 
 
 def find_mosquitto() -> str | None:
