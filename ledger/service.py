@@ -486,8 +486,18 @@ class LedgerService:
         for t in unwatched:
             self.bus.unsubscribe(t)
         for height, rows in withheld:
+            rows = [row for row in rows if self._not_superseded(row)]
             log.warning("block %d was announced without its statuses: publishing its %d messages", height, len(rows))
             self._queue([row._replace(rank=0) for row in rows], late=True)
+
+    def _not_superseded(self, row: LedgerOutboxRow) -> bool:
+        """Whether a CTP status row of a block is still its CTP's newest: a read-back ends
+        after later blocks may have changed the CTP, and a retained status never goes back."""
+        prefix = topics.STATUS_ALL[:-1]
+        if not row.topic.startswith(prefix):
+            return True
+        record = self.node.state.record(bytes.fromhex(row.topic[len(prefix) :]))
+        return record is None or record.height <= row.height
 
     def _idle_s(self, deadline: int | None) -> float:
         """Seconds to sleep: until the replica's next deadline or a stand-in is due (at most a minute)."""
