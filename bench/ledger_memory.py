@@ -166,13 +166,18 @@ def identity_db(root: Path) -> Path:
     return ValidatorIdentity.load(root, 0, with_key=False).db_path
 
 
-def start_market(root: Path) -> dict:
-    """Run in a fresh process: open a market validator's store and load its state."""
+def load_timed(root: Path) -> tuple[ValidatorIdentity, LedgerStore, LedgerState, float]:
+    """What a validator does at start: open its store and load the state; and how long it took."""
     began = time.perf_counter()
     identity = ValidatorIdentity.load(root, 0, with_key=False)
     store = LedgerStore(identity.db_path, identity.genesis)
-    state: LedgerState = store.load()
-    ready = time.perf_counter() - began
+    state = store.load()
+    return identity, store, state, time.perf_counter() - began
+
+
+def start_market(root: Path) -> dict:
+    """Run in a fresh process: open a market validator's store and load its state."""
+    identity, store, state, ready = load_timed(root)
     market = state.market
     assert market is not None, "a market chain"
     first = store.db.execute("SELECT id FROM orders ORDER BY k LIMIT 1").fetchone()[0]
@@ -192,11 +197,7 @@ def start_market(root: Path) -> dict:
 
 def start(root: Path) -> dict:
     """Run in a fresh process: open the store and load the state, as a validator starts."""
-    began = time.perf_counter()
-    identity = ValidatorIdentity.load(root, 0, with_key=False)
-    store = LedgerStore(identity.db_path, identity.genesis)
-    state: LedgerState = store.load()
-    ready = time.perf_counter() - began
+    identity, _store, state, ready = load_timed(root)
     first = sha256(b"ctp0").digest()[:16]
     began = time.perf_counter()
     found = state.record(first)

@@ -209,3 +209,10 @@ def test_ledger_memory_bench_prints_start_up_and_rss_per_history_beside_the_targ
     ratio = re.search(summary, out, re.M)
     assert ratio, out
     assert abs(float(ratio.group(2)) - float(rows[1][2]) / float(rows[0][2])) < 0.02
+
+
+def test_the_queues_bench_runs_briefly_and_prints_one_row_per_case():
+    out = run_bench("-m", "bench.queues", "--subscribers", "3", "--messages", "20", "--cases", "none,offline")
+    rows = re.findall(r"^(today|bounded) \S+\s+(none|offline)\s+(?:[\d.]+\s+){4}([\d.]+) ", out, re.M)
+    assert [(s, c) for s, c, _ in rows] == [(s, c) for s in ("today", "bounded") for c in ("none", "offline")]
+    assert all(float(burst) > 0 for _, _, burst in rows), out
