@@ -337,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
     (root / "logs").mkdir(exist_ok=True)
     broker = start_secure(root / "broker", free_port())
     assert broker.port is not None
-    bus = Bus(Verifier(cas=genesis.cas, validators=genesis.validators))
+    bus = Bus(genesis.verifier())
     monitor = BusClient(
         "127.0.0.1",
         broker.port,

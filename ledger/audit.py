@@ -40,7 +40,7 @@ def audit(store: LedgerStore) -> AuditReport:
     """Raise AuditFailure naming the first bad height, else report what was checked."""
     genesis = store.genesis
     state = LedgerState(genesis)
-    verifier = Verifier(cas=genesis.cas, validators=genesis.validators)
+    verifier = genesis.verifier()
     settled: dict[bytes, tuple[int, int]] = {}  # CTP id -> (height, index among the block's trades)
     with store.snapshot():
         blocks = store.blocks()

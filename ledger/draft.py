@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
+from ledger.accounts import ACCOUNT_TYPES, NO_ACCOUNT_CHANGES, AccountsDraft
 from ledger.archive import FINAL
 from ledger.block import Block, BlockError, Header, Input, input_hash, merkle_root, trade_bytes, trade_hash
 from ledger.fill import FillDoc, fill_ctp
@@ -80,6 +81,7 @@ class Draft:
         self._changes: Changes | None = None
         self._new = 0  # records appended to the tree by this draft
         self.market = MarketDraft(self, base.market) if base.market is not None else None
+        self.accounts = AccountsDraft(self) if base.genesis.operators else None
 
     # -- reads through the draft to the committed state --
 
@@ -110,6 +112,8 @@ class Draft:
         try:
             if typ in MARKET_TYPES and self.market is None:
                 raise Reject("type", f"{typ}: this chain has no market (its genesis has none)")
+            if typ in ACCOUNT_TYPES and self.accounts is None:
+                raise Reject("type", f"{typ}: this chain has no operators (its genesis lists none)")
             opened = self.verifier.verify(raw, self.t, expect=typ)
             # verify(expect=typ) opened a body of typ's class, the one its handler takes
             handlers: dict[str, Callable[[Opened[Any], bytes], None]] = {
@@ -120,6 +124,8 @@ class Draft:
             }
             if self.market is not None:
                 handlers |= self.market.handlers()
+            if self.accounts is not None:
+                handlers |= self.accounts.handlers()
             handlers[typ](opened, digest)
         except Reject as exc:
             self._reject(digest, exc.reason, opened.body if opened is not None else None)
@@ -134,8 +140,7 @@ class Draft:
         if record is not None and record.hash == digest:
             raise Reject("duplicate", "this CTP was applied before")
         for role, pk in (("payer", ctp.payer), ("payee", ctp.payee)):
-            if pk not in self.base.balances:
-                raise Reject("unknown-account", f"{role} is not an account of this ledger")
+            self.check_account(pk, role)
         if record is not None:
             raise Reject("duplicate", "another CTP already has this id")
         if ctp.exp < self.t:
@@ -193,8 +198,10 @@ class Draft:
         record = self._known(cancel.ctp)
         if record.by == digest:
             raise Reject("duplicate", "this cancel refunded the CTP already")
-        if cancel.payer != record.ctp.payer:
-            raise Reject("not-payer", "only the CTP's payer may cancel it")
+        if self.accounts is not None and self.accounts.is_rotated(cancel.payer):
+            raise Reject("rotated", "the payer's key was replaced by a rotation")
+        if self.current(record.ctp.payer) != cancel.payer:
+            raise Reject("not-payer", "only the CTP's payer (or the key that replaced it) may cancel it")
         if record.state != CtpState.HELD:
             raise Reject("not-held", f"CTP is {record.state}")
         if self.t <= record.ctp.exp:
@@ -217,7 +224,30 @@ class Draft:
         self._move(record.ctp.payer, +record.ctp.amount, -record.ctp.amount)
         self._put(record.moved(CtpState.REFUNDED, self.height, self.t, by))
 
+    def check_account(self, pk: bytes, role: str) -> None:
+        """`unknown-account` for a key that is no account of this ledger; with operators also
+        `rotated` for a replaced key and `retired` for a closed account (§10)."""
+        if self.accounts is not None:
+            self.accounts.check(pk, role)
+        elif pk not in self.base.balances:
+            raise Reject("unknown-account", f"{role} is not an account of this ledger")
+
+    def check_signer(self, signer: bytes, owner: bytes, why: str) -> None:
+        """`rotated` for a signer whose key was replaced, `not-owner` unless the signer holds
+        the owner's account now (a rotation's new key takes over the old key's orders, §10)."""
+        if self.accounts is not None and self.accounts.is_rotated(signer):
+            raise Reject("rotated", "the signer's key was replaced by a rotation")
+        if self.current(owner) != signer:
+            raise Reject("not-owner", why)
+
+    def current(self, pk: bytes) -> bytes:
+        """The key that holds account pk's money now (a rotation moves it, §10)."""
+        return self.accounts.current(pk) if self.accounts is not None else pk
+
     def _move(self, pk: bytes, balance: int, held: int) -> None:
+        """Move units of account pk (through any rotation: a trade signed by an old key pays
+        and is paid by the key that replaced it)."""
+        pk = self.current(pk)
         self.balances[pk] = self.balance(pk) + balance
         self.held[pk] = self.holding(pk) + held
 
@@ -277,7 +307,7 @@ class Draft:
             if current.state == CtpState.HELD:
                 self._refund(record, b"")
         market = self.market.changes() if self.market is not None else None
-        if not (self.inputs or self.ctps or market):
+        if not (self.inputs or self.ctps or market):  # an input decides every account change
             return None
         tree = self.base.tree.change({record.index: record.leaf() for record in self.ctps.values()})
         header = Header(
@@ -289,8 +319,9 @@ class Draft:
             inputs=merkle_root([input_hash(*i) for i in self.inputs]),
         )
         self.block = Block(header, tuple(self.trades), (), tuple(self.inputs))
-        accounts = self.balances.keys() | self.held.keys()
-        moved = self._moved(accounts)
+        account_changes = self.accounts.changes() if self.accounts is not None else NO_ACCOUNT_CHANGES
+        accounts = self.balances.keys() | self.held.keys() | set(account_changes.opened)
+        moved = self._moved(accounts) | frozenset(account_changes.opened)
         self._changes = Changes(
             header,
             balances={pk: self.balance(pk) for pk in accounts},
@@ -304,6 +335,7 @@ class Draft:
             tree=tree,
             market=market,
             moved=moved,
+            accounts=account_changes,
             pruned=self.base.tree.sealing(tree, [r.index for r in self.ctps.values() if r.state in FINAL]),
         )
         for pk in sorted(moved):

@@ -10,7 +10,8 @@ its blocks must replay to the same verdicts forever (docs/decisions/0009-market.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from hashlib import sha256
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from broker.keys import write_file
 from wire.cose import encode, load
 from wire.messages import SELL_SOURCES
 from wire.reasons import Reject
+from wire.verify import Verifier
 
 GENESIS_FILE = "genesis.cbor"
 DEFAULT_BLOCK_MS = 200
@@ -99,6 +101,13 @@ class MarketTerms:
         """The account's meters, by id."""
         return self._by_account.get(account, ())
 
+    def grown(self, added: Iterable[MeterEntry], rotated: Mapping[bytes, bytes]) -> MarketTerms:
+        """These terms with meters registered after the genesis and accounts whose key was
+        rotated (docs/PROTOCOL.md §10): what a ledger's market reads after such blocks. The
+        genesis keeps its own terms: its hash names the chain."""
+        meters = [replace(m, account=rotated.get(m.account, m.account)) for m in (*self.meters, *added)]
+        return replace(self, meters=tuple(sorted(meters, key=lambda m: m.meter)))
+
     def to_map(self) -> dict:
         m = {
             "meters": [[m.meter, m.account, m.source] for m in self.meters],
@@ -137,9 +146,12 @@ class Genesis:
     validators: tuple[bytes, ...]  # index i is validator vI
     block_ms: int = DEFAULT_BLOCK_MS
     market: MarketTerms | None = None  # None: a v1 chain, without market or proof of delivery
+    # Keys that may sign register, fund, payout, retire and rotate (docs/PROTOCOL.md §10).
+    # Absent from the map when empty, so genesis hashes made before them stay.
+    operators: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
-        keys = [*self.cas, *(pk for pk, _ in self.accounts), *self.validators]
+        keys = [*self.cas, *(pk for pk, _ in self.accounts), *self.validators, *self.operators]
         if not all(type(k) is bytes and len(k) == 32 for k in keys):
             raise GenesisError("every key is 32 bytes")
         if not self.cas or not self.validators:
@@ -155,6 +167,10 @@ class Genesis:
             raise GenesisError("block_ms is in 1..3600000")
         if self.market is not None and not {m.account for m in self.market.meters} <= set(pks):
             raise GenesisError("a market meter belongs to an account that is not in the genesis")
+        if list(self.operators) != sorted(set(self.operators)):
+            raise GenesisError("operator keys must be unique and sorted")
+        if self.operators and self.market is None:
+            raise GenesisError("operators register meters on the market: a genesis with operators has a market")
 
     @classmethod
     def build(
@@ -164,8 +180,15 @@ class Genesis:
         validators,
         block_ms: int = DEFAULT_BLOCK_MS,
         market: MarketTerms | None = None,
+        operators=(),
     ) -> Genesis:
-        return cls(tuple(cas), tuple(sorted(accounts.items())), tuple(validators), block_ms, market)
+        return cls(
+            tuple(cas), tuple(sorted(accounts.items())), tuple(validators), block_ms, market, tuple(sorted(operators))
+        )
+
+    def verifier(self) -> Verifier:
+        """A verifier that trusts this chain's CAs, validators and operators."""
+        return Verifier(cas=self.cas, validators=self.validators, operators=self.operators)
 
     @property
     def total(self) -> int:
@@ -183,6 +206,8 @@ class Genesis:
         }
         if self.market is not None:  # absent, not null, in a v1 chain's genesis: its hash stays
             m["market"] = self.market.to_map()
+        if self.operators:
+            m["operators"] = list(self.operators)
         return encode(m)
 
     @property
@@ -201,7 +226,10 @@ class Genesis:
                 tuple(m["validators"]),
                 m["block_ms"],
                 MarketTerms.from_map(m["market"]) if "market" in m else None,
+                tuple(m.get("operators", ())),
             )
+            if "operators" in m and not genesis.operators:
+                raise GenesisError("operators, when present, list at least one key")
         except (Reject, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise GenesisError(f"malformed genesis: {exc}") from None
         if genesis.encode() != raw:

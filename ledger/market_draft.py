@@ -16,6 +16,7 @@ from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
 from ledger.fill import FillDoc, free_fill_id
+from ledger.genesis import MeterEntry
 from ledger.market import Escrowed, ExportRecord, MarketChanges, MarketState, OrderRecord, Result, clear_book
 from wire import topics
 from wire.messages import Ask, Bid, DevCert, Export, Opened, OrderState, Reveal, Seal, Withdraw, open_message
@@ -87,7 +88,7 @@ class MarketDraft:
         ask = opened.body
         self._known_account(ask.seller)
         self._not_duplicate(digest, ask.k)
-        entry = self.base.meter(ask.meter)
+        entry = self.meter(ask.meter)
         if entry is None or entry.account != ask.seller or not entry.source or entry.source != ask.src:
             raise Reject("not-source", f"meter {ask.meter!r} is not the seller's, registered with source {ask.src}")
         self._gate_open(ask.k)
@@ -113,8 +114,7 @@ class MarketDraft:
         seal = self.order(reveal.seal)
         if seal is None or not isinstance(seal.body, Seal):
             raise Reject("unknown-order", f"no seal {reveal.seal.hex()}")
-        if reveal.buyer != seal.owner:
-            raise Reject("not-owner", "only the seal's buyer may reveal it")
+        self.draft.check_signer(reveal.buyer, seal.owner, "only the seal's buyer may reveal it")
         if seal.state != OrderState.SEALED:
             raise Reject("not-open", f"the seal is {seal.state}")
         t, gate = self.draft.t, self.terms.gate(seal.k)
@@ -145,8 +145,7 @@ class MarketDraft:
         order = self.order(withdraw.order)
         if order is None:
             raise Reject("unknown-order", f"no order {withdraw.order.hex()}")
-        if withdraw.by != order.owner:
-            raise Reject("not-owner", "only the order's owner may withdraw it")
+        self.draft.check_signer(withdraw.by, order.owner, "only the order's owner may withdraw it")
         if order.state not in Escrowed:
             raise Reject("not-open", f"the order is {order.state}")
         self._gate_open(order.k)
@@ -155,8 +154,8 @@ class MarketDraft:
 
     def export_record(self, opened: Opened[Export], digest: bytes) -> None:
         export = opened.body
-        if self.base.meter(export.meter) is None:
-            raise Reject("unknown-meter", f"meter {export.meter!r} is not registered in the genesis")
+        if self.meter(export.meter) is None:
+            raise Reject("unknown-meter", f"meter {export.meter!r} is registered neither in the genesis nor since")
         device = open_message(export.cert, DevCert).body.pk  # verified with the message
         if self.draft.revoked_at(device) is not None:
             raise Reject("cert", f"the device key of {export.meter!r} is revoked")
@@ -174,8 +173,12 @@ class MarketDraft:
         self.ks.setdefault(export.meter, []).append(export.k)
 
     def _known_account(self, pk: bytes) -> None:
-        if pk not in self.draft.base.balances:
-            raise Reject("unknown-account", "the order's owner is not an account of this ledger")
+        self.draft.check_account(pk, "order's owner")
+
+    def meter(self, meter_id: str) -> MeterEntry | None:
+        """A registered meter: the genesis's, or one a `register` added (§10), this block's too."""
+        accounts = self.draft.accounts
+        return accounts.meter(meter_id) if accounts is not None else self.base.meter(meter_id)
 
     def _not_duplicate(self, digest: bytes, k: int) -> None:
         if self.in_book(digest[:16], k):
@@ -286,7 +289,7 @@ class MarketDraft:
             meter, k = ask.body.meter, record.fill.k
             return [(meter, k)] if self.export(meter, k) is not None else []
         first, last = self.terms.interval(record.t), self.terms.interval(self.draft.t)
-        meters = [m.meter for m in self.terms.meters_of(record.ctp.payee)]
+        meters = [m.meter for m in self.base.terms.meters_of(self.draft.current(record.ctp.payee))]
         window = [(k, m) for m in meters for k in self.export_ks(m, first, last)]
         return [(m, k) for k, m in sorted(window)]
 

@@ -19,7 +19,6 @@ from ledger.store import LedgerOutboxRow, LedgerStore
 from ledger.validator import ValidatorIdentity
 from wire import topics
 from wire.messages import Body, CtpState, Status
-from wire.verify import Verifier
 
 VOTES = "votes"  # store value: the replica's votes at its current height
 
@@ -42,7 +41,7 @@ class LedgerNode:
         self.identity = identity
         self.store = LedgerStore(identity.db_path, genesis)
         self.state = self.store.load()
-        self.verifier = Verifier(cas=genesis.cas, validators=genesis.validators)
+        self.verifier = genesis.verifier()
 
     def replica(self, timing: Timing, now: int, mono: int) -> Replica:
         """This validator's consensus, on its state, from the votes it persisted."""

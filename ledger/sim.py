@@ -40,7 +40,6 @@ from ledger.state import LedgerState
 from ledger.workload import SimCommunity
 from wire.cose import encode, load, message_hash
 from wire.reasons import BUSY
-from wire.verify import Verifier
 
 NOW = 1_800_000_000_000
 N = 4
@@ -259,7 +258,7 @@ class Sim:
     def _start(self, node: Node) -> None:
         """A (re)started validator: its state rebuilt from its persisted chain and votes."""
         w = self.w
-        state, verifier = LedgerState(w.genesis), Verifier(cas=w.genesis.cas, validators=w.genesis.validators)
+        state, verifier = LedgerState(w.genesis), w.genesis.verifier()
         for block in node.chain:
             state.commit(replay(state, verifier, block.header.t, block.inputs).changes)
         chain = node.chain

@@ -29,7 +29,6 @@ from ledger.workload import SimCommunity, pk
 from wire.cose import message_hash
 from wire.market import fill_id, order_id_of
 from wire.messages import Ask, Bid, CtpState, open_message
-from wire.verify import Verifier
 
 INTERVAL_S = 10
 I = INTERVAL_S * 1000  # noqa: E741 - the protocol's name for it
@@ -184,7 +183,7 @@ def market_problems(state: LedgerState) -> list[str]:
 
 def replayed(genesis: Genesis, blocks: Iterable) -> LedgerState:
     """A fresh state that decided `blocks` again from their inputs, as an audit does."""
-    state, verifier = LedgerState(genesis), Verifier(cas=genesis.cas, validators=genesis.validators)
+    state, verifier = LedgerState(genesis), genesis.verifier()
     for block in blocks:
         state.commit(replay(state, verifier, block.header.t, block.inputs).changes)
     return state

@@ -14,10 +14,11 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from ledger.accounts import NO_ACCOUNT_CHANGES, AccountChanges, AccountHistory
 from ledger.archive import FINAL, Archive, CtpView, MemoryArchive, UsedKeys
 from ledger.block import Header
 from ledger.fill import FillDoc
-from ledger.genesis import Genesis
+from ledger.genesis import Genesis, MeterEntry
 from ledger.market import MarketChanges, MarketState
 from wire.cose import encode
 from wire.merkle import PrunedTree, TreeChange
@@ -103,6 +104,8 @@ class Changes:
     # Tree nodes (level, index) no later block needs once this block's finished CTPs are final
     # (PrunedTree.sealing): dropped from RAM and from the stored snapshot alike.
     pruned: tuple[tuple[int, int], ...] = ()
+    # Registers, funds, payouts, retirements and rotations (docs/PROTOCOL.md §10).
+    accounts: AccountChanges = NO_ACCOUNT_CHANGES
 
 
 class LedgerState:
@@ -130,6 +133,13 @@ class LedgerState:
         # Orders rejected are kept here too, until their gate (docs/PROTOCOL.md §9.2).
         self.refused: dict[bytes, int] = {}
         self.market = MarketState(genesis.market, self.archive) if genesis.market is not None else None
+        # Accounts after launch (§10): money in and out, closed accounts, replaced keys.
+        self.funded = 0  # units that entered by `fund` since the genesis
+        self.withdrawn = 0  # units that left by `payout`
+        self.refs: set[tuple[str, str]] = set()  # (typ, ref) of every fund and payout applied
+        self.retired: dict[bytes, int] = {}  # account key -> height of the block that retired it
+        self.rotated: dict[bytes, bytes] = {}  # replaced key -> the key holding its account now
+        self.registered: list[MeterEntry] = []  # meters registered after the genesis (account then)
 
     @property
     def ctps(self) -> CtpView:
@@ -156,6 +166,7 @@ class LedgerState:
         revoked: dict[bytes, int],
         market: MarketState | None = None,
         archive: Archive | None = None,
+        history: AccountHistory | None = None,
     ) -> LedgerState:
         """A state from its stored tables (ledger.store): the open CTP records, the pruned
         tree's nodes (the snapshot, whose root must be the tip's), `accounts` as (key,
@@ -169,6 +180,8 @@ class LedgerState:
         state.refused, state.revoked = dict(refused), dict(revoked)
         for pk, balance, held, moved_h, moved_t in accounts:
             state.balances[pk], state.held[pk], state.moved_at[pk] = balance, held, (moved_h, moved_t)
+        if history is not None:
+            state._take_history(history)
         state.tree = tree
         for record in open_records:
             if record.state in FINAL or not 0 <= record.index < tree.size:
@@ -176,9 +189,28 @@ class LedgerState:
             state._put(record)
         if sorted(r.index for r in state.open.values()) != tree.open:
             raise ValueError("the tree's open leaves are not the open CTP records")
-        if state.total() != genesis.total:
-            raise BrokenInvariant(f"balances + holds are {state.total()}, the genesis total is {genesis.total}")
+        if state.total() != state.expected_total():
+            raise BrokenInvariant(
+                f"balances + holds are {state.total()}, not the genesis total + funded - withdrawn "
+                f"({state.expected_total()})"
+            )
         return state
+
+    def _take_history(self, history: AccountHistory) -> None:
+        """The stored §10 history: sums and references of funds and payouts, retirements,
+        rotations (in order) and registered meters."""
+        self.funded, self.withdrawn = history.funded, history.withdrawn
+        self.refs = set(history.refs)
+        self.retired = dict(history.retired)
+        for old, new in history.rotated:
+            self._rotate(old, new)
+        self.registered = list(history.meters)
+        self._grow_terms()
+
+    def _grow_terms(self) -> None:
+        """The market reads meters registered after the genesis, under their accounts' current keys."""
+        if self.market is not None and self.genesis.market is not None and (self.registered or self.rotated):
+            self.market.terms = self.genesis.market.grown(self.registered, self.rotated)
 
     def record(self, ctp_id: bytes) -> CtpRecord | None:
         record = self.open.get(ctp_id)
@@ -226,8 +258,24 @@ class LedgerState:
         return [self.open[ctp_id] for _, ctp_id in sorted(found)]
 
     def total(self) -> int:
-        """Balances + holds: equal to the genesis total after every block (§5)."""
+        """Balances + holds: equal to expected_total() after every block (§5, §10)."""
         return sum(self.balances.values()) + sum(self.held.values())
+
+    def expected_total(self) -> int:
+        """What balances + holds add up to: the genesis total, plus what `fund`s brought in,
+        less what `payout`s took out (§10)."""
+        return self.genesis.total + self.funded - self.withdrawn
+
+    def current(self, pk: bytes) -> bytes:
+        """The key that holds account pk's money now: pk unless a rotation replaced it."""
+        return self.rotated.get(pk, pk)
+
+    def _rotate(self, old: bytes, new: bytes) -> None:
+        """Record old -> new, keeping every replaced key one step from its current key."""
+        for key, holder in self.rotated.items():
+            if holder == old:
+                self.rotated[key] = new
+        self.rotated[old] = new
 
     def commit(self, changes: Changes) -> None:
         """Take a decided block's changes (made on this state: the block follows the tip),
@@ -251,6 +299,7 @@ class LedgerState:
         self.held.update(changes.held)
         self.moved_at.update(dict.fromkeys(changes.moved, (header.height, header.t)))
         self.revoked.update(changes.revoked)
+        self._commit_accounts(changes.accounts, header.height)
         self.tree.apply(changes.tree)
         if self.tree.root() != header.ctps:  # a tree that took the change wrongly: a bug
             raise BrokenInvariant(f"block {header.height}: the CTP-database root is not the header's")
@@ -264,19 +313,42 @@ class LedgerState:
         self.height, self.tip, self.t = header.height, header.hash, header.t
         self.next_expiry()  # drop settled and refunded CTPs from the heap's top
 
+    def _commit_accounts(self, changes: AccountChanges, height: int) -> None:
+        if not changes:
+            return
+        self.funded += changes.funded
+        self.withdrawn += changes.withdrawn
+        self.refs.update((op.typ, op.ref) for op in changes.ops)
+        self.retired.update(dict.fromkeys(changes.retired, height))
+        for old, new in changes.rotated:
+            self._rotate(old, new)
+        for pk in changes.opened:
+            self.balances.setdefault(pk, 0)
+            self.held.setdefault(pk, 0)
+        self.registered += changes.meters
+        if changes.meters or changes.rotated:
+            self._grow_terms()
+
     def _check_money(self, changes: Changes) -> None:
-        """§5: balances + holds stay the genesis total (they are at the genesis and at a
-        restore, so a block must not change their sum), and no account goes negative or is
-        made up. O(accounts the block touched), on every block of every validator."""
+        """§5 and §10: balances + holds stay genesis + funded − withdrawn (they are at the
+        genesis and at a restore, so a block changes their sum by exactly its funds less its
+        payouts), and no account goes negative or is made up. O(accounts the block touched),
+        on every block of every validator."""
         accounts = changes.balances.keys() | changes.held.keys()
-        if not accounts <= self.balances.keys():
-            raise BrokenInvariant("a block moves money of an account that is not in the genesis")
-        before = sum(self.balances[pk] + self.held[pk] for pk in accounts)
+        opened = set(changes.accounts.opened)
+        if not accounts <= self.balances.keys() | opened or opened & self.balances.keys():
+            raise BrokenInvariant("a block moves money of an account that was never opened, or opens one twice")
+        before = sum(self.balances.get(pk, 0) + self.held.get(pk, 0) for pk in accounts)
         after = sum(
-            changes.balances.get(pk, self.balances[pk]) + changes.held.get(pk, self.held[pk]) for pk in accounts
+            changes.balances.get(pk, self.balances.get(pk, 0)) + changes.held.get(pk, self.held.get(pk, 0))
+            for pk in accounts
         )
-        if after != before:
-            raise BrokenInvariant(f"block {changes.header.height} makes balances + holds {after - before:+} units")
+        delta = changes.accounts.funded - changes.accounts.withdrawn
+        if after - before != delta:
+            raise BrokenInvariant(
+                f"block {changes.header.height} makes balances + holds {after - before:+} units, "
+                f"its funds and payouts {delta:+}"
+            )
         if any(units < 0 for units in (*changes.balances.values(), *changes.held.values())):
             raise BrokenInvariant(f"block {changes.header.height} leaves a balance or hold negative")
 

@@ -20,10 +20,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from ledger.accounts import FUND, PAYOUT, AccountChanges, AccountHistory
 from ledger.archive import FINAL
 from ledger.block import BLOCK_V, Block, decode_inputs, encode_inputs
 from ledger.fill import FillDoc, trade_ctp
-from ledger.genesis import Genesis
+from ledger.genesis import Genesis, MeterEntry
 from ledger.market_store import SqliteMarketArchive, load_market, write_market
 from ledger.state import BrokenInvariant, Changes, CtpRecord, LedgerState
 from wire.cose import message_hash
@@ -60,6 +61,20 @@ CREATE INDEX IF NOT EXISTS intervals_pending ON intervals(k) WHERE height IS NUL
 CREATE TABLE IF NOT EXISTS exports(meter TEXT NOT NULL, k INTEGER NOT NULL, wh INTEGER NOT NULL,
                                    total INTEGER NOT NULL, used INTEGER NOT NULL, height INTEGER NOT NULL,
                                    PRIMARY KEY(meter, k));
+-- Accounts after launch (docs/PROTOCOL.md §10): funds and payouts, closed accounts, replaced
+-- keys, meters registered after the genesis, and every account's money after each block
+-- that changed it (what a statement's opening and closing balances are read from).
+CREATE TABLE IF NOT EXISTS money(height INTEGER NOT NULL, idx INTEGER NOT NULL, typ TEXT NOT NULL,
+                                 account BLOB NOT NULL, amount INTEGER NOT NULL, ref TEXT NOT NULL,
+                                 hash BLOB NOT NULL, PRIMARY KEY(height, idx), UNIQUE(typ, ref));
+CREATE INDEX IF NOT EXISTS money_by_account ON money(account, height);
+CREATE TABLE IF NOT EXISTS retired(pk BLOB PRIMARY KEY, height INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rotations(old BLOB PRIMARY KEY, new BLOB NOT NULL UNIQUE, height INTEGER NOT NULL,
+                                     idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meters(meter TEXT PRIMARY KEY, account BLOB NOT NULL, source TEXT NOT NULL,
+                                  height INTEGER NOT NULL, idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS balances(pk BLOB NOT NULL, height INTEGER NOT NULL, balance INTEGER NOT NULL,
+                                    held INTEGER NOT NULL, PRIMARY KEY(pk, height)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
                                   payload BLOB NOT NULL, retain INTEGER NOT NULL,
                                   height INTEGER NOT NULL, rank INTEGER NOT NULL);
@@ -201,6 +216,7 @@ class LedgerStore:
                 self.revocations(),
                 market,
                 archive,
+                self.account_history(),
             )
         except BrokenInvariant as exc:
             raise StoreError(f"{self.path}: {exc}: run `spb-ledger audit`") from None
@@ -269,9 +285,15 @@ class LedgerStore:
             "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", (h.height, block.hash, h.t, chain, encode_inputs(block.inputs))
         )
         self.db.executemany(
-            "UPDATE accounts SET balance = ?, held = ? WHERE pk = ?",
-            ((changes.balances[pk], changes.held[pk], pk) for pk in changes.balances),
+            "INSERT INTO accounts(pk, balance, held) VALUES (?, ?, ?) "
+            "ON CONFLICT(pk) DO UPDATE SET balance = excluded.balance, held = excluded.held",
+            ((pk, changes.balances[pk], changes.held[pk]) for pk in changes.balances),
         )
+        self.db.executemany(
+            "INSERT INTO balances VALUES (?, ?, ?, ?)",
+            ((pk, h.height, changes.balances[pk], changes.held[pk]) for pk in changes.balances),
+        )
+        self._write_accounts(changes.accounts, h.height)
         self.db.executemany("UPDATE accounts SET height = ? WHERE pk = ?", ((h.height, pk) for pk in changes.moved))
         known = changes.known  # records below this leaf existed: only their state changed
         self.db.executemany(
@@ -291,6 +313,35 @@ class LedgerStore:
             write_market(self.db, changes.market)
         self.db.executemany(
             "INSERT INTO trades VALUES (?, ?, ?)", ((ctp_id, h.height, i) for i, ctp_id in enumerate(changes.settled))
+        )
+
+    def _write_accounts(self, changes: AccountChanges, height: int) -> None:
+        ops = ((height, i, op.typ, op.account, op.amount, op.ref, op.hash) for i, op in enumerate(changes.ops))
+        self.db.executemany("INSERT INTO money VALUES (?, ?, ?, ?, ?, ?, ?)", ops)
+        self.db.executemany("INSERT INTO retired VALUES (?, ?)", ((pk, height) for pk in changes.retired))
+        self.db.executemany(
+            "INSERT INTO rotations VALUES (?, ?, ?, ?)", ((o, n, height, i) for i, (o, n) in enumerate(changes.rotated))
+        )
+        self.db.executemany(
+            "INSERT INTO meters VALUES (?, ?, ?, ?, ?)",
+            ((m.meter, m.account, m.source, height, i) for i, m in enumerate(changes.meters)),
+        )
+
+    def account_history(self) -> AccountHistory:
+        """§10's history as a restart needs it: small, paced by the operator."""
+        db = self.db
+        funded, withdrawn = db.execute(
+            "SELECT COALESCE(SUM(CASE typ WHEN ? THEN amount END), 0), "
+            "COALESCE(SUM(CASE typ WHEN ? THEN amount END), 0) FROM money",
+            (FUND, PAYOUT),
+        ).fetchone()
+        return AccountHistory(
+            funded,
+            withdrawn,
+            tuple(db.execute("SELECT typ, ref FROM money")),
+            tuple(db.execute("SELECT pk, height FROM retired")),
+            tuple(db.execute("SELECT old, new FROM rotations ORDER BY height, idx")),
+            tuple(MeterEntry(*m) for m in db.execute("SELECT meter, account, source FROM meters ORDER BY height, idx")),
         )
 
     def _write_tree(self, changes: Changes) -> None:

@@ -475,6 +475,92 @@ class AccountStatus(Body):
     h: int = _req(_uint)
 
 
+# -- accounts after launch (docs/PROTOCOL.md §10, docs/decisions/0016-accounts.md) --
+
+
+def _money(x: object) -> bool:
+    """Units that enter or leave the ledger: > 0 and below 2^63, as its columns hold them."""
+    return type(x) is int and 0 < x < 1 << 63
+
+
+def _ref(x: object) -> bool:
+    """An external payment reference: 1 to 64 characters, so the ledger's memory of them is small."""
+    return type(x) is str and 0 < len(x) <= 64
+
+
+def _meter_certs(x: object) -> bool:
+    """[[devcert bytes, source]...]: the meters a `register` adds, each with its energy source
+    (one of SELL_SOURCES, or "" for none), at most 64 of them."""
+    return type(x) is list and len(x) <= 64 and all(map(_meter_cert, x))
+
+
+def _meter_cert(m: object) -> bool:
+    return type(m) is list and len(m) == 2 and type(m[0]) is bytes and m[1] in ("", *SELL_SOURCES)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Register(Body):
+    """The operator opens `account` (balance 0) or adds meters to it: each meter's devcert,
+    signed by a trusted CA, and the source it sells. Signed by operator key `op`."""
+
+    typ: ClassVar[str] = "register"
+    op: bytes = _req(_BSTR32)
+    account: bytes = _req(_BSTR32)
+    meters: list = _req(_meter_certs)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Fund(Body):
+    """Money enters: the operator credits `amount` to `account` against an external payment
+    `ref`, which the ledger takes once (a fund sent twice is `duplicate`)."""
+
+    typ: ClassVar[str] = "fund"
+    op: bytes = _req(_BSTR32)
+    account: bytes = _req(_BSTR32)
+    amount: int = _req(_money)
+    ref: str = _req(_ref)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Payout(Body):
+    """Money leaves: the operator debits `amount` from `account`'s free balance (never what is
+    held) and pays it out under `ref`, taken once. The issue's `withdraw`: that typ is the
+    market's order withdrawal (§9.2)."""
+
+    typ: ClassVar[str] = "payout"
+    op: bytes = _req(_BSTR32)
+    account: bytes = _req(_BSTR32)
+    amount: int = _req(_money)
+    ref: str = _req(_ref)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Retire(Body):
+    """The operator closes `account`: no new trade or order, its open ones end normally,
+    and a `payout` pays its balance out."""
+
+    typ: ClassVar[str] = "retire"
+    op: bytes = _req(_BSTR32)
+    account: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Rotate(Body):
+    """Account key `account` is replaced by `new`, which takes over its balance, holds, open
+    trades, orders and meters. Signed by `by`: the old key itself, or an operator when the
+    household lost it."""
+
+    typ: ClassVar[str] = "rotate"
+    account: bytes = _req(_BSTR32)
+    new: bytes = _req(_BSTR32)
+    by: bytes = _req(_BSTR32)
+    t: int = _req(_uint)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FillDocument(Body):
     """What a market fill's trade record carries in place of a payer-signed CTP (§9.3):
@@ -502,6 +588,7 @@ BODY_TYPES: dict[str, type[Body]] = {
         *(DevCert, CoeRequest, Coe, Ctp, Erc, Cancel, Birth, Status, Rejection, Reading, Revoke),
         *(Ask, Bid, Seal, Reveal, Withdraw, Export, Order, Cleared),
         AccountStatus,
+        *(Register, Fund, Payout, Retire, Rotate),
     )
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Stateless, in the normative order of §4 (first failure wins).
-STATELESS = ("decode", "noncanonical", "type", "schema", "cert", "coe", "proof", "signature")
+STATELESS = ("decode", "noncanonical", "type", "schema", "cert", "coe", "proof", "not-operator", "signature")
 # Stateful, decided by the ledger after the stateless checks.
 STATEFUL = (
     "unknown-ctp",
@@ -30,6 +30,12 @@ STATEFUL = (
     "oversold",  # the payee's proved export does not cover this trade's energy
     # Bounded memory (docs/decisions/0013-bounded-memory.md):
     "far-expiry",  # a CTP's exp is more than a day after the block time
+    # Accounts after launch (docs/decisions/0016-accounts.md):
+    "retired",  # the account was retired: no new trade, order, fund or meter
+    "rotated",  # the key was replaced by a rotation: its messages are no longer taken
+    "key-taken",  # a rotation's new key or a register's account key is in use already
+    "meter-taken",  # a register names a meter registered already (to another account)
+    "over-limit",  # a fund would take the ledger's money over 2^63 - 1 units
 )
 # Not a verdict on the message (an extension of §4, docs/decisions/0008-bounded-inputs.md):
 # the ledger had no room for it and did not decide it; the sender may send it again later.

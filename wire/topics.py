@@ -14,6 +14,14 @@ TX_SEAL = f"{ROOT}/tx/seal"
 TX_REVEAL = f"{ROOT}/tx/reveal"
 TX_WITHDRAW = f"{ROOT}/tx/withdraw"
 TX_EXPORT = f"{ROOT}/tx/export"
+# Accounts after launch (docs/decisions/0016-accounts.md): signed by an operator, `rotate`
+# also by the household's old account key.
+TX_REGISTER = f"{ROOT}/tx/register"
+TX_FUND = f"{ROOT}/tx/fund"
+TX_PAYOUT = f"{ROOT}/tx/payout"
+TX_RETIRE = f"{ROOT}/tx/retire"
+TX_ROTATE = f"{ROOT}/tx/rotate"
+OPERATOR_TXS = (TX_REGISTER, TX_FUND, TX_PAYOUT, TX_RETIRE, TX_ROTATE)
 TX_ALL = f"{ROOT}/tx/+"
 REJECTS = f"{ROOT}/rejects"
 LEDGER_STATE_ALL = f"{ROOT}/ledger/state/+"  # one retained state per validator: decision 0006
@@ -37,6 +45,7 @@ TX_TYPES = {
     TX_CANCEL: "cancel",
     TX_REVOKE: "revoke",
     **{topic: topic.rsplit("/", 1)[1] for topic in (TX_ASK, TX_BID, TX_SEAL, TX_REVEAL, TX_WITHDRAW, TX_EXPORT)},
+    **{topic: topic.rsplit("/", 1)[1] for topic in OPERATOR_TXS},
 }
 METER_TYPES = {"birth": "birth", "reading": "reading", "coe/req": "coereq", "coe/resp": "coe"}
 

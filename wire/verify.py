@@ -29,12 +29,17 @@ from wire.messages import (
     DevCert,
     Erc,
     Export,
+    Fund,
     Opened,
     Order,
+    Payout,
     Reading,
+    Register,
     Rejection,
+    Retire,
     Reveal,
     Revoke,
+    Rotate,
     Seal,
     Status,
     Withdraw,
@@ -60,11 +65,13 @@ class Verifier:
         self,
         cas: Iterable[bytes],
         validators: Iterable[bytes] = (),
+        operators: Iterable[bytes] = (),
         coe_cache_size: int = 4096,
         signed_cache_size: int = 16_384,
     ):
         self.cas = frozenset(cas)
         self.validators = tuple(validators)
+        self.operators = frozenset(operators)
         self._coe_cache: dict[bytes, _VerifiedCoe] = {}
         self._coe_cache_size = coe_cache_size
         self._signed: dict[tuple[bytes, bytes], None] = {}  # (message hash, key) of signatures that verified
@@ -130,6 +137,10 @@ class Verifier:
             return self.validators
         if isinstance(body, Revoke):
             return (self._ca(body.iss, "revoke"),)
+        if isinstance(body, (Register, Fund, Payout, Retire)):
+            return (self._operator(body.op, body.typ),)
+        if isinstance(body, Rotate):
+            return (body.by if body.by == body.account else self._operator(body.by, body.typ),)
         assert isinstance(body, Reading)
         return () if device_key is None else (device_key,)
 
@@ -156,6 +167,12 @@ class Verifier:
         if not opened.envelope.verifies(cert.iss):
             raise Reject("cert", "devcert signature does not verify")
         return cert
+
+    def _operator(self, pk: bytes, typ: str) -> bytes:
+        """An operator key of the genesis (docs/PROTOCOL.md §10), or `not-operator`."""
+        if pk not in self.operators:
+            raise Reject("not-operator", f"{typ} signer is not an operator of this ledger")
+        return pk
 
     def _ca(self, iss: bytes, typ: str) -> bytes:
         if iss not in self.cas:
