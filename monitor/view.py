@@ -26,7 +26,7 @@ from ledger.genesis import Genesis
 from ledger.statuses import is_status
 from monitor.records import PRODUCTS, record
 from wire import topics
-from wire.messages import CtpState, OrderState
+from wire.messages import Body, CtpState, DevCert, OrderState, Register, Rotate, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -103,9 +103,10 @@ class CommunityView:
     block_gaps_ms: list[int] = field(default_factory=lambda: [0, 0])  # [sum, count] between consecutive blocks
     _finished: deque[str] = field(default_factory=deque)  # final trades, oldest first: forgotten past RECENT_TRADES
     meter_of: dict[str, str] = field(init=False)  # account key hex -> its meter (a market genesis names them)
+    replaced: set[str] = field(default_factory=set)  # account keys hex a rotation replaced: their money moved
 
     def __post_init__(self) -> None:
-        self.verifier = Verifier(cas=self.genesis.cas, validators=self.genesis.validators)
+        self.verifier = self.genesis.verifier()
         self.peers = PeerTable(Verifier(cas=self.genesis.cas))
         self.validators = {i: ValidatorSeen() for i in range(len(self.genesis.validators))}
         self.meter_of = {m.account.hex(): m.meter for m in self.genesis.market.meters} if self.genesis.market else {}
@@ -135,8 +136,26 @@ class CommunityView:
         if typ is None:
             return None  # not a topic of the protocol: nothing to say about it
         body = self.verifier.verify(payload, now, expect=typ).body
+        self._learn_account(body)
         seen = Verified(topic, typ, record(body), retained_topic(topic))
         return self._keep(seen)
+
+    def _learn_account(self, body: Body) -> None:
+        """Name households the operator added after the genesis, and keys households
+        replaced (docs/PROTOCOL.md §10), by their meters: a `register` maps its account to its
+        first meter no account has yet, a `rotate` gives the new key the old key's meter.
+        Only operators (and, for a rotation, the old key) sign these, but the ledger may still
+        reject one (a revoked meter, a key in use): a meter's name is only a label here, and a
+        monitor started later knows only what it saw (blocks on the bus carry no inputs)."""
+        if isinstance(body, Register) and body.account.hex() not in self.meter_of:
+            taken = set(self.meter_of.values())
+            meters = [open_message(cert, DevCert).body.meter for cert, _ in body.meters]
+            fresh = [m for m in meters if m not in taken]
+            if fresh:
+                self.meter_of[body.account.hex()] = fresh[0]
+        elif isinstance(body, Rotate) and body.account.hex() in self.meter_of:
+            self.meter_of.setdefault(body.new.hex(), self.meter_of[body.account.hex()])
+            self.replaced.add(body.account.hex())
 
     def _meter(self, topic: str, meter: str, leaf: str, payload: bytes, now: int) -> Seen:
         if leaf == "state":
@@ -279,7 +298,8 @@ class CommunityView:
         known = self.meters.get(meter, {"meter": meter})
         reading = known.get("reading") or {}
         accounts = {a for a, m in self.meter_of.items() if m == meter}
-        account = next((self.accounts[a] for a in sorted(accounts) if a in self.accounts), None)
+        current = sorted(accounts - self.replaced)
+        account = next((self.accounts[a] for a in current if a in self.accounts), None)
         mine = [t for t, (payer, payee, _) in self.parties.items() if payer in accounts or payee in accounts]
         statuses = sorted((self.trades[t] for t in mine if t in self.trades), key=_age)
         return {

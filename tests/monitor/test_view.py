@@ -7,6 +7,7 @@ only what verified.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 from nacl.signing import SigningKey
 
@@ -17,7 +18,7 @@ from monitor.view import RECENT_TRADES, CommunityView, Unverified, Verified, ret
 from tests.support.ledger import NOW
 from tests.support.market import terms
 from wire import topics
-from wire.messages import AccountStatus, Birth, Cleared, CtpState, Reading, Status
+from wire.messages import AccountStatus, Birth, Cleared, CtpState, Reading, Register, Rotate, Status
 
 C = SimCommunity(3, NOW, sources=("solar", "grid"))
 GENESIS = C.genesis(1_000, validators=4, market=terms(C))
@@ -172,3 +173,30 @@ def test_a_record_drops_proofs_and_certificates():
         "boot": 2,
         "t_ms": 3,
     }
+
+
+def test_households_registered_and_keys_rotated_later_are_named_by_their_meters():
+    """A household the operator added after the genesis, and a key a household replaced, get
+    their meter's name; a register forged by someone who is not an operator names nothing."""
+    operator = SigningKey(b"\x0e" * 32)
+    v = CommunityView(replace(GENESIS, operators=(pk(operator),)))
+    newcomer = C._household(3)
+    forged = Register(op=pk(STRANGER), account=pk(STRANGER), meters=[[newcomer.devcert, "solar"]], t=NOW)
+    assert isinstance(v.apply(topics.TX_REGISTER, forged.sign(STRANGER), NOW), Unverified)
+    register = Register(op=pk(operator), account=pk(newcomer.account), meters=[[newcomer.devcert, "solar"]], t=NOW)
+    assert isinstance(v.apply(topics.TX_REGISTER, register.sign(operator), NOW), Verified)
+    again = Register(op=pk(operator), account=pk(STRANGER), meters=[[newcomer.devcert, "solar"]], t=NOW)
+    v.apply(topics.TX_REGISTER, again.sign(operator), NOW)
+    assert v.meter_of[pk(newcomer.account).hex()] == newcomer.meter_id
+    assert pk(STRANGER).hex() not in v.meter_of, "a meter named already is not taken by a later register"
+    new_key, old = SigningKey(b"\x0f" * 32), C.households[0]
+    rotate = Rotate(account=pk(old.account), new=pk(new_key), by=pk(old.account), t=NOW).sign(old.account)
+    assert isinstance(v.apply(topics.TX_ROTATE, rotate, NOW), Verified)
+    v.apply(
+        topics.account(pk(new_key)), AccountStatus(account=pk(new_key), balance=77, held=0, t=NOW, h=2).sign(V0), NOW
+    )
+    assert v.meter_of[pk(new_key).hex()] == old.meter_id
+    assert v.accounts[pk(new_key).hex()]["meter"] == old.meter_id
+    emptied = AccountStatus(account=pk(old.account), balance=0, held=0, t=NOW, h=2).sign(V0)
+    v.apply(topics.account(pk(old.account)), emptied, NOW)
+    assert v.meter_summary(old.meter_id)["balance_units"] == 77, "the meter's money is the new key's"
