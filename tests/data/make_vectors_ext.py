@@ -36,8 +36,8 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from tests.support.wire import ALICE, BOB, CA, M2, NOW, VALID, VECTORS, body_map, pk
 from ledger.genesis import Genesis, MarketTerms, MeterEntry
+from tests.support.wire import ALICE, BOB, CA, M2, NOW, VALID, VECTORS, body_map, pk
 from wire.cose import MAX_MESSAGE, encode, message_hash, sign1
 from wire.market import commitment, fill_id, order_id
 from wire.messages import (
@@ -289,7 +289,9 @@ def account_invalid_vectors(valid: dict[str, bytes]) -> list[dict]:
         ("retire_not_signed_by_op", "signature", _with(retire, STRANGER)),
         ("rotate_not_signed_by_old_key", "signature", _with(rotate, BOB)),
     ]
-    return [{"name": name, "typ": body_map(raw)["typ"], "reason": reason, "hex": raw.hex()} for name, reason, raw in cases]
+    return [
+        {"name": name, "typ": body_map(raw)["typ"], "reason": reason, "hex": raw.hex()} for name, reason, raw in cases
+    ]
 
 
 def accounts_section() -> dict:
@@ -354,7 +356,8 @@ def document() -> str:
 
 ABOUT = (
     "Extensions of wire v1 owned by this project (docs/PROTOCOL.md): decision 0004's revoke, decision 0008's busy "
-    "and size limit, section 9's market, section 10's accounts. Keys, hashes and 'now' of vectors.json apply; validator_v0 signs reject, "
+    "and size limit, section 9's market, section 10's accounts. Keys, hashes and 'now' of vectors.json apply; "
+    "validator_v0 signs reject, "
     "order, cleared, status and account vectors; hex strings are raw bytes. The oversize vector is given as the v1 ctp "
     "vector's bytes followed by 'pad' zero bytes. 'market' holds what a reader recomputes: the genesis terms "
     "assumed, interval k of the orders and its gate (ms), the sealed bid's nonce and commitment c = "
