@@ -1,6 +1,6 @@
 """Writes tests/data/vectors-ext.json: the byte-exact vectors of this project's extensions
 of wire v1 (docs/PROTOCOL.md: decision 0004's revoke, decision 0008's busy and size limit,
-§9's market). Run by hand from the repository root after changing a vector on purpose:
+§9's market, §10's accounts). Run by hand from the repository root after changing a vector on purpose:
 
     .venv/bin/python -m tests.data.make_vectors_ext
 
@@ -19,6 +19,13 @@ floor((14 + 12) / 2) = 13: the ask is filled, the sealed bid partial. m0002 prov
 export for the last interval that ended before `now`. After the clearing alice's account
 status (decision 0010) shows both fills' amounts held, 400·13 + 100·13 = 6500, and the rest
 of her genesis 100,000 free: the withdrawn bid's and the sealed bid's unused escrow are back.
+
+The accounts story (section `accounts`, §10), on a genesis with an operator and the market
+above, one message a block: the operator registers carol with meter m0003 (wind), funds her
+20,000 and pays bob out 5,000; alice rotates her key herself, the operator rotates bob's (he
+lost it); the operator retires carol and pays her 20,000 out. After it: funded 20,000,
+withdrawn 25,000, alice's new key holds her 100,000, bob's new key 95,000, the old keys and
+carol 0.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from ledger.genesis import Genesis, MarketTerms, MeterEntry
 from tests.support.wire import ALICE, BOB, CA, M2, NOW, VALID, VECTORS, body_map, pk
 from wire.cose import MAX_MESSAGE, encode, message_hash, sign1
 from wire.market import commitment, fill_id, order_id
@@ -38,13 +46,19 @@ from wire.messages import (
     Bid,
     Cleared,
     CtpState,
+    DevCert,
     Export,
     FillDocument,
+    Fund,
     Order,
     OrderState,
+    Payout,
+    Register,
     Rejection,
+    Retire,
     Reveal,
     Revoke,
+    Rotate,
     Seal,
     Side,
     Status,
@@ -195,6 +209,115 @@ def invalid_vectors(market: dict[str, bytes]) -> list[dict]:
     ]
 
 
+# -- §10: accounts after launch -------------------------------------------------------------
+
+
+def _seeded(label: str) -> tuple[bytes, SigningKey]:
+    seed = sha256(b"spb vectors-ext: " + label.encode()).digest()
+    return seed, SigningKey(seed)
+
+
+OPERATOR_SEED, OPERATOR = _seeded("operator")
+CAROL_SEED, CAROL = _seeded("account carol")
+M3_SEED, M3 = _seeded("meter m0003 device")
+ALICE_NEW_SEED, ALICE_NEW = _seeded("account alice, rotated")
+BOB_NEW_SEED, BOB_NEW = _seeded("account bob, rotated")
+STRANGER_SEED, STRANGER = _seeded("no operator")
+BOB_UNITS = 100_000  # bob's genesis balance in the accounts story
+FUNDED, PAID_BOB = 20_000, 5_000
+ACCOUNT_KEYS = {  # the keys the accounts section publishes, by name
+    "operator": (OPERATOR_SEED, OPERATOR),
+    "account_carol": (CAROL_SEED, CAROL),
+    "meter_m0003_device": (M3_SEED, M3),
+    "account_alice_new": (ALICE_NEW_SEED, ALICE_NEW),
+    "account_bob_new": (BOB_NEW_SEED, BOB_NEW),
+    "stranger": (STRANGER_SEED, STRANGER),
+}
+
+
+def accounts_genesis(operators: tuple[bytes, ...] = (pk(OPERATOR),)) -> Genesis:
+    """The market chain of the vectors (§9.1's default terms; m0001 alice's without a
+    source, m0002 bob's solar) with one operator."""
+    meters = (MeterEntry("m0001", pk(ALICE), ""), MeterEntry("m0002", pk(BOB), "solar"))
+    terms = MarketTerms(meters, INTERVAL_S, 288, GRACE, REVEAL_S)
+    accounts = {pk(ALICE): ALICE_UNITS, pk(BOB): BOB_UNITS}
+    return Genesis.build([pk(CA)], accounts, [pk(VALIDATOR)], market=terms, operators=operators)
+
+
+def devcert_m0003() -> bytes:
+    """carol's meter's devcert, valid when m0001's is."""
+    m1 = body_map(VALID["devcert_m0001"])
+    return DevCert(meter="m0003", pk=pk(M3), iss=pk(CA), nbf=m1["nbf"], exp=m1["exp"]).sign(CA)
+
+
+def account_messages() -> dict[str, bytes]:
+    """The valid §10 vectors, in the order of the accounts story (one a block)."""
+    op = pk(OPERATOR)
+    return {
+        "register_carol": Register(op=op, account=pk(CAROL), meters=[[devcert_m0003(), "wind"]], t=NOW).sign(OPERATOR),
+        "fund_carol": Fund(op=op, account=pk(CAROL), amount=FUNDED, ref="bank-2026-12-0001", t=NOW + 1_000).sign(
+            OPERATOR
+        ),
+        "payout_bob": Payout(op=op, account=pk(BOB), amount=PAID_BOB, ref="payout-2026-12-0001", t=NOW + 2_000).sign(
+            OPERATOR
+        ),
+        "rotate_alice_by_alice": Rotate(account=pk(ALICE), new=pk(ALICE_NEW), by=pk(ALICE), t=NOW + 3_000).sign(ALICE),
+        "rotate_bob_by_operator": Rotate(account=pk(BOB), new=pk(BOB_NEW), by=op, t=NOW + 4_000).sign(OPERATOR),
+        "retire_carol": Retire(op=op, account=pk(CAROL), t=NOW + 5_000).sign(OPERATOR),
+        "payout_carol": Payout(op=op, account=pk(CAROL), amount=FUNDED, ref="payout-2026-12-0002", t=NOW + 6_000).sign(
+            OPERATOR
+        ),
+    }
+
+
+def account_invalid_vectors(valid: dict[str, bytes]) -> list[dict]:
+    """Each invalid §10 vector with the reason §4 and §10.1 give it, checked as its typ."""
+    fund, payout, register = valid["fund_carol"], valid["payout_bob"], valid["register_carol"]
+    rotate, retire = valid["rotate_alice_by_alice"], valid["retire_carol"]
+    cert = devcert_m0003()
+    cases = [
+        ("fund_amount_zero", "schema", _with(fund, OPERATOR, amount=0)),
+        ("fund_amount_2_pow_63", "schema", _with(fund, OPERATOR, amount=1 << 63)),
+        ("fund_ref_empty", "schema", _with(fund, OPERATOR, ref="")),
+        ("payout_ref_65_chars", "schema", _with(payout, OPERATOR, ref="r" * 65)),
+        ("register_unknown_source", "schema", _with(register, OPERATOR, meters=[[cert, "nuclear"]])),
+        ("register_65_meters", "schema", _with(register, OPERATOR, meters=[[cert, "wind"]] * 65)),
+        ("register_meter_not_a_pair", "schema", _with(register, OPERATOR, meters=[[cert]])),
+        ("fund_by_a_stranger", "not-operator", _with(fund, STRANGER, op=pk(STRANGER))),
+        ("rotate_by_a_stranger", "not-operator", _with(rotate, STRANGER, by=pk(STRANGER))),
+        ("rotate_by_its_new_key", "not-operator", _with(rotate, ALICE_NEW, by=pk(ALICE_NEW))),
+        ("retire_not_signed_by_op", "signature", _with(retire, STRANGER)),
+        ("rotate_not_signed_by_old_key", "signature", _with(rotate, BOB)),
+    ]
+    return [
+        {"name": name, "typ": body_map(raw)["typ"], "reason": reason, "hex": raw.hex()} for name, reason, raw in cases
+    ]
+
+
+def accounts_section() -> dict:
+    """The `accounts` section: keys, the genesis, the valid and invalid vectors, and the
+    money of each account after the story."""
+    genesis, valid = accounts_genesis(), account_messages()
+    after = {
+        "account_alice": [0, 0],
+        "account_alice_new": [ALICE_UNITS, 0],
+        "account_bob": [0, 0],
+        "account_bob_new": [BOB_UNITS - PAID_BOB, 0],
+        "account_carol": [0, 0],
+    }
+    return {
+        "keys": {name: {"seed": seed.hex(), "pk": pk(key).hex()} for name, (seed, key) in ACCOUNT_KEYS.items()},
+        "genesis": {
+            "hex": genesis.encode().hex(),
+            "hash": genesis.hash.hex(),
+            "hash_without_operators": accounts_genesis(operators=()).hash.hex(),
+        },
+        "valid": {name: raw.hex() for name, raw in valid.items()},
+        "invalid": account_invalid_vectors(valid),
+        "after": {"funded": FUNDED, "withdrawn": PAID_BOB + FUNDED, "accounts": after},
+    }
+
+
 def document() -> str:
     """The whole file's text."""
     market = market_messages()
@@ -226,13 +349,15 @@ def document() -> str:
             },
         },
         "invalid": invalid_vectors(market),
+        "accounts": accounts_section(),
     }
     return json.dumps(doc, indent=1) + "\n"
 
 
 ABOUT = (
     "Extensions of wire v1 owned by this project (docs/PROTOCOL.md): decision 0004's revoke, decision 0008's busy "
-    "and size limit, section 9's market. Keys, hashes and 'now' of vectors.json apply; validator_v0 signs reject, "
+    "and size limit, section 9's market, section 10's accounts. Keys, hashes and 'now' of vectors.json apply; "
+    "validator_v0 signs reject, "
     "order, cleared, status and account vectors; hex strings are raw bytes. The oversize vector is given as the v1 ctp "
     "vector's bytes followed by 'pad' zero bytes. 'market' holds what a reader recomputes: the genesis terms "
     "assumed, interval k of the orders and its gate (ms), the sealed bid's nonce and commitment c = "
@@ -244,6 +369,12 @@ ABOUT = (
     "caused it). "
     "account_alice is alice's account status (decision 0010) of the clearing block, her genesis balance being "
     "100000: both fills' amounts held, the rest free. "
+    "'accounts' holds section 10's vectors: the keys they use (seeds and public keys), a genesis with an "
+    "operator (the market terms above, alice and bob with 100000 each, validator_v0; its hash, and the hash of "
+    "the same genesis without operators, which has no 'operators' key), the valid messages of its story in "
+    "order, one a block (carol registered with meter m0003 and funded, bob paid out, alice's key rotated by "
+    "alice, bob's by the operator, carol retired and paid out), the invalid ones with the reason each gets "
+    "from a verifier that trusts the operator, and each account's [balance, held] after the story. "
     "Made by tests/data/make_vectors_ext.py."
 )
 

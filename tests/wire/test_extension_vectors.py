@@ -1,6 +1,7 @@
 """tests/data/vectors-ext.json: the extensions docs/PROTOCOL.md adds to wire v1 (decision
-0004's `revoke`, decision 0008's `busy` and 64 KiB limit, §9's market), pinned byte for byte
-like the v1 vectors, which stay untouched in tests/data/vectors.json.
+0004's `revoke`, decision 0008's `busy` and 64 KiB limit, §9's market, §10's accounts), pinned
+byte for byte like the v1 vectors, which stay untouched in tests/data/vectors.json. The
+`accounts` section's vectors are checked in tests/wire/test_account_vectors.py.
 
 tests/data/make_vectors_ext.py writes the file; here the file must be exactly what it writes
 today, and each vector is also checked from the outside: it verifies (or is rejected with its
