@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ledger.accounts import ACCOUNT_TYPES
 from ledger.market import MARKET_TYPES
 from wire.cose import MAX_MESSAGE
 from wire.messages import (
@@ -61,10 +62,11 @@ def decided_by_bytes(typ: str, reason: str | None) -> bool:
 
 def claim(verifier: Verifier, typ: str, raw: bytes, market: bool = False) -> Verdict:
     """§4's steps 1-3 (a size check first, before decoding a byte) and the sender the
-    message names, unverified. `market`: whether the chain's genesis has a market."""
+    message names, unverified. `market`: whether the chain's genesis has a market; one
+    without operators takes no §10 message either (`type`, as its blocks would decide)."""
     if len(raw) > MAX_MESSAGE:
         return Verdict("decode", UNVERIFIED)
-    if typ in MARKET_TYPES and not market:
+    if (typ in MARKET_TYPES and not market) or (typ in ACCOUNT_TYPES and not verifier.operators):
         return Verdict("type", UNVERIFIED)
     try:
         return Verdict(None, _sender(verifier, open_message(raw, typ).body))

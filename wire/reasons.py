@@ -33,7 +33,7 @@ STATEFUL = (
     # Accounts after launch (docs/decisions/0016-accounts.md):
     "retired",  # the account was retired: no new trade, order, fund or meter
     "rotated",  # the key was replaced by a rotation: its messages are no longer taken
-    "key-taken",  # a rotation's new key or a register's account key is in use already
+    "key-taken",  # a rotation's new key is an account key already
     "meter-taken",  # a register names a meter registered already (to another account)
     "over-limit",  # a fund would take the ledger's money over 2^63 - 1 units
 )

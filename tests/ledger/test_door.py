@@ -7,9 +7,13 @@ directly, as ledger.sim drives them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from nacl.signing import SigningKey
 
 from ledger import door
+from ledger.accounts import ACCOUNT_TYPES
 from ledger.genesis import Genesis
 from ledger.market import MARKET_TYPES
 from ledger.replica import Refused, Replica, Timing
@@ -18,6 +22,7 @@ from ledger.workload import YEAR_MS, SimCommunity, pk
 from tests.support.ledger import NOW
 from tests.support.market import Market, market_genesis
 from wire.cose import MAX_MESSAGE, message_hash
+from wire.messages import Fund, Payout, Register, Retire, Rotate
 from wire.verify import Verifier
 
 N = 4
@@ -48,7 +53,7 @@ def messages(m: Market) -> dict[str, tuple[bytes, bytes]]:
 def group(genesis: Genesis, m: Market) -> list[Replica]:
     out = []
     for i in range(N):
-        verifier = Verifier(cas=genesis.cas, validators=genesis.validators)
+        verifier = genesis.verifier()
         r = Replica(LedgerState(genesis), verifier, i, m.c.validator_keys[i], lambda h: None, Timing(), now=NOW)
         r.last_proposal = NOW  # as if it had just proposed: nothing is decided, only pools move
         out.append(r)
@@ -123,3 +128,37 @@ def test_an_export_the_door_cannot_verify_at_its_clock_waits_for_its_block(m):
     assert refused(r.submit("export", raw, LATER)) == [] and refused(r.submit("export", forged(raw), NOW)) == []
     assert r.pooled_by == {door.UNVERIFIED: 2}
     assert [a.reason for a in refused(group(genesis, m)[0].submit("export", b"\x00not cbor", NOW))] == ["decode"]
+
+
+def account_messages(m: Market, operator) -> dict[str, tuple[bytes, bytes]]:
+    """One message of each §10 type and the sender the door names: the operator, or a
+    rotation's signer."""
+    account, op = m.account(0), pk(operator)
+    newcomer = m.c._household(4)
+    household = m.c.households[0].account
+    return {
+        "register": (
+            Register(op=op, account=pk(newcomer.account), meters=[[newcomer.devcert, ""]], t=NOW).sign(operator),
+            op,
+        ),
+        "fund": (Fund(op=op, account=account, amount=5, ref="pay-1", t=NOW).sign(operator), op),
+        "payout": (Payout(op=op, account=account, amount=5, ref="out-1", t=NOW).sign(operator), op),
+        "retire": (Retire(op=op, account=account, t=NOW).sign(operator), op),
+        "rotate": (Rotate(account=account, new=b"\x09" * 32, by=account, t=NOW).sign(household), account),
+    }
+
+
+@pytest.mark.parametrize("typ", sorted(ACCOUNT_TYPES))
+def test_operator_messages_are_type_without_operators_and_pooled_under_their_signer_with(m, typ):
+    """Decision 0016: a chain whose genesis lists no operator refuses them on arrival, as its
+    blocks would (`type`); with operators each is pooled under the key that signed it."""
+    operator = SigningKey(b"\x0d" * 32)
+    raw, sender = account_messages(m, operator)[typ]
+    genesis = market_genesis(m.c, validators=N)
+    assert door.claim(genesis.verifier(), typ, raw, market=True) == ("type", door.UNVERIFIED)
+    with_operators = replace(genesis, operators=(pk(operator),))
+    verifier = with_operators.verifier()
+    assert door.claim(verifier, typ, raw, market=True) == (None, sender)
+    assert door.check(verifier, typ, raw, NOW) == (None, sender)
+    r = group(with_operators, m)[0]
+    assert refused(r.submit(typ, raw, NOW)) == [] and r.pooled_by == {sender: 1}
