@@ -442,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     statement.add_argument("dir", type=Path, metavar="DIR")
     statement.add_argument("account", metavar="ACCOUNT", help="the account's key (64 hex digits) or one of its meters")
     statement.add_argument("--from", dest="start", type=iso_ms, required=True, metavar="DATE", help="ISO date, UTC")
-    statement.add_argument("--to", dest="end", type=iso_ms, required=True, metavar="DATE", help="ISO date, UTC; excluded")
+    statement.add_argument(
+        "--to", dest="end", type=iso_ms, required=True, metavar="DATE", help="ISO date, UTC; not included"
+    )
     statement.add_argument("--format", choices=FORMATS, default="text", help="text (a table, the default), csv or json")
     statement.add_argument("--validator", type=int, default=0, metavar="I", help="whose database (default 0)")
     statement.set_defaults(run=cmd_statement)

@@ -21,7 +21,7 @@ from ledger.fill import trade_ctp
 from ledger.store import LedgerStore
 from wire.cose import message_hash
 from wire.merkle import MerkleTree, verify_inclusion
-from wire.messages import Body, Ctp, Fund, Payout, Rotate, open_message
+from wire.messages import Body, Ctp, Fund, Opened, Payout, Rotate, open_message
 from wire.reasons import Reject
 
 
@@ -94,7 +94,7 @@ def make_input_proof(store: LedgerStore, digest: bytes) -> dict:
         for height in heights:
             block = store.block(height)
             assert block is not None, "the money and rotations tables name blocks of this snapshot"
-            found = [i for i, (typ, raw) in enumerate(block.inputs) if typ in PROVABLE_INPUTS and message_hash(raw) == digest]
+            found = [i for i, (t, m) in enumerate(block.inputs) if t in PROVABLE_INPUTS and message_hash(m) == digest]
             if found:
                 break
         else:
@@ -123,7 +123,7 @@ def check_input_proof(doc: dict, validators: tuple[bytes, ...], operators: tuple
         header = Header.decode(bytes.fromhex(doc["header"]))
         seals = tuple((i, bytes.fromhex(sig)) for i, sig in doc["seals"])
         typ, raw = doc["typ"], bytes.fromhex(doc["message"])
-        opened = open_message(raw, PROVABLE_INPUTS[typ])
+        opened: Opened[Body] = open_message(raw, PROVABLE_INPUTS[typ])
         path = [bytes.fromhex(p) for p in doc["path"]]
         index, size = doc["index"], doc["size"]
     except (BlockError, Reject, KeyError, TypeError, ValueError) as exc:
@@ -138,6 +138,7 @@ def check_input_proof(doc: dict, validators: tuple[bytes, ...], operators: tuple
     ):
         raise ProofError("the message is not under the header's inputs root")
     body = opened.body
+    assert isinstance(body, (Fund, Payout, Rotate)), "PROVABLE_INPUTS opened it as one"
     signer = body.by if isinstance(body, Rotate) else body.op
     own = isinstance(body, Rotate) and body.by == body.account
     if not ((own or signer in operators) and opened.envelope.verifies(signer)):

@@ -57,11 +57,8 @@ class Line:
         return _SIGN[self.kind] * self.amount
 
     def wire(self) -> list:
-        return [self.kind, self.height, self.t, self.id, self.amount, self.wh, self.state, self.src]  + [
-            self.party,
-            self.meters,
-            self.ref,
-        ]
+        fields = (self.kind, self.height, self.t, self.id, self.amount, self.wh, self.state, self.src)
+        return [*fields, self.party, self.meters, self.ref]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +192,8 @@ class AccountStatement:
         rows = csv.writer(out, lineterminator="\n")
         rows.writerow(CSV_COLUMNS)
         for ln in self.lines:
-            rows.writerow(
-                [ln.kind, ln.height, ln.t, ln.id.hex(), ln.wh, ln.amount, ln.price, ln.state, ln.src]
-                + [ln.party.hex(), ln.meters, ln.ref, "", ""]
-            )
+            trade = (ln.kind, ln.height, ln.t, ln.id.hex(), ln.wh, ln.amount, ln.price, ln.state, ln.src)
+            rows.writerow([*trade, ln.party.hex(), ln.meters, ln.ref, "", ""])
         totals = self.totals()
         share = totals.renewable_permille
         rows.writerow(["opening", "", self.start, "", "", "", "", "", "", "", "", "", *self.opening])
@@ -214,5 +209,7 @@ class AccountStatement:
         return out.getvalue()
 
 
-CSV_COLUMNS = ("kind", "height", "t_ms", "id", "wh", "amount", "price", "state", "src", "counterparty", "meters")
-CSV_COLUMNS += ("ref", "balance", "held")
+CSV_COLUMNS = (
+    *("kind", "height", "t_ms", "id", "wh", "amount", "price", "state", "src"),
+    *("counterparty", "meters", "ref", "balance", "held"),
+)
