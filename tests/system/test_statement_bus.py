@@ -1,0 +1,94 @@
+"""A household's statement over the bus (docs/PROTOCOL.md §10.4, decision 0017), with real
+processes: four `spb-ledger run` validators on a real Mosquitto settle a load of trades,
+then `spb-meter statement` (its own process, with only the meter's state dir) fetches the
+household's statement from them, and it is the one `spb-ledger statement` reads from a
+validator's database, whose closing balance is the ledger's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from broker.clock import wall_ms
+from ledger.workload import SimCommunity, pk
+from tests.support.bus import REPO, child_env, wait_for
+from tests.support.consensus import VALIDATORS, Validators
+
+TRADES = 24
+
+
+def meter_dir(root: Path, community: SimCommunity, validators: tuple[bytes, ...], i: int) -> Path:
+    """Household i's meter state dir as provisioning lays it out: what `spb-meter statement` reads."""
+    h = community.households[i]
+    root.mkdir(parents=True)
+    (root / "device.key").write_text(bytes(h.device).hex() + "\n")
+    (root / "account.key").write_text(bytes(h.account).hex() + "\n")
+    (root / "devcert.cbor").write_bytes(h.devcert)
+    meter_toml = [
+        f'id = "{h.meter_id}"',
+        f'ca_pk = "{pk(community.ca).hex()}"',
+        f'account_pk = "{pk(h.account).hex()}"',
+        "validators = [" + ", ".join(f'"{v.hex()}"' for v in validators) + "]",
+    ]
+    (root / "meter.toml").write_text("\n".join(meter_toml) + "\n")
+    assert tomllib.loads((root / "meter.toml").read_text())["id"] == h.meter_id
+    return root
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "")
+
+
+def run(module: str, *args: object) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        env=child_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def validators(tmp_path, mosquitto, make_client):
+    v = Validators(tmp_path, mosquitto.port, make_client, trades=TRADES)
+    yield v
+    v.close()
+
+
+def test_a_meter_fetches_the_statement_the_ledger_holds(tmp_path, mosquitto, validators):
+    start = wall_ms() - 60_000
+    for i in range(VALIDATORS):
+        validators.start(i)
+    validators.publish(validators.trades)
+    validators.wait_settled(TRADES)
+    validators.wait_heads_agree()
+    end = wall_ms() + 1
+    wait_for(lambda: wall_ms() > end, 5, lambda: "the clock passes the period's end")
+    genesis = validators.genesis()
+    household = validators.community.households[0]
+    meter = meter_dir(tmp_path / "meter", validators.community, genesis.validators, 0)
+    period = ("--from", iso(start), "--to", iso(end), "--format", "json")
+
+    fetched = json.loads(run("edge.cli", "statement", meter, "--broker", f"127.0.0.1:{mosquitto.port}", *period))
+    held = json.loads(run("ledger.cli", "statement", validators.root, pk(household.account).hex(), *period))
+
+    assert fetched == held
+    mine = [t for t in validators.trades if 0 in (t[2], t[3])]  # (ctp, erc, payer, payee, amount)
+    assert len(fetched["lines"]) == len(mine) > 0
+    bought = sum(t[4] for t in mine if t[2] == 0)
+    sold = sum(t[4] for t in mine if t[3] == 0)
+    assert (fetched["totals"]["bought_units"], fetched["totals"]["sold_units"]) == (bought, sold)
+    store = validators.store(0)
+    assert (fetched["closing"]["balance"], fetched["closing"]["held"]) == store.account(pk(household.account))
+    store.close()
+    assert fetched["opening"] == {"balance": 100_000, "held": 0}
