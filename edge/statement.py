@@ -27,6 +27,7 @@ from wire.statement import AccountStatement, StatementMismatch
 from wire.verify import Verifier
 
 MAX_PERIOD_MS = 31 * 86_400_000  # what one request may cover (the validators refuse more)
+CONNECT_S = 30.0  # how long to wait for the broker, whatever the wait for an answer
 
 
 class StatementFetchError(Exception):
@@ -42,6 +43,8 @@ def fetch_statement(
     end: int,
     timeout_s: float = 30.0,
 ) -> AccountStatement:
+    """The statement of the meter's household over [start, end); `timeout_s` is the wait
+    for each answer (StatementFetchError when none comes, or the ledger names an error)."""
     if end <= start:
         raise StatementFetchError(f"the period is empty: to ({end}) is not after from ({start})")
     key = identity.account_key()
@@ -53,8 +56,8 @@ def fetch_statement(
     granted = bus.subscribe(topics.statement(account), lambda _topic, payload, _retained: answers.put(payload))
     bus.connect()
     try:
-        if not (bus.wait_connected(timeout_s) and granted.wait(timeout_s)):
-            raise StatementFetchError(f"no connection to the broker at {host}:{port} within {timeout_s:.0f} s")
+        if not (bus.wait_connected(CONNECT_S) and granted.wait(CONNECT_S)):
+            raise StatementFetchError(f"no connection to the broker at {host}:{port} within {CONNECT_S:.0f} s")
         pieces: list[AccountStatement] = []
         cursor = start
         while cursor < end:

@@ -7,8 +7,6 @@ validator's database, whose closing balance is the ledger's."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 from broker.clock import wall_ms
 from ledger.workload import SimCommunity, pk
-from tests.support.bus import REPO, child_env, wait_for
+from tests.support.bus import run_module, wait_for
 from tests.support.consensus import VALIDATORS, Validators
 
 TRADES = 24
@@ -46,14 +44,7 @@ def iso(ms: int) -> str:
 
 
 def run(module: str, *args: object) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        env=child_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_module(module, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -92,3 +83,14 @@ def test_a_meter_fetches_the_statement_the_ledger_holds(tmp_path, mosquitto, val
     assert (fetched["closing"]["balance"], fetched["closing"]["held"]) == store.account(pk(household.account))
     store.close()
     assert fetched["opening"] == {"balance": 100_000, "held": 0}
+
+
+def test_a_meter_that_no_validator_answers_says_so(tmp_path, mosquitto, validators):
+    genesis = validators.genesis()
+    meter = meter_dir(tmp_path / "meter", validators.community, genesis.validators, 0)
+    now = wall_ms()
+    done = run_module(
+        "edge.cli", "statement", meter, "--broker", f"127.0.0.1:{mosquitto.port}", "--from", iso(now - 60_000),
+        "--to", iso(now), "--timeout", "1",
+    )
+    assert (done.returncode, done.stderr) == (1, "spb-meter: no validator answered within 1 s\n")
