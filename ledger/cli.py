@@ -1,8 +1,8 @@
 """`spb-ledger`: the ledger's command line.
 
-`init` writes a genesis, `run` is a validator on the bus, `balance`, `show`, `head`, `audit`
-and `proof` read a validator's database (also while it runs), `check-proof` needs only the
-genesis. `verify` is the operator's "why was this rejected?" tool: it runs exactly the
+`init` writes a genesis, `run` is a validator on the bus, `balance`, `show`, `head`, `audit`,
+`proof` and `statement` read a validator's database (also while it runs), `check-proof`
+needs only the genesis. `verify` is the operator's "why was this rejected?" tool: it runs exactly the
 stateless checks a validator runs and prints the §4 reason code. `clear` prints the fills
 of one trading interval's order book (ledger/clearing.py).
 """
