@@ -98,6 +98,7 @@ class _Builder:
     def __init__(self, store: LedgerStore, account: bytes):
         self.store, self.db, self.account = store, store.db, account
         self.accounts = _Accounts(store)
+        self._times: dict[int, int] = {}
         self.genesis_units = dict(store.genesis.accounts)
         known = account in self.genesis_units or store.account(account) is not None
         if not (known or account in self.accounts.rotations):
@@ -133,7 +134,9 @@ class _Builder:
         return self.db.execute("SELECT COALESCE(MAX(height), 0) FROM blocks WHERE t < ?", (t,)).fetchone()[0]
 
     def _time(self, height: int) -> int:
-        return self.store.block_time(height)
+        if height not in self._times:  # many lines share a block
+            self._times[height] = self.store.block_time(height)
+        return self._times[height]
 
     def _money_after(self, height: int, pk: bytes | None = None) -> tuple[int, int] | None:
         row = self.db.execute(
