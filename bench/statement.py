@@ -49,7 +49,8 @@ def main() -> None:
         node = LedgerNode(ValidatorIdentity.load(Path(tmp), 0))
         t = NOW + 1_000
         for first in range(0, args.trades, PER_BLOCK):
-            ctps = [c.ctp(i % HOUSEHOLDS, (i + 1) % HOUSEHOLDS, 3, 1, NOW + 3_600_000) for i in range(first, first + PER_BLOCK)]
+            pairs = [(i % HOUSEHOLDS, (i + 1) % HOUSEHOLDS) for i in range(first, first + PER_BLOCK)]
+            ctps = [c.ctp(payer, payee, 3, 1, NOW + 3_600_000) for payer, payee in pairs]
             node.decide([("ctp", raw) for raw in ctps], t)
             node.decide([("erc", c.erc(raw)) for raw in ctps], t + 1_000)
             t += 2_000
