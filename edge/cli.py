@@ -3,6 +3,7 @@
 `run` is the firmware. `ctp`, `erc` and `status` work on the same state dir while it runs
 (SQLite in WAL mode): they write into its store and outbox, and the running meter sends
 what they queued, so a command never needs the network and nothing it signs is lost.
+`statement` is the exception: it asks the validators over the bus (edge/statement.py).
 """
 
 from __future__ import annotations
