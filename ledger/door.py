@@ -26,8 +26,13 @@ from wire.messages import (
     DevCert,
     Erc,
     Export,
+    Fund,
+    Payout,
+    Register,
+    Retire,
     Reveal,
     Revoke,
+    Rotate,
     Seal,
     Withdraw,
     open_message,
@@ -96,6 +101,10 @@ def _sender(verifier: Verifier, body: Body) -> bytes:
             return verifier.coe_and_witness(body)[1].pk  # the meter that vouched for its one-time key
         except Reject:
             return UNVERIFIED
+    if isinstance(body, (Register, Fund, Payout, Retire)):  # decision 0016: the operator
+        return body.op
+    if isinstance(body, Rotate):
+        return body.by
     assert isinstance(body, Revoke)
     return body.iss
 

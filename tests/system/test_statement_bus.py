@@ -14,9 +14,15 @@ from pathlib import Path
 import pytest
 
 from broker.clock import wall_ms
-from ledger.workload import SimCommunity, pk
+from ledger.workload import SimCommunity, _key, pk
 from tests.support.bus import run_module, wait_for
 from tests.support.consensus import VALIDATORS, Validators
+from tests.support.ledger import rejections
+from tests.support.statement import BALANCE, operator_genesis, write_ledger_dir
+from wire import topics
+from wire.messages import Fund, Payout
+
+OPERATOR = _key(b"statement bus", "operator")
 
 TRADES = 24
 
@@ -49,9 +55,24 @@ def run(module: str, *args: object) -> str:
     return done.stdout
 
 
+class OperatorValidators(Validators):
+    """Four validators of a market chain with an operator (decision 0016), no trades."""
+
+    def ledger_dir(self, root: Path, block_ms: int) -> Path:
+        genesis = operator_genesis(self.community, pk(OPERATOR), validators=VALIDATORS, block_ms=block_ms)
+        return write_ledger_dir(root, self.community, genesis)
+
+
 @pytest.fixture
 def validators(tmp_path, mosquitto, make_client):
     v = Validators(tmp_path, mosquitto.port, make_client, trades=TRADES)
+    yield v
+    v.close()
+
+
+@pytest.fixture
+def operated(tmp_path, mosquitto, make_client):
+    v = OperatorValidators(tmp_path, mosquitto.port, make_client, trades=0)
     yield v
     v.close()
 
@@ -94,3 +115,45 @@ def test_a_meter_that_no_validator_answers_says_so(tmp_path, mosquitto, validato
         "--to", iso(now), "--timeout", "1",
     )
     assert (done.returncode, done.stderr) == (1, "spb-meter: no validator answered within 1 s\n")
+
+
+def test_funds_and_payouts_over_the_bus_are_lines_the_meter_reads_and_proof_proves(tmp_path, mosquitto, operated):
+    """A fund and a payout sent to the validators on the bus: the meter's statement lists them
+    as `spb-ledger statement` does, and `spb-ledger proof` proves each by its message hash."""
+    start = wall_ms() - 60_000
+    for i in range(VALIDATORS):
+        operated.start(i)
+    account = pk(operated.community.households[0].account)
+    fund = Fund(op=pk(OPERATOR), account=account, amount=500, ref="bank-1", t=wall_ms()).sign(OPERATOR)
+    payout = Payout(op=pk(OPERATOR), account=account, amount=200, ref="bank-2", t=wall_ms()).sign(OPERATOR)
+    operated.households.publish(topics.TX_FUND, fund)
+    operated.households.publish(topics.TX_PAYOUT, payout)
+
+    def applied() -> bool:
+        stores = [operated.store(i) for i in range(VALIDATORS)]
+        counts = [store.db.execute("SELECT count(*) FROM money").fetchone()[0] for store in stores]
+        for store in stores:
+            store.close()
+        return counts == [2] * VALIDATORS
+
+    wait_for(applied, 60, lambda: f"the fund and payout everywhere; {rejections(operated.inbox)}\n{operated.procs.logs()}")
+    end = wall_ms() + 1
+    wait_for(lambda: wall_ms() > end, 5, lambda: "the clock passes the period's end")
+    genesis = operated.genesis()
+    meter = meter_dir(tmp_path / "meter", operated.community, genesis.validators, 0)
+    period = ("--from", iso(start), "--to", iso(end), "--format", "json")
+
+    fetched = json.loads(run("edge.cli", "statement", meter, "--broker", f"127.0.0.1:{mosquitto.port}", *period))
+    held = json.loads(run("ledger.cli", "statement", operated.root, "m0001", *period, "--validator", "2"))
+
+    assert fetched == held
+    assert [(line["kind"], line["amount"], line["ref"]) for line in fetched["lines"]] == [
+        ("fund", 500, "bank-1"),
+        ("payout", 200, "bank-2"),
+    ]
+    assert fetched["opening"]["balance"] == BALANCE and fetched["closing"]["balance"] == BALANCE + 300
+    for line in fetched["lines"]:
+        proof = tmp_path / f"{line['kind']}.json"
+        proof.write_text(run("ledger.cli", "proof", operated.root, line["id"]))
+        checked = run("ledger.cli", "check-proof", proof, "--genesis", operated.root)
+        assert checked == f"proof ok: {line['kind']} {line['id']} decided in block {line['height']}\n"
