@@ -136,7 +136,8 @@ def test_funds_and_payouts_over_the_bus_are_lines_the_meter_reads_and_proof_prov
             store.close()
         return counts == [2] * VALIDATORS
 
-    wait_for(applied, 60, lambda: f"the fund and payout everywhere; {rejections(operated.inbox)}\n{operated.procs.logs()}")
+    logs = operated.procs.logs
+    wait_for(applied, 60, lambda: f"the fund and payout everywhere; {rejections(operated.inbox)}\n{logs()}")
     end = wall_ms() + 1
     wait_for(lambda: wall_ms() > end, 5, lambda: "the clock passes the period's end")
     genesis = operated.genesis()
