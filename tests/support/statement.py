@@ -100,6 +100,4 @@ class StatementChain:
             ("payout", payout),
         )
         ctp_id = lambda raw: open_message(raw, "ctp").body.id  # noqa: E731
-        return Ids(
-            message_hash(fund), message_hash(payout), fill, ctp_id(bought), ctp_id(sold), ctp_id(refunded)
-        )
+        return Ids(message_hash(fund), message_hash(payout), fill, ctp_id(bought), ctp_id(sold), ctp_id(refunded))

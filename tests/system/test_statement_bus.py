@@ -111,8 +111,17 @@ def test_a_meter_that_no_validator_answers_says_so(tmp_path, mosquitto, validato
     meter = meter_dir(tmp_path / "meter", validators.community, genesis.validators, 0)
     now = wall_ms()
     done = run_module(
-        "edge.cli", "statement", meter, "--broker", f"127.0.0.1:{mosquitto.port}", "--from", iso(now - 60_000),
-        "--to", iso(now), "--timeout", "1",
+        "edge.cli",
+        "statement",
+        meter,
+        "--broker",
+        f"127.0.0.1:{mosquitto.port}",
+        "--from",
+        iso(now - 60_000),
+        "--to",
+        iso(now),
+        "--timeout",
+        "1",
     )
     assert (done.returncode, done.stderr) == (1, "spb-meter: no validator answered within 1 s\n")
 
