@@ -92,6 +92,7 @@ topic write spb/v1/ledger/#
 topic write spb/v1/consensus/#
 topic write {topics.MARKET_ALL}
 topic write {topics.ACCOUNT_ALL}
+topic write {topics.STATEMENT}/+
 """
 # Monitoring users (Grafana, Telegraf, Home Assistant elsewhere) read the JSON tree too.
 _MONITOR = f"topic read spb/v1/#\ntopic read {JSON_ALL}\ntopic read {DISCOVERY_ALL}\n"
@@ -167,8 +168,18 @@ def acl(ids: Identities) -> str:
             if grants is _METER_SHARED and cn in accounts:
                 account = topics.account(bytes.fromhex(accounts[cn]))
                 own = f"# its household's money, to plan its bids (docs/PROTOCOL.md 9.6)\ntopic read {account}\n"
+                own += _statement_grants(bytes.fromhex(accounts[cn]))
             lines.append(f"\nuser {cn}\n{grants}{own}")
     return "".join(lines)
+
+
+def _statement_grants(account: bytes) -> str:
+    """A meter asks for its own household's statement and reads the answers (decision 0017):
+    no other household's, whose money is none of its business."""
+    return (
+        "# its household's statements: it asks, every validator answers (docs/PROTOCOL.md 10.4)\n"
+        f"topic write {topics.statement_request(account)}\ntopic read {topics.statement(account)}\n"
+    )
 
 
 def local_acl() -> str:

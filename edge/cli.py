@@ -3,6 +3,7 @@
 `run` is the firmware. `ctp`, `erc` and `status` work on the same state dir while it runs
 (SQLite in WAL mode): they write into its store and outbox, and the running meter sends
 what they queued, so a command never needs the network and nothing it signs is lost.
+`statement` is the exception: it asks the validators over the bus (edge/statement.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import IO
 from broker.args import BROKER_HELP, broker_url, hex_bytes
 from broker.client import TlsFiles
 from broker.clock import wall_ms
+from broker.statement_text import FORMATS, iso_ms, print_statement
 from edge import orders, policy, tx
 from edge.config import CONFIG_NAME, IDENTITY_NAME, MeterConfig
 from edge.display_drivers import DISPLAYS, Painter, SessionLed, open_display, open_input
@@ -164,6 +166,21 @@ def cmd_erc(args: argparse.Namespace) -> int:
     with closing(MeterStore(_identity(args.dir).db_path)) as store:
         row = tx.confirm(store, args.ctp_id, args.wh, wall_ms(), force=args.force)
     print(f"ERC for CTP {row.id.hex()} ({args.wh} Wh) queued; key #{row.idx} of batch #{row.batch}")
+    return 0
+
+
+def cmd_statement(args: argparse.Namespace) -> int:
+    from edge.statement import StatementFetchError, fetch_statement
+
+    identity = _identity(args.dir)
+    host, port, tls = args.broker
+    try:
+        statement = fetch_statement(
+            identity, host, port, TlsFiles.in_dir(args.dir) if tls else None, args.start, args.end, args.timeout
+        )
+    except StatementFetchError as exc:
+        raise CliError(str(exc)) from None
+    print_statement(statement, args.format)
     return 0
 
 
@@ -473,6 +490,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     policy_.set_defaults(run=cmd_policy)
 
+    statement = sub.add_parser(
+        "statement", help="the household's statement over a period, fetched from the validators over the bus"
+    )
+    statement.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    statement.add_argument("--broker", type=broker_url, required=True, metavar="URL", help=BROKER_HELP)
+    statement.add_argument("--from", dest="start", type=iso_ms, required=True, metavar="DATE", help="ISO date, UTC")
+    statement.add_argument(
+        "--to", dest="end", type=iso_ms, required=True, metavar="DATE", help="ISO date, UTC; not included"
+    )
+    statement.add_argument("--format", choices=FORMATS, default="text", help="text (a table, the default), csv or json")
+    statement.add_argument(
+        "--timeout", type=positive_seconds, default=30.0, metavar="S", help="wait this long for an answer (default 30)"
+    )
+    statement.set_defaults(run=cmd_statement)
     status = sub.add_parser("status", help="the meter's energy, keys, outbox and trades")
     status.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
     status.add_argument(

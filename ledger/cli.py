@@ -1,8 +1,8 @@
 """`spb-ledger`: the ledger's command line.
 
-`init` writes a genesis, `run` is a validator on the bus, `balance`, `show`, `head`, `audit`
-and `proof` read a validator's database (also while it runs), `check-proof` needs only the
-genesis. `verify` is the operator's "why was this rejected?" tool: it runs exactly the
+`init` writes a genesis, `run` is a validator on the bus, `balance`, `show`, `head`, `audit`,
+`proof` and `statement` read a validator's database (also while it runs), `check-proof`
+needs only the genesis. `verify` is the operator's "why was this rejected?" tool: it runs exactly the
 stateless checks a validator runs and prints the §4 reason code. `clear` prints the fills
 of one trading interval's order book (ledger/clearing.py).
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from broker.args import BROKER_HELP, broker_url, hex_bytes, listen_port, parse_hex
 from broker.clock import wall_ms
 from broker.keys import KeyFileError, public_hex, write_new_key
+from broker.statement_text import FORMATS, iso_ms, print_statement
 from ledger.audit import AuditFailure, audit
 from ledger.clearing import book_from_json, clear, clearing_lines
 from ledger.fill import trade_ctp
@@ -38,7 +39,8 @@ from ledger.genesis import (
     write_genesis,
 )
 from ledger.market_text import book_lines, interval_lines, token_lines
-from ledger.proof import ProofError, check_proof, make_proof
+from ledger.proof import ProofError, check_input_proof, check_proof, make_proof
+from ledger.statement import StatementError, account_of, build_statement
 from ledger.store import LedgerStore, StoreError
 from ledger.validator import ValidatorIdentity, secret_validator_dir
 from wire.cose import MAX_MESSAGE
@@ -47,7 +49,7 @@ from wire.reasons import Reject
 from wire.verify import Verifier
 
 # What a command reports as one line and exit 1 instead of a traceback.
-EXPECTED = (OSError, KeyFileError, GenesisError, StoreError, ProofError)
+EXPECTED = (OSError, KeyFileError, GenesisError, StoreError, ProofError, StatementError)
 
 
 def hex_key(text: object) -> bytes:
@@ -112,6 +114,11 @@ def _account_arg(text: str) -> tuple[bytes, int]:
 
 
 _ctp_id_arg = hex_bytes(16, "16-byte CTP id")
+
+
+def _proof_id_arg(text: str) -> bytes:
+    """A statement line's proof id: a CTP id (16 bytes) or a block input's message hash (32)."""
+    return (_ctp_id_arg if len(text) == 32 else hex_bytes(32, "32-byte message hash"))(text)
 
 
 def _meter_arg(text: str) -> MeterEntry:
@@ -277,8 +284,19 @@ def cmd_check_proof(args: argparse.Namespace) -> int:
         doc = json.loads(sys.stdin.read() if args.file == "-" else Path(args.file).read_text())
     except json.JSONDecodeError as exc:
         raise ProofError(f"not a JSON proof: {exc}") from None
+    if "input" in doc:  # a fund, payout or rotate: a block input (decision 0017)
+        header, body = check_input_proof(doc, genesis.validators, genesis.operators)
+        print(f"proof ok: {body.typ} {doc['input']} decided in block {header.height}")
+        return 0
     header, ctp = check_proof(doc, genesis.validators)
     print(f"proof ok: CTP {ctp.id.hex()} ({ctp.amount} units for {ctp.wh} Wh) settled in block {header.height}")
+    return 0
+
+
+def cmd_statement(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    statement = build_statement(store, account_of(store, args.account), args.start, args.end)
+    print_statement(statement, args.format)
     return 0
 
 
@@ -391,7 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, arg, arg_type in (
         ("balance", "print `balance <units> held <units>` of an account", "account", _key_arg),
         ("show", "state, block height and reason of a CTP", "ctp", _ctp_id_arg),
-        ("proof", "JSON inclusion proof of a settled CTP, checkable offline", "ctp", _ctp_id_arg),
+        (
+            "proof",
+            "JSON inclusion proof of a settled CTP (its id), or of a fund, payout or rotate (its message hash), "
+            "checkable offline",
+            "ctp",
+            _proof_id_arg,
+        ),
         ("audit", "replay every block and check hashes, roots, seals, signatures and invariants", None, None),
         ("head", "print `height <n> hash <hex> ctp-root <hex>` of the last committed block", None, None),
     ):
@@ -412,6 +436,18 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--interval", type=int, required=True, metavar="K")
     tokens.add_argument("--validator", type=int, default=0, metavar="I", help="whose database (default 0)")
     tokens.set_defaults(run=cmd_tokens)
+    statement = sub.add_parser(
+        "statement", help="an account's trades, funds and payouts over a period, with its balances (decision 0017)"
+    )
+    statement.add_argument("dir", type=Path, metavar="DIR")
+    statement.add_argument("account", metavar="ACCOUNT", help="the account's key (64 hex digits) or one of its meters")
+    statement.add_argument("--from", dest="start", type=iso_ms, required=True, metavar="DATE", help="ISO date, UTC")
+    statement.add_argument(
+        "--to", dest="end", type=iso_ms, required=True, metavar="DATE", help="ISO date, UTC; not included"
+    )
+    statement.add_argument("--format", choices=FORMATS, default="text", help="text (a table, the default), csv or json")
+    statement.add_argument("--validator", type=int, default=0, metavar="I", help="whose database (default 0)")
+    statement.set_defaults(run=cmd_statement)
     check = sub.add_parser("check-proof", help="check a proof from `spb-ledger proof` offline")
     check.add_argument("file", help="the proof, or - for stdin")
     check.add_argument("--genesis", type=Path, required=True, metavar="PATH", help="the ledger dir or its genesis.cbor")

@@ -42,6 +42,7 @@ from ledger.metrics import Health, LedgerMetrics
 from ledger.node import VOTES, LedgerNode
 from ledger.replica import Ack, Decided, Persist, Refused, Send, Timing
 from ledger.stand_in import PublishedCheck
+from ledger.statement_service import StatementService
 from ledger.statuses import ANNOUNCE_WAIT_S, Gate, is_status, lost_since, open_to_change, superseded
 from ledger.store import LedgerOutboxRow
 from ledger.validator import ValidatorIdentity
@@ -133,6 +134,9 @@ class LedgerService:
         if len(genesis.validators) > 1:
             self.bus.subscribe_deferred(topics.CONSENSUS_ALL, self._consensus)
             self.bus.subscribe_deferred(topics.LEDGER_BLOCKS, self._block_seen)
+        # Households' statement requests, answered off the main loop (decision 0017).
+        self.statements = StatementService(identity, self.bus, clock)
+        self.bus.subscribe_deferred(topics.STATEMENT_REQUESTS, self.statements.receive)
 
     def clock(self) -> int:
         """The wall clock, ms since the epoch, as the guard lets it through: every read."""
@@ -209,6 +213,7 @@ class LedgerService:
         info = self.bus.publish(self.state_topic, f"offline {self.node.state.height}".encode(), retain=True)
         if not self.bus.wait_acked(info, timeout_s):
             log.warning("broker did not acknowledge offline within %.0f s", timeout_s)
+        self.statements.close()
         self.bus.close()
         self._forget_delivered()
         self.node.close()

@@ -561,6 +561,69 @@ class Rotate(Body):
     t: int = _req(_uint)
 
 
+# -- statements (docs/PROTOCOL.md §10.4, docs/decisions/0017-statements.md) --
+
+STATEMENT_KINDS = ("bought", "sold", "fund", "payout", "rotated-in", "rotated-out")
+
+
+def _money_pair(x: object) -> bool:
+    """[free balance, held]: an account's money at one instant."""
+    return type(x) is list and len(x) == 2 and all(type(u) is int and 0 <= u < 1 << 63 for u in x)
+
+
+def _statement_line(x: object) -> bool:
+    """[kind, height, t, id, amount, wh, state, src, party, meters, ref]: one line of a
+    statement (wire.statement.Line), integers for money and energy."""
+    return (
+        type(x) is list
+        and len(x) == 11
+        and x[0] in STATEMENT_KINDS
+        and all(type(u) is int and 0 <= u < 1 << 64 for u in (x[1], x[2], x[4], x[5]))
+        and type(x[3]) is bytes
+        and len(x[3]) in (0, 16, 32)
+        and x[6] in ("", CtpState.SETTLED, CtpState.REFUNDED)
+        and all(type(s) is str for s in (x[7], x[9], x[10]))
+        and type(x[8]) is bytes
+        and len(x[8]) in (0, 32)
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StatementRequest(Body):
+    """A household asks the ledger for its account's statement over block times
+    [start, end), on spb/v1/statement/{account hex}/req. Signed by the account key: only the
+    household (or its meter, which holds the key) asks, and `nonce` ties the answer to it."""
+
+    typ: ClassVar[str] = "stmtreq"
+    account: bytes = _req(_BSTR32)
+    start: int = _req(_uint)
+    end: int = _req(_uint)
+    nonce: bytes = _req(_BSTR16)
+    t: int = _req(_uint)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Statement(Body):
+    """A validator's answer to a `stmtreq` (`req`: its message hash), on
+    spb/v1/statement/{account hex}, which only that household's meter reads: the account's
+    money at `start` (`open`) and at `end` (`close`), and every line between, read at block
+    height `h`. `end` may be earlier than asked when the lines would not fit (the meter asks
+    again from there); `error` names why there is no statement, and then `lines` is empty."""
+
+    typ: ClassVar[str] = "statement"
+    account: bytes = _req(_BSTR32)
+    req: bytes = _req(_BSTR32)
+    start: int = _req(_uint)
+    end: int = _req(_uint)
+    open: list = _req(_money_pair)
+    close: list = _req(_money_pair)
+    lines: list = _req(_list_of(_statement_line))
+    h: int = _req(_uint)
+    t: int = _req(_uint)
+    rotated: bytes | None = _opt(_BSTR32)  # the key that replaced this one, if it was replaced
+    error: str | None = _opt(_text)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FillDocument(Body):
     """What a market fill's trade record carries in place of a payer-signed CTP (§9.3):
@@ -589,6 +652,7 @@ BODY_TYPES: dict[str, type[Body]] = {
         *(Ask, Bid, Seal, Reveal, Withdraw, Export, Order, Cleared),
         AccountStatus,
         *(Register, Fund, Payout, Retire, Rotate),
+        *(StatementRequest, Statement),
     )
 }
 

@@ -144,3 +144,22 @@ def _market_type(levels: list[str]) -> str | None:
 
 def _lower_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
+
+
+# Statements (docs/decisions/0017-statements.md): a household's meter asks on the request
+# topic of its own account, and the validators answer on the account's statement topic,
+# which only that household's meter (and the monitoring identities) read. Neither retained.
+STATEMENT = f"{ROOT}/statement"
+STATEMENT_REQUESTS = f"{STATEMENT}/+/req"  # the validators' subscription
+
+
+def statement(pk: bytes) -> str:
+    """The answers to account `pk`'s statement requests (`statement` bodies)."""
+    if len(pk) != 32:
+        raise ValueError("an account key is 32 bytes")
+    return f"{STATEMENT}/{pk.hex()}"
+
+
+def statement_request(pk: bytes) -> str:
+    """Where account `pk`'s meter sends its `stmtreq`."""
+    return f"{statement(pk)}/req"

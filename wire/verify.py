@@ -41,6 +41,8 @@ from wire.messages import (
     Revoke,
     Rotate,
     Seal,
+    Statement,
+    StatementRequest,
     Status,
     Withdraw,
     open_message,
@@ -141,6 +143,10 @@ class Verifier:
             return (self._operator(body.op, body.typ),)
         if isinstance(body, Rotate):
             return (body.by if body.by == body.account else self._operator(body.by, body.typ),)
+        if isinstance(body, StatementRequest):  # decision 0017
+            return (body.account,)
+        if isinstance(body, Statement):
+            return self.validators
         assert isinstance(body, Reading)
         return () if device_key is None else (device_key,)
 

@@ -162,6 +162,8 @@ def test_the_access_table_covers_every_topic_of_the_tree():
         topics.market_order(9, ctp),
         topics.market_result(9),
         topics.account(pk),
+        topics.statement(pk),
+        topics.statement_request(pk),
         "spb-json/v1/status/" + "ab" * 16,
         "homeassistant/sensor/spb_m0042_power/config",
     ]
@@ -185,6 +187,7 @@ def test_a_meter_reads_no_readings_and_only_what_it_uses():
         topics.LEDGER_STATE_ALL,
         topics.MARKET_ALL,
         topics.account(bytes.fromhex(A1)),
+        topics.statement(bytes.fromhex(A1)),  # the answers to its statement requests (decision 0017)
     ]
     patterns = [line for line in acl.splitlines() if line.startswith("pattern read")]
     assert patterns == ["pattern read spb/v1/meters/%u/coe/req", "pattern read spb/v1/meters/%u/coe/resp"]

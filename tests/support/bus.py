@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,18 @@ REPO = Path(__file__).resolve().parents[2]
 def child_env() -> dict[str, str]:
     """Environment for a Python child process that imports this repo's packages."""
     return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def run_module(module: str, *args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m module args...` of this repo to its end, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        env=child_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def connected(client: BusClient, timeout: float = 10) -> BusClient:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from ledger.block import Block
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
-from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
+from tests.support.bus import Inbox, connected, run_module, wait_for
 from tests.support.ledger import publish_trades, settled_accounts, signed_trades, statuses, wait_online
 from tests.support.procs import Procs
 from wire import topics
@@ -144,14 +143,7 @@ class Validators:
         return self.heads(which)[0]
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "ledger.cli", *args],
-            env=child_env(),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_module("ledger.cli", *args)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 

@@ -59,6 +59,10 @@ def publish_every_kind(bus, clients: dict[str, BusClient], accounts: dict[str, s
     coe = [(topics.meter(m, leaf), False) for m in ("m0001", "m0003") for leaf in ("coe/req", "coe/resp")]
     put(clients["m0002"], [*coe, *((topic, False) for topic in topics.TX_TYPES if topic != topics.TX_REVOKE)], sent)
     put(bus("operator"), [(topics.TX_REVOKE, False)], sent)
+    for meter, client in clients.items():  # its own household's statement request (decision 0017)
+        if meter in accounts:
+            put(client, [(topics.statement_request(bytes.fromhex(accounts[meter])), False)], sent)
+    put(clients["m0002"], [(topics.statement_request(bytes.fromhex(accounts[READER])), False)], [])  # denied
     ledger = [
         (topics.status(ID), True),
         (topics.REJECTS, False),
@@ -69,6 +73,7 @@ def publish_every_kind(bus, clients: dict[str, BusClient], accounts: dict[str, s
         (topics.market_order(7, ID), True),
         (topics.market_result(7), True),
         *((topics.account(bytes.fromhex(pk)), True) for pk in accounts.values()),
+        *((topics.statement(bytes.fromhex(pk)), False) for pk in accounts.values()),
     ]
     put(clients["v0"], ledger, sent)
     mirror = [("spb-json/v1/meters/m0002/reading", False), ("homeassistant/sensor/spb_m0002_power/config", True)]
@@ -99,6 +104,7 @@ def test_a_meter_subscribed_to_everything_gets_exactly_what_the_table_lets_it_re
         topics.market_order(7, ID),
         topics.market_result(7),
         topics.account(bytes.fromhex(accounts[READER])),
+        topics.statement(bytes.fromhex(accounts[READER])),  # the answers to its household's requests only
     }
     assert not [t for t in got if t.endswith("/reading")]  # no neighbour's, nor its own
     assert topics.account(bytes.fromhex(accounts["m0002"])) not in got
