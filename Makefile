@@ -71,6 +71,7 @@ bench: venv mosquitto
 	$(BIN)/python bench/ledger_memory.py
 	$(BIN)/python bench/ledger_memory.py --market 1000,100000
 	$(BIN)/python -m bench.monitor
+	$(BIN)/python bench/statement.py
 
 # The consensus simulation: `make sim SEED=n` replays one seed exactly, `make sim` runs SEEDS from FIRST;
 # MARKET=1 runs them on a market chain with market traffic (ledger.sim_market).

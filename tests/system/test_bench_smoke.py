@@ -216,3 +216,9 @@ def test_the_queues_bench_runs_briefly_and_prints_one_row_per_case():
     rows = re.findall(r"^(today|bounded) \S+\s+(none|offline)\s+(?:[\d.]+\s+){4}([\d.]+) ", out, re.M)
     assert [(s, c) for s, c, _ in rows] == [(s, c) for s in ("today", "bounded") for c in ("none", "offline")]
     assert all(float(burst) > 0 for _, _, burst in rows), out
+
+
+def test_the_statement_bench_prints_each_case_beside_the_floor():
+    out = run_bench("bench/statement.py", "--trades", "20")
+    for row in ("whole chain", "floor (open each)", "last block", "empty period"):
+        assert re.search(rf"^\s+{re.escape(row)}\s+\d+\.\d ms$", out, re.M), (row, out)
