@@ -46,6 +46,9 @@ DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's default MQTT discovery pr
 JSON_ALL = f"{JSON_TREE}/#"
 DISCOVERY_ALL = f"{DISCOVERY_PREFIX}/#"
 
+# Transactions only an operator key signs (docs/PROTOCOL.md §10): no meter sends them.
+# `rotate` is not among them: the household's old key signs it too.
+_OPERATOR_ONLY = frozenset(topics.OPERATOR_TXS) - {topics.TX_ROTATE}
 # A meter's own subtree, by %u: it writes its state, birth and readings, and reads the CoE
 # requests it is asked to witness and the answers to its own. Not its own readings: it made them.
 _METER_PATTERNS = """\
@@ -59,14 +62,15 @@ pattern read spb/v1/meters/%u/coe/resp
 # each read for the reason beside it; the table of docs/PROTOCOL.md §7 is the contract
 # (tests/broker/test_acl.py checks one against the other), docs/decisions/0012 the why.
 # Every transaction topic (wire.topics.TX_TYPES, so a new message type cannot be forgotten
-# here): a household's meter sends its CTPs, ERCs, orders and export records, each signed by
-# the key the ledger checks, so a meter gains nothing by sending another's. coe/resp of other
+# here) but the operator's (decision 0016): a household's meter sends its CTPs, ERCs, orders,
+# export records and its account key's rotation, each signed by the key the ledger checks, so
+# a meter gains nothing by sending another's. coe/resp of other
 # meters is writable because the witness answers on the requester's topic (§7); the CoE inside
 # is signed, so a forged one is only refused by the requester, and a meter still reads only
 # its own answers. No neighbour's readings (decision 0012: they tell when a household is home),
 # no transaction, no block (it carries every export record), no other household's account.
 _METER_SHARED = (
-    "".join(f"topic write {topic}\n" for topic in topics.TX_TYPES)
+    "".join(f"topic write {topic}\n" for topic in topics.TX_TYPES if topic not in _OPERATOR_ONLY)
     + f"""\
 topic write spb/v1/meters/+/coe/req
 topic write spb/v1/meters/+/coe/resp
@@ -99,8 +103,11 @@ _MONITOR = f"topic read spb/v1/#\ntopic read {JSON_ALL}\ntopic read {DISCOVERY_A
 # The mirror reads what it verifies and writes only its own trees: nothing of spb/v1, so a
 # mirror's key, kept on a monitoring host, can forge no protocol message.
 _MIRROR = f"topic read spb/v1/#\ntopic write {JSON_ALL}\ntopic write {DISCOVERY_ALL}\n"
-# The operator publishes CA-signed revocations (docs/decisions/0004-revocation.md) and reads.
-_OPERATOR = "topic read spb/v1/#\ntopic write spb/v1/tx/revoke\n"
+# The operator publishes CA-signed revocations (docs/decisions/0004-revocation.md) and its
+# own transactions (register, fund, payout, retire, rotate: decision 0016), and reads.
+_OPERATOR = "topic read spb/v1/#\n" + "".join(
+    f"topic write {topic}\n" for topic in (topics.TX_REVOKE, *topics.OPERATOR_TXS)
+)
 # A bridged broker relays the whole spb/v1 tree both ways; what its own clients may say its own
 # ACL decides, so this broker trusts the peer broker as much as its own ACL file. The JSON
 # tree is not bridged: a mirror runs beside each broker whose clients want it (bridging it

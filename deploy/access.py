@@ -1,4 +1,5 @@
-"""`spb-deploy revoke` and `spb-deploy bridge`: changing who may use the bus after provisioning."""
+"""`spb-deploy revoke` and `spb-deploy bridge`, and the registration of households that join
+a running community: changing who may use the bus and the ledger after provisioning."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from broker import secure
 from broker.args import broker_url, tcp_port, tls_broker
 from broker.clock import wall_ms
 from broker.keys import KeyFileError, load_key, write_file
+from broker.outcome import Expect, bus_client
 from deploy.bus import OPERATOR, Revoked, add_bridge, bridged_dirs, broker_dir, meter_id_arg, refresh_bus, revoke
-from deploy.provision import DEFAULT_VALID_DAYS
+from deploy.provision import DEFAULT_VALID_DAYS, Community
+from ledger import operator
+from ledger.genesis import NO_SOURCE, Genesis
 from wire import topics
-from wire.messages import DevCert, Revoke, open_message
+from wire.messages import DevCert, Register, Revoke, open_message
 
 REVOCATIONS = "revocations"
+REGISTRATIONS = "registrations"  # DIR/registrations/<account id>.cbor: each new household's `register`
 TIMEOUT_S = 30
 
 
@@ -39,8 +44,14 @@ def revoke_meter(root: Path, meter_id: str, now_ms: int) -> tuple[Revoked, bytes
         message = Revoke(meter=meter_id, pk=cert.pk, iss=bytes(ca.verify_key), t=entry.t).sign(ca)
         path.parent.mkdir(exist_ok=True)
         write_file(path, message, 0o644, replace=False)
+    return entry, path.read_bytes(), reload_brokers(root)
+
+
+def reload_brokers(root: Path) -> list[Path]:
+    """SIGHUP every broker of DIR running on this host, so it re-reads its ACL and CRL
+    (Mosquitto reloads acl_file and crlfile on SIGHUP); the broker dirs that were running."""
     homes = [broker_dir(root), *bridged_dirs(root)]
-    return entry, path.read_bytes(), [home for home in homes if _reload(home / "data" / secure.PID_NAME)]
+    return [home for home in homes if _reload(home / "data" / secure.PID_NAME)]
 
 
 def _reload(pid_file: Path) -> bool:
@@ -68,11 +79,8 @@ def publish_revocation(root: Path, message: bytes, url) -> None:
     Done once the broker passed it on: the operator reads its own message back. A PUBACK
     proves nothing, since Mosquitto acknowledges a publish its ACL denied.
     """
-    from broker.client import BusClient, TlsFiles  # paho only for the command that needs it
-
-    tls = TlsFiles.in_dir(root / OPERATOR) if url.tls else None
     echoed = threading.Event()
-    client = BusClient(url.host, url.port, OPERATOR, clean_session=True, tls=tls)
+    client = bus_client(url, OPERATOR, root / OPERATOR)
 
     def on_revoke(_topic: str, payload: bytes, _retained: bool) -> None:
         if payload == message:
@@ -91,6 +99,45 @@ def publish_revocation(root: Path, message: bytes, url) -> None:
             )
     finally:
         client.close()
+
+
+def registrations(root: Path, community: Community, genesis: Genesis, now_ms: int) -> list[tuple[str, Expect]]:
+    """The `register` of every household the genesis does not hold (docs/PROTOCOL.md §10):
+    its account and its meter's devcert and source, signed by the operator key, by account id.
+
+    Kept in DIR/registrations/, so every run sends the very same bytes until the household's
+    account changes (a rotated key): the ledger applies one once, and answers a copy
+    `duplicate`, which means done.
+    """
+    genesis_meters = {m.meter for m in genesis.market.meters} if genesis.market is not None else set()
+    genesis_accounts = {pk for pk, _ in genesis.accounts}
+    meters = {m.id: m for m in community.meters}
+    key = None
+    out = []
+    for account in community.accounts:
+        pk = bytes.fromhex(account.pk)
+        if account.meter in genesis_meters or (account.meter is None and pk in genesis_accounts):
+            continue
+        path = root / REGISTRATIONS / f"{account.id}.cbor"
+        opens = pk not in genesis_accounts
+        try:
+            raw = path.read_bytes()
+            if open_message(raw, Register).body.account == pk:
+                out.append((account.id, operator.registered(raw, opens)))
+                continue
+        except FileNotFoundError:
+            pass
+        key = key or load_key(operator.operator_key_path(root))
+        certs = []
+        if account.meter is not None:
+            meter = meters[account.meter]
+            cert = (root / "meters" / meter.id / "devcert.cbor").read_bytes()
+            certs.append((cert, "" if meter.source in (None, NO_SOURCE) else meter.source))
+        expect = operator.register(key, pk, certs, now_ms, opens)
+        path.parent.mkdir(exist_ok=True)
+        write_file(path, expect.message, 0o644, replace=True)
+        out.append((account.id, expect))
+    return out
 
 
 def add_revoke(subparsers: argparse._SubParsersAction) -> None:

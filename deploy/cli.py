@@ -12,9 +12,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from broker.args import broker_url
 from broker.clock import wall_ms
 from broker.keys import KeyFileError
-from deploy.access import add_bridge_command, add_revoke
+from deploy.access import add_bridge_command, add_revoke, registrations, reload_brokers
 from deploy.bus import meter_id_arg
 from deploy.chaos_run import add_chaos
 from deploy.demo import add_demo
@@ -32,7 +33,17 @@ from deploy.provision import (
     provision,
 )
 from deploy.server import add_server
-from ledger.genesis import DEFAULT_BLOCK_MS, DEFAULT_INTERVAL_S, MAX_UNITS, NO_SOURCE, GenesisError, write_genesis
+from ledger.genesis import (
+    DEFAULT_BLOCK_MS,
+    DEFAULT_INTERVAL_S,
+    GENESIS_FILE,
+    MAX_UNITS,
+    NO_SOURCE,
+    GenesisError,
+    read_genesis,
+    write_genesis,
+)
+from ledger.operator_cli import TIMEOUT_S, operator_key, outcome_line, positive_seconds, send_as_operator
 from wire.messages import SELL_SOURCES
 
 
@@ -136,6 +147,21 @@ def add_provision(subparsers: argparse._SubParsersAction) -> None:
         help="the window after an interval's gate for revealing sealed bids, shorter than the interval "
         "(default: the recorded one, else 60 s or half the interval if shorter)",
     )
+    p.add_argument(
+        "--broker",
+        type=broker_url,
+        metavar="URL",
+        help="a running community: send the `register` of each household its genesis lacks to the ledger "
+        "through this broker (mqtts://HOST:PORT as DIR/operator, or HOST:PORT for plain MQTT in "
+        "development) and wait until each account shows on the bus",
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=TIMEOUT_S,
+        metavar="S",
+        help=f"with --broker: wait this long for the ledger (default {TIMEOUT_S:g})",
+    )
     # A bad dir, a malformed key file, a community in a state to fix by hand: the operator's to fix.
     p.set_defaults(run=_run_provision, expected=(OSError, KeyFileError, ProvisionError, GenesisError, ValueError))
 
@@ -167,7 +193,31 @@ def _run_provision(args: argparse.Namespace) -> int:
         genesis = community_genesis(community, args.genesis_units, args.block_ms)
         written = write_genesis(args.dir, genesis)
         print(f"genesis    {genesis.hash.hex()} ({'written' if written else 'unchanged'})")
-    return 0
+    elif (args.dir / GENESIS_FILE).exists():
+        print(f"genesis    {read_genesis(args.dir).hash.hex()} (kept: a chain's genesis never changes)")
+    reloaded = reload_brokers(args.dir)
+    print(f"brokers    {', '.join(str(h) for h in reloaded) or 'none running here'} re-read the ACL and CRL")
+    return _register_households(args, community) if (args.dir / GENESIS_FILE).exists() else 0
+
+
+def _register_households(args: argparse.Namespace, community) -> int:
+    """The running community's new households join the ledger: their `register`s, sent with --broker."""
+    genesis = read_genesis(args.dir)
+    if genesis.market is None:  # a v1 chain: no operators, no meters to register
+        return 0
+    pending = registrations(args.dir, community, genesis, wall_ms())
+    if not pending:
+        return 0
+    names = " ".join(name for name, _ in pending)
+    if args.broker is None:
+        print(f"register   {names}: not on the ledger yet; run again with --broker URL")
+        return 0
+    operator_key(args.dir, genesis)  # refused here if the genesis does not list it
+    outcomes = send_as_operator(args.dir, args.broker, [expect for _, expect in pending], args.timeout)
+    for (name, expect), outcome in zip(pending, outcomes, strict=True):
+        account = expect.appears or bytes.fromhex(next(a.pk for a in community.accounts if a.id == name))
+        print(outcome_line(f"register {name}", account, outcome))
+    return 0 if all(o.applied for o in outcomes) else 1
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (

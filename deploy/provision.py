@@ -31,6 +31,7 @@ from ledger.genesis import (
     default_reveal_s,
     read_genesis,
 )
+from ledger.operator import operator_key_path
 from ledger.validator import secret_validator_dir
 from wire.messages import SELL_SOURCES, DevCert, open_message
 from wire.reasons import Reject
@@ -114,6 +115,7 @@ class Community:
     accounts: tuple[Account, ...]
     validators: tuple[Validator, ...]
     market: Market = Market()
+    operator_pk: str | None = None  # signs register, fund, payout, retire (DIR/operator/operator.key)
 
     @property
     def toml_path(self) -> Path:
@@ -203,6 +205,7 @@ def provision(
     _same_as_the_chain(root, market, source_of)
 
     ca = write_new_key(secret_dir(ca_key.parent) / ca_key.name)
+    operator = write_new_key(secret_dir(operator_key_path(root).parent) / operator_key_path(root).name)
     validity = (now_ms - CLOCK_SKEW_MS, now_ms + valid_days * DAY_MS)
     validator_list = [_validator(root, i) for i in range(n_validators)]
     meter_list = [
@@ -212,7 +215,15 @@ def provision(
     account_list = [Account(account_id(i), m.account_pk, m.id) for i, m in enumerate(meter_list, 1) if m.account_pk]
     account_list += [_loose_account(root, i) for i in range(n_meters + 1, n_accounts + 1)]
 
-    community = Community(root, public_hex(ca), tuple(meter_list), tuple(account_list), tuple(validator_list), market)
+    community = Community(
+        root,
+        public_hex(ca),
+        tuple(meter_list),
+        tuple(account_list),
+        tuple(validator_list),
+        market,
+        public_hex(operator),
+    )
     write_public(community.toml_path, _community_toml(community))
     ensure_bus(
         root, [m.id for m in meter_list], [v.index for v in validator_list], now_ms, valid_days, monitors, broker_hosts
@@ -222,7 +233,8 @@ def provision(
 
 def community_genesis(community: Community, units: int, block_ms: int, tariff: int = 0) -> Genesis:
     """The ledger genesis of a community: its CA, every account with `units`, its validators,
-    and the market section (every household meter with its account and source), which also
+    its operator's key (docs/PROTOCOL.md §10: it registers households that join later, funds
+    and pays out), and the market section (every household meter with its account and source), which also
     turns on proof of delivery: every trade settles only against export its seller's meter proved.
 
     Written beside community.toml, it makes the community dir a ledger dir as well
@@ -235,6 +247,7 @@ def community_genesis(community: Community, units: int, block_ms: int, tariff: i
         [bytes.fromhex(v.pk) for v in community.validators],
         block_ms,
         replace(community.market_terms(), tariff=tariff),
+        operators=[bytes.fromhex(community.operator_pk)] if community.operator_pk else (),
     )
 
 
@@ -406,7 +419,10 @@ def _community_toml(c: Community) -> str:
 
     An empty list leaves its key out.
     """
-    parts = [_COMMUNITY_HEADER, tomli_w.dumps({"ca": {"pk": c.ca_pk}, "market": asdict(c.market)})]
+    head = {"ca": {"pk": c.ca_pk}, "market": asdict(c.market)}
+    if c.operator_pk is not None:
+        head["operator"] = {"pk": c.operator_pk}
+    parts = [_COMMUNITY_HEADER, tomli_w.dumps(head)]
     for name, rows in (("meters", c.meters), ("accounts", c.accounts), ("validators", c.validators)):
         parts += [f"\n[[{name}]]\n{tomli_w.dumps(_without_none(asdict(row)))}" for row in rows]
     return "".join(parts)

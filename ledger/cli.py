@@ -1,6 +1,7 @@
 """`spb-ledger`: the ledger's command line.
 
-`init` writes a genesis, `run` is a validator on the bus, `balance`, `show`, `head`, `audit`,
+`init` writes a genesis, `run` is a validator on the bus, `fund`, `withdraw`, `retire` and
+`rotate` are the operator's (ledger.operator_cli), `balance`, `show`, `head`, `audit`,
 `proof` and `statement` read a validator's database (also while it runs), `check-proof`
 needs only the genesis. `verify` is the operator's "why was this rejected?" tool: it runs exactly the
 stateless checks a validator runs and prints the §4 reason code. `clear` prints the fills
@@ -39,6 +40,7 @@ from ledger.genesis import (
     write_genesis,
 )
 from ledger.market_text import book_lines, interval_lines, token_lines
+from ledger.operator_cli import add_operator_commands
 from ledger.proof import ProofError, check_input_proof, check_proof, make_proof
 from ledger.statement import StatementError, account_of, build_statement
 from ledger.store import LedgerStore, StoreError
@@ -482,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--expect", choices=sorted(BODY_TYPES), metavar="TYP", help="reject a body of any other typ as `type`"
     )
     verify.set_defaults(run=cmd_verify)
+    add_operator_commands(sub)
     return parser
 
 

@@ -63,6 +63,7 @@ def test_layout_and_modes(tmp_path):
             ),
             *(f"validators/{v}/{f}" for v in ("v0", "v1") for f in ("validator.key", *tls)),
             *(f"{who}/{f}" for who in ("monitoring/monitor", "operator", "mirror") for f in tls),
+            "operator/operator.key",  # signs register, fund, payout, retire (ledger.operator)
             *(
                 f"broker/{f}"
                 for f in (
