@@ -3,7 +3,8 @@
 `run` is the firmware. `ctp`, `erc` and `status` work on the same state dir while it runs
 (SQLite in WAL mode): they write into its store and outbox, and the running meter sends
 what they queued, so a command never needs the network and nothing it signs is lost.
-`statement` is the exception: it asks the validators over the bus (edge/statement.py).
+`statement` and `rotate-key` are the exceptions: they talk to the bus (edge/statement.py,
+edge/rotation.py; rotate-key with the meter stopped).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import IO
 from broker.args import BROKER_HELP, broker_url, hex_bytes
 from broker.client import TlsFiles
 from broker.clock import wall_ms
+from broker.outcome import bus_client, send_and_wait
 from broker.statement_text import FORMATS, iso_ms, print_statement
-from edge import orders, policy, tx
+from edge import orders, policy, rotation, tx
 from edge.config import CONFIG_NAME, IDENTITY_NAME, MeterConfig
 from edge.display_drivers import DISPLAYS, Painter, SessionLed, open_display, open_input
 from edge.energy import WMS_PER_WH
@@ -32,6 +34,9 @@ from edge.sampling import PowerProfile
 from edge.state_dir import MeterIdentity
 from edge.store import MeterStore
 from wire.messages import SOURCES
+from wire.verify import Verifier
+
+ROTATE_TIMEOUT_S = 30.0
 
 
 def positive_seconds(text: str) -> float:
@@ -377,6 +382,37 @@ def _when(t: int, now: int) -> str:
     return f"in {delta} s" if delta >= 0 else f"{-delta} s ago"
 
 
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """Replace the household's account key (edge.rotation): exit 0 applied, 1 rejected or no answer."""
+    identity = _identity(args.dir)
+    try:
+        lock = lock_state_dir(args.dir)  # the running meter signs with the key we replace
+    except BlockingIOError:
+        raise CliError(f"`spb-meter run` is using {args.dir}: stop it first, and start it again after") from None
+    with closing(lock):
+        done = rotation.finished(args.dir)
+        if done is not None:
+            print(f"rotated    already: the account key is {done.hex()}")
+            return 0
+        change = rotation.prepare(args.dir, wall_ms())
+        verifier = Verifier(cas=[identity.ca_pk], validators=identity.validators)
+        client = bus_client(args.broker, identity.meter, args.dir)
+        [outcome] = send_and_wait(client, verifier, [change.expect], args.timeout, wall_ms)
+        if not outcome.applied:
+            rotation.abandon(args.dir)
+            print(f"rejected   rotate: {outcome.reason} (message {outcome.hash.hex()}); the key is unchanged")
+            return 1
+        kept = rotation.switch(args.dir, change)
+    print(f"rotated    account {change.old_pk.hex()} -> {change.new_pk.hex()} (message {outcome.hash.hex()})")
+    print(f"kept       the old key in {kept}")
+    print(
+        f"operator   the broker's ACL still lets {identity.meter} read the old account's topic only: the operator "
+        f"puts this account.key in DIR/meters/{identity.meter}/ and runs `spb-deploy provision DIR --meters N`, "
+        "which rewrites the ACL and reloads the broker"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spb-meter", description="Run a household meter, and trade from it.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -504,6 +540,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=positive_seconds, default=30.0, metavar="S", help="wait this long for an answer (default 30)"
     )
     statement.set_defaults(run=cmd_statement)
+
+    rotate = sub.add_parser(
+        "rotate-key",
+        help="replace the household's account key on the ledger (the meter stopped)",
+        description="Make a new account key, send a `rotate` signed by the old one, wait until the "
+        "ledger applied it, then switch account.key to the new key (the old one is kept beside it).",
+    )
+    rotate.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
+    rotate.add_argument("--broker", type=broker_url, required=True, metavar="URL", help=BROKER_HELP)
+    rotate.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=ROTATE_TIMEOUT_S,
+        metavar="S",
+        help=f"wait this long for the ledger (default {ROTATE_TIMEOUT_S:g})",
+    )
+    rotate.set_defaults(run=cmd_rotate_key)
+
     status = sub.add_parser("status", help="the meter's energy, keys, outbox and trades")
     status.add_argument("dir", type=Path, metavar="DIR", help="the meter's state dir")
     status.add_argument(
