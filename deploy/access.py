@@ -13,7 +13,7 @@ from pathlib import Path
 from broker import secure
 from broker.args import broker_url, tcp_port, tls_broker
 from broker.clock import wall_ms
-from broker.keys import KeyFileError, load_key, write_file
+from broker.keys import KeyFileError, fsync_dir, load_key, write_file
 from broker.outcome import Expect, bus_client
 from deploy.bus import OPERATOR, Revoked, add_bridge, bridged_dirs, broker_dir, meter_id_arg, refresh_bus, revoke
 from deploy.provision import DEFAULT_VALID_DAYS, Community
@@ -24,6 +24,7 @@ from wire.messages import DevCert, Register, Revoke, open_message
 
 REVOCATIONS = "revocations"
 REGISTRATIONS = "registrations"  # DIR/registrations/<account id>.cbor: each new household's `register`
+APPLIED = ".applied"  # ... renamed <account id>.applied.cbor once the ledger applied it
 TIMEOUT_S = 30
 
 
@@ -105,9 +106,9 @@ def registrations(root: Path, community: Community, genesis: Genesis, now_ms: in
     """The `register` of every household the genesis does not hold (docs/PROTOCOL.md §10):
     its account and its meter's devcert and source, signed by the operator key, by account id.
 
-    Kept in DIR/registrations/, so every run sends the very same bytes until the household's
-    account changes (a rotated key): the ledger applies one once, and answers a copy
-    `duplicate`, which means done.
+    Kept in DIR/registrations/, so every run sends the very same bytes until the ledger
+    applied them (`mark_applied`): it applies one once, and answers a copy `duplicate`,
+    which means done.
     """
     genesis_meters = {m.meter for m in genesis.market.meters} if genesis.market is not None else set()
     genesis_accounts = {pk for pk, _ in genesis.accounts}
@@ -120,6 +121,8 @@ def registrations(root: Path, community: Community, genesis: Genesis, now_ms: in
             continue
         path = root / REGISTRATIONS / f"{account.id}.cbor"
         opens = pk not in genesis_accounts
+        if applied_path(root, account.id).exists():  # its meters stay with it through rotations
+            continue
         try:
             raw = path.read_bytes()
             if open_message(raw, Register).body.account == pk:
@@ -138,6 +141,16 @@ def registrations(root: Path, community: Community, genesis: Genesis, now_ms: in
         write_file(path, expect.message, 0o644, replace=True)
         out.append((account.id, expect))
     return out
+
+
+def applied_path(root: Path, account_id: str) -> Path:
+    return root / REGISTRATIONS / f"{account_id}{APPLIED}.cbor"
+
+
+def mark_applied(root: Path, account_id: str) -> None:
+    """The ledger applied this household's `register`: later runs send it no more."""
+    os.replace(root / REGISTRATIONS / f"{account_id}.cbor", applied_path(root, account_id))
+    fsync_dir(root / REGISTRATIONS)
 
 
 def add_revoke(subparsers: argparse._SubParsersAction) -> None:

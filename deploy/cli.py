@@ -15,7 +15,7 @@ from pathlib import Path
 from broker.args import broker_url
 from broker.clock import wall_ms
 from broker.keys import KeyFileError
-from deploy.access import add_bridge_command, add_revoke, registrations, reload_brokers
+from deploy.access import add_bridge_command, add_revoke, mark_applied, registrations, reload_brokers
 from deploy.bus import meter_id_arg
 from deploy.chaos_run import add_chaos
 from deploy.demo import add_demo
@@ -217,6 +217,8 @@ def _register_households(args: argparse.Namespace, community) -> int:
     for (name, expect), outcome in zip(pending, outcomes, strict=True):
         account = expect.appears or bytes.fromhex(next(a.pk for a in community.accounts if a.id == name))
         print(outcome_line(f"register {name}", account, outcome))
+        if outcome.applied:
+            mark_applied(args.dir, name)
     return 0 if all(o.applied for o in outcomes) else 1
 
 
