@@ -84,6 +84,13 @@ def test_households_join_and_money_moves_on_a_running_community(running, procs, 
         wait_for(lambda a=account: status(a), 10, f"{meter}'s account status on the bus")
         assert status(account)[:2] == (0, 0)
     assert read_genesis(root).verifier().validators == verifier.validators  # the genesis was kept
+    # The broker re-read its ACL: a new meter reads its household's money with its own certificate.
+    own = Inbox()
+    m4 = make_client(port, "m0004", clean_session=True, tls=TlsFiles.in_dir(root / "meters" / "m0004"))
+    m4.subscribe(topics.account(resolve_account(root, "m0004")), own)
+    connected(m4)
+    own.wait_count(1)
+    m4.close()
     again = command("deploy.cli", "provision", root, "--meters", "6", "--broker", url)
     assert again.returncode == 0 and "register" not in again.stdout, again.stdout + again.stderr  # all done
 
