@@ -88,11 +88,13 @@ def test_a_meter_speaks_only_for_itself(bus):
         "spb/v1/market/7/result",
         f"spb/v1/market/7/order/{'ab' * 16}",
         f"spb/v1/account/{'ab' * 32}",
+        *(t for t in topics.OPERATOR_TXS if t != topics.TX_ROTATE),  # the operator's (decision 0016)
     ]
     publish_all(a, forged)
     allowed = [
         "spb/v1/meters/m0001/reading",
-        *topics.TX_TYPES,  # ctp, erc, cancel, revoke and the market's ask ... export
+        # ctp, erc, cancel, revoke, the market's ask ... export, and its key's rotate
+        *(t for t in topics.TX_TYPES if t not in forged),
         "spb/v1/meters/m0002/coe/req",
         "spb/v1/meters/m0002/coe/resp",
     ]

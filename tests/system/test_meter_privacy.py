@@ -57,8 +57,9 @@ def publish_every_kind(bus, clients: dict[str, BusClient], accounts: dict[str, s
         own = [(topics.meter(meter, "state"), True), (topics.meter(meter, "birth"), True)]
         put(clients[meter], [*own, (topics.meter(meter, "reading"), False)], sent)
     coe = [(topics.meter(m, leaf), False) for m in ("m0001", "m0003") for leaf in ("coe/req", "coe/resp")]
-    put(clients["m0002"], [*coe, *((topic, False) for topic in topics.TX_TYPES if topic != topics.TX_REVOKE)], sent)
-    put(bus("operator"), [(topics.TX_REVOKE, False)], sent)
+    by_operator = [topics.TX_REVOKE, *(t for t in topics.OPERATOR_TXS if t != topics.TX_ROTATE)]
+    put(clients["m0002"], [*coe, *((topic, False) for topic in topics.TX_TYPES if topic not in by_operator)], sent)
+    put(bus("operator"), [(topic, False) for topic in by_operator], sent)
     for meter, client in clients.items():  # its own household's statement request (decision 0017)
         if meter in accounts:
             put(client, [(topics.statement_request(bytes.fromhex(accounts[meter])), False)], sent)
