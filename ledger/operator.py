@@ -1,7 +1,8 @@
 """The operator's transactions (docs/PROTOCOL.md §10) built from a command's arguments, pure:
 which account a name means, the signed `register`, `fund`, `payout` and `retire`, and what
-shows each one's outcome on the bus (broker.outcome). `spb-ledger fund|withdraw|retire` and
-`spb-deploy provision --broker` send them.
+shows each one's outcome on the bus (broker.outcome), and the operator's `rotate` of a lost
+household key. `spb-ledger fund|withdraw|retire|rotate` and `spb-deploy provision --broker`
+send them.
 
 The operator's signing key lives beside its TLS identity in the community dir
 (DIR/operator/, deploy.bus), made by `spb-deploy provision`; its public key is in the
@@ -19,7 +20,7 @@ from broker.args import parse_hex
 from broker.outcome import Expect
 from ledger.block import Block, BlockError, quorum
 from wire import topics
-from wire.messages import Fund, Payout, Register, Retire, open_message
+from wire.messages import Fund, Payout, Register, Retire, Rotate, open_message
 
 OPERATOR = "operator"  # DIR/operator: the operator's TLS identity (deploy.bus.OPERATOR) and signing key
 OPERATOR_KEY = "operator.key"
@@ -86,6 +87,13 @@ def retire(key: SigningKey, account: bytes, t: int) -> Expect:
     """A retire moves no money, so no status shows it: the first sealed block made after it does."""
     raw = Retire(op=_pk(key), account=account, t=t).sign(key)
     return Expect(topics.TX_RETIRE, raw, decided=True, t=t)
+
+
+def rotate(key: SigningKey, account: bytes, new: bytes, t: int) -> Expect:
+    """The operator replaces a household's lost key: done once the new key's status shows
+    (it holds the account's money from that block on); `duplicate`: rotated so already."""
+    raw = Rotate(account=account, new=new, by=_pk(key), t=t).sign(key)
+    return Expect(topics.TX_ROTATE, raw, appears=new, duplicate_is_applied=True)
 
 
 def block_time(validators: tuple[bytes, ...]):

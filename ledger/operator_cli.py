@@ -1,5 +1,6 @@
-"""`spb-ledger fund|withdraw|retire`: the operator moves money in and out and closes accounts
-(docs/PROTOCOL.md §10), signed with DIR/operator/operator.key and sent through the broker.
+"""`spb-ledger fund|withdraw|retire|rotate`: the operator moves money in and out, closes
+accounts and replaces a household's lost key (docs/PROTOCOL.md §10), signed with
+DIR/operator/operator.key and sent through the broker.
 
 Each waits for the ledger's word and prints it: exit 0 applied, 1 rejected (with the §4
 reason) or no answer in time, 2 a usage error (an unknown account among them).
@@ -11,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from broker.args import BROKER_HELP, broker_url
+from broker.args import BROKER_HELP, broker_url, hex_bytes
 from broker.clock import wall_ms
 from broker.keys import load_key
 from broker.outcome import Expect, Outcome, bus_client, send_and_wait
@@ -79,6 +80,8 @@ def cmd_money(args: argparse.Namespace) -> int:
         expect = operator.fund(key, account, args.amount, args.ref, t)
     elif args.command == "withdraw":
         expect = operator.payout(key, account, args.amount, args.ref, t)
+    elif args.command == "rotate":
+        expect = operator.rotate(key, account, args.new, t)
     else:
         expect = operator.retire(key, account, t)
     [outcome] = send_as_operator(args.dir, args.broker, [expect], args.timeout)
@@ -100,6 +103,7 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:
         ("fund", "credit an account against an external payment (a `fund`, taken once per --ref)", True),
         ("withdraw", "pay units out of an account's free balance (a `payout`, taken once per --ref)", True),
         ("retire", "close an account: no new trades; open ones end normally; pay it out after", False),
+        ("rotate", "replace a household's lost account key with NEWKEY (its money and meters follow)", False),
     ):
         p = sub.add_parser(name, help=help_text, description=__doc__.splitlines()[0])
         p.add_argument("dir", type=Path, metavar="DIR", help="the community (spb-deploy provision's DIR)")
@@ -107,6 +111,8 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:
         if amount:
             p.add_argument("amount", type=_amount, metavar="AMOUNT", help="units")
             p.add_argument("--ref", type=_ref, required=True, metavar="REF", help="the external payment's reference")
+        if name == "rotate":
+            p.add_argument("new", type=hex_bytes(32, "32-byte key"), metavar="NEWKEY", help="the new public key, hex")
         p.add_argument(
             "--broker",
             type=broker_url,

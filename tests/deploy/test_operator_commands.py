@@ -16,7 +16,7 @@ from ledger import operator
 from ledger.cli import main as ledger_main
 from ledger.genesis import Genesis, MarketTerms, read_genesis, write_genesis
 from wire import topics
-from wire.messages import Fund, Payout, Register, Retire, open_message
+from wire.messages import Fund, Payout, Register, Retire, Rotate, open_message
 
 NOW = 1_750_000_000_000
 
@@ -96,6 +96,11 @@ def test_operator_messages_are_signed_by_the_operator_and_say_how_they_show():
     assert genesis_verifier.verify(retire.message, NOW, expect=Retire).body.account == account
     assert retire.decided and retire.t == NOW and not retire.duplicate_is_applied
     assert open_message(fund.message, Fund).hash == fund.hash
+    new = b"n" * 32
+    rotate = operator.rotate(key, account, new, NOW)
+    body = genesis_verifier.verify(rotate.message, NOW, expect=Rotate).body
+    assert (body.account, body.new, body.by) == (account, new, bytes(key.verify_key))
+    assert rotate.appears == new and rotate.duplicate_is_applied and rotate.topic == topics.TX_ROTATE
 
 
 def test_accounts_are_named_by_meter_account_id_or_key(running):
@@ -117,6 +122,7 @@ def test_accounts_are_named_by_meter_account_id_or_key(running):
         ["fund", "DIR", "0001", "5", "--broker", "127.0.0.1:1"],  # no --ref
         ["withdraw", "DIR", "0001", "5", "--ref", "r"],  # no --broker
         ["retire", "DIR", "0001", "5", "--broker", "127.0.0.1:1"],  # retire takes no amount
+        ["rotate", "DIR", "0001", "ab" * 31, "--broker", "127.0.0.1:1"],  # a key is 32 bytes
         ["fund", "DIR", "0001", "5", "--ref", "r", "--broker", "127.0.0.1:1", "--timeout", "0"],
     ],
 )

@@ -3,7 +3,7 @@ loopback: Mosquitto with the community's TLS and ACL, `spb-ledger run`, and the 
 and the household's commands. Three households join with `spb-deploy provision --meters 6
 --broker` (which also reloads the broker's ACL), the operator funds, pays out and retires
 through `spb-ledger`, a household rotates its key with `spb-meter rotate-key`, and the
-ledger's audit holds at the end."""
+operator replaces another's lost key, and the ledger's audit holds at the end."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from nacl.signing import SigningKey
 
 from broker import secure
 from broker.client import TlsFiles
@@ -132,6 +133,12 @@ def test_households_join_and_money_moves_on_a_running_community(running, procs, 
     assert new != old and (m1 / f"account.key.{old.hex()[:16]}.old").exists()
     wait_for(lambda: status(new), 10, "the new key's status")
     assert status(new)[:2] == (UNITS, 0) and status(old)[:2] == (0, 0)
+    # The operator replaces a lost key: the household's money follows it too.
+    old2, new2 = resolve_account(root, "0002"), bytes(SigningKey.generate().verify_key)
+    by_operator = command("ledger.cli", "rotate", root, "0002", new2.hex(), "--broker", url)
+    assert by_operator.returncode == 0 and by_operator.stdout.startswith("applied    rotate"), by_operator.stdout
+    wait_for(lambda: status(new2), 10, "the operator's new key's status")
+    assert status(new2)[:2] == (UNITS, 0) and status(old2)[:2] == (0, 0)
     # The operator regenerates the ACL from the rotated key: nothing to register.
     acl = command("deploy.cli", "provision", root, "--meters", "6", "--broker", url)
     assert acl.returncode == 0 and "register" not in acl.stdout, acl.stdout + acl.stderr
