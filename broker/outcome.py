@@ -7,14 +7,15 @@ The one place the commands that change accounts wait: `spb-deploy provision --br
 no status of their own, so "applied" is read from the account they move:
 
 - `appears`: a status of that account exists (a register opens it; a rotation opens the new key);
-- `moves`: a status of that account newer (higher `h`) than the one retained when we sent;
+- `moves`: a status of that account newer (higher `h`) than the one retained when we sent
+  (with `emptied`, one with nothing left: what a rotation leaves the old key);
 - `decided`: the caller's test of a `spb/v1/ledger/blocks` message (a retire moves no money):
   applied once a sealed block made after the message's time is announced.
 
 A reject of block h goes out before block h's account statuses and before its announcement,
 on the proposer's one connection, so a reject is never overtaken by the status of its own
 block. What stays open is a status (or block) of a block decided just before ours arrived
-that also moves the account: it reads as ours. docs/decisions/0016 lists that gap.
+that also moves the account: it reads as ours (a known gap; `emptied` narrows it for rotations).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Expect:
     message: bytes
     appears: bytes | None = None  # applied once this account has a status
     moves: bytes | None = None  # applied once this account has a status newer than at sending
+    emptied: bool = False  # ... and that status shows balance 0 and nothing held
     decided: bool = False  # applied once `block_time` names a block made at or after `t`
     t: int = 0  # the message's own time, for `decided`
     duplicate_is_applied: bool = False  # `duplicate` means "done already" (register, rotate)
@@ -185,7 +187,8 @@ class _Watch:
             return Outcome(e.hash, None, self.newest[e.appears])
         if e.moves is not None and self.baseline is not None:
             status = self.newest.get(e.moves)
-            if status is not None and status.h > self.baseline.get(e.moves, -1):
+            newer = status is not None and status.h > self.baseline.get(e.moves, -1)
+            if newer and status is not None and (not e.emptied or (status.balance, status.held) == (0, 0)):
                 return Outcome(e.hash, None, status)
         if e.decided and self.newest_block_t >= e.t:
             return Outcome(e.hash, None)

@@ -78,7 +78,7 @@ def prepare(state_dir: Path, now_ms: int) -> Rotation:
         write_file(state_dir / MESSAGE, raw, 0o600, replace=True)
     # Applied shows as the old account's status emptied (its money moved) or, where the
     # broker lets this meter read it, the new account's first status.
-    expect = Expect(topics.TX_ROTATE, raw, appears=new_pk, moves=old_pk, duplicate_is_applied=True)
+    expect = Expect(topics.TX_ROTATE, raw, appears=new_pk, moves=old_pk, emptied=True, duplicate_is_applied=True)
     return Rotation(old, new, expect)
 
 

@@ -105,3 +105,15 @@ def test_no_baseline_and_no_outcome_say_what_is_missing():
     w = watch(Expect(topics.TX_REGISTER, b"register", appears=A))
     with pytest.raises(NoOutcome, match=f"register {message_hash(b'register').hex()}.*may operator publish"):
         w.wait_outcomes(time.monotonic(), 0.5, "operator")
+
+
+def test_emptied_waits_for_the_status_that_shows_nothing_left():
+    """A rotation moves all of the old key's money: a trade that only moved some is not it."""
+    rotate = Expect(topics.TX_ROTATE, b"rotate", moves=A, emptied=True)
+    w = watch(rotate)
+    w.on_status(*status(A, 4, 100))
+    w.wait_baselines(time.monotonic() + 1, 1)
+    w.on_status(*status(A, 5, 60))
+    assert decided(w) == [None]
+    w.on_status(*status(A, 6, 0))
+    assert decided(w)[0].applied

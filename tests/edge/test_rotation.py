@@ -33,7 +33,7 @@ def test_a_rotation_is_signed_by_the_old_key_and_resent_unchanged_until_done(met
     body = open_message(change.expect.message, Rotate).body
     assert (body.account, body.new, body.by, body.t) == (pk(old), change.new_pk, pk(old), NOW)
     assert change.expect.topic == topics.TX_ROTATE
-    assert (change.expect.moves, change.expect.appears) == (pk(old), change.new_pk)
+    assert (change.expect.moves, change.expect.emptied, change.expect.appears) == (pk(old), True, change.new_pk)
     assert change.expect.duplicate_is_applied  # a copy of an applied rotation is `duplicate`
     assert stat.S_IMODE((meter / rotation.NEW_KEY).stat().st_mode) == 0o600
     again = rotation.prepare(meter, NOW + 1000)  # interrupted: the same key, the same bytes
