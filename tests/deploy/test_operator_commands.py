@@ -10,6 +10,7 @@ from nacl.signing import SigningKey
 
 from broker.keys import load_key, public_hex
 from deploy.access import mark_applied, registrations
+from deploy.bus import OPERATOR
 from deploy.cli import main as deploy_main
 from deploy.provision import community_genesis, provision
 from ledger import operator
@@ -30,6 +31,7 @@ def running(tmp_path):
 
 
 def test_provision_makes_an_operator_key_and_a_new_genesis_lists_it(running):
+    assert operator.operator_key_path(running).parent == running / OPERATOR  # beside its TLS identity
     key = load_key(operator.operator_key_path(running))
     assert read_genesis(running).operators == (bytes(key.verify_key),)
     assert f'[operator]\npk = "{public_hex(key)}"' in (running / "community.toml").read_text()
