@@ -63,7 +63,14 @@ def test_households_join_and_money_moves_on_a_running_community(running, procs, 
     inbox = Inbox()
     monitor = make_client(port, "monitor", clean_session=True, tls=TlsFiles.in_dir(root / "monitoring/monitor"))
     monitor.subscribe(topics.ACCOUNT_ALL, inbox)
+    monitor.subscribe(topics.ledger_state(0), inbox)
     connected(monitor)
+    # Until the ledger has subscribed, a transaction reaches no one (the command would time out).
+    wait_for(
+        lambda: any(p.startswith(b"online") for t, p, _ in list(inbox.messages) if t == topics.ledger_state(0)),
+        60,
+        lambda: f"the ledger online{procs.logs()}",
+    )
 
     def status(account: bytes) -> tuple[int, int, int] | None:
         """(balance, held, h) of the newest verified status of the account seen so far."""
