@@ -375,7 +375,9 @@ class LedgerService:
 
     def _queue(self, rows: list[LedgerOutboxRow], late: bool = False) -> None:
         """Publish rank-0 rows when the gate lets them; keep stand-in rows until they are due.
-        Late rows carry only each topic's last status of their block: the others are old news."""
+        Late rows carry only each topic's last status of their block, and none that a later
+        block superseded here: the others are old news, and a retained status never goes
+        back (a read-back stand-in publishes after later blocks' statuses went out)."""
         now = time.monotonic()
         announced = {h for h in {row.height for row in rows if row.rank > 0} if h in self._seen}
         for h in announced:
@@ -387,7 +389,11 @@ class LedgerService:
             if row.rank > 0:
                 _, waiting = self._standby.setdefault(row.height, (now + row.rank * TAKEOVER_S, []))
                 waiting.append(row)
-            elif late and is_status(row.topic) and last[row.height, row.topic] != row.seq:
+            elif (
+                late
+                and is_status(row.topic)
+                and (last[row.height, row.topic] != row.seq or superseded(self.node.state, row.topic, row.height))
+            ):
                 self._delivered.append(row.seq)
             else:
                 self._rows.append((row, late, now))
@@ -486,18 +492,8 @@ class LedgerService:
         for t in unwatched:
             self.bus.unsubscribe(t)
         for height, rows in withheld:
-            rows = [row for row in rows if self._not_superseded(row)]
             log.warning("block %d was announced without its statuses: publishing its %d messages", height, len(rows))
             self._queue([row._replace(rank=0) for row in rows], late=True)
-
-    def _not_superseded(self, row: LedgerOutboxRow) -> bool:
-        """Whether a CTP status row of a block is still its CTP's newest: a read-back ends
-        after later blocks may have changed the CTP, and a retained status never goes back."""
-        prefix = topics.STATUS_ALL[:-1]
-        if not row.topic.startswith(prefix):
-            return True
-        record = self.node.state.record(bytes.fromhex(row.topic[len(prefix) :]))
-        return record is None or record.height <= row.height
 
     def _idle_s(self, deadline: int | None) -> float:
         """Seconds to sleep: until the replica's next deadline or a stand-in is due (at most a minute)."""
