@@ -15,6 +15,7 @@ from typing import Any
 from broker.clock import wall_ms
 from ledger import consensus as c
 from ledger.block import Block
+from ledger.service import RESTORE, RESTORE_SINCE
 from ledger.store import LedgerStore
 from ledger.validator import ValidatorIdentity
 from ledger.workload import SimCommunity
@@ -141,6 +142,23 @@ class Validators:
             lambda: f"validators {list(which)} at one head; have {self.heads(which)}",
         )
         return self.heads(which)[0]
+
+    def restoring(self) -> list[int]:
+        """The running validators with a status restore the broker has not yet acknowledged
+        in full (ledger.service: the durable `restore-since`, or an older ledger's flag)."""
+        pending = []
+        for i in self.processes:
+            store = self.store(i)
+            if store.flag(RESTORE) or store.value(RESTORE_SINCE):
+                pending.append(i)
+            store.close()
+        return pending
+
+    def wait_restored(self, timeout: float = 60) -> None:
+        """Until every running validator's restore is acknowledged. A restore waits until its
+        validator is caught up, which can take a second or more after the load ends; one
+        stopped before then restores when it starts again, not now."""
+        wait_for(lambda: not self.restoring(), timeout, lambda: f"the restores of validators {self.restoring()}")
 
     def cli(self, *args: str) -> str:
         done = run_module("ledger.cli", *args)

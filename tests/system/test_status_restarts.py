@@ -10,9 +10,13 @@ One exception on the stream, not on the broker, once a broker restarted: a valid
 connection dropped with statuses in flight sends them when it reconnects (QoS 1: again, or
 for the first time), and the broker passes them on even if a newer status came meanwhile;
 after a broker crash the validators also publish again the statuses it lost while new
-blocks come. There a status may go back for a moment, but only if its sender then publishes
-one at least as new: the validator sends the current status of every CTP it had in flight,
-and follows a late copy with its successor (docs/CONSENSUS.md, "Statuses only move forward").
+blocks come. And a broker that crashed back to a save hands a re-subscribing client the
+retained statuses of that save (the retain flag set), older than what came since; each
+validator restores what the broker lost, its own statuses with the rest. There a status may
+go back for a moment, but only if its sender then publishes one at least as new: the
+validator sends the current status of every CTP it had in flight, follows a late copy with
+its successor, and restores (docs/CONSENSUS.md, "Statuses only move forward"). So the
+validators stop only once their restores are acknowledged.
 
 The same holds in a market chain for the order statuses and interval results (issue 14),
 checked with a load of orders across a validator's kill -9 and a broker crash.
@@ -166,12 +170,13 @@ def shown(v: Validators, validator: int, ctp_id: bytes) -> tuple[str, int]:
 
 
 def check_statuses(v: Validators, feed: Feed, port: int, make_client, restarts: list[int] = ()) -> None:
-    """All trades settled and every validator at one head: stop them all, then the stream
-    never went back (see the module's docstring) and each retained status is what every
-    validator shows."""
+    """All trades settled, every validator at one head and its restore acknowledged: stop
+    them all, then the stream never went back (see the module's docstring) and each
+    retained status is what every validator shows."""
     feed.done()
     v.wait_settled(len(v.trades))
     v.wait_heads_agree()
+    v.wait_restored()
     stop_and_drain(v)
     assert backward_steps(v, restarts) == []
     ids = {open_message(ctp, "ctp").body.id for ctp, *_ in v.trades}
@@ -417,6 +422,7 @@ def test_market_statuses_survive_a_validator_killed_and_a_broker_crash(tmp_path,
         feed.done()
         wait_for(lambda: not answers.unfinished(), 60, lambda: f"final statuses; not yet {answers.unfinished()[:5]}")
         v.wait_heads_agree()
+        v.wait_restored()
         stop_and_drain(v)
         assert backward_steps(v, restarts) == []
         answers.update()
