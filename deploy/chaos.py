@@ -118,6 +118,43 @@ class DirectCtp:
     amount: int
 
 
+MONEY_EVERY_S = (8.0, 16.0)  # the operator funds or pays out a household this often
+FUND_UNITS = (100, 2000)
+PAYOUT_UNITS = (10, 500)
+AGAIN = 0.4  # the share of moves the operator sends twice (a retry): the ledger takes a ref once
+
+
+@dataclass(frozen=True)
+class MoneyMove:
+    """The operator moves money into or out of a household's account (docs/PROTOCOL.md §10):
+    `spb-ledger fund|withdraw DIR METER AMOUNT --ref REF` at `at_s`, and once more at once
+    if `again`: the ledger must take the reference once."""
+
+    at_s: float
+    kind: str  # "fund" or "withdraw"
+    meter: str
+    amount: int
+    ref: str
+    again: bool
+
+
+def money_moves(seed: int, minutes: float, meters: tuple[str, ...], until_s: float | None = None) -> list[MoneyMove]:
+    """The operator's moves of a run, in time order, from a generator of their own (the faults
+    and direct trades of a seed stay what they were)."""
+    rng = random.Random(f"money-{seed}")
+    end = minutes * 60 if until_s is None else until_s
+    plan: list[MoneyMove] = []
+    t = rng.uniform(*MONEY_EVERY_S)
+    while t < end:
+        kind = rng.choice(("fund", "withdraw"))
+        amount = rng.randint(*(FUND_UNITS if kind == "fund" else PAYOUT_UNITS))
+        plan.append(
+            MoneyMove(round(t, 1), kind, rng.choice(meters), amount, f"{seed}-{len(plan)}", rng.random() < AGAIN)
+        )
+        t += rng.uniform(*MONEY_EVERY_S)
+    return plan
+
+
 def schedule(seed: int, minutes: float, validators: int, meters: tuple[str, ...], hostile: str) -> list[Fault]:
     """The faults of a run, in time order: two lanes, each one fault at a time.
 
@@ -214,6 +251,8 @@ class ValidatorEnd:
     head: str  # the head block's hash, hex
     audit: str
     money: int  # balances + holds
+    funded: int = 0  # units its ledger took in by `fund`
+    withdrawn: int = 0  # units it paid out by `payout`
 
 
 @dataclass
@@ -247,6 +286,12 @@ class Report:
     hostile: list[tuple[str, str]] = field(default_factory=list)  # (what was sent, how the ledger answered)
     hostile_accepted: list[str] = field(default_factory=list)
     money_start: int = 0
+    # The operator's funds and payouts: each command's outcome ("fund applied", "withdraw
+    # rejected insufficient-funds", "fund no answer", ...), references the ledger applied that
+    # the operator never sent, and references a command saw applied that the ledger lacks.
+    money_outcomes: dict[str, int] = field(default_factory=dict)
+    refs_unknown: list[str] = field(default_factory=list)
+    refs_missing: list[str] = field(default_factory=list)
     validators: list[ValidatorEnd] = field(default_factory=list)
     exit_codes: dict[str, int | None] = field(default_factory=dict)  # at the clean stop
 
@@ -255,8 +300,15 @@ def verdict(r: Report) -> list[str]:
     """Every invariant the run broke, in words; [] if it held them all (exit 0)."""
     broken = []
     ends = [v.money for v in r.validators]
-    if not ends or any(m != r.money_start for m in ends):
-        broken.append(f"money not conserved: {r.money_start} at the start, {ends} at the end")
+    if not ends or any(v.money != r.money_start + v.funded - v.withdrawn for v in r.validators):
+        moved = [(v.funded, v.withdrawn) for v in r.validators]
+        broken.append(f"money not conserved: {r.money_start} at the start, {ends} at the end, (in, out) {moved}")
+    if len({(v.funded, v.withdrawn) for v in r.validators}) > 1:
+        broken.append("the validators disagree on the money funded and paid out")
+    if r.refs_unknown or r.refs_missing:
+        broken.append(
+            f"references applied but never sent {r.refs_unknown[:5]}, seen applied but absent {r.refs_missing[:5]}"
+        )
     if r.settled_twice:
         broken.append(f"settled twice: {', '.join(r.settled_twice[:5])}")
     if r.unended:
@@ -321,8 +373,10 @@ def table(r: Report) -> Table:
         if r.revoked_through:
             t.add_row("  came through", str(len(r.revoked_through)), ", ".join(r.revoked_through[:4]))
     t.add_row("money at the start", str(r.money_start), "")
+    for outcome, n in sorted(r.money_outcomes.items()):
+        t.add_row(f"  operator {outcome}", str(n), "")
     for v in r.validators:
-        t.add_row(f"{v.name} money at the end", str(v.money), "")
+        t.add_row(f"{v.name} money at the end", str(v.money), f"funded {v.funded}, paid out {v.withdrawn}")
     for v in r.validators:
         t.add_row(f"{v.name} head", str(v.height), f"{v.head[:16]}…  audit {v.audit}")
     t.add_row("seed", str(r.seed), f"replay: make chaos SEED={r.seed} MINUTES={r.minutes:g}")

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import random
 import signal
 import sqlite3
@@ -246,6 +247,12 @@ class Run:
     proxies: dict[str, FaultProxy] = field(default_factory=dict)  # each validator's and meter's way to the broker
     revoked: tuple[str, int] | None = None  # (meter, revocation time)
     report: chaos.Report | None = None
+    # The operator's commands, one at a time (its TLS identity is one client id: two at once
+    # would kick each other off the broker), its revocation included.
+    operator_lock: threading.Lock = field(default_factory=threading.Lock)
+    money: queue.Queue[chaos.MoneyMove | None] = field(default_factory=queue.Queue)
+    money_sent: set[str] = field(default_factory=set)  # refs of the operator's funds and payouts
+    money_seen_applied: set[str] = field(default_factory=set)  # refs a command said were applied
 
     @property
     def logs(self) -> Path:
@@ -399,13 +406,17 @@ def _run(r: Run) -> None:
     window = max(r.args.minutes * 60, max(f.end_s for f in faults))
     # Each fault begins at at_s and, if it lasts, ends at at_s + seconds: faults of the two
     # lanes interleave. (time, order, what): ends before begins at the same instant.
-    plan: list[tuple[float, int, chaos.Fault | chaos.DirectCtp, bool]] = []
+    plan: list[tuple[float, int, chaos.Fault | chaos.DirectCtp | chaos.MoneyMove, bool]] = []
     for f in faults:
         plan.append((f.at_s, 1, f, True))
         if f.seconds:
             plan.append((f.at_s + f.seconds, 0, f, False))
     plan += [(c.at_s, 2, c, True) for c in chaos.direct_ctps(r.args.seed, window / 60, CONSUMERS, PRODUCERS)]
+    households = tuple(h.meter for h in STREET)
+    plan += [(m.at_s, 3, m, True) for m in chaos.money_moves(r.args.seed, window / 60, households)]
     plan.sort(key=lambda e: (e[0], e[1]))
+    operator = threading.Thread(target=_operator, args=(r,), name="operator", daemon=True)
+    operator.start()
     start = time.monotonic()
     for at_s, _, event, begin in plan:
         delay = start + at_s - time.monotonic()
@@ -413,6 +424,8 @@ def _run(r: Run) -> None:
             time.sleep(delay)  # the schedule's time: a scenario, not a wait on a condition
         if isinstance(event, chaos.DirectCtp):
             _direct_ctp(r, event)
+        elif isinstance(event, chaos.MoneyMove):
+            r.money.put(event)  # the operator's thread sends it: its commands wait for their outcome
         elif begin:
             outcome = _begin(r, event)
             r.report.faults.append((event, outcome))
@@ -421,6 +434,8 @@ def _run(r: Run) -> None:
         else:
             r.say(f"+{at_s:5.1f} s  {event.kind} {event.target}: {_end(r, event)}")
     time.sleep(max(0.0, start + window - time.monotonic()))
+    r.money.put(None)
+    operator.join()
     _tail(r)
 
 
@@ -477,10 +492,51 @@ def _revoke(r: Run, meter: str) -> str:
     try:
         entry, message, reloaded = revoke_meter(r.root, meter, wall_ms())
         r.revoked = (meter, entry.t)
-        publish_revocation(r.root, message, broker_url(r.broker.url))
+        with r.operator_lock:
+            publish_revocation(r.root, message, broker_url(r.broker.url))
     except Exception as exc:  # the verdict names a fault that could not be applied
         return f"failed: {exc!r}"
     return f"revoked at {entry.t}, {len(reloaded)} broker(s) reloaded, revoke on the bus"
+
+
+def _operator(r: Run) -> None:
+    """The operator's funds and payouts, in order, each by `spb-ledger fund|withdraw`: a move
+    sent twice and a move whose command heard no answer (the broker away, a validator down)
+    are sent again with the same reference, as an operator retries a payment."""
+    assert r.report is not None
+    outcomes: Counter[str] = Counter()
+    while (move := r.money.get()) is not None:
+        r.money_sent.add(move.ref)
+        for _ in range(2 if move.again else 1):
+            for _ in range(3):  # a command that heard no answer is sent again, same reference
+                outcome = _money_command(r, move)
+                outcomes[outcome] += 1
+                if outcome.endswith("applied"):
+                    r.money_seen_applied.add(move.ref)
+                if not outcome.endswith("no answer"):
+                    break
+        r.report.money_outcomes = dict(outcomes)
+
+
+def _money_command(r: Run, move: chaos.MoneyMove) -> str:
+    """One `spb-ledger fund|withdraw` run, and what it said: "fund applied", "withdraw
+    rejected insufficient-funds", "fund no answer"."""
+    args = [move.kind, str(r.root), move.meter, str(move.amount), "--ref", move.ref]
+    with r.operator_lock:
+        done = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", *args, "--broker", r.broker.url, "--timeout", "20"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    words = (done.stdout.strip().splitlines() or [""])[-1].replace(":", " ").split()
+    if done.returncode == 0 and words[:1] == ["applied"]:
+        return f"{move.kind} applied"
+    if words[:2] == ["rejected", move.kind] and len(words) > 2:
+        return f"{move.kind} rejected {words[2]}"
+    return f"{move.kind} no answer"
 
 
 def _direct_ctp(r: Run, c: chaos.DirectCtp) -> None:
@@ -676,6 +732,7 @@ def _read_back(r: Run) -> None:
         reasons.setdefault(rejection.msg, set()).add(rejection.reason)
     rep.rejected = dict(Counter(reason for why in reasons.values() for reason in why))
     states: list[LedgerState] = []
+    money_ops: list[tuple[str, bytes, int]] = []
     for i in range(VALIDATORS):
         with validator_store(r.root, i) as store:
             state = store.load()
@@ -685,8 +742,15 @@ def _read_back(r: Run) -> None:
                 verdict = f"ok: {report.trades} trades, {report.ctps} CTPs"
             except AuditFailure as exc:
                 verdict = f"failed at height {exc.height}: {exc.what}"
+            applied = {ref for (ref,) in store.db.execute("SELECT ref FROM money")}
+            ops = list(store.db.execute("SELECT typ, account, amount FROM money ORDER BY height, idx"))
         states.append(state)
-        rep.validators.append(chaos.ValidatorEnd(f"v{i}", height, digest.hex(), verdict, state.total()))
+        end = chaos.ValidatorEnd(f"v{i}", height, digest.hex(), verdict, state.total(), state.funded, state.withdrawn)
+        rep.validators.append(end)
+        if i == 0:
+            rep.refs_unknown = sorted(applied - r.money_sent)
+            rep.refs_missing = sorted(r.money_seen_applied - applied)
+            money_ops = ops
     state = states[0]
     assert state.market is not None
     records = state.ctps.values()
@@ -703,7 +767,7 @@ def _read_back(r: Run) -> None:
         if o.state in (OrderState.OPEN, OrderState.SEALED)
     ]
     rep.unended += [f"escrow {pk.hex()[:12]} {n}" for pk, n in state.held.items() if n]
-    rep.settled_twice = _settled_twice(r, states)
+    rep.settled_twice = _settled_twice(r, states, money_ops)
     _after_revocation(r, state)
     hashes = {hashlib.sha256(p).digest(): what for what, p in r.hostile_sent}
     for what, payload in r.hostile_sent:
@@ -744,9 +808,10 @@ def _after_revocation(r: Run, state: LedgerState) -> None:
             rep.revoked_accepted.append(f"{typ} {digest.hex()[:12]}")
 
 
-def _settled_twice(r: Run, states: list[LedgerState]) -> list[str]:
+def _settled_twice(r: Run, states: list[LedgerState], money_ops: list[tuple[str, bytes, int]]) -> list[str]:
     """Trades that ended two ways on the bus, validators that disagree on a trade, and money
-    that moved other than once per settled trade: balance + held = opening + received - paid."""
+    that moved other than once per settled trade, fund and payout: balance + held = opening
+    + received - paid + funded - paid out."""
     found = []
     ends: dict[bytes, set[str]] = {}
     for status in r.bus.statuses:
@@ -762,6 +827,8 @@ def _settled_twice(r: Run, states: list[LedgerState]) -> list[str]:
         if rec.state == CtpState.SETTLED:
             expected[rec.ctp.payer] -= rec.ctp.amount
             expected[rec.ctp.payee] += rec.ctp.amount
+    for typ, account, amount in money_ops:
+        expected[account] += amount if typ == "fund" else -amount
     for i, state in enumerate(states):
         have = {pk: state.balances[pk] + state.held[pk] for pk in expected}
         wrong = [pk.hex()[:12] for pk in expected if have[pk] != expected[pk]]

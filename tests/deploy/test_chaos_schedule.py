@@ -25,6 +25,7 @@ from deploy.chaos import (
     ValidatorEnd,
     direct_ctps,
     down,
+    money_moves,
     schedule,
     table,
     verdict,
@@ -41,6 +42,15 @@ def test_the_same_seed_gives_the_same_schedule():
     assert plan(7) == plan(7)
     assert direct_ctps(7, 5, METERS[4:], METERS[:4]) == direct_ctps(7, 5, METERS[4:], METERS[:4])
     assert plan(7) != plan(8)
+
+
+def test_the_operators_moves_are_the_seeds_own_in_order_each_reference_once():
+    moves = money_moves(7, 5, METERS)
+    assert moves == money_moves(7, 5, METERS) != money_moves(8, 5, METERS)
+    assert [m.at_s for m in moves] == sorted(m.at_s for m in moves) and moves[-1].at_s < 300
+    assert len({m.ref for m in moves}) == len(moves)
+    assert {m.kind for m in moves} == {"fund", "withdraw"} and any(m.again for m in moves)
+    assert {m.meter for m in moves} <= set(METERS) and all(m.amount > 0 for m in moves)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -95,7 +105,7 @@ def test_a_longer_run_draws_more_faults_on_real_targets():
 
 def good() -> Report:
     r = Report(seed=1, minutes=1, money_start=900, settled=3, refunded=1, readings_sent=10, readings_received=10)
-    r.validators = [ValidatorEnd(f"v{i}", 40, "ab" * 32, "ok: 4 trades", 900) for i in range(4)]
+    r.validators = [ValidatorEnd(f"v{i}", 40, "ab" * 32, "ok: 4 trades", 950, 70, 20) for i in range(4)]
     r.exit_codes = {"v0": 0, "m0001": 0}
     return r
 
@@ -107,7 +117,11 @@ def test_a_run_that_kept_every_promise_passes():
 @pytest.mark.parametrize(
     "break_it, words",
     [
-        (lambda r: setattr(r.validators[2], "money", 899), "money not conserved"),
+        (lambda r: setattr(r.validators[2], "money", 949), "money not conserved"),
+        (lambda r: [setattr(v, "funded", 71) for v in r.validators], "money not conserved"),
+        (lambda r: r.validators[1].__dict__.update(funded=71, money=951), "disagree on the money"),
+        (lambda r: r.refs_unknown.append("1-7"), "never sent"),
+        (lambda r: r.refs_missing.append("1-8"), "absent"),
         (lambda r: r.settled_twice.append("abc"), "settled twice"),
         (lambda r: r.unended.append("CTP abc held"), "never ended"),
         (lambda r: r.readings_lost.append("m0003 #17"), "lost"),
