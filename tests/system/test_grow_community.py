@@ -7,9 +7,6 @@ operator replaces another's lost key, and the ledger's audit holds at the end.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from nacl.signing import SigningKey
 
@@ -22,22 +19,12 @@ from deploy.bus import broker_dir
 from deploy.cli import main as deploy_main
 from ledger.genesis import read_genesis
 from ledger.operator import resolve_account
-from tests.support.bus import REPO, Inbox, child_env, connected, wait_for
+from tests.support.bus import Inbox, connected, wait_for
+from tests.support.bus import run_module as command
 from wire import topics
 from wire.messages import AccountStatus
 
 UNITS = 1_000
-
-
-def command(module: str, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        cwd=REPO,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture
