@@ -152,7 +152,7 @@ class AccountsDraft:
         if len(set(ids)) != len(ids):
             raise Reject("meter-taken", "a meter is named twice")
         known = [self.meter(i) for i in ids]
-        if any(k is not None and k.account != body.account for k in known):
+        if any(k is not None and self.current(k.account) != body.account for k in known):
             raise Reject("meter-taken", "a meter is registered to another account")
         if self.exists(body.account) and all(k is not None for k in known):
             raise Reject("duplicate", "the account and all these meters are registered already")
@@ -167,7 +167,7 @@ class AccountsDraft:
         self.check(body.account, "account")
         self._new_ref(FUND, body.ref)
         so_far = AccountChanges(ops=tuple(self.ops))
-        if self.draft.base.total() + so_far.funded - so_far.withdrawn + body.amount > MAX_UNITS:
+        if self.draft.base.expected_total() + so_far.funded - so_far.withdrawn + body.amount > MAX_UNITS:
             raise Reject("over-limit", f"the ledger holds at most {MAX_UNITS} units")
         self.draft._move(body.account, +body.amount, 0)
         self.ops.append(MoneyOp(FUND, body.account, body.amount, body.ref, digest))

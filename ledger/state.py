@@ -351,6 +351,10 @@ class LedgerState:
             )
         if any(units < 0 for units in (*changes.balances.values(), *changes.held.values())):
             raise BrokenInvariant(f"block {changes.header.height} leaves a balance or hold negative")
+        replaced = {old for old, _ in changes.accounts.rotated}
+        for pk in (pk for pk in accounts if pk in replaced or pk in self.rotated):
+            if changes.balances.get(pk, 0) or changes.held.get(pk, 0):
+                raise BrokenInvariant(f"block {changes.header.height} leaves money on a key a rotation replaced")
 
     def _put(self, record: CtpRecord) -> None:
         """Take a record whose leaf is in self.tree: an open one stays in RAM, a finished one
