@@ -8,6 +8,7 @@ check balances + holds = genesis + funded − withdrawn).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+
 from ledger.state import Changes, LedgerState
 from ledger.store import LedgerStore
 

@@ -402,8 +402,10 @@ def test_each_market_transaction_has_its_tx_topic_carrying_its_typ(typ):
 def test_tx_types_are_exactly_the_ledger_inputs():
     """Statuses, results and fill documents are outputs: never a transaction topic."""
     assert sorted(topics.TX_TYPES.values()) == sorted(
-        ["ctp", "erc", "cancel", "revoke", "ask", "bid", "seal", "reveal", "withdraw", "export"]
-        + ["register", "fund", "payout", "retire", "rotate"]
+        [
+            *("ctp", "erc", "cancel", "revoke", "ask", "bid", "seal", "reveal", "withdraw", "export"),
+            *("register", "fund", "payout", "retire", "rotate"),
+        ]
     )
 
 
