@@ -139,6 +139,7 @@ class LedgerState:
         self.refs: set[tuple[str, str]] = set()  # (typ, ref) of every fund and payout applied
         self.retired: dict[bytes, int] = {}  # account key -> height of the block that retired it
         self.rotated: dict[bytes, bytes] = {}  # replaced key -> the key holding its account now
+        self._leading: dict[bytes, list[bytes]] = {}  # a current key -> the replaced keys it holds
         self.registered: list[MeterEntry] = []  # meters registered after the genesis (account then)
 
     @property
@@ -271,11 +272,11 @@ class LedgerState:
         return self.rotated.get(pk, pk)
 
     def _rotate(self, old: bytes, new: bytes) -> None:
-        """Record old -> new, keeping every replaced key one step from its current key."""
-        for key, holder in self.rotated.items():
-            if holder == old:
-                self.rotated[key] = new
-        self.rotated[old] = new
+        """Record old -> new, keeping every replaced key one step from its current key: O(keys
+        this account had), not O(every rotation)."""
+        replaced = [*self._leading.pop(old, ()), old]
+        self.rotated.update(dict.fromkeys(replaced, new))
+        self._leading[new] = replaced
 
     def commit(self, changes: Changes) -> None:
         """Take a decided block's changes (made on this state: the block follows the tip),

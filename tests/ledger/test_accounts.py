@@ -387,3 +387,16 @@ def test_a_new_account_trades_once_funded(chain, c, m, op):
     assert chain.block(end, ("export", m.export(4, K, 2, 2)), ("erc", c.erc(buys)), ("erc", c.erc(sells))) == [None] * 3
     assert chain.money(new) == (95, 0)
     assert statuses(chain, new) == [(0, 0, 1), (90, 10, 3), (95, 0, 4)]
+
+
+def test_a_household_rotating_its_key_a_hundred_times_in_one_block_moves_its_money_once(chain, c, op):
+    """No chain of rotations is too long to follow: each key points at the account's current one."""
+    held = c.ctp(0, 1, amount=10, wh=0, exp=NOW + 5)
+    assert chain.block(NOW, ("ctp", held)) == [None]
+    keys = [c.households[0].account, *(key(f"step {i}") for i in range(100))]
+    steps = [op.rotate(pk(old), pk(new), by=old, t=NOW + 6) for old, new in zip(keys, keys[1:], strict=False)]
+    again = op.rotate(acct(c, 0), pk(key("other")), t=NOW + 6)
+    reasons = chain.block(NOW + 6, *[("rotate", x) for x in steps], ("rotate", again))  # the CTP refunds too
+    assert reasons == [None] * 100 + ["rotated"]
+    assert chain.state.current(acct(c, 0)) == chain.state.current(pk(keys[50])) == pk(keys[-1])
+    assert chain.money(pk(keys[-1])) == (BALANCE, 0) and all(chain.money(pk(k)) == (0, 0) for k in keys[:-1])
