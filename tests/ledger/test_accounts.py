@@ -9,6 +9,8 @@ audits and restarts to the same state. Built with tests/support/accounts.py: hou
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from ledger.audit import audit
@@ -394,7 +396,7 @@ def test_a_household_rotating_its_key_a_hundred_times_in_one_block_moves_its_mon
     held = c.ctp(0, 1, amount=10, wh=0, exp=NOW + 5)
     assert chain.block(NOW, ("ctp", held)) == [None]
     keys = [c.households[0].account, *(key(f"step {i}") for i in range(100))]
-    steps = [op.rotate(pk(old), pk(new), by=old, t=NOW + 6) for old, new in zip(keys, keys[1:], strict=False)]
+    steps = [op.rotate(pk(old), pk(new), by=old, t=NOW + 6) for old, new in pairwise(keys)]
     again = op.rotate(acct(c, 0), pk(key("other")), t=NOW + 6)
     reasons = chain.block(NOW + 6, *[("rotate", x) for x in steps], ("rotate", again))  # the CTP refunds too
     assert reasons == [None] * 100 + ["rotated"]
