@@ -57,6 +57,12 @@ class AccountsChain(MarketChain):
         self.store, self.state = self.node.store, self.node.state
         self.outputs: list[tuple[str, bytes, bool]] = []
 
+    def restart(self) -> None:
+        """Close the validator and start it again from its database, as after a crash."""
+        self.node.close()
+        self.node = LedgerNode(ValidatorIdentity.load(self.root, 0))
+        self.store, self.state = self.node.store, self.node.state
+
     def money(self, account: bytes) -> tuple[int, int]:
         """(balance, held) of an account key."""
         return self.state.balances[account], self.state.held[account]
