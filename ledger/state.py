@@ -333,7 +333,8 @@ class LedgerState:
     def _check_money(self, changes: Changes) -> None:
         """§5 and §10: balances + holds stay genesis + funded − withdrawn (they are at the
         genesis and at a restore, so a block changes their sum by exactly its funds less its
-        payouts), and no account goes negative or is made up. O(accounts the block touched),
+        payouts), no account goes negative or is made up, and a key a rotation replaced holds
+        nothing (its money moved to the new key). O(accounts the block touched),
         on every block of every validator."""
         accounts = changes.balances.keys() | changes.held.keys()
         opened = set(changes.accounts.opened)

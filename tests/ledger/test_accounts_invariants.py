@@ -211,7 +211,7 @@ class Traffic:
         return "erc", self.c.erc(record.raw, t=t, by=payer)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_account_invariants_hold_for_any_mix_of_operator_transactions_and_trading(data):
     c = SimCommunity(HOUSEHOLDS, NOW)
