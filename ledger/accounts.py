@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 FUND, PAYOUT = "fund", "payout"
 ACCOUNT_TYPES = frozenset({"register", FUND, PAYOUT, "retire", "rotate"})
-MAX_CHAIN = 64  # rotations of one account followed at most (a cycle is impossible: new keys are fresh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +86,12 @@ class AccountsDraft:
         self.opened: dict[bytes, None] = {}
         self.meters: dict[str, MeterEntry] = {}
         self.retired: dict[bytes, None] = {}
+        # Every key this block replaced -> the key holding its account now: one step, like
+        # LedgerState.rotated, however many times the block rotates one account (a household
+        # may rotate its new key again in the same block), so `current` is two lookups.
         self.rotated: dict[bytes, bytes] = {}
+        self.rotations: list[tuple[bytes, bytes]] = []  # (old, new) in the order applied
+        self._leading: dict[bytes, list[bytes]] = {}  # current key -> this block's replaced keys it holds
 
     def handlers(self) -> dict[str, Callable[[Opened[Any], bytes], None]]:
         return {
@@ -101,13 +105,10 @@ class AccountsDraft:
     # -- reads through the overlay --
 
     def current(self, pk: bytes) -> bytes:
-        """The key that holds account `pk`'s money now: pk itself unless it was rotated."""
-        for _ in range(MAX_CHAIN):
-            new = self.rotated.get(pk, self.base_rotated.get(pk))
-            if new is None:
-                return pk
-            pk = new
-        raise AssertionError("a rotation chain longer than MAX_CHAIN")
+        """The key that holds account `pk`'s money now: pk itself unless it was rotated (the
+        base's key for it, then this block's rotation of that key)."""
+        at_base = self.base_rotated.get(pk, pk)
+        return self.rotated.get(at_base, at_base)
 
     def is_rotated(self, pk: bytes) -> bool:
         return pk in self.rotated or pk in self.base_rotated
@@ -152,7 +153,7 @@ class AccountsDraft:
         if len(set(ids)) != len(ids):
             raise Reject("meter-taken", "a meter is named twice")
         known = [self.meter(i) for i in ids]
-        if any(k is not None and k.account != body.account for k in known):
+        if any(k is not None and self.current(k.account) != body.account for k in known):
             raise Reject("meter-taken", "a meter is registered to another account")
         if self.exists(body.account) and all(k is not None for k in known):
             raise Reject("duplicate", "the account and all these meters are registered already")
@@ -167,7 +168,7 @@ class AccountsDraft:
         self.check(body.account, "account")
         self._new_ref(FUND, body.ref)
         so_far = AccountChanges(ops=tuple(self.ops))
-        if self.draft.base.total() + so_far.funded - so_far.withdrawn + body.amount > MAX_UNITS:
+        if self.draft.base.expected_total() + so_far.funded - so_far.withdrawn + body.amount > MAX_UNITS:
             raise Reject("over-limit", f"the ledger holds at most {MAX_UNITS} units")
         self.draft._move(body.account, +body.amount, 0)
         self.ops.append(MoneyOp(FUND, body.account, body.amount, body.ref, digest))
@@ -201,7 +202,10 @@ class AccountsDraft:
         balance, held = draft.balance(old), draft.holding(old)
         draft._move(old, -balance, -held)
         self.opened[new] = None
-        self.rotated[old] = new
+        replaced = [*self._leading.pop(old, ()), old]
+        self.rotated.update(dict.fromkeys(replaced, new))
+        self._leading[new] = replaced
+        self.rotations.append((old, new))
         draft._move(new, +balance, +held)
 
     def _new_ref(self, typ: str, ref: str) -> None:
@@ -214,5 +218,5 @@ class AccountsDraft:
             opened=tuple(self.opened),
             meters=tuple(self.meters.values()),
             retired=tuple(self.retired),
-            rotated=tuple(self.rotated.items()),
+            rotated=tuple(self.rotations),
         )

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ledger.accounts_audit import AccountsLog, accounts_faults
 from ledger.block import Block, BlockError, parse_trade, quorum
 from ledger.draft import replay
 from ledger.fill import trade_ctp
 from ledger.market_audit import escrow, market_faults
-from ledger.state import BrokenInvariant, LedgerState
+from ledger.state import BrokenInvariant, Changes, LedgerState
 from ledger.store import LedgerStore
 from wire.messages import CtpState
 from wire.reasons import Reject
@@ -42,6 +43,7 @@ def audit(store: LedgerStore) -> AuditReport:
     state = LedgerState(genesis)
     verifier = genesis.verifier()
     settled: dict[bytes, tuple[int, int]] = {}  # CTP id -> (height, index among the block's trades)
+    log = AccountsLog()
     with store.snapshot():
         blocks = store.blocks()
         while True:
@@ -54,12 +56,13 @@ def audit(store: LedgerStore) -> AuditReport:
             columns, block = row
             if columns != (block.header.height, block.hash, block.header.t):
                 raise AuditFailure(block.header.height, "the block row's height, hash or time differ from its header")
-            _replay(state, verifier, block, settled)
-        _compare_tables(state, store, settled)
+            log.add(_replay(state, verifier, block, settled))
+        _compare_tables(state, store, settled, log)
     return AuditReport(state.height, len(settled), len(state.ctps))
 
 
-def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: dict[bytes, tuple[int, int]]) -> None:
+def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: dict[bytes, tuple[int, int]]) -> Changes:
+    """Replay and commit one block, checking it against the stored one; its changes."""
     h = block.header
     fail = lambda what: AuditFailure(h.height, what)  # noqa: E731
     if h.height != state.height + 1:
@@ -94,18 +97,24 @@ def _replay(state: LedgerState, verifier: Verifier, block: Block, settled: dict[
         state.commit(draft.changes)
     except BrokenInvariant as exc:  # a broken money invariant; the others are checked below
         raise fail(str(exc)) from None
-    if state.total() != state.genesis.total:
-        raise fail(f"balances + holds are {state.total()}, the genesis total is {state.genesis.total}")
+    if state.total() != state.expected_total():
+        raise fail(
+            f"balances + holds are {state.total()}, the genesis total + funded - withdrawn is {state.expected_total()}"
+        )
     if any(units < 0 for units in (*state.balances.values(), *state.held.values())):
         raise fail("a balance or hold is negative")
+    return draft.changes
 
 
-def _compare_tables(state: LedgerState, store: LedgerStore, settled: dict[bytes, tuple[int, int]]) -> None:
-    held: dict[bytes, int] = dict.fromkeys(state.balances, 0) | escrow(state.market)
+def _compare_tables(
+    state: LedgerState, store: LedgerStore, settled: dict[bytes, tuple[int, int]], log: AccountsLog
+) -> None:
+    # A rotation moved a payer's or owner's holds to the key that replaced it (§10).
+    held: dict[bytes, int] = dict.fromkeys(state.balances, 0) | escrow(state.market, state.current)
     keys: set[bytes] = set()
     for record in state.ctps.values():
         if record.state == CtpState.HELD:
-            held[record.ctp.payer] += record.ctp.amount
+            held[state.current(record.ctp.payer)] += record.ctp.amount
         if record.erc_pk is not None:
             if record.erc_pk in keys:
                 raise AuditFailure(record.height, "a one-time key confirmed two CTPs")
@@ -124,6 +133,6 @@ def _compare_tables(state: LedgerState, store: LedgerStore, settled: dict[bytes,
         raise AuditFailure(state.height, "stored revocations differ from the replay")
     if settled != store.trades():
         raise AuditFailure(state.height, "stored trade index (used by proofs) differs from the chain")
-    fault = market_faults(state, store)
+    fault = market_faults(state, store) or accounts_faults(state, store, log)
     if fault is not None:
         raise AuditFailure(state.height, fault)

@@ -240,6 +240,10 @@ class Draft:
         if self.current(owner) != signer:
             raise Reject("not-owner", why)
 
+    def has_account(self, pk: bytes) -> bool:
+        """Whether pk is an account key of this ledger, one this block opened included (§10)."""
+        return self.accounts.exists(pk) if self.accounts is not None else pk in self.base.balances
+
     def current(self, pk: bytes) -> bytes:
         """The key that holds account pk's money now (a rotation moves it, §10)."""
         return self.accounts.current(pk) if self.accounts is not None else pk
@@ -276,12 +280,12 @@ class Draft:
         self.outputs.append(Output(topics.REJECTS, Rejection(msg=msg, reason=reason, t=self.t), False))
         if isinstance(body, (Ask, Bid, Seal)) and self.market is not None:
             owner = body.seller if isinstance(body, Ask) else body.buyer
-            if reason != "duplicate" and reason in STATEFUL and owner in self.base.balances:
+            if reason != "duplicate" and reason in STATEFUL and self.has_account(owner):
                 # §9.2: final until the gate (capped: a too-far k's gate may not fit a 64-bit column)
                 self.refused[msg] = min(self.market.terms.gate(body.k), MAX_UNITS)
             return
         signed_ctp = body if isinstance(body, Ctp) else None
-        if signed_ctp is None or reason in ("duplicate", *NOT_FINAL) or signed_ctp.payer not in self.base.balances:
+        if signed_ctp is None or reason in ("duplicate", *NOT_FINAL) or not self.has_account(signed_ctp.payer):
             return  # a `far-expiry` is not final: the same bytes are decided again, so not remembered
         if signed_ctp.exp <= self.t + MAX_HOLD_MS:
             self.refused[msg] = signed_ctp.exp

@@ -10,6 +10,8 @@ stored market tables are the replayed ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ledger.market import Escrowed, MarketState, Result, clear_book
 from ledger.market_store import export_rows, interval_rows, order_rows
 from ledger.state import LedgerState
@@ -27,12 +29,14 @@ def market_faults(state: LedgerState, store: LedgerStore) -> str | None:
     return _clearings(state, market) or _delivery(market) or _tables(market, store)
 
 
-def escrow(market: MarketState | None) -> dict[bytes, int]:
-    """Per account, the units its open and sealed orders hold."""
+def escrow(market: MarketState | None, current: Callable[[bytes], bytes] = lambda pk: pk) -> dict[bytes, int]:
+    """Per account, the units its open and sealed orders hold: under `current(owner)`, the
+    key that holds the owner's account now (a rotation moves an order's escrow, §10)."""
     held: dict[bytes, int] = {}
     for order in market.orders.values() if market is not None else ():
         if order.state in Escrowed:
-            held[order.owner] = held.get(order.owner, 0) + order.escrow
+            owner = current(order.owner)
+            held[owner] = held.get(owner, 0) + order.escrow
     return held
 
 

@@ -89,7 +89,8 @@ class MarketDraft:
         self._known_account(ask.seller)
         self._not_duplicate(digest, ask.k)
         entry = self.meter(ask.meter)
-        if entry is None or entry.account != ask.seller or not entry.source or entry.source != ask.src:
+        seller = self.draft.current(entry.account) if entry is not None else None  # a rotation in this block
+        if entry is None or seller != ask.seller or not entry.source or entry.source != ask.src:
             raise Reject("not-source", f"meter {ask.meter!r} is not the seller's, registered with source {ask.src}")
         self._gate_open(ask.k)
         self._not_too_far(ask.k)
@@ -176,9 +177,11 @@ class MarketDraft:
         self.draft.check_account(pk, "order's owner")
 
     def meter(self, meter_id: str) -> MeterEntry | None:
-        """A registered meter: the genesis's, or one a `register` added (§10), this block's too."""
-        accounts = self.draft.accounts
-        return accounts.meter(meter_id) if accounts is not None else self.base.meter(meter_id)
+        """A registered meter: the genesis's, or one a `register` of an earlier block added
+        (§10): the market's terms grow at each commit, so a meter is usable from the block
+        after its `register`, and every rule of one block (asks, exports, the tokens checked
+        at commit) reads the same meters. Its account is the key that held it at the base."""
+        return self.base.meter(meter_id)
 
     def _not_duplicate(self, digest: bytes, k: int) -> None:
         if self.in_book(digest[:16], k):
@@ -289,7 +292,9 @@ class MarketDraft:
             meter, k = ask.body.meter, record.fill.k
             return [(meter, k)] if self.export(meter, k) is not None else []
         first, last = self.terms.interval(record.t), self.terms.interval(self.draft.t)
-        meters = [m.meter for m in self.base.terms.meters_of(self.draft.current(record.ctp.payee))]
+        # The base's terms list meters under the base's current keys: a rotation of this block
+        # moves them at its commit (§10).
+        meters = [m.meter for m in self.base.terms.meters_of(self.draft.base.current(record.ctp.payee))]
         window = [(k, m) for m in meters for k in self.export_ks(m, first, last)]
         return [(m, k) for k, m in sorted(window)]
 

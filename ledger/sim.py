@@ -437,9 +437,9 @@ class Sim:
                     )
             node.checked = len(node.chain)
             state = node.replica.state if node.replica else None
-            if state is not None and state.total() != state.genesis.total:
+            if state is not None and state.total() != state.expected_total():
                 raise Violation(
-                    f"seed {self.seed}: v{node.index} holds {state.total()} units, the genesis {state.genesis.total}"
+                    f"seed {self.seed}: v{node.index} holds {state.total()} units, not {state.expected_total()}"
                 )
 
     def _done(self) -> bool:

@@ -139,6 +139,7 @@ class LedgerState:
         self.refs: set[tuple[str, str]] = set()  # (typ, ref) of every fund and payout applied
         self.retired: dict[bytes, int] = {}  # account key -> height of the block that retired it
         self.rotated: dict[bytes, bytes] = {}  # replaced key -> the key holding its account now
+        self._leading: dict[bytes, list[bytes]] = {}  # a current key -> the replaced keys it holds
         self.registered: list[MeterEntry] = []  # meters registered after the genesis (account then)
 
     @property
@@ -271,11 +272,11 @@ class LedgerState:
         return self.rotated.get(pk, pk)
 
     def _rotate(self, old: bytes, new: bytes) -> None:
-        """Record old -> new, keeping every replaced key one step from its current key."""
-        for key, holder in self.rotated.items():
-            if holder == old:
-                self.rotated[key] = new
-        self.rotated[old] = new
+        """Record old -> new, keeping every replaced key one step from its current key: O(keys
+        this account had), not O(every rotation)."""
+        replaced = [*self._leading.pop(old, ()), old]
+        self.rotated.update(dict.fromkeys(replaced, new))
+        self._leading[new] = replaced
 
     def commit(self, changes: Changes) -> None:
         """Take a decided block's changes (made on this state: the block follows the tip),
@@ -332,7 +333,8 @@ class LedgerState:
     def _check_money(self, changes: Changes) -> None:
         """§5 and §10: balances + holds stay genesis + funded − withdrawn (they are at the
         genesis and at a restore, so a block changes their sum by exactly its funds less its
-        payouts), and no account goes negative or is made up. O(accounts the block touched),
+        payouts), no account goes negative or is made up, and a key a rotation replaced holds
+        nothing (its money moved to the new key). O(accounts the block touched),
         on every block of every validator."""
         accounts = changes.balances.keys() | changes.held.keys()
         opened = set(changes.accounts.opened)
@@ -351,6 +353,10 @@ class LedgerState:
             )
         if any(units < 0 for units in (*changes.balances.values(), *changes.held.values())):
             raise BrokenInvariant(f"block {changes.header.height} leaves a balance or hold negative")
+        replaced = {old for old, _ in changes.accounts.rotated}
+        for pk in (pk for pk in accounts if pk in replaced or pk in self.rotated):
+            if changes.balances.get(pk, 0) or changes.held.get(pk, 0):
+                raise BrokenInvariant(f"block {changes.header.height} leaves money on a key a rotation replaced")
 
     def _put(self, record: CtpRecord) -> None:
         """Take a record whose leaf is in self.tree: an open one stays in RAM, a finished one

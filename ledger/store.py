@@ -200,7 +200,10 @@ class LedgerStore:
         if tree.root() != self.head()[2] or not tree.consistent():
             raise StoreError(f"{self.path}: the stored CTP-database tree is not the tip's: run `spb-ledger audit`")
         refused = self.refusals()
+        history = self.account_history()
         terms = self.genesis.market
+        if terms is not None and history.meters:  # their export records are the market's too (§10)
+            terms = terms.grown(history.meters, {})  # accounts: LedgerState.restore follows rotations
         archive = SqliteArchive(self)
         market = None if terms is None else load_market(self.db, terms, self._altered, archive, t)
         try:
@@ -216,7 +219,7 @@ class LedgerStore:
                 self.revocations(),
                 market,
                 archive,
-                self.account_history(),
+                history,
             )
         except BrokenInvariant as exc:
             raise StoreError(f"{self.path}: {exc}: run `spb-ledger audit`") from None
