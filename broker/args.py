@@ -22,6 +22,17 @@ class BrokerUrl(NamedTuple):
     tls: bool
 
 
+def positive_seconds(text: str) -> float:
+    """A duration argument: a number of seconds above 0 (a timeout, a period)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def tcp_port(text: str) -> int:
     """A TCP port, 1..65535."""
     if not text.isdecimal() or not 0 < int(text) < 65536:

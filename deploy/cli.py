@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.args import broker_url
+from broker.args import broker_url, positive_seconds
 from broker.clock import wall_ms
 from broker.keys import KeyFileError
 from deploy.access import add_bridge_command, add_revoke, mark_applied, registrations, reload_brokers
@@ -43,7 +43,7 @@ from ledger.genesis import (
     read_genesis,
     write_genesis,
 )
-from ledger.operator_cli import TIMEOUT_S, operator_key, outcome_line, positive_seconds, send_as_operator
+from ledger.operator_cli import TIMEOUT_S, operator_key, outcome_line, send_as_operator
 from wire.messages import SELL_SOURCES
 
 

@@ -20,7 +20,7 @@ from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import IO
 
-from broker.args import BROKER_HELP, broker_url, hex_bytes
+from broker.args import BROKER_HELP, broker_url, hex_bytes, positive_seconds
 from broker.client import TlsFiles
 from broker.clock import wall_ms
 from broker.outcome import bus_client, send_and_wait
@@ -37,16 +37,6 @@ from wire.messages import SOURCES
 from wire.verify import Verifier
 
 ROTATE_TIMEOUT_S = 30.0
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
 
 
 def whole(text: str) -> int:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from broker.args import BROKER_HELP, broker_url, hex_bytes
+from broker.args import BROKER_HELP, broker_url, hex_bytes, positive_seconds
 from broker.clock import wall_ms
 from broker.keys import load_key
 from broker.outcome import Expect, Outcome, bus_client, send_and_wait
@@ -55,16 +55,6 @@ def _ref(text: str) -> str:
     if not 0 < len(text) <= 64:
         raise argparse.ArgumentTypeError("a reference is 1 to 64 characters (the external payment's id)")
     return text
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
 
 
 def cmd_money(args: argparse.Namespace) -> int:
