@@ -52,6 +52,8 @@ BLOCK_INTERVAL = PREFIX + "block_interval_seconds"  # histogram
 INFO = PREFIX + "validator_info"
 CLOCK_JUMPS = PREFIX + "clock_jumps"  # counter
 CLOCK_OFFSET = PREFIX + "clock_offset_seconds"
+MONEY = PREFIX + "money_units"  # label kind=in_ledger|funded|withdrawn (docs/PROTOCOL.md §10)
+ACCOUNTS = PREFIX + "accounts"  # label state=active|retired|replaced
 
 # An Ed25519 check takes tens of µs; a cached one (a block's replay) about a µs.
 VERIFY_BUCKETS = (1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
@@ -75,6 +77,12 @@ class Health(NamedTuple):
     clock_jumps: int = 0  # wall clock jumps the clock guard held off (ledger.clock_guard)
     throttled: int = 0  # transactions refused `busy` beyond their sender's rate (ledger.door.Rates)
     clock_offset_ms: int = 0  # the wall clock minus the time the validator uses: 0 unless held off
+    funded: int = 0  # units the ledger took in by `fund` since the genesis
+    withdrawn: int = 0  # units it paid out by `payout`
+    in_ledger: int = 0  # balances + holds: the genesis total + funded - withdrawn (checked at commit)
+    accounts: int = 0  # account keys, replaced ones included
+    retired: int = 0
+    replaced: int = 0  # keys a rotation replaced
 
 
 def available() -> bool:
@@ -210,6 +218,21 @@ class _HealthCollector:
             "Wall clock jumps held off: block times followed the monotonic clock instead",
             value=h.clock_jumps,
         )
+        money = GaugeMetricFamily(
+            MONEY,
+            "Units in the ledger (balances + holds), and taken in and paid out since the genesis",
+            labels=["kind"],
+        )
+        for kind, units in (("in_ledger", h.in_ledger), ("funded", h.funded), ("withdrawn", h.withdrawn)):
+            money.add_metric([kind], units)
+        yield money
+        accounts = GaugeMetricFamily(
+            ACCOUNTS, "Account keys: trading, retired, replaced by a rotation", labels=["state"]
+        )
+        accounts.add_metric(["active"], h.accounts - h.retired - h.replaced)
+        accounts.add_metric(["retired"], h.retired)
+        accounts.add_metric(["replaced"], h.replaced)
+        yield accounts
         yield GaugeMetricFamily(
             CLOCK_OFFSET,
             "The wall clock minus the time this validator uses, seconds: not 0 while a jump is held off",

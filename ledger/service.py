@@ -167,6 +167,12 @@ class LedgerService:
             throttled=replica.throttled,
             clock_jumps=0 if guard is None else guard.jumps,
             clock_offset_ms=0 if guard is None else guard.offset_ms,
+            funded=state.funded,
+            withdrawn=state.withdrawn,
+            in_ledger=state.expected_total(),  # balances + holds, as every commit checks
+            accounts=len(state.balances),
+            retired=len(state.retired),
+            replaced=len(state.rotated),
         )
 
     def stop(self) -> None:

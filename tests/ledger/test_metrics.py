@@ -34,6 +34,12 @@ HEALTH = Health(
     throttled=9,
     clock_jumps=2,
     clock_offset_ms=-3_600_000,
+    funded=100,
+    withdrawn=50,
+    in_ledger=3050,
+    accounts=7,
+    retired=1,
+    replaced=2,
 )
 
 
@@ -86,6 +92,12 @@ def test_the_exposition_holds_every_metric_after_events():
     assert got[("spb_ledger_throttled_transactions_total", ())] == 9
     assert got[("spb_ledger_clock_jumps_total", ())] == 2
     assert got[("spb_ledger_clock_offset_seconds", ())] == -3600
+    assert got[("spb_ledger_money_units", (("kind", "in_ledger"),))] == 3050
+    assert got[("spb_ledger_money_units", (("kind", "funded"),))] == 100
+    assert got[("spb_ledger_money_units", (("kind", "withdrawn"),))] == 50
+    assert got[("spb_ledger_accounts", (("state", "active"),))] == 4
+    assert got[("spb_ledger_accounts", (("state", "retired"),))] == 1
+    assert got[("spb_ledger_accounts", (("state", "replaced"),))] == 2
     assert got[("spb_ledger_transaction_verify_seconds_count", ())] == 2
     assert acked == [17]
     assert got[("spb_ledger_puback_seconds_count", ())] == 2
