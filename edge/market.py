@@ -129,8 +129,10 @@ def fill_exp(k: int, interval_ms: int, grace: int) -> int:
     return (k + 1 + grace) * interval_ms
 
 
-def sale_of(status: Status, topic: str, account: bytes, now: int) -> SaleRow | None:
-    """A status naming `account` as payer or payee, as a sale or fill; else None. Held, or
+def sale_of(status: Status, topic: str, accounts: tuple[bytes, ...], now: int) -> SaleRow | None:
+    """A status naming one of our `accounts` as payer or payee, as a sale or fill; else None.
+    Our accounts are the household's key and the keys it replaced: a trade made before a
+    rotation names the old key, and the ledger pays it to or from the new one (§10.3). Held, or
     already settled or refunded: in a market chain every status of a trade names its parties
     (§9), and the final one may be the only one we see (a `held` status superseded before it
     was published never is, decision 0007), so a sale can be known first at its end.
@@ -139,11 +141,11 @@ def sale_of(status: Status, topic: str, account: bytes, now: int) -> SaleRow | N
     if (
         status.state not in (CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED)
         or topic != topics.status(status.ctp)
-        or account not in (status.payer, status.payee)
+        or not ({status.payer, status.payee} & set(accounts))
     ):
         return None
     assert status.payer is not None and status.payee is not None, "one of them is our account"
-    role = SOLD if status.payee == account else BOUGHT
+    role = SOLD if status.payee in accounts else BOUGHT
     wh = getattr(status, "wh", None)
     return SaleRow(status.ctp, role, status.payer, status.payee, wh, status.t, status.state, None, 0, now)
 
