@@ -34,6 +34,7 @@ from edge.display import View
 from edge.keyring import NoKey
 from edge.state_dir import MeterIdentity
 from edge.store import AccountRow, MeterStore, OrderRow, SaleRow
+from edge.tx import TradeError
 from wire import topics
 from wire.messages import CtpState, Order, Status
 from wire.reasons import Reject
@@ -115,12 +116,19 @@ class MarketNode:
 
     def _step(self, row: OrderRow, now: int) -> None:
         step = market.next_step(row, now, int(self.config.resend_s * 1000), self.interval_ms, self.reveal_ms)
-        if step is None or (step != market.REVEAL and not self.bus.connected.is_set()):
+        if step is None or (step not in (market.REVEAL, market.WITHDRAW) and not self.bus.connected.is_set()):
             return
         assert self.account is not None, "orders are only looked after with an account"
         if step == market.REVEAL:
             orders.reveal(self.store, self.account, row.id, now)
             log.info("%s reveals its sealed bid %s for interval %d", self.id.meter, row.id.hex(), row.k)
+        elif step == market.WITHDRAW:
+            try:
+                orders.withdraw(self.store, self.account, row.id, self.interval_ms, now)
+            except TradeError as exc:  # its status moved on meanwhile
+                log.warning("%s cannot withdraw order %s again: %s", self.id.meter, row.id.hex(), exc)
+                return
+            log.info("%s withdraws order %s again, with its new account key", self.id.meter, row.id.hex())
         elif not self.store.queued(market.message(row, step)):
             orders.resend(self.store, row.id, step, now)
             log.info("%s sends %s of order %s again", self.id.meter, step.rsplit("/", 1)[-1], row.id.hex())
@@ -173,7 +181,7 @@ class MarketNode:
     # ---- paho's thread -------------------------------------------------------------------
 
     def on_reject(self, kind: str, order_id: bytes, reason: str, now: int) -> None:
-        row = self.store.update_order(order_id, lambda r: market.on_reject(r, kind, reason, now))
+        row = self.store.update_order(order_id, lambda r: market.on_reject(r, kind, reason, now, self.account_pk))
         log.info("%s: the ledger rejected the %s of order %s: %s", self.id.meter, kind, order_id.hex(), reason)
         if row is not None:
             self.dirty.set()
