@@ -27,7 +27,7 @@ import threading
 
 from broker.client import BusClient
 from broker.clock import wall_ms
-from edge import market, orders
+from edge import market, orders, rotation
 from edge.account import accept
 from edge.config import MeterConfig
 from edge.display import View
@@ -82,6 +82,12 @@ class MarketNode:
         lost key). Fills, sales and orders made before a rotation name the old key; the ledger
         pays them from or to the new one (docs/PROTOCOL.md §10.3), so they stay ours."""
         self.store.remember_account_key(self.account_pk, self._now())
+        if rotation.pending(self.id.root):
+            log.warning(
+                "%s: a key rotation has no outcome yet: if the ledger applied it, this key's messages "
+                "are refused `rotated`; stop the meter and run `spb-meter rotate-key` again",
+                self.id.meter,
+            )
         self.account_pks = (self.account_pk, *(pk for pk in self.store.account_keys() if pk != self.account_pk))
         if len(self.account_pks) > 1:
             old = ", ".join(pk.hex()[:16] for pk in self.account_pks[1:])

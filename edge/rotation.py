@@ -50,6 +50,13 @@ class Rotation:
         return bytes(self.new.verify_key)
 
 
+def pending(state_dir: Path) -> bool:
+    """Whether a run of `spb-meter rotate-key` stopped before it knew the outcome (no answer in
+    time): the ledger may have applied the rotation, and then every message the current key
+    signs is refused `rotated` until a run of the command again switches the key."""
+    return (state_dir / MESSAGE).exists() and (state_dir / NEW_KEY).exists()
+
+
 def finished(state_dir: Path) -> bytes | None:
     """The new key, if an earlier run switched to it and only left its message behind
     (then removed now); None otherwise."""

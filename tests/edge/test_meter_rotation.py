@@ -230,3 +230,14 @@ def test_the_store_remembers_account_keys_and_takes_an_account_table_from_before
         assert not store.save_account(AccountRow(7, 0, 99, 3, b"\xcc", NEW))
     with closing(MeterStore(path)) as store:  # opened again: migrated once
         assert store.account() == AccountRow(6, 0, 100, 3, b"\xbb", NEW)
+
+
+def test_a_meter_started_with_a_rotation_pending_says_so(community, caplog):
+    identity, _ = community
+    rotation.prepare(identity.root, wall_ms())  # `spb-meter rotate-key` got no answer in time
+    node = start(identity)
+    try:
+        assert "run `spb-meter rotate-key` again" in caplog.text
+        assert node.market.account_pks == (node.market.account_pk,), "the key is not switched yet"
+    finally:
+        node.store.close()

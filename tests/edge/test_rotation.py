@@ -77,3 +77,14 @@ def test_rotate_key_refuses_while_the_meter_runs(meter, capsys):
         assert main(["rotate-key", str(meter), "--broker", "127.0.0.1:1"]) == 1
     assert "stop it first" in capsys.readouterr().err
     assert not (meter / rotation.NEW_KEY).exists()
+
+
+def test_a_rotation_without_an_outcome_is_pending_until_a_run_ends_it(meter):
+    assert not rotation.pending(meter)
+    change = rotation.prepare(meter, NOW)
+    assert rotation.pending(meter), "sent, no answer: the ledger may have applied it"
+    rotation.switch(meter, change)
+    assert not rotation.pending(meter)
+    rotation.prepare(meter, NOW + 1)
+    rotation.abandon(meter)
+    assert not rotation.pending(meter)
