@@ -19,11 +19,12 @@ from wire.verify import Verifier
 def accept(verifier: Verifier, topic: str, payload: bytes, now: int, account_pk: bytes) -> AccountRow:
     """The status on our account's topic as a row to keep, or Reject: not signed by a ledger
     validator, not an account status, or about another account than ours or its topic's
-    (`type`: a validator never publishes one there)."""
+    (`type`: a validator never publishes one there). Ours is the current key only: after a
+    rotation the old key's status says 0/0 for good, and its money is the new key's."""
     status = verifier.verify(payload, now, expect=AccountStatus).body
     if status.account != account_pk or topic != topics.account(account_pk):
         raise Reject("type", f"the status of account {status.account.hex()[:16]}... on {topic}")
-    return AccountRow(status.balance, status.held, status.t, status.h, payload)
+    return AccountRow(status.balance, status.held, status.t, status.h, payload, status.account)
 
 
 def spendable(balance: int, orders: Iterable[OrderRow]) -> int:

@@ -25,13 +25,16 @@ from edge.display import View
 from edge.energy import WMS_PER_WH, share_oldest_first
 from edge.store import SENT, OrderRow, SaleRow
 from wire import topics
-from wire.messages import CtpState, Order, OrderState, Side, Status
+from wire.messages import CtpState, Order, OrderState, Reveal, Side, Status, Withdraw, open_message
 from wire.reasons import TRANSIENT
 
 REJECTED = "rejected"
 FINAL = (OrderState.WITHDRAWN, OrderState.FILLED, OrderState.PARTIAL, OrderState.UNFILLED, OrderState.VOID)
 _RANK: dict[str, int] = {SENT: 0, REJECTED: 1, OrderState.SEALED: 2, OrderState.OPEN: 3, **dict.fromkeys(FINAL, 4)}
+_WITHDRAWABLE = (OrderState.SEALED, OrderState.OPEN)  # what a withdraw sent may still end (§9.2)
 REVEAL = "reveal"  # an order step that needs a new signature
+WITHDRAW = "withdraw"  # ... and a withdraw a replaced key signed, signed again by the current key
+ROTATED = "rotated"  # the ledger's reason for a message of a replaced key (§10.2)
 SOLD, BOUGHT = "sold", "bought"  # a SaleRow's role: we are the payee, or the payer of a fill
 
 
@@ -65,15 +68,20 @@ def on_order(row: OrderRow, order: Order, now: int) -> OrderRow | None:
     return row._replace(state=order.state, filled=order.filled, status_t=order.t, reason="", changed=now)
 
 
-def on_reject(row: OrderRow, kind: str, reason: str, now: int) -> OrderRow | None:
+def on_reject(row: OrderRow, kind: str, reason: str, now: int, account: bytes = b"") -> OrderRow | None:
     """The order after the ledger rejected its `kind` message ("order", "reveal", "withdraw").
 
     `duplicate` was applied before (a status says how); a transient reason decided nothing
     (the message goes again, next_step). A rejected order is final; a rejected reveal or
     withdraw is shown, and a reveal refused `too-early` (our clock ahead of the block's)
-    goes again within the window."""
+    goes again within the window. A reveal or withdraw refused `rotated` that a key other
+    than our current `account` signed (before a rotation, §10.3) is dropped: the current
+    key, which took the order over, signs it again (REVEAL, WITHDRAW)."""
     if reason == "duplicate":
         return None
+    if reason == ROTATED and kind in (REVEAL, WITHDRAW) and _signer(row, kind) not in (None, account):
+        dropped = row._replace(reveal=None) if kind == REVEAL else row._replace(withdraw=None)
+        return dropped._replace(reason=f"{kind} {reason}")
     if reason in TRANSIENT or (kind == REVEAL and reason == "too-early"):
         return row._replace(reason=f"{kind} {reason}")
     if kind == "order":
@@ -81,25 +89,37 @@ def on_reject(row: OrderRow, kind: str, reason: str, now: int) -> OrderRow | Non
     return row._replace(reason=f"{kind} {reason}", changed=now)
 
 
+def _signer(row: OrderRow, kind: str) -> bytes | None:
+    """Who signed the order's pending reveal or withdraw; None if it has none."""
+    if kind == REVEAL and row.reveal is not None:
+        return open_message(row.reveal, Reveal).body.buyer
+    if kind == WITHDRAW and row.withdraw is not None:
+        return open_message(row.withdraw, Withdraw).body.by
+    return None
+
+
 def next_step(row: OrderRow, now: int, resend_ms: int, interval_ms: int, reveal_ms: int) -> str | None:
-    """What the order needs now: REVEAL (a new signature), a topic to send its last message
-    on again, or None.
+    """What the order needs now: REVEAL or WITHDRAW (a new signature), a topic to send its
+    last message on again, or None.
 
     A sealed bid is revealed once its gate has passed by a tenth of the reveal window (the
     ledger refuses a reveal before the gate by block time) and while the window is open. An
     unanswered order or withdraw goes again after resend_ms until the gate, a reveal until
-    the window closes."""
+    the window closes. A withdraw a replaced key signed (on_reject) is signed again at once,
+    before the gate."""
     stale = now - row.sent >= resend_ms
     opens = gate(row, interval_ms)
     if row.bid is not None and row.state == OrderState.SEALED and opens + reveal_ms // 10 <= now < opens + reveal_ms:
         if row.reveal is None:
             return REVEAL
         return topics.TX_REVEAL if stale else None
+    if now < opens and row.withdraw is None and row.reason == f"{WITHDRAW} {ROTATED}" and row.state in _WITHDRAWABLE:
+        return WITHDRAW
     if not stale or now >= opens:
         return None
     if row.state == SENT:
         return {Side.ASK: topics.TX_ASK, Side.BID: topics.TX_SEAL if row.bid else topics.TX_BID}[Side(row.side)]
-    if row.withdraw is not None and row.state in (OrderState.SEALED, OrderState.OPEN):
+    if row.withdraw is not None and row.state in _WITHDRAWABLE:
         return topics.TX_WITHDRAW
     return None
 
@@ -129,8 +149,10 @@ def fill_exp(k: int, interval_ms: int, grace: int) -> int:
     return (k + 1 + grace) * interval_ms
 
 
-def sale_of(status: Status, topic: str, account: bytes, now: int) -> SaleRow | None:
-    """A status naming `account` as payer or payee, as a sale or fill; else None. Held, or
+def sale_of(status: Status, topic: str, accounts: tuple[bytes, ...], now: int) -> SaleRow | None:
+    """A status naming one of our `accounts` as payer or payee, as a sale or fill; else None.
+    Our accounts are the household's key and the keys it replaced: a trade made before a
+    rotation names the old key, and the ledger pays it to or from the new one (§10.3). Held, or
     already settled or refunded: in a market chain every status of a trade names its parties
     (§9), and the final one may be the only one we see (a `held` status superseded before it
     was published never is, decision 0007), so a sale can be known first at its end.
@@ -139,11 +161,11 @@ def sale_of(status: Status, topic: str, account: bytes, now: int) -> SaleRow | N
     if (
         status.state not in (CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED)
         or topic != topics.status(status.ctp)
-        or account not in (status.payer, status.payee)
+        or not ({status.payer, status.payee} & set(accounts))
     ):
         return None
     assert status.payer is not None and status.payee is not None, "one of them is our account"
-    role = SOLD if status.payee == account else BOUGHT
+    role = SOLD if status.payee in accounts else BOUGHT
     wh = getattr(status, "wh", None)
     return SaleRow(status.ctp, role, status.payer, status.payee, wh, status.t, status.state, None, 0, now)
 

@@ -13,6 +13,10 @@ status names payer and payee) unless it is about a sale we are following. A subs
 costs well under a microsecond per status; the retained statuses of every trade ever made
 still come at each (re)connect (see the report of issue 14 for the measured cost), which a
 per-account topic on the ledger's side would avoid.
+
+After a key rotation (docs/PROTOCOL.md §10.3, `spb-meter rotate-key`) the meter starts again
+with the new key: its account status is the new key's (the old key's says 0/0 for good), and
+trades and orders of before, which name the old key, are still ours (`account_pks`).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import threading
 
 from broker.client import BusClient
 from broker.clock import wall_ms
-from edge import market, orders
+from edge import market, orders, rotation
 from edge.account import accept
 from edge.config import MeterConfig
 from edge.display import View
 from edge.keyring import NoKey
 from edge.state_dir import MeterIdentity
 from edge.store import AccountRow, MeterStore, OrderRow, SaleRow
+from edge.tx import TradeError
 from wire import topics
 from wire.messages import CtpState, Order, Status
 from wire.reasons import Reject
@@ -54,6 +59,7 @@ class MarketNode:
         self.interval_ms, self.reveal_ms = config.interval_s * 1000, config.reveal_s * 1000
         self.account = None if not (identity.root / "account.key").exists() else identity.account_key()
         self.account_pk = b"" if self.account is None else bytes(self.account.verify_key)
+        self.account_pks: tuple[bytes, ...] = ()  # the current key and every one it replaced (_remember_keys)
         self.orders: list[OrderRow] = []
         self.sales: list[SaleRow] = []
         self.sale_progress: dict[bytes, int] = {}  # held sale -> W·ms exported for it (ahead of the store)
@@ -63,11 +69,29 @@ class MarketNode:
         self.ours: dict[bytes, tuple[str, bytes]] = {}  # hash of our market message -> (kind, order id)
         self._money: AccountRow | None = store.account()  # the newest account status, stored: known offline too
         if self.account is not None:
+            self._remember_keys()
             # Before the first connect: an end status queued for us while we were down must pass the filter.
             held = store.sales(changed_since=self._now())  # the held ones
             self._sale_topics = frozenset(topics.status(s.id) for s in held if s.state == CtpState.HELD)
             bus.subscribe(topics.STATUS_ALL, self._on_any_status)
             bus.subscribe(topics.account(self.account_pk), self._on_account)
+
+    def _remember_keys(self) -> None:
+        """Our account's keys: the current one, recorded at every start, and those it replaced,
+        which `spb-meter rotate-key` recorded (or an earlier start, if the operator rotated a
+        lost key). Fills, sales and orders made before a rotation name the old key; the ledger
+        pays them from or to the new one (docs/PROTOCOL.md §10.3), so they stay ours."""
+        self.store.remember_account_key(self.account_pk, self._now())
+        if rotation.pending(self.id.root):
+            log.warning(
+                "%s: a key rotation has no outcome yet: if the ledger applied it, this key's messages "
+                "are refused `rotated`; stop the meter and run `spb-meter rotate-key` again",
+                self.id.meter,
+            )
+        self.account_pks = (self.account_pk, *(pk for pk in self.store.account_keys() if pk != self.account_pk))
+        if len(self.account_pks) > 1:
+            old = ", ".join(pk.hex()[:16] for pk in self.account_pks[1:])
+            log.info("%s: account key %s, replacing %s", self.id.meter, self.account_pk.hex()[:16], old)
 
     def balance(self) -> int | None:
         """The household's free units as the ledger's newest account status says (§9.6);
@@ -98,12 +122,19 @@ class MarketNode:
 
     def _step(self, row: OrderRow, now: int) -> None:
         step = market.next_step(row, now, int(self.config.resend_s * 1000), self.interval_ms, self.reveal_ms)
-        if step is None or (step != market.REVEAL and not self.bus.connected.is_set()):
+        if step is None or (step not in (market.REVEAL, market.WITHDRAW) and not self.bus.connected.is_set()):
             return
         assert self.account is not None, "orders are only looked after with an account"
         if step == market.REVEAL:
             orders.reveal(self.store, self.account, row.id, now)
             log.info("%s reveals its sealed bid %s for interval %d", self.id.meter, row.id.hex(), row.k)
+        elif step == market.WITHDRAW:
+            try:
+                orders.withdraw(self.store, self.account, row.id, self.interval_ms, now)
+            except TradeError as exc:  # its status moved on meanwhile
+                log.warning("%s cannot withdraw order %s again: %s", self.id.meter, row.id.hex(), exc)
+                return
+            log.info("%s withdraws order %s again, with its new account key", self.id.meter, row.id.hex())
         elif not self.store.queued(market.message(row, step)):
             orders.resend(self.store, row.id, step, now)
             log.info("%s sends %s of order %s again", self.id.meter, step.rsplit("/", 1)[-1], row.id.hex())
@@ -156,7 +187,7 @@ class MarketNode:
     # ---- paho's thread -------------------------------------------------------------------
 
     def on_reject(self, kind: str, order_id: bytes, reason: str, now: int) -> None:
-        row = self.store.update_order(order_id, lambda r: market.on_reject(r, kind, reason, now))
+        row = self.store.update_order(order_id, lambda r: market.on_reject(r, kind, reason, now, self.account_pk))
         log.info("%s: the ledger rejected the %s of order %s: %s", self.id.meter, kind, order_id.hex(), reason)
         if row is not None:
             self.dirty.set()
@@ -179,8 +210,13 @@ class MarketNode:
                     self.dirty.set()
 
     def _on_any_status(self, topic: str, payload: bytes, retained: bool) -> None:
-        """Every trade's status: only those naming our account, or about a sale we follow."""
-        if self.account_pk not in payload and topic not in self._sale_topics and topic not in self._recorded:
+        """Every trade's status: only those naming our account (any of its keys), or about a
+        sale we follow."""
+        if (
+            not any(pk in payload for pk in self.account_pks)
+            and topic not in self._sale_topics
+            and topic not in self._recorded
+        ):
             return  # the cheap filter: most statuses are other households' trades
         now = self._now()
         try:
@@ -191,7 +227,7 @@ class MarketNode:
         if self.store.update_sale(status.ctp, lambda s: market.on_sale_status(s, status, now)) is not None:
             self.dirty.set()  # a sale we follow ended
             return
-        sale = market.sale_of(status, topic, self.account_pk, now)
+        sale = market.sale_of(status, topic, self.account_pks, now)
         if sale is not None and self.store.trade(sale.id) is None and self.store.add_sale(sale):  # not our own CTP
             if sale.state == CtpState.HELD:
                 self._recorded.add(topic)  # its end may come before housekeeping follows it (after an outage)

@@ -423,7 +423,8 @@ class MeterNode:
             self.market.on_reject(*market_ours[msg], rejection.reason, now)
             return
         ctp_id, kind = ours[msg]
-        row = self.store.update_trade(ctp_id, lambda r: trades.on_reject(r, kind, rejection.reason, now))
+        account = self.market.account_pk
+        row = self.store.update_trade(ctp_id, lambda r: trades.on_reject(r, kind, rejection.reason, now, account))
         log.info("%s: the ledger rejected the %s of CTP %s: %s", self.id.meter, kind, ctp_id.hex(), rejection.reason)
         if row is not None:
             self._dirty.set()

@@ -7,14 +7,17 @@ crash at any point leaves a run of the command to finish it:
 1. account.key.new (the new key) and rotate.cbor (the signed message) are written once and
    reused, so every run sends the very same bytes: the ledger applies them once and answers
    a copy `duplicate`, which means done;
-2. applied: the old key is kept as account.key.<first 16 hex of its public key>.old, then
-   account.key.new is renamed over account.key (atomic), then rotate.cbor goes;
+2. applied: the old public key is recorded in the meter's store (its trades and orders of
+   before name it: edge.market_node), the old key is kept as account.key.<first 16 hex of
+   its public key>.old, then account.key.new is renamed over account.key (atomic), then
+   rotate.cbor goes;
 3. rejected: both go, so the next run starts afresh.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from nacl.signing import SigningKey
 
 from broker.keys import fsync_dir, load_key, write_file, write_new_key
 from broker.outcome import Expect
+from edge.state_dir import DB_NAME
+from edge.store import MeterStore
 from wire import topics
 from wire.messages import Rotate, open_message
 
@@ -43,6 +48,13 @@ class Rotation:
     @property
     def new_pk(self) -> bytes:
         return bytes(self.new.verify_key)
+
+
+def pending(state_dir: Path) -> bool:
+    """Whether a run of `spb-meter rotate-key` stopped before it knew the outcome (no answer in
+    time): the ledger may have applied the rotation, and then every message the current key
+    signs is refused `rotated` until a run of the command again switches the key."""
+    return (state_dir / MESSAGE).exists() and (state_dir / NEW_KEY).exists()
 
 
 def finished(state_dir: Path) -> bytes | None:
@@ -84,6 +96,8 @@ def prepare(state_dir: Path, now_ms: int) -> Rotation:
 
 def switch(state_dir: Path, rotation: Rotation) -> Path:
     """The ledger applied it: the new key becomes account.key; returns where the old one is kept."""
+    with closing(MeterStore(state_dir / DB_NAME)) as store:
+        store.remember_account_key(rotation.old_pk, open_message(rotation.expect.message, Rotate).body.t)
     kept = state_dir / f"{ACCOUNT_KEY}.{rotation.old_pk.hex()[:16]}.old"
     try:
         os.link(state_dir / ACCOUNT_KEY, kept)

@@ -10,6 +10,8 @@ from nacl.signing import SigningKey
 
 from broker.keys import load_key
 
+DB_NAME = "meter.db"
+
 
 @dataclass(frozen=True)
 class MeterIdentity:
@@ -37,7 +39,7 @@ class MeterIdentity:
     @property
     def db_path(self) -> Path:
         """The meter's store (edge.store), shared by `spb-meter run` and its trade commands."""
-        return self.root / "meter.db"
+        return self.root / DB_NAME
 
     def account_key(self) -> SigningKey:
         """The household's account key, which signs CTPs and cancels; only households that

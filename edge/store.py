@@ -1,5 +1,5 @@
 """The meter's durable state in SQLite (DIR/meter.db): counters, outbox, key ring, trades, peers,
-and the household account's last status.
+the household account's last status and the account keys it has had.
 
 It must survive power cuts:
 - a reading's `seq` is never reused across reboots (§4), the cumulative Wh never go
@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS orders (id BLOB PRIMARY KEY, side TEXT NOT NULL, k IN
                                    sent INTEGER NOT NULL, created INTEGER NOT NULL, changed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS account (one INTEGER PRIMARY KEY CHECK (one = 0), balance INTEGER NOT NULL,
                                     held INTEGER NOT NULL, t INTEGER NOT NULL, h INTEGER NOT NULL,
-                                    raw BLOB NOT NULL);
+                                    raw BLOB NOT NULL, pk BLOB NOT NULL DEFAULT x'');
+CREATE TABLE IF NOT EXISTS account_keys (pk BLOB PRIMARY KEY, since INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sales (id BLOB PRIMARY KEY, role TEXT NOT NULL, payer BLOB NOT NULL,
                                   payee BLOB NOT NULL, wh INTEGER, t INTEGER NOT NULL, state TEXT NOT NULL,
                                   order_id BLOB, delivered_wms INTEGER NOT NULL DEFAULT 0,
@@ -153,6 +154,7 @@ class AccountRow(NamedTuple):
     t: int  # block time
     h: int  # block height
     raw: bytes  # the validator-signed status
+    account: bytes  # whose: the household's key when it came (b"" if stored before keys rotated)
 
 
 _TRADE_COLUMNS = ", ".join(TradeRow._fields)
@@ -172,6 +174,8 @@ class MeterStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a power cut must not undo a used seq or key
         self._db.executescript(_SCHEMA)
+        if not any(column[1] == "pk" for column in self._db.execute("PRAGMA table_info(account)")):
+            self._db.execute("ALTER TABLE account ADD COLUMN pk BLOB NOT NULL DEFAULT x''")  # a store from before
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -504,21 +508,43 @@ class MeterStore:
     # ---- the household account's money, as the ledger says it --------------------------
 
     def save_account(self, row: AccountRow) -> bool:
-        """Keep `row` if it is newer (by block height, then time) than the one stored; whether
-        it was. An older copy the broker delivers again never replaces a newer one."""
+        """Keep `row` if it is newer (by block height, then time) than the one stored, or of
+        another key; whether it was. An older copy the broker delivers again never replaces a
+        newer one. The meter only takes statuses of its current key (edge.account.accept), so
+        one of another key stored is of a key it had before a rotation: its last status, maybe
+        the 0/0 of the rotation's block, which the new key's first status (same block, same
+        time) must replace."""
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT INTO account VALUES (0, ?, ?, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET "
-                "balance = excluded.balance, held = excluded.held, t = excluded.t, h = excluded.h, raw = excluded.raw "
-                "WHERE (excluded.h, excluded.t) > (h, t)",
+                "INSERT INTO account (one, balance, held, t, h, raw, pk) VALUES (0, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (one) DO UPDATE SET balance = excluded.balance, held = excluded.held, t = excluded.t, "
+                "h = excluded.h, raw = excluded.raw, pk = excluded.pk "
+                "WHERE (excluded.h, excluded.t) > (h, t) OR excluded.pk != pk",
                 row,
             )
             return cur.rowcount == 1
 
     def account(self) -> AccountRow | None:
+        """The newest status stored, whichever key it is of: after a rotation, until the new
+        key's first status comes, the old key's (the money the new key took over, or 0/0)."""
         with self._lock:
-            found = self._db.execute("SELECT balance, held, t, h, raw FROM account").fetchone()
+            found = self._db.execute("SELECT balance, held, t, h, raw, pk FROM account").fetchone()
         return AccountRow(*found) if found else None
+
+    # ---- the household's account keys -----------------------------------------------------
+
+    def remember_account_key(self, pk: bytes, now: int) -> None:
+        """Record that the household's account had key `pk` (idempotent): the running meter its
+        key at every start, `spb-meter rotate-key` the key it replaces, before replacing it."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO account_keys VALUES (?, ?)", (pk, now))
+
+    def account_keys(self) -> list[bytes]:
+        """Every key the household's account had on this meter, oldest first. Trades and orders
+        that name a replaced key are still ours: the ledger pays them from or to the key that
+        replaced it (docs/PROTOCOL.md §10.3)."""
+        with self._lock:
+            return [pk for (pk,) in self._db.execute("SELECT pk FROM account_keys ORDER BY since, pk")]
 
     # ---- peers ---------------------------------------------------------------------------
 

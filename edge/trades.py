@@ -15,10 +15,11 @@ from edge.display import IDLE, View
 from edge.energy import WMS_PER_WH, share_oldest_first
 from edge.store import SENT, TradeRow
 from wire import topics
-from wire.messages import CtpState, Status
+from wire.messages import Cancel, CtpState, Status, open_message
 from wire.reasons import TRANSIENT
 
 OVERSOLD = "erc oversold"  # a trade's reason after the ledger refused its ERC as oversold (§9.4)
+CANCEL_ROTATED = "cancel rotated"  # ... its cancel, signed by a key the household replaced since (§10.3)
 
 HELD, SETTLED, REFUNDED, REJECTED = CtpState.HELD, CtpState.SETTLED, CtpState.REFUNDED, CtpState.REJECTED
 OPEN = (SENT, HELD)
@@ -61,7 +62,7 @@ def _hash(raw: bytes | None) -> bytes | None:
     return None if raw is None else hashlib.sha256(raw).digest()
 
 
-def on_reject(row: TradeRow, kind: str, reason: str, now: int) -> TradeRow | None:
+def on_reject(row: TradeRow, kind: str, reason: str, now: int, account: bytes = b"") -> TradeRow | None:
     """The trade after the ledger rejected its `kind` message ("ctp", "erc", "cancel").
 
     `duplicate` means it was applied before: the status says what came of it. A rejected
@@ -70,7 +71,9 @@ def on_reject(row: TradeRow, kind: str, reason: str, now: int) -> TradeRow | Non
     reason (`busy`: the ledger's pool was full, docs/PROTOCOL.md §4) decided nothing, so
     even a CTP stays `sent` and goes again after resend_s (see next_step). Neither is
     `oversold` (§9.4): the seller's export for the trade is not proved yet, so the trade
-    stays held and the same ERC goes again after the next interval's end (OVERSOLD).
+    stays held and the same ERC goes again after the next interval's end (OVERSOLD). A cancel
+    refused `rotated` that a key other than our current `account` signed (before a rotation,
+    §10.3) is dropped: the new key, which may cancel the old key's CTPs, signs the next.
     """
     if reason == "duplicate":
         return None
@@ -78,9 +81,16 @@ def on_reject(row: TradeRow, kind: str, reason: str, now: int) -> TradeRow | Non
         return row._replace(state=REJECTED, reason=reason, changed=now) if row.state == SENT else None
     if row.state not in OPEN:
         return None
+    if f"{kind} {reason}" == CANCEL_ROTATED and _cancelled_by(row) not in (None, account):
+        return row._replace(cancel=None, reason=CANCEL_ROTATED)  # signed before a rotation: the new key signs it
     if f"{kind} {reason}" == OVERSOLD:  # the next try waits for the end of the interval refused in
         return row._replace(reason=OVERSOLD, sent=now)
     return row._replace(reason=f"{kind} {reason}")
+
+
+def _cancelled_by(row: TradeRow) -> bytes | None:
+    """Who signed the trade's cancel (its payer's key then); None if it has none."""
+    return None if row.cancel is None else open_message(row.cancel, Cancel).body.payer
 
 
 def allocate(rows: list[TradeRow], progress: dict[bytes, int], wms: int, now: int) -> list[TradeRow]:

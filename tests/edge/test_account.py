@@ -55,7 +55,7 @@ def test_the_meter_keeps_the_newest_status_and_knows_it_after_a_restart(setup):
     assert market.balance() == 900
     newer = status(validator, me, 850, 150, h=5, t=1_001)
     market._on_account(topic, newer, False)
-    assert market.balance() == 850 and node.store.account() == AccountRow(850, 150, 1_001, 5, newer)
+    assert market.balance() == 850 and node.store.account() == AccountRow(850, 150, 1_001, 5, newer, me)
     restarted = MarketNode(node.id, node.config, node.store, node.bus, node.verifier, node._dirty)
     assert restarted.balance() == 850, "from the store, before the bus is back"
 
@@ -80,7 +80,7 @@ def test_accept_names_the_reason(setup):
     node, validator = setup
     me, topic = mine(node)
     check = lambda raw, on=topic: accept(node.verifier, on, raw, wall_ms(), me)  # noqa: E731
-    assert check(status(validator, me, 3, 4, h=2)) == AccountRow(3, 4, 1_000, 2, status(validator, me, 3, 4, h=2))
+    assert check(status(validator, me, 3, 4, h=2)) == AccountRow(3, 4, 1_000, 2, status(validator, me, 3, 4, h=2), me)
     assert reason(check, status(SigningKey.generate(), me, 3, 4, h=2)) == "signature"
     assert reason(check, status(validator, b"n" * 32, 3, 4, h=2)) == "type"
     assert reason(check, status(validator, me, 3, 4, h=2), topics.account(b"n" * 32)) == "type"

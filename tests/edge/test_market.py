@@ -120,10 +120,10 @@ def held(payer: bytes, payee: bytes, t: int = GATE + 100, ctp: bytes = b"f" * 16
 
 def test_a_held_status_naming_us_is_a_sale_or_a_fill():
     topic = topics.status(b"f" * 16)
-    assert market.sale_of(held(OTHER, ME), topic, ME, GATE).role == SOLD_ROLE
-    assert market.sale_of(held(ME, OTHER), topic, ME, GATE).role == BOUGHT
-    assert market.sale_of(held(OTHER, b"x" * 32), topic, ME, GATE) is None
-    assert market.sale_of(held(OTHER, ME), topics.status(b"g" * 16), ME, GATE) is None  # on another id's topic
+    assert market.sale_of(held(OTHER, ME), topic, (ME,), GATE).role == SOLD_ROLE
+    assert market.sale_of(held(ME, OTHER), topic, (ME,), GATE).role == BOUGHT
+    assert market.sale_of(held(OTHER, b"x" * 32), topic, (ME,), GATE) is None
+    assert market.sale_of(held(OTHER, ME), topics.status(b"g" * 16), (ME,), GATE) is None  # on another id's topic
 
 
 def test_a_final_status_naming_us_is_a_sale_known_at_its_end():
@@ -131,7 +131,7 @@ def test_a_final_status_naming_us_is_a_sale_known_at_its_end():
     learns of the sale from its settled or refunded status, which names the parties (§9)."""
     topic = topics.status(b"f" * 16)
     ended = Status(ctp=b"f" * 16, state=CtpState.REFUNDED, t=GATE + 900, h=12, payer=OTHER, payee=ME, wh=3, exp=GATE)
-    sale = market.sale_of(ended, topic, ME, GATE + 901)
+    sale = market.sale_of(ended, topic, (ME,), GATE + 901)
     assert sale is not None and (sale.role, sale.state, sale.wh, sale.t) == (
         SOLD_ROLE,
         CtpState.REFUNDED,
@@ -139,9 +139,21 @@ def test_a_final_status_naming_us_is_a_sale_known_at_its_end():
         GATE + 900,
     )
     rejected = Status(ctp=b"f" * 16, state=CtpState.REJECTED, t=GATE, reason="insufficient-funds")
-    assert market.sale_of(rejected, topic, ME, GATE) is None
+    assert market.sale_of(rejected, topic, (ME,), GATE) is None
     v1 = Status(ctp=b"f" * 16, state=CtpState.SETTLED, t=GATE, h=12)  # a v1 chain's: names nobody
-    assert market.sale_of(v1, topic, ME, GATE) is None
+    assert market.sale_of(v1, topic, (ME,), GATE) is None
+
+
+def test_a_status_naming_a_key_we_replaced_is_still_ours():
+    """After a rotation (§10.3) a trade of before names the old key, and the ledger pays it to
+    or from the new one: a sale to the old key, a fill of its bid, are ours."""
+    topic, new = topics.status(b"f" * 16), b"n" * 32
+    ours = (new, ME)  # the current key first, then the one it replaced
+    assert market.sale_of(held(OTHER, ME), topic, ours, GATE).role == SOLD_ROLE
+    assert market.sale_of(held(ME, OTHER), topic, ours, GATE).role == BOUGHT
+    assert market.sale_of(held(OTHER, new), topic, ours, GATE).role == SOLD_ROLE
+    assert market.sale_of(held(OTHER, b"x" * 32), topic, ours, GATE) is None
+    assert market.sale_of(held(OTHER, ME), topic, (new,), GATE) is None  # a meter that forgot its old key
 
 
 def sale(role: str, id: bytes = b"f" * 16, t: int = GATE + 100, wh: int | None = None, order_id=None) -> SaleRow:

@@ -4,6 +4,7 @@ bus: tests/system/test_grow_community.py."""
 from __future__ import annotations
 
 import stat
+from contextlib import closing
 
 import pytest
 
@@ -11,6 +12,7 @@ from broker.keys import load_key
 from deploy.provision import provision
 from edge import rotation
 from edge.cli import lock_state_dir, main
+from edge.store import MeterStore
 from wire import topics
 from wire.messages import Rotate, open_message
 
@@ -47,6 +49,8 @@ def test_applied_switches_the_key_and_keeps_the_old_one(meter):
     kept = rotation.switch(meter, change)
     assert pk(load_key(meter / "account.key")) == change.new_pk
     assert pk(load_key(kept)) == pk(old) and kept.name == f"account.key.{pk(old).hex()[:16]}.old"
+    with closing(MeterStore(meter / "meter.db")) as store:
+        assert store.account_keys() == [pk(old)], "its trades of before name it: the meter keeps them as its own"
     assert not (meter / rotation.NEW_KEY).exists() and not (meter / rotation.MESSAGE).exists()
     assert rotation.finished(meter) is None
 
@@ -73,3 +77,14 @@ def test_rotate_key_refuses_while_the_meter_runs(meter, capsys):
         assert main(["rotate-key", str(meter), "--broker", "127.0.0.1:1"]) == 1
     assert "stop it first" in capsys.readouterr().err
     assert not (meter / rotation.NEW_KEY).exists()
+
+
+def test_a_rotation_without_an_outcome_is_pending_until_a_run_ends_it(meter):
+    assert not rotation.pending(meter)
+    change = rotation.prepare(meter, NOW)
+    assert rotation.pending(meter), "sent, no answer: the ledger may have applied it"
+    rotation.switch(meter, change)
+    assert not rotation.pending(meter)
+    rotation.prepare(meter, NOW + 1)
+    rotation.abandon(meter)
+    assert not rotation.pending(meter)

@@ -37,7 +37,7 @@ def test_status_json_is_the_store_s_facts_and_the_text_is_made_from_them(tmp_pat
         store.add_sale(SaleRow(b"S" * 16, "sold", PAYER, b"m" * 32, 5, now, "held", None, 2 * 3_600_000 + 5, now))
         store.add_sale(SaleRow(b"T" * 16, "sold", PAYER, b"m" * 32, None, now, "settled", None, 0, now))
         store.add_sale(SaleRow(b"U" * 16, "bought", b"m" * 32, PAYER, 4, now, "held", b"O" * 16, 0, now))
-        store.save_account(AccountRow(970, 30, now - 1000, 12, b"signed status"))
+        store.save_account(AccountRow(970, 30, now - 1000, 12, b"signed status", b"k" * 32))
         order = OrderRow(
             *(b"O" * 16, "bid", 99, 4, 7, 1, b"bid msg", None, None, None, None, b"r" * 32),
             *("open", "", 3, 0, now, now, now),
