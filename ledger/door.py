@@ -45,8 +45,11 @@ from wire.verify import Verifier
 # every other type every stateless check, except an ERC's and an export's (their steps 4-6
 # read the clock: a `cert` or `coe` failure comes before `proof` and `signature` in §4's
 # order). On a chain without a market, a market message is `type` (docs/PROTOCOL.md §9).
+# A `register`'s `cert` is its block's: the ledger checks its devcerts at the block time and
+# against the revocations (§10.2), so a block that rejects one so is a valid block.
 BY_BYTES = frozenset({"decode", "noncanonical", "type", "schema"})
 BY_CLOCK = frozenset({"erc", "export"})
+BY_BLOCK = frozenset({("register", "cert")})
 UNVERIFIED = b""  # the share of ERCs the door could not verify at its clock: their block decides them
 
 
@@ -57,7 +60,7 @@ class Verdict(NamedTuple):
 
 def decided_by_bytes(typ: str, reason: str | None) -> bool:
     """Whether every validator reaches this rejection from the message bytes alone."""
-    return reason in BY_BYTES or (typ not in BY_CLOCK and reason in STATELESS)
+    return reason in BY_BYTES or (typ not in BY_CLOCK and reason in STATELESS and (typ, reason) not in BY_BLOCK)
 
 
 def claim(verifier: Verifier, typ: str, raw: bytes, market: bool = False) -> Verdict:

@@ -16,13 +16,13 @@ from ledger import door
 from ledger.accounts import ACCOUNT_TYPES
 from ledger.genesis import Genesis
 from ledger.market import MARKET_TYPES
-from ledger.replica import Refused, Replica, Timing
+from ledger.replica import Decided, Refused, Replica, Timing
 from ledger.state import LedgerState
 from ledger.workload import YEAR_MS, SimCommunity, pk
 from tests.support.ledger import NOW
 from tests.support.market import Market, market_genesis
 from wire.cose import MAX_MESSAGE, message_hash
-from wire.messages import Fund, Payout, Register, Retire, Rotate
+from wire.messages import DevCert, Fund, Payout, Register, Retire, Rotate
 from wire.verify import Verifier
 
 N = 4
@@ -162,3 +162,27 @@ def test_operator_messages_are_type_without_operators_and_pooled_under_their_sig
     assert door.check(verifier, typ, raw, NOW) == (None, sender)
     r = group(with_operators, m)[0]
     assert refused(r.submit(typ, raw, NOW)) == [] and r.pooled_by == {sender: 1}
+
+
+@pytest.mark.parametrize("devcert", ["another CA's", "expired"])
+def test_a_register_whose_devcert_fails_is_decided_by_its_block_not_refused_as_junk(m, devcert):
+    """A `register`'s devcerts are checked at its block's time and against the revocations
+    (docs/PROTOCOL.md §10.2), not at the door: the block that rejects it `cert` is a valid
+    block. Found by the consensus simulation (ledger.sim_accounts): every validator refused
+    such a block as holding junk, and the proposers kept proposing it, so the chain stopped."""
+    operator = SigningKey(b"\x0d" * 32)
+    genesis = replace(market_genesis(m.c, validators=1), operators=(pk(operator),))
+    issuer = SigningKey(b"\x0e" * 32) if devcert == "another CA's" else m.c.ca
+    nbf, exp = (NOW - YEAR_MS, NOW + YEAR_MS) if devcert == "another CA's" else (NOW - YEAR_MS, NOW - 1)
+    cert = DevCert(meter="m0099", pk=b"\x07" * 32, iss=pk(issuer), nbf=nbf, exp=exp).sign(issuer)
+    raw = Register(op=pk(operator), account=b"\x08" * 32, meters=[[cert, ""]], t=NOW).sign(operator)
+    assert door.check(genesis.verifier(), "register", raw, NOW) == (None, pk(operator))
+    r = Replica(LedgerState(genesis), genesis.verifier(), 0, m.c.validator_keys[0], lambda h: None, Timing(), now=NOW)
+    actions = r.submit("register", raw, NOW)
+    for tick in range(NOW, NOW + 5_000, 100):
+        decided = [a for a in actions if isinstance(a, Decided)]
+        if decided:
+            assert [(list(d.block.inputs), d.draft.reasons) for d in decided] == [([("register", raw)], ["cert"])]
+            return
+        actions = r.tick(tick)
+    pytest.fail("no block decided the register within 5 s")
