@@ -8,13 +8,17 @@ Byzantine: Twins (two instances with one key, each talking to some of the others
 or replayed seals and messages, or silence; with `--flood N`, one account also publishes N
 signed CTPs within 100 ms (issue 13); with `--market`, the chain has a market and the
 validators also order three intervals of market traffic (ledger.sim_market: orders, sealed
-bids, withdrawals, export records, the ERCs of fills, oversold attempts). After every step
+bids, withdrawals, export records, the ERCs of fills, oversold attempts) and, its genesis
+listing an operator, accounts after launch (ledger.sim_accounts: households registered,
+funded and paid out, one retired, two keys rotated, by the household and by the
+operator). After every step
 the honest validators must agree on every height they both committed, keep balances +
 holds constant and settle no trade twice; once the faults stop, every submitted transaction
 must be decided everywhere (junk refused at the door, a flooded CTP decided or refused as
 `busy`), and every honest validator must know it is caught up (Replica.caught_up). With a
-market, the honest validators end with the same market state, which keeps the market's
-invariants and is what a replay of their blocks into a fresh state gives.
+market, the honest validators end with the same market and accounts state, which keeps the
+market's and the accounts' invariants, is what a replay of their blocks into a fresh state
+gives, and passes `spb-ledger audit` written to a validator's database.
 The same seed replays the same run exactly: nothing here reads a clock or the OS' randomness.
 """
 
@@ -29,14 +33,17 @@ from functools import lru_cache
 from hashlib import sha256
 
 from ledger import consensus as c
+from ledger.audit import AuditFailure
 from ledger.block import Block, parse_trade, quorum
 from ledger.draft import replay
 from ledger.fill import trade_ctp
 from ledger.genesis import Genesis
 from ledger.replica import Decided, Persist, Refused, Replica, Send, Timing
+from ledger.sim_accounts import accepted_account_messages, account_problems, accounts_traffic, audited, held
 from ledger.sim_hostile import MODES, replica_class
-from ledger.sim_market import SOURCES, market_problems, market_traffic, replayed, snapshot
+from ledger.sim_market import SOURCES, market_problems, market_traffic, replayed
 from ledger.state import LedgerState
+from ledger.store import StoreError
 from ledger.workload import SimCommunity
 from wire.cose import encode, load, message_hash
 from wire.reasons import BUSY
@@ -68,8 +75,9 @@ def workload(market: bool = False) -> Workload:
     """The same signed traffic for every seed (signing is the slow part): trades that
     settle, one that expires, one cancelled, one short of funds, duplicates, junk (refused
     at the door), a cancel of an unknown CTP and a forged ERC (rejected in blocks). With
-    `market`, on a market chain (where a CTP settles only against its payee's proved
-    export, so most of these are refunded), and the market's traffic besides."""
+    `market`, on a market chain with an operator (where a CTP settles only against its
+    payee's proved export, so most of these are refunded), and the market's and the
+    operator's traffic besides."""
     sim = SimCommunity(  # the flooder trades nothing here
         FLOODER + 1, NOW, seed=b"spb-energy consensus simulation", sources=SOURCES if market else ()
     )
@@ -95,8 +103,9 @@ def workload(market: bool = False) -> Workload:
     ]
     keys = tuple(sim.validator_keys[:N])
     if market:
-        traffic = market_traffic(sim, NOW)
-        return Workload(traffic.genesis, keys, tuple(txs), traffic.timed)
+        traffic = market_traffic(sim, NOW, operator=True)
+        timed = sorted((*traffic.timed, *accounts_traffic(sim, NOW, traffic.timed)), key=lambda x: x[0])
+        return Workload(traffic.genesis, keys, tuple(txs), tuple(timed))
     return Workload(sim.genesis(1_000, validators=N), keys, tuple(txs))
 
 
@@ -128,6 +137,7 @@ class Node:
     reasons: dict = field(default_factory=dict)  # (typ, reject reason or None) -> inputs its blocks decided so
     unacked: dict = field(default_factory=dict)  # the broker's copy of its unacknowledged transactions
     refused: dict = field(default_factory=dict)  # transaction key -> the reason it was last turned away
+    accounts: list = field(default_factory=list)  # the §10 messages its blocks accepted, in order
 
 
 class Sim:
@@ -290,6 +300,7 @@ class Sim:
                     self._measure(action.block)
                 for (typ, _), reason in zip(action.block.inputs, action.draft.reasons, strict=True):
                     node.reasons[typ, reason] = node.reasons.get((typ, reason), 0) + 1
+                node.accounts += accepted_account_messages(action.block.inputs, action.draft.reasons)
             elif isinstance(action, Send):
                 self._send(node, action)
             elif isinstance(action, Refused):
@@ -479,22 +490,36 @@ class Sim:
             self.market_checks()
 
     def market_checks(self) -> None:
-        """Every honest validator holds the same state, market included; it keeps the market's
-        invariants (ledger.sim_market.market_problems); and replaying the decided blocks into
-        a fresh state from the genesis gives that state again."""
+        """Every honest validator holds the same state, market and accounts included; it keeps
+        the market's invariants (ledger.sim_market.market_problems) and each keeps the
+        accounts' (ledger.sim_accounts.account_problems: balances + holds = genesis + funded
+        - withdrawn, as its blocks funded and paid out); replaying the decided blocks into a
+        fresh state from the genesis gives that state again; and so does a validator
+        restarted from a database holding those blocks, which `spb-ledger audit` passes."""
         honest, states = self.honest(), self.honest_states()
-        first = snapshot(states[0])
+        first = held(states[0])
         for node, state in zip(honest[1:], states[1:], strict=True):
-            differ = ", ".join(name for name, value in snapshot(state).items() if value != first[name])
+            differ = ", ".join(name for name, value in held(state).items() if value != first[name])
             if differ:
                 raise Violation(f"seed {self.seed}: v{node.index}'s {differ} differ from v{honest[0].index}'s")
         problems = market_problems(states[0])
         if problems:
             raise Violation(f"seed {self.seed}: market invariants: {'; '.join(problems[:5])}")
-        again = snapshot(replayed(self.w.genesis, honest[0].chain))
+        for node, state in zip(honest, states, strict=True):
+            problems = account_problems(state, node.accounts)
+            if problems:
+                raise Violation(f"seed {self.seed}: v{node.index}'s accounts: {'; '.join(problems[:5])}")
+        again = held(replayed(self.w.genesis, honest[0].chain))
         differ = ", ".join(name for name, value in again.items() if value != first[name])
         if differ:
             raise Violation(f"seed {self.seed}: replaying the blocks gives other {differ}")
+        try:
+            restarted = audited(self.w.genesis, honest[0].chain)
+        except (AuditFailure, StoreError) as exc:
+            raise Violation(f"seed {self.seed}: the audit of v{honest[0].index}'s blocks fails: {exc}") from None
+        differ = ", ".join(name for name, value in restarted.items() if value != first[name])
+        if differ:
+            raise Violation(f"seed {self.seed}: a validator restarted from the audited database holds other {differ}")
 
     def honest_states(self) -> list[LedgerState]:
         """Each honest validator's committed state: all are up when a run is done."""

@@ -45,10 +45,11 @@ class MarketTraffic:
     timed: tuple[tuple[int, str, bytes], ...]  # (ms after the start to send it, typ, raw)
 
 
-def market_traffic(sim: SimCommunity, now: int) -> MarketTraffic:
-    """The market messages of `sim` (six households with SOURCES), for intervals after `now`'s."""
+def market_traffic(sim: SimCommunity, now: int, operator: bool = False) -> MarketTraffic:
+    """The market messages of `sim` (six households with SOURCES), for intervals after `now`'s;
+    with `operator`, on a chain whose genesis lists sim.operator (docs/PROTOCOL.md §10)."""
     terms = sim.market_terms(interval_s=INTERVAL_S, ahead=INTERVALS + 2, grace=GRACE, reveal_s=REVEAL_S)
-    genesis = sim.genesis(BALANCE, validators=4, market=terms)
+    genesis = sim.genesis(BALANCE, validators=4, market=terms, operator=operator)
     timed: list[tuple[int, str, bytes]] = []
     totals = [0] * len(sim.households)  # each meter's cumulative export counter
     for i in range(INTERVALS):
@@ -143,17 +144,19 @@ def market_problems(state: LedgerState) -> list[str]:
     """The market invariants of one committed state, each recomputed from the records rather
     than from the bookkeeping that keeps them: holds are exactly the open escrow and the held
     trades; per meter and interval used <= proved; per interval and source sold <= minted;
-    the Wh of settled fills of a seller meter's asks in k <= its proved export in k."""
-    market, genesis = state.market, state.genesis
-    assert market is not None and genesis.market is not None, "a market chain's state"
+    the Wh of settled fills of a seller meter's asks in k <= its proved export in k. Holds are
+    an account's under the key holding it now, and meters registered after the genesis
+    mint tokens too (docs/PROTOCOL.md §10.3)."""
+    market = state.market
+    assert market is not None, "a market chain's state"
     problems = []
     held: Counter[bytes] = Counter()
     for order in market.orders.values():
         if order.state in Escrowed:
-            held[order.owner] += order.escrow
+            held[state.current(order.owner)] += order.escrow
     for record in state.ctps.values():
         if record.state == CtpState.HELD:
-            held[record.ctp.payer] += record.ctp.amount
+            held[state.current(record.ctp.payer)] += record.ctp.amount
     for account, units in state.held.items():
         if units != held[account]:
             problems.append(f"{account.hex()[:8]} holds {units}, its escrow and held trades are {held[account]}")
@@ -161,7 +164,7 @@ def market_problems(state: LedgerState) -> list[str]:
     for (meter, k), export in market.exports.items():
         if not 0 <= export.used <= export.wh:
             problems.append(f"{meter} in {k}: {export.used} Wh used of {export.wh} proved")
-        entry = genesis.market.meter(meter)
+        entry = market.terms.meter(meter)
         if entry is not None and entry.source:
             tokens[k, entry.source, "minted"] += export.wh
             tokens[k, entry.source, "sold"] += export.used

@@ -1,7 +1,8 @@
 """A simulated community that trades: households with accounts, meters and one-time key
 batches vouched for by CoEs, making signed CTPs, ERCs and cancels, and on a market chain
 (docs/PROTOCOL.md §9) asks, bids, sealed bids and their reveals, withdrawals, the meters'
-export records and the ERCs of fills.
+export records and the ERCs of fills; with an operator (§10), households added after the
+genesis, their `register`, `fund`, `payout`, `retire`, and key rotations.
 
 Deterministic from a seed, so tests, benchmarks and the demo can make the same valid
 traffic a real community would, without Pi hardware. Keys are derived from the seed and
@@ -21,7 +22,25 @@ from ledger.genesis import DEFAULT_INTERVAL_S, Genesis, MarketTerms, MeterEntry,
 from ledger.validator import secret_validator_dir
 from wire.market import commitment, order_id_of
 from wire.merkle import MerkleTree
-from wire.messages import Ask, Bid, Cancel, Coe, Ctp, DevCert, Erc, Export, Reveal, Seal, Withdraw, open_message
+from wire.messages import (
+    Ask,
+    Bid,
+    Cancel,
+    Coe,
+    Ctp,
+    DevCert,
+    Erc,
+    Export,
+    Fund,
+    Payout,
+    Register,
+    Retire,
+    Reveal,
+    Rotate,
+    Seal,
+    Withdraw,
+    open_message,
+)
 
 YEAR_MS = 365 * 86_400_000
 BATCH = 64  # docs/PROTOCOL.md §3's default batch of one-time keys
@@ -90,16 +109,19 @@ class SimCommunity:
         self.seed, self.now, self.ca = seed, now, _key(seed, "ca")
         self.sources = tuple(sources)
         self.validator_keys = [_key(seed, "validator", i) for i in range(4)]
+        self.operator = _key(seed, "operator")  # listed in a genesis made with operator=True
+        self._former: dict[bytes, int] = {}  # an account key a rotation replaced -> its household
         self._ctps = 0
         self._reserved: dict[bytes, tuple[KeyBatch, int]] = {}  # CTP id -> the key its ERC will use
         self.households = [self._household(i) for i in range(households)]
 
-    def _household(self, i: int) -> Household:
+    def _household(self, i: int, source: str | None = None) -> Household:
         meter_id, device = f"m{i + 1:04d}", _key(self.seed, "device", i)
         devcert = DevCert(
             meter=meter_id, pk=pk(device), iss=pk(self.ca), nbf=self.now - YEAR_MS, exp=self.now + YEAR_MS
         ).sign(self.ca)
-        source = self.sources[i] if i < len(self.sources) else ""
+        if source is None:
+            source = self.sources[i] if i < len(self.sources) else ""
         return Household(self, i, meter_id, _key(self.seed, "account", i), device, devcert, source)
 
     def market_terms(
@@ -111,12 +133,25 @@ class SimCommunity:
         return MarketTerms(meters, interval_s, ahead, grace, reveal_s)
 
     def genesis(
-        self, balance: int, validators: int = 1, block_ms: int = 200, market: MarketTerms | None = None
+        self,
+        balance: int,
+        validators: int = 1,
+        block_ms: int = 200,
+        market: MarketTerms | None = None,
+        operator: bool = False,
     ) -> Genesis:
-        """A v1 genesis, or with `market` (self.market_terms()) a market chain's."""
+        """A v1 genesis, or with `market` (self.market_terms()) a market chain's, listing
+        self.operator among its operators if `operator`."""
         accounts = {pk(h.account): balance for h in self.households}
         validator_keys = [pk(k) for k in self.validator_keys[:validators]]
-        return Genesis.build([pk(self.ca)], accounts, validator_keys, block_ms, market)
+        operators = [pk(self.operator)] if operator else []
+        return Genesis.build([pk(self.ca)], accounts, validator_keys, block_ms, market, operators)
+
+    def add_household(self, source: str = "") -> Household:
+        """A household that joins after the genesis: keys and a devcert from the same CA, an
+        account only once the operator registers it (self.register)."""
+        self.households.append(self._household(len(self.households), source))
+        return self.households[-1]
 
     def ledger_dir(
         self, root: Path, balance: int, block_ms: int = 200, validators: int = 1, market: MarketTerms | None = None
@@ -194,6 +229,10 @@ class SimCommunity:
         return Cancel(ctp=ctp.id, payer=pk(signer), t=self.now if t is None else t).sign(signer)
 
     def _owner(self, account: bytes) -> int:
+        """The household of an account key, current or replaced by a rotation (whose
+        messages its current key signs now)."""
+        if account in self._former:
+            return self._former[account]
         return next(h.index for h in self.households if pk(h.account) == account)
 
     # -- the market (docs/PROTOCOL.md §9) --
@@ -219,15 +258,23 @@ class SimCommunity:
         bid: Bid = open_message(bid_raw, Bid).body
         account = self.households[self._owner(bid.buyer)].account
         nonce = sha256(self.seed + b"/nonce/" + bid_raw).digest()
-        seal = Seal(buyer=bid.buyer, k=bid.k, c=commitment(bid_raw, nonce), deposit=deposit, t=self._t(t))
+        seal = Seal(buyer=pk(account), k=bid.k, c=commitment(bid_raw, nonce), deposit=deposit, t=self._t(t))
         return seal.sign(account), nonce
 
     def reveal(self, seal_raw: bytes, bid_raw: bytes, nonce: bytes, t: int | None = None) -> bytes:
         seal: Seal = open_message(seal_raw, Seal).body
         account = self.households[self._owner(seal.buyer)].account
-        return Reveal(buyer=seal.buyer, seal=order_id_of(seal_raw), bid=bid_raw, nonce=nonce, t=self._t(t)).sign(
-            account
-        )
+        return self._reveal(account, order_id_of(seal_raw), bid_raw, nonce, t)
+
+    def reveal_again(self, reveal_raw: bytes, t: int | None = None) -> bytes:
+        """The same reveal, signed by the key holding its buyer's account now: after a rotation,
+        the new key reveals what the old one sealed (docs/PROTOCOL.md §10.3)."""
+        body: Reveal = open_message(reveal_raw, Reveal).body
+        account = self.households[self._owner(body.buyer)].account
+        return self._reveal(account, body.seal, body.bid, body.nonce, t)
+
+    def _reveal(self, account: SigningKey, seal_id: bytes, bid_raw: bytes, nonce: bytes, t: int | None) -> bytes:
+        return Reveal(buyer=pk(account), seal=seal_id, bid=bid_raw, nonce=nonce, t=self._t(t)).sign(account)
 
     def withdraw(self, order_raw: bytes, t: int | None = None, by: int | None = None) -> bytes:
         """The withdrawal of an ask, bid or seal by its owner (or by household `by`)."""
@@ -246,3 +293,49 @@ class SimCommunity:
 
     def _t(self, t: int | None) -> int:
         return self.now if t is None else t
+
+    # -- the operator (docs/PROTOCOL.md §10) --
+
+    def register(self, account: bytes, meters: Sequence[tuple[bytes, str]], t: int | None = None) -> bytes:
+        """Open `account` and/or add meters to it: (devcert, source) pairs."""
+        op = self.operator
+        certs = [[cert, source] for cert, source in meters]
+        return Register(op=pk(op), account=account, meters=certs, t=self._t(t)).sign(op)
+
+    def register_household(self, house: Household, t: int | None = None) -> bytes:
+        """The register of a household added after the genesis: its account and its meter."""
+        return self.register(pk(house.account), [(house.devcert, house.source)], t)
+
+    def fund(self, account: bytes, amount: int, ref: str, t: int | None = None, op: SigningKey | None = None) -> bytes:
+        """A fund of `account`, by self.operator (or by `op`, who may be no operator)."""
+        op = op or self.operator
+        return Fund(op=pk(op), account=account, amount=amount, ref=ref, t=self._t(t)).sign(op)
+
+    def payout(self, account: bytes, amount: int, ref: str, t: int | None = None) -> bytes:
+        op = self.operator
+        return Payout(op=pk(op), account=account, amount=amount, ref=ref, t=self._t(t)).sign(op)
+
+    def retire(self, account: bytes, t: int | None = None) -> bytes:
+        op = self.operator
+        return Retire(op=pk(op), account=account, t=self._t(t)).sign(op)
+
+    def rotate(self, household: int, new: SigningKey, by_operator: bool = False, t: int | None = None) -> bytes:
+        """Household `household`'s account key replaced by `new`, signed by its current key
+        (or by the operator, as when the household lost it). From now on the household signs
+        with `new`, and messages about its old key's orders and trades are signed by `new`."""
+        house = self.households[household]
+        old = house.account
+        signer = self.operator if by_operator else old
+        raw = Rotate(account=pk(old), new=pk(new), by=pk(signer), t=self._t(t)).sign(signer)
+        self._former[pk(old)] = household
+        house.account = new
+        return raw
+
+    def rotation(self, old: bytes, new: bytes, by: SigningKey, t: int | None = None) -> bytes:
+        """A rotation of any key to any key signed by `by`, changing no household: one the
+        ledger refuses (`key-taken`, `duplicate`, `retired`, ...)."""
+        return Rotate(account=old, new=new, by=pk(by), t=self._t(t)).sign(by)
+
+    def account_key(self, label: str) -> SigningKey:
+        """A fresh account key, derived from the seed: a rotation's new key, or a stranger's."""
+        return _key(self.seed, "account key", label)
