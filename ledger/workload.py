@@ -154,10 +154,16 @@ class SimCommunity:
         return self.households[-1]
 
     def ledger_dir(
-        self, root: Path, balance: int, block_ms: int = 200, validators: int = 1, market: MarketTerms | None = None
+        self,
+        root: Path,
+        balance: int,
+        block_ms: int = 200,
+        validators: int = 1,
+        market: MarketTerms | None = None,
+        operator: bool = False,
     ) -> Path:
         """A ledger dir for `spb-ledger run`: this community's genesis and its validators' keys."""
-        write_genesis(root, self.genesis(balance, validators, block_ms, market))
+        write_genesis(root, self.genesis(balance, validators, block_ms, market, operator))
         for i in range(validators):
             key = (bytes(self.validator_keys[i]).hex() + "\n").encode()
             write_file(secret_validator_dir(root, i) / "validator.key", key, 0o600, replace=True)

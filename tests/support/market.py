@@ -103,9 +103,12 @@ class Market:
         ).sign(key)
 
 
-def market_dir(root: Path, c: SimCommunity, balance: int = BALANCE, validators: int = 1, **overrides) -> Path:
-    """A market chain's ledger dir (block_ms 50): its genesis and its validators' keys."""
-    return c.ledger_dir(root, balance, 50, validators, terms(c, **overrides))
+def market_dir(
+    root: Path, c: SimCommunity, balance: int = BALANCE, validators: int = 1, operator: bool = False, **overrides
+) -> Path:
+    """A market chain's ledger dir (block_ms 50): its genesis (listing c.operator if
+    `operator`, docs/PROTOCOL.md §10) and its validators' keys."""
+    return c.ledger_dir(root, balance, 50, validators, terms(c, **overrides), operator)
 
 
 class MarketChain:

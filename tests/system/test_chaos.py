@@ -82,7 +82,10 @@ def test_money_is_conserved_on_one_audited_head(run):
     _, r, _ = run
     validators = r["validators"]
     assert len(validators) == VALIDATORS
-    assert {v["money"] for v in validators} == {r["money_start"]}
+    assert {v["money"] for v in validators} == {r["money_start"] + v["funded"] - v["withdrawn"] for v in validators}
+    assert len({(v["funded"], v["withdrawn"]) for v in validators}) == 1
+    assert sum(n for outcome, n in r["money_outcomes"].items() if outcome.endswith("applied")) > 0, r["money_outcomes"]
+    assert r["refs_unknown"] == r["refs_missing"] == []
     assert len({(v["height"], v["head"]) for v in validators}) == 1
     assert all(v["audit"].startswith("ok") for v in validators), validators
 

@@ -65,8 +65,10 @@ class Bus:
         self.port, self.read_retained = port, read_retained
         self.community = SimCommunity(households, NOW)
         self.market = Market(self.community)
-        make_dir = market_dir if market else ledger_dir
-        self.root = make_dir(tmp_path / "ledger", self.community, balance=BALANCE)
+        if market:  # with an operator: §10's refusals are cases too
+            self.root = market_dir(tmp_path / "ledger", self.community, balance=BALANCE, operator=True)
+        else:
+            self.root = ledger_dir(tmp_path / "ledger", self.community, balance=BALANCE)
         self.genesis = ValidatorIdentity.load(self.root, 0, with_key=False).genesis
         self.validator = pk(self.community.validator_keys[0])
         self.verifier = Verifier(cas=[pk(self.community.ca)], validators=[self.validator])
@@ -755,6 +757,47 @@ def _(bus):
     bus.clock.now = K * I
     bus.prove(bus.market.export(1, K - 1, wh=4, total=4))
     return Case(topics.TX_ERC, bus.community.erc(ctp), KEPT, ctp_id(ctp))
+
+
+# ---- the operator's transactions (docs/PROTOCOL.md §10) ----
+
+
+@case("not-operator", "fund-signed-by-a-household", market=True)
+def _(bus):
+    household = account(bus, 0)
+    return Case(topics.TX_FUND, bus.community.fund(pk(household), 5, "bank-1", op=household))
+
+
+@case("over-limit", "fund-past-2-to-the-63-units", market=True)
+def _(bus):
+    return Case(topics.TX_FUND, bus.community.fund(pk(account(bus, 0)), (1 << 63) - 1, "bank-2"))
+
+
+@case("meter-taken", "register-of-another-accounts-meter", market=True)
+def _(bus):
+    newcomer, meter = bus.community.account_key("newcomer"), bus.community.households[0].devcert
+    return Case(topics.TX_REGISTER, bus.community.register(pk(newcomer), [(meter, "solar")]))
+
+
+@case("key-taken", "rotation-to-another-accounts-key", market=True)
+def _(bus):
+    return Case(topics.TX_ROTATE, bus.community.rotation(pk(account(bus, 0)), pk(account(bus, 1)), account(bus, 0)))
+
+
+@case("retired", "fund-of-a-retired-account", market=True)
+def _(bus):
+    retired = pk(account(bus, 2))
+    bus.send(topics.TX_RETIRE, bus.community.retire(retired))
+    bus.barrier()
+    return Case(topics.TX_FUND, bus.community.fund(retired, 5, "bank-3"))
+
+
+@case("rotated", "fund-of-a-replaced-key", market=True)
+def _(bus):
+    old = pk(account(bus, 3))
+    bus.send(topics.TX_ROTATE, bus.community.rotate(3, bus.community.account_key("new key of 3")))
+    bus.barrier()
+    return Case(topics.TX_FUND, bus.community.fund(old, 5, "bank-4"))
 
 
 def test_forged_erc_and_coe_settle_when_nothing_is_replaced(bus):
