@@ -16,6 +16,7 @@ import pytest
 
 from ledger import sim
 from ledger.store import LedgerStore
+from tests.support.consensus import market_sims
 from wire.messages import Ask, CtpState
 
 # test_market_sim.py runs seeds 0-7 of this chain; these have every Byzantine kind, crashes, a partition.
@@ -24,16 +25,7 @@ SEEDS = range(11, 17)
 
 @lru_cache(maxsize=1)
 def runs() -> tuple[list[sim.Sim], list[str]]:
-    done, failures = [], []
-    for seed in SEEDS:
-        s = sim.Sim(seed, market=True)
-        try:
-            s.run()
-            s.final_checks()
-        except sim.Violation as exc:
-            failures.append(f"{exc}  (replay: make sim SEED={seed} MARKET=1)")
-        done.append(s)
-    return done, failures
+    return market_sims(SEEDS)
 
 
 def test_operator_seeds_keep_safety_liveness_and_the_accounts_invariants():

@@ -15,6 +15,7 @@ import pytest
 from ledger import sim
 from ledger.market import MarketState
 from ledger.state import LedgerState
+from tests.support.consensus import market_sims
 from wire.messages import CtpState
 
 SEEDS = range(8)  # about half a second each; seeds 0-7 have every kind of Byzantine validator
@@ -27,16 +28,7 @@ def market(state: LedgerState) -> MarketState:
 
 @lru_cache(maxsize=1)
 def runs() -> tuple[list[sim.Sim], list[str]]:
-    done, failures = [], []
-    for seed in SEEDS:
-        s = sim.Sim(seed, market=True)
-        try:
-            s.run()
-            s.final_checks()
-        except sim.Violation as exc:
-            failures.append(f"{exc}  (replay: make sim SEED={seed} MARKET=1)")
-        done.append(s)
-    return done, failures
+    return market_sims(SEEDS)
 
 
 def test_market_seeds_keep_safety_liveness_and_the_market_invariants():

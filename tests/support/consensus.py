@@ -7,13 +7,14 @@ import signal
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from broker.clock import wall_ms
 from ledger import consensus as c
+from ledger import sim
 from ledger.block import Block
 from ledger.service import RESTORE, RESTORE_SINCE
 from ledger.store import LedgerStore
@@ -234,3 +235,18 @@ def stood_in_for(v: Validators, keep: Callable[[Any], bool]) -> Iterator[dict[in
             s.stop()
         for t in threads:
             t.join(15)
+
+
+def market_sims(seeds: Iterable[int]) -> tuple[list[sim.Sim], list[str]]:
+    """Each market seed run to its end and checked: the sims, and each failure with the
+    command that replays it."""
+    done, failures = [], []
+    for seed in seeds:
+        s = sim.Sim(seed, market=True)
+        try:
+            s.run()
+            s.final_checks()
+        except sim.Violation as exc:
+            failures.append(f"{exc}  (replay: make sim SEED={seed} MARKET=1)")
+        done.append(s)
+    return done, failures

@@ -14,13 +14,12 @@ from broker import secure
 from broker.client import TlsFiles
 from broker.clock import wall_ms
 from broker.keys import load_key
-from broker.runtime import find_mosquitto, free_port
 from deploy.bus import broker_dir
-from deploy.cli import main as deploy_main
 from ledger.genesis import read_genesis
 from ledger.operator import resolve_account
 from tests.support.bus import Inbox, connected, wait_for
 from tests.support.bus import run_module as command
+from tests.support.community import running_community
 from wire import topics
 from wire.messages import AccountStatus
 
@@ -31,17 +30,8 @@ UNITS = 1_000
 def running(tmp_path, procs):
     """A provisioned community of three households (one validator) with its TLS broker and
     ledger running: (root, broker URL)."""
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed: apt-get install mosquitto", pytrace=False)
-    root = tmp_path / "community"
-    args = ["provision", str(root), "--meters", "3", "--genesis-units", str(UNITS), "--block-ms", "100"]
-    assert deploy_main([*args, "--source", "m0001=solar"]) == 0
-    port = free_port()
-    broker = secure.start_secure(broker_dir(root), port)
-    url = f"mqtts://127.0.0.1:{port}"
-    procs.start("ledger", "ledger.cli", "run", root, "--broker", url)
-    yield root, url, port
-    broker.stop()
+    with running_community(tmp_path, procs, UNITS, block_ms=100, interval_s=None) as (root, port, url):
+        yield root, url, port
 
 
 def test_households_join_and_money_moves_on_a_running_community(running, procs, make_client):

@@ -7,19 +7,14 @@ an ERC once the energy came, settled against the seller's proved export."""
 
 from __future__ import annotations
 
-import pytest
-
-from broker import secure
 from broker.client import TlsFiles
 from broker.clock import wall_ms
 from broker.keys import load_key
-from broker.runtime import find_mosquitto, free_port
-from deploy.bus import broker_dir
-from deploy.cli import main as deploy_main
 from ledger.genesis import read_genesis
 from ledger.operator import operator_key_path, resolve_account
 from tests.support.bus import Inbox, connected, wait_for
 from tests.support.bus import run_module as command
+from tests.support.community import running_community
 from wire import topics
 from wire.messages import AccountStatus, CtpState, Fund, Status
 
@@ -29,19 +24,8 @@ PRICE_WH = 5
 
 
 def test_a_household_added_after_100_blocks_buys_energy(tmp_path, procs, make_client):
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed: apt-get install mosquitto", pytrace=False)
-    root = tmp_path / "community"
-    args = ["provision", str(root), "--meters", "3", "--genesis-units", str(UNITS), "--block-ms", "50"]
-    assert deploy_main([*args, "--source", "m0001=solar", "--interval-s", "2"]) == 0
-    port = free_port()
-    broker = secure.start_secure(broker_dir(root), port)
-    url = f"mqtts://127.0.0.1:{port}"
-    try:
-        procs.start("ledger", "ledger.cli", "run", root, "--broker", url)
+    with running_community(tmp_path, procs, UNITS) as (root, port, url):
         _grow_and_trade(root, port, url, procs, make_client)
-    finally:
-        broker.stop()
 
 
 def _grow_and_trade(root, port, url, procs, make_client) -> None:
