@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from broker import secure
+from broker.client import TlsFiles
 from broker.runtime import find_mosquitto, free_port
 from deploy.bus import broker_dir
 from deploy.cli import main as deploy_main
+from tests.support.bus import Inbox, connected, wait_for
 from tests.support.procs import Procs
+from wire import topics
 
 
 @contextmanager
@@ -37,3 +40,19 @@ def running_community(
         yield root, port, url
     finally:
         broker.stop()
+
+
+def watching(root: Path, port: int, make_client, procs: Procs) -> Inbox:
+    """A monitor's inbox of account and trade statuses and validator 0's state, returned once
+    the ledger is online (before that, a transaction reaches no one)."""
+    inbox = Inbox()
+    monitor = make_client(port, "monitor", clean_session=True, tls=TlsFiles.in_dir(root / "monitoring/monitor"))
+    for topic_filter in (topics.ACCOUNT_ALL, topics.STATUS_ALL, topics.ledger_state(0)):
+        monitor.subscribe(topic_filter, inbox)
+    connected(monitor)
+    wait_for(
+        lambda: any(t == topics.ledger_state(0) and p.startswith(b"online") for t, p, _ in list(inbox.messages)),
+        60,
+        lambda: f"the ledger online{procs.logs()}",
+    )
+    return inbox

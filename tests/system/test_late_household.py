@@ -12,9 +12,9 @@ from broker.clock import wall_ms
 from broker.keys import load_key
 from ledger.genesis import read_genesis
 from ledger.operator import operator_key_path, resolve_account
-from tests.support.bus import Inbox, connected, wait_for
+from tests.support.bus import connected, wait_for
 from tests.support.bus import run_module as command
-from tests.support.community import running_community
+from tests.support.community import running_community, watching
 from wire import topics
 from wire.messages import AccountStatus, CtpState, Fund, Status
 
@@ -31,16 +31,7 @@ def test_a_household_added_after_100_blocks_buys_energy(tmp_path, procs, make_cl
 def _grow_and_trade(root, port, url, procs, make_client) -> None:
     genesis = read_genesis(root)
     verifier = genesis.verifier()
-    inbox = Inbox()
-    monitor = make_client(port, "monitor", clean_session=True, tls=TlsFiles.in_dir(root / "monitoring/monitor"))
-    for topic_filter in (topics.ACCOUNT_ALL, topics.STATUS_ALL, topics.ledger_state(0)):
-        monitor.subscribe(topic_filter, inbox)
-    connected(monitor)
-    wait_for(
-        lambda: any(t == topics.ledger_state(0) and p.startswith(b"online") for t, p, _ in list(inbox.messages)),
-        60,
-        lambda: f"the ledger online{procs.logs()}",
-    )
+    inbox = watching(root, port, make_client, procs)
 
     def height(account: bytes) -> int:
         """The newest block that changed the account, by its verified statuses seen so far."""

@@ -9,16 +9,15 @@ it, and records it settled; its balance is the new key's, not the old key's 0/0.
 from __future__ import annotations
 
 from broker import secure
-from broker.client import TlsFiles
 from broker.clock import wall_ms
 from broker.keys import load_key
 from deploy.bus import broker_dir
 from edge.store import MeterStore
 from ledger.genesis import read_genesis
 from ledger.operator import resolve_account
-from tests.support.bus import Inbox, connected, wait_for
 from tests.support.bus import run_module as command
-from tests.support.community import running_community
+from tests.support.bus import wait_for
+from tests.support.community import running_community, watching
 from tests.support.meter import in_store
 from wire import topics
 from wire.messages import AccountStatus, CtpState, Status
@@ -34,16 +33,7 @@ def test_a_meter_restarted_with_a_new_key_delivers_and_records_a_sale_to_its_old
 
 def _sell_across_a_rotation(root, port, url, procs, make_client) -> None:
     verifier = read_genesis(root).verifier()
-    inbox = Inbox()
-    monitor = make_client(port, "monitor", clean_session=True, tls=TlsFiles.in_dir(root / "monitoring/monitor"))
-    for topic_filter in (topics.ACCOUNT_ALL, topics.STATUS_ALL, topics.ledger_state(0)):
-        monitor.subscribe(topic_filter, inbox)
-    connected(monitor)
-    wait_for(
-        lambda: any(t == topics.ledger_state(0) and p.startswith(b"online") for t, p, _ in list(inbox.messages)),
-        60,
-        lambda: f"the ledger online{procs.logs()}",
-    )
+    inbox = watching(root, port, make_client, procs)
 
     def statuses(payee: bytes) -> list[Status]:
         found = []
