@@ -162,6 +162,8 @@ class Mirror:
             return []
         out = [(json_topic(seen.topic), encode(seen.record), seen.retained)]
         self.counts["mirrored"] += 1
+        if seen.kind == "retire":
+            out += self._forget_retired()
         for meter in self.concerned(seen):
             if seen.kind == "birth":
                 out += self._discover(meter)
@@ -187,8 +189,15 @@ class Mirror:
         out = [o for meter in sorted(self.discovered) for o in discovery(meter)]
         return out + [(meter_json_topic(m, "summary"), raw, True) for m, raw in sorted(self.summaries.items())]
 
+    def _forget_retired(self) -> list[Output]:
+        """An empty retained config per sensor of each retired household's meter: Home
+        Assistant removes the entities (its MQTT discovery's way), and the broker forgets them."""
+        gone = sorted(self.discovered & self.view.retired)
+        self.discovered -= set(gone)
+        return [(topic, b"", True) for meter in gone for topic, _, _ in discovery(meter)]
+
     def _discover(self, meter: str) -> list[Output]:
-        if meter in self.discovered:
+        if meter in self.discovered or meter in self.view.retired:
             return []
         self.discovered.add(meter)
         self.counts["discovery"] += 1

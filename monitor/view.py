@@ -26,7 +26,7 @@ from ledger.genesis import Genesis
 from ledger.statuses import is_status
 from monitor.records import PRODUCTS, record
 from wire import topics
-from wire.messages import Body, CtpState, DevCert, OrderState, Register, Rotate, open_message
+from wire.messages import Body, CtpState, DevCert, OrderState, Register, Retire, Rotate, open_message
 from wire.reasons import Reject
 from wire.verify import Verifier
 
@@ -104,6 +104,7 @@ class CommunityView:
     _finished: deque[str] = field(default_factory=deque)  # final trades, oldest first: forgotten past RECENT_TRADES
     meter_of: dict[str, str] = field(init=False)  # account key hex -> its meter (a market genesis names them)
     replaced: set[str] = field(default_factory=set)  # account keys hex a rotation replaced: their money moved
+    retired: set[str] = field(default_factory=set)  # meters of households the operator retired
 
     def __post_init__(self) -> None:
         self.verifier = self.genesis.verifier()
@@ -143,7 +144,8 @@ class CommunityView:
     def _learn_account(self, body: Body) -> None:
         """Name households the operator added after the genesis, and keys households
         replaced (docs/PROTOCOL.md §10), by their meters: a `register` maps its account to its
-        first meter no account has yet, a `rotate` gives the new key the old key's meter.
+        first meter no account has yet, a `rotate` gives the new key the old key's meter, a
+        `retire` marks its meter gone (the mirror removes its Home Assistant device).
         Only operators (and, for a rotation, the old key) sign these, but the ledger may still
         reject one (a revoked meter, a key in use): a meter's name is only a label here, and a
         monitor started later knows only what it saw (blocks on the bus carry no inputs)."""
@@ -153,6 +155,8 @@ class CommunityView:
             fresh = [m for m in meters if m not in taken]
             if fresh:
                 self.meter_of[body.account.hex()] = fresh[0]
+        elif isinstance(body, Retire) and body.account.hex() in self.meter_of:
+            self.retired.add(self.meter_of[body.account.hex()])
         elif isinstance(body, Rotate) and body.account.hex() in self.meter_of:
             self.meter_of.setdefault(body.new.hex(), self.meter_of[body.account.hex()])
             self.replaced.add(body.account.hex())

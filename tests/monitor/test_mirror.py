@@ -23,7 +23,7 @@ from monitor.mirror import (
 from monitor.records import record
 from monitor.view import CommunityView
 from wire import topics
-from wire.messages import AccountStatus, Birth, CtpState, Reading, Status, open_message
+from wire.messages import AccountStatus, Birth, CtpState, Reading, Retire, Status, open_message
 
 NOW = 1_800_000_000_000
 HOUSEHOLDS = 3
@@ -273,3 +273,22 @@ def check_ha_sensor(topic: str, c: dict) -> None:
         assert set(c["options"]) == set(CtpState)
     assert device_class != "enum" or "options" in c
     assert c["origin"]["name"]
+
+
+def test_a_retired_household_leaves_home_assistant(community) -> None:
+    """The operator's verified `retire` removes the meter's discovery configs (an empty
+    retained payload each, Home Assistant's way); it is not discovered again on a birth or a
+    reconnect. A retire signed by someone else is refused and removes nothing."""
+    genesis = community.genesis(1_000, validators=4, market=community.market_terms(), operator=True)
+    mirror = Mirror(CommunityView(genesis))
+    mirror.start()
+    account, stranger = pk(community.households[1].account), SigningKey(b"\x05" * 32)
+    forged = Retire(op=pk(stranger), account=account, t=NOW).sign(stranger)
+    assert feed(mirror, topics.TX_RETIRE, forged) == [] and "m0002" in mirror.discovered
+    out = feed(mirror, topics.TX_RETIRE, community.retire(account))
+    removed = [t for t, payload, retain in out if t.startswith(f"{DISCOVERY_PREFIX}/") and payload == b"" and retain]
+    assert removed == [f"homeassistant/sensor/spb_m0002/{s.object}/config" for s in SENSORS]
+    assert "m0002" not in mirror.discovered
+    reborn = feed(mirror, topics.meter("m0002", "birth"), birth(community, 1, boot=2))
+    assert not [t for t, _, _ in reborn if t.startswith(f"{DISCOVERY_PREFIX}/")]
+    assert not any("spb_m0002/" in t for t, _, _ in mirror.again())
